@@ -1,0 +1,547 @@
+/*
+ * dopa-manifest: the publisher's tool. Creates Ed25519 publisher keys,
+ * signs manifests for files (validate/MANIFEST.md), verifies a file against
+ * a manifest, and shows what a manifest says.
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <getopt.h>
+#include <inttypes.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "validate.h"
+
+enum exit_code {
+    EXIT_OK = 0,
+    EXIT_MISMATCH = 1, /* the file does not match the manifest */
+    EXIT_USAGE = 2,    /* bad command line */
+    EXIT_REJECTED = 3, /* manifest malformed, untrusted, badly signed or expired */
+    EXIT_ERROR = 4,    /* I/O or another failure */
+};
+
+#define MAX_PUBKEYS 32
+
+static const char usage_text[] =
+    "usage: dopa-manifest <command> [options]\n"
+    "\n"
+    "commands:\n"
+    "  keygen [-o KEY] [--force]\n"
+    "      create a publisher key pair: KEY (secret, mode 0600; default\n"
+    "      publisher.key) and KEY.pub (public, for the agents to trust)\n"
+    "  create FILE --key KEY [--piece-size SIZE] [--version N] [--expires WHEN]\n"
+    "         [-o MANIFEST]\n"
+    "      sign a manifest for FILE (default output FILE.dopa-manifest)\n"
+    "      SIZE: a power of two from 64K to 16M (default 1M, raised as the\n"
+    "            file needs); N: content version (default: the unix time);\n"
+    "      WHEN: never, @UNIXTIME, YYYY-MM-DD[THH:MM:SSZ] (UTC) or a duration\n"
+    "            from now such as 90d, 12h, 30m (default 90d)\n"
+    "  verify FILE MANIFEST --pubkey KEY [--pubkey KEY ...]\n"
+    "      check the manifest's signature and expiry, then every byte of FILE\n"
+    "  show MANIFEST [--pubkey KEY ...] [--pieces] [--json]\n"
+    "      print what the manifest says; with --pubkey also check its signature\n"
+    "\n"
+    "KEY for --pubkey is a public key file or the key text \"dopa-pub1:...\".\n"
+    "\n"
+    "exit codes: 0 success; 1 the file does not match the manifest; 2 usage\n"
+    "error; 3 manifest rejected (malformed, untrusted key, bad signature,\n"
+    "expired); 4 I/O or other error.\n";
+
+__attribute__((format(printf, 1, 2))) static int usage_error(const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    fprintf(stderr, "dopa-manifest: ");
+    vfprintf(stderr, fmt, ap);
+    fprintf(stderr, "\nRun `dopa-manifest --help` for usage.\n");
+    va_end(ap);
+    return EXIT_USAGE;
+}
+
+/* The exit code for a validate error. */
+static int exit_for(int err)
+{
+    switch (err) {
+    case VALIDATE_OK:
+        return EXIT_OK;
+    case VALIDATE_EFILE_SIZE:
+    case VALIDATE_EPIECE_HASH:
+    case VALIDATE_EFILE_HASH:
+        return EXIT_MISMATCH;
+    case VALIDATE_ETOOBIG:
+    case VALIDATE_ETRUNCATED:
+    case VALIDATE_EMAGIC:
+    case VALIDATE_EVERSION:
+    case VALIDATE_ERESERVED:
+    case VALIDATE_EPIECE_SIZE:
+    case VALIDATE_ETOO_MANY_PIECES:
+    case VALIDATE_EPIECE_COUNT:
+    case VALIDATE_ETRAILING:
+    case VALIDATE_EUNTRUSTED_KEY:
+    case VALIDATE_ESIGNATURE:
+    case VALIDATE_EEXPIRED:
+        return EXIT_REJECTED;
+    default:
+        return EXIT_ERROR;
+    }
+}
+
+static int fail(int err, const char *why)
+{
+    fprintf(stderr, "dopa-manifest: %s\n", why);
+    return exit_for(err);
+}
+
+/* Parses SIZE: digits with an optional K/M suffix (KiB/MiB accepted). */
+static int parse_size(const char *s, uint64_t *out)
+{
+    char *end;
+    errno = 0;
+    unsigned long long v = strtoull(s, &end, 10);
+    if (errno != 0 || end == s || s[0] == '-')
+        return -1;
+    uint64_t mult = 1;
+    if (strcmp(end, "K") == 0 || strcmp(end, "k") == 0 || strcmp(end, "KiB") == 0)
+        mult = 1024;
+    else if (strcmp(end, "M") == 0 || strcmp(end, "MiB") == 0)
+        mult = 1024 * 1024;
+    else if (*end != '\0')
+        return -1;
+    if (v > UINT64_MAX / mult)
+        return -1;
+    *out = v * mult;
+    return 0;
+}
+
+static int parse_u64(const char *s, uint64_t *out)
+{
+    char *end;
+    errno = 0;
+    unsigned long long v = strtoull(s, &end, 10);
+    if (errno != 0 || end == s || *end != '\0' || s[0] == '-')
+        return -1;
+    *out = v;
+    return 0;
+}
+
+/* Parses WHEN (see usage) into unix seconds; never is VALIDATE_NEVER_EXPIRES. */
+static int parse_expiry(const char *s, uint64_t now, uint64_t *out)
+{
+    if (strcmp(s, "never") == 0) {
+        *out = VALIDATE_NEVER_EXPIRES;
+        return 0;
+    }
+    if (s[0] == '@')
+        return parse_u64(s + 1, out) == 0 && *out != 0 ? 0 : -1;
+
+    struct tm tm = {0};
+    const char *rest = strptime(s, "%Y-%m-%d", &tm);
+    if (rest != NULL) {
+        if (*rest == 'T')
+            rest = strptime(rest, "T%H:%M:%SZ", &tm);
+        if (rest == NULL || *rest != '\0')
+            return -1;
+        time_t t = timegm(&tm);
+        if (t <= 0)
+            return -1;
+        *out = (uint64_t)t;
+        return 0;
+    }
+
+    char *end;
+    errno = 0;
+    unsigned long long v = strtoull(s, &end, 10);
+    if (errno != 0 || end == s || s[0] == '-' || end[0] == '\0' || end[1] != '\0')
+        return -1;
+    uint64_t unit = end[0] == 'd'   ? 86400
+                    : end[0] == 'h' ? 3600
+                    : end[0] == 'm' ? 60
+                    : end[0] == 's' ? 1
+                                    : 0;
+    if (unit == 0 || v == 0 || v > (UINT64_MAX - now) / unit)
+        return -1;
+    *out = now + v * unit;
+    return 0;
+}
+
+static void format_time(uint64_t t, char *out, size_t len)
+{
+    if (t == VALIDATE_NEVER_EXPIRES) {
+        snprintf(out, len, "never");
+        return;
+    }
+    time_t tt = (time_t)t;
+    struct tm tm;
+    if (t > (uint64_t)INT64_MAX || gmtime_r(&tt, &tm) == NULL ||
+        strftime(out, len, "%Y-%m-%dT%H:%M:%SZ", &tm) == 0)
+        snprintf(out, len, "@%" PRIu64, t);
+}
+
+static int load_pubkey(const char *arg, validate_public_key *out)
+{
+    char why[512];
+    if (strncmp(arg, "dopa-pub1:", 10) == 0) {
+        if (validate_public_key_parse(arg, out) != VALIDATE_OK) {
+            fprintf(stderr, "dopa-manifest: %s: malformed public key\n", arg);
+            return EXIT_USAGE;
+        }
+        return EXIT_OK;
+    }
+    int err = validate_public_key_load(arg, out, why, sizeof why);
+    return err == VALIDATE_OK ? EXIT_OK : fail(err, why);
+}
+
+static int cmd_keygen(int argc, char **argv)
+{
+    static const struct option opts[] = {
+        {"output", required_argument, NULL, 'o'},
+        {"force", no_argument, NULL, 'f'},
+        {NULL, 0, NULL, 0},
+    };
+    const char *path = "publisher.key";
+    int force = 0, c;
+    while ((c = getopt_long(argc, argv, "o:f", opts, NULL)) != -1) {
+        if (c == 'o')
+            path = optarg;
+        else if (c == 'f')
+            force = 1;
+        else
+            return usage_error("keygen: bad option");
+    }
+    if (optind != argc)
+        return usage_error("keygen: unexpected argument %s", argv[optind]);
+
+    validate_secret_key *sk = NULL;
+    char why[512];
+    int err = validate_secret_key_generate(&sk);
+    if (err != VALIDATE_OK)
+        return fail(err, validate_strerror(err));
+    err = validate_secret_key_save(sk, path, force, why, sizeof why);
+    if (err == VALIDATE_OK) {
+        char text[VALIDATE_PUBLIC_KEY_TEXT_MAX], id[2 * VALIDATE_KEY_ID_BYTES + 1];
+        const validate_public_key *pk = validate_secret_key_public(sk);
+        validate_public_key_text(pk, text);
+        validate_hex(pk->id, sizeof pk->id, id);
+        printf("secret key: %s (keep it private)\npublic key: %s.pub\nkey id:     %s\n%s\n", path,
+               path, id, text);
+    }
+    validate_secret_key_free(sk);
+    if (err == VALIDATE_EEXISTS)
+        snprintf(why + strlen(why), sizeof why - strlen(why), " (use --force to replace it)");
+    return err == VALIDATE_OK ? EXIT_OK : fail(err, why);
+}
+
+static int cmd_create(int argc, char **argv)
+{
+    static const struct option opts[] = {
+        {"key", required_argument, NULL, 'k'},     {"piece-size", required_argument, NULL, 'p'},
+        {"version", required_argument, NULL, 'v'}, {"expires", required_argument, NULL, 'e'},
+        {"output", required_argument, NULL, 'o'},  {NULL, 0, NULL, 0},
+    };
+    const char *key_path = NULL, *out_path = NULL;
+    uint64_t now = (uint64_t)time(NULL);
+    uint64_t piece_size = 0, version = now, expires = now + 90 * 86400ull;
+    int c;
+    while ((c = getopt_long(argc, argv, "k:o:", opts, NULL)) != -1) {
+        switch (c) {
+        case 'k':
+            key_path = optarg;
+            break;
+        case 'o':
+            out_path = optarg;
+            break;
+        case 'p':
+            if (parse_size(optarg, &piece_size) != 0 || !validate_piece_size_ok(piece_size))
+                return usage_error("--piece-size %s: need a power of two from 64K to 16M (e.g. 1M)",
+                                   optarg);
+            break;
+        case 'v':
+            if (parse_u64(optarg, &version) != 0)
+                return usage_error("--version %s: need a non-negative integer", optarg);
+            break;
+        case 'e':
+            if (parse_expiry(optarg, now, &expires) != 0)
+                return usage_error("--expires %s: need never, @UNIXTIME, YYYY-MM-DD, "
+                                   "YYYY-MM-DDTHH:MM:SSZ or a duration like 90d",
+                                   optarg);
+            if (expires != VALIDATE_NEVER_EXPIRES && expires <= now)
+                return usage_error("--expires %s: that time has passed", optarg);
+            break;
+        default:
+            return usage_error("create: bad option");
+        }
+    }
+    if (optind + 1 != argc)
+        return usage_error("create: need exactly one FILE");
+    if (key_path == NULL)
+        return usage_error("create: --key KEY is required (make one with keygen)");
+    const char *file = argv[optind];
+    char default_out[4096];
+    if (out_path == NULL) {
+        if (snprintf(default_out, sizeof default_out, "%s.dopa-manifest", file) >=
+            (int)sizeof default_out)
+            return usage_error("%s: path too long", file);
+        out_path = default_out;
+    }
+
+    validate_secret_key *sk = NULL;
+    validate_manifest *m = NULL;
+    validate_digest d = {0};
+    char why[1024];
+    int fd = -1, err = validate_secret_key_load(key_path, &sk, why, sizeof why);
+    if (err != VALIDATE_OK)
+        goto done;
+    fd = open(file, O_RDONLY | O_CLOEXEC);
+    if (fd < 0) {
+        err = VALIDATE_EIO;
+        snprintf(why, sizeof why, "%s: %s", file, strerror(errno));
+        goto done;
+    }
+    if (piece_size == 0) {
+        off_t size = lseek(fd, 0, SEEK_END);
+        piece_size = validate_piece_size_for(size < 0 ? 0 : (uint64_t)size);
+        if (piece_size == 0) {
+            err = VALIDATE_ETOO_MANY_PIECES;
+            snprintf(why, sizeof why, "%s: too large for a manifest even with 16 MiB pieces", file);
+            goto done;
+        }
+    }
+    err = validate_digest_fd(fd, (uint32_t)piece_size, &d, why, sizeof why);
+    if (err != VALIDATE_OK) {
+        char detail[sizeof why];
+        memcpy(detail, why, sizeof why);
+        snprintf(why, sizeof why, "%s: %.900s", file, detail);
+        goto done;
+    }
+    err = validate_manifest_sign(&d, version, expires, sk, &m);
+    if (err != VALIDATE_OK) {
+        snprintf(why, sizeof why, "%s: %s", file, validate_strerror(err));
+        goto done;
+    }
+    err = validate_manifest_save(m, out_path, why, sizeof why);
+    if (err != VALIDATE_OK)
+        goto done;
+    char cid[2 * VALIDATE_CONTENT_ID_BYTES + 1], when[32];
+    validate_hex(m->content_id, sizeof m->content_id, cid);
+    format_time(m->expires_at, when, sizeof when);
+    printf("%s: %" PRIu64 " bytes, %" PRIu64 " pieces of %u, version %" PRIu64
+           ", expires %s\ncontent id %s\n",
+           out_path, m->file_size, m->piece_count, m->piece_size, m->content_version, when, cid);
+done:
+    if (fd >= 0)
+        close(fd);
+    validate_digest_clear(&d);
+    validate_manifest_free(m);
+    validate_secret_key_free(sk);
+    return err == VALIDATE_OK ? EXIT_OK : fail(err, why);
+}
+
+/* Collects --pubkey options (and, for show, --pieces and --json). */
+struct common_opts {
+    validate_public_key keys[MAX_PUBKEYS];
+    size_t n_keys;
+    int pieces, json;
+};
+
+static int parse_common(int argc, char **argv, int allow_show_flags, struct common_opts *o)
+{
+    static const struct option opts[] = {
+        {"pubkey", required_argument, NULL, 'k'},
+        {"pieces", no_argument, NULL, 'p'},
+        {"json", no_argument, NULL, 'j'},
+        {NULL, 0, NULL, 0},
+    };
+    int c;
+    while ((c = getopt_long(argc, argv, "k:", opts, NULL)) != -1) {
+        if (c == 'k') {
+            if (o->n_keys == MAX_PUBKEYS)
+                return usage_error("at most %d --pubkey options", MAX_PUBKEYS);
+            int rc = load_pubkey(optarg, &o->keys[o->n_keys]);
+            if (rc != EXIT_OK)
+                return rc;
+            o->n_keys++;
+        } else if (c == 'p' && allow_show_flags) {
+            o->pieces = 1;
+        } else if (c == 'j' && allow_show_flags) {
+            o->json = 1;
+        } else {
+            return usage_error("bad option");
+        }
+    }
+    return EXIT_OK;
+}
+
+static int cmd_verify(int argc, char **argv)
+{
+    struct common_opts o = {0};
+    int rc = parse_common(argc, argv, 0, &o);
+    if (rc != EXIT_OK)
+        return rc;
+    if (optind + 2 != argc)
+        return usage_error("verify: need FILE and MANIFEST");
+    if (o.n_keys == 0)
+        return usage_error("verify: --pubkey KEY is required: the publisher's public key");
+    const char *file = argv[optind], *manifest = argv[optind + 1];
+
+    validate_manifest *m = NULL;
+    validate_file_report report;
+    char why[1024], detail[512];
+    int fd = -1;
+    int err = validate_manifest_load(manifest, &m, why, sizeof why);
+    if (err != VALIDATE_OK)
+        goto done;
+    err =
+        validate_manifest_verify(m, o.keys, o.n_keys, (uint64_t)time(NULL), detail, sizeof detail);
+    if (err != VALIDATE_OK) {
+        snprintf(why, sizeof why, "%s: %s: %s", manifest, validate_strerror(err), detail);
+        goto done;
+    }
+    fd = open(file, O_RDONLY | O_CLOEXEC);
+    if (fd < 0) {
+        err = VALIDATE_EIO;
+        snprintf(why, sizeof why, "%s: %s", file, strerror(errno));
+        goto done;
+    }
+    err = validate_manifest_check_fd(m, fd, &report, detail, sizeof detail);
+    if (err != VALIDATE_OK) {
+        if (exit_for(err) == EXIT_MISMATCH)
+            snprintf(why, sizeof why, "%s does not match %s: %s", file, manifest, detail);
+        else
+            snprintf(why, sizeof why, "%s: %s", file, detail);
+        goto done;
+    }
+    char sha[2 * VALIDATE_HASH_BYTES + 1];
+    validate_hex(m->sha256, sizeof m->sha256, sha);
+    printf("OK %s: %" PRIu64 " bytes, %" PRIu64 " pieces match, sha256 %s\n", file, m->file_size,
+           m->piece_count, sha);
+done:
+    if (fd >= 0)
+        close(fd);
+    validate_manifest_free(m);
+    return err == VALIDATE_OK ? EXIT_OK : fail(err, why);
+}
+
+/* Writes s as a JSON string. */
+static void json_string(const char *s)
+{
+    putchar('"');
+    for (const unsigned char *p = (const unsigned char *)s; *p; p++) {
+        if (*p == '"' || *p == '\\')
+            printf("\\%c", *p);
+        else if (*p < 0x20)
+            printf("\\u%04x", *p);
+        else
+            putchar(*p);
+    }
+    putchar('"');
+}
+
+static int cmd_show(int argc, char **argv)
+{
+    struct common_opts o = {0};
+    int rc = parse_common(argc, argv, 1, &o);
+    if (rc != EXIT_OK)
+        return rc;
+    if (optind + 1 != argc)
+        return usage_error("show: need exactly one MANIFEST");
+    const char *path = argv[optind];
+
+    validate_manifest *m = NULL;
+    char why[1024], detail[512];
+    int err = validate_manifest_load(path, &m, why, sizeof why);
+    if (err != VALIDATE_OK)
+        return fail(err, why);
+    const char *signature = "not checked (give --pubkey)";
+    if (o.n_keys > 0) {
+        err = validate_manifest_verify(m, o.keys, o.n_keys, (uint64_t)time(NULL), detail,
+                                       sizeof detail);
+        signature = err == VALIDATE_OK ? "valid, trusted key" : validate_strerror(err);
+    }
+
+    char cid[2 * VALIDATE_CONTENT_ID_BYTES + 1], sha[2 * VALIDATE_HASH_BYTES + 1];
+    char b2[2 * VALIDATE_HASH_BYTES + 1], kid[2 * VALIDATE_KEY_ID_BYTES + 1], when[32];
+    validate_hex(m->content_id, sizeof m->content_id, cid);
+    validate_hex(m->sha256, sizeof m->sha256, sha);
+    validate_hex(m->blake2b, sizeof m->blake2b, b2);
+    validate_hex(m->key_id, sizeof m->key_id, kid);
+    format_time(m->expires_at, when, sizeof when);
+
+    if (o.json) {
+        printf("{\"manifest\":");
+        json_string(path);
+        printf(",\"format\":%d,\"content_id\":\"%s\",\"content_version\":%" PRIu64
+               ",\"expires_at\":%" PRIu64 ",\"expires\":\"%s\",\"file_size\":%" PRIu64
+               ",\"piece_size\":%u,\"piece_count\":%" PRIu64
+               ",\"sha256\":\"%s\",\"blake2b\":\"%s\",\"key_id\":\"%s\",\"signature\":",
+               VALIDATE_MANIFEST_FORMAT, cid, m->content_version, m->expires_at, when, m->file_size,
+               m->piece_size, m->piece_count, sha, b2, kid);
+        json_string(signature);
+        if (o.pieces) {
+            printf(",\"pieces\":[");
+            for (uint64_t i = 0; i < m->piece_count; i++) {
+                char h[2 * VALIDATE_HASH_BYTES + 1];
+                validate_hex(validate_manifest_piece_hash(m, i), VALIDATE_HASH_BYTES, h);
+                printf("%s\"%s\"", i ? "," : "", h);
+            }
+            putchar(']');
+        }
+        printf("}\n");
+    } else {
+        printf("manifest:        %s\n"
+               "format:          %d\n"
+               "content id:      %s\n"
+               "content version: %" PRIu64 "\n"
+               "expires:         %s\n"
+               "file size:       %" PRIu64 " bytes\n"
+               "piece size:      %u bytes\n"
+               "pieces:          %" PRIu64 "\n"
+               "sha256:          %s\n"
+               "blake2b:         %s\n"
+               "key id:          %s\n"
+               "signature:       %s\n",
+               path, VALIDATE_MANIFEST_FORMAT, cid, m->content_version, when, m->file_size,
+               m->piece_size, m->piece_count, sha, b2, kid, signature);
+        if (o.pieces) {
+            for (uint64_t i = 0; i < m->piece_count; i++) {
+                char h[2 * VALIDATE_HASH_BYTES + 1];
+                validate_hex(validate_manifest_piece_hash(m, i), VALIDATE_HASH_BYTES, h);
+                printf("piece %-9" PRIu64 " %s\n", i, h);
+            }
+        }
+    }
+    validate_manifest_free(m);
+    if (err != VALIDATE_OK) {
+        snprintf(why, sizeof why, "%s: %s", path, detail);
+        return fail(err, why);
+    }
+    return EXIT_OK;
+}
+
+int main(int argc, char **argv)
+{
+    if (argc < 2)
+        return usage_error("missing command");
+    const char *cmd = argv[1];
+    if (strcmp(cmd, "--help") == 0 || strcmp(cmd, "-h") == 0 || strcmp(cmd, "help") == 0) {
+        fputs(usage_text, stdout);
+        return EXIT_OK;
+    }
+    if (validate_init() != VALIDATE_OK)
+        return fail(VALIDATE_ECRYPTO, validate_strerror(VALIDATE_ECRYPTO));
+    /* getopt starts at argv[1] of the sub-command's own vector. */
+    argc--;
+    argv++;
+    if (strcmp(cmd, "keygen") == 0)
+        return cmd_keygen(argc, argv);
+    if (strcmp(cmd, "create") == 0)
+        return cmd_create(argc, argv);
+    if (strcmp(cmd, "verify") == 0)
+        return cmd_verify(argc, argv);
+    if (strcmp(cmd, "show") == 0)
+        return cmd_show(argc, argv);
+    return usage_error("unknown command %s", cmd);
+}

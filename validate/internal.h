@@ -1,0 +1,72 @@
+/*
+ * Helpers shared by the files of the validate module; not part of its
+ * interface (that is validate.h).
+ */
+#ifndef DOPA_VALIDATE_INTERNAL_H
+#define DOPA_VALIDATE_INTERNAL_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+/* Writes a formatted explanation into why (if not NULL) and returns err. */
+int validate_fail(char *why, size_t why_len, int err, const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));
+
+/* Reads a whole regular file of at most `max` bytes into a new buffer
+ * (NUL-terminated for convenience; *len excludes the NUL). Larger files
+ * fail with VALIDATE_ETOOBIG. On success *st_mode and *st_uid describe it. */
+int validate_read_file(const char *path, size_t max, uint8_t **buf, size_t *len, unsigned *st_mode,
+                       unsigned *st_uid, char *why, size_t why_len);
+
+/* Creates `path` with O_EXCL (or replaces it through a temporary file and a
+ * rename when overwrite is set), writes all of buf, fsyncs, and sets `mode`
+ * regardless of the umask. Never follows a symlink at `path`. */
+int validate_write_file(const char *path, const void *buf, size_t len, unsigned mode, int overwrite,
+                        char *why, size_t why_len);
+
+struct validate_secret_key;
+
+/* Signs msg with the secret key (Ed25519, detached); used by the manifest code. */
+int validate_secret_key_sign(const struct validate_secret_key *sk, const uint8_t *msg, size_t len,
+                             uint8_t sig[64]);
+
+static inline void put_le16(uint8_t *p, uint16_t v)
+{
+    p[0] = (uint8_t)v;
+    p[1] = (uint8_t)(v >> 8);
+}
+
+static inline void put_le32(uint8_t *p, uint32_t v)
+{
+    for (int i = 0; i < 4; i++)
+        p[i] = (uint8_t)(v >> (8 * i));
+}
+
+static inline void put_le64(uint8_t *p, uint64_t v)
+{
+    for (int i = 0; i < 8; i++)
+        p[i] = (uint8_t)(v >> (8 * i));
+}
+
+static inline uint16_t get_le16(const uint8_t *p)
+{
+    return (uint16_t)(p[0] | (p[1] << 8));
+}
+
+static inline uint32_t get_le32(const uint8_t *p)
+{
+    uint32_t v = 0;
+    for (int i = 3; i >= 0; i--)
+        v = (v << 8) | p[i];
+    return v;
+}
+
+static inline uint64_t get_le64(const uint8_t *p)
+{
+    uint64_t v = 0;
+    for (int i = 7; i >= 0; i--)
+        v = (v << 8) | p[i];
+    return v;
+}
+
+#endif

@@ -1,0 +1,251 @@
+/*
+ * The validate module's error table, libsodium start-up, and the small file
+ * helpers its key and manifest code share.
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <libgen.h>
+#include <limits.h>
+#include <pthread.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "internal.h"
+#include "validate.h"
+
+static const char *const messages[] = {
+    [VALIDATE_ENOMEM - VALIDATE_ENOMEM] = "out of memory",
+    [VALIDATE_EINVAL - VALIDATE_ENOMEM] = "invalid argument",
+    [VALIDATE_EIO - VALIDATE_ENOMEM] = "input/output error",
+    [VALIDATE_ECRYPTO - VALIDATE_ENOMEM] = "cryptography library failed to initialise",
+    [VALIDATE_ETOOBIG - VALIDATE_ENOMEM] = "manifest too large",
+    [VALIDATE_ETRUNCATED - VALIDATE_ENOMEM] = "manifest truncated",
+    [VALIDATE_EMAGIC - VALIDATE_ENOMEM] = "not a dopa manifest (bad magic)",
+    [VALIDATE_EVERSION - VALIDATE_ENOMEM] = "unsupported manifest format version",
+    [VALIDATE_ERESERVED - VALIDATE_ENOMEM] = "reserved manifest field is not zero",
+    [VALIDATE_EPIECE_SIZE - VALIDATE_ENOMEM] =
+        "piece size is not a power of two between 64 KiB and 16 MiB",
+    [VALIDATE_ETOO_MANY_PIECES - VALIDATE_ENOMEM] = "too many pieces",
+    [VALIDATE_EPIECE_COUNT - VALIDATE_ENOMEM] = "piece count disagrees with file and piece size",
+    [VALIDATE_ETRAILING - VALIDATE_ENOMEM] = "trailing bytes after the manifest signature",
+    [VALIDATE_EUNTRUSTED_KEY - VALIDATE_ENOMEM] = "manifest signed by an untrusted key",
+    [VALIDATE_ESIGNATURE - VALIDATE_ENOMEM] = "manifest signature is invalid",
+    [VALIDATE_EEXPIRED - VALIDATE_ENOMEM] = "manifest has expired",
+    [VALIDATE_EFILE_SIZE - VALIDATE_ENOMEM] = "file size differs from the manifest",
+    [VALIDATE_EPIECE_INDEX - VALIDATE_ENOMEM] = "piece index out of range",
+    [VALIDATE_EPIECE_LENGTH - VALIDATE_ENOMEM] = "piece has the wrong length",
+    [VALIDATE_EPIECE_HASH - VALIDATE_ENOMEM] = "piece hash mismatch",
+    [VALIDATE_EFILE_HASH - VALIDATE_ENOMEM] = "whole-file hash mismatch",
+    [VALIDATE_EKEY_FORMAT - VALIDATE_ENOMEM] = "malformed key",
+    [VALIDATE_EKEY_PERMS - VALIDATE_ENOMEM] = "secret key file is accessible by other users",
+    [VALIDATE_EEXISTS - VALIDATE_ENOMEM] = "file exists",
+    [VALIDATE_EPLUGIN_OPEN - VALIDATE_ENOMEM] = "cannot load validator plugin",
+    [VALIDATE_EPLUGIN_SYMBOL - VALIDATE_ENOMEM] = "validator plugin has no entry point",
+    [VALIDATE_EPLUGIN_ABI - VALIDATE_ENOMEM] = "validator plugin ABI version mismatch",
+    [VALIDATE_EPLUGIN_INIT - VALIDATE_ENOMEM] = "validator plugin failed to initialise",
+    [VALIDATE_EPLUGIN_UNSAFE - VALIDATE_ENOMEM] =
+        "validator plugin is writable by users other than its owner",
+    [VALIDATE_EPLUGIN_REJECTED - VALIDATE_ENOMEM] = "validator plugin rejected the content",
+    [VALIDATE_EPLUGIN_FAILED - VALIDATE_ENOMEM] = "validator plugin failed",
+};
+
+const char *validate_strerror(int err)
+{
+    if (err == VALIDATE_OK)
+        return "success";
+    if (err >= VALIDATE_ENOMEM && err < VALIDATE_ERR_END)
+        return messages[err - VALIDATE_ENOMEM];
+    return "unknown error";
+}
+
+static pthread_once_t init_once = PTHREAD_ONCE_INIT;
+static int init_result;
+
+static void init_sodium(void)
+{
+    init_result = sodium_init() < 0 ? VALIDATE_ECRYPTO : VALIDATE_OK;
+}
+
+int validate_init(void)
+{
+    pthread_once(&init_once, init_sodium);
+    return init_result;
+}
+
+int validate_fail(char *why, size_t why_len, int err, const char *fmt, ...)
+{
+    if (why != NULL && why_len > 0) {
+        va_list ap;
+        va_start(ap, fmt);
+        vsnprintf(why, why_len, fmt, ap);
+        va_end(ap);
+    }
+    return err;
+}
+
+void validate_hex(const uint8_t *bin, size_t len, char *out)
+{
+    static const char digits[] = "0123456789abcdef";
+    for (size_t i = 0; i < len; i++) {
+        out[2 * i] = digits[bin[i] >> 4];
+        out[2 * i + 1] = digits[bin[i] & 15];
+    }
+    out[2 * len] = '\0';
+}
+
+static int hex_value(char c)
+{
+    if (c >= '0' && c <= '9')
+        return c - '0';
+    if (c >= 'a' && c <= 'f')
+        return c - 'a' + 10;
+    if (c >= 'A' && c <= 'F')
+        return c - 'A' + 10;
+    return -1;
+}
+
+int validate_unhex(const char *hex, uint8_t *bin, size_t len)
+{
+    if (hex == NULL || strlen(hex) != 2 * len)
+        return VALIDATE_EINVAL;
+    for (size_t i = 0; i < len; i++) {
+        int hi = hex_value(hex[2 * i]), lo = hex_value(hex[2 * i + 1]);
+        if (hi < 0 || lo < 0)
+            return VALIDATE_EINVAL;
+        bin[i] = (uint8_t)(hi << 4 | lo);
+    }
+    return VALIDATE_OK;
+}
+
+int validate_read_file(const char *path, size_t max, uint8_t **buf, size_t *len, unsigned *st_mode,
+                       unsigned *st_uid, char *why, size_t why_len)
+{
+    int err;
+    uint8_t *data = NULL;
+    int fd = open(path, O_RDONLY | O_CLOEXEC | O_NOCTTY);
+    if (fd < 0)
+        return validate_fail(why, why_len, VALIDATE_EIO, "%s: %s", path, strerror(errno));
+
+    struct stat st;
+    if (fstat(fd, &st) != 0) {
+        err = validate_fail(why, why_len, VALIDATE_EIO, "%s: %s", path, strerror(errno));
+        goto fail;
+    }
+    if (!S_ISREG(st.st_mode)) {
+        err = validate_fail(why, why_len, VALIDATE_EIO, "%s: not a regular file", path);
+        goto fail;
+    }
+    if ((uint64_t)st.st_size > max) {
+        err = validate_fail(why, why_len, VALIDATE_ETOOBIG,
+                            "%s: %lld bytes, more than the limit of %zu", path,
+                            (long long)st.st_size, max);
+        goto fail;
+    }
+    /* Read one byte past the limit so that a file growing under us is
+     * caught instead of silently truncated. */
+    data = malloc(max + 2);
+    if (data == NULL) {
+        err = validate_fail(why, why_len, VALIDATE_ENOMEM, "%s: out of memory", path);
+        goto fail;
+    }
+    size_t got = 0;
+    while (got <= max) {
+        ssize_t n = read(fd, data + got, max + 1 - got);
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n < 0) {
+            err = validate_fail(why, why_len, VALIDATE_EIO, "%s: %s", path, strerror(errno));
+            goto fail;
+        }
+        if (n == 0)
+            break;
+        got += (size_t)n;
+    }
+    if (got > max) {
+        err = validate_fail(why, why_len, VALIDATE_ETOOBIG, "%s: more than the limit of %zu bytes",
+                            path, max);
+        goto fail;
+    }
+    data[got] = '\0';
+    close(fd);
+    *buf = data;
+    *len = got;
+    if (st_mode != NULL)
+        *st_mode = (unsigned)st.st_mode;
+    if (st_uid != NULL)
+        *st_uid = (unsigned)st.st_uid;
+    return VALIDATE_OK;
+
+fail:
+    free(data);
+    close(fd);
+    return err;
+}
+
+static int write_all(int fd, const void *buf, size_t len)
+{
+    const uint8_t *p = buf;
+    while (len > 0) {
+        ssize_t n = write(fd, p, len);
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n < 0)
+            return -1;
+        p += n;
+        len -= (size_t)n;
+    }
+    return 0;
+}
+
+/* Makes a rename or creation in the directory of `path` durable. */
+static void sync_parent_dir(const char *path)
+{
+    char copy[PATH_MAX];
+    if (strlen(path) >= sizeof copy)
+        return;
+    strcpy(copy, path);
+    int dfd = open(dirname(copy), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (dfd >= 0) {
+        (void)fsync(dfd);
+        close(dfd);
+    }
+}
+
+int validate_write_file(const char *path, const void *buf, size_t len, unsigned mode, int overwrite,
+                        char *why, size_t why_len)
+{
+    char tmp[PATH_MAX];
+    const char *target = path;
+    int fd;
+
+    if (overwrite) {
+        if (snprintf(tmp, sizeof tmp, "%s.tmp.XXXXXX", path) >= (int)sizeof tmp)
+            return validate_fail(why, why_len, VALIDATE_EINVAL, "%s: path too long", path);
+        fd = mkostemp(tmp, O_CLOEXEC);
+        target = tmp;
+    } else {
+        fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, (mode_t)mode);
+    }
+    if (fd < 0) {
+        int e = errno;
+        return validate_fail(why, why_len, e == EEXIST ? VALIDATE_EEXISTS : VALIDATE_EIO, "%s: %s",
+                             path, strerror(e));
+    }
+    if (fchmod(fd, (mode_t)mode) != 0 || write_all(fd, buf, len) != 0 || fsync(fd) != 0) {
+        int e = errno;
+        close(fd);
+        unlink(target);
+        return validate_fail(why, why_len, VALIDATE_EIO, "%s: %s", path, strerror(e));
+    }
+    if (close(fd) != 0 || (overwrite && rename(tmp, path) != 0)) {
+        int e = errno;
+        unlink(target);
+        return validate_fail(why, why_len, VALIDATE_EIO, "%s: %s", path, strerror(e));
+    }
+    sync_parent_dir(path);
+    return VALIDATE_OK;
+}
