@@ -1,0 +1,353 @@
+/* The misbehaving HTTP server; see faultsrv.h. One thread accepts, one
+ * thread serves each connection; stop shuts every socket down and joins. */
+#include <errno.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <poll.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "faultsrv.h"
+#include "nginx.h"
+
+#define MAX_CONNS   256
+#define ENDLESS_CAP (64ull * 1024 * 1024)
+
+struct conn {
+    test_faultsrv *srv;
+    int fd;
+    pthread_t thread;
+    int used;
+    int done; /* the thread finished; join it to reuse the slot */
+};
+
+struct test_faultsrv {
+    int listen_fd;
+    int port;
+    pthread_t acceptor;
+    pthread_mutex_t lock;
+    int stopping;
+    struct conn conns[MAX_CONNS];
+    struct {
+        char path[64];
+        int hits;
+    } counts[32];
+};
+
+static int send_all(int fd, const void *buf, size_t len)
+{
+    const char *p = buf;
+    while (len > 0) {
+        ssize_t n = send(fd, p, len, MSG_NOSIGNAL);
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n <= 0)
+            return -1;
+        p += n;
+        len -= (size_t)n;
+    }
+    return 0;
+}
+
+static int send_pattern(int fd, uint64_t from, uint64_t len)
+{
+    unsigned char buf[16384];
+    while (len > 0) {
+        size_t k = len < sizeof buf ? (size_t)len : sizeof buf;
+        test_pattern_fill(FAULT_SEED, (size_t)from, buf, k);
+        if (send_all(fd, buf, k) != 0)
+            return -1;
+        from += k;
+        len -= k;
+    }
+    return 0;
+}
+
+static int count_hit(test_faultsrv *s, const char *path)
+{
+    pthread_mutex_lock(&s->lock);
+    int n = 0;
+    for (size_t i = 0; i < sizeof s->counts / sizeof s->counts[0]; i++) {
+        if (s->counts[i].path[0] == '\0')
+            snprintf(s->counts[i].path, sizeof s->counts[i].path, "%s", path);
+        if (strcmp(s->counts[i].path, path) == 0) {
+            n = ++s->counts[i].hits;
+            break;
+        }
+    }
+    pthread_mutex_unlock(&s->lock);
+    return n;
+}
+
+int test_faultsrv_hits(test_faultsrv *s, const char *path)
+{
+    pthread_mutex_lock(&s->lock);
+    int n = 0;
+    for (size_t i = 0; i < sizeof s->counts / sizeof s->counts[0]; i++)
+        if (strcmp(s->counts[i].path, path) == 0)
+            n = s->counts[i].hits;
+    pthread_mutex_unlock(&s->lock);
+    return n;
+}
+
+/* Reads one request head; fills path and the range (to = UINT64_MAX for
+ * "a-" or when there is no Range; has_range says which). */
+static int read_request(int fd, char *path, size_t path_len, uint64_t *from, uint64_t *to,
+                        int *has_range)
+{
+    char buf[8192];
+    size_t got = 0;
+    while (got < sizeof buf - 1) {
+        ssize_t n = recv(fd, buf + got, sizeof buf - 1 - got, 0);
+        if (n <= 0)
+            return -1;
+        got += (size_t)n;
+        buf[got] = '\0';
+        if (strstr(buf, "\r\n\r\n") != NULL)
+            break;
+    }
+    if (strncmp(buf, "GET /", 5) != 0)
+        return -1;
+    size_t n = strcspn(buf + 4, " \r\n");
+    if (n >= path_len)
+        return -1;
+    memcpy(path, buf + 4, n);
+    path[n] = '\0';
+    *has_range = 0;
+    *from = 0;
+    *to = UINT64_MAX;
+    const char *r = strcasestr(buf, "\r\nRange: bytes=");
+    if (r != NULL) {
+        unsigned long long a, b;
+        r += strlen("\r\nRange: bytes=");
+        if (sscanf(r, "%llu-%llu", &a, &b) == 2) {
+            *from = a;
+            *to = b;
+            *has_range = 1;
+        } else if (sscanf(r, "%llu-", &a) == 1) {
+            *from = a;
+            *has_range = 1;
+        }
+    }
+    return 0;
+}
+
+static void respond(test_faultsrv *s, int fd)
+{
+    char path[64], head[1024];
+    uint64_t from, to;
+    int has_range;
+    if (read_request(fd, path, sizeof path, &from, &to, &has_range) != 0)
+        return;
+    int hit = count_hit(s, path);
+    const uint64_t size = FAULT_SIZE;
+    if (to >= size)
+        to = size - 1;
+    uint64_t len = to >= from ? to - from + 1 : 0;
+    const char *etag = "\"v1\"";
+    char etag_buf[32];
+
+    if (strcmp(path, "/429") == 0 || strcmp(path, "/503") == 0) {
+        int code = atoi(path + 1);
+        snprintf(head, sizeof head,
+                 "HTTP/1.1 %d Busy\r\nRetry-After: %d\r\nContent-Length: 0\r\n"
+                 "Connection: close\r\n\r\n",
+                 code, code == 429 ? 3 : 7);
+        send_all(fd, head, strlen(head));
+        return;
+    }
+    if (strcmp(path, "/ignore-range") == 0 || strcmp(path, "/endless200") == 0 ||
+        (strcmp(path, "/drop-etag") == 0 && hit > 1)) {
+        int endless = strcmp(path, "/endless200") == 0;
+        int with_etag = strcmp(path, "/ignore-range") == 0;
+        char length[64] = "";
+        if (!endless)
+            snprintf(length, sizeof length, "Content-Length: %llu\r\n", (unsigned long long)size);
+        snprintf(head, sizeof head, "HTTP/1.1 200 OK\r\n%s%s%s%sConnection: close\r\n\r\n", length,
+                 with_etag ? "ETag: " : "", with_etag ? etag : "", with_etag ? "\r\n" : "");
+        if (send_all(fd, head, strlen(head)) == 0)
+            send_pattern(fd, 0, endless ? ENDLESS_CAP : size);
+        return;
+    }
+    if (from >= size) {
+        snprintf(head, sizeof head,
+                 "HTTP/1.1 416 Range Not Satisfiable\r\nContent-Range: bytes */%llu\r\n"
+                 "Content-Length: 0\r\nConnection: close\r\n\r\n",
+                 (unsigned long long)size);
+        send_all(fd, head, strlen(head));
+        return;
+    }
+
+    uint64_t cr_from = from, cr_to = to, total = size, body = len;
+    if (strcmp(path, "/wrong-start") == 0)
+        cr_from = from + 1, body = len - 1;
+    if (strcmp(path, "/bigger") == 0)
+        cr_to = size - 1, body = size - from;
+    if (strcmp(path, "/short") == 0 && len > 65536)
+        cr_to = from + 65535, body = 65536;
+    if (strcmp(path, "/changing-size") == 0 && hit > 1)
+        total = size + 1;
+    if (strcmp(path, "/changing-etag") == 0) {
+        snprintf(etag_buf, sizeof etag_buf, "\"e%d\"", hit);
+        etag = etag_buf;
+    }
+    int endless = strcmp(path, "/endless") == 0;
+    int chunked = strcmp(path, "/chunked") == 0;
+    char length[64] = "";
+    if (chunked)
+        snprintf(length, sizeof length, "Transfer-Encoding: chunked\r\n");
+    else if (!endless)
+        snprintf(length, sizeof length, "Content-Length: %llu\r\n", (unsigned long long)body);
+    snprintf(head, sizeof head,
+             "HTTP/1.1 206 Partial Content\r\nContent-Range: bytes %llu-%llu/%llu\r\n%s"
+             "ETag: %s\r\nConnection: close\r\n\r\n",
+             (unsigned long long)cr_from, (unsigned long long)cr_to, (unsigned long long)total,
+             length, etag);
+    if (send_all(fd, head, strlen(head)) != 0)
+        return;
+
+    if (strcmp(path, "/close-mid") == 0) {
+        send_pattern(fd, from, len / 2);
+    } else if (endless) {
+        send_pattern(fd, from, ENDLESS_CAP);
+    } else if (chunked) {
+        for (uint64_t off = from; off <= to; off += 1000) {
+            uint64_t k = to + 1 - off < 1000 ? to + 1 - off : 1000;
+            char line[32];
+            snprintf(line, sizeof line, "%llx\r\n", (unsigned long long)k);
+            if (send_all(fd, line, strlen(line)) != 0 || send_pattern(fd, off, k) != 0 ||
+                send_all(fd, "\r\n", 2) != 0)
+                return;
+        }
+        send_all(fd, "0\r\n\r\n", 5);
+    } else if (strcmp(path, "/stall") == 0) {
+        for (uint64_t off = from; off <= to; off++) {
+            if (send_pattern(fd, off, 1) != 0)
+                return;
+            for (int i = 0; i < 20; i++) {
+                pthread_mutex_lock(&s->lock);
+                int stop = s->stopping;
+                pthread_mutex_unlock(&s->lock);
+                if (stop)
+                    return;
+                struct timespec ts = {0, 100 * 1000 * 1000};
+                nanosleep(&ts, NULL);
+            }
+        }
+    } else {
+        send_pattern(fd, cr_from, body);
+    }
+}
+
+static void *serve(void *arg)
+{
+    struct conn *c = arg;
+    respond(c->srv, c->fd);
+    shutdown(c->fd, SHUT_WR);
+    /* Let the client read everything before the close. */
+    char sink[4096];
+    struct pollfd p = {.fd = c->fd, .events = POLLIN};
+    while (poll(&p, 1, 2000) > 0 && recv(c->fd, sink, sizeof sink, 0) > 0)
+        ;
+    pthread_mutex_lock(&c->srv->lock);
+    c->done = 1;
+    pthread_mutex_unlock(&c->srv->lock);
+    return NULL;
+}
+
+static void *accept_loop(void *arg)
+{
+    test_faultsrv *s = arg;
+    for (;;) {
+        int fd = accept(s->listen_fd, NULL, NULL);
+        if (fd < 0) {
+            pthread_mutex_lock(&s->lock);
+            int stop = s->stopping;
+            pthread_mutex_unlock(&s->lock);
+            if (stop)
+                return NULL;
+            if (errno == EINTR || errno == ECONNABORTED)
+                continue;
+            return NULL;
+        }
+        pthread_mutex_lock(&s->lock);
+        struct conn *c = NULL;
+        for (int i = 0; i < MAX_CONNS; i++) {
+            struct conn *k = &s->conns[i];
+            if (k->used && k->done) { /* reap a finished connection */
+                pthread_join(k->thread, NULL);
+                close(k->fd);
+                k->used = k->done = 0;
+            }
+            if (!k->used && c == NULL)
+                c = k;
+        }
+        if (c == NULL || s->stopping) {
+            pthread_mutex_unlock(&s->lock);
+            close(fd);
+            continue;
+        }
+        c->used = 1;
+        c->done = 0;
+        c->fd = fd;
+        c->srv = s;
+        if (pthread_create(&c->thread, NULL, serve, c) != 0) {
+            c->used = 0;
+            close(fd);
+        }
+        pthread_mutex_unlock(&s->lock);
+    }
+}
+
+test_faultsrv *test_faultsrv_start(void)
+{
+    test_faultsrv *s = calloc(1, sizeof *s);
+    if (s == NULL)
+        return NULL;
+    pthread_mutex_init(&s->lock, NULL);
+    s->listen_fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    struct sockaddr_in a = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    socklen_t len = sizeof a;
+    if (s->listen_fd < 0 || bind(s->listen_fd, (struct sockaddr *)&a, sizeof a) != 0 ||
+        listen(s->listen_fd, 64) != 0 ||
+        getsockname(s->listen_fd, (struct sockaddr *)&a, &len) != 0 ||
+        pthread_create(&s->acceptor, NULL, accept_loop, s) != 0) {
+        if (s->listen_fd >= 0)
+            close(s->listen_fd);
+        free(s);
+        return NULL;
+    }
+    s->port = ntohs(a.sin_port);
+    return s;
+}
+
+int test_faultsrv_port(const test_faultsrv *s)
+{
+    return s->port;
+}
+
+void test_faultsrv_stop(test_faultsrv *s)
+{
+    if (s == NULL)
+        return;
+    pthread_mutex_lock(&s->lock);
+    s->stopping = 1;
+    pthread_mutex_unlock(&s->lock);
+    shutdown(s->listen_fd, SHUT_RDWR);
+    pthread_join(s->acceptor, NULL);
+    close(s->listen_fd);
+    for (int i = 0; i < MAX_CONNS; i++) {
+        if (!s->conns[i].used)
+            continue;
+        shutdown(s->conns[i].fd, SHUT_RDWR);
+        pthread_join(s->conns[i].thread, NULL);
+        close(s->conns[i].fd);
+    }
+    pthread_mutex_destroy(&s->lock);
+    free(s);
+}
