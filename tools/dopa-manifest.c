@@ -3,6 +3,7 @@
  * signs manifests for files (validate/MANIFEST.md), verifies a file against
  * a manifest, and shows what a manifest says.
  */
+#include <ctype.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <getopt.h>
@@ -11,6 +12,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -39,7 +41,7 @@ static const char usage_text[] =
     "      SIZE: a power of two from 64K to 16M (default 1M, raised as the\n"
     "            file needs); N: content version (default: the unix time);\n"
     "      WHEN: never, @UNIXTIME, YYYY-MM-DD[THH:MM:SSZ] (UTC) or a duration\n"
-    "            from now such as 90d, 12h, 30m (default 90d)\n"
+    "            from now in d, h, m or s such as 90d or 12h (default 90d)\n"
     "  verify FILE MANIFEST --pubkey KEY [--pubkey KEY ...]\n"
     "      check the manifest's signature and expiry, then every byte of FILE\n"
     "  show MANIFEST [--pubkey KEY ...] [--pieces] [--json]\n"
@@ -102,7 +104,7 @@ static int parse_size(const char *s, uint64_t *out)
     char *end;
     errno = 0;
     unsigned long long v = strtoull(s, &end, 10);
-    if (errno != 0 || end == s || s[0] == '-')
+    if (errno != 0 || end == s || !isdigit((unsigned char)s[0]))
         return -1;
     uint64_t mult = 1;
     if (strcmp(end, "K") == 0 || strcmp(end, "k") == 0 || strcmp(end, "KiB") == 0)
@@ -122,7 +124,7 @@ static int parse_u64(const char *s, uint64_t *out)
     char *end;
     errno = 0;
     unsigned long long v = strtoull(s, &end, 10);
-    if (errno != 0 || end == s || *end != '\0' || s[0] == '-')
+    if (errno != 0 || end == s || *end != '\0' || !isdigit((unsigned char)s[0]))
         return -1;
     *out = v;
     return 0;
@@ -145,8 +147,12 @@ static int parse_expiry(const char *s, uint64_t now, uint64_t *out)
             rest = strptime(rest, "T%H:%M:%SZ", &tm);
         if (rest == NULL || *rest != '\0')
             return -1;
+        struct tm asked = tm, back;
         time_t t = timegm(&tm);
-        if (t <= 0)
+        /* timegm normalises 2030-02-31 to March: refuse what did not exist. */
+        if (t <= 0 || gmtime_r(&t, &back) == NULL || back.tm_mday != asked.tm_mday ||
+            back.tm_mon != asked.tm_mon || back.tm_hour != asked.tm_hour ||
+            back.tm_min != asked.tm_min || back.tm_sec != asked.tm_sec)
             return -1;
         *out = (uint64_t)t;
         return 0;
@@ -155,7 +161,7 @@ static int parse_expiry(const char *s, uint64_t now, uint64_t *out)
     char *end;
     errno = 0;
     unsigned long long v = strtoull(s, &end, 10);
-    if (errno != 0 || end == s || s[0] == '-' || end[0] == '\0' || end[1] != '\0')
+    if (errno != 0 || end == s || !isdigit((unsigned char)s[0]) || end[0] == '\0' || end[1] != '\0')
         return -1;
     uint64_t unit = end[0] == 'd'   ? 86400
                     : end[0] == 'h' ? 3600
@@ -187,7 +193,7 @@ static int load_pubkey(const char *arg, validate_public_key *out)
     if (strncmp(arg, "dopa-pub1:", 10) == 0) {
         if (validate_public_key_parse(arg, out) != VALIDATE_OK) {
             fprintf(stderr, "dopa-manifest: %s: malformed public key\n", arg);
-            return EXIT_USAGE;
+            return EXIT_ERROR;
         }
         return EXIT_OK;
     }
@@ -292,6 +298,7 @@ static int cmd_create(int argc, char **argv)
     validate_manifest *m = NULL;
     validate_digest d = {0};
     char why[1024];
+    int rc = -1; /* set when the exit code is decided here, not by err */
     int fd = -1, err = validate_secret_key_load(key_path, &sk, why, sizeof why);
     if (err != VALIDATE_OK)
         goto done;
@@ -301,14 +308,36 @@ static int cmd_create(int argc, char **argv)
         snprintf(why, sizeof why, "%s: %s", file, strerror(errno));
         goto done;
     }
+    struct stat st;
+    if (fstat(fd, &st) != 0) {
+        err = VALIDATE_EIO;
+        snprintf(why, sizeof why, "%s: %s", file, strerror(errno));
+        goto done;
+    }
+    if (!S_ISREG(st.st_mode)) {
+        err = VALIDATE_EIO;
+        snprintf(why, sizeof why, "%s: not a regular file", file);
+        goto done;
+    }
+    /* Refuse a file too large for the pieces before reading any of it. */
+    uint32_t fits = validate_piece_size_for((uint64_t)st.st_size);
+    if (fits == 0) {
+        fprintf(stderr,
+                "dopa-manifest: %s: %lld bytes is more than a manifest can describe "
+                "(%u pieces of 16 MiB)\n",
+                file, (long long)st.st_size, VALIDATE_MAX_PIECES);
+        rc = EXIT_ERROR;
+        goto done;
+    }
     if (piece_size == 0) {
-        off_t size = lseek(fd, 0, SEEK_END);
-        piece_size = validate_piece_size_for(size < 0 ? 0 : (uint64_t)size);
-        if (piece_size == 0) {
-            err = VALIDATE_ETOO_MANY_PIECES;
-            snprintf(why, sizeof why, "%s: too large for a manifest even with 16 MiB pieces", file);
-            goto done;
-        }
+        piece_size = fits;
+    } else if (validate_piece_count((uint64_t)st.st_size, (uint32_t)piece_size) >
+               VALIDATE_MAX_PIECES) {
+        rc = usage_error("%s: %lld bytes need more than %u pieces of %llu; use --piece-size "
+                         "%uK or larger",
+                         file, (long long)st.st_size, VALIDATE_MAX_PIECES,
+                         (unsigned long long)piece_size, fits / 1024);
+        goto done;
     }
     err = validate_digest_fd(fd, (uint32_t)piece_size, &d, why, sizeof why);
     if (err != VALIDATE_OK) {
@@ -337,7 +366,14 @@ done:
     validate_digest_clear(&d);
     validate_manifest_free(m);
     validate_secret_key_free(sk);
-    return err == VALIDATE_OK ? EXIT_OK : fail(err, why);
+    if (rc >= 0)
+        return rc;
+    /* Nothing read from outside is judged here: any failure is local. */
+    if (err != VALIDATE_OK) {
+        fprintf(stderr, "dopa-manifest: %s\n", why);
+        return EXIT_ERROR;
+    }
+    return EXIT_OK;
 }
 
 /* Collects --pubkey options (and, for show, --pieces and --json). */

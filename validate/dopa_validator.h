@@ -79,7 +79,8 @@ struct dopa_validator {
     const char *version;  /* the plugin's own version, may be NULL */
 
     /* Optional. `config` is the text of "<plugin>.conf" beside the plugin,
-     * or NULL. Returns 0 on success; nonzero refuses the load. */
+     * or NULL; it is valid only during this call (copy what you keep).
+     * Returns 0 on success; nonzero refuses the load. */
     int (*init)(void **state, const char *config);
 
     /* Required. See the rules above. */

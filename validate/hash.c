@@ -72,9 +72,9 @@ uint64_t validate_piece_count(uint64_t file_size, uint32_t piece_size)
 
 uint32_t validate_piece_length(uint64_t file_size, uint32_t piece_size, uint64_t index)
 {
+    if (index >= validate_piece_count(file_size, piece_size))
+        return 0; /* also keeps index * piece_size from overflowing */
     uint64_t start = index * piece_size;
-    if (start >= file_size)
-        return 0;
     uint64_t left = file_size - start;
     return left < piece_size ? (uint32_t)left : piece_size;
 }
@@ -293,8 +293,7 @@ static ssize_t read_full(int fd, uint8_t *buf, size_t len, uint64_t offset)
     return (ssize_t)got;
 }
 
-int validate_digest_fd(int fd, uint32_t piece_size, validate_digest *out, char *why,
-                       size_t why_len)
+int validate_digest_fd(int fd, uint32_t piece_size, validate_digest *out, char *why, size_t why_len)
 {
     validate_digester *dg = NULL;
     uint8_t *bufs = NULL;

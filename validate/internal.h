@@ -18,9 +18,18 @@ int validate_fail(char *why, size_t why_len, int err, const char *fmt, ...)
 int validate_read_file(const char *path, size_t max, uint8_t **buf, size_t *len, unsigned *st_mode,
                        unsigned *st_uid, char *why, size_t why_len);
 
-/* Creates `path` with O_EXCL (or replaces it through a temporary file and a
- * rename when overwrite is set), writes all of buf, fsyncs, and sets `mode`
- * regardless of the umask. Never follows a symlink at `path`. */
+/* Writes buf to a new temporary file beside `path` (its name in tmp, which
+ * holds PATH_MAX bytes), with `mode` whatever the umask, and fsyncs it. */
+int validate_temp_write(const char *path, const void *buf, size_t len, unsigned mode, char *tmp,
+                        char *why, size_t why_len);
+
+/* Gives the temporary file its final name: replacing `path` when overwrite
+ * is set, else refusing an existing one (VALIDATE_EEXISTS) and removing the
+ * temporary file. Never follows a symlink at `path`. */
+int validate_temp_commit(const char *tmp, const char *path, int overwrite, char *why,
+                         size_t why_len);
+
+/* validate_temp_write + validate_temp_commit. */
 int validate_write_file(const char *path, const void *buf, size_t len, unsigned mode, int overwrite,
                         char *why, size_t why_len);
 

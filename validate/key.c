@@ -4,10 +4,12 @@
  * dopa-manifest writes and reads. Secret keys stay in guarded memory.
  */
 #include <ctype.h>
+#include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 #include "internal.h"
 #include "validate.h"
@@ -179,34 +181,48 @@ int validate_secret_key_save(const validate_secret_key *sk, const char *path, in
     char pub_text[VALIDATE_PUBLIC_KEY_TEXT_MAX];
     char seed_b64[sodium_base64_ENCODED_LEN(crypto_sign_SEEDBYTES, B64_VARIANT)];
     char text[512];
-    char pub_path[4096];
+    char pub_path[PATH_MAX], sec_tmp[PATH_MAX], pub_tmp[PATH_MAX];
     int err;
 
     validate_hex(sk->pub.id, sizeof sk->pub.id, id);
     validate_public_key_text(&sk->pub, pub_text);
     if (snprintf(pub_path, sizeof pub_path, "%s.pub", path) >= (int)sizeof pub_path)
         return validate_fail(why, why_len, VALIDATE_EINVAL, "%s: path too long", path);
-
-    /* Check both names first so that a refusal leaves nothing half-written. */
     struct stat st;
     if (!overwrite && (lstat(path, &st) == 0 || lstat(pub_path, &st) == 0))
         return validate_fail(why, why_len, VALIDATE_EEXISTS,
                              "%s or %s exists; refusing to overwrite a key", path, pub_path);
 
+    /* Both files are written in full before either gets its name, so a
+     * failure leaves the old pair (or nothing) in place. */
     sodium_bin2base64(seed_b64, sizeof seed_b64, sk->seed, sizeof sk->seed, B64_VARIANT);
     int n = snprintf(text, sizeof text,
                      "# dopa publisher secret key (Ed25519). Keep it private.\n"
                      "# key id: %s\n" SEC_PREFIX "%s\n",
                      id, seed_b64);
-    err = validate_write_file(path, text, (size_t)n, 0600, overwrite, why, why_len);
+    err = validate_temp_write(path, text, (size_t)n, 0600, sec_tmp, why, why_len);
     sodium_memzero(text, sizeof text);
     sodium_memzero(seed_b64, sizeof seed_b64);
     if (err != VALIDATE_OK)
         return err;
-
     n = snprintf(text, sizeof text, "# dopa publisher public key\n# key id: %s\n%s\n", id,
                  pub_text);
-    return validate_write_file(pub_path, text, (size_t)n, 0644, overwrite, why, why_len);
+    err = validate_temp_write(pub_path, text, (size_t)n, 0644, pub_tmp, why, why_len);
+    if (err != VALIDATE_OK) {
+        unlink(sec_tmp);
+        return err;
+    }
+    /* The public key first: if the secret key then fails, the old secret
+     * key is still there rather than lost. */
+    err = validate_temp_commit(pub_tmp, pub_path, overwrite, why, why_len);
+    if (err != VALIDATE_OK) {
+        unlink(sec_tmp);
+        return err;
+    }
+    err = validate_temp_commit(sec_tmp, path, overwrite, why, why_len);
+    if (err != VALIDATE_OK && !overwrite)
+        unlink(pub_path); /* the .pub we just created has no secret key */
+    return err;
 }
 
 int validate_secret_key_load(const char *path, validate_secret_key **out, char *why, size_t why_len)
@@ -226,7 +242,7 @@ int validate_secret_key_load(const char *path, validate_secret_key **out, char *
         return err;
     if ((mode & 077) != 0) {
         err = validate_fail(why, why_len, VALIDATE_EKEY_PERMS,
-                            "%s: mode %04o lets other users read the secret key; run "
+                            "%s: mode %04o gives other users access to the secret key; run "
                             "`chmod 600 %s`",
                             path, mode & 07777, path);
         goto done;

@@ -302,6 +302,10 @@ int validate_manifest_check_fd(const validate_manifest *m, int fd, validate_file
         goto done;
     }
     err = validate_digest_fd(fd, m->piece_size, &d, why, why_len);
+    if (err == VALIDATE_ETOO_MANY_PIECES) /* it grew while we read it */
+        err = validate_fail(why, why_len, VALIDATE_EFILE_SIZE,
+                            "file grew beyond the manifest's %llu bytes while being read",
+                            (unsigned long long)m->file_size);
     if (err != VALIDATE_OK)
         goto done;
     r.size = d.file_size;

@@ -7,6 +7,7 @@
 #include <dirent.h>
 #include <dlfcn.h>
 #include <errno.h>
+#include <limits.h>
 #include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -51,21 +52,59 @@ static int check_owner(const char *path, const struct stat *st, char *why, size_
     return VALIDATE_OK;
 }
 
+/* check_owner for a resolved file and each directory up to "/". A
+ * directory others may write is accepted only with the sticky bit (as /tmp):
+ * then nobody else can rename or remove what is ours inside it. */
+static int check_chain(const char *real, const struct stat *file, char *why, size_t why_len)
+{
+    int err = check_owner(real, file, why, why_len);
+    if (err != VALIDATE_OK)
+        return err;
+    char dir[PATH_MAX];
+    snprintf(dir, sizeof dir, "%s", real);
+    for (;;) {
+        char *slash = strrchr(dir, '/');
+        if (slash == NULL)
+            return VALIDATE_OK;
+        if (slash == dir)
+            slash[1] = '\0'; /* the root itself */
+        else
+            *slash = '\0';
+        struct stat st;
+        if (stat(dir, &st) != 0)
+            return validate_fail(why, why_len, VALIDATE_EPLUGIN_OPEN, "%s: %s", dir,
+                                 strerror(errno));
+        if ((st.st_mode & S_ISVTX) != 0 && (st.st_uid == 0 || st.st_uid == geteuid()))
+            st.st_mode &= (mode_t) ~(S_IWGRP | S_IWOTH);
+        err = check_owner(dir, &st, why, why_len);
+        if (err != VALIDATE_OK)
+            return err;
+        if (strcmp(dir, "/") == 0)
+            return VALIDATE_OK;
+    }
+}
+
 int validate_plugin_open(const char *path, const char *config, validate_plugin **out, char *why,
                          size_t why_len)
 {
     int err;
     struct stat st;
+    char real[PATH_MAX];
     validate_plugin *p = NULL;
 
     if (path == NULL || out == NULL || strchr(path, '/') == NULL)
         return validate_fail(why, why_len, VALIDATE_EINVAL,
                              "plugin path must contain a '/' (got %s)", path ? path : "nothing");
-    if (stat(path, &st) != 0)
+    /* Judge the resolved file and every directory above it: when only
+     * trusted users can change any of them, nobody else can swap the file
+     * between this check and dlopen. */
+    if (realpath(path, real) == NULL)
+        return validate_fail(why, why_len, VALIDATE_EPLUGIN_OPEN, "%s: %s", path, strerror(errno));
+    if (stat(real, &st) != 0)
         return validate_fail(why, why_len, VALIDATE_EPLUGIN_OPEN, "%s: %s", path, strerror(errno));
     if (!S_ISREG(st.st_mode))
         return validate_fail(why, why_len, VALIDATE_EPLUGIN_OPEN, "%s: not a regular file", path);
-    err = check_owner(path, &st, why, why_len);
+    err = check_chain(real, &st, why, why_len);
     if (err != VALIDATE_OK)
         return err;
 
@@ -74,7 +113,7 @@ int validate_plugin_open(const char *path, const char *config, validate_plugin *
         err = validate_fail(why, why_len, VALIDATE_ENOMEM, "out of memory");
         goto fail;
     }
-    p->handle = dlopen(path, RTLD_NOW | RTLD_LOCAL);
+    p->handle = dlopen(real, RTLD_NOW | RTLD_LOCAL);
     if (p->handle == NULL) {
         const char *e = dlerror();
         err = validate_fail(why, why_len, VALIDATE_EPLUGIN_OPEN, "%s", e ? e : path);

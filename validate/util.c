@@ -126,7 +126,9 @@ int validate_read_file(const char *path, size_t max, uint8_t **buf, size_t *len,
 {
     int err;
     uint8_t *data = NULL;
-    int fd = open(path, O_RDONLY | O_CLOEXEC | O_NOCTTY);
+    /* O_NONBLOCK so that a FIFO planted at the path cannot hang the open;
+     * it is cleared once the file is known to be a regular one. */
+    int fd = open(path, O_RDONLY | O_CLOEXEC | O_NOCTTY | O_NONBLOCK);
     if (fd < 0)
         return validate_fail(why, why_len, VALIDATE_EIO, "%s: %s", path, strerror(errno));
 
@@ -139,6 +141,7 @@ int validate_read_file(const char *path, size_t max, uint8_t **buf, size_t *len,
         err = validate_fail(why, why_len, VALIDATE_EIO, "%s: not a regular file", path);
         goto fail;
     }
+    (void)fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) & ~O_NONBLOCK);
     if ((uint64_t)st.st_size > max) {
         err = validate_fail(why, why_len, VALIDATE_ETOOBIG,
                             "%s: %lld bytes, more than the limit of %zu", path,
@@ -215,37 +218,50 @@ static void sync_parent_dir(const char *path)
     }
 }
 
+int validate_temp_write(const char *path, const void *buf, size_t len, unsigned mode, char *tmp,
+                        char *why, size_t why_len)
+{
+    if (snprintf(tmp, PATH_MAX, "%s.tmp.XXXXXX", path) >= PATH_MAX)
+        return validate_fail(why, why_len, VALIDATE_EINVAL, "%s: path too long", path);
+    int fd = mkostemp(tmp, O_CLOEXEC);
+    if (fd < 0)
+        return validate_fail(why, why_len, VALIDATE_EIO, "%s: %s", path, strerror(errno));
+    if (fchmod(fd, (mode_t)mode) != 0 || write_all(fd, buf, len) != 0 || fsync(fd) != 0) {
+        int e = errno;
+        close(fd);
+        unlink(tmp);
+        return validate_fail(why, why_len, VALIDATE_EIO, "%s: %s", path, strerror(e));
+    }
+    if (close(fd) != 0) {
+        int e = errno;
+        unlink(tmp);
+        return validate_fail(why, why_len, VALIDATE_EIO, "%s: %s", path, strerror(e));
+    }
+    return VALIDATE_OK;
+}
+
+int validate_temp_commit(const char *tmp, const char *path, int overwrite, char *why,
+                         size_t why_len)
+{
+    /* link() refuses an existing name, symlinks included, so "do not
+     * overwrite" holds even against a name that appeared meanwhile. */
+    int rc = overwrite ? rename(tmp, path) : link(tmp, path);
+    int e = errno;
+    if (!overwrite || rc != 0)
+        unlink(tmp);
+    if (rc != 0)
+        return validate_fail(why, why_len, e == EEXIST ? VALIDATE_EEXISTS : VALIDATE_EIO, "%s: %s",
+                             path, strerror(e));
+    sync_parent_dir(path);
+    return VALIDATE_OK;
+}
+
 int validate_write_file(const char *path, const void *buf, size_t len, unsigned mode, int overwrite,
                         char *why, size_t why_len)
 {
     char tmp[PATH_MAX];
-    const char *target = path;
-    int fd;
-
-    if (overwrite) {
-        if (snprintf(tmp, sizeof tmp, "%s.tmp.XXXXXX", path) >= (int)sizeof tmp)
-            return validate_fail(why, why_len, VALIDATE_EINVAL, "%s: path too long", path);
-        fd = mkostemp(tmp, O_CLOEXEC);
-        target = tmp;
-    } else {
-        fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, (mode_t)mode);
-    }
-    if (fd < 0) {
-        int e = errno;
-        return validate_fail(why, why_len, e == EEXIST ? VALIDATE_EEXISTS : VALIDATE_EIO, "%s: %s",
-                             path, strerror(e));
-    }
-    if (fchmod(fd, (mode_t)mode) != 0 || write_all(fd, buf, len) != 0 || fsync(fd) != 0) {
-        int e = errno;
-        close(fd);
-        unlink(target);
-        return validate_fail(why, why_len, VALIDATE_EIO, "%s: %s", path, strerror(e));
-    }
-    if (close(fd) != 0 || (overwrite && rename(tmp, path) != 0)) {
-        int e = errno;
-        unlink(target);
-        return validate_fail(why, why_len, VALIDATE_EIO, "%s: %s", path, strerror(e));
-    }
-    sync_parent_dir(path);
-    return VALIDATE_OK;
+    int err = validate_temp_write(path, buf, len, mode, tmp, why, why_len);
+    if (err != VALIDATE_OK)
+        return err;
+    return validate_temp_commit(tmp, path, overwrite, why, why_len);
 }

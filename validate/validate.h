@@ -278,8 +278,10 @@ void validate_content_id_from_sha256(const uint8_t sha256[VALIDATE_HASH_BYTES], 
 typedef struct validate_plugin validate_plugin;
 
 /* Loads one plugin. `config` (may be NULL) is passed to its init. The file
- * must be a regular file that only its owner (root or this process's user)
- * may write. */
+ * (a symlink to one is followed) must be a regular file that only its owner,
+ * root or this process's user, may write, and so must every directory above
+ * it (a sticky directory such as /tmp counts as safe): then nobody else can
+ * swap it between the check and the load. */
 int validate_plugin_open(const char *path, const char *config, validate_plugin **out, char *why,
                          size_t why_len);
 const char *validate_plugin_name(const validate_plugin *p);

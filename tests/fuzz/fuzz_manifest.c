@@ -27,7 +27,10 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         m->piece_count != validate_piece_count(m->file_size, m->piece_size) ||
         !validate_piece_size_ok(m->piece_size))
         abort();
-    (void)validate_manifest_verify(m, &key, (size_t)have_key, 0, why, sizeof why);
+    /* Verify just before or at the expiry time, as the input's length
+     * chooses, so both sides of the expiry check are reached. */
+    uint64_t now = m->expires_at - (m->expires_at > 0 && size % 2 == 0);
+    (void)validate_manifest_verify(m, &key, (size_t)have_key, now, why, sizeof why);
     if (m->piece_count > 0) {
         uint64_t last = m->piece_count - 1;
         uint32_t len = validate_piece_length(m->file_size, m->piece_size, last);

@@ -93,8 +93,34 @@ expect 2 "that time has passed" "$tool" create data --key pub.key --expires 2001
 expect 2 "need never" "$tool" create data --key pub.key --expires tomorrow
 expect 2 "need a non-negative integer" "$tool" create data --key pub.key --version -3
 expect 2 "--pubkey KEY is required" "$tool" verify data data.dopa-manifest
-expect 2 "malformed public key" "$tool" verify data data.dopa-manifest --pubkey dopa-pub1:xyz
+expect 4 "malformed public key" "$tool" verify data data.dopa-manifest --pubkey dopa-pub1:xyz
+expect 2 "need a non-negative integer" "$tool" create data --key pub.key --version " -3"
+expect 2 "need never" "$tool" create data --key pub.key --expires 2030-02-31
+expect 2 "need never" "$tool" create data --key pub.key --expires " 5d"
 expect 0 "exit codes" "$tool" --help
+
+# A file too large for the pieces asked for is refused before it is read.
+truncate -s $((8 * 1024 * 1024 * 1024 + 1)) sparse
+expect 2 "use --piece-size 1024K or larger" timeout 10 "$tool" create sparse --key pub.key --piece-size 64K
+truncate -s $((2 * 1024 * 1024 * 1024 * 1024 + 1)) huge
+expect 4 "more than a manifest can describe" timeout 10 "$tool" create huge --key pub.key
+rm -f sparse huge
+
+# More ways to say when, and a signature check through show.
+expect 0 "expires 2100-01-01T00:00:00Z" "$tool" create data --key pub.key --expires @4102444800 -o at
+expect 0 "" "$tool" create data --key pub.key --expires 12h -o hours
+expect 3 "untrusted key" "$tool" show data.dopa-manifest --pubkey other.key.pub
+expect 3 "signature is invalid" "$tool" show tampered --pubkey pub.key.pub
+
+# keygen --force replaces the pair; the old public key stops verifying.
+expect 0 "key id:" "$tool" keygen -o other.key --force
+expect 0 "" "$tool" create data --key other.key -o by-other
+expect 3 "untrusted key" "$tool" verify data by-other --pubkey pub.key.pub
+expect 0 "OK data" "$tool" verify data by-other --pubkey other.key.pub
+
+# A FIFO where a manifest should be is refused at once, not waited on.
+mkfifo fifo
+expect 4 "not a regular file" timeout 10 "$tool" show fifo
 
 if [ "$failures" -ne 0 ]; then
     echo "$failures checks failed"

@@ -81,6 +81,8 @@ static void test_piece_arithmetic(void)
     CHECK_INT(validate_piece_length(65537, 65536, 0), 65536);
     CHECK_INT(validate_piece_length(65537, 65536, 1), 1);
     CHECK_INT(validate_piece_length(65537, 65536, 2), 0);
+    CHECK_INT(validate_piece_length(100, 65536, 1ull << 48), 0); /* index * size would wrap */
+    CHECK_INT(validate_piece_length(100, 65536, UINT64_MAX), 0);
     CHECK_INT(validate_piece_size_for(0), VALIDATE_PIECE_SIZE_DEFAULT);
     CHECK_INT(validate_piece_size_for(128ull << 30), 1u << 20);
     CHECK_INT(validate_piece_size_for((128ull << 30) + 1), 2u << 20);

@@ -1,4 +1,5 @@
 /* Publisher keys: generation, files, permissions, text forms. */
+#include <dirent.h>
 #include <fcntl.h>
 #include <sys/stat.h>
 
@@ -67,6 +68,35 @@ static void test_key_save_refuses_to_overwrite(void)
     CHECK_INT(validate_secret_key_load(path, &back, why, sizeof why), VALIDATE_OK);
     CHECK(memcmp(validate_secret_key_public(back)->key, validate_secret_key_public(b)->key, 32) ==
           0);
+    validate_secret_key_free(back);
+    validate_secret_key_free(a);
+    validate_secret_key_free(b);
+}
+
+static void test_failed_overwrite_keeps_the_old_secret_key(void)
+{
+    validate_secret_key *a = NULL, *b = NULL, *back = NULL;
+    char why[512];
+    const char *path = check_path("k");
+    CHECK_INT(validate_secret_key_generate(&a), VALIDATE_OK);
+    CHECK_INT(validate_secret_key_generate(&b), VALIDATE_OK);
+    CHECK_INT(validate_secret_key_save(a, path, 0, why, sizeof why), VALIDATE_OK);
+    /* The public key cannot be written (a directory is in the way): the old
+     * secret key must survive, and no temporary file may be left. */
+    CHECK(unlink(check_path("k.pub")) == 0);
+    CHECK(mkdir(check_path("k.pub"), 0755) == 0);
+    CHECK(mkdir(check_path("k.pub/x"), 0755) == 0);
+    CHECK(validate_secret_key_save(b, path, 1, why, sizeof why) != VALIDATE_OK);
+    CHECK_INT(validate_secret_key_load(path, &back, why, sizeof why), VALIDATE_OK);
+    CHECK(memcmp(validate_secret_key_public(back)->key, validate_secret_key_public(a)->key, 32) ==
+          0);
+    DIR *d = opendir(check_tmpdir());
+    struct dirent *e;
+    int entries = 0;
+    while ((e = readdir(d)) != NULL)
+        entries += e->d_name[0] != '.';
+    closedir(d);
+    CHECK_INT(entries, 2); /* k and the k.pub directory */
     validate_secret_key_free(back);
     validate_secret_key_free(a);
     validate_secret_key_free(b);
@@ -182,6 +212,7 @@ int main(int argc, char **argv)
                      (struct check_case[]){
                          CASE(test_key_files_round_trip_with_private_mode),
                          CASE(test_key_save_refuses_to_overwrite),
+                         CASE(test_failed_overwrite_keeps_the_old_secret_key),
                          CASE(test_key_save_never_follows_symlinks),
                          CASE(test_secret_key_readable_by_others_is_refused),
                          CASE(test_malformed_key_texts_are_rejected),

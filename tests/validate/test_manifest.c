@@ -405,6 +405,52 @@ static void test_file_check_reports_bad_pieces(void)
     validate_manifest_free(m);
 }
 
+static void test_file_check_catches_inconsistent_whole_file_hash(void)
+{
+    /* A manifest whose pieces match but whose whole-file hash does not
+     * (a broken publisher) must not pass. */
+    validate_digester *dg = NULL;
+    validate_digest d;
+    validate_manifest *m = NULL;
+    if (key == NULL)
+        validate_manifest_free(make_manifest(1, 0));
+    CHECK_INT(validate_digester_new(PS, &dg), VALIDATE_OK);
+    CHECK_INT(validate_digester_update(dg, content, sizeof content), VALIDATE_OK);
+    CHECK_INT(validate_digester_finish(dg, &d), VALIDATE_OK);
+    validate_digester_free(dg);
+    d.sha256[5] ^= 1;
+    CHECK_INT(validate_manifest_sign(&d, 1, 0, key, &m), VALIDATE_OK);
+    validate_digest_clear(&d);
+    const char *path = check_path("content");
+    write_file(path, content, sizeof content);
+    int fd = open(path, O_RDONLY);
+    validate_file_report r;
+    char why[256];
+    CHECK_INT(validate_manifest_check_fd(m, fd, &r, why, sizeof why), VALIDATE_EFILE_HASH);
+    CHECK_INT(r.bad_pieces, 0);
+    CHECK_HAS(why, "whole-file hashes do not");
+    close(fd);
+    validate_manifest_free(m);
+}
+
+static void test_short_buffers_with_the_magic_are_truncated(void)
+{
+    validate_manifest *out = NULL;
+    for (size_t len = 1; len < 8; len++)
+        CHECK_INT(validate_manifest_parse("DOPAMFST", len, &out, NULL, 0), VALIDATE_ETRUNCATED);
+    CHECK_INT(validate_manifest_parse("DOPAMFST", 8, &out, NULL, 0), VALIDATE_ETRUNCATED);
+    CHECK(out == NULL);
+}
+
+static void test_load_refuses_a_fifo_without_hanging(void)
+{
+    validate_manifest *m = NULL;
+    char why[256];
+    CHECK(mkfifo(check_path("fifo"), 0600) == 0);
+    CHECK_INT(validate_manifest_load(check_path("fifo"), &m, why, sizeof why), VALIDATE_EIO);
+    CHECK_HAS(why, "not a regular file");
+}
+
 static void test_save_and_load_round_trip(void)
 {
     validate_manifest *m = make_manifest(9, 0), *back = NULL;
@@ -483,6 +529,9 @@ int main(int argc, char **argv)
                          CASE(test_expiry_is_enforced),
                          CASE(test_piece_check_catches_index_length_and_hash),
                          CASE(test_file_check_reports_bad_pieces),
+                         CASE(test_file_check_catches_inconsistent_whole_file_hash),
+                         CASE(test_short_buffers_with_the_magic_are_truncated),
+                         CASE(test_load_refuses_a_fifo_without_hanging),
                          CASE(test_save_and_load_round_trip),
                          CASE(test_random_mutations_never_verify),
                          {0},

@@ -177,6 +177,30 @@ static void test_loader_refuses_plugins_others_can_change(void)
     }
 }
 
+static void test_loader_checks_every_directory_above_the_plugin(void)
+{
+    validate_plugin *p = NULL;
+    char why[512];
+    CHECK(mkdir(check_path("open"), 0755) == 0);
+    CHECK(chmod(check_path("open"), 0777) == 0); /* others may write, not sticky */
+    copy_file(built("accept_all.so"), check_path("open/p.so"), 0755);
+    CHECK_INT(validate_plugin_open(check_path("open/p.so"), NULL, &p, why, sizeof why),
+              VALIDATE_EPLUGIN_UNSAFE);
+    CHECK_HAS(why, "/open: mode 0777");
+    /* Sticky, like /tmp: nobody else can replace our entries. */
+    CHECK(chmod(check_path("open"), 01777) == 0);
+    CHECK_INT(validate_plugin_open(check_path("open/p.so"), NULL, &p, why, sizeof why),
+              VALIDATE_OK);
+    validate_plugin_close(p);
+    /* A symlink to a safe plugin is judged by its target. */
+    CHECK(symlink(check_path("open/p.so"), check_path("link.so")) == 0);
+    CHECK_INT(validate_plugin_open(check_path("link.so"), NULL, &p, why, sizeof why), VALIDATE_OK);
+    validate_plugin_close(p);
+    CHECK(chmod(check_path("open/p.so"), 0777) == 0);
+    CHECK_INT(validate_plugin_open(check_path("link.so"), NULL, &p, why, sizeof why),
+              VALIDATE_EPLUGIN_UNSAFE);
+}
+
 static void test_plugin_dir_loads_in_name_order_with_config(void)
 {
     char dir[4096], marker[4096], conf[4200];
@@ -242,6 +266,14 @@ static void test_plugin_dir_fails_closed(void)
     CHECK_INT(validate_plugin_set_count(set), 1);
     validate_plugin_set_free(set);
 
+    /* A configuration that is not a regular file is refused, not read
+     * (a FIFO would otherwise block the load). */
+    CHECK(unlink(path) == 0);
+    CHECK(mkfifo(path, 0644) == 0);
+    CHECK_INT(validate_plugin_set_load(dir, &set, why, sizeof why), VALIDATE_EIO);
+    CHECK_HAS(why, "not a regular file");
+    CHECK(unlink(path) == 0);
+
     /* So is a directory others may add plugins to. */
     CHECK(chmod(dir, 0777) == 0);
     CHECK_INT(validate_plugin_set_load(dir, &set, why, sizeof why), VALIDATE_EPLUGIN_UNSAFE);
@@ -272,6 +304,7 @@ int main(int argc, char **argv)
                          CASE(test_loader_refuses_broken_plugins),
                          CASE(test_loader_refuses_what_is_not_a_plugin),
                          CASE(test_loader_refuses_plugins_others_can_change),
+                         CASE(test_loader_checks_every_directory_above_the_plugin),
                          CASE(test_plugin_dir_loads_in_name_order_with_config),
                          CASE(test_plugin_dir_fails_closed),
                          CASE(test_missing_plugin_dir_is_an_empty_set),
