@@ -10,11 +10,20 @@
  * status, Content-Range against what was asked, size and validators against
  * what is known. The write callback never passes on a byte beyond the range.
  *
- * Re-entrancy: the sink's on_info and on_data run inside libcurl (during
- * curl_multi_perform or curl_easy_pause). Handles cannot be removed from the
- * multi handle there, so cancelling a running transfer or closing a file
- * while `in_curl` is set only detaches it; the detached transfers ("graves")
- * and files are freed at the next safe point of origin_poll.
+ * Re-entrancy: the sink's callbacks run inside libcurl (on_info, on_data,
+ * during curl_multi_perform or curl_easy_pause) or inside our own walk of
+ * finished transfers (on_info, on_done). While either is under way `depth`
+ * is above zero, and cancelling a transfer or closing a file only detaches
+ * it: the detached transfers ("graves") and files are freed at the next safe
+ * point of origin_poll. After every callback the code checks whether what it
+ * holds was detached meanwhile.
+ *
+ * Redirects are followed here, not by libcurl, so that a redirect to another
+ * host does not carry the caller's custom headers there (libcurl drops only
+ * Authorization and Cookie) and only http and https are followed.
+ *
+ * file:// transfers are asked for in chunks (FILE_CHUNK), because libcurl
+ * reads a local file to the end within one call.
  *
  * Rate limits (overall, and per transfer for a file) are token buckets: a
  * write callback that finds a bucket empty pauses its transfer
@@ -24,6 +33,7 @@
  */
 #include <curl/curl.h>
 #include <inttypes.h>
+#include <pthread.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -38,6 +48,7 @@
 #define DEFAULT_LOW_SPEED_LIMIT    1024L
 #define DEFAULT_MAX_REDIRECTS      10
 #define RECV_BUFFER                (256L * 1024L)
+#define FILE_CHUNK                 (8ull * 1024 * 1024)
 
 typedef struct transfer transfer;
 typedef struct request request;
@@ -57,6 +68,9 @@ struct request {
     uint64_t end;    /* one past the last byte asked for, or ORIGIN_TO_END */
     int is_probe;
     transfer *t; /* running transfer, or NULL while queued */
+    char *url;   /* where a redirect sent it, or NULL for the file's URL */
+    unsigned redirects;
+    int strip_headers; /* redirected to another host: no custom headers there */
     request *prev, *next;
 };
 
@@ -66,7 +80,10 @@ struct transfer {
     CURL *easy;
     struct curl_slist *headers;
     uint64_t start;      /* first byte this transfer asked for */
+    uint64_t want_end;   /* one past the last byte it asked for, or ORIGIN_TO_END */
     uint64_t range_last; /* last byte the 206 said it carries, or UINT64_MAX */
+    long status;         /* of the final response, once checked */
+    int is_redirect;     /* a 3xx: its body is not content */
     uint64_t got;        /* bytes it delivered */
     int checked;         /* the response passed check_response */
     int stopped;         /* we stopped it: every byte asked for had arrived */
@@ -84,6 +101,7 @@ struct origin_file {
     origin_sink sink;
     char *url;
     char *shown_url; /* url without credentials or query, for messages */
+    char *host;      /* the URL's host: redirects elsewhere drop custom headers */
     int is_file_scheme;
     enum origin_proxy_mode proxy_mode;
     char *proxy, *proxy_bypass, *client_cert, *client_key, *ca_file;
@@ -104,7 +122,7 @@ struct origin {
     char *user_agent;
     unsigned active;
     uint64_t next_id;
-    int in_curl;
+    int depth;    /* inside libcurl or our own callbacks: frees are deferred */
     bucket limit; /* the overall rate limit */
     transfer *paused;
     transfer *graves;
@@ -128,10 +146,10 @@ static const char *const messages[] = {
     [ORIGIN_EFORBIDDEN - ORIGIN_ENOMEM] = "access to the remote file denied",
     [ORIGIN_EHTTP - ORIGIN_ENOMEM] = "request refused by the server",
     [ORIGIN_ERANGE - ORIGIN_ENOMEM] = "range beyond the end of the remote file",
-    [ORIGIN_ENORANGES - ORIGIN_ENOMEM] = "server does not support byte ranges",
+    [ORIGIN_ENORANGES - ORIGIN_ENOMEM] = "server sent the whole file for a range request",
     [ORIGIN_ECHANGED - ORIGIN_ENOMEM] = "remote content changed",
     [ORIGIN_ETLS - ORIGIN_ENOMEM] = "TLS failure (handshake or certificate)",
-    [ORIGIN_EREDIRECT - ORIGIN_ENOMEM] = "too many redirects",
+    [ORIGIN_EREDIRECT - ORIGIN_ENOMEM] = "too many or broken redirects",
     [ORIGIN_EPROTOCOL - ORIGIN_ENOMEM] = "URL scheme not allowed",
     [ORIGIN_ETRANSFER - ORIGIN_ENOMEM] = "transfer failed",
 };
@@ -147,7 +165,7 @@ const char *origin_strerror(int err)
 
 int origin_err_is_transient(int err)
 {
-    return err >= ORIGIN_ERESOLVE && err <= ORIGIN_EBAD_RESPONSE;
+    return err >= ORIGIN_ERESOLVE && err <= ORIGIN_ENORANGES;
 }
 
 origin_config origin_config_default(void)
@@ -254,6 +272,8 @@ static int code_for_status(long status)
         return ORIGIN_ETIMEOUT;
     if (status == 429)
         return ORIGIN_ETHROTTLED;
+    if (status == 501 || status == 505)
+        return ORIGIN_EHTTP; /* not implemented, version not supported: it will stay so */
     if (status >= 500)
         return ORIGIN_ESERVER;
     return ORIGIN_EHTTP;
@@ -268,6 +288,8 @@ static int code_for_curl(CURLcode rc)
     case CURLE_COULDNT_RESOLVE_PROXY:
         return ORIGIN_ERESOLVE;
     case CURLE_COULDNT_CONNECT:
+    case CURLE_SSL_CONNECT_ERROR: /* a reset during the handshake, mostly */
+    case CURLE_PROXY:
         return ORIGIN_ECONNECT;
     case CURLE_OPERATION_TIMEDOUT:
         return ORIGIN_ETIMEOUT;
@@ -283,7 +305,6 @@ static int code_for_curl(CURLcode rc)
     case CURLE_BAD_CONTENT_ENCODING:
         return ORIGIN_EBAD_RESPONSE;
     case CURLE_PEER_FAILED_VERIFICATION:
-    case CURLE_SSL_CONNECT_ERROR:
     case CURLE_SSL_CERTPROBLEM:
     case CURLE_SSL_CIPHER:
     case CURLE_SSL_CACERT_BADFILE:
@@ -349,7 +370,7 @@ static void paused_remove(origin *o, transfer *t)
     t->paused = 0;
 }
 
-/* Removes a transfer from the multi handle and frees it; outside libcurl only. */
+/* Removes a transfer from the multi handle and frees it; only at depth 0. */
 static void transfer_free(transfer *t)
 {
     origin *o = t->o;
@@ -362,7 +383,8 @@ static void transfer_free(transfer *t)
     free(t);
 }
 
-/* Separates a transfer from its request; frees it now or at the next safe point. */
+/* Separates a transfer from its request; frees it now or at the next safe
+ * point. */
 static void transfer_detach(transfer *t)
 {
     origin *o = t->o;
@@ -371,7 +393,7 @@ static void transfer_detach(transfer *t)
         t->r->t = NULL;
         t->r = NULL;
     }
-    if (o->in_curl) {
+    if (o->depth > 0) {
         t->next_grave = o->graves;
         o->graves = t;
     } else {
@@ -392,7 +414,7 @@ static int parse_content_range(const char *v, uint64_t *a, uint64_t *b, int64_t 
 {
     unsigned long long x, y, z;
     int n = 0;
-    if (v == NULL)
+    if (v == NULL || strncmp(v, "bytes ", 6) != 0 || v[6] < '0' || v[6] > '9')
         return -1;
     if (sscanf(v, "bytes %llu-%llu/%llu%n", &x, &y, &z, &n) == 3 && v[n] == '\0') {
         if (z > INT64_MAX || y >= z)
@@ -403,78 +425,18 @@ static int parse_content_range(const char *v, uint64_t *a, uint64_t *b, int64_t 
     } else {
         return -1;
     }
-    if (y < x || v[6] == '-')
+    if (y < x)
         return -1;
     *a = x;
     *b = y;
     return 0;
 }
 
+/* Calls on_info; the caller must re-check what it holds afterwards. */
 static void notify_info(origin_file *f)
 {
-    if (f->sink.on_info != NULL)
+    if (f->sink.on_info != NULL && !f->closed)
         f->sink.on_info(f->sink.ctx, f, &f->info);
-}
-
-/* Learns or checks the size. Returns 0, or -1 with the error set. */
-static int check_size(transfer *t, int64_t size, int *learned)
-{
-    origin_file *f = t->r->f;
-    if (size < 0)
-        return 0;
-    if (f->info.size < 0) {
-        f->info.size = size;
-        *learned = 1;
-        return 0;
-    }
-    if (size != f->info.size) {
-        set_error(t, ORIGIN_ECHANGED, "%s: size is now %" PRId64 " bytes, was %" PRId64,
-                  f->shown_url, size, f->info.size);
-        return -1;
-    }
-    return 0;
-}
-
-/* Learns or checks ETag and Last-Modified. `sent_if_range` says the request
- * carried If-Range, so a 200 without the validator cannot be trusted. */
-static int check_validators(transfer *t, long status, int sent_if_range, int *learned)
-{
-    origin_file *f = t->r->f;
-    const char *etag = header_value(t->easy, "ETag");
-    const char *lm = header_value(t->easy, "Last-Modified");
-    if (etag != NULL && strlen(etag) >= sizeof f->info.etag)
-        etag = NULL; /* too long to keep: not used as a validator */
-    if (lm != NULL && strlen(lm) >= sizeof f->info.last_modified)
-        lm = NULL;
-
-    if (f->info.etag[0] != '\0' && etag != NULL && strcmp(etag, f->info.etag) != 0) {
-        set_error(t, ORIGIN_ECHANGED, "%s: ETag is now %s, was %s", f->shown_url, etag,
-                  f->info.etag);
-        return -1;
-    }
-    if (f->info.last_modified[0] != '\0' && lm != NULL && strcmp(lm, f->info.last_modified) != 0) {
-        set_error(t, ORIGIN_ECHANGED, "%s: Last-Modified is now %s, was %s", f->shown_url, lm,
-                  f->info.last_modified);
-        return -1;
-    }
-    if (status == 200 && sent_if_range &&
-        ((f->info.etag[0] != '\0' && etag == NULL) ||
-         (f->info.etag[0] == '\0' && f->info.last_modified[0] != '\0' && lm == NULL))) {
-        set_error(t, ORIGIN_ECHANGED,
-                  "%s: the server sent the whole file without its validator; it may have "
-                  "changed",
-                  f->shown_url);
-        return -1;
-    }
-    if (f->info.etag[0] == '\0' && etag != NULL) {
-        snprintf(f->info.etag, sizeof f->info.etag, "%s", etag);
-        *learned = 1;
-    }
-    if (f->info.last_modified[0] == '\0' && lm != NULL) {
-        snprintf(f->info.last_modified, sizeof f->info.last_modified, "%s", lm);
-        *learned = 1;
-    }
-    return 0;
 }
 
 /* The If-Range value for the file: a strong ETag, else Last-Modified, else none. */
@@ -487,42 +449,142 @@ static const char *if_range_value(const origin_file *f)
     return NULL;
 }
 
-/* Judges the final response of a transfer before any of its bytes is used.
- * Returns 0 to accept, -1 (error set) to refuse. */
-static int check_response(transfer *t)
+/* What a response says about the file, gathered before anything is kept. */
+struct seen {
+    int64_t size;        /* -1 if the response does not say */
+    const char *etag;    /* NULL if absent (or too long to keep) */
+    const char *lm;      /* NULL if absent */
+    char file_mtime[32]; /* file:// modification time, as a validator */
+};
+
+/* Compares what a response says with what is known; sets the error and
+ * returns -1 on a contradiction. `whole_body` is a 200 answering a request
+ * that carried If-Range: then a missing validator is a change too. */
+static int compare_seen(transfer *t, const struct seen *s, int whole_body)
+{
+    origin_file *f = t->r->f;
+    if (s->size >= 0 && f->info.size >= 0 && s->size != f->info.size) {
+        set_error(t, ORIGIN_ECHANGED, "%s: size is now %" PRId64 " bytes, was %" PRId64,
+                  f->shown_url, s->size, f->info.size);
+        return -1;
+    }
+    if (f->info.etag[0] != '\0' && s->etag != NULL && strcmp(s->etag, f->info.etag) != 0) {
+        set_error(t, ORIGIN_ECHANGED, "%s: ETag is now %s, was %s", f->shown_url, s->etag,
+                  f->info.etag);
+        return -1;
+    }
+    if (f->info.last_modified[0] != '\0' && s->lm != NULL &&
+        strcmp(s->lm, f->info.last_modified) != 0) {
+        set_error(t, ORIGIN_ECHANGED, "%s: last modified %s, was %s", f->shown_url, s->lm,
+                  f->info.last_modified);
+        return -1;
+    }
+    if (whole_body && t->sent_if_range &&
+        ((f->info.etag[0] != '\0' && s->etag == NULL) ||
+         (f->info.etag[0] == '\0' && f->info.last_modified[0] != '\0' && s->lm == NULL))) {
+        set_error(t, ORIGIN_ECHANGED,
+                  "%s: the server sent the whole file without its validator; it may have "
+                  "changed",
+                  f->shown_url);
+        return -1;
+    }
+    return 0;
+}
+
+/* Records what was learned; returns 1 if anything is new. */
+static int learn_seen(origin_file *f, const struct seen *s)
+{
+    int learned = 0;
+    if (f->info.size < 0 && s->size >= 0) {
+        f->info.size = s->size;
+        learned = 1;
+    }
+    if (f->info.etag[0] == '\0' && s->etag != NULL) {
+        snprintf(f->info.etag, sizeof f->info.etag, "%s", s->etag);
+        learned = 1;
+    }
+    if (f->info.last_modified[0] == '\0' && s->lm != NULL) {
+        snprintf(f->info.last_modified, sizeof f->info.last_modified, "%s", s->lm);
+        learned = 1;
+    }
+    return learned;
+}
+
+static void read_validators(transfer *t, struct seen *s)
+{
+    origin_file *f = t->r->f;
+    s->etag = header_value(t->easy, "ETag");
+    s->lm = header_value(t->easy, "Last-Modified");
+    if (s->etag != NULL && strlen(s->etag) >= sizeof f->info.etag)
+        s->etag = NULL; /* too long to keep: not used as a validator */
+    if (s->lm != NULL && strlen(s->lm) >= sizeof f->info.last_modified)
+        s->lm = NULL;
+}
+
+static long http_version_of(CURL *easy)
+{
+    long v = 0;
+    curl_easy_getinfo(easy, CURLINFO_HTTP_VERSION, &v);
+    switch (v) {
+    case CURL_HTTP_VERSION_1_0:
+        return 10;
+    case CURL_HTTP_VERSION_1_1:
+        return 11;
+    case CURL_HTTP_VERSION_2_0:
+        return 20;
+    case CURL_HTTP_VERSION_3:
+        return 30;
+    default:
+        return 0;
+    }
+}
+
+/* Judges the final response of a transfer before any of its bytes is used:
+ * status, Content-Range against what was asked, size and validators
+ * against what is known. Returns 0 to accept (and learns what it says), -1
+ * (error set) to refuse, 1 for a redirect. Sets *learned when on_info is
+ * owed; the caller calls it at a point where it can re-check. */
+static int check_response(transfer *t, int *learned)
 {
     request *r = t->r;
     origin_file *f = r->f;
-    long status = 0, version = 0;
-    int learned = 0;
+    struct seen s = {.size = -1};
+    long status = 0;
     curl_easy_getinfo(t->easy, CURLINFO_RESPONSE_CODE, &status);
-    curl_easy_getinfo(t->easy, CURLINFO_HTTP_VERSION, &version);
-    if (version == CURL_HTTP_VERSION_1_0)
-        f->info.http_version = 10;
-    else if (version == CURL_HTTP_VERSION_1_1)
-        f->info.http_version = 11;
-    else if (version == CURL_HTTP_VERSION_2_0)
-        f->info.http_version = 20;
-    else if (version == CURL_HTTP_VERSION_3)
-        f->info.http_version = 30;
+    t->status = status;
     t->err.http_status = status;
+    *learned = 0;
 
     if (f->is_file_scheme) {
-        curl_off_t len = -1;
+        /* A local file: its size (from a probe) and its modification time
+         * stand for the validators. */
+        curl_off_t len = -1, mtime = -1;
         curl_easy_getinfo(t->easy, CURLINFO_CONTENT_LENGTH_DOWNLOAD_T, &len);
-        /* For a probe (no body) curl reports the whole file's length. */
-        if (r->is_probe && check_size(t, len, &learned) != 0)
+        curl_easy_getinfo(t->easy, CURLINFO_FILETIME_T, &mtime);
+        if (r->is_probe)
+            s.size = len;
+        if (mtime >= 0) {
+            snprintf(s.file_mtime, sizeof s.file_mtime, "@%lld", (long long)mtime);
+            s.lm = s.file_mtime;
+        }
+        if (compare_seen(t, &s, 0) != 0)
             return -1;
-        if (learned)
-            notify_info(f);
+        *learned = learn_seen(f, &s);
+        f->info.http_version = 0;
         return 0;
     }
 
+    f->info.http_version = http_version_of(t->easy);
+    if (status >= 300 && status < 400) {
+        t->is_redirect = 1;
+        return 1;
+    }
+    read_validators(t, &s);
     if (status == 206) {
         uint64_t a, b;
-        int64_t total;
+        curl_off_t len = -1;
         const char *cr = header_value(t->easy, "Content-Range");
-        if (parse_content_range(cr, &a, &b, &total) != 0) {
+        if (parse_content_range(cr, &a, &b, &s.size) != 0) {
             set_error(t, ORIGIN_EBAD_RESPONSE, "%s: 206 with a malformed Content-Range: %s",
                       f->shown_url, cr ? cr : "(none)");
             return -1;
@@ -533,28 +595,33 @@ static int check_response(transfer *t)
                       t->start, cr);
             return -1;
         }
-        if (check_size(t, total, &learned) != 0 ||
-            check_validators(t, status, t->sent_if_range, &learned) != 0)
+        curl_easy_getinfo(t->easy, CURLINFO_CONTENT_LENGTH_DOWNLOAD_T, &len);
+        if (len >= 0 && (uint64_t)len != b - a + 1) {
+            set_error(t, ORIGIN_EBAD_RESPONSE,
+                      "%s: Content-Range %s but Content-Length %" CURL_FORMAT_CURL_OFF_T,
+                      f->shown_url, cr, len);
+            return -1;
+        }
+        if (compare_seen(t, &s, 0) != 0)
             return -1;
         t->range_last = b;
         if (f->info.accepts_ranges != 1) {
             f->info.accepts_ranges = 1;
-            learned = 1;
+            *learned = 1;
         }
     } else if (status == 200) {
         curl_off_t len = -1;
         curl_easy_getinfo(t->easy, CURLINFO_CONTENT_LENGTH_DOWNLOAD_T, &len);
-        if (check_validators(t, status, t->sent_if_range, &learned) != 0 ||
-            check_size(t, len, &learned) != 0)
+        s.size = len;
+        if (compare_seen(t, &s, 1) != 0)
             return -1;
-        if (f->info.accepts_ranges != 0) {
+        if (f->info.accepts_ranges != 0 && (t->start > 0 || t->want_end != ORIGIN_TO_END)) {
             f->info.accepts_ranges = 0;
-            learned = 1;
+            *learned = 1;
         }
         if (t->start != 0) {
             /* The body starts at byte 0, not where we asked: never splice it. */
-            if (learned)
-                notify_info(f);
+            *learned |= learn_seen(f, &s);
             set_error(t, ORIGIN_ENORANGES,
                       "%s: asked for bytes from %" PRIu64 ", the server sent the whole file",
                       f->shown_url, t->start);
@@ -564,58 +631,74 @@ static int check_response(transfer *t)
         set_error(t, ORIGIN_EBAD_RESPONSE, "%s: unexpected HTTP status %ld", f->shown_url, status);
         return -1;
     }
-    if (learned)
-        notify_info(f);
+    *learned |= learn_seen(f, &s);
     /* A request to the end of the file ends where the file does. */
     if (r->end == ORIGIN_TO_END && f->info.size >= 0)
         r->end = (uint64_t)f->info.size;
     return 0;
 }
 
+/* Pauses a transfer for the rate limits; returns 1 if it must wait. */
+static int throttle(transfer *t, size_t len)
+{
+    origin *o = t->o;
+    if ((o->limit.rate == 0 && t->limit.rate == 0) || t->r->f->is_file_scheme)
+        return 0; /* file:// transfers cannot be paused */
+    uint64_t now = now_ns();
+    bucket_refill(&o->limit, now);
+    bucket_refill(&t->limit, now);
+    if (!bucket_ready(&o->limit) || !bucket_ready(&t->limit)) {
+        if (!t->paused) {
+            t->paused = 1;
+            t->next_paused = o->paused;
+            o->paused = t;
+        }
+        return 1;
+    }
+    bucket_take(&o->limit, len);
+    bucket_take(&t->limit, len);
+    return 0;
+}
+
 static size_t on_body(char *data, size_t size, size_t nmemb, void *userdata)
 {
     transfer *t = userdata;
-    origin *o = t->o;
     size_t len = size * nmemb;
     request *r = t->r;
-    if (r == NULL)
-        return 0; /* detached: stop */
+    if (r == NULL || t->has_err || t->stopped)
+        return 0; /* detached, refused or done: stop */
     if (!t->checked) {
-        if (check_response(t) != 0)
+        int learned = 0;
+        int verdict = check_response(t, &learned);
+        if (learned)
+            notify_info(r->f);
+        if (t->r != r)
+            return 0; /* on_info cancelled it */
+        if (verdict < 0)
             return 0;
         t->checked = 1;
-        r = t->r; /* on_info may have cancelled it */
-        if (r == NULL)
-            return 0;
     }
+    if (t->is_redirect)
+        return len; /* the body of a redirect is not content */
     if (r->is_probe) {
         t->stopped = 1;
         return 0;
     }
-    if (o->limit.rate > 0 || t->limit.rate > 0) {
-        uint64_t now = now_ns();
-        bucket_refill(&o->limit, now);
-        bucket_refill(&t->limit, now);
-        if (!bucket_ready(&o->limit) || !bucket_ready(&t->limit)) {
-            if (!t->paused) {
-                t->paused = 1;
-                t->next_paused = o->paused;
-                o->paused = t;
-            }
-            return CURL_WRITEFUNC_PAUSE;
-        }
-        bucket_take(&o->limit, len);
-        bucket_take(&t->limit, len);
-    }
+    if (throttle(t, len))
+        return CURL_WRITEFUNC_PAUSE;
 
+    /* Never beyond what was asked, nor beyond what a 206 said it carries. */
+    uint64_t end = r->end;
+    if (t->range_last != UINT64_MAX && t->range_last + 1 < end)
+        end = t->range_last + 1;
     size_t use = len;
-    if (r->end != ORIGIN_TO_END && use > r->end - r->offset)
-        use = (size_t)(r->end - r->offset);
+    if (end != ORIGIN_TO_END && use > end - r->offset)
+        use = (size_t)(end - r->offset);
     if (use > 0) {
         origin_file *f = r->f;
         uint64_t id = r->id, offset = r->offset;
         int rc = f->sink.on_data(f->sink.ctx, f, id, offset, data, use);
-        if (t->r == NULL)
+        if (t->r != r)
             return 0; /* cancelled from inside on_data */
         if (rc != 0) {
             set_error(t, ORIGIN_EABORTED, "%s: receiver refused the data at offset %" PRIu64,
@@ -626,30 +709,42 @@ static size_t on_body(char *data, size_t size, size_t nmemb, void *userdata)
         t->got += use;
     }
     if (use < len) {
-        /* More than was asked for: every byte we wanted is here, stop. */
-        t->stopped = 1;
+        if (r->offset == r->end) {
+            t->stopped = 1; /* every byte asked for is here: stop */
+        } else {
+            set_error(t, ORIGIN_EBAD_RESPONSE,
+                      "%s: the server sent more than its Content-Range (bytes %" PRIu64 "-%" PRIu64
+                      ")",
+                      r->f->shown_url, t->start, t->range_last);
+        }
         return 0;
     }
     return len;
 }
 
+static int append_header(struct curl_slist **list, const char *line)
+{
+    struct curl_slist *n = curl_slist_append(*list, line);
+    if (n == NULL)
+        return -1;
+    *list = n;
+    return 0;
+}
+
 static int build_headers(transfer *t)
 {
-    origin_file *f = t->r->f;
-    for (struct curl_slist *h = f->headers; h != NULL; h = h->next) {
-        struct curl_slist *n = curl_slist_append(t->headers, h->data);
-        if (n == NULL)
-            return -1;
-        t->headers = n;
-    }
+    request *r = t->r;
+    origin_file *f = r->f;
+    if (!r->strip_headers)
+        for (struct curl_slist *h = f->headers; h != NULL; h = h->next)
+            if (append_header(&t->headers, h->data) != 0)
+                return -1;
     const char *v = if_range_value(f);
-    if (v != NULL && !t->r->is_probe && !f->is_file_scheme) {
+    if (v != NULL && !r->is_probe && !f->is_file_scheme) {
         char line[320];
         snprintf(line, sizeof line, "If-Range: %s", v);
-        struct curl_slist *n = curl_slist_append(t->headers, line);
-        if (n == NULL)
+        if (append_header(&t->headers, line) != 0)
             return -1;
-        t->headers = n;
         t->sent_if_range = 1;
     }
     return 0;
@@ -664,6 +759,10 @@ static int transfer_start(origin *o, request *r)
     t->o = o;
     t->r = r;
     t->start = r->offset;
+    t->want_end = r->end;
+    if (f->is_file_scheme && !r->is_probe &&
+        (t->want_end == ORIGIN_TO_END || t->want_end - t->start > FILE_CHUNK))
+        t->want_end = t->start + FILE_CHUNK;
     t->range_last = UINT64_MAX;
     t->easy = curl_easy_init();
     if (t->easy == NULL || build_headers(t) != 0) {
@@ -677,20 +776,19 @@ static int transfer_start(origin *o, request *r)
     char range[64];
     if (r->is_probe)
         snprintf(range, sizeof range, "0-0");
-    else if (r->end == ORIGIN_TO_END)
-        snprintf(range, sizeof range, "%" PRIu64 "-", r->offset);
+    else if (t->want_end == ORIGIN_TO_END)
+        snprintf(range, sizeof range, "%" PRIu64 "-", t->start);
     else
-        snprintf(range, sizeof range, "%" PRIu64 "-%" PRIu64, r->offset, r->end - 1);
+        snprintf(range, sizeof range, "%" PRIu64 "-%" PRIu64, t->start, t->want_end - 1);
 
-    curl_easy_setopt(e, CURLOPT_URL, f->url);
+    curl_easy_setopt(e, CURLOPT_URL, r->url != NULL ? r->url : f->url);
     curl_easy_setopt(e, CURLOPT_PRIVATE, t);
     curl_easy_setopt(e, CURLOPT_PROTOCOLS_STR, "http,https,file");
-    curl_easy_setopt(e, CURLOPT_REDIR_PROTOCOLS_STR, "http,https");
-    curl_easy_setopt(e, CURLOPT_FOLLOWLOCATION, 1L);
-    curl_easy_setopt(e, CURLOPT_MAXREDIRS, (long)o->cfg.max_redirects);
+    curl_easy_setopt(e, CURLOPT_FOLLOWLOCATION, 0L);
     curl_easy_setopt(e, CURLOPT_NOSIGNAL, 1L);
     curl_easy_setopt(e, CURLOPT_FAILONERROR, 1L);
     curl_easy_setopt(e, CURLOPT_TCP_KEEPALIVE, 1L);
+    curl_easy_setopt(e, CURLOPT_FILETIME, 1L);
     bucket_init(&t->limit, f->max_rate);
     long buffer = recv_buffer_for(f->max_rate);
     if (recv_buffer_for(o->limit.rate) < buffer)
@@ -749,7 +847,7 @@ static int transfer_start(origin *o, request *r)
     return ORIGIN_OK;
 }
 
-/* Starts queued requests while the limits allow; outside libcurl only. */
+/* Starts queued requests while the limits allow; only at depth 0. */
 static void start_queued(origin *o)
 {
     for (origin_file *f = o->files_first; f != NULL; f = f->next) {
@@ -764,32 +862,100 @@ static void start_queued(origin *o)
     }
 }
 
+static void request_free(request *r)
+{
+    free(r->url);
+    free(r);
+}
+
 /* Ends a request: unlinks it, reports, frees. */
 static void request_finish(request *r, const origin_error *err)
 {
     origin_file *f = r->f;
     uint64_t id = r->id;
     request_unlink(r);
-    free(r);
-    f->sink.on_done(f->sink.ctx, f, id, err);
+    request_free(r);
+    if (!f->closed)
+        f->sink.on_done(f->sink.ctx, f, id, err);
 }
 
-/* A transfer of a request ended (CURLMSG_DONE): decide the request's fate. */
+/* The host of a URL, lower-cased, or NULL. */
+static char *host_of(const char *url)
+{
+    CURLU *u = curl_url();
+    char *host = NULL, *out = NULL;
+    if (u != NULL && curl_url_set(u, CURLUPART_URL, url, 0) == CURLUE_OK &&
+        curl_url_get(u, CURLUPART_HOST, &host, 0) == CURLUE_OK) {
+        out = strdup(host);
+        for (char *p = out; p != NULL && *p; p++)
+            if (*p >= 'A' && *p <= 'Z')
+                *p = (char)(*p - 'A' + 'a');
+    }
+    curl_free(host);
+    curl_url_cleanup(u);
+    return out;
+}
+
+/* Follows a redirect: the request starts again at the new URL. Returns 0,
+ * or -1 with the error set. */
+static int follow_redirect(transfer *t)
+{
+    request *r = t->r;
+    origin_file *f = r->f;
+    char *location = NULL;
+    curl_easy_getinfo(t->easy, CURLINFO_REDIRECT_URL, &location);
+    if (location == NULL) {
+        set_error(t, ORIGIN_EREDIRECT, "%s: HTTP %ld without a usable Location", f->shown_url,
+                  t->status);
+        return -1;
+    }
+    if (r->redirects >= t->o->cfg.max_redirects) {
+        set_error(t, ORIGIN_EREDIRECT, "%s: more than %u redirects", f->shown_url,
+                  t->o->cfg.max_redirects);
+        return -1;
+    }
+    if (strncmp(location, "http://", 7) != 0 && strncmp(location, "https://", 8) != 0) {
+        set_error(t, ORIGIN_EPROTOCOL, "%s: redirect to a scheme other than http(s) refused",
+                  f->shown_url);
+        return -1;
+    }
+    char *copy = strdup(location), *host = host_of(location);
+    if (copy == NULL) {
+        free(host);
+        set_error(t, ORIGIN_ENOMEM, "%s: out of memory", f->shown_url);
+        return -1;
+    }
+    if (host == NULL || f->host == NULL || strcmp(host, f->host) != 0)
+        r->strip_headers = 1;
+    free(host);
+    free(r->url);
+    r->url = copy;
+    r->redirects++;
+    return 0;
+}
+
+/* A transfer of a request ended (CURLMSG_DONE): decide the request's fate.
+ * Runs at depth > 0, so nothing is freed under it. */
 static void transfer_done(transfer *t, CURLcode rc)
 {
     request *r = t->r;
-    if (r == NULL) { /* detached while running */
-        transfer_free(t);
-        return;
-    }
+    if (r == NULL)
+        return; /* detached while running: already among the graves */
     origin_file *f = r->f;
     long status = 0;
     curl_easy_getinfo(t->easy, CURLINFO_RESPONSE_CODE, &status);
     t->err.http_status = status;
 
     if (!t->has_err && (rc == CURLE_OK || t->stopped) && !t->checked) {
-        /* A response without a body (an empty file, a probe of file://). */
-        if (check_response(t) == 0)
+        /* A response without a body: an empty file, a probe of file://, a
+         * redirect. */
+        int learned = 0;
+        int verdict = check_response(t, &learned);
+        if (learned)
+            notify_info(f);
+        if (t->r != r)
+            return;
+        if (verdict >= 0)
             t->checked = 1;
     }
     if (!t->has_err && rc == CURLE_HTTP_RETURNED_ERROR) {
@@ -798,18 +964,28 @@ static void transfer_done(transfer *t, CURLcode rc)
         int code = code_for_status(status);
         if (status == 503 && retry > 0)
             code = ORIGIN_ETHROTTLED;
-        /* A 416 says how big the file is: "bytes * / SIZE" (no blanks). */
+        /* A 416 may say how big the file is: "bytes * / SIZE", no blanks.
+         * When that is exactly where a request to the end stands, the file
+         * simply ended there (an empty file, a 206 "a-b/ *" run out). */
         int64_t total = -1;
         const char *cr = header_value(t->easy, "Content-Range");
         if (status == 416 && cr != NULL && sscanf(cr, "bytes */%" SCNd64, &total) == 1 &&
             total >= 0) {
-            int learned = 0;
-            if (check_size(t, total, &learned) == 0 && learned)
-                notify_info(f);
-            if (!t->has_err && r->is_probe && total == 0)
-                t->checked = 1; /* an empty file: the probe succeeded */
+            struct seen s = {.size = total};
+            if (compare_seen(t, &s, 0) == 0) {
+                if (learn_seen(f, &s)) {
+                    notify_info(f);
+                    if (t->r != r)
+                        return;
+                }
+                if ((r->is_probe && total == 0) ||
+                    (r->end == ORIGIN_TO_END && (uint64_t)total == r->offset)) {
+                    r->end = r->offset;
+                    t->checked = 1;
+                }
+            }
         }
-        if (!t->checked) {
+        if (!t->checked && !t->has_err) {
             set_error(t, code, "%s: HTTP %ld%s%s", f->shown_url, status, t->errbuf[0] ? ": " : "",
                       t->errbuf);
             t->err.retry_after = (long)retry;
@@ -819,21 +995,38 @@ static void transfer_done(transfer *t, CURLcode rc)
                   t->errbuf[0] ? t->errbuf : curl_easy_strerror(rc));
     }
 
+    if (!t->has_err && t->is_redirect) {
+        if (follow_redirect(t) == 0) {
+            transfer_detach(t); /* queued again, at the new URL */
+            return;
+        }
+    }
     if (!t->has_err && !r->is_probe && r->offset < r->end) {
         uint64_t size = f->info.size >= 0 ? (uint64_t)f->info.size : UINT64_MAX;
-        if (r->end == ORIGIN_TO_END && f->is_file_scheme) {
-            r->end = r->offset; /* file:// to the end: curl read until EOF */
-        } else if (r->offset >= size) {
-            set_error(t, ORIGIN_ERANGE,
-                      "%s: asked for bytes up to %" PRIu64 ", the file has %" PRIu64, f->shown_url,
-                      r->end, size);
+        if (r->end == ORIGIN_TO_END && t->status == 200 && size == UINT64_MAX) {
+            /* A 200 without a length, read to its end: that was the file. */
+            struct seen s = {.size = (int64_t)r->offset};
+            learn_seen(f, &s);
+            r->end = r->offset;
+            notify_info(f);
+            if (t->r != r)
+                return;
+        } else if (f->is_file_scheme && t->got == t->want_end - t->start && t->got > 0) {
+            transfer_detach(t); /* one chunk of a local file: the next one */
+            return;
+        } else if (r->offset >= size || (f->is_file_scheme && t->got < t->want_end - t->start)) {
+            if (f->is_file_scheme && r->end == ORIGIN_TO_END) {
+                r->end = r->offset; /* read to the end of the local file */
+            } else {
+                set_error(t, ORIGIN_ERANGE,
+                          "%s: asked for bytes up to %" PRIu64 ", the file ends at %" PRIu64,
+                          f->shown_url, r->end, r->offset);
+            }
         } else if (t->range_last != UINT64_MAX && t->got > 0 &&
                    t->range_last + 1 == t->start + t->got) {
             /* A short but honest 206: ask again for the rest. */
             transfer_detach(t);
             return;
-        } else if (f->is_file_scheme) {
-            set_error(t, ORIGIN_ERANGE, "%s: file ended at byte %" PRIu64, f->shown_url, r->offset);
         } else {
             set_error(t, ORIGIN_ERECV,
                       "%s: response ended after %" PRIu64 " of the bytes asked for from %" PRIu64,
@@ -850,17 +1043,37 @@ static void process_messages(origin *o)
 {
     CURLMsg *m;
     int left;
+    o->depth++;
     while ((m = curl_multi_info_read(o->multi, &left)) != NULL) {
         if (m->msg != CURLMSG_DONE)
             continue;
         transfer *t = NULL;
+        CURLcode rc = m->data.result;
         curl_easy_getinfo(m->easy_handle, CURLINFO_PRIVATE, (char **)&t);
-        transfer_done(t, m->data.result);
+        transfer_done(t, rc);
     }
+    o->depth--;
 }
 
+static void file_free(origin_file *f)
+{
+    curl_slist_free_all(f->headers);
+    free(f->url);
+    free(f->shown_url);
+    free(f->host);
+    free(f->proxy);
+    free(f->proxy_bypass);
+    free(f->client_cert);
+    free(f->client_key);
+    free(f->ca_file);
+    free(f);
+}
+
+/* Frees what was detached while it could not be; only at depth 0. */
 static void bury_dead(origin *o)
 {
+    if (o->depth > 0)
+        return;
     while (o->graves != NULL) {
         transfer *t = o->graves;
         o->graves = t->next_grave;
@@ -869,15 +1082,7 @@ static void bury_dead(origin *o)
     while (o->dead_files != NULL) {
         origin_file *f = o->dead_files;
         o->dead_files = f->next_dead;
-        curl_slist_free_all(f->headers);
-        free(f->url);
-        free(f->shown_url);
-        free(f->proxy);
-        free(f->proxy_bypass);
-        free(f->client_cert);
-        free(f->client_key);
-        free(f->ca_file);
-        free(f);
+        file_free(f);
     }
 }
 
@@ -890,23 +1095,27 @@ static void unpause(origin *o)
     bucket_refill(&o->limit, now);
     transfer *list = o->paused;
     o->paused = NULL;
-    o->in_curl++;
+    o->depth++;
     while (list != NULL) {
         transfer *t = list;
         list = t->next_paused;
         t->next_paused = NULL;
         t->paused = 0;
         bucket_refill(&t->limit, now);
-        if (t->r != NULL && bucket_ready(&o->limit) && bucket_ready(&t->limit)) {
-            /* May call on_body at once, which may pause it again. */
-            curl_easy_pause(t->easy, CURLPAUSE_CONT);
-        } else {
+        if (t->r != NULL && !t->has_err && bucket_ready(&o->limit) && bucket_ready(&t->limit)) {
+            /* May call on_body at once, which may pause it again. If libcurl
+             * fails here it drops the held data, so the transfer must end. */
+            CURLcode rc = curl_easy_pause(t->easy, CURLPAUSE_CONT);
+            if (rc != CURLE_OK && t->r != NULL) /* (a no-op if on_body set the cause) */
+                set_error(t, ORIGIN_ETRANSFER, "%s: resuming the transfer failed: %s",
+                          t->r->f->shown_url, curl_easy_strerror(rc));
+        } else if (t->r != NULL && !t->has_err) {
             t->paused = 1;
             t->next_paused = o->paused;
             o->paused = t;
         }
     }
-    o->in_curl--;
+    o->depth--;
 }
 
 /* How long until some paused transfer may go on, in ms; -1 if none waits. */
@@ -925,10 +1134,9 @@ static int refill_wait_ms(const origin *o)
 static int perform(origin *o)
 {
     int running = 0;
-    o->in_curl++;
+    o->depth++;
     CURLMcode mc = curl_multi_perform(o->multi, &running);
-    o->in_curl--;
-    bury_dead(o);
+    o->depth--;
     process_messages(o);
     bury_dead(o);
     start_queued(o);
@@ -937,8 +1145,11 @@ static int perform(origin *o)
 
 int origin_poll(origin *o, int timeout_ms)
 {
+    if (o->depth > 0)
+        return ORIGIN_EINVAL; /* from inside a callback */
     start_queued(o);
     unpause(o);
+    bury_dead(o);
     int err = perform(o);
     if (err != ORIGIN_OK)
         return err;
@@ -948,6 +1159,7 @@ int origin_poll(origin *o, int timeout_ms)
     if (curl_multi_poll(o->multi, NULL, 0, timeout_ms < 0 ? 0 : timeout_ms, NULL) != CURLM_OK)
         return ORIGIN_ETRANSFER;
     unpause(o);
+    bury_dead(o);
     return perform(o);
 }
 
@@ -961,14 +1173,19 @@ unsigned origin_active(const origin *o)
     return o->active;
 }
 
+static pthread_once_t global_once = PTHREAD_ONCE_INIT;
+static CURLcode global_result;
+
+static void global_init(void)
+{
+    global_result = curl_global_init(CURL_GLOBAL_DEFAULT);
+}
+
 int origin_new(const origin_config *cfg, origin **out)
 {
-    static int global_ready;
-    if (!global_ready) {
-        if (curl_global_init(CURL_GLOBAL_DEFAULT) != CURLE_OK)
-            return ORIGIN_ETRANSFER;
-        global_ready = 1;
-    }
+    pthread_once(&global_once, global_init);
+    if (global_result != CURLE_OK)
+        return ORIGIN_ETRANSFER;
     origin *o = calloc(1, sizeof *o);
     if (o == NULL)
         return ORIGIN_ENOMEM;
@@ -1003,6 +1220,7 @@ void origin_free(origin *o)
 {
     if (o == NULL)
         return;
+    o->depth = 0;
     while (o->files_first != NULL)
         origin_file_close(o->files_first);
     bury_dead(o);
@@ -1072,6 +1290,7 @@ int origin_file_open(origin *o, const origin_file_options *opts, const origin_si
                  opts->known_last_modified);
     f->url = strdup(opts->url);
     f->shown_url = shown_url(opts->url);
+    f->host = f->is_file_scheme ? NULL : host_of(opts->url);
     f->proxy = dup_or_null(opts->proxy);
     f->proxy_bypass = dup_or_null(opts->proxy_bypass);
     f->client_cert = dup_or_null(opts->client_cert);
@@ -1099,7 +1318,7 @@ int origin_file_open(origin *o, const origin_file_options *opts, const origin_si
     if (err != ORIGIN_OK) {
         f->next_dead = o->dead_files;
         o->dead_files = f;
-        if (!o->in_curl)
+        if (o->depth == 0)
             bury_dead(o);
         return err;
     }
@@ -1124,7 +1343,7 @@ void origin_file_close(origin_file *f)
         if (r->t != NULL)
             transfer_detach(r->t);
         request_unlink(r);
-        free(r);
+        request_free(r);
     }
     if (f->prev != NULL)
         f->prev->next = f->next;
@@ -1136,7 +1355,7 @@ void origin_file_close(origin_file *f)
         o->files_last = f->prev;
     f->next_dead = o->dead_files;
     o->dead_files = f;
-    if (!o->in_curl)
+    if (o->depth == 0)
         bury_dead(o);
 }
 
@@ -1173,8 +1392,10 @@ int origin_fetch(origin_file *f, uint64_t offset, uint64_t length, uint64_t *id)
     if (f == NULL || length == 0)
         return ORIGIN_EINVAL;
     uint64_t end = ORIGIN_TO_END;
+    if (offset == ORIGIN_TO_END)
+        return ORIGIN_EINVAL;
     if (length != ORIGIN_TO_END) {
-        if (length > UINT64_MAX - 1 - offset)
+        if (length > UINT64_MAX - 1 - offset) /* end must stay below ORIGIN_TO_END */
             return ORIGIN_EINVAL;
         end = offset + length;
     }
@@ -1196,5 +1417,5 @@ void origin_cancel(origin_file *f, uint64_t id)
     if (r->t != NULL)
         transfer_detach(r->t);
     request_unlink(r);
-    free(r);
+    request_free(r);
 }

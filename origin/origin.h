@@ -12,10 +12,12 @@
  *  - bytes are delivered in order within a request, each at its true offset,
  *    never beyond the range asked for, never from a response whose
  *    Content-Range, size or validators do not match;
- *  - once a file's size, ETag or Last-Modified is known, every later request
- *    carries If-Range and every response is checked against them, so content
- *    that changes on the server ends requests with ORIGIN_ECHANGED instead of
- *    mixing two versions;
+ *  - once a file's size, ETag or Last-Modified is known (for file:// its
+ *    modification time), every later request carries If-Range and every
+ *    response is checked against them, so content that changes on the server
+ *    ends requests with ORIGIN_ECHANGED instead of mixing two versions;
+ *  - redirects are followed only to http and https, and custom headers are
+ *    not sent to another host than the file's;
  *  - every failure is classified transient (try again later) or permanent,
  *    with the HTTP status, any Retry-After, and curl's own message.
  *
@@ -41,15 +43,15 @@ enum origin_err {
     ORIGIN_ESERVER,       /* HTTP 5xx */
     ORIGIN_ETHROTTLED,    /* HTTP 429 (or 503 with Retry-After): wait and retry */
     ORIGIN_EBAD_RESPONSE, /* a response that contradicts the request */
+    ORIGIN_ENORANGES,     /* a 200 for a range not at 0 (some CDNs do it on a miss) */
     /* permanent: retrying will not help */
     ORIGIN_ENOT_FOUND, /* 404, 410, or a missing file:// */
     ORIGIN_EFORBIDDEN, /* 401, 403 */
-    ORIGIN_EHTTP,      /* another 4xx */
+    ORIGIN_EHTTP,      /* another 4xx, 501, 505 */
     ORIGIN_ERANGE,     /* range beyond the end of the remote file (416) */
-    ORIGIN_ENORANGES,  /* the server ignores Range and the range is not at 0 */
     ORIGIN_ECHANGED,   /* the remote content changed during the job */
     ORIGIN_ETLS,       /* TLS handshake or certificate verification failed */
-    ORIGIN_EREDIRECT,  /* too many redirects */
+    ORIGIN_EREDIRECT,  /* too many redirects, or one without a usable Location */
     ORIGIN_EPROTOCOL,  /* scheme not allowed (only http, https, file; redirects only http(s)) */
     ORIGIN_ETRANSFER,  /* another local or library failure */
     ORIGIN_ERR_END
@@ -108,9 +110,10 @@ typedef struct origin origin;
 typedef struct origin_file origin_file;
 
 /* How a file reports to its owner. Callbacks run on the origin's thread,
- * inside origin_poll(). From on_data the caller may call origin_fetch (the
- * request starts later) but must not close the file or free the origin; from
- * on_info and on_done it may call anything but origin_free. */
+ * inside origin_poll(). From any of them the caller may call origin_fetch,
+ * origin_probe, origin_cancel, origin_file_open and origin_file_close (frees
+ * are deferred to a safe point); it must not call origin_poll (which then
+ * fails with ORIGIN_EINVAL) or origin_free. */
 typedef struct origin_sink {
     /* The file's size or validators became known (optional). */
     void (*on_info)(void *ctx, origin_file *f, const origin_file_info *info);
@@ -142,8 +145,9 @@ int origin_new(const origin_config *cfg, origin **out);
 void origin_free(origin *o);
 
 /* Runs the loop: waits up to timeout_ms for network activity (or a wakeup),
- * moves the transfers along, and runs the callbacks. Returns 0 or an error
- * from libcurl's multi interface (ORIGIN_ETRANSFER). */
+ * moves the transfers along, and runs the callbacks. Returns 0, ORIGIN_EINVAL
+ * when called from a callback, or ORIGIN_ETRANSFER when libcurl's multi
+ * interface fails. */
 int origin_poll(origin *o, int timeout_ms);
 
 /* Makes a concurrent or future origin_poll return early. The only function

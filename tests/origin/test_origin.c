@@ -4,6 +4,7 @@
  * misbehaving fault server.
  */
 #include <fcntl.h>
+#include <pthread.h>
 #include <stdint.h>
 #include <sys/stat.h>
 #include <time.h>
@@ -33,6 +34,8 @@ struct collector {
     int abort_after; /* on_data returns -1 once this many calls were made */
     int data_calls;
     int cancel_on_first_data;
+    enum { ACT_NONE, ACT_CANCEL, ACT_CLOSE, ACT_POLL } info_action, done_action, data_action;
+    int nested_poll; /* what origin_poll returned from inside a callback */
     origin_file *file;
     unsigned max_active;
     origin *o;
@@ -46,12 +49,24 @@ static struct fetch *find(struct collector *c, uint64_t id)
     return NULL;
 }
 
+/* Does what a test asked a callback to do to the origin. */
+static void act(struct collector *c, origin_file *f, int what)
+{
+    if (what == ACT_CANCEL)
+        for (int i = 0; i < c->n; i++)
+            origin_cancel(f, c->fetches[i].id);
+    else if (what == ACT_CLOSE)
+        origin_file_close(f);
+    else if (what == ACT_POLL)
+        c->nested_poll = origin_poll(c->o, 0);
+}
+
 static void on_info(void *ctx, origin_file *f, const origin_file_info *info)
 {
-    (void)f;
     struct collector *c = ctx;
     c->info_calls++;
     c->info = *info;
+    act(c, f, c->info_action);
 }
 
 static int on_data(void *ctx, origin_file *f, uint64_t id, uint64_t offset, const void *data,
@@ -66,6 +81,10 @@ static int on_data(void *ctx, origin_file *f, uint64_t id, uint64_t offset, cons
         return -1;
     if (c->cancel_on_first_data) {
         origin_cancel(f, id);
+        return 0;
+    }
+    if (c->data_action != ACT_NONE) {
+        act(c, f, c->data_action);
         return 0;
     }
     if (offset != x->offset + x->got)
@@ -86,7 +105,6 @@ static int on_data(void *ctx, origin_file *f, uint64_t id, uint64_t offset, cons
 
 static void on_done(void *ctx, origin_file *f, uint64_t id, const origin_error *err)
 {
-    (void)f;
     struct collector *c = ctx;
     struct fetch *x = find(c, id);
     if (x == NULL)
@@ -96,6 +114,7 @@ static void on_done(void *ctx, origin_file *f, uint64_t id, const origin_error *
         x->failed = 1;
         x->err = *err;
     }
+    act(c, f, c->done_action);
 }
 
 static origin_sink sink_for(struct collector *c)
@@ -184,7 +203,6 @@ static void check_failed_with(const struct fetch *x, int code)
 static test_nginx web;
 static test_faultsrv *faults;
 static char fixture_dir[512];
-static int proxy_port;
 
 #define SEED_A 1u
 #define SIZE_A (3 * 1024 * 1024 + 12345)
@@ -747,7 +765,7 @@ static void test_proxy_modes(void)
 {
     char u[256], proxy[64], log[700];
     url(u, sizeof u, "/data/a.bin");
-    snprintf(proxy, sizeof proxy, "http://127.0.0.1:%d", proxy_port);
+    snprintf(proxy, sizeof proxy, "http://127.0.0.1:%d", web.extra_port);
     snprintf(log, sizeof log, "%s/proxy.log", web.dir);
     struct {
         enum origin_proxy_mode mode;
@@ -780,9 +798,18 @@ static void test_proxy_modes(void)
         run(o, &c, 10);
         unsetenv("http_proxy");
         check_bytes(x, SEED_A, 1000);
-        /* nginx writes its log line when the request ends; give it a moment. */
-        struct timespec ts = {0, 50 * 1000 * 1000};
-        nanosleep(&ts, NULL);
+        /* nginx writes its log line when the request ends: wait for it (or,
+         * when none is due, long enough that one would have come). */
+        double until = seconds() + (cases[i].via_proxy ? 5 : 0.3);
+        while (count_lines(log) - before < cases[i].via_proxy && seconds() < until) {
+            struct timespec ts = {0, 10 * 1000 * 1000};
+            nanosleep(&ts, NULL);
+        }
+        if (!cases[i].via_proxy)
+            while (seconds() < until) {
+                struct timespec ts = {0, 10 * 1000 * 1000};
+                nanosleep(&ts, NULL);
+            }
         CHECK_INT(count_lines(log) - before, cases[i].via_proxy);
         origin_free(o);
         free_collector(&c);
@@ -887,9 +914,15 @@ static void test_cancel_stops_every_callback(void)
     /* Cancelling from inside on_data, and closing the file with requests
      * running, are both safe. */
     c.cancel_on_first_data = 1;
+    calls = c.data_calls;
     y = fetch(&c, f, 0, 300000);
-    for (int i = 0; i < 20 && c.data_calls == calls; i++)
+    for (int i = 0; i < 100 && c.data_calls == calls; i++)
         CHECK_INT(origin_poll(o, 50), ORIGIN_OK);
+    CHECK_INT(c.data_calls, calls + 1); /* the one call that cancelled */
+    for (int i = 0; i < 5; i++)
+        CHECK_INT(origin_poll(o, 50), ORIGIN_OK);
+    CHECK_INT(c.data_calls, calls + 1);
+    CHECK(!y->done);
     y->done = 1;
     c.cancel_on_first_data = 0;
     fetch(&c, f, 0, ORIGIN_TO_END);
@@ -1001,6 +1034,294 @@ static void test_messages_hide_credentials_and_query(void)
     free_collector(&c);
 }
 
+static void test_refusal_while_throttled_stops_the_data(void)
+{
+    /* A refusal of data that was held back by the rate limit must end the
+     * request: nothing more, and nothing at a shifted offset. */
+    char u[256];
+    url(u, sizeof u, "/data/a.bin");
+    struct collector c = {.abort_after = 2};
+    origin *o = new_origin();
+    origin_file_options opts = {.url = u, .known_size = -1, .max_rate = 100000};
+    origin_sink s = sink_for(&c);
+    origin_file *f = NULL;
+    CHECK_INT(origin_file_open(o, &opts, &s, &f), ORIGIN_OK);
+    c.o = o;
+    struct fetch *x = fetch(&c, f, 0, 500000);
+    run(o, &c, 20);
+    check_failed_with(x, ORIGIN_EABORTED);
+    CHECK_INT(c.data_calls, 2);
+    CHECK(!x->disorder);
+    origin_free(o);
+    free_collector(&c);
+}
+
+static void test_responses_longer_than_their_range_are_refused(void)
+{
+    struct collector c = {0};
+    char u[256];
+    fault_url(u, sizeof u, "/cl-mismatch");
+    origin *o = new_origin();
+    origin_file *f = open_url(o, u, &c);
+    struct fetch *x = fetch(&c, f, 10, 1000);
+    run(o, &c, 10);
+    check_failed_with(x, ORIGIN_EBAD_RESPONSE);
+    CHECK_HAS(x->err.message, "Content-Length");
+    CHECK_INT(x->got, 0);
+    origin_free(o);
+    free_collector(&c);
+
+    fault_url(u, sizeof u, "/overlong");
+    o = new_origin();
+    f = open_url(o, u, &c);
+    x = fetch(&c, f, 10, 1000);
+    run(o, &c, 10);
+    check_failed_with(x, ORIGIN_EBAD_RESPONSE);
+    CHECK_HAS(x->err.message, "more than its Content-Range");
+    CHECK_INT(x->got, 100); /* what the range covered, never past it */
+    for (uint64_t i = 0; i < x->got; i++)
+        CHECK(x->buf[i] == test_pattern_byte(FAULT_SEED, (size_t)(10 + i)));
+    origin_free(o);
+    free_collector(&c);
+}
+
+static void test_if_range_is_sent_with_the_right_validator(void)
+{
+    const struct {
+        const char *path;
+        const char *want;
+    } cases[] = {
+        {"/good", "\"v1\""},
+        {"/lm-only", "Tue, 14 Nov 2023 22:13:20 GMT"},
+        {"/weak-etag", "Tue, 14 Nov 2023 22:13:20 GMT"}, /* a weak ETag may not be used */
+    };
+    for (size_t i = 0; i < 3; i++) {
+        struct collector c = {0};
+        char u[256], seen[128];
+        fault_url(u, sizeof u, cases[i].path);
+        origin *o = new_origin();
+        origin_file *f = open_url(o, u, &c);
+        struct fetch *a = fetch(&c, f, 0, 100);
+        run(o, &c, 10);
+        check_bytes(a, FAULT_SEED, 100);
+        test_faultsrv_if_range(faults, cases[i].path, seen, sizeof seen);
+        CHECK_STR(seen, ""); /* nothing known yet */
+        struct fetch *b = fetch(&c, f, 100, 100);
+        run(o, &c, 10);
+        check_bytes(b, FAULT_SEED, 100);
+        test_faultsrv_if_range(faults, cases[i].path, seen, sizeof seen);
+        CHECK_STR(seen, cases[i].want);
+        origin_free(o);
+        free_collector(&c);
+    }
+}
+
+static void test_validator_change_between_short_responses(void)
+{
+    struct collector c = {0};
+    char u[256];
+    fault_url(u, sizeof u, "/short-changing");
+    origin *o = new_origin();
+    origin_file *f = open_url(o, u, &c);
+    struct fetch *x = fetch(&c, f, 0, 200000);
+    run(o, &c, 10);
+    check_failed_with(x, ORIGIN_ECHANGED);
+    CHECK_INT(x->got, 65536); /* only the first version's bytes */
+    origin_free(o);
+    free_collector(&c);
+}
+
+static void test_retry_after_as_a_date(void)
+{
+    struct collector c = {0};
+    char u[256];
+    fault_url(u, sizeof u, "/503-date");
+    origin *o = new_origin();
+    origin_file *f = open_url(o, u, &c);
+    struct fetch *x = fetch(&c, f, 0, 10);
+    run(o, &c, 10);
+    check_failed_with(x, ORIGIN_ETHROTTLED);
+    CHECK(x->err.retry_after >= 25 && x->err.retry_after <= 31);
+    origin_free(o);
+    free_collector(&c);
+}
+
+static void test_files_that_end_where_the_server_says(void)
+{
+    /* A chunked 200 without a length, read to its end, is the whole file. */
+    struct collector c = {0};
+    char u[256];
+    fault_url(u, sizeof u, "/chunked200");
+    origin *o = new_origin();
+    origin_file *f = open_url(o, u, &c);
+    struct fetch *x = fetch(&c, f, 0, ORIGIN_TO_END);
+    run(o, &c, 10);
+    check_bytes(x, FAULT_SEED, FAULT_SIZE);
+    CHECK_INT(origin_file_get_info(f)->size, FAULT_SIZE);
+    origin_free(o);
+    free_collector(&c);
+
+    /* An empty file behind a server that answers 416 "bytes * /0". */
+    fault_url(u, sizeof u, "/empty416");
+    o = new_origin();
+    f = open_url(o, u, &c);
+    x = fetch(&c, f, 0, ORIGIN_TO_END);
+    run(o, &c, 10);
+    CHECK(x->done && !x->failed);
+    CHECK_INT(x->got, 0);
+    CHECK_INT(origin_file_get_info(f)->size, 0);
+    origin_free(o);
+    free_collector(&c);
+
+    /* 206 "a-b/ *" to the end: the size comes from the 416 after it. */
+    fault_url(u, sizeof u, "/star");
+    o = new_origin();
+    f = open_url(o, u, &c);
+    x = fetch(&c, f, 1000, ORIGIN_TO_END);
+    run(o, &c, 10);
+    check_bytes(x, FAULT_SEED, FAULT_SIZE - 1000);
+    origin_free(o);
+    free_collector(&c);
+}
+
+static void test_redirect_to_another_host_drops_custom_headers(void)
+{
+    const char *headers[] = {"X-Dopa-Token: secret"};
+    const struct {
+        const char *path;
+        int ok;
+    } cases[] = {{"/hop-same", 1}, {"/hop-other", 0}};
+    for (size_t i = 0; i < 2; i++) {
+        char u[256];
+        url(u, sizeof u, cases[i].path);
+        struct collector c = {0};
+        origin *o = new_origin();
+        origin_file_options opts = {.url = u, .known_size = -1, .headers = headers, .n_headers = 1};
+        origin_sink s = sink_for(&c);
+        origin_file *f = NULL;
+        CHECK_INT(origin_file_open(o, &opts, &s, &f), ORIGIN_OK);
+        struct fetch *x = fetch(&c, f, 0, 100);
+        run(o, &c, 10);
+        if (cases[i].ok)
+            check_bytes(x, 12, 100);
+        else
+            check_failed_with(x, ORIGIN_EFORBIDDEN); /* the token did not follow */
+        origin_free(o);
+        free_collector(&c);
+    }
+}
+
+static void test_callbacks_may_cancel_close_but_not_poll(void)
+{
+    char u[256];
+    url(u, sizeof u, "/data/a.bin");
+    int actions[][2] = {{ACT_CANCEL, ACT_NONE}, {ACT_CLOSE, ACT_NONE}, {ACT_NONE, ACT_CLOSE}};
+    for (size_t i = 0; i < 3; i++) {
+        struct collector c = {0};
+        c.info_action = actions[i][0];
+        c.done_action = actions[i][1];
+        origin *o = new_origin();
+        origin_file *f = open_url(o, u, &c);
+        fetch(&c, f, 0, 1000);
+        fetch(&c, f, 1000, 1000);
+        for (int k = 0; k < 40; k++)
+            CHECK_INT(origin_poll(o, 25), ORIGIN_OK);
+        CHECK_INT(origin_active(o), 0);
+        CHECK(c.info_calls >= 1);
+        origin_free(o);
+        free_collector(&c);
+    }
+    /* origin_poll from inside a callback is refused, not run. */
+    struct collector c = {0};
+    c.data_action = ACT_POLL;
+    c.nested_poll = 12345;
+    origin *o = new_origin();
+    origin_file *f = open_url(o, u, &c);
+    fetch(&c, f, 0, 1000);
+    run(o, &c, 10);
+    CHECK_INT(c.nested_poll, ORIGIN_EINVAL);
+    origin_free(o);
+    free_collector(&c);
+}
+
+static void test_file_urls_chunked_throttled_and_changed(void)
+{
+    char path[1024], u[1100];
+    snprintf(path, sizeof path, "%s/data/big.bin", web.root);
+    CHECK(test_nginx_put(&web, "data/big.bin", 20 * 1024 * 1024 + 5, 21) == 0);
+    snprintf(u, sizeof u, "file://%s", path);
+    struct collector c = {0};
+    origin_config cfg = origin_config_default();
+    cfg.max_rate = 1000 * 1024 * 1024; /* a limit that file:// cannot pause for */
+    origin *o = NULL;
+    CHECK_INT(origin_new(&cfg, &o), ORIGIN_OK);
+    origin_file *f = open_url(o, u, &c);
+    struct fetch *x = fetch(&c, f, 3, ORIGIN_TO_END);
+    run(o, &c, 20);
+    check_bytes(x, 21, 20 * 1024 * 1024 + 2);
+    /* The file is rewritten: its modification time gives it away. */
+    CHECK(test_nginx_put(&web, "data/big.bin", 20 * 1024 * 1024 + 5, 22) == 0);
+    CHECK(test_nginx_set_mtime(&web, "data/big.bin", 1600000000) == 0);
+    x = fetch(&c, f, 0, 100);
+    run(o, &c, 10);
+    check_failed_with(x, ORIGIN_ECHANGED);
+    CHECK_INT(x->got, 0);
+    origin_free(o);
+    free_collector(&c);
+}
+
+static void test_overall_connection_limit(void)
+{
+    char u[256];
+    url(u, sizeof u, "/data/a.bin");
+    struct collector c = {0};
+    origin_config cfg = origin_config_default();
+    cfg.max_connections = 2;
+    origin *o = NULL;
+    CHECK_INT(origin_new(&cfg, &o), ORIGIN_OK);
+    origin_file_options opts = {.url = u, .known_size = -1, .connections = 8};
+    origin_sink s = sink_for(&c);
+    origin_file *f = NULL, *g = NULL;
+    CHECK_INT(origin_file_open(o, &opts, &s, &f), ORIGIN_OK);
+    CHECK_INT(origin_file_open(o, &opts, &s, &g), ORIGIN_OK);
+    c.o = o;
+    for (int i = 0; i < 8; i++) {
+        fetch(&c, f, (uint64_t)i * 100000, 100000);
+        fetch(&c, g, (uint64_t)i * 100000, 100000);
+    }
+    run(o, &c, 20);
+    for (int i = 0; i < c.n; i++)
+        check_bytes(&c.fetches[i], SEED_A, 100000);
+    CHECK(c.max_active <= 2);
+    origin_free(o);
+    free_collector(&c);
+}
+
+static origin *wake_target;
+
+static void *wake_later(void *arg)
+{
+    (void)arg;
+    struct timespec ts = {0, 200 * 1000 * 1000};
+    nanosleep(&ts, NULL);
+    origin_wakeup(wake_target);
+    return NULL;
+}
+
+static void test_wakeup_ends_a_poll_early(void)
+{
+    origin *o = new_origin();
+    pthread_t th;
+    wake_target = o;
+    CHECK(pthread_create(&th, NULL, wake_later, NULL) == 0);
+    double t0 = seconds();
+    CHECK_INT(origin_poll(o, 5000), ORIGIN_OK);
+    double took = seconds() - t0;
+    pthread_join(th, NULL);
+    CHECK(took < 2.0);
+    origin_free(o);
+}
+
 /* ------------------------------------------------------------------ */
 
 static int rm_entry(const char *path, const struct stat *st, int flag, struct FTW *ftw)
@@ -1026,12 +1347,11 @@ static int setup(void)
     if (mkdtemp(fixture_dir) == NULL)
         return -1;
     atexit(teardown);
-    proxy_port = test_free_port();
     char http[1024];
     snprintf(http, sizeof http,
-             "server { listen 127.0.0.1:%d; access_log %s/proxy.log;"
+             "server { listen 127.0.0.1:{PORT2}; access_log %s/proxy.log;"
              "  location / { proxy_pass http://$http_host$request_uri; } }",
-             proxy_port, fixture_dir);
+             fixture_dir);
     test_nginx_config cfg = {
         .http = http,
         .tls = 1,
@@ -1046,6 +1366,8 @@ static int setup(void)
                   "location = /to-file { return 302 file:///etc/passwd; }"
                   "location = /loop { return 302 /loop; }"
                   "location = /moved { return 301 /data/a.bin; }"
+                  "location = /hop-same { return 302 /token/t.bin; }"
+                  "location = /hop-other { return 302 http://localhost:$server_port/token/t.bin; }"
                   "location /token/ { if ($http_x_dopa_token != \"secret\") { return 403; } }"
                   "location /private/ { if ($ssl_client_verify != SUCCESS) { return 403; } }",
     };
@@ -1103,6 +1425,17 @@ int main(int argc, char **argv)
                          CASE(test_bad_arguments_are_refused),
                          CASE(test_connection_refused_is_transient),
                          CASE(test_messages_hide_credentials_and_query),
+                         CASE(test_refusal_while_throttled_stops_the_data),
+                         CASE(test_responses_longer_than_their_range_are_refused),
+                         CASE(test_if_range_is_sent_with_the_right_validator),
+                         CASE(test_validator_change_between_short_responses),
+                         CASE(test_retry_after_as_a_date),
+                         CASE(test_files_that_end_where_the_server_says),
+                         CASE(test_redirect_to_another_host_drops_custom_headers),
+                         CASE(test_callbacks_may_cancel_close_but_not_poll),
+                         CASE(test_file_urls_chunked_throttled_and_changed),
+                         CASE(test_overall_connection_limit),
+                         CASE(test_wakeup_ends_a_poll_early),
                          {0},
                      });
 }

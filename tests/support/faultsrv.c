@@ -8,6 +8,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <sys/socket.h>
 #include <time.h>
 #include <unistd.h>
@@ -36,7 +37,8 @@ struct test_faultsrv {
     struct {
         char path[64];
         int hits;
-    } counts[32];
+        char if_range[128];
+    } counts[48];
 };
 
 static int send_all(int fd, const void *buf, size_t len)
@@ -68,7 +70,7 @@ static int send_pattern(int fd, uint64_t from, uint64_t len)
     return 0;
 }
 
-static int count_hit(test_faultsrv *s, const char *path)
+static int count_hit(test_faultsrv *s, const char *path, const char *if_range)
 {
     pthread_mutex_lock(&s->lock);
     int n = 0;
@@ -77,11 +79,22 @@ static int count_hit(test_faultsrv *s, const char *path)
             snprintf(s->counts[i].path, sizeof s->counts[i].path, "%s", path);
         if (strcmp(s->counts[i].path, path) == 0) {
             n = ++s->counts[i].hits;
+            snprintf(s->counts[i].if_range, sizeof s->counts[i].if_range, "%s", if_range);
             break;
         }
     }
     pthread_mutex_unlock(&s->lock);
     return n;
+}
+
+void test_faultsrv_if_range(test_faultsrv *s, const char *path, char *out, size_t len)
+{
+    pthread_mutex_lock(&s->lock);
+    snprintf(out, len, "%s", "");
+    for (size_t i = 0; i < sizeof s->counts / sizeof s->counts[0]; i++)
+        if (strcmp(s->counts[i].path, path) == 0)
+            snprintf(out, len, "%s", s->counts[i].if_range);
+    pthread_mutex_unlock(&s->lock);
 }
 
 int test_faultsrv_hits(test_faultsrv *s, const char *path)
@@ -98,7 +111,7 @@ int test_faultsrv_hits(test_faultsrv *s, const char *path)
 /* Reads one request head; fills path and the range (to = UINT64_MAX for
  * "a-" or when there is no Range; has_range says which). */
 static int read_request(int fd, char *path, size_t path_len, uint64_t *from, uint64_t *to,
-                        int *has_range)
+                        int *has_range, char *if_range, size_t if_range_len)
 {
     char buf[8192];
     size_t got = 0;
@@ -118,6 +131,16 @@ static int read_request(int fd, char *path, size_t path_len, uint64_t *from, uin
         return -1;
     memcpy(path, buf + 4, n);
     path[n] = '\0';
+    if_range[0] = '\0';
+    const char *ir = strcasestr(buf, "\r\nIf-Range: ");
+    if (ir != NULL) {
+        ir += strlen("\r\nIf-Range: ");
+        size_t k = strcspn(ir, "\r\n");
+        if (k >= if_range_len)
+            k = if_range_len - 1;
+        memcpy(if_range, ir, k);
+        if_range[k] = '\0';
+    }
     *has_range = 0;
     *from = 0;
     *to = UINT64_MAX;
@@ -139,12 +162,12 @@ static int read_request(int fd, char *path, size_t path_len, uint64_t *from, uin
 
 static void respond(test_faultsrv *s, int fd)
 {
-    char path[64], head[1024];
+    char path[64], head[1024], if_range[128];
     uint64_t from, to;
     int has_range;
-    if (read_request(fd, path, sizeof path, &from, &to, &has_range) != 0)
+    if (read_request(fd, path, sizeof path, &from, &to, &has_range, if_range, sizeof if_range) != 0)
         return;
-    int hit = count_hit(s, path);
+    int hit = count_hit(s, path, if_range);
     const uint64_t size = FAULT_SIZE;
     if (to >= size)
         to = size - 1;
@@ -152,6 +175,41 @@ static void respond(test_faultsrv *s, int fd)
     const char *etag = "\"v1\"";
     char etag_buf[32];
 
+    if (strcmp(path, "/503-date") == 0) {
+        char date[64];
+        time_t when = time(NULL) + 30;
+        struct tm tm;
+        gmtime_r(&when, &tm);
+        strftime(date, sizeof date, "%a, %d %b %Y %H:%M:%S GMT", &tm);
+        snprintf(head, sizeof head,
+                 "HTTP/1.1 503 Busy\r\nRetry-After: %s\r\nContent-Length: 0\r\n"
+                 "Connection: close\r\n\r\n",
+                 date);
+        send_all(fd, head, strlen(head));
+        return;
+    }
+    if (strcmp(path, "/empty416") == 0) {
+        snprintf(head, sizeof head,
+                 "HTTP/1.1 416 Range Not Satisfiable\r\nContent-Range: bytes */0\r\n"
+                 "Content-Length: 0\r\nConnection: close\r\n\r\n");
+        send_all(fd, head, strlen(head));
+        return;
+    }
+    if (strcmp(path, "/chunked200") == 0) {
+        snprintf(head, sizeof head,
+                 "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n");
+        if (send_all(fd, head, strlen(head)) != 0)
+            return;
+        for (uint64_t off = 0; off < size; off += 4096) {
+            char line[32];
+            snprintf(line, sizeof line, "%x\r\n", 4096);
+            if (send_all(fd, line, strlen(line)) != 0 || send_pattern(fd, off, 4096) != 0 ||
+                send_all(fd, "\r\n", 2) != 0)
+                return;
+        }
+        send_all(fd, "0\r\n\r\n", 5);
+        return;
+    }
     if (strcmp(path, "/429") == 0 || strcmp(path, "/503") == 0) {
         int code = atoi(path + 1);
         snprintf(head, sizeof head,
@@ -184,35 +242,58 @@ static void respond(test_faultsrv *s, int fd)
     }
 
     uint64_t cr_from = from, cr_to = to, total = size, body = len;
+    char length_override[64] = "";
+    char validators[256];
+    snprintf(validators, sizeof validators, "ETag: %s\r\n", "\"v1\"");
     if (strcmp(path, "/wrong-start") == 0)
         cr_from = from + 1, body = len - 1;
     if (strcmp(path, "/bigger") == 0)
         cr_to = size - 1, body = size - from;
-    if (strcmp(path, "/short") == 0 && len > 65536)
+    if ((strcmp(path, "/short") == 0 || strcmp(path, "/short-changing") == 0) && len > 65536)
         cr_to = from + 65535, body = 65536;
+    if (strcmp(path, "/short-changing") == 0 && hit > 1)
+        snprintf(validators, sizeof validators, "ETag: \"s2\"\r\n");
+    if (strcmp(path, "/lm-only") == 0)
+        snprintf(validators, sizeof validators, "Last-Modified: Tue, 14 Nov 2023 22:13:20 GMT\r\n");
+    if (strcmp(path, "/weak-etag") == 0)
+        snprintf(validators, sizeof validators,
+                 "ETag: W/\"w1\"\r\nLast-Modified: Tue, 14 Nov 2023 22:13:20 GMT\r\n");
+    if (strcmp(path, "/cl-mismatch") == 0)
+        snprintf(length_override, sizeof length_override, "Content-Length: %llu\r\n",
+                 (unsigned long long)(2 * len));
+    if (strcmp(path, "/overlong") == 0 && len > 100)
+        cr_to = from + 99; /* and the body below runs on past it */
     if (strcmp(path, "/changing-size") == 0 && hit > 1)
         total = size + 1;
     if (strcmp(path, "/changing-etag") == 0) {
         snprintf(etag_buf, sizeof etag_buf, "\"e%d\"", hit);
         etag = etag_buf;
+        snprintf(validators, sizeof validators, "ETag: %s\r\n", etag);
     }
-    int endless = strcmp(path, "/endless") == 0;
+    int endless = strcmp(path, "/endless") == 0 || strcmp(path, "/overlong") == 0;
+    int star = strcmp(path, "/star") == 0;
     int chunked = strcmp(path, "/chunked") == 0;
     char length[64] = "";
     if (chunked)
         snprintf(length, sizeof length, "Transfer-Encoding: chunked\r\n");
+    else if (length_override[0] != '\0')
+        snprintf(length, sizeof length, "%s", length_override);
     else if (!endless)
         snprintf(length, sizeof length, "Content-Length: %llu\r\n", (unsigned long long)body);
+    char total_text[32];
+    snprintf(total_text, sizeof total_text, "%llu", (unsigned long long)total);
     snprintf(head, sizeof head,
-             "HTTP/1.1 206 Partial Content\r\nContent-Range: bytes %llu-%llu/%llu\r\n%s"
-             "ETag: %s\r\nConnection: close\r\n\r\n",
-             (unsigned long long)cr_from, (unsigned long long)cr_to, (unsigned long long)total,
-             length, etag);
+             "HTTP/1.1 206 Partial Content\r\nContent-Range: bytes %llu-%llu/%s\r\n%s"
+             "%sConnection: close\r\n\r\n",
+             (unsigned long long)cr_from, (unsigned long long)cr_to, star ? "*" : total_text,
+             length, validators);
     if (send_all(fd, head, strlen(head)) != 0)
         return;
 
     if (strcmp(path, "/close-mid") == 0) {
         send_pattern(fd, from, len / 2);
+    } else if (strcmp(path, "/overlong") == 0) {
+        send_pattern(fd, from, len > 100 ? 200 : len);
     } else if (endless) {
         send_pattern(fd, from, ENDLESS_CAP);
     } else if (chunked) {

@@ -18,6 +18,15 @@
  *   /changing-size the size grows by one byte after the first response
  *   /drop-etag     ETag on the first response, a 200 without one afterwards
  *   /stall         206 headers, then one byte every 2 seconds
+ *   /cl-mismatch   206 whose Content-Length is twice its Content-Range
+ *   /overlong      206 for at most 100 bytes, then 100 more without a length
+ *   /lm-only       Last-Modified, no ETag
+ *   /weak-etag     a weak ETag and a Last-Modified
+ *   /short-changing  like /short, with a new ETag after the first response
+ *   /503-date      503 with Retry-After as an HTTP date 30 s ahead
+ *   /chunked200    200 with the whole file, chunked, whatever the Range
+ *   /empty416      an empty file: 416 with "bytes * /0" (no blank) for any range
+ *   /star          206 with "bytes a-b/ *" (no blank): the size is not given
  *
  * Every connection is closed after one response.
  */
@@ -25,6 +34,7 @@
 #define DOPA_TEST_FAULTSRV_H
 
 #include <pthread.h>
+#include <stddef.h>
 
 #define FAULT_SIZE (1024 * 1024)
 #define FAULT_SEED 77u
@@ -36,6 +46,8 @@ test_faultsrv *test_faultsrv_start(void);
 int test_faultsrv_port(const test_faultsrv *s);
 /* Requests served so far for a path (e.g. "/short"). */
 int test_faultsrv_hits(test_faultsrv *s, const char *path);
+/* The If-Range header of the last request for a path ("" if none). */
+void test_faultsrv_if_range(test_faultsrv *s, const char *path, char *out, size_t len);
 /* Closes every connection, joins every thread, frees. */
 void test_faultsrv_stop(test_faultsrv *s);
 

@@ -7,6 +7,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/prctl.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/time.h>
@@ -87,14 +88,39 @@ static int make_certs(const char *dir)
     return run_quiet(cmd);
 }
 
+/* Copies text with every "{PORT2}" replaced by the port. */
+static char *with_port(const char *text, int port)
+{
+    size_t len = strlen(text), count = 0;
+    for (const char *p = strstr(text, "{PORT2}"); p != NULL; p = strstr(p + 1, "{PORT2}"))
+        count++;
+    char *out = malloc(len + count * 8 + 1), *o = out;
+    if (out == NULL)
+        return NULL;
+    for (const char *p = text; *p;) {
+        if (strncmp(p, "{PORT2}", 7) == 0) {
+            o += sprintf(o, "%d", port);
+            p += 7;
+        } else {
+            *o++ = *p++;
+        }
+    }
+    *o = '\0';
+    return out;
+}
+
 static int write_config(test_nginx *n, const test_nginx_config *cfg)
 {
     char path[1024];
     snprintf(path, sizeof path, "%s/nginx.conf", n->dir);
-    FILE *f = fopen(path, "w");
-    if (f == NULL)
+    char *server = with_port(cfg && cfg->server ? cfg->server : "", n->extra_port);
+    char *http = with_port(cfg && cfg->http ? cfg->http : "", n->extra_port);
+    FILE *f = server && http ? fopen(path, "w") : NULL;
+    if (f == NULL) {
+        free(server);
+        free(http);
         return -1;
-    const char *server = cfg && cfg->server ? cfg->server : "";
+    }
     fprintf(f,
             "daemon off;\n"
             "master_process off;\n"
@@ -117,8 +143,8 @@ static int write_config(test_nginx *n, const test_nginx_config *cfg)
             "    root %s;\n"
             "    %s\n"
             "  }\n",
-            n->dir, n->dir, n->dir, n->dir, n->dir, n->dir, n->dir, n->dir,
-            cfg && cfg->http ? cfg->http : "", n->port, n->root, server);
+            n->dir, n->dir, n->dir, n->dir, n->dir, n->dir, n->dir, n->dir, http, n->port, n->root,
+            server);
     char client[1400] = "";
     if (n->tls_port != 0 && cfg->tls_client_ca)
         snprintf(client, sizeof client,
@@ -135,6 +161,8 @@ static int write_config(test_nginx *n, const test_nginx_config *cfg)
                 "  }\n",
                 n->tls_port, n->root, n->certs, n->certs, client, server);
     fprintf(f, "}\n");
+    free(server);
+    free(http);
     return fclose(f);
 }
 
@@ -164,6 +192,7 @@ int test_nginx_start(test_nginx *n, const char *dir, const test_nginx_config *cf
     for (int attempt = 0; attempt < 5; attempt++) {
         n->port = test_free_port();
         n->tls_port = cfg != NULL && cfg->tls ? test_free_port() : 0;
+        n->extra_port = test_free_port();
         if (n->port < 0 || n->tls_port < 0 || write_config(n, cfg) != 0)
             return -1;
         char conf[1024], err[1024];
@@ -173,6 +202,8 @@ int test_nginx_start(test_nginx *n, const char *dir, const test_nginx_config *cf
         if (pid < 0)
             return -1;
         if (pid == 0) {
+            /* If the test process dies, nginx goes with it. */
+            prctl(PR_SET_PDEATHSIG, SIGTERM);
             int fd = open(err, O_WRONLY | O_CREAT | O_APPEND, 0644);
             if (fd >= 0) {
                 dup2(fd, 1);
@@ -188,7 +219,9 @@ int test_nginx_start(test_nginx *n, const char *dir, const test_nginx_config *cf
                 n->pid = 0;
                 break; /* exited: maybe the port was taken; try another */
             }
-            if (can_connect(n->port) && (n->tls_port == 0 || can_connect(n->tls_port)))
+            int wants_extra = cfg != NULL && cfg->http != NULL && strstr(cfg->http, "{PORT2}");
+            if (can_connect(n->port) && (n->tls_port == 0 || can_connect(n->tls_port)) &&
+                (!wants_extra || can_connect(n->extra_port)))
                 return 0;
             struct timespec ts = {0, 10 * 1000 * 1000};
             nanosleep(&ts, NULL);

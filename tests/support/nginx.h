@@ -12,13 +12,15 @@ typedef struct test_nginx {
     pid_t pid;
     int port;        /* plain HTTP on 127.0.0.1 */
     int tls_port;    /* HTTPS (HTTP/2 enabled) when TLS was asked for, else 0 */
+    int extra_port;  /* a further free port, written where the config says {PORT2} */
     char dir[512];   /* nginx's prefix: conf, logs, temp files */
     char root[600];  /* document root: dir/www */
     char certs[600]; /* with TLS: dir/certs (ca.pem, server.pem, client.pem, client.key) */
 } test_nginx;
 
 /* Where to put extra configuration. `server` goes inside the plain server
- * block (and the TLS one), `http` inside the http block. */
+ * block (and the TLS one), `http` inside the http block; in both, {PORT2}
+ * stands for extra_port, picked afresh on each start attempt. */
 typedef struct test_nginx_config {
     const char *server;
     const char *http;
