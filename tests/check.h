@@ -38,6 +38,8 @@ struct check_case {
 
 static jmp_buf check_jump;
 static char check_dir[4096];
+/* Runs after every case, passed or failed (set it in main). */
+static void (*check_cleanup)(void);
 
 static void check_failed(const char *file, int line, const char *what)
 {
@@ -145,6 +147,8 @@ static inline int check_run(int argc, char **argv, const struct check_case *case
             c->fn();
         else
             ok = 0;
+        if (check_cleanup != NULL)
+            check_cleanup();
         while (check_n_paths > 0)
             free(check_paths[--check_n_paths]);
         if (check_dir[0] != '\0') {

@@ -1,0 +1,239 @@
+/*
+ * agent: the job engine and everything dopad is made of.
+ *
+ *  - the job model (jobs, files, ranges, pieces) and its BITS state machine;
+ *  - the SQLite store that makes it survive a kill -9 (store_*);
+ *  - file operations done with the rights of a job's owner (fileops_*);
+ *  - the engine: one thread that owns the jobs, the store and the origin
+ *    loop, runs the transfers, the timers and the control requests
+ *    (engine_*);
+ *  - the control server on an nng ipc socket (control_*).
+ *
+ * libdopa (dopa.h) is the client side; proto.h is the wire format both use.
+ * Everything here runs on the engine thread unless it says otherwise.
+ */
+#ifndef DOPA_AGENT_H
+#define DOPA_AGENT_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "dopa.h"
+#include "origin.h"
+#include "proto.h"
+#include "validate.h"
+
+#define AGENT_VERSION DOPA_VERSION
+
+/* ------------------------------------------------------------------ */
+/* The job model                                                      */
+
+typedef struct agent_job agent_job;
+
+/* One file of a job. The local file is the remote file, or the
+ * concatenation of its ranges; it is cut into pieces of piece_size bytes,
+ * and a piece counts as done once its bytes are on disk (fdatasync) and its
+ * row is committed. */
+typedef struct agent_file {
+    agent_job *job;
+    uint32_t index;
+    char *url;
+    char *path;     /* destination */
+    char *tmp_path; /* temporary file beside it, until Complete */
+    int64_t remote_size;
+    char etag[256];
+    char last_modified[64];
+    dopa_range *ranges;
+    size_t n_ranges;
+    uint8_t sha256[32];
+    int has_sha256;
+    uint8_t *manifest_bytes;
+    size_t manifest_len;
+    validate_manifest *manifest;
+    uint64_t size; /* local size, DOPA_SIZE_UNKNOWN until known */
+    uint32_t piece_size;
+    uint64_t piece_count;
+    uint8_t *done; /* committed pieces, a bit each */
+    uint64_t done_count;
+    uint64_t done_bytes;
+    int transferred;     /* every piece done and whole-file checks passed */
+    int completed;       /* moved to its destination by Complete */
+    uint32_t bad_pieces; /* hash failures of pieces from the origin */
+    int abort_reason;    /* why on_data refused (for on_done) */
+    int abort_errno;
+
+    /* Transfer state (not stored). */
+    int fd;
+    origin_file *origin;
+    uint64_t request;                              /* running origin request, 0 if none */
+    uint64_t req_remote, req_local, req_end_local; /* its remote and local start, local end */
+    uint64_t fill_piece;                           /* piece being filled, fill bytes of it so far */
+    uint32_t fill;
+    validate_blake2b_state piece_hash;
+    uint64_t *pending; /* pieces written, waiting for fdatasync + commit */
+    size_t n_pending, cap_pending;
+    uint64_t pending_bytes;
+    int hashing;              /* a whole-file check runs in the background */
+    uint64_t hash_generation; /* which check is the current one */
+    int probing;
+} agent_file;
+
+struct agent_job {
+    dopa_id id;
+    uint32_t owner;
+    int type, state, priority;
+    char name[DOPA_NAME_MAX + 1];
+    char description[DOPA_DESCRIPTION_MAX + 1];
+    int64_t created, modified, completed; /* wall clock, ms */
+    uint32_t error_count;
+    int has_error;
+    dopa_job_error error;
+    uint32_t retry_delay, no_progress_timeout; /* seconds */
+    int proxy_usage;
+    char proxy[DOPA_PROXY_MAX + 1];
+    char bypass[DOPA_PROXY_MAX + 1];
+    uint64_t from_origin, from_peers, from_cache;
+    uint64_t seq;     /* creation order */
+    uint64_t version; /* bumped on every change */
+    agent_file **files;
+    size_t n_files;
+
+    /* Engine state (not stored). */
+    int running;
+    int64_t retry_at;          /* monotonic ms: when TRANSIENT_ERROR retries */
+    int64_t no_progress_since; /* monotonic ms, 0 while progressing */
+    int64_t purge_at;          /* monotonic ms: when a final job is forgotten */
+};
+
+agent_job *agent_job_new(void);
+void agent_job_free(agent_job *j);
+agent_file *agent_file_new(void);
+void agent_file_free(agent_file *f);
+/* Sets size, piece_size, piece_count and an empty done map once the local
+ * size is known. */
+int agent_file_set_size(agent_file *f, uint64_t size);
+int agent_file_piece_done(const agent_file *f, uint64_t piece);
+void agent_file_mark_done(agent_file *f, uint64_t piece);
+void agent_file_clear_pieces(agent_file *f);
+/* Fills the public views. */
+void agent_job_info(const agent_job *j, dopa_job_info *out);
+void agent_file_info(const agent_file *f, dopa_file_info *out);
+
+/* ------------------------------------------------------------------ */
+/* The store (SQLite, WAL)                                            */
+
+typedef struct store store;
+
+#define STORE_SCHEMA_VERSION 1
+
+int store_open(const char *path, store **out, char *why, size_t why_len);
+void store_close(store *s);
+
+/* Loads every job with its files, ranges and done pieces. Rows that fail
+ * their checks are skipped and counted in *damaged. */
+int store_load(store *s, agent_job ***jobs, size_t *n, size_t *damaged, char *why, size_t why_len);
+
+int store_begin(store *s);
+int store_commit(store *s);
+void store_rollback(store *s);
+
+int store_put_job(store *s, const agent_job *j);   /* insert or update the job row */
+int store_delete_job(store *s, const dopa_id *id); /* with its files and pieces */
+int store_put_file(store *s, const agent_file *f); /* insert or replace file + ranges */
+int store_add_pieces(store *s, const agent_file *f, const uint64_t *pieces, size_t n);
+int store_clear_pieces(store *s, const agent_file *f);
+const char *store_error(const store *s);
+
+/* ------------------------------------------------------------------ */
+/* File operations with the owner's rights                            */
+
+/* When dopad runs as root and the owner is not, each of these runs in a
+ * short-lived child process that has taken the owner's uid, gid and groups,
+ * so that a job can only create, replace or remove what its owner could.
+ * They never follow a symlink at the temporary or destination name. On
+ * failure they return an errno value and write a message into why. */
+
+/* Opens the temporary file for writing: creates it (it must not exist)
+ * or reopens it (it must be a regular file of the owner's, not hard
+ * linked). *fd is O_RDWR. */
+int fileops_open_temp(uint32_t owner, const char *tmp_path, int create, int *fd, char *why,
+                      size_t why_len);
+/* Removes the temporary file (missing is fine). */
+int fileops_remove_temp(uint32_t owner, const char *tmp_path, char *why, size_t why_len);
+/* fsyncs the temporary file, renames it to the destination, fsyncs the
+ * directory. */
+int fileops_commit(uint32_t owner, const char *tmp_path, const char *dest_path, char *why,
+                   size_t why_len);
+/* The temporary name for file `index` of a job: ".dopa-<id>-<index>.part"
+ * beside dest. */
+int fileops_temp_name(const char *dest, const dopa_id *id, uint32_t index, char *out, size_t len);
+
+/* ------------------------------------------------------------------ */
+/* The engine                                                         */
+
+typedef struct agent_engine agent_engine;
+
+/* Time, for tests to replace. */
+typedef struct agent_clock {
+    int64_t (*wall_ms)(void *ctx);
+    int64_t (*mono_ms)(void *ctx);
+    void *ctx;
+} agent_clock;
+
+typedef struct engine_config {
+    const char *state_dir;      /* holds dopa.db */
+    unsigned max_running;       /* jobs transferring at once; 0 means 4 */
+    uint64_t inactivity_ms;     /* JobInactivityTimeout; 0 means 90 days */
+    unsigned max_jobs_per_user; /* 0 means 10000 */
+    const validate_public_key *trusted_keys;
+    size_t n_trusted_keys;
+    const agent_clock *clock; /* NULL: the real clocks */
+    origin_config origin;
+} engine_config;
+
+int engine_open(const engine_config *cfg, agent_engine **out, char *why, size_t why_len);
+void engine_close(agent_engine *e);
+
+/* One turn of the loop: waits up to timeout_ms for network activity or a
+ * wakeup, then moves transfers, timers and queued control requests on. */
+int engine_step(agent_engine *e, int timeout_ms);
+/* Makes engine_step return early; callable from any thread. */
+void engine_wakeup(agent_engine *e);
+
+/* A control request waiting for its reply (owned by the control server). */
+typedef struct engine_call engine_call;
+/* How the engine answers a call it deferred (PROTO_WAIT). */
+typedef void (*engine_reply_fn)(engine_call *call, const proto_reply *reply);
+
+#define ENGINE_DEFERRED 1
+/* Handles a decoded request from `uid`. Returns 0 with *reply filled, or
+ * ENGINE_DEFERRED when the reply will come later through reply_fn. */
+int engine_handle(agent_engine *e, uint32_t uid, const proto_request *req, proto_reply *reply,
+                  engine_call *call, engine_reply_fn reply_fn);
+/* Forgets a deferred call (its client went away). */
+void engine_drop_call(agent_engine *e, engine_call *call);
+
+/* For tests and tools: jobs known now, and one by id. */
+size_t engine_job_count(const agent_engine *e);
+agent_job *engine_find(agent_engine *e, const dopa_id *id);
+
+/* ------------------------------------------------------------------ */
+/* The control server                                                 */
+
+typedef struct control control;
+
+/* Listens on `socket_path` (its directory is created with `dir_mode`;
+ * the socket gets `sock_mode`). Requests are queued for the engine thread,
+ * which runs them in control_run_queued (called from engine_step). */
+int control_open(agent_engine *e, const char *socket_path, unsigned dir_mode, unsigned sock_mode,
+                 control **out, char *why, size_t why_len);
+void control_close(control *c);
+
+/* Set by engine_open's caller so engine_step drains the control queue. */
+void engine_set_control(agent_engine *e, control *c);
+void control_run_queued(control *c);
+
+/* Logging: one line to stderr with a timestamp and level. */
+void agent_log(const char *level, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+
+#endif

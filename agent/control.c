@@ -1,0 +1,310 @@
+/*
+ * The control server: an nng rep0 socket on an ipc path. Each of CALLS
+ * contexts receives one request at a time. nng delivers a request on one of
+ * its own threads; the context is queued and the engine woken, and the
+ * engine thread decodes, handles and answers it (control_run_queued). A
+ * PROTO_WAIT keeps its context until the engine answers it. The caller's
+ * uid comes from the socket (NNG_OPT_IPC_PEER_UID), never from the request.
+ */
+#include <errno.h>
+#include <nng/nng.h>
+#include <nng/protocol/reqrep0/rep.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#include "agent.h"
+
+#define CALLS 64
+
+enum call_state { CALL_IDLE, CALL_RECEIVING, CALL_QUEUED, CALL_DEFERRED, CALL_SENDING };
+
+struct engine_call {
+    control *c;
+    nng_ctx ctx;
+    nng_aio *aio;
+    enum call_state state;
+    nng_msg *msg;
+    engine_call *next_queued;
+};
+
+struct control {
+    agent_engine *e;
+    nng_socket sock;
+    nng_listener listener;
+    engine_call calls[CALLS];
+    pthread_mutex_t lock; /* guards queue and closing */
+    engine_call *queue_head, *queue_tail;
+    int closing;
+    char *path;
+};
+
+static void receive(engine_call *call)
+{
+    call->state = CALL_RECEIVING;
+    nng_ctx_recv(call->ctx, call->aio);
+}
+
+/* nng's thread: a receive or a send finished. */
+static void on_aio(void *arg)
+{
+    engine_call *call = arg;
+    control *c = call->c;
+    int rv = nng_aio_result(call->aio);
+    pthread_mutex_lock(&c->lock);
+    int closing = c->closing;
+    pthread_mutex_unlock(&c->lock);
+    if (call->state == CALL_SENDING) {
+        if (rv != 0)
+            nng_msg_free(nng_aio_get_msg(call->aio));
+        if (!closing)
+            receive(call);
+        return;
+    }
+    if (rv != 0) {
+        if (rv != NNG_ECLOSED && rv != NNG_ECANCELED && !closing)
+            receive(call);
+        return;
+    }
+    call->msg = nng_aio_get_msg(call->aio);
+    call->state = CALL_QUEUED;
+    pthread_mutex_lock(&c->lock);
+    call->next_queued = NULL;
+    if (c->queue_tail != NULL)
+        c->queue_tail->next_queued = call;
+    else
+        c->queue_head = call;
+    c->queue_tail = call;
+    pthread_mutex_unlock(&c->lock);
+    engine_wakeup(c->e);
+}
+
+/* Engine thread: sends a reply on the call's context. */
+static void send_reply(engine_call *call, const proto_reply *reply)
+{
+    proto_buf buf;
+    nng_msg *msg = NULL;
+    proto_buf_init(&buf, PROTO_MAX_REPLY);
+    int err = proto_encode_reply(reply, &buf);
+    if (err != DOPA_OK) {
+        /* Too big or out of memory: say so instead. */
+        proto_buf_free(&buf);
+        proto_buf_init(&buf, PROTO_MAX_REPLY);
+        proto_reply small = {.op = reply->op, .status = (uint64_t)err};
+        snprintf(small.message, sizeof small.message, "the reply could not be built");
+        proto_encode_reply(&small, &buf);
+    }
+    if (buf.failed || nng_msg_alloc(&msg, 0) != 0 || nng_msg_append(msg, buf.data, buf.len) != 0) {
+        if (msg != NULL)
+            nng_msg_free(msg);
+        proto_buf_free(&buf);
+        receive(call); /* the client times out */
+        return;
+    }
+    proto_buf_free(&buf);
+    call->state = CALL_SENDING;
+    nng_aio_set_msg(call->aio, msg);
+    nng_ctx_send(call->ctx, call->aio);
+}
+
+static void deferred_reply(engine_call *call, const proto_reply *reply)
+{
+    send_reply(call, reply);
+}
+
+static void handle(control *c, engine_call *call)
+{
+    nng_msg *msg = call->msg;
+    call->msg = NULL;
+    const uint8_t *body = nng_msg_body(msg);
+    size_t len = nng_msg_len(msg);
+    proto_reply reply = {0};
+    char why[256] = "";
+    uint64_t uid = 0;
+
+    /* Who is asking: the kernel's answer for this pipe, nothing else. */
+    int op = proto_peek_op(body, len);
+    reply.op = op > 0 ? op : PROTO_WHOAMI;
+    if (nng_pipe_get_uint64(nng_msg_get_pipe(msg), NNG_OPT_IPC_PEER_UID, &uid) != 0 ||
+        uid > UINT32_MAX) {
+        reply.status = DOPA_EACCESS;
+        snprintf(reply.message, sizeof reply.message, "cannot tell who is asking");
+        nng_msg_free(msg);
+        send_reply(call, &reply);
+        return;
+    }
+    proto_request *req = malloc(sizeof *req);
+    if (req == NULL) {
+        reply.status = DOPA_ENOMEM;
+        snprintf(reply.message, sizeof reply.message, "out of memory");
+        nng_msg_free(msg);
+        send_reply(call, &reply);
+        return;
+    }
+    int err = proto_decode_request(body, len, req, why, sizeof why);
+    if (err != DOPA_OK) {
+        reply.status = (uint64_t)err;
+        snprintf(reply.message, sizeof reply.message, "malformed request: %s", why);
+        free(req);
+        nng_msg_free(msg);
+        send_reply(call, &reply);
+        return;
+    }
+    /* req->manifest points into msg: keep msg until handled. */
+    int rc = engine_handle(c->e, (uint32_t)uid, req, &reply, call, deferred_reply);
+    free(req);
+    nng_msg_free(msg);
+    if (rc == ENGINE_DEFERRED) {
+        call->state = CALL_DEFERRED;
+        return;
+    }
+    send_reply(call, &reply);
+    proto_reply_clear(&reply);
+}
+
+void control_run_queued(control *c)
+{
+    for (;;) {
+        pthread_mutex_lock(&c->lock);
+        engine_call *call = c->queue_head;
+        if (call != NULL) {
+            c->queue_head = call->next_queued;
+            if (c->queue_head == NULL)
+                c->queue_tail = NULL;
+        }
+        pthread_mutex_unlock(&c->lock);
+        if (call == NULL)
+            return;
+        handle(c, call);
+    }
+}
+
+/* Makes the socket's directory; refuses a path where a live dopad listens,
+ * removes a socket left by a dead one. */
+static int prepare_path(const char *path, unsigned dir_mode, char *why, size_t why_len)
+{
+    char dir[4096];
+    struct sockaddr_un sa = {.sun_family = AF_UNIX};
+    if (strlen(path) >= sizeof sa.sun_path) {
+        snprintf(why, why_len, "%s: socket path too long", path);
+        return DOPA_EINVAL;
+    }
+    snprintf(dir, sizeof dir, "%s", path);
+    char *slash = strrchr(dir, '/');
+    if (slash != NULL && slash != dir) {
+        *slash = '\0';
+        /* Create missing parents too (like mkdir -p), the last with dir_mode. */
+        for (char *p = dir + 1; *p; p++) {
+            if (*p != '/')
+                continue;
+            *p = '\0';
+            if (mkdir(dir, 0755) != 0 && errno != EEXIST) {
+                snprintf(why, why_len, "%s: %s", dir, strerror(errno));
+                return DOPA_EIO;
+            }
+            *p = '/';
+        }
+        if (mkdir(dir, (mode_t)dir_mode) != 0 && errno != EEXIST) {
+            snprintf(why, why_len, "%s: %s", dir, strerror(errno));
+            return DOPA_EIO;
+        }
+    }
+    strcpy(sa.sun_path, path);
+    int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (fd >= 0 && connect(fd, (struct sockaddr *)&sa, sizeof sa) == 0) {
+        close(fd);
+        snprintf(why, why_len, "%s: another dopad is listening there", path);
+        return DOPA_EINVAL;
+    }
+    int e = errno;
+    if (fd >= 0)
+        close(fd);
+    if (e == ECONNREFUSED) {
+        struct stat st;
+        if (lstat(path, &st) == 0 && S_ISSOCK(st.st_mode))
+            unlink(path);
+    }
+    return DOPA_OK;
+}
+
+int control_open(agent_engine *e, const char *socket_path, unsigned dir_mode, unsigned sock_mode,
+                 control **out, char *why, size_t why_len)
+{
+    control *c = calloc(1, sizeof *c);
+    if (c == NULL)
+        return DOPA_ENOMEM;
+    c->e = e;
+    pthread_mutex_init(&c->lock, NULL);
+    int err = prepare_path(socket_path, dir_mode, why, why_len);
+    if (err != DOPA_OK) {
+        pthread_mutex_destroy(&c->lock);
+        free(c);
+        return err;
+    }
+    c->path = strdup(socket_path);
+    char url[4200];
+    snprintf(url, sizeof url, "ipc://%s", socket_path);
+    int rv;
+    if ((rv = nng_rep0_open(&c->sock)) != 0 ||
+        (rv = nng_socket_set_size(c->sock, NNG_OPT_RECVMAXSZ, PROTO_MAX_REQUEST)) != 0 ||
+        (rv = nng_listener_create(&c->listener, c->sock, url)) != 0 ||
+        (rv = nng_listener_set_int(c->listener, NNG_OPT_IPC_PERMISSIONS, (int)sock_mode)) != 0 ||
+        (rv = nng_listener_start(c->listener, 0)) != 0) {
+        snprintf(why, why_len, "%s: %s", socket_path, nng_strerror(rv));
+        nng_close(c->sock);
+        free(c->path);
+        pthread_mutex_destroy(&c->lock);
+        free(c);
+        return DOPA_EIO;
+    }
+    for (int i = 0; i < CALLS; i++) {
+        engine_call *call = &c->calls[i];
+        call->c = c;
+        if (nng_ctx_open(&call->ctx, c->sock) != 0 ||
+            nng_aio_alloc(&call->aio, on_aio, call) != 0) {
+            snprintf(why, why_len, "cannot set up the control socket");
+            control_close(c);
+            return DOPA_ENOMEM;
+        }
+    }
+    for (int i = 0; i < CALLS; i++)
+        receive(&c->calls[i]);
+    engine_set_control(e, c);
+    *out = c;
+    return DOPA_OK;
+}
+
+void control_close(control *c)
+{
+    if (c == NULL)
+        return;
+    pthread_mutex_lock(&c->lock);
+    c->closing = 1;
+    pthread_mutex_unlock(&c->lock);
+    engine_set_control(c->e, NULL);
+    for (int i = 0; i < CALLS; i++) {
+        engine_call *call = &c->calls[i];
+        if (call->aio != NULL)
+            nng_aio_stop(call->aio);
+        if (call->state == CALL_DEFERRED)
+            engine_drop_call(c->e, call);
+    }
+    nng_close(c->sock);
+    for (int i = 0; i < CALLS; i++) {
+        engine_call *call = &c->calls[i];
+        if (call->msg != NULL)
+            nng_msg_free(call->msg);
+        if (call->aio != NULL)
+            nng_aio_free(call->aio);
+    }
+    if (c->path != NULL)
+        unlink(c->path);
+    free(c->path);
+    pthread_mutex_destroy(&c->lock);
+    free(c);
+}

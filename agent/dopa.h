@@ -1,0 +1,250 @@
+/*
+ * dopa.h: libdopa, the client library of dopad.
+ *
+ * Applications hand download jobs to dopad through this API, which follows
+ * BITS (IBackgroundCopyManager, IBackgroundCopyJob): a job has files, a
+ * state, a priority, progress, times and an error; a new job is SUSPENDED
+ * until dopa_job_resume(); files appear at their destination only when the
+ * job is completed with dopa_job_complete().
+ *
+ * Connections: dopa_connect() talks to dopad over its control socket. A
+ * caller sees and changes only the jobs of its own user, except root, which
+ * sees all. Every function returns 0 or a DOPA_E* code (dopa_strerror()).
+ *
+ * Threads: a dopa_manager may be used by several threads at once; each call
+ * is an independent request. Results are written only to the caller's own
+ * out-parameters.
+ */
+#ifndef DOPA_H
+#define DOPA_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#define DOPA_PROTOCOL_VERSION 1
+
+enum dopa_err {
+    DOPA_OK = 0,
+    DOPA_ENOMEM = 1,     /* out of memory */
+    DOPA_EINVAL = 2,     /* bad argument */
+    DOPA_ECONNECT = 3,   /* cannot reach dopad */
+    DOPA_EPROTO = 4,     /* malformed or unexpected message */
+    DOPA_ENOTFOUND = 5,  /* no such job (or not yours) */
+    DOPA_EACCESS = 6,    /* not allowed for this user */
+    DOPA_ESTATE = 7,     /* the job's state does not allow this */
+    DOPA_ELIMIT = 8,     /* a limit was reached (jobs, files, sizes) */
+    DOPA_EIO = 9,        /* a local file could not be used */
+    DOPA_ETIMEOUT = 10,  /* no answer in time */
+    DOPA_EVERSION = 11,  /* protocol version not supported */
+    DOPA_EINTERNAL = 12, /* dopad failed (its log says why) */
+    DOPA_EMANIFEST = 13, /* the manifest was rejected */
+    DOPA_ERR_END
+};
+
+/* The message for a DOPA_E* code; never NULL. */
+const char *dopa_strerror(int err);
+
+/* What dopad said about the last call of this thread that it refused
+ * ("" if it said nothing, or if the call failed before reaching it). */
+const char *dopa_last_message(void);
+
+/* ------------------------------------------------------------------ */
+/* The job model                                                      */
+
+enum dopa_state {
+    DOPA_STATE_QUEUED = 0,
+    DOPA_STATE_CONNECTING = 1,
+    DOPA_STATE_TRANSFERRING = 2,
+    DOPA_STATE_SUSPENDED = 3,
+    DOPA_STATE_ERROR = 4,
+    DOPA_STATE_TRANSIENT_ERROR = 5,
+    DOPA_STATE_TRANSFERRED = 6,
+    DOPA_STATE_ACKNOWLEDGED = 7,
+    DOPA_STATE_CANCELLED = 8,
+};
+
+enum dopa_priority {
+    DOPA_PRIORITY_FOREGROUND = 0,
+    DOPA_PRIORITY_HIGH = 1,
+    DOPA_PRIORITY_NORMAL = 2,
+    DOPA_PRIORITY_LOW = 3,
+};
+
+enum dopa_job_type {
+    DOPA_JOB_DOWNLOAD = 0,
+};
+
+/* Where an error happened. */
+enum dopa_error_context {
+    DOPA_CONTEXT_NONE = 0,
+    DOPA_CONTEXT_GENERAL = 1,     /* dopad itself */
+    DOPA_CONTEXT_LOCAL_FILE = 2,  /* the temporary or destination file */
+    DOPA_CONTEXT_REMOTE_FILE = 3, /* the origin server */
+    DOPA_CONTEXT_PEER = 4,        /* a LAN peer */
+    DOPA_CONTEXT_VALIDATION = 5,  /* hashes, manifests, validators */
+};
+
+enum dopa_proxy_usage {
+    DOPA_PROXY_SYSTEM = 0,   /* the environment of dopad (BITS: PRECONFIG) */
+    DOPA_PROXY_NONE = 1,     /* direct (BITS: NO_PROXY) */
+    DOPA_PROXY_OVERRIDE = 2, /* the job's own proxy and bypass list */
+};
+
+#define DOPA_NAME_MAX        256
+#define DOPA_DESCRIPTION_MAX 1024
+#define DOPA_URL_MAX         8192
+#define DOPA_PATH_MAX        4095
+#define DOPA_MESSAGE_MAX     511
+#define DOPA_PROXY_MAX       1024
+#define DOPA_MAX_FILES       1000 /* per job */
+#define DOPA_MAX_RANGES      1000 /* per file */
+#define DOPA_SIZE_UNKNOWN    UINT64_MAX
+#define DOPA_LENGTH_TO_EOF   UINT64_MAX
+
+/* BITS's defaults. */
+#define DOPA_DEFAULT_MIN_RETRY_DELAY     600     /* seconds */
+#define DOPA_DEFAULT_NO_PROGRESS_TIMEOUT 1209600 /* seconds: 14 days */
+
+typedef struct dopa_id {
+    uint8_t bytes[16];
+} dopa_id;
+
+/* "xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx" (37 bytes with the NUL). */
+void dopa_id_format(const dopa_id *id, char out[37]);
+/* Parses the form above; DOPA_EINVAL otherwise. */
+int dopa_id_parse(const char *text, dopa_id *out);
+
+typedef struct dopa_job_error {
+    int context; /* enum dopa_error_context */
+    int code;    /* a code of the module that failed (see the message) */
+    int file;    /* index of the file it concerns, or -1 */
+    long http_status;
+    char message[DOPA_MESSAGE_MAX + 1];
+} dopa_job_error;
+
+typedef struct dopa_job_info {
+    dopa_id id;
+    uint32_t owner; /* uid */
+    int type;       /* enum dopa_job_type */
+    int state;      /* enum dopa_state */
+    int priority;   /* enum dopa_priority */
+    char display_name[DOPA_NAME_MAX + 1];
+    char description[DOPA_DESCRIPTION_MAX + 1];
+    uint64_t bytes_total; /* DOPA_SIZE_UNKNOWN until every size is known */
+    uint64_t bytes_transferred;
+    uint32_t files_total;
+    uint32_t files_transferred;
+    uint64_t bytes_from_origin; /* transferred bytes by where they came from */
+    uint64_t bytes_from_peers;
+    uint64_t bytes_from_cache;
+    int64_t created; /* unix time in milliseconds */
+    int64_t modified;
+    int64_t transfer_completed; /* 0 until the job is TRANSFERRED */
+    uint32_t error_count;       /* transient errors so far */
+    int has_error;
+    dopa_job_error error;
+    uint32_t minimum_retry_delay; /* seconds */
+    uint32_t no_progress_timeout; /* seconds */
+    int proxy_usage;              /* enum dopa_proxy_usage */
+    uint64_t version;             /* changes whenever anything in the job does */
+} dopa_job_info;
+
+typedef struct dopa_file_info {
+    char remote_url[DOPA_URL_MAX + 1];
+    char local_name[DOPA_PATH_MAX + 1];
+    char temporary_name[DOPA_PATH_MAX + 1];
+    uint64_t bytes_total; /* DOPA_SIZE_UNKNOWN until known */
+    uint64_t bytes_transferred;
+    uint32_t ranges;  /* number of byte ranges, 0 for the whole file */
+    int transferred;  /* every byte is here and checked */
+    int has_manifest; /* pieces are checked against a signed manifest */
+    int has_sha256;   /* the whole file is checked against a SHA-256 */
+} dopa_file_info;
+
+typedef struct dopa_range {
+    uint64_t offset;
+    uint64_t length; /* DOPA_LENGTH_TO_EOF for the rest of the file */
+} dopa_range;
+
+typedef struct dopa_file_options {
+    const dopa_range *ranges; /* the local file is these ranges, in order */
+    size_t n_ranges;
+    const uint8_t *expected_sha256; /* 32 bytes, or NULL */
+    const void *manifest;           /* a signed manifest (validate/MANIFEST.md), or NULL */
+    size_t manifest_len;
+} dopa_file_options;
+
+/* ------------------------------------------------------------------ */
+/* Connections                                                        */
+
+typedef struct dopa_manager dopa_manager;
+
+/* The socket dopad listens on by default for this user: root uses the
+ * system instance (/run/dopa/control.sock); others use
+ * $XDG_RUNTIME_DIR/dopa/control.sock when it exists, else the system one.
+ * $DOPA_SOCKET overrides both. Writes at most len bytes. */
+void dopa_default_socket(char *out, size_t len);
+
+/* Connects to dopad (socket_path NULL: the default). */
+int dopa_connect(const char *socket_path, dopa_manager **out);
+void dopa_disconnect(dopa_manager *m);
+
+/* Who dopad thinks the caller is, and dopad's version. */
+int dopa_whoami(dopa_manager *m, uint32_t *uid, char *version, size_t version_len);
+
+/* ------------------------------------------------------------------ */
+/* Jobs                                                               */
+
+int dopa_job_create(dopa_manager *m, const char *display_name, int type, dopa_id *out);
+int dopa_job_get(dopa_manager *m, const dopa_id *id, dopa_job_info *out);
+
+/* The caller's jobs (root: everyone's when all_users is set), oldest first.
+ * *out is an array of *n entries for free(). */
+int dopa_job_list(dopa_manager *m, int all_users, dopa_job_info **out, size_t *n);
+
+int dopa_job_add_file(dopa_manager *m, const dopa_id *id, const char *remote_url,
+                      const char *local_name, const dopa_file_options *opts);
+/* *out is an array of *n entries for free(). */
+int dopa_job_list_files(dopa_manager *m, const dopa_id *id, dopa_file_info **out, size_t *n);
+
+int dopa_job_resume(dopa_manager *m, const dopa_id *id);
+int dopa_job_suspend(dopa_manager *m, const dopa_id *id);
+/* Removes the temporary files; the job ends CANCELLED. */
+int dopa_job_cancel(dopa_manager *m, const dopa_id *id);
+/* Makes the files visible at their destinations; the job ends
+ * ACKNOWLEDGED. Before the job is TRANSFERRED only the files that are
+ * completely transferred appear (*partial, if not NULL, says so). */
+int dopa_job_complete(dopa_manager *m, const dopa_id *id, int *partial);
+/* Root only: the job becomes the caller's. */
+int dopa_job_take_ownership(dopa_manager *m, const dopa_id *id);
+
+int dopa_job_set_priority(dopa_manager *m, const dopa_id *id, int priority);
+int dopa_job_set_display_name(dopa_manager *m, const dopa_id *id, const char *name);
+int dopa_job_set_description(dopa_manager *m, const dopa_id *id, const char *description);
+int dopa_job_set_minimum_retry_delay(dopa_manager *m, const dopa_id *id, uint32_t seconds);
+int dopa_job_set_no_progress_timeout(dopa_manager *m, const dopa_id *id, uint32_t seconds);
+/* proxy and bypass are used with DOPA_PROXY_OVERRIDE (bypass may be NULL). */
+int dopa_job_set_proxy(dopa_manager *m, const dopa_id *id, int usage, const char *proxy,
+                       const char *bypass);
+int dopa_job_get_proxy(dopa_manager *m, const dopa_id *id, int *usage, char *proxy,
+                       size_t proxy_len, char *bypass, size_t bypass_len);
+
+/* Waits until the job's version differs from `seen` (or timeout_ms passes)
+ * and returns its information. Pass seen = 0 to return at once. */
+int dopa_job_wait(dopa_manager *m, const dopa_id *id, uint64_t seen, int timeout_ms,
+                  dopa_job_info *out);
+
+/* Names for printing. */
+const char *dopa_state_name(int state);
+const char *dopa_priority_name(int priority);
+const char *dopa_context_name(int context);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* DOPA_H */

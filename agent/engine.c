@@ -1,0 +1,1050 @@
+/*
+ * The engine: one thread that owns every job, the store and the origin
+ * loop. Each turn (engine_step) it lets libcurl move the transfers, runs the
+ * control requests that arrived, fires the timers (retry, no-progress,
+ * inactivity), decides which jobs run, keeps each running job's next range
+ * request in flight, and commits finished pieces.
+ *
+ * Durability: bytes go to the temporary file as they arrive; a finished
+ * piece waits in the file's pending list until a commit, which fdatasyncs
+ * the file and then records the piece in the store in one transaction. So
+ * a piece is done only when both its bytes and its row are on disk, and a
+ * kill -9 loses at most the pieces since the last commit (about 200 ms).
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "engine_internal.h"
+
+#define COMMIT_INTERVAL_MS        200
+#define COMMIT_PIECES             64
+#define REQUEST_PIECES            256    /* pieces asked for in one range request */
+#define FINAL_JOB_KEEP_MS         300000 /* final jobs stay visible this long */
+#define MAX_BAD_PIECES            3      /* hash failures from the origin before ERROR */
+#define DEFAULT_MAX_RUNNING       4
+#define DEFAULT_INACTIVITY_MS     (90ull * 24 * 3600 * 1000)
+#define DEFAULT_MAX_JOBS_PER_USER 10000
+
+void agent_log(const char *level, const char *fmt, ...)
+{
+    char when[32];
+    struct timespec ts;
+    struct tm tm;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    gmtime_r(&ts.tv_sec, &tm);
+    strftime(when, sizeof when, "%Y-%m-%dT%H:%M:%S", &tm);
+    va_list ap;
+    va_start(ap, fmt);
+    fprintf(stderr, "%s.%03ldZ dopad %s: ", when, ts.tv_nsec / 1000000, level);
+    vfprintf(stderr, fmt, ap);
+    fputc('\n', stderr);
+    va_end(ap);
+}
+
+static int64_t real_wall(void *ctx)
+{
+    (void)ctx;
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+static int64_t real_mono(void *ctx)
+{
+    (void)ctx;
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+int64_t engine_now(const agent_engine *e)
+{
+    return e->clock.wall_ms(e->clock.ctx);
+}
+
+int64_t engine_mono(const agent_engine *e)
+{
+    return e->clock.mono_ms(e->clock.ctx);
+}
+
+static int wants_to_run(int state)
+{
+    return state == DOPA_STATE_QUEUED || state == DOPA_STATE_CONNECTING ||
+           state == DOPA_STATE_TRANSFERRING;
+}
+
+int engine_touch(agent_engine *e, agent_job *j)
+{
+    j->version++;
+    j->modified = engine_now(e);
+    if (j->purge_at != 0)
+        return DOPA_OK; /* final: no longer stored */
+    if (store_put_job(e->db, j) != DOPA_OK) {
+        agent_log("error", "storing job: %s", store_error(e->db));
+        return DOPA_EINTERNAL;
+    }
+    return DOPA_OK;
+}
+
+/* ------------------------------------------------------------------ */
+/* Stopping and failing                                               */
+
+static void close_file_transfer(agent_file *f)
+{
+    if (f->origin != NULL) {
+        origin_file_close(f->origin);
+        f->origin = NULL;
+    }
+    f->request = 0;
+    f->probing = 0;
+    f->fill = 0;
+}
+
+void engine_stop_job(agent_engine *e, agent_job *j)
+{
+    (void)e;
+    for (size_t i = 0; i < j->n_files; i++)
+        close_file_transfer(j->files[i]);
+    j->running = 0;
+}
+
+void engine_set_state(agent_engine *e, agent_job *j, int state)
+{
+    if (!wants_to_run(state))
+        engine_stop_job(e, j);
+    if (j->state == state)
+        return;
+    j->state = state;
+    engine_touch(e, j);
+}
+
+void engine_fail_job(agent_engine *e, agent_job *j, int transient, int context, int code, int file,
+                     long http_status, const char *message)
+{
+    engine_stop_job(e, j);
+    j->has_error = 1;
+    j->error.context = context;
+    j->error.code = code;
+    j->error.file = file;
+    j->error.http_status = http_status;
+    snprintf(j->error.message, sizeof j->error.message, "%s", message);
+    if (transient) {
+        j->error_count++;
+        j->retry_at = engine_mono(e) + (int64_t)j->retry_delay * 1000;
+        if (j->no_progress_since == 0)
+            j->no_progress_since = engine_mono(e);
+        j->state = DOPA_STATE_TRANSIENT_ERROR;
+    } else {
+        j->state = DOPA_STATE_ERROR;
+    }
+    agent_log("info", "job %02x%02x%02x%02x: %s: %s", j->id.bytes[0], j->id.bytes[1],
+              j->id.bytes[2], j->id.bytes[3], transient ? "transient error" : "error", message);
+    engine_touch(e, j);
+}
+
+/* ------------------------------------------------------------------ */
+/* Sizes and ranges                                                   */
+
+int engine_file_local_size(const agent_file *f, int64_t remote_size, uint64_t *size)
+{
+    if (f->n_ranges == 0) {
+        if (remote_size < 0)
+            return DOPA_EINVAL;
+        *size = (uint64_t)remote_size;
+        return DOPA_OK;
+    }
+    uint64_t total = 0;
+    for (size_t i = 0; i < f->n_ranges; i++) {
+        uint64_t off = f->ranges[i].offset, len = f->ranges[i].length;
+        if (len == DOPA_LENGTH_TO_EOF) {
+            if (remote_size < 0 || off > (uint64_t)remote_size)
+                return DOPA_EINVAL;
+            len = (uint64_t)remote_size - off;
+        } else if (remote_size >= 0 && off + len > (uint64_t)remote_size) {
+            return DOPA_EINVAL;
+        }
+        total += len;
+    }
+    *size = total;
+    return DOPA_OK;
+}
+
+/* The remote offset of a local offset, and how many bytes from there stay
+ * inside the same range. */
+static void map_local(const agent_file *f, uint64_t local, uint64_t *remote, uint64_t *room)
+{
+    if (f->n_ranges == 0) {
+        *remote = local;
+        *room = f->size - local;
+        return;
+    }
+    uint64_t base = 0;
+    for (size_t i = 0; i < f->n_ranges; i++) {
+        uint64_t len = f->ranges[i].length;
+        if (len == DOPA_LENGTH_TO_EOF)
+            len = (uint64_t)f->remote_size - f->ranges[i].offset;
+        if (local < base + len) {
+            *remote = f->ranges[i].offset + (local - base);
+            *room = base + len - local;
+            return;
+        }
+        base += len;
+    }
+    *remote = 0;
+    *room = 0;
+}
+
+/* ------------------------------------------------------------------ */
+/* Origin callbacks                                                   */
+
+static agent_engine *engine_of(agent_file *f);
+
+static void on_info(void *ctx, origin_file *of, const origin_file_info *info)
+{
+    (void)of;
+    agent_file *f = ctx;
+    if (info->etag[0] != '\0')
+        snprintf(f->etag, sizeof f->etag, "%s", info->etag);
+    if (info->last_modified[0] != '\0')
+        snprintf(f->last_modified, sizeof f->last_modified, "%s", info->last_modified);
+    if (info->size >= 0)
+        f->remote_size = info->size;
+}
+
+static int write_all(int fd, const uint8_t *p, size_t len, uint64_t offset)
+{
+    while (len > 0) {
+        ssize_t n = pwrite(fd, p, len, (off_t)offset);
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n <= 0)
+            return n < 0 ? errno : EIO;
+        p += n;
+        len -= (size_t)n;
+        offset += (uint64_t)n;
+    }
+    return 0;
+}
+
+static void add_pending(agent_file *f, uint64_t piece)
+{
+    if (f->n_pending == f->cap_pending) {
+        size_t cap = f->cap_pending ? 2 * f->cap_pending : 64;
+        uint64_t *grown = realloc(f->pending, cap * sizeof *grown);
+        if (grown == NULL)
+            return; /* the piece is simply fetched again */
+        f->pending = grown;
+        f->cap_pending = cap;
+    }
+    f->pending[f->n_pending++] = piece;
+    f->pending_bytes += validate_piece_length(f->size, f->piece_size, piece);
+}
+
+/* Why on_data refused a request, kept in the file for its on_done. */
+enum abort_reason { ABORT_NONE, ABORT_WRITE, ABORT_BAD_PIECE };
+
+static int on_data(void *ctx, origin_file *of, uint64_t id, uint64_t offset, const void *data,
+                   size_t len)
+{
+    (void)of;
+    agent_file *f = ctx;
+    agent_job *j = f->job;
+    if (id != f->request || f->probing)
+        return 0; /* a probe's data is not ours to keep */
+    uint64_t local = f->req_local + (offset - f->req_remote);
+    if (local + len > f->req_end_local)
+        return -1; /* origin promises this never happens */
+    int err = write_all(f->fd, data, len, local);
+    if (err != 0) {
+        f->abort_reason = ABORT_WRITE;
+        f->abort_errno = err;
+        return -1;
+    }
+    const uint8_t *p = data;
+    size_t left = len;
+    while (left > 0) {
+        uint32_t plen = validate_piece_length(f->size, f->piece_size, f->fill_piece);
+        size_t take = plen - f->fill < left ? plen - f->fill : left;
+        if (f->manifest != NULL)
+            validate_blake2b_update(&f->piece_hash, p, take);
+        f->fill += (uint32_t)take;
+        p += take;
+        left -= take;
+        if (f->fill == plen) {
+            if (f->manifest != NULL) {
+                uint8_t h[32];
+                validate_blake2b_final(&f->piece_hash, h);
+                validate_blake2b_init(&f->piece_hash);
+                if (sodium_memcmp(h, validate_manifest_piece_hash(f->manifest, f->fill_piece),
+                                  32) != 0) {
+                    f->abort_reason = ABORT_BAD_PIECE;
+                    return -1;
+                }
+            }
+            add_pending(f, f->fill_piece);
+            f->fill_piece++;
+            f->fill = 0;
+        }
+    }
+    j->from_origin += len;
+    if (j->state == DOPA_STATE_CONNECTING) {
+        j->state = DOPA_STATE_TRANSFERRING;
+        engine_touch(engine_of(f), j);
+    }
+    return 0;
+}
+
+static void on_done(void *ctx, origin_file *of, uint64_t id, const origin_error *err)
+{
+    (void)of;
+    agent_file *f = ctx;
+    agent_job *j = f->job;
+    agent_engine *e = engine_of(f);
+    if (id != f->request)
+        return;
+    int was_probe = f->probing;
+    f->request = 0;
+    f->probing = 0;
+    int reason = f->abort_reason;
+    f->abort_reason = ABORT_NONE;
+    if (err == NULL) {
+        if (was_probe && f->size == DOPA_SIZE_UNKNOWN) {
+            uint64_t size;
+            if (engine_file_local_size(f, f->remote_size, &size) != DOPA_OK) {
+                engine_fail_job(e, j, 0, DOPA_CONTEXT_REMOTE_FILE, ORIGIN_ERANGE, (int)f->index, 0,
+                                "the ranges reach past the end of the remote file");
+                return;
+            }
+            if (agent_file_set_size(f, size) != DOPA_OK || store_put_file(e->db, f) != DOPA_OK) {
+                engine_fail_job(e, j, 1, DOPA_CONTEXT_GENERAL, DOPA_EINTERNAL, (int)f->index, 0,
+                                "cannot record the file size");
+                return;
+            }
+            engine_touch(e, j);
+        }
+        return; /* the pump asks for the next range */
+    }
+    f->fill = 0; /* a partly filled piece is fetched again */
+    char msg[DOPA_MESSAGE_MAX + 1];
+    if (err->code == ORIGIN_EABORTED && reason == ABORT_WRITE) {
+        snprintf(msg, sizeof msg, "writing %s: %s", f->tmp_path, strerror(f->abort_errno));
+        /* A full disk or an I/O error may pass; anything else will not. */
+        int transient =
+            f->abort_errno == ENOSPC || f->abort_errno == EIO || f->abort_errno == EDQUOT;
+        engine_fail_job(e, j, transient, DOPA_CONTEXT_LOCAL_FILE, f->abort_errno, (int)f->index, 0,
+                        msg);
+        return;
+    }
+    if (err->code == ORIGIN_EABORTED && reason == ABORT_BAD_PIECE) {
+        f->bad_pieces++;
+        store_put_file(e->db, f);
+        snprintf(msg, sizeof msg, "%s: piece %llu from the origin does not match the manifest",
+                 f->url, (unsigned long long)f->fill_piece);
+        engine_fail_job(e, j, f->bad_pieces < MAX_BAD_PIECES, DOPA_CONTEXT_VALIDATION,
+                        VALIDATE_EPIECE_HASH, (int)f->index, 0, msg);
+        return;
+    }
+    if (err->code == ORIGIN_ECHANGED) {
+        /* The pieces we hold belong to the old version: start this file
+         * again, as a new version. */
+        agent_file_clear_pieces(f);
+        f->etag[0] = f->last_modified[0] = '\0';
+        f->remote_size = -1;
+        if (f->manifest == NULL && f->n_ranges == 0)
+            f->size = DOPA_SIZE_UNKNOWN;
+        if (store_begin(e->db) == DOPA_OK) {
+            store_clear_pieces(e->db, f);
+            store_put_file(e->db, f);
+            store_commit(e->db);
+        }
+        engine_fail_job(e, j, 1, DOPA_CONTEXT_REMOTE_FILE, err->code, (int)f->index,
+                        err->http_status, err->message);
+        return;
+    }
+    engine_fail_job(e, j, err->is_transient, DOPA_CONTEXT_REMOTE_FILE, err->code, (int)f->index,
+                    err->http_status, err->message);
+}
+
+/* The engine a file belongs to: kept in a global since origin callbacks
+ * carry only the file. There is one engine per process. */
+static agent_engine *the_engine;
+
+static agent_engine *engine_of(agent_file *f)
+{
+    (void)f;
+    return the_engine;
+}
+
+/* ------------------------------------------------------------------ */
+/* Driving a running job                                              */
+
+static int open_origin(agent_engine *e, agent_file *f)
+{
+    agent_job *j = f->job;
+    origin_file_options opts = {
+        .url = f->url,
+        .proxy_mode = j->proxy_usage == DOPA_PROXY_NONE       ? ORIGIN_PROXY_NONE
+                      : j->proxy_usage == DOPA_PROXY_OVERRIDE ? ORIGIN_PROXY_EXPLICIT
+                                                              : ORIGIN_PROXY_SYSTEM,
+        .proxy = j->proxy,
+        .proxy_bypass = j->bypass,
+        .connections = 1,
+        .known_size = f->remote_size,
+        .known_etag = f->etag[0] ? f->etag : NULL,
+        .known_last_modified = f->last_modified[0] ? f->last_modified : NULL,
+    };
+    origin_sink sink = {.on_info = on_info, .on_data = on_data, .on_done = on_done, .ctx = f};
+    return origin_file_open(e->origin, &opts, &sink, &f->origin);
+}
+
+/* Opens the temporary file for writing, making it again if it vanished
+ * (then its pieces are gone too). */
+static int open_temp(agent_engine *e, agent_file *f)
+{
+    char why[512];
+    agent_job *j = f->job;
+    int err = fileops_open_temp(j->owner, f->tmp_path, 0, &f->fd, why, sizeof why);
+    if (err == ENOENT) {
+        agent_file_clear_pieces(f);
+        if (store_clear_pieces(e->db, f) != DOPA_OK)
+            agent_log("error", "clearing pieces: %s", store_error(e->db));
+        err = fileops_open_temp(j->owner, f->tmp_path, 1, &f->fd, why, sizeof why);
+    }
+    if (err != 0) {
+        engine_fail_job(e, j, err == ENOSPC || err == EIO, DOPA_CONTEXT_LOCAL_FILE, err,
+                        (int)f->index, 0, why);
+        return -1;
+    }
+    return 0;
+}
+
+static int is_missing(const agent_file *f, uint64_t p)
+{
+    if (agent_file_piece_done(f, p))
+        return 0;
+    for (size_t i = 0; i < f->n_pending; i++)
+        if (f->pending[i] == p)
+            return 0;
+    return 1;
+}
+
+/* The first piece that is neither done nor pending. */
+static uint64_t next_missing(const agent_file *f)
+{
+    uint64_t p = 0;
+    while (p < f->piece_count && !is_missing(f, p))
+        p++;
+    return p;
+}
+
+/* Asks the origin for the next run of missing pieces. A request stays
+ * within one range of the file; when a range ends inside a piece, the next
+ * request continues that piece (fill and its hash carry over). */
+static void start_request(agent_engine *e, agent_file *f)
+{
+    agent_job *j = f->job;
+    uint64_t first, local;
+    if (f->fill > 0) {
+        first = f->fill_piece;
+        local = first * f->piece_size + f->fill;
+    } else {
+        first = next_missing(f);
+        if (first >= f->piece_count)
+            return;
+        local = first * f->piece_size;
+        if (f->manifest != NULL)
+            validate_blake2b_init(&f->piece_hash);
+    }
+    uint64_t last = first;
+    while (last + 1 < f->piece_count && last + 1 - first < REQUEST_PIECES &&
+           is_missing(f, last + 1))
+        last++;
+    uint64_t end = (last + 1) * f->piece_size;
+    if (end > f->size)
+        end = f->size;
+    uint64_t remote, room;
+    map_local(f, local, &remote, &room);
+    if (end - local > room)
+        end = local + room;
+    if (room == 0 || end <= local) {
+        engine_fail_job(e, j, 0, DOPA_CONTEXT_GENERAL, DOPA_EINTERNAL, (int)f->index, 0,
+                        "internal error mapping a range");
+        return;
+    }
+    uint64_t id;
+    if (origin_fetch(f->origin, remote, end - local, &id) != ORIGIN_OK) {
+        engine_fail_job(e, j, 1, DOPA_CONTEXT_GENERAL, DOPA_ENOMEM, (int)f->index, 0,
+                        "cannot start a request");
+        return;
+    }
+    f->request = id;
+    f->req_local = local;
+    f->req_remote = remote;
+    f->req_end_local = end;
+    f->fill_piece = first;
+}
+
+static void start_whole_file_check(agent_engine *e, agent_file *f);
+
+/* Keeps a running job's work going: one file at a time, in order. */
+static void pump_job(agent_engine *e, agent_job *j)
+{
+    for (size_t i = 0; i < j->n_files; i++) {
+        agent_file *f = j->files[i];
+        if (f->transferred)
+            continue;
+        if (f->request != 0 || f->hashing)
+            return; /* busy */
+        if (f->fd < 0 && open_temp(e, f) != 0)
+            return;
+        if (f->origin == NULL && open_origin(e, f) != ORIGIN_OK) {
+            engine_fail_job(e, j, 1, DOPA_CONTEXT_REMOTE_FILE, ORIGIN_EINVAL, (int)i, 0,
+                            "cannot use the remote URL");
+            return;
+        }
+        if (f->size == DOPA_SIZE_UNKNOWN) {
+            uint64_t id;
+            if (origin_probe(f->origin, &id) == ORIGIN_OK) {
+                f->request = id;
+                f->probing = 1;
+            }
+            return;
+        }
+        if (f->manifest != NULL && f->remote_size >= 0 &&
+            (uint64_t)f->remote_size != f->manifest->file_size) {
+            char msg[256];
+            snprintf(msg, sizeof msg, "the origin has %lld bytes, the manifest says %llu",
+                     (long long)f->remote_size, (unsigned long long)f->manifest->file_size);
+            engine_fail_job(e, j, 0, DOPA_CONTEXT_VALIDATION, VALIDATE_EFILE_SIZE, (int)i, 0, msg);
+            return;
+        }
+        if (f->done_count < f->piece_count) {
+            if (f->fill > 0 || next_missing(f) < f->piece_count)
+                start_request(e, f);
+            else
+                e->commit_now = 1; /* only the commit stands between it and done */
+            return;
+        }
+        /* Every piece is done: the whole-file check, if any, then next file. */
+        if (f->has_sha256 && f->manifest == NULL) {
+            start_whole_file_check(e, f);
+            return;
+        }
+        f->transferred = 1;
+        close_file_transfer(f);
+        close(f->fd);
+        f->fd = -1;
+        if (store_put_file(e->db, f) != DOPA_OK)
+            agent_log("error", "storing file: %s", store_error(e->db));
+    }
+    /* Every file is transferred. */
+    engine_stop_job(e, j);
+    j->completed = engine_now(e);
+    j->has_error = 0;
+    j->state = DOPA_STATE_TRANSFERRED;
+    engine_touch(e, j);
+}
+
+/* ------------------------------------------------------------------ */
+/* Whole-file SHA-256 checks, on a helper thread                      */
+
+struct hash_task {
+    agent_engine *e;
+    int fd;
+    uint8_t want[32];
+    hash_result result;
+};
+
+static void *hash_main(void *arg)
+{
+    struct hash_task *t = arg;
+    validate_sha256_state st;
+    uint8_t buf[1 << 16], got[32];
+    uint64_t off = 0;
+    validate_sha256_init(&st);
+    for (;;) {
+        ssize_t n = pread(t->fd, buf, sizeof buf, (off_t)off);
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n < 0) {
+            t->result.err = errno;
+            break;
+        }
+        if (n == 0)
+            break;
+        validate_sha256_update(&st, buf, (size_t)n);
+        off += (uint64_t)n;
+    }
+    validate_sha256_final(&st, got);
+    t->result.ok = t->result.err == 0 && sodium_memcmp(got, t->want, 32) == 0;
+    close(t->fd);
+    hash_result *r = malloc(sizeof *r);
+    if (r != NULL) {
+        *r = t->result;
+        pthread_mutex_lock(&t->e->lock);
+        r->next = t->e->results;
+        t->e->results = r;
+        pthread_mutex_unlock(&t->e->lock);
+        engine_wakeup(t->e);
+    }
+    free(t);
+    return NULL;
+}
+
+static void start_whole_file_check(agent_engine *e, agent_file *f)
+{
+    struct hash_task *t = calloc(1, sizeof *t);
+    pthread_t th;
+    pthread_attr_t attr;
+    if (t == NULL)
+        return;
+    t->e = e;
+    t->fd = dup(f->fd);
+    memcpy(t->want, f->sha256, 32);
+    t->result.job = f->job->id;
+    t->result.file = f->index;
+    t->result.generation = ++e->generation;
+    pthread_attr_init(&attr);
+    pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
+    if (t->fd < 0 || pthread_create(&th, &attr, hash_main, t) != 0) {
+        if (t->fd >= 0)
+            close(t->fd);
+        free(t);
+        pthread_attr_destroy(&attr);
+        return; /* tried again on the next turn */
+    }
+    pthread_attr_destroy(&attr);
+    f->hashing = 1;
+    f->hash_generation = t->result.generation;
+}
+
+static void take_hash_results(agent_engine *e)
+{
+    pthread_mutex_lock(&e->lock);
+    hash_result *list = e->results;
+    e->results = NULL;
+    pthread_mutex_unlock(&e->lock);
+    while (list != NULL) {
+        hash_result *r = list;
+        list = r->next;
+        agent_job *j = engine_find(e, &r->job);
+        agent_file *f = j != NULL && r->file < j->n_files ? j->files[r->file] : NULL;
+        if (f != NULL && f->hashing && f->hash_generation == r->generation) {
+            f->hashing = 0;
+            if (r->err != 0) {
+                char msg[512];
+                snprintf(msg, sizeof msg, "reading %s: %s", f->tmp_path, strerror(r->err));
+                engine_fail_job(e, j, 1, DOPA_CONTEXT_LOCAL_FILE, r->err, (int)f->index, 0, msg);
+            } else if (!r->ok) {
+                /* Came from the origin alone: the job fails validation and
+                 * its progress for this file starts over. */
+                agent_file_clear_pieces(f);
+                if (f->fd >= 0 && ftruncate(f->fd, 0) != 0)
+                    agent_log("warning", "truncating %s: %s", f->tmp_path, strerror(errno));
+                if (store_begin(e->db) == DOPA_OK) {
+                    store_clear_pieces(e->db, f);
+                    store_put_file(e->db, f);
+                    store_commit(e->db);
+                }
+                char msg[DOPA_MESSAGE_MAX + 1];
+                snprintf(msg, sizeof msg, "%s: the file's SHA-256 is not the expected one", f->url);
+                engine_fail_job(e, j, 0, DOPA_CONTEXT_VALIDATION, VALIDATE_EFILE_HASH,
+                                (int)f->index, 0, msg);
+            } else {
+                f->transferred = 1;
+                close_file_transfer(f);
+                close(f->fd);
+                f->fd = -1;
+                store_put_file(e->db, f);
+                engine_touch(e, j);
+            }
+        }
+        free(r);
+    }
+}
+
+/* ------------------------------------------------------------------ */
+/* Commits                                                            */
+
+static void commit_pending(agent_engine *e, int force)
+{
+    int64_t now = engine_mono(e);
+    size_t total = 0;
+    for (size_t i = 0; i < e->n_jobs; i++)
+        for (size_t k = 0; k < e->jobs[i]->n_files; k++)
+            total += e->jobs[i]->files[k]->n_pending;
+    if (total == 0)
+        return;
+    if (!force && !e->commit_now && total < COMMIT_PIECES &&
+        now - e->last_commit < COMMIT_INTERVAL_MS)
+        return;
+    e->last_commit = now;
+    e->commit_now = 0;
+
+    /* Data first: a piece whose bytes are not on disk is dropped. */
+    for (size_t i = 0; i < e->n_jobs; i++) {
+        agent_job *j = e->jobs[i];
+        for (size_t k = 0; k < j->n_files; k++) {
+            agent_file *f = j->files[k];
+            if (f->n_pending == 0)
+                continue;
+            if (f->fd < 0 || fdatasync(f->fd) != 0) {
+                int err = f->fd < 0 ? EBADF : errno;
+                char msg[512];
+                snprintf(msg, sizeof msg, "syncing %s: %s", f->tmp_path, strerror(err));
+                f->n_pending = 0;
+                f->pending_bytes = 0;
+                engine_fail_job(e, j, 1, DOPA_CONTEXT_LOCAL_FILE, err, (int)f->index, 0, msg);
+            }
+        }
+    }
+    if (store_begin(e->db) != DOPA_OK) {
+        agent_log("error", "commit: %s", store_error(e->db));
+        return;
+    }
+    int failed = 0;
+    for (size_t i = 0; i < e->n_jobs && !failed; i++) {
+        agent_job *j = e->jobs[i];
+        int touched = 0;
+        for (size_t k = 0; k < j->n_files && !failed; k++) {
+            agent_file *f = j->files[k];
+            if (f->n_pending == 0)
+                continue;
+            touched = 1;
+            failed = store_add_pieces(e->db, f, f->pending, f->n_pending) != DOPA_OK ||
+                     store_put_file(e->db, f) != DOPA_OK;
+        }
+        if (touched && !failed) {
+            j->modified = engine_now(e);
+            failed = store_put_job(e->db, j) != DOPA_OK;
+        }
+    }
+    if (failed || store_commit(e->db) != DOPA_OK) {
+        agent_log("error", "commit: %s", store_error(e->db));
+        store_rollback(e->db);
+        return; /* the pieces stay pending; the next commit tries again */
+    }
+    for (size_t i = 0; i < e->n_jobs; i++) {
+        agent_job *j = e->jobs[i];
+        int progressed = 0;
+        for (size_t k = 0; k < j->n_files; k++) {
+            agent_file *f = j->files[k];
+            for (size_t p = 0; p < f->n_pending; p++)
+                agent_file_mark_done(f, f->pending[p]);
+            progressed |= f->n_pending > 0;
+            f->n_pending = 0;
+            f->pending_bytes = 0;
+        }
+        if (progressed) {
+            j->no_progress_since = 0;
+            j->version++;
+        }
+    }
+}
+
+/* ------------------------------------------------------------------ */
+/* Timers and scheduling                                              */
+
+void engine_finish_job(agent_engine *e, agent_job *j, int state)
+{
+    engine_stop_job(e, j);
+    for (size_t i = 0; i < j->n_files; i++) {
+        agent_file *f = j->files[i];
+        if (f->fd >= 0) {
+            close(f->fd);
+            f->fd = -1;
+        }
+    }
+    if (store_delete_job(e->db, &j->id) != DOPA_OK)
+        agent_log("error", "deleting job: %s", store_error(e->db));
+    j->state = state;
+    j->purge_at = engine_mono(e) + FINAL_JOB_KEEP_MS;
+    engine_touch(e, j);
+}
+
+static void remove_job_at(agent_engine *e, size_t i)
+{
+    agent_job_free(e->jobs[i]);
+    memmove(&e->jobs[i], &e->jobs[i + 1], (e->n_jobs - i - 1) * sizeof e->jobs[0]);
+    e->n_jobs--;
+}
+
+static void run_timers(agent_engine *e)
+{
+    int64_t mono = engine_mono(e), wall = engine_now(e);
+    for (size_t i = 0; i < e->n_jobs; i++) {
+        agent_job *j = e->jobs[i];
+        if (j->purge_at != 0) {
+            if (mono >= j->purge_at) {
+                remove_job_at(e, i);
+                i--;
+            }
+            continue;
+        }
+        if (j->state == DOPA_STATE_TRANSIENT_ERROR) {
+            if (j->no_progress_since != 0 &&
+                mono - j->no_progress_since >= (int64_t)j->no_progress_timeout * 1000) {
+                /* No progress for NoProgressTimeout: the transient error
+                 * becomes final. */
+                j->state = DOPA_STATE_ERROR;
+                engine_touch(e, j);
+            } else if (mono >= j->retry_at) {
+                j->state = DOPA_STATE_QUEUED;
+                engine_touch(e, j);
+            }
+        }
+        if (!j->running && j->state != DOPA_STATE_TRANSFERRING &&
+            wall - j->modified >= (int64_t)e->cfg.inactivity_ms) {
+            /* JobInactivityTimeout: neither completed nor cancelled. */
+            char why[512];
+            for (size_t k = 0; k < j->n_files; k++)
+                if (!j->files[k]->completed &&
+                    fileops_remove_temp(j->owner, j->files[k]->tmp_path, why, sizeof why) != 0)
+                    agent_log("warning", "%s", why);
+            agent_log("info", "job inactive for too long: cancelled");
+            engine_finish_job(e, j, DOPA_STATE_CANCELLED);
+        }
+    }
+}
+
+static int run_order(const void *a, const void *b)
+{
+    const agent_job *x = *(agent_job *const *)a, *y = *(agent_job *const *)b;
+    if (x->priority != y->priority)
+        return x->priority - y->priority;
+    return x->seq < y->seq ? -1 : x->seq > y->seq;
+}
+
+/* Runs the max_running best jobs (priority, then age); stops the rest. */
+static void schedule(agent_engine *e)
+{
+    agent_job *chosen[64];
+    size_t n = 0, cap = e->cfg.max_running < 64 ? e->cfg.max_running : 64;
+    agent_job **want = malloc((e->n_jobs ? e->n_jobs : 1) * sizeof *want);
+    if (want == NULL)
+        return;
+    size_t n_want = 0;
+    for (size_t i = 0; i < e->n_jobs; i++)
+        if (wants_to_run(e->jobs[i]->state) && e->jobs[i]->purge_at == 0)
+            want[n_want++] = e->jobs[i];
+    qsort(want, n_want, sizeof *want, run_order);
+    for (size_t i = 0; i < n_want && n < cap; i++)
+        chosen[n++] = want[i];
+    for (size_t i = n; i < n_want; i++) {
+        agent_job *j = want[i];
+        if (j->running) {
+            engine_stop_job(e, j);
+            j->state = DOPA_STATE_QUEUED;
+            engine_touch(e, j);
+        }
+    }
+    free(want);
+    for (size_t i = 0; i < n; i++) {
+        agent_job *j = chosen[i];
+        if (!j->running) {
+            j->running = 1;
+            if (j->state == DOPA_STATE_QUEUED) {
+                j->state = DOPA_STATE_CONNECTING;
+                engine_touch(e, j);
+            }
+        }
+        if (j->running && wants_to_run(j->state))
+            pump_job(e, j);
+    }
+}
+
+/* ------------------------------------------------------------------ */
+/* The engine                                                         */
+
+int engine_add_job(agent_engine *e, agent_job *j)
+{
+    if (e->n_jobs == e->cap_jobs) {
+        size_t cap = e->cap_jobs ? 2 * e->cap_jobs : 256;
+        agent_job **grown = realloc(e->jobs, cap * sizeof *grown);
+        if (grown == NULL)
+            return DOPA_ENOMEM;
+        e->jobs = grown;
+        e->cap_jobs = cap;
+    }
+    e->jobs[e->n_jobs++] = j;
+    if (j->seq >= e->next_seq)
+        e->next_seq = j->seq + 1;
+    return DOPA_OK;
+}
+
+agent_job *engine_find(agent_engine *e, const dopa_id *id)
+{
+    for (size_t i = 0; i < e->n_jobs; i++)
+        if (memcmp(e->jobs[i]->id.bytes, id->bytes, 16) == 0)
+            return e->jobs[i];
+    return NULL;
+}
+
+size_t engine_job_count(const agent_engine *e)
+{
+    return e->n_jobs;
+}
+
+void engine_set_control(agent_engine *e, control *c)
+{
+    e->control = c;
+}
+
+void engine_wakeup(agent_engine *e)
+{
+    origin_wakeup(e->origin);
+}
+
+static int make_dir(const char *path, char *why, size_t why_len)
+{
+    if (mkdir(path, 0700) != 0 && errno != EEXIST) {
+        snprintf(why, why_len, "%s: %s", path, strerror(errno));
+        return DOPA_EIO;
+    }
+    return DOPA_OK;
+}
+
+int engine_open(const engine_config *cfg, agent_engine **out, char *why, size_t why_len)
+{
+    if (the_engine != NULL) {
+        snprintf(why, why_len, "one engine per process");
+        return DOPA_EINVAL;
+    }
+    agent_engine *e = calloc(1, sizeof *e);
+    if (e == NULL)
+        return DOPA_ENOMEM;
+    e->cfg = *cfg;
+    if (e->cfg.max_running == 0)
+        e->cfg.max_running = DEFAULT_MAX_RUNNING;
+    if (e->cfg.inactivity_ms == 0)
+        e->cfg.inactivity_ms = DEFAULT_INACTIVITY_MS;
+    if (e->cfg.max_jobs_per_user == 0)
+        e->cfg.max_jobs_per_user = DEFAULT_MAX_JOBS_PER_USER;
+    e->clock = cfg->clock != NULL ? *cfg->clock
+                                  : (agent_clock){.wall_ms = real_wall, .mono_ms = real_mono};
+    pthread_mutex_init(&e->lock, NULL);
+    e->next_seq = 1;
+    int err = DOPA_ENOMEM;
+    e->state_dir = strdup(cfg->state_dir);
+    if (cfg->n_trusted_keys > 0) {
+        e->keys = calloc(cfg->n_trusted_keys, sizeof *e->keys);
+        if (e->keys != NULL) {
+            memcpy(e->keys, cfg->trusted_keys, cfg->n_trusted_keys * sizeof *e->keys);
+            e->n_keys = cfg->n_trusted_keys;
+        }
+    }
+    if (e->state_dir == NULL || (cfg->n_trusted_keys > 0 && e->keys == NULL))
+        goto fail;
+    e->cfg.state_dir = e->state_dir;
+    e->cfg.trusted_keys = e->keys;
+    err = make_dir(e->state_dir, why, why_len);
+    if (err != DOPA_OK)
+        goto fail;
+    char path[4200];
+    snprintf(path, sizeof path, "%s/dopa.db", e->state_dir);
+    err = store_open(path, &e->db, why, why_len);
+    if (err != DOPA_OK)
+        goto fail;
+    if (origin_new(&cfg->origin, &e->origin) != ORIGIN_OK) {
+        snprintf(why, why_len, "cannot start the transfer loop");
+        err = DOPA_EINTERNAL;
+        goto fail;
+    }
+    agent_job **loaded = NULL;
+    size_t n = 0, damaged = 0;
+    err = store_load(e->db, &loaded, &n, &damaged, why, why_len);
+    if (err != DOPA_OK)
+        goto fail;
+    if (damaged > 0)
+        agent_log("warning", "%zu stored jobs failed their checks and were left out", damaged);
+    int64_t mono = engine_mono(e);
+    for (size_t i = 0; i < n; i++) {
+        agent_job *j = loaded[i];
+        /* What was running runs again; timers start from now. */
+        if (j->state == DOPA_STATE_CONNECTING || j->state == DOPA_STATE_TRANSFERRING)
+            j->state = DOPA_STATE_QUEUED;
+        if (j->state == DOPA_STATE_TRANSIENT_ERROR) {
+            j->retry_at = mono;
+            j->no_progress_since = mono;
+        }
+        j->version = 1;
+        engine_add_job(e, loaded[i]);
+    }
+    free(loaded);
+    the_engine = e;
+    e->last_commit = mono;
+    *out = e;
+    return DOPA_OK;
+fail:
+    engine_close(e);
+    return err;
+}
+
+void engine_close(agent_engine *e)
+{
+    if (e == NULL)
+        return;
+    if (e->db != NULL && e->origin != NULL)
+        commit_pending(e, 1);
+    engine_answer_waits(e, 1);
+    for (size_t i = 0; i < e->n_jobs; i++)
+        engine_stop_job(e, e->jobs[i]);
+    for (size_t i = 0; i < e->n_jobs; i++)
+        agent_job_free(e->jobs[i]);
+    free(e->jobs);
+    origin_free(e->origin);
+    store_close(e->db);
+    /* Background checks still running hold their own descriptors; their
+     * results are dropped. */
+    pthread_mutex_lock(&e->lock);
+    while (e->results != NULL) {
+        hash_result *r = e->results;
+        e->results = r->next;
+        free(r);
+    }
+    pthread_mutex_unlock(&e->lock);
+    free(e->keys);
+    free(e->state_dir);
+    if (the_engine == e)
+        the_engine = NULL;
+    free(e);
+}
+
+/* The next timer, in ms from now, capped at `limit`. */
+static int next_timer_ms(agent_engine *e, int limit)
+{
+    int64_t mono = engine_mono(e), best = limit;
+    for (size_t i = 0; i < e->n_jobs; i++) {
+        const agent_job *j = e->jobs[i];
+        if (j->state == DOPA_STATE_TRANSIENT_ERROR && j->retry_at - mono < best)
+            best = j->retry_at - mono;
+    }
+    for (const wait *w = e->waits; w != NULL; w = w->next)
+        if (w->deadline - mono < best)
+            best = w->deadline - mono;
+    for (size_t i = 0; i < e->n_jobs; i++)
+        for (size_t k = 0; k < e->jobs[i]->n_files; k++)
+            if (e->jobs[i]->files[k]->n_pending > 0 && best > COMMIT_INTERVAL_MS)
+                best = COMMIT_INTERVAL_MS;
+    return best < 0 ? 0 : (int)best;
+}
+
+int engine_step(agent_engine *e, int timeout_ms)
+{
+    int err = origin_poll(e->origin, next_timer_ms(e, timeout_ms));
+    if (e->control != NULL)
+        control_run_queued(e->control);
+    take_hash_results(e);
+    commit_pending(e, 0);
+    run_timers(e);
+    schedule(e);
+    engine_answer_waits(e, 0);
+    return err == ORIGIN_OK ? DOPA_OK : DOPA_EINTERNAL;
+}

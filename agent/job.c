@@ -1,0 +1,154 @@
+/*
+ * The job model: allocation, the piece map of a file, and the public views
+ * (dopa_job_info, dopa_file_info) of jobs and files.
+ */
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "agent.h"
+
+agent_job *agent_job_new(void)
+{
+    agent_job *j = calloc(1, sizeof *j);
+    if (j == NULL)
+        return NULL;
+    j->priority = DOPA_PRIORITY_NORMAL;
+    j->state = DOPA_STATE_SUSPENDED;
+    j->retry_delay = DOPA_DEFAULT_MIN_RETRY_DELAY;
+    j->no_progress_timeout = DOPA_DEFAULT_NO_PROGRESS_TIMEOUT;
+    j->error.file = -1;
+    return j;
+}
+
+void agent_job_free(agent_job *j)
+{
+    if (j == NULL)
+        return;
+    for (size_t i = 0; i < j->n_files; i++)
+        agent_file_free(j->files[i]);
+    free(j->files);
+    free(j);
+}
+
+agent_file *agent_file_new(void)
+{
+    agent_file *f = calloc(1, sizeof *f);
+    if (f == NULL)
+        return NULL;
+    f->remote_size = -1;
+    f->size = DOPA_SIZE_UNKNOWN;
+    f->fd = -1;
+    return f;
+}
+
+void agent_file_free(agent_file *f)
+{
+    if (f == NULL)
+        return;
+    if (f->fd >= 0)
+        close(f->fd);
+    free(f->url);
+    free(f->path);
+    free(f->tmp_path);
+    free(f->ranges);
+    free(f->manifest_bytes);
+    validate_manifest_free(f->manifest);
+    free(f->done);
+    free(f->pending);
+    free(f);
+}
+
+int agent_file_set_size(agent_file *f, uint64_t size)
+{
+    uint32_t piece = f->manifest != NULL ? f->manifest->piece_size : validate_piece_size_for(size);
+    if (piece == 0)
+        return DOPA_ELIMIT;
+    uint64_t count = validate_piece_count(size, piece);
+    uint8_t *map = calloc(1, (size_t)(count / 8 + 1));
+    if (map == NULL)
+        return DOPA_ENOMEM;
+    free(f->done);
+    f->done = map;
+    f->size = size;
+    f->piece_size = piece;
+    f->piece_count = count;
+    f->done_count = 0;
+    f->done_bytes = 0;
+    return DOPA_OK;
+}
+
+int agent_file_piece_done(const agent_file *f, uint64_t piece)
+{
+    return f->done != NULL && piece < f->piece_count && (f->done[piece / 8] >> (piece % 8)) & 1;
+}
+
+void agent_file_mark_done(agent_file *f, uint64_t piece)
+{
+    if (f->done == NULL || piece >= f->piece_count || agent_file_piece_done(f, piece))
+        return;
+    f->done[piece / 8] |= (uint8_t)(1u << (piece % 8));
+    f->done_count++;
+    f->done_bytes += validate_piece_length(f->size, f->piece_size, piece);
+}
+
+void agent_file_clear_pieces(agent_file *f)
+{
+    if (f->done != NULL)
+        memset(f->done, 0, (size_t)(f->piece_count / 8 + 1));
+    f->done_count = 0;
+    f->done_bytes = 0;
+    f->n_pending = 0;
+    f->pending_bytes = 0;
+    f->transferred = 0;
+}
+
+void agent_job_info(const agent_job *j, dopa_job_info *out)
+{
+    memset(out, 0, sizeof *out);
+    out->id = j->id;
+    out->owner = j->owner;
+    out->type = j->type;
+    out->state = j->state;
+    out->priority = j->priority;
+    memcpy(out->display_name, j->name, sizeof out->display_name);
+    memcpy(out->description, j->description, sizeof out->description);
+    out->bytes_total = 0;
+    for (size_t i = 0; i < j->n_files; i++) {
+        const agent_file *f = j->files[i];
+        if (f->size == DOPA_SIZE_UNKNOWN)
+            out->bytes_total = DOPA_SIZE_UNKNOWN;
+        else if (out->bytes_total != DOPA_SIZE_UNKNOWN)
+            out->bytes_total += f->size;
+        out->bytes_transferred += f->done_bytes + f->pending_bytes;
+        out->files_transferred += f->transferred ? 1u : 0u;
+    }
+    out->files_total = (uint32_t)j->n_files;
+    out->bytes_from_origin = j->from_origin;
+    out->bytes_from_peers = j->from_peers;
+    out->bytes_from_cache = j->from_cache;
+    out->created = j->created;
+    out->modified = j->modified;
+    out->transfer_completed = j->completed;
+    out->error_count = j->error_count;
+    out->has_error = j->has_error;
+    out->error = j->error;
+    out->minimum_retry_delay = j->retry_delay;
+    out->no_progress_timeout = j->no_progress_timeout;
+    out->proxy_usage = j->proxy_usage;
+    out->version = j->version;
+}
+
+void agent_file_info(const agent_file *f, dopa_file_info *out)
+{
+    memset(out, 0, sizeof *out);
+    strncpy(out->remote_url, f->url, DOPA_URL_MAX);
+    strncpy(out->local_name, f->path, DOPA_PATH_MAX);
+    strncpy(out->temporary_name, f->tmp_path ? f->tmp_path : "", DOPA_PATH_MAX);
+    out->bytes_total = f->size;
+    out->bytes_transferred = f->done_bytes + f->pending_bytes;
+    out->ranges = (uint32_t)f->n_ranges;
+    out->transferred = f->transferred;
+    out->has_manifest = f->manifest != NULL;
+    out->has_sha256 = f->has_sha256;
+}

@@ -1,0 +1,529 @@
+/*
+ * libdopa: the client side of the control protocol (dopa.h). Each call
+ * opens its own nng context on the manager's req0 socket, so calls from
+ * several threads run side by side; replies are parsed as strictly as
+ * dopad parses requests.
+ */
+#include <nng/nng.h>
+#include <nng/protocol/reqrep0/req.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "dopa.h"
+#include "proto.h"
+
+#define CALL_TIMEOUT_MS 120000
+#define SYSTEM_SOCKET   "/run/dopa/control.sock"
+
+struct dopa_manager {
+    nng_socket sock;
+};
+
+static __thread char last_message[DOPA_MESSAGE_MAX + 1];
+
+const char *dopa_last_message(void)
+{
+    return last_message;
+}
+
+void dopa_default_socket(char *out, size_t len)
+{
+    const char *env = getenv("DOPA_SOCKET");
+    if (env != NULL && env[0] != '\0') {
+        snprintf(out, len, "%s", env);
+        return;
+    }
+    const char *runtime = getenv("XDG_RUNTIME_DIR");
+    if (geteuid() != 0 && runtime != NULL && runtime[0] == '/') {
+        char path[4096];
+        struct stat st;
+        snprintf(path, sizeof path, "%s/dopa/control.sock", runtime);
+        if (stat(path, &st) == 0) {
+            snprintf(out, len, "%s", path);
+            return;
+        }
+    }
+    snprintf(out, len, "%s", SYSTEM_SOCKET);
+}
+
+int dopa_connect(const char *socket_path, dopa_manager **out)
+{
+    char path[4096], url[4200];
+    if (out == NULL)
+        return DOPA_EINVAL;
+    if (socket_path == NULL) {
+        dopa_default_socket(path, sizeof path);
+        socket_path = path;
+    }
+    dopa_manager *m = calloc(1, sizeof *m);
+    if (m == NULL)
+        return DOPA_ENOMEM;
+    snprintf(url, sizeof url, "ipc://%s", socket_path);
+    if (nng_req0_open(&m->sock) != 0) {
+        free(m);
+        return DOPA_ENOMEM;
+    }
+    /* A request is never sent twice: a resend could create a second job. */
+    nng_socket_set_ms(m->sock, NNG_OPT_REQ_RESENDTIME, NNG_DURATION_INFINITE);
+    nng_socket_set_size(m->sock, NNG_OPT_RECVMAXSZ, PROTO_MAX_REPLY);
+    if (nng_dial(m->sock, url, NULL, 0) != 0) {
+        nng_close(m->sock);
+        free(m);
+        return DOPA_ECONNECT;
+    }
+    *out = m;
+    return DOPA_OK;
+}
+
+void dopa_disconnect(dopa_manager *m)
+{
+    if (m == NULL)
+        return;
+    nng_close(m->sock);
+    free(m);
+}
+
+/* Sends a request and waits for its reply. */
+static int call(dopa_manager *m, const proto_request *req, proto_reply *reply, int timeout_ms)
+{
+    proto_buf buf;
+    nng_ctx ctx;
+    nng_aio *aio = NULL;
+    nng_msg *msg = NULL;
+    int err;
+    memset(reply, 0, sizeof *reply);
+    last_message[0] = '\0';
+    if (m == NULL)
+        return DOPA_EINVAL;
+    proto_buf_init(&buf, PROTO_MAX_REQUEST);
+    err = proto_encode_request(req, &buf);
+    if (err != DOPA_OK) {
+        proto_buf_free(&buf);
+        return err;
+    }
+    if (nng_ctx_open(&ctx, m->sock) != 0) {
+        proto_buf_free(&buf);
+        return DOPA_ECONNECT;
+    }
+    if (nng_aio_alloc(&aio, NULL, NULL) != 0 || nng_msg_alloc(&msg, 0) != 0 ||
+        nng_msg_append(msg, buf.data, buf.len) != 0) {
+        err = DOPA_ENOMEM;
+        goto done;
+    }
+    proto_buf_free(&buf);
+    nng_aio_set_timeout(aio, timeout_ms);
+    nng_aio_set_msg(aio, msg);
+    nng_ctx_send(ctx, aio);
+    nng_aio_wait(aio);
+    if (nng_aio_result(aio) != 0) {
+        err = nng_aio_result(aio) == NNG_ETIMEDOUT ? DOPA_ETIMEOUT : DOPA_ECONNECT;
+        goto done; /* msg is still ours */
+    }
+    msg = NULL;
+    nng_aio_set_timeout(aio, timeout_ms);
+    nng_ctx_recv(ctx, aio);
+    nng_aio_wait(aio);
+    if (nng_aio_result(aio) != 0) {
+        err = nng_aio_result(aio) == NNG_ETIMEDOUT ? DOPA_ETIMEOUT : DOPA_ECONNECT;
+        goto done;
+    }
+    msg = nng_aio_get_msg(aio);
+    char why[256];
+    err = proto_decode_reply(nng_msg_body(msg), nng_msg_len(msg), reply, why, sizeof why);
+    if (err == DOPA_OK && reply->op != req->op) {
+        proto_reply_clear(reply);
+        err = DOPA_EPROTO;
+    }
+    if (err == DOPA_OK && reply->status != DOPA_OK) {
+        err = (int)reply->status;
+        snprintf(last_message, sizeof last_message, "%s", reply->message);
+        proto_reply_clear(reply);
+    }
+done:
+    proto_buf_free(&buf);
+    if (msg != NULL)
+        nng_msg_free(msg);
+    if (aio != NULL)
+        nng_aio_free(aio);
+    nng_ctx_close(ctx);
+    return err;
+}
+
+static int simple(dopa_manager *m, int op, const dopa_id *id)
+{
+    if (id == NULL)
+        return DOPA_EINVAL;
+    proto_request *req = calloc(1, sizeof *req);
+    proto_reply reply;
+    if (req == NULL)
+        return DOPA_ENOMEM;
+    req->op = op;
+    req->id = *id;
+    int err = call(m, req, &reply, CALL_TIMEOUT_MS);
+    free(req);
+    proto_reply_clear(&reply);
+    return err;
+}
+
+static int copy_string(char *dst, size_t cap, const char *src)
+{
+    if (src == NULL)
+        src = "";
+    if (strlen(src) >= cap)
+        return DOPA_EINVAL;
+    strcpy(dst, src);
+    return DOPA_OK;
+}
+
+int dopa_whoami(dopa_manager *m, uint32_t *uid, char *version, size_t version_len)
+{
+    proto_request *req = calloc(1, sizeof *req);
+    proto_reply reply;
+    if (req == NULL)
+        return DOPA_ENOMEM;
+    req->op = PROTO_WHOAMI;
+    int err = call(m, req, &reply, CALL_TIMEOUT_MS);
+    free(req);
+    if (err == DOPA_OK) {
+        if (uid != NULL)
+            *uid = (uint32_t)reply.uid;
+        if (version != NULL && version_len > 0)
+            snprintf(version, version_len, "%s", reply.version);
+    }
+    proto_reply_clear(&reply);
+    return err;
+}
+
+int dopa_job_create(dopa_manager *m, const char *display_name, int type, dopa_id *out)
+{
+    if (out == NULL || type != DOPA_JOB_DOWNLOAD)
+        return DOPA_EINVAL;
+    proto_request *req = calloc(1, sizeof *req);
+    proto_reply reply;
+    if (req == NULL)
+        return DOPA_ENOMEM;
+    req->op = PROTO_CREATE;
+    req->type = (uint64_t)type;
+    int err = copy_string(req->name, sizeof req->name, display_name);
+    if (err == DOPA_OK)
+        err = call(m, req, &reply, CALL_TIMEOUT_MS);
+    free(req);
+    if (err == DOPA_OK) {
+        if (!reply.has_id)
+            err = DOPA_EPROTO;
+        else
+            *out = reply.id;
+        proto_reply_clear(&reply);
+    }
+    return err;
+}
+
+static int get_job(dopa_manager *m, int op, const dopa_id *id, uint64_t seen, int timeout_ms,
+                   dopa_job_info *out)
+{
+    if (id == NULL || out == NULL)
+        return DOPA_EINVAL;
+    proto_request *req = calloc(1, sizeof *req);
+    proto_reply reply;
+    if (req == NULL)
+        return DOPA_ENOMEM;
+    req->op = op;
+    req->id = *id;
+    req->seen = seen;
+    req->timeout_ms = timeout_ms < 0 ? 0 : (uint64_t)timeout_ms;
+    int err = call(m, req, &reply, timeout_ms + CALL_TIMEOUT_MS);
+    free(req);
+    if (err == DOPA_OK) {
+        *out = reply.jobs[0];
+        proto_reply_clear(&reply);
+    }
+    return err;
+}
+
+int dopa_job_get(dopa_manager *m, const dopa_id *id, dopa_job_info *out)
+{
+    return get_job(m, PROTO_GET, id, 0, 0, out);
+}
+
+int dopa_job_wait(dopa_manager *m, const dopa_id *id, uint64_t seen, int timeout_ms,
+                  dopa_job_info *out)
+{
+    return get_job(m, PROTO_WAIT, id, seen, timeout_ms, out);
+}
+
+int dopa_job_list(dopa_manager *m, int all_users, dopa_job_info **out, size_t *n)
+{
+    if (out == NULL || n == NULL)
+        return DOPA_EINVAL;
+    proto_request *req = calloc(1, sizeof *req);
+    dopa_job_info *all = NULL;
+    size_t count = 0;
+    int err = DOPA_OK, restarts = 0;
+    if (req == NULL)
+        return DOPA_ENOMEM;
+    req->op = PROTO_LIST;
+    req->all_users = all_users != 0;
+    for (;;) {
+        proto_reply reply;
+        err = call(m, req, &reply, CALL_TIMEOUT_MS);
+        if (err == DOPA_EINVAL && req->has_cursor && restarts++ < 3) {
+            /* The job under the cursor went away: list again from the start. */
+            count = 0;
+            req->has_cursor = 0;
+            continue;
+        }
+        if (err != DOPA_OK)
+            break;
+        if (reply.n_jobs > 0) {
+            dopa_job_info *grown = realloc(all, (count + reply.n_jobs) * sizeof *grown);
+            if (grown == NULL) {
+                proto_reply_clear(&reply);
+                err = DOPA_ENOMEM;
+                break;
+            }
+            all = grown;
+            memcpy(all + count, reply.jobs, reply.n_jobs * sizeof *all);
+            count += reply.n_jobs;
+            req->cursor = reply.jobs[reply.n_jobs - 1].id;
+            req->has_cursor = 1;
+        }
+        int more = reply.more != 0 && reply.n_jobs > 0;
+        proto_reply_clear(&reply);
+        if (!more)
+            break;
+    }
+    free(req);
+    if (err != DOPA_OK) {
+        free(all);
+        return err;
+    }
+    *out = all;
+    *n = count;
+    return DOPA_OK;
+}
+
+int dopa_job_add_file(dopa_manager *m, const dopa_id *id, const char *remote_url,
+                      const char *local_name, const dopa_file_options *opts)
+{
+    if (id == NULL || remote_url == NULL || local_name == NULL)
+        return DOPA_EINVAL;
+    if (opts != NULL && (opts->n_ranges > DOPA_MAX_RANGES || (opts->n_ranges && !opts->ranges) ||
+                         (opts->manifest != NULL && opts->manifest_len == 0)))
+        return DOPA_EINVAL;
+    proto_request *req = calloc(1, sizeof *req);
+    proto_reply reply;
+    if (req == NULL)
+        return DOPA_ENOMEM;
+    req->op = PROTO_ADD_FILE;
+    req->id = *id;
+    int err = copy_string(req->url, sizeof req->url, remote_url);
+    if (err == DOPA_OK)
+        err = copy_string(req->path, sizeof req->path, local_name);
+    if (err == DOPA_OK && opts != NULL) {
+        memcpy(req->ranges, opts->ranges, opts->n_ranges * sizeof *req->ranges);
+        req->n_ranges = opts->n_ranges;
+        if (opts->expected_sha256 != NULL) {
+            memcpy(req->sha256, opts->expected_sha256, 32);
+            req->has_sha256 = 1;
+        }
+        req->manifest = opts->manifest;
+        req->manifest_len = opts->manifest_len;
+    }
+    if (err == DOPA_OK)
+        err = call(m, req, &reply, CALL_TIMEOUT_MS);
+    free(req);
+    if (err == DOPA_OK)
+        proto_reply_clear(&reply);
+    return err;
+}
+
+int dopa_job_list_files(dopa_manager *m, const dopa_id *id, dopa_file_info **out, size_t *n)
+{
+    if (id == NULL || out == NULL || n == NULL)
+        return DOPA_EINVAL;
+    proto_request *req = calloc(1, sizeof *req);
+    dopa_file_info *all = NULL;
+    size_t count = 0;
+    int err = DOPA_OK;
+    if (req == NULL)
+        return DOPA_ENOMEM;
+    req->op = PROTO_LIST_FILES;
+    req->id = *id;
+    for (;;) {
+        proto_reply reply;
+        req->start = count;
+        err = call(m, req, &reply, CALL_TIMEOUT_MS);
+        if (err != DOPA_OK)
+            break;
+        if (reply.n_files > 0) {
+            dopa_file_info *grown = realloc(all, (count + reply.n_files) * sizeof *grown);
+            if (grown == NULL) {
+                proto_reply_clear(&reply);
+                err = DOPA_ENOMEM;
+                break;
+            }
+            all = grown;
+            memcpy(all + count, reply.files, reply.n_files * sizeof *all);
+            count += reply.n_files;
+        }
+        int more = reply.more != 0 && reply.n_files > 0;
+        proto_reply_clear(&reply);
+        if (!more)
+            break;
+    }
+    free(req);
+    if (err != DOPA_OK) {
+        free(all);
+        return err;
+    }
+    *out = all;
+    *n = count;
+    return DOPA_OK;
+}
+
+int dopa_job_resume(dopa_manager *m, const dopa_id *id)
+{
+    return simple(m, PROTO_RESUME, id);
+}
+
+int dopa_job_suspend(dopa_manager *m, const dopa_id *id)
+{
+    return simple(m, PROTO_SUSPEND, id);
+}
+
+int dopa_job_cancel(dopa_manager *m, const dopa_id *id)
+{
+    return simple(m, PROTO_CANCEL, id);
+}
+
+int dopa_job_take_ownership(dopa_manager *m, const dopa_id *id)
+{
+    return simple(m, PROTO_TAKE_OWNERSHIP, id);
+}
+
+int dopa_job_complete(dopa_manager *m, const dopa_id *id, int *partial)
+{
+    if (id == NULL)
+        return DOPA_EINVAL;
+    proto_request *req = calloc(1, sizeof *req);
+    proto_reply reply;
+    if (req == NULL)
+        return DOPA_ENOMEM;
+    req->op = PROTO_COMPLETE;
+    req->id = *id;
+    int err = call(m, req, &reply, CALL_TIMEOUT_MS);
+    free(req);
+    if (err == DOPA_OK) {
+        if (partial != NULL)
+            *partial = reply.partial != 0;
+        proto_reply_clear(&reply);
+    }
+    return err;
+}
+
+/* A setter: op with one of the request's fields filled by fill(). */
+static int set(dopa_manager *m, int op, const dopa_id *id, uint64_t number, const char *text,
+               const char *text2)
+{
+    if (id == NULL)
+        return DOPA_EINVAL;
+    proto_request *req = calloc(1, sizeof *req);
+    proto_reply reply;
+    if (req == NULL)
+        return DOPA_ENOMEM;
+    req->op = op;
+    req->id = *id;
+    int err = DOPA_OK;
+    switch (op) {
+    case PROTO_SET_PRIORITY:
+        req->priority = number;
+        break;
+    case PROTO_SET_RETRY_DELAY:
+    case PROTO_SET_NO_PROGRESS:
+        req->seconds = number;
+        break;
+    case PROTO_SET_NAME:
+        err = copy_string(req->name, sizeof req->name, text);
+        break;
+    case PROTO_SET_DESCRIPTION:
+        err = copy_string(req->description, sizeof req->description, text);
+        break;
+    case PROTO_SET_PROXY:
+        req->proxy_usage = number;
+        err = copy_string(req->proxy, sizeof req->proxy, text);
+        if (err == DOPA_OK)
+            err = copy_string(req->bypass, sizeof req->bypass, text2);
+        break;
+    default:
+        err = DOPA_EINVAL;
+    }
+    if (err == DOPA_OK)
+        err = call(m, req, &reply, CALL_TIMEOUT_MS);
+    free(req);
+    if (err == DOPA_OK)
+        proto_reply_clear(&reply);
+    return err;
+}
+
+int dopa_job_set_priority(dopa_manager *m, const dopa_id *id, int priority)
+{
+    if (priority < 0)
+        return DOPA_EINVAL;
+    return set(m, PROTO_SET_PRIORITY, id, (uint64_t)priority, NULL, NULL);
+}
+
+int dopa_job_set_display_name(dopa_manager *m, const dopa_id *id, const char *name)
+{
+    return set(m, PROTO_SET_NAME, id, 0, name, NULL);
+}
+
+int dopa_job_set_description(dopa_manager *m, const dopa_id *id, const char *description)
+{
+    return set(m, PROTO_SET_DESCRIPTION, id, 0, description, NULL);
+}
+
+int dopa_job_set_minimum_retry_delay(dopa_manager *m, const dopa_id *id, uint32_t seconds)
+{
+    return set(m, PROTO_SET_RETRY_DELAY, id, seconds, NULL, NULL);
+}
+
+int dopa_job_set_no_progress_timeout(dopa_manager *m, const dopa_id *id, uint32_t seconds)
+{
+    return set(m, PROTO_SET_NO_PROGRESS, id, seconds, NULL, NULL);
+}
+
+int dopa_job_set_proxy(dopa_manager *m, const dopa_id *id, int usage, const char *proxy,
+                       const char *bypass)
+{
+    if (usage < 0)
+        return DOPA_EINVAL;
+    return set(m, PROTO_SET_PROXY, id, (uint64_t)usage, proxy, bypass);
+}
+
+int dopa_job_get_proxy(dopa_manager *m, const dopa_id *id, int *usage, char *proxy,
+                       size_t proxy_len, char *bypass, size_t bypass_len)
+{
+    if (id == NULL)
+        return DOPA_EINVAL;
+    proto_request *req = calloc(1, sizeof *req);
+    proto_reply reply;
+    if (req == NULL)
+        return DOPA_ENOMEM;
+    req->op = PROTO_GET_PROXY;
+    req->id = *id;
+    int err = call(m, req, &reply, CALL_TIMEOUT_MS);
+    free(req);
+    if (err == DOPA_OK) {
+        if (usage != NULL)
+            *usage = (int)reply.proxy_usage;
+        if (proxy != NULL && proxy_len > 0)
+            snprintf(proxy, proxy_len, "%s", reply.proxy);
+        if (bypass != NULL && bypass_len > 0)
+            snprintf(bypass, bypass_len, "%s", reply.bypass);
+        proto_reply_clear(&reply);
+    }
+    return err;
+}

@@ -1,0 +1,571 @@
+/*
+ * Control requests: what each op of the protocol does to the jobs, with
+ * the BITS rules for who may do it and in which state. Runs on the engine
+ * thread; a request either changes the model and the store together or
+ * changes nothing.
+ */
+#include <errno.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "engine_internal.h"
+
+#define MAX_WAITS_PER_USER 8
+#define MAX_WAIT_MS        600000
+#define MIN_RETRY_DELAY    1
+#define MAX_TIMEOUT        (365u * 24 * 3600)
+
+__attribute__((format(printf, 3, 4))) static int refuse(proto_reply *reply, int status,
+                                                        const char *fmt, ...)
+{
+    reply->status = (uint64_t)status;
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(reply->message, sizeof reply->message, fmt, ap);
+    va_end(ap);
+    return 0;
+}
+
+static int is_final(int state)
+{
+    return state == DOPA_STATE_ACKNOWLEDGED || state == DOPA_STATE_CANCELLED;
+}
+
+/* The job a user may see: its own, or any for root. Others are "not found"
+ * so that nobody learns another user's job ids. */
+static agent_job *visible(agent_engine *e, uint32_t uid, const dopa_id *id)
+{
+    agent_job *j = engine_find(e, id);
+    if (j == NULL || (uid != 0 && j->owner != uid))
+        return NULL;
+    return j;
+}
+
+static int not_found(proto_reply *reply)
+{
+    return refuse(reply, DOPA_ENOTFOUND, "no such job");
+}
+
+/* A job that may still change (not ACKNOWLEDGED or CANCELLED). */
+static agent_job *changeable(agent_engine *e, uint32_t uid, const dopa_id *id, proto_reply *reply)
+{
+    agent_job *j = visible(e, uid, id);
+    if (j == NULL) {
+        not_found(reply);
+        return NULL;
+    }
+    if (is_final(j->state)) {
+        refuse(reply, DOPA_ESTATE, "the job is %s", dopa_state_name(j->state));
+        return NULL;
+    }
+    return j;
+}
+
+static int one_job(proto_reply *reply, const agent_job *j)
+{
+    reply->jobs = malloc(sizeof *reply->jobs);
+    if (reply->jobs == NULL)
+        return refuse(reply, DOPA_ENOMEM, "out of memory");
+    agent_job_info(j, &reply->jobs[0]);
+    reply->n_jobs = 1;
+    return 0;
+}
+
+static int store_failed(agent_engine *e, proto_reply *reply)
+{
+    agent_log("error", "store: %s", store_error(e->db));
+    return refuse(reply, DOPA_EINTERNAL, "dopad could not record the change");
+}
+
+static int do_create(agent_engine *e, uint32_t uid, const proto_request *req, proto_reply *reply)
+{
+    if (req->type != DOPA_JOB_DOWNLOAD)
+        return refuse(reply, DOPA_EINVAL, "only download jobs are supported");
+    size_t mine = 0;
+    for (size_t i = 0; i < e->n_jobs; i++)
+        mine += e->jobs[i]->owner == uid && e->jobs[i]->purge_at == 0;
+    if (mine >= e->cfg.max_jobs_per_user)
+        return refuse(reply, DOPA_ELIMIT, "at most %u jobs per user", e->cfg.max_jobs_per_user);
+    agent_job *j = agent_job_new();
+    if (j == NULL)
+        return refuse(reply, DOPA_ENOMEM, "out of memory");
+    randombytes_buf(j->id.bytes, sizeof j->id.bytes);
+    j->owner = uid;
+    j->type = (int)req->type;
+    snprintf(j->name, sizeof j->name, "%s", req->name);
+    j->created = j->modified = engine_now(e);
+    j->seq = e->next_seq;
+    j->version = 1;
+    if (store_put_job(e->db, j) != DOPA_OK) {
+        agent_job_free(j);
+        return store_failed(e, reply);
+    }
+    if (engine_add_job(e, j) != DOPA_OK) {
+        store_delete_job(e->db, &j->id);
+        agent_job_free(j);
+        return refuse(reply, DOPA_ENOMEM, "out of memory");
+    }
+    reply->id = j->id;
+    reply->has_id = 1;
+    return 0;
+}
+
+static int do_list(agent_engine *e, uint32_t uid, const proto_request *req, proto_reply *reply)
+{
+    if (req->all_users && uid != 0)
+        return refuse(reply, DOPA_EACCESS, "only root may list every user's jobs");
+    size_t start = 0;
+    if (req->has_cursor) {
+        size_t i = 0;
+        while (i < e->n_jobs && memcmp(e->jobs[i]->id.bytes, req->cursor.bytes, 16) != 0)
+            i++;
+        if (i == e->n_jobs)
+            return refuse(reply, DOPA_EINVAL, "the listing changed under the cursor; list again");
+        start = i + 1;
+    }
+    reply->jobs = malloc(PROTO_LIST_PAGE * sizeof *reply->jobs);
+    if (reply->jobs == NULL)
+        return refuse(reply, DOPA_ENOMEM, "out of memory");
+    size_t i = start;
+    for (; i < e->n_jobs && reply->n_jobs < PROTO_LIST_PAGE; i++) {
+        const agent_job *j = e->jobs[i];
+        if ((req->all_users || j->owner == uid) && (uid == 0 || j->owner == uid))
+            agent_job_info(j, &reply->jobs[reply->n_jobs++]);
+    }
+    for (; i < e->n_jobs && !reply->more; i++)
+        reply->more = (req->all_users || e->jobs[i]->owner == uid);
+    return 0;
+}
+
+/* Checks a destination path: absolute, clean, and new within the job. */
+static int check_destination(const agent_job *j, const char *path, proto_reply *reply)
+{
+    if (path[0] != '/')
+        return refuse(reply, DOPA_EINVAL, "the local name must be an absolute path: %s", path);
+    size_t n = strlen(path);
+    if (path[n - 1] == '/' || strstr(path, "/../") != NULL || strstr(path, "/./") != NULL ||
+        strstr(path, "//") != NULL || (n >= 3 && strcmp(path + n - 3, "/..") == 0) ||
+        (n >= 2 && strcmp(path + n - 2, "/.") == 0))
+        return refuse(reply, DOPA_EINVAL, "the local name must be a plain path to a file: %s",
+                      path);
+    for (size_t i = 0; i < j->n_files; i++)
+        if (strcmp(j->files[i]->path, path) == 0)
+            return refuse(reply, DOPA_EINVAL, "the job already has a file for %s", path);
+    return -1;
+}
+
+static int check_ranges(const proto_request *req, proto_reply *reply)
+{
+    uint64_t prev_end = 0;
+    for (size_t i = 0; i < req->n_ranges; i++) {
+        const dopa_range *r = &req->ranges[i];
+        if (r->length == 0)
+            return refuse(reply, DOPA_EINVAL, "range %zu is empty", i);
+        if (r->length == DOPA_LENGTH_TO_EOF && i + 1 != req->n_ranges)
+            return refuse(reply, DOPA_EINVAL, "only the last range may run to the end");
+        if (r->length != DOPA_LENGTH_TO_EOF && r->length > UINT64_MAX - 1 - r->offset)
+            return refuse(reply, DOPA_EINVAL, "range %zu overflows", i);
+        if (i > 0 && r->offset < prev_end)
+            return refuse(reply, DOPA_EINVAL, "ranges must be in order and must not overlap");
+        prev_end = r->length == DOPA_LENGTH_TO_EOF ? UINT64_MAX : r->offset + r->length;
+    }
+    return -1;
+}
+
+static int do_add_file(agent_engine *e, uint32_t uid, const proto_request *req, proto_reply *reply)
+{
+    agent_job *j = changeable(e, uid, &req->id, reply);
+    if (j == NULL)
+        return 0;
+    if (j->n_files >= DOPA_MAX_FILES)
+        return refuse(reply, DOPA_ELIMIT, "at most %d files per job", DOPA_MAX_FILES);
+    if (strncmp(req->url, "http://", 7) != 0 && strncmp(req->url, "https://", 8) != 0 &&
+        strncmp(req->url, "file:///", 8) != 0)
+        return refuse(reply, DOPA_EINVAL, "the remote URL must be http://, https:// or file:///");
+    if (check_destination(j, req->path, reply) >= 0 || check_ranges(req, reply) >= 0)
+        return 0;
+    if (req->manifest != NULL && req->n_ranges > 0)
+        return refuse(reply, DOPA_EINVAL, "a file with a manifest cannot have ranges");
+
+    agent_file *f = agent_file_new();
+    char tmp[DOPA_PATH_MAX + 64], why[512];
+    if (f == NULL)
+        return refuse(reply, DOPA_ENOMEM, "out of memory");
+    f->job = j;
+    f->index = (uint32_t)j->n_files;
+    if (req->manifest != NULL) {
+        f->manifest_bytes = malloc(req->manifest_len);
+        if (f->manifest_bytes == NULL)
+            goto fail;
+        memcpy(f->manifest_bytes, req->manifest, req->manifest_len);
+        f->manifest_len = req->manifest_len;
+        char detail[256];
+        int verr = validate_manifest_open(f->manifest_bytes, f->manifest_len, e->keys, e->n_keys,
+                                          (uint64_t)(engine_now(e) / 1000), &f->manifest, detail,
+                                          sizeof detail);
+        if (verr != VALIDATE_OK) {
+            agent_file_free(f);
+            return refuse(reply, DOPA_EMANIFEST, "manifest rejected: %s: %s",
+                          validate_strerror(verr), detail);
+        }
+    }
+    if (req->has_sha256) {
+        memcpy(f->sha256, req->sha256, 32);
+        f->has_sha256 = 1;
+    }
+    if (req->n_ranges > 0) {
+        f->ranges = malloc(req->n_ranges * sizeof *f->ranges);
+        if (f->ranges == NULL)
+            goto fail;
+        memcpy(f->ranges, req->ranges, req->n_ranges * sizeof *f->ranges);
+        f->n_ranges = req->n_ranges;
+    }
+    f->url = strdup(req->url);
+    f->path = strdup(req->path);
+    if (f->url == NULL || f->path == NULL)
+        goto fail;
+    if (fileops_temp_name(f->path, &j->id, f->index, tmp, sizeof tmp) != 0) {
+        agent_file_free(f);
+        return refuse(reply, DOPA_EINVAL, "the local name is too long");
+    }
+    f->tmp_path = strdup(tmp);
+    if (f->tmp_path == NULL)
+        goto fail;
+    /* The size is known now when the manifest or finite ranges say it. */
+    uint64_t size;
+    if (f->manifest != NULL) {
+        if (agent_file_set_size(f, f->manifest->file_size) != DOPA_OK)
+            goto fail;
+    } else if (f->n_ranges > 0 && engine_file_local_size(f, -1, &size) == DOPA_OK) {
+        if (agent_file_set_size(f, size) != DOPA_OK) {
+            agent_file_free(f);
+            return refuse(reply, DOPA_ELIMIT, "the ranges add up to more than a file may hold");
+        }
+    }
+    /* Create the temporary file now, with the owner's rights: a name the
+     * owner may not write is refused here, not when the job runs. */
+    int fd = -1;
+    int ferr = fileops_open_temp(j->owner, f->tmp_path, 1, &fd, why, sizeof why);
+    if (ferr != 0) {
+        agent_file_free(f);
+        return refuse(reply, ferr == EACCES || ferr == EPERM ? DOPA_EACCESS : DOPA_EIO, "%s", why);
+    }
+    close(fd);
+
+    agent_file **grown = realloc(j->files, (j->n_files + 1) * sizeof *grown);
+    if (grown == NULL) {
+        fileops_remove_temp(j->owner, f->tmp_path, why, sizeof why);
+        goto fail;
+    }
+    j->files = grown;
+    if (store_begin(e->db) != DOPA_OK || store_put_file(e->db, f) != DOPA_OK ||
+        store_commit(e->db) != DOPA_OK) {
+        store_rollback(e->db);
+        fileops_remove_temp(j->owner, f->tmp_path, why, sizeof why);
+        agent_file_free(f);
+        return store_failed(e, reply);
+    }
+    j->files[j->n_files++] = f;
+    if (j->state == DOPA_STATE_TRANSFERRED) {
+        /* A new file: there is work again. */
+        j->state = DOPA_STATE_QUEUED;
+        j->completed = 0;
+    }
+    engine_touch(e, j);
+    return 0;
+fail:
+    agent_file_free(f);
+    return refuse(reply, DOPA_ENOMEM, "out of memory");
+}
+
+static int do_list_files(agent_engine *e, uint32_t uid, const proto_request *req,
+                         proto_reply *reply)
+{
+    agent_job *j = visible(e, uid, &req->id);
+    if (j == NULL)
+        return not_found(reply);
+    if (req->start > j->n_files)
+        return refuse(reply, DOPA_EINVAL, "the job has %zu files", j->n_files);
+    size_t n = j->n_files - (size_t)req->start;
+    if (n > PROTO_FILE_PAGE)
+        n = PROTO_FILE_PAGE;
+    reply->files = calloc(n ? n : 1, sizeof *reply->files);
+    if (reply->files == NULL)
+        return refuse(reply, DOPA_ENOMEM, "out of memory");
+    for (size_t i = 0; i < n; i++)
+        agent_file_info(j->files[req->start + i], &reply->files[i]);
+    reply->n_files = n;
+    reply->more = req->start + n < j->n_files;
+    return 0;
+}
+
+static int all_transferred(const agent_job *j)
+{
+    for (size_t i = 0; i < j->n_files; i++)
+        if (!j->files[i]->transferred)
+            return 0;
+    return 1;
+}
+
+static int do_resume(agent_engine *e, agent_job *j, proto_reply *reply)
+{
+    if (j->n_files == 0)
+        return refuse(reply, DOPA_ESTATE, "the job has no files");
+    if (j->state == DOPA_STATE_QUEUED || j->state == DOPA_STATE_CONNECTING ||
+        j->state == DOPA_STATE_TRANSFERRING || j->state == DOPA_STATE_TRANSFERRED)
+        return 0; /* already going, or done */
+    /* A new attempt: the error object described the last one. */
+    j->retry_at = 0;
+    j->no_progress_since = 0;
+    j->has_error = 0;
+    if (all_transferred(j)) {
+        j->state = DOPA_STATE_TRANSFERRED;
+        if (j->completed == 0)
+            j->completed = engine_now(e);
+    } else {
+        j->state = DOPA_STATE_QUEUED;
+    }
+    engine_touch(e, j);
+    return 0;
+}
+
+static int do_cancel(agent_engine *e, agent_job *j, proto_reply *reply)
+{
+    (void)reply;
+    char why[512];
+    engine_stop_job(e, j);
+    for (size_t i = 0; i < j->n_files; i++) {
+        agent_file *f = j->files[i];
+        if (f->fd >= 0) {
+            close(f->fd);
+            f->fd = -1;
+        }
+        if (!f->completed && fileops_remove_temp(j->owner, f->tmp_path, why, sizeof why) != 0)
+            agent_log("warning", "cancel: %s", why);
+    }
+    engine_finish_job(e, j, DOPA_STATE_CANCELLED);
+    return 0;
+}
+
+static int do_complete(agent_engine *e, agent_job *j, proto_reply *reply)
+{
+    char why[512];
+    int partial = j->state != DOPA_STATE_TRANSFERRED;
+    engine_stop_job(e, j);
+    /* Make the transferred files visible; one that cannot be moved stops
+     * the Complete and leaves the job as it was, so it can be tried again
+     * (what was moved stays moved). */
+    for (size_t i = 0; i < j->n_files; i++) {
+        agent_file *f = j->files[i];
+        if (f->completed || !f->transferred)
+            continue;
+        if (f->fd >= 0) {
+            close(f->fd);
+            f->fd = -1;
+        }
+        int err = fileops_commit(j->owner, f->tmp_path, f->path, why, sizeof why);
+        if (err != 0)
+            return refuse(reply, err == EACCES || err == EPERM ? DOPA_EACCESS : DOPA_EIO, "%s",
+                          why);
+        f->completed = 1;
+        if (store_put_file(e->db, f) != DOPA_OK)
+            agent_log("error", "store: %s", store_error(e->db));
+    }
+    for (size_t i = 0; i < j->n_files; i++) {
+        agent_file *f = j->files[i];
+        if (f->fd >= 0) {
+            close(f->fd);
+            f->fd = -1;
+        }
+        if (!f->completed && fileops_remove_temp(j->owner, f->tmp_path, why, sizeof why) != 0)
+            agent_log("warning", "complete: %s", why);
+    }
+    engine_finish_job(e, j, DOPA_STATE_ACKNOWLEDGED);
+    reply->partial = (uint64_t)partial;
+    return 0;
+}
+
+static int set_seconds(agent_engine *e, agent_job *j, uint32_t *field, uint64_t v,
+                       proto_reply *reply)
+{
+    if (v < MIN_RETRY_DELAY || v > MAX_TIMEOUT)
+        return refuse(reply, DOPA_EINVAL, "seconds must be between %d and %u", MIN_RETRY_DELAY,
+                      MAX_TIMEOUT);
+    *field = (uint32_t)v;
+    engine_touch(e, j);
+    return 0;
+}
+
+static int do_set_proxy(agent_engine *e, agent_job *j, const proto_request *req, proto_reply *reply)
+{
+    if (req->proxy_usage > DOPA_PROXY_OVERRIDE)
+        return refuse(reply, DOPA_EINVAL, "unknown proxy usage %llu",
+                      (unsigned long long)req->proxy_usage);
+    if (req->proxy_usage == DOPA_PROXY_OVERRIDE && req->proxy[0] == '\0')
+        return refuse(reply, DOPA_EINVAL, "an override needs a proxy");
+    if (req->proxy_usage != DOPA_PROXY_OVERRIDE && (req->proxy[0] || req->bypass[0]))
+        return refuse(reply, DOPA_EINVAL, "a proxy and bypass list go with an override only");
+    j->proxy_usage = (int)req->proxy_usage;
+    snprintf(j->proxy, sizeof j->proxy, "%s", req->proxy);
+    snprintf(j->bypass, sizeof j->bypass, "%s", req->bypass);
+    /* Running transfers start again with the new settings. */
+    if (j->running)
+        engine_stop_job(e, j);
+    engine_touch(e, j);
+    return 0;
+}
+
+static int count_waits(const agent_engine *e, uint32_t uid)
+{
+    int n = 0;
+    for (const wait *w = e->waits; w != NULL; w = w->next)
+        n += w->uid == uid;
+    return n;
+}
+
+static int do_wait(agent_engine *e, uint32_t uid, const proto_request *req, proto_reply *reply,
+                   engine_call *call, engine_reply_fn reply_fn)
+{
+    agent_job *j = visible(e, uid, &req->id);
+    if (j == NULL)
+        return not_found(reply);
+    if (j->version != req->seen || req->timeout_ms == 0 || call == NULL ||
+        count_waits(e, uid) >= MAX_WAITS_PER_USER)
+        return one_job(reply, j);
+    wait *w = calloc(1, sizeof *w);
+    if (w == NULL)
+        return one_job(reply, j);
+    w->call = call;
+    w->reply = reply_fn;
+    w->uid = uid;
+    w->id = req->id;
+    w->seen = req->seen;
+    uint64_t ms = req->timeout_ms > MAX_WAIT_MS ? MAX_WAIT_MS : req->timeout_ms;
+    w->deadline = engine_mono(e) + (int64_t)ms;
+    w->next = e->waits;
+    e->waits = w;
+    return ENGINE_DEFERRED;
+}
+
+void engine_answer_waits(agent_engine *e, int all)
+{
+    int64_t now = engine_mono(e);
+    wait **p = &e->waits;
+    while (*p != NULL) {
+        wait *w = *p;
+        agent_job *j = visible(e, w->uid, &w->id);
+        if (!all && j != NULL && j->version == w->seen && now < w->deadline) {
+            p = &w->next;
+            continue;
+        }
+        *p = w->next;
+        proto_reply reply = {.op = PROTO_WAIT};
+        dopa_job_info info;
+        if (j != NULL) {
+            agent_job_info(j, &info);
+            reply.jobs = &info;
+            reply.n_jobs = 1;
+        } else {
+            refuse(&reply, DOPA_ENOTFOUND, "the job is gone");
+        }
+        w->reply(w->call, &reply);
+        free(w);
+    }
+}
+
+void engine_drop_call(agent_engine *e, engine_call *call)
+{
+    for (wait **p = &e->waits; *p != NULL; p = &(*p)->next) {
+        if ((*p)->call == call) {
+            wait *w = *p;
+            *p = w->next;
+            free(w);
+            return;
+        }
+    }
+}
+
+int engine_handle(agent_engine *e, uint32_t uid, const proto_request *req, proto_reply *reply,
+                  engine_call *call, engine_reply_fn reply_fn)
+{
+    memset(reply, 0, sizeof *reply);
+    reply->op = req->op;
+    agent_job *j;
+    switch (req->op) {
+    case PROTO_WHOAMI:
+        reply->uid = uid;
+        snprintf(reply->version, sizeof reply->version, "%s", AGENT_VERSION);
+        return 0;
+    case PROTO_CREATE:
+        return do_create(e, uid, req, reply);
+    case PROTO_GET:
+        j = visible(e, uid, &req->id);
+        return j != NULL ? one_job(reply, j) : not_found(reply);
+    case PROTO_LIST:
+        return do_list(e, uid, req, reply);
+    case PROTO_ADD_FILE:
+        return do_add_file(e, uid, req, reply);
+    case PROTO_LIST_FILES:
+        return do_list_files(e, uid, req, reply);
+    case PROTO_WAIT:
+        return do_wait(e, uid, req, reply, call, reply_fn);
+    case PROTO_GET_PROXY:
+        j = visible(e, uid, &req->id);
+        if (j == NULL)
+            return not_found(reply);
+        reply->proxy_usage = (uint64_t)j->proxy_usage;
+        snprintf(reply->proxy, sizeof reply->proxy, "%s", j->proxy);
+        snprintf(reply->bypass, sizeof reply->bypass, "%s", j->bypass);
+        return 0;
+    default:
+        break;
+    }
+    /* The rest change a job that may still change. */
+    j = changeable(e, uid, &req->id, reply);
+    if (j == NULL)
+        return 0;
+    switch (req->op) {
+    case PROTO_RESUME:
+        return do_resume(e, j, reply);
+    case PROTO_SUSPEND:
+        if (j->state != DOPA_STATE_SUSPENDED)
+            engine_set_state(e, j, DOPA_STATE_SUSPENDED);
+        return 0;
+    case PROTO_CANCEL:
+        return do_cancel(e, j, reply);
+    case PROTO_COMPLETE:
+        return do_complete(e, j, reply);
+    case PROTO_TAKE_OWNERSHIP:
+        if (uid != 0)
+            return refuse(reply, DOPA_EACCESS, "only root may take ownership of a job");
+        j->owner = uid;
+        engine_touch(e, j);
+        return 0;
+    case PROTO_SET_PRIORITY:
+        if (req->priority > DOPA_PRIORITY_LOW)
+            return refuse(reply, DOPA_EINVAL, "unknown priority %llu",
+                          (unsigned long long)req->priority);
+        j->priority = (int)req->priority;
+        engine_touch(e, j);
+        return 0;
+    case PROTO_SET_NAME:
+        snprintf(j->name, sizeof j->name, "%s", req->name);
+        engine_touch(e, j);
+        return 0;
+    case PROTO_SET_DESCRIPTION:
+        snprintf(j->description, sizeof j->description, "%s", req->description);
+        engine_touch(e, j);
+        return 0;
+    case PROTO_SET_RETRY_DELAY:
+        return set_seconds(e, j, &j->retry_delay, req->seconds, reply);
+    case PROTO_SET_NO_PROGRESS:
+        return set_seconds(e, j, &j->no_progress_timeout, req->seconds, reply);
+    case PROTO_SET_PROXY:
+        return do_set_proxy(e, j, req, reply);
+    default:
+        return refuse(reply, DOPA_EPROTO, "unknown op %d", req->op);
+    }
+}

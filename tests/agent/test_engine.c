@@ -1,0 +1,903 @@
+/*
+ * The job engine in-process, against a real nginx: the BITS state machine,
+ * Complete and Cancel, ranges, hashes and manifests, timers on an
+ * injectable clock, priorities, restarts, owners, and local-file safety.
+ * Requests go straight to engine_handle, as the control server sends them.
+ */
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <time.h>
+
+#include "../check.h"
+#include "../support/nginx.h"
+#include "agent.h"
+
+static test_nginx web;
+static char fixture[512];
+static agent_engine *E;
+static int64_t skew_ms;      /* added to the monotonic clock */
+static int64_t wall_skew_ms; /* added to the wall clock */
+
+static int64_t now_mono(void *ctx)
+{
+    (void)ctx;
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000 + skew_ms;
+}
+
+static int64_t now_wall(void *ctx)
+{
+    (void)ctx;
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000 + wall_skew_ms;
+}
+
+static const agent_clock fake_clock = {.wall_ms = now_wall, .mono_ms = now_mono};
+static validate_secret_key *publisher;
+
+static void open_engine_with(const char *dir, unsigned max_running, uint64_t inactivity_ms)
+{
+    validate_public_key key = *validate_secret_key_public(publisher);
+    engine_config cfg = {.state_dir = dir,
+                         .max_running = max_running,
+                         .inactivity_ms = inactivity_ms,
+                         .clock = &fake_clock,
+                         .trusted_keys = &key,
+                         .n_trusted_keys = 1,
+                         .origin = origin_config_default()};
+    char why[512];
+    if (engine_open(&cfg, &E, why, sizeof why) != DOPA_OK)
+        fprintf(stderr, "  engine_open: %s\n", why);
+    CHECK(E != NULL);
+}
+
+static void open_engine(void)
+{
+    skew_ms = wall_skew_ms = 0;
+    open_engine_with(check_path("state"), 4, 0);
+}
+
+static void close_engine(void)
+{
+    engine_close(E);
+    E = NULL;
+}
+
+/* After each case: a failed one may have left the engine open. */
+static void after_case(void)
+{
+    if (E != NULL)
+        close_engine();
+    skew_ms = wall_skew_ms = 0;
+}
+
+/* ------------------------------------------------------------------ */
+/* Requests                                                           */
+
+static proto_reply reply;
+
+static int handle(uint32_t uid, proto_request *r)
+{
+    proto_reply_clear(&reply);
+    CHECK_INT(engine_handle(E, uid, r, &reply, NULL, NULL), 0);
+    return (int)reply.status;
+}
+
+static proto_request *request(int op, const dopa_id *id)
+{
+    static proto_request r;
+    memset(&r, 0, sizeof r);
+    r.op = op;
+    if (id != NULL)
+        r.id = *id;
+    return &r;
+}
+
+static dopa_id create(uint32_t uid, const char *name)
+{
+    proto_request *r = request(PROTO_CREATE, NULL);
+    snprintf(r->name, sizeof r->name, "%s", name);
+    CHECK_INT(handle(uid, r), DOPA_OK);
+    CHECK(reply.has_id);
+    return reply.id;
+}
+
+static int add_file_with(uint32_t uid, const dopa_id *id, const char *url, const char *path,
+                         const dopa_range *ranges, size_t n_ranges, const uint8_t *sha256,
+                         const validate_manifest *m)
+{
+    proto_request *r = request(PROTO_ADD_FILE, id);
+    snprintf(r->url, sizeof r->url, "%s", url);
+    snprintf(r->path, sizeof r->path, "%s", path);
+    for (size_t i = 0; i < n_ranges; i++)
+        r->ranges[i] = ranges[i];
+    r->n_ranges = n_ranges;
+    if (sha256 != NULL) {
+        memcpy(r->sha256, sha256, 32);
+        r->has_sha256 = 1;
+    }
+    if (m != NULL) {
+        r->manifest = m->encoded;
+        r->manifest_len = m->encoded_len;
+    }
+    return handle(uid, r);
+}
+
+static int add_file(const dopa_id *id, const char *url, const char *path)
+{
+    return add_file_with(0, id, url, path, NULL, 0, NULL, NULL);
+}
+
+static int op(uint32_t uid, int code, const dopa_id *id)
+{
+    return handle(uid, request(code, id));
+}
+
+static int set_seconds(const dopa_id *id, int code, uint64_t seconds)
+{
+    proto_request *r = request(code, id);
+    r->seconds = seconds;
+    return handle(0, r);
+}
+
+static dopa_job_info info(const dopa_id *id)
+{
+    CHECK_INT(handle(0, request(PROTO_GET, id)), DOPA_OK);
+    return reply.jobs[0];
+}
+
+static void step(int times)
+{
+    for (int i = 0; i < times; i++)
+        CHECK_INT(engine_step(E, 20), DOPA_OK);
+}
+
+static double seconds(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
+/* Runs the engine until the job reaches `state`; fails after `limit` s. */
+static dopa_job_info run_until(const dopa_id *id, int state, double limit)
+{
+    double end = seconds() + limit;
+    for (;;) {
+        dopa_job_info j = info(id);
+        if (j.state == state)
+            return j;
+        if (seconds() > end) {
+            fprintf(stderr, "  job is %s, waited for %s; error: %s\n", dopa_state_name(j.state),
+                    dopa_state_name(state), j.has_error ? j.error.message : "none");
+            CHECK(0);
+        }
+        CHECK_INT(engine_step(E, 20), DOPA_OK);
+    }
+}
+
+static void url(char *out, size_t len, const char *path)
+{
+    snprintf(out, len, "http://127.0.0.1:%d%s", web.port, path);
+}
+
+/* The file holds exactly the pattern bytes of `seed` for [offset, +len). */
+static void check_content(const char *path, unsigned seed, uint64_t offset, uint64_t len)
+{
+    int fd = open(path, O_RDONLY);
+    CHECK(fd >= 0);
+    struct stat st;
+    CHECK(fstat(fd, &st) == 0);
+    CHECK_INT(st.st_size, len);
+    static unsigned char buf[65536];
+    for (uint64_t done = 0; done < len;) {
+        ssize_t n = read(fd, buf, sizeof buf);
+        CHECK(n > 0);
+        for (ssize_t i = 0; i < n; i++)
+            if (buf[i] != test_pattern_byte(seed, (size_t)(offset + done + (uint64_t)i))) {
+                fprintf(stderr, "  %s: byte %llu differs\n", path,
+                        (unsigned long long)(done + (uint64_t)i));
+                CHECK(0);
+            }
+        done += (uint64_t)n;
+    }
+    close(fd);
+}
+
+static int exists(const char *path)
+{
+    struct stat st;
+    return lstat(path, &st) == 0;
+}
+
+static const char *temp_of(const dopa_id *id, uint32_t index, const char *dest)
+{
+    static char tmp[8192];
+    CHECK(fileops_temp_name(dest, id, index, tmp, sizeof tmp) == 0);
+    return tmp;
+}
+
+#define SIZE_A (3 * 1024 * 1024 + 777)
+
+/* ------------------------------------------------------------------ */
+
+static void test_new_job_waits_suspended_for_files_and_resume(void)
+{
+    open_engine();
+    dopa_id id = create(0, "first");
+    dopa_job_info j = info(&id);
+    CHECK_INT(j.state, DOPA_STATE_SUSPENDED);
+    CHECK_STR(j.display_name, "first");
+    CHECK_INT(j.priority, DOPA_PRIORITY_NORMAL);
+    CHECK_INT(j.minimum_retry_delay, DOPA_DEFAULT_MIN_RETRY_DELAY);
+    CHECK_INT(j.no_progress_timeout, DOPA_DEFAULT_NO_PROGRESS_TIMEOUT);
+    CHECK(j.created > 0 && j.created == j.modified);
+    CHECK_INT(op(0, PROTO_RESUME, &id), DOPA_ESTATE); /* no files yet */
+    step(5);
+    CHECK_INT(info(&id).state, DOPA_STATE_SUSPENDED);
+    close_engine();
+}
+
+static void test_complete_makes_the_file_appear(void)
+{
+    open_engine();
+    char u[256];
+    url(u, sizeof u, "/data/a.bin");
+    const char *dest = check_path("a.bin");
+    dopa_id id = create(0, "one file");
+    CHECK_INT(add_file(&id, u, dest), DOPA_OK);
+    const char *tmp = temp_of(&id, 0, dest);
+    CHECK(exists(tmp));
+    CHECK_INT(op(0, PROTO_RESUME, &id), DOPA_OK);
+    dopa_job_info j = run_until(&id, DOPA_STATE_TRANSFERRED, 20);
+    CHECK_INT(j.bytes_total, SIZE_A);
+    CHECK_INT(j.bytes_transferred, SIZE_A);
+    CHECK_INT(j.files_transferred, 1);
+    CHECK_INT(j.bytes_from_origin, SIZE_A);
+    CHECK(j.transfer_completed > 0);
+    CHECK(!exists(dest)); /* invisible until Complete */
+    check_content(tmp, 1, 0, SIZE_A);
+    CHECK_INT(op(0, PROTO_COMPLETE, &id), DOPA_OK);
+    CHECK_INT(reply.partial, 0);
+    check_content(dest, 1, 0, SIZE_A);
+    CHECK(!exists(tmp));
+    CHECK_INT(info(&id).state, DOPA_STATE_ACKNOWLEDGED);
+    CHECK_INT(op(0, PROTO_RESUME, &id), DOPA_ESTATE);
+    CHECK_INT(op(0, PROTO_CANCEL, &id), DOPA_ESTATE);
+    close_engine();
+}
+
+static void test_several_files_and_ranges(void)
+{
+    open_engine();
+    char a[256], b[256];
+    url(a, sizeof a, "/data/a.bin");
+    url(b, sizeof b, "/data/b.bin");
+    dopa_id id = create(0, "three files");
+    const dopa_range ranges[] = {{10, 1000}, {1048000, 70000}, {SIZE_A - 5, DOPA_LENGTH_TO_EOF}};
+    CHECK_INT(add_file(&id, a, check_path("whole-a")), DOPA_OK);
+    CHECK_INT(add_file(&id, b, check_path("whole-b")), DOPA_OK);
+    CHECK_INT(add_file_with(0, &id, a, check_path("parts-a"), ranges, 3, NULL, NULL), DOPA_OK);
+    CHECK_INT(info(&id).files_total, 3);
+    CHECK_INT(op(0, PROTO_RESUME, &id), DOPA_OK);
+    run_until(&id, DOPA_STATE_TRANSFERRED, 30);
+    CHECK_INT(op(0, PROTO_COMPLETE, &id), DOPA_OK);
+    check_content(check_path("whole-a"), 1, 0, SIZE_A);
+    check_content(check_path("whole-b"), 2, 0, 100000);
+    /* The ranges, concatenated. */
+    int fd = open(check_path("parts-a"), O_RDONLY);
+    static unsigned char got[1000 + 70000 + 5];
+    CHECK(read(fd, got, sizeof got) == (ssize_t)sizeof got);
+    CHECK(read(fd, got, 1) == 0);
+    close(fd);
+    for (size_t i = 0; i < sizeof got; i++) {
+        size_t remote = i < 1000    ? 10 + i
+                        : i < 71000 ? 1048000 + (i - 1000)
+                                    : SIZE_A - 5 + (i - 71000);
+        CHECK(got[i] == test_pattern_byte(1, remote));
+    }
+    close_engine();
+}
+
+static void test_cancel_removes_the_temporary_files(void)
+{
+    open_engine();
+    char u[256];
+    url(u, sizeof u, "/slow/s.bin");
+    dopa_id id = create(0, "cancelled");
+    CHECK_INT(add_file(&id, u, check_path("s.bin")), DOPA_OK);
+    const char *tmp = temp_of(&id, 0, check_path("s.bin"));
+    CHECK_INT(op(0, PROTO_RESUME, &id), DOPA_OK);
+    run_until(&id, DOPA_STATE_TRANSFERRING, 10);
+    CHECK(exists(tmp));
+    CHECK_INT(op(0, PROTO_CANCEL, &id), DOPA_OK);
+    CHECK(!exists(tmp));
+    CHECK(!exists(check_path("s.bin")));
+    CHECK_INT(info(&id).state, DOPA_STATE_CANCELLED);
+    step(3);
+    close_engine();
+}
+
+static void test_complete_before_transferred_is_partial(void)
+{
+    open_engine();
+    char good[256], bad[256];
+    url(good, sizeof good, "/data/b.bin");
+    url(bad, sizeof bad, "/data/missing.bin");
+    dopa_id id = create(0, "partial");
+    CHECK_INT(add_file(&id, good, check_path("good")), DOPA_OK);
+    CHECK_INT(add_file(&id, bad, check_path("bad")), DOPA_OK);
+    CHECK_INT(op(0, PROTO_RESUME, &id), DOPA_OK);
+    dopa_job_info j = run_until(&id, DOPA_STATE_ERROR, 20);
+    CHECK(j.has_error);
+    CHECK_INT(j.error.context, DOPA_CONTEXT_REMOTE_FILE);
+    CHECK_INT(j.error.code, ORIGIN_ENOT_FOUND);
+    CHECK_INT(j.error.http_status, 404);
+    CHECK_INT(j.error.file, 1);
+    CHECK_INT(j.files_transferred, 1);
+    CHECK_INT(op(0, PROTO_COMPLETE, &id), DOPA_OK);
+    CHECK_INT(reply.partial, 1);
+    check_content(check_path("good"), 2, 0, 100000);
+    CHECK(!exists(check_path("bad")));
+    CHECK(!exists(temp_of(&id, 1, check_path("bad"))));
+    close_engine();
+}
+
+static void test_suspend_and_resume_from_every_state(void)
+{
+    open_engine();
+    char slow[256], flaky[256], gone[256], fast[256];
+    url(slow, sizeof slow, "/slow/s.bin");
+    url(flaky, sizeof flaky, "/flaky/never.bin");
+    url(gone, sizeof gone, "/data/missing.bin");
+    url(fast, sizeof fast, "/data/b.bin");
+    dopa_id a = create(0, "transferring"), b = create(0, "transient"), c = create(0, "error"),
+            d = create(0, "transferred");
+    CHECK_INT(add_file(&a, slow, check_path("a")), DOPA_OK);
+    CHECK_INT(add_file(&b, flaky, check_path("b")), DOPA_OK);
+    CHECK_INT(add_file(&c, gone, check_path("c")), DOPA_OK);
+    CHECK_INT(add_file(&d, fast, check_path("d")), DOPA_OK);
+    const dopa_id *all[] = {&a, &b, &c, &d};
+    const int states[] = {DOPA_STATE_TRANSFERRING, DOPA_STATE_TRANSIENT_ERROR, DOPA_STATE_ERROR,
+                          DOPA_STATE_TRANSFERRED};
+    for (int i = 0; i < 4; i++)
+        CHECK_INT(op(0, PROTO_RESUME, all[i]), DOPA_OK);
+    for (int i = 0; i < 4; i++) {
+        run_until(all[i], states[i], 20);
+        CHECK_INT(op(0, PROTO_SUSPEND, all[i]), DOPA_OK);
+        CHECK_INT(info(all[i]).state, DOPA_STATE_SUSPENDED);
+        step(3);
+        CHECK_INT(info(all[i]).state, DOPA_STATE_SUSPENDED); /* stays put */
+    }
+    /* Resume: the transferred job is TRANSFERRED again at once, the rest
+     * go back to work (and meet their error again). */
+    CHECK_INT(op(0, PROTO_RESUME, &d), DOPA_OK);
+    CHECK_INT(info(&d).state, DOPA_STATE_TRANSFERRED);
+    CHECK_INT(op(0, PROTO_RESUME, &c), DOPA_OK);
+    CHECK(!info(&c).has_error); /* resuming an ERROR job clears it */
+    run_until(&c, DOPA_STATE_ERROR, 20);
+    CHECK_INT(op(0, PROTO_RESUME, &a), DOPA_OK);
+    run_until(&a, DOPA_STATE_TRANSFERRING, 10);
+    for (int i = 0; i < 4; i++)
+        CHECK_INT(op(0, PROTO_CANCEL, all[i]), DOPA_OK);
+    close_engine();
+}
+
+static void test_transient_errors_retry_after_the_minimum_delay(void)
+{
+    open_engine();
+    char u[256];
+    url(u, sizeof u, "/flaky/later.bin");
+    unlink(check_path("www-later"));
+    char served[1024];
+    snprintf(served, sizeof served, "%s/flaky/later.bin", web.root);
+    unlink(served);
+    dopa_id id = create(0, "flaky");
+    CHECK_INT(add_file(&id, u, check_path("later")), DOPA_OK);
+    CHECK_INT(set_seconds(&id, PROTO_SET_RETRY_DELAY, 60), DOPA_OK);
+    CHECK_INT(op(0, PROTO_RESUME, &id), DOPA_OK);
+    dopa_job_info j = run_until(&id, DOPA_STATE_TRANSIENT_ERROR, 10);
+    CHECK_INT(j.error_count, 1);
+    CHECK_INT(j.error.http_status, 503);
+    CHECK_INT(j.error.context, DOPA_CONTEXT_REMOTE_FILE);
+    /* Not before the delay... */
+    skew_ms += 30000;
+    step(10);
+    CHECK_INT(info(&id).state, DOPA_STATE_TRANSIENT_ERROR);
+    CHECK_INT(info(&id).error_count, 1);
+    /* ...after it, another try, which fails again. */
+    skew_ms += 31000;
+    step(2);
+    j = run_until(&id, DOPA_STATE_TRANSIENT_ERROR, 10);
+    CHECK_INT(j.error_count, 2);
+    /* The file appears on the server: the next try succeeds. */
+    CHECK(test_nginx_put(&web, "flaky/later.bin", 5000, 8) == 0);
+    skew_ms += 61000;
+    run_until(&id, DOPA_STATE_TRANSFERRED, 10);
+    CHECK_INT(op(0, PROTO_COMPLETE, &id), DOPA_OK);
+    check_content(check_path("later"), 8, 0, 5000);
+    unlink(served);
+    close_engine();
+}
+
+static void test_no_progress_timeout_makes_the_error_final(void)
+{
+    open_engine();
+    char u[256];
+    url(u, sizeof u, "/flaky/never.bin");
+    dopa_id id = create(0, "hopeless");
+    CHECK_INT(add_file(&id, u, check_path("never")), DOPA_OK);
+    CHECK_INT(set_seconds(&id, PROTO_SET_RETRY_DELAY, 60), DOPA_OK);
+    CHECK_INT(set_seconds(&id, PROTO_SET_NO_PROGRESS, 150), DOPA_OK);
+    CHECK_INT(op(0, PROTO_RESUME, &id), DOPA_OK);
+    run_until(&id, DOPA_STATE_TRANSIENT_ERROR, 10);
+    skew_ms += 61000;
+    step(2);
+    run_until(&id, DOPA_STATE_TRANSIENT_ERROR, 10);
+    CHECK_INT(info(&id).error_count, 2);
+    skew_ms += 100000; /* 161 s without progress */
+    step(2);
+    dopa_job_info j = info(&id);
+    CHECK_INT(j.state, DOPA_STATE_ERROR);
+    CHECK(j.has_error);
+    CHECK_INT(j.error.http_status, 503);
+    close_engine();
+}
+
+static void test_inactive_jobs_are_cancelled(void)
+{
+    skew_ms = wall_skew_ms = 0;
+    open_engine_with(check_path("state"), 4, 3600 * 1000);
+    char u[256];
+    url(u, sizeof u, "/data/b.bin");
+    dopa_id idle = create(0, "idle"), busy = create(0, "touched");
+    CHECK_INT(add_file(&idle, u, check_path("idle")), DOPA_OK);
+    CHECK_INT(add_file(&busy, u, check_path("busy")), DOPA_OK);
+    const char *tmp = temp_of(&idle, 0, check_path("idle"));
+    CHECK(exists(tmp));
+    wall_skew_ms += 3000 * 1000;
+    CHECK_INT(set_seconds(&busy, PROTO_SET_RETRY_DELAY, 100), DOPA_OK); /* a touch */
+    wall_skew_ms += 1000 * 1000;
+    step(2);
+    CHECK_INT(info(&idle).state, DOPA_STATE_CANCELLED);
+    CHECK(!exists(tmp));
+    CHECK_INT(info(&busy).state, DOPA_STATE_SUSPENDED);
+    close_engine();
+}
+
+static void test_higher_priority_runs_first(void)
+{
+    skew_ms = wall_skew_ms = 0;
+    open_engine_with(check_path("state"), 1, 0);
+    char u[256];
+    url(u, sizeof u, "/slow/s.bin");
+    dopa_id low = create(0, "low"), high = create(0, "foreground");
+    CHECK_INT(add_file(&low, u, check_path("low")), DOPA_OK);
+    CHECK_INT(add_file(&high, u, check_path("high")), DOPA_OK);
+    proto_request *r = request(PROTO_SET_PRIORITY, &low);
+    r->priority = DOPA_PRIORITY_LOW;
+    CHECK_INT(handle(0, r), DOPA_OK);
+    CHECK_INT(op(0, PROTO_RESUME, &low), DOPA_OK);
+    run_until(&low, DOPA_STATE_TRANSFERRING, 10);
+    r = request(PROTO_SET_PRIORITY, &high);
+    r->priority = DOPA_PRIORITY_FOREGROUND;
+    CHECK_INT(handle(0, r), DOPA_OK);
+    CHECK_INT(op(0, PROTO_RESUME, &high), DOPA_OK);
+    /* One at a time: the foreground job takes the slot. */
+    run_until(&high, DOPA_STATE_TRANSFERRING, 10);
+    CHECK_INT(info(&low).state, DOPA_STATE_QUEUED);
+    r = request(PROTO_SET_PRIORITY, &high);
+    r->priority = 9;
+    CHECK_INT(handle(0, r), DOPA_EINVAL);
+    CHECK_INT(op(0, PROTO_CANCEL, &high), DOPA_OK);
+    run_until(&low, DOPA_STATE_TRANSFERRING, 10);
+    CHECK_INT(op(0, PROTO_CANCEL, &low), DOPA_OK);
+    close_engine();
+}
+
+static void test_expected_sha256_is_checked_at_the_end(void)
+{
+    open_engine();
+    char u[256];
+    url(u, sizeof u, "/data/b.bin");
+    static unsigned char content[100000];
+    test_pattern_fill(2, 0, content, sizeof content);
+    uint8_t good[32], bad[32];
+    validate_sha256(content, sizeof content, good);
+    memcpy(bad, good, 32);
+    bad[0] ^= 1;
+    dopa_id ok = create(0, "right hash"), wrong = create(0, "wrong hash");
+    CHECK_INT(add_file_with(0, &ok, u, check_path("ok"), NULL, 0, good, NULL), DOPA_OK);
+    CHECK_INT(add_file_with(0, &wrong, u, check_path("wrong"), NULL, 0, bad, NULL), DOPA_OK);
+    CHECK_INT(op(0, PROTO_RESUME, &ok), DOPA_OK);
+    CHECK_INT(op(0, PROTO_RESUME, &wrong), DOPA_OK);
+    run_until(&ok, DOPA_STATE_TRANSFERRED, 20);
+    dopa_job_info j = run_until(&wrong, DOPA_STATE_ERROR, 20);
+    CHECK_INT(j.error.context, DOPA_CONTEXT_VALIDATION);
+    CHECK_INT(j.error.code, VALIDATE_EFILE_HASH);
+    CHECK_INT(j.bytes_transferred, 0); /* progress reset */
+    CHECK_INT(op(0, PROTO_COMPLETE, &ok), DOPA_OK);
+    check_content(check_path("ok"), 2, 0, 100000);
+    close_engine();
+}
+
+static validate_manifest *manifest_for(unsigned seed, size_t len, uint32_t piece_size)
+{
+    unsigned char *content = malloc(len);
+    test_pattern_fill(seed, 0, content, len);
+    validate_digester *dg = NULL;
+    validate_digest d;
+    validate_manifest *m = NULL;
+    CHECK_INT(validate_digester_new(piece_size, &dg), VALIDATE_OK);
+    CHECK_INT(validate_digester_update(dg, content, len), VALIDATE_OK);
+    CHECK_INT(validate_digester_finish(dg, &d), VALIDATE_OK);
+    validate_digester_free(dg);
+    CHECK_INT(validate_manifest_sign(&d, 1, 0, publisher, &m), VALIDATE_OK);
+    validate_digest_clear(&d);
+    free(content);
+    return m;
+}
+
+static void test_manifests_check_every_piece(void)
+{
+    open_engine();
+    char u[256];
+    url(u, sizeof u, "/data/a.bin");
+    validate_manifest *right = manifest_for(1, SIZE_A, 65536);
+    validate_manifest *other = manifest_for(9, SIZE_A, 65536); /* same size, other bytes */
+    dopa_id good = create(0, "manifest"), bad = create(0, "lying origin");
+    CHECK_INT(add_file_with(0, &good, u, check_path("good"), NULL, 0, NULL, right), DOPA_OK);
+    CHECK_INT(info(&good).bytes_total, SIZE_A); /* known from the manifest at once */
+    CHECK_INT(add_file_with(0, &bad, u, check_path("bad"), NULL, 0, NULL, other), DOPA_OK);
+    CHECK_INT(set_seconds(&bad, PROTO_SET_RETRY_DELAY, 1), DOPA_OK);
+    CHECK_INT(op(0, PROTO_RESUME, &good), DOPA_OK);
+    CHECK_INT(op(0, PROTO_RESUME, &bad), DOPA_OK);
+    run_until(&good, DOPA_STATE_TRANSFERRED, 20);
+    /* The first bad piece stops the request; after repeated failures the
+     * job gives up. Not one byte of it counts as transferred. */
+    dopa_job_info j = run_until(&bad, DOPA_STATE_TRANSIENT_ERROR, 20);
+    CHECK_INT(j.error.context, DOPA_CONTEXT_VALIDATION);
+    CHECK_INT(j.error.code, VALIDATE_EPIECE_HASH);
+    CHECK_INT(j.bytes_transferred, 0);
+    for (int i = 0; i < 4 && info(&bad).state != DOPA_STATE_ERROR; i++) {
+        skew_ms += 2000;
+        step(3);
+        for (int k = 0; k < 100 && info(&bad).state != DOPA_STATE_TRANSIENT_ERROR &&
+                        info(&bad).state != DOPA_STATE_ERROR;
+             k++)
+            step(1);
+    }
+    CHECK_INT(info(&bad).state, DOPA_STATE_ERROR);
+    CHECK_INT(op(0, PROTO_COMPLETE, &good), DOPA_OK);
+    check_content(check_path("good"), 1, 0, SIZE_A);
+
+    /* A manifest from a key nobody trusts is refused when the file is added. */
+    validate_secret_key *stranger = NULL;
+    CHECK_INT(validate_secret_key_generate(&stranger), VALIDATE_OK);
+    validate_secret_key *saved = publisher;
+    publisher = stranger;
+    validate_manifest *foreign = manifest_for(1, SIZE_A, 65536);
+    publisher = saved;
+    dopa_id third = create(0, "untrusted");
+    CHECK_INT(add_file_with(0, &third, u, check_path("third"), NULL, 0, NULL, foreign),
+              DOPA_EMANIFEST);
+    CHECK_HAS(reply.message, "untrusted key");
+    CHECK_INT(info(&third).files_total, 0);
+    validate_manifest_free(foreign);
+    validate_secret_key_free(stranger);
+    validate_manifest_free(right);
+    validate_manifest_free(other);
+    close_engine();
+}
+
+static long long bytes_sent_for(const char *uri)
+{
+    char path[1024], line[2048];
+    snprintf(path, sizeof path, "%s/bytes.log", web.dir);
+    FILE *f = fopen(path, "r");
+    long long total = 0;
+    if (f == NULL)
+        return 0;
+    while (fgets(line, sizeof line, f) != NULL) {
+        char u[1024];
+        long long n;
+        int status;
+        if (sscanf(line, "%1023s %d %lld", u, &status, &n) == 3 && strcmp(u, uri) == 0)
+            total += n;
+    }
+    fclose(f);
+    return total;
+}
+
+static void test_restart_resumes_with_the_pieces_it_had(void)
+{
+    open_engine();
+    CHECK(test_nginx_put(&web, "slow/r.bin", 8 * 1024 * 1024, 13) == 0);
+    long long before = bytes_sent_for("/slow/r.bin");
+    char u[256];
+    url(u, sizeof u, "/slow/r.bin");
+    dopa_id id = create(0, "restarted");
+    CHECK_INT(add_file(&id, u, check_path("r")), DOPA_OK);
+    CHECK_INT(op(0, PROTO_RESUME, &id), DOPA_OK);
+    run_until(&id, DOPA_STATE_TRANSFERRING, 10);
+    double end = seconds() + 20;
+    while (info(&id).bytes_transferred < 3 * 1024 * 1024 && seconds() < end)
+        step(1);
+    uint64_t had = info(&id).bytes_transferred;
+    CHECK(had >= 3 * 1024 * 1024);
+    close_engine(); /* dopad stops (its last commit is kept) */
+
+    skew_ms = 0;
+    open_engine_with(check_path("state"), 4, 0);
+    dopa_job_info j = info(&id);
+    CHECK_INT(j.state, DOPA_STATE_QUEUED); /* it was running: it runs again */
+    CHECK(j.bytes_transferred >= had - 1024 * 1024);
+    run_until(&id, DOPA_STATE_TRANSFERRED, 30);
+    CHECK_INT(op(0, PROTO_COMPLETE, &id), DOPA_OK);
+    check_content(check_path("r"), 13, 0, 8 * 1024 * 1024);
+    close_engine();
+    /* nginx sent the file about once: what was done was not fetched again. */
+    struct timespec ts = {0, 100 * 1000 * 1000};
+    nanosleep(&ts, NULL);
+    long long sent = bytes_sent_for("/slow/r.bin") - before;
+    printf("  restart: nginx sent %lld bytes for an 8 MiB file\n", sent);
+    CHECK(sent < 8 * 1024 * 1024 + 3 * 1024 * 1024);
+}
+
+static void test_owners_see_only_their_jobs(void)
+{
+    open_engine();
+    dopa_id mine = create(1000, "user job"), roots = create(0, "root job");
+    CHECK_INT(handle(1000, request(PROTO_GET, &roots)), DOPA_ENOTFOUND);
+    CHECK_INT(op(1000, PROTO_CANCEL, &roots), DOPA_ENOTFOUND);
+    CHECK_INT(op(1000, PROTO_SUSPEND, &roots), DOPA_ENOTFOUND);
+    CHECK_INT(handle(1001, request(PROTO_GET, &mine)), DOPA_ENOTFOUND);
+    CHECK_INT(handle(1000, request(PROTO_GET, &mine)), DOPA_OK);
+    CHECK_INT(reply.jobs[0].owner, 1000);
+    proto_request *r = request(PROTO_LIST, NULL);
+    CHECK_INT(handle(1000, r), DOPA_OK);
+    CHECK_INT(reply.n_jobs, 1);
+    r = request(PROTO_LIST, NULL);
+    r->all_users = 1;
+    CHECK_INT(handle(1000, r), DOPA_EACCESS);
+    r = request(PROTO_LIST, NULL);
+    r->all_users = 1;
+    CHECK_INT(handle(0, r), DOPA_OK);
+    CHECK_INT(reply.n_jobs, 2);
+    r = request(PROTO_LIST, NULL);
+    CHECK_INT(handle(0, r), DOPA_OK);
+    CHECK_INT(reply.n_jobs, 1); /* without all_users, root lists its own */
+    CHECK_INT(handle(0, request(PROTO_GET, &mine)), DOPA_OK); /* root sees all */
+    CHECK_INT(op(1000, PROTO_TAKE_OWNERSHIP, &mine), DOPA_EACCESS);
+    CHECK_INT(op(0, PROTO_TAKE_OWNERSHIP, &mine), DOPA_OK);
+    CHECK_INT(handle(1000, request(PROTO_GET, &mine)), DOPA_ENOTFOUND);
+    close_engine();
+}
+
+struct fake_call {
+    int answered;
+    proto_reply got;
+};
+
+static void record_reply(engine_call *call, const proto_reply *r)
+{
+    struct fake_call *fc = (struct fake_call *)call;
+    fc->answered = 1;
+    fc->got = *r;
+    fc->got.jobs = NULL;
+    if (r->n_jobs == 1) {
+        fc->got.jobs = malloc(sizeof *fc->got.jobs);
+        fc->got.jobs[0] = r->jobs[0];
+    }
+}
+
+static void test_wait_answers_on_change_or_timeout(void)
+{
+    open_engine();
+    dopa_id id = create(0, "watched");
+    uint64_t version = info(&id).version;
+    struct fake_call fc = {0};
+    proto_request *r = request(PROTO_WAIT, &id);
+    r->seen = version;
+    r->timeout_ms = 10000;
+    proto_reply_clear(&reply);
+    CHECK_INT(engine_handle(E, 0, r, &reply, (engine_call *)&fc, record_reply), ENGINE_DEFERRED);
+    step(2);
+    CHECK(!fc.answered);
+    proto_request *s = request(PROTO_SET_NAME, &id);
+    snprintf(s->name, sizeof s->name, "renamed");
+    CHECK_INT(handle(0, s), DOPA_OK);
+    step(1);
+    CHECK(fc.answered);
+    CHECK_STR(fc.got.jobs[0].display_name, "renamed");
+    CHECK(fc.got.jobs[0].version > version);
+    free(fc.got.jobs);
+
+    /* Unchanged: answered when the time is up. */
+    struct fake_call idle = {0};
+    uint64_t now_version = info(&id).version;
+    r = request(PROTO_WAIT, &id);
+    r->seen = now_version;
+    r->timeout_ms = 5000;
+    proto_reply_clear(&reply);
+    CHECK_INT(engine_handle(E, 0, r, &reply, (engine_call *)&idle, record_reply), ENGINE_DEFERRED);
+    skew_ms += 6000;
+    step(1);
+    CHECK(idle.answered);
+    free(idle.got.jobs);
+    /* A stale version answers at once. */
+    r = request(PROTO_WAIT, &id);
+    r->seen = 1;
+    r->timeout_ms = 5000;
+    CHECK_INT(handle(0, r), DOPA_OK);
+    CHECK_INT(reply.n_jobs, 1);
+    close_engine();
+}
+
+static void test_add_file_refuses_bad_requests(void)
+{
+    open_engine();
+    char u[256];
+    url(u, sizeof u, "/data/a.bin");
+    dopa_id id = create(0, "picky");
+    CHECK_INT(add_file(&id, u, "relative/path"), DOPA_EINVAL);
+    CHECK_INT(add_file(&id, u, "/tmp/../etc/x"), DOPA_EINVAL);
+    CHECK_INT(add_file(&id, u, "/tmp/dir/"), DOPA_EINVAL);
+    CHECK_INT(add_file(&id, "ftp://127.0.0.1/x", check_path("x")), DOPA_EINVAL);
+    CHECK_INT(add_file(&id, "file:relative", check_path("x")), DOPA_EINVAL);
+    CHECK_INT(add_file(&id, u, "/nonexistent-dir/x"), DOPA_EIO);
+    CHECK_HAS(reply.message, "No such file");
+    CHECK_INT(add_file(&id, u, check_path("once")), DOPA_OK);
+    CHECK_INT(add_file(&id, u, check_path("once")), DOPA_EINVAL); /* twice in one job */
+    const dopa_range empty[] = {{0, 0}};
+    const dopa_range overlap[] = {{0, 100}, {50, 100}};
+    const dopa_range eof_first[] = {{0, DOPA_LENGTH_TO_EOF}, {10, 10}};
+    CHECK_INT(add_file_with(0, &id, u, check_path("r1"), empty, 1, NULL, NULL), DOPA_EINVAL);
+    CHECK_INT(add_file_with(0, &id, u, check_path("r2"), overlap, 2, NULL, NULL), DOPA_EINVAL);
+    CHECK_INT(add_file_with(0, &id, u, check_path("r3"), eof_first, 2, NULL, NULL), DOPA_EINVAL);
+    validate_manifest *m = manifest_for(1, SIZE_A, 65536);
+    const dopa_range one[] = {{0, 10}};
+    CHECK_INT(add_file_with(0, &id, u, check_path("r4"), one, 1, NULL, m), DOPA_EINVAL);
+    validate_manifest_free(m);
+    CHECK_INT(info(&id).files_total, 1);
+    proto_request *r = request(PROTO_CREATE, NULL);
+    r->type = 7;
+    CHECK_INT(handle(0, r), DOPA_EINVAL);
+    CHECK_INT(set_seconds(&id, PROTO_SET_RETRY_DELAY, 0), DOPA_EINVAL);
+    r = request(PROTO_SET_PROXY, &id);
+    r->proxy_usage = DOPA_PROXY_OVERRIDE;
+    CHECK_INT(handle(0, r), DOPA_EINVAL); /* an override needs a proxy */
+    snprintf(r->proxy, sizeof r->proxy, "http://127.0.0.1:3128");
+    CHECK_INT(handle(0, r), DOPA_OK);
+    CHECK_INT(handle(0, request(PROTO_GET_PROXY, &id)), DOPA_OK);
+    CHECK_STR(reply.proxy, "http://127.0.0.1:3128");
+    CHECK_INT(reply.proxy_usage, DOPA_PROXY_OVERRIDE);
+    close_engine();
+}
+
+static void test_planted_links_are_not_followed(void)
+{
+    open_engine();
+    char u[256];
+    url(u, sizeof u, "/data/b.bin");
+    const char *victim = check_path("victim");
+    int fd = open(victim, O_WRONLY | O_CREAT, 0644);
+    CHECK(write(fd, "keep", 4) == 4);
+    close(fd);
+
+    /* A symlink at the destination is replaced by the file, not followed. */
+    dopa_id a = create(0, "dest link");
+    CHECK(symlink(victim, check_path("dest")) == 0);
+    CHECK_INT(add_file(&a, u, check_path("dest")), DOPA_OK);
+    CHECK_INT(op(0, PROTO_RESUME, &a), DOPA_OK);
+    run_until(&a, DOPA_STATE_TRANSFERRED, 20);
+    CHECK_INT(op(0, PROTO_COMPLETE, &a), DOPA_OK);
+    struct stat st;
+    CHECK(lstat(check_path("dest"), &st) == 0 && S_ISREG(st.st_mode));
+    check_content(check_path("dest"), 2, 0, 100000);
+
+    /* A temporary file swapped for a symlink is not written through. */
+    dopa_id b = create(0, "temp link");
+    CHECK_INT(add_file(&b, u, check_path("other")), DOPA_OK);
+    const char *tmp = temp_of(&b, 0, check_path("other"));
+    CHECK(unlink(tmp) == 0);
+    CHECK(symlink(victim, tmp) == 0);
+    CHECK_INT(op(0, PROTO_RESUME, &b), DOPA_OK);
+    dopa_job_info j = run_until(&b, DOPA_STATE_ERROR, 20);
+    CHECK_INT(j.error.context, DOPA_CONTEXT_LOCAL_FILE);
+    char buf[16] = "";
+    fd = open(victim, O_RDONLY);
+    CHECK(read(fd, buf, sizeof buf) == 4);
+    close(fd);
+    CHECK(memcmp(buf, "keep", 4) == 0);
+    CHECK_INT(op(0, PROTO_CANCEL, &b), DOPA_OK);
+    CHECK(lstat(tmp, &st) != 0); /* the planted link is gone, its target kept */
+    CHECK(lstat(victim, &st) == 0);
+    close_engine();
+}
+
+/* ------------------------------------------------------------------ */
+
+static int rm_entry(const char *path, const struct stat *st, int flag, struct FTW *ftw)
+{
+    (void)st;
+    (void)flag;
+    (void)ftw;
+    return remove(path);
+}
+
+static void teardown(void)
+{
+    test_nginx_stop(&web);
+    if (fixture[0] != '\0')
+        nftw(fixture, rm_entry, 16, FTW_DEPTH | FTW_PHYS);
+    validate_secret_key_free(publisher);
+}
+
+static int setup(void)
+{
+    const char *base = getenv("TMPDIR");
+    snprintf(fixture, sizeof fixture, "%s/dopa-engine.XXXXXX", base ? base : "/tmp");
+    if (mkdtemp(fixture) == NULL)
+        return -1;
+    atexit(teardown);
+    char http[1024];
+    snprintf(http, sizeof http,
+             "log_format bytes '$uri $status $body_bytes_sent';"
+             "access_log %s/bytes.log bytes;",
+             fixture);
+    test_nginx_config cfg = {
+        .http = http,
+        .server = "location /slow/ { limit_rate 2m; }"
+                  "location /flaky/ { try_files $uri =503; }",
+    };
+    if (test_nginx_start(&web, fixture, &cfg) != 0)
+        return -1;
+    char dir[1024];
+    const char *subdirs[] = {"data", "slow", "flaky"};
+    for (size_t i = 0; i < 3; i++) {
+        snprintf(dir, sizeof dir, "%s/%s", web.root, subdirs[i]);
+        mkdir(dir, 0755);
+    }
+    if (validate_secret_key_generate(&publisher) != VALIDATE_OK)
+        return -1;
+    return test_nginx_put(&web, "data/a.bin", SIZE_A, 1) == 0 &&
+                   test_nginx_put(&web, "data/b.bin", 100000, 2) == 0 &&
+                   test_nginx_put(&web, "slow/s.bin", 20 * 1024 * 1024, 3) == 0
+               ? 0
+               : -1;
+}
+
+int main(int argc, char **argv)
+{
+    if (setup() != 0) {
+        fprintf(stderr, "fixture failed to start\n");
+        return 1;
+    }
+    check_cleanup = after_case;
+    int rc = check_run(argc, argv,
+                       (struct check_case[]){
+                           CASE(test_new_job_waits_suspended_for_files_and_resume),
+                           CASE(test_complete_makes_the_file_appear),
+                           CASE(test_several_files_and_ranges),
+                           CASE(test_cancel_removes_the_temporary_files),
+                           CASE(test_complete_before_transferred_is_partial),
+                           CASE(test_suspend_and_resume_from_every_state),
+                           CASE(test_transient_errors_retry_after_the_minimum_delay),
+                           CASE(test_no_progress_timeout_makes_the_error_final),
+                           CASE(test_inactive_jobs_are_cancelled),
+                           CASE(test_higher_priority_runs_first),
+                           CASE(test_expected_sha256_is_checked_at_the_end),
+                           CASE(test_manifests_check_every_piece),
+                           CASE(test_restart_resumes_with_the_pieces_it_had),
+                           CASE(test_owners_see_only_their_jobs),
+                           CASE(test_wait_answers_on_change_or_timeout),
+                           CASE(test_add_file_refuses_bad_requests),
+                           CASE(test_planted_links_are_not_followed),
+                           {0},
+                       });
+    proto_reply_clear(&reply);
+    return rc;
+}
