@@ -484,7 +484,7 @@ static int read_header(const uint8_t *p, size_t len, int kind, int *op, char *wh
 
 int proto_peek_op(const uint8_t *data, size_t len)
 {
-    int op;
+    int op = -1;
     if (read_header(data, len, 1, &op, NULL, 0) != 0)
         return -1;
     return op;

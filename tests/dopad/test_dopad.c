@@ -1,0 +1,521 @@
+/*
+ * dopad end to end: the real daemon on its control socket, driven by the
+ * dopa command line (and a raw nng client for malformed messages), with a
+ * real nginx as the origin. Covers dopa get and its resume, every job
+ * command, kill -9 at random moments, a second user (as root), and
+ * malformed control messages. DOPAD and DOPA_CLI name the binaries.
+ */
+#include <fcntl.h>
+#include <nng/nng.h>
+#include <nng/protocol/reqrep0/req.h>
+#include <pwd.h>
+#include <signal.h>
+#include <sqlite3.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <time.h>
+
+#include "../check.h"
+#include "../support/nginx.h"
+#include "../support/proc.h"
+#include "dopa.h"
+
+static test_nginx web;
+static char fixture[512];
+static char sock[4200], state[4200];
+static pid_t dopad = -1;
+
+static void sleep_ms(int ms)
+{
+    struct timespec ts = {ms / 1000, (long)(ms % 1000) * 1000000};
+    nanosleep(&ts, NULL);
+}
+
+/* Starts dopad on this case's socket and state; waits until it answers. */
+static void start_dopad(void)
+{
+    const char *log = check_path("dopad.log");
+    const char *argv[] = {DOPAD, "--socket", sock, "--state-dir", state, NULL};
+    dopad = test_spawn(argv, log, TEST_AS_ME, 0);
+    CHECK(dopad > 0);
+    for (int i = 0; i < 500; i++) {
+        dopa_manager *m = NULL;
+        if (dopa_connect(sock, &m) == DOPA_OK) {
+            int ok = dopa_whoami(m, NULL, NULL, 0) == DOPA_OK;
+            dopa_disconnect(m);
+            if (ok)
+                return;
+        }
+        CHECK(waitpid(dopad, NULL, WNOHANG) == 0); /* still alive */
+        sleep_ms(10);
+    }
+    CHECK(!"dopad did not start");
+}
+
+static void stop_dopad(int sig)
+{
+    test_stop(dopad, sig);
+    dopad = -1;
+}
+
+static void fresh_daemon(void)
+{
+    snprintf(sock, sizeof sock, "%s/run/control.sock", check_tmpdir());
+    snprintf(state, sizeof state, "%s/state", check_tmpdir());
+    start_dopad();
+}
+
+/* Runs dopa --socket SOCK args... as uid; returns its exit status. */
+static int cli_as(uid_t uid, gid_t gid, char *out, size_t len, int timeout, ...)
+{
+    const char *argv[32] = {DOPA_CLI, "--socket", sock};
+    int n = 3;
+    va_list ap;
+    va_start(ap, timeout);
+    const char *a;
+    while ((a = va_arg(ap, const char *)) != NULL && n < 31)
+        argv[n++] = a;
+    va_end(ap);
+    argv[n] = NULL;
+    static char ignored[65536];
+    if (out == NULL) {
+        out = ignored;
+        len = sizeof ignored;
+    }
+    return test_run(argv, out, len, timeout, uid, gid);
+}
+
+#define cli(out, len, ...) cli_as(TEST_AS_ME, 0, out, len, 60, __VA_ARGS__, (char *)NULL)
+
+static void url(char *out, size_t len, const char *path)
+{
+    snprintf(out, len, "http://127.0.0.1:%d%s", web.port, path);
+}
+
+static void check_content(const char *path, unsigned seed, uint64_t len)
+{
+    FILE *f = fopen(path, "rb");
+    CHECK(f != NULL);
+    static unsigned char buf[1 << 16];
+    uint64_t off = 0;
+    size_t n;
+    while ((n = fread(buf, 1, sizeof buf, f)) > 0) {
+        for (size_t i = 0; i < n; i++)
+            if (buf[i] != test_pattern_byte(seed, (size_t)(off + i))) {
+                fprintf(stderr, "  %s: byte %llu differs\n", path, (unsigned long long)(off + i));
+                fclose(f);
+                CHECK(0);
+            }
+        off += n;
+    }
+    fclose(f);
+    CHECK_INT(off, len);
+}
+
+/* The first line of out, trimmed, into id. */
+static void first_line(const char *out, char *id, size_t len)
+{
+    size_t n = strcspn(out, "\n");
+    CHECK(n < len);
+    memcpy(id, out, n);
+    id[n] = '\0';
+}
+
+#define SIZE_A (2 * 1024 * 1024 + 333)
+
+/* ------------------------------------------------------------------ */
+
+static void test_get_downloads_a_file(void)
+{
+    fresh_daemon();
+    char u[256], out[4096];
+    url(u, sizeof u, "/data/a.bin");
+    const char *dest = check_path("a.bin");
+    CHECK_INT(cli(out, sizeof out, "get", u, "-o", dest), 0);
+    CHECK_HAS(out, "a.bin: 2.0 MiB");
+    check_content(dest, 1, SIZE_A);
+    /* --json: one document with the counters. */
+    CHECK_INT(cli(out, sizeof out, "--json", "get", u, "-o", check_path("b.bin")), 0);
+    CHECK_HAS(out, "\"bytes\":2097485");
+    CHECK_HAS(out, "\"from_origin\":2097485");
+    /* A missing file: exit 1 and the server's answer. */
+    url(u, sizeof u, "/data/missing.bin");
+    CHECK_INT(cli(out, sizeof out, "get", u, "-o", check_path("m.bin")), 1);
+    CHECK_HAS(out, "HTTP 404");
+    CHECK(access(check_path("m.bin"), F_OK) != 0);
+    stop_dopad(SIGTERM);
+}
+
+static void test_interrupted_get_resumes_when_run_again(void)
+{
+    fresh_daemon();
+    char u[256], out[4096];
+    url(u, sizeof u, "/crawl/s.bin");
+    const char *dest = check_path("s.bin");
+    const char *log = check_path("get.out");
+    const char *argv[] = {DOPA_CLI, "--socket", sock, "get", u, "-o", dest, NULL};
+    pid_t get = test_spawn(argv, log, TEST_AS_ME, 0);
+    sleep_ms(1500);
+    kill(get, SIGINT);
+    CHECK_INT(test_wait(get, 10), 130);
+    CHECK(access(dest, F_OK) != 0);
+    CHECK_INT(cli(out, sizeof out, "--json", "list"), 0);
+    CHECK_HAS(out, "\"state\":\"SUSPENDED\"");
+    CHECK_INT(cli(out, sizeof out, "get", u, "-o", dest), 0);
+    CHECK_HAS(out, "resuming the earlier download");
+    check_content(dest, 3, 8 * 1024 * 1024);
+    CHECK_INT(cli(out, sizeof out, "list"), 0);
+    CHECK_HAS(out, "ACKNOWLEDGED");
+    stop_dopad(SIGTERM);
+}
+
+static void test_job_commands(void)
+{
+    fresh_daemon();
+    char u[256], out[8192], id[64];
+    url(u, sizeof u, "/data/a.bin");
+    CHECK_INT(cli(out, sizeof out, "create", "my job"), 0);
+    first_line(out, id, sizeof id);
+    CHECK_INT(strlen(id), 36);
+    char prefix[9];
+    snprintf(prefix, sizeof prefix, "%.8s", id);
+    CHECK_INT(cli(out, sizeof out, "add-file", prefix, u, check_path("x.bin")), 0);
+    CHECK_INT(cli(out, sizeof out, "add-file", id, u, check_path("y.bin"), "--range", "100:1000",
+                  "--range", "2000000:eof"),
+              0);
+    CHECK_INT(cli(out, sizeof out, "--json", "info", id), 0);
+    CHECK_HAS(out, "\"state\":\"SUSPENDED\"");
+    CHECK_HAS(out, "\"name\":\"my job\"");
+    CHECK_HAS(out, "\"files_total\":2");
+    CHECK_INT(cli(out, sizeof out, "set-priority", id, "high"), 0);
+    CHECK_INT(cli(out, sizeof out, "set-name", id, "renamed"), 0);
+    CHECK_INT(cli(out, sizeof out, "set-description", id, "what it is for"), 0);
+    CHECK_INT(cli(out, sizeof out, "set-min-retry-delay", id, "30"), 0);
+    CHECK_INT(cli(out, sizeof out, "set-no-progress-timeout", id, "90"), 0);
+    CHECK_INT(cli(out, sizeof out, "set-proxy", id, "override", "http://127.0.0.1:9", "127.0.0.1"),
+              0);
+    CHECK_INT(cli(out, sizeof out, "get-proxy", id), 0);
+    CHECK_HAS(out, "bypass: 127.0.0.1");
+    CHECK_INT(cli(out, sizeof out, "set-proxy", id, "none"), 0);
+    CHECK_INT(cli(out, sizeof out, "info", id), 0);
+    CHECK_HAS(out, "name:         renamed");
+    CHECK_HAS(out, "priority:     HIGH");
+    CHECK_HAS(out, "retry delay:  30 s");
+    CHECK_HAS(out, "no progress:  90 s");
+    CHECK_INT(cli(out, sizeof out, "resume", id), 0);
+    CHECK_INT(cli(out, sizeof out, "wait", id, "--timeout", "30"), 0);
+    CHECK_HAS(out, "TRANSFERRED");
+    CHECK_INT(cli(out, sizeof out, "--json", "files", id), 0);
+    CHECK_HAS(out, "\"transferred\":true");
+    CHECK_HAS(out, "\"ranges\":2");
+    CHECK_INT(cli(out, sizeof out, "get-error", id), 0);
+    CHECK_HAS(out, "no error");
+    CHECK_INT(cli(out, sizeof out, "complete", id), 0);
+    check_content(check_path("x.bin"), 1, SIZE_A);
+    struct stat st;
+    CHECK(stat(check_path("y.bin"), &st) == 0);
+    CHECK_INT(st.st_size, 1000 + (SIZE_A - 2000000));
+
+    /* Errors: exit 1 for a failed job, 2 for usage, 4 for refusals. */
+    url(u, sizeof u, "/data/missing.bin");
+    CHECK_INT(cli(out, sizeof out, "create"), 0);
+    first_line(out, id, sizeof id);
+    CHECK_INT(cli(out, sizeof out, "add-file", id, u, check_path("m")), 0);
+    CHECK_INT(cli(out, sizeof out, "resume", id), 0);
+    CHECK_INT(cli(out, sizeof out, "wait", id), 1);
+    CHECK_INT(cli(out, sizeof out, "--json", "get-error", id), 0);
+    CHECK_HAS(out, "\"context\":\"REMOTE_FILE\"");
+    CHECK_HAS(out, "\"http_status\":404");
+    CHECK_INT(cli(out, sizeof out, "cancel", id), 0);
+    CHECK_INT(cli(out, sizeof out, "resume", id), 4);
+    CHECK_HAS(out, "not allowed in the job's state");
+    CHECK_INT(cli(out, sizeof out, "info", "00000000-0000-0000-0000-000000000000"), 4);
+    CHECK_HAS(out, "no such job");
+    CHECK_INT(cli(out, sizeof out, "add-file", id, "ftp://x/y", "/tmp/z"), 4);
+    CHECK_INT(cli(out, sizeof out, "set-priority", id, "urgent"), 2);
+    CHECK_INT(cli(out, sizeof out, "frobnicate"), 2);
+    CHECK_INT(cli(out, sizeof out, "add-file", id, "--range", "5", u, "/tmp/z"), 2);
+    CHECK_INT(cli(out, sizeof out, "whoami"), 0);
+    CHECK_HAS(out, "uid 0");
+    stop_dopad(SIGTERM);
+    /* No daemon: exit 3, and what to do. */
+    CHECK_INT(cli(out, sizeof out, "list"), 3);
+    CHECK_HAS(out, "start dopad");
+}
+
+static long long bytes_sent_for(const char *uri)
+{
+    char path[1024], line[2048];
+    snprintf(path, sizeof path, "%s/bytes.log", web.dir);
+    FILE *f = fopen(path, "r");
+    long long total = 0;
+    if (f == NULL)
+        return 0;
+    while (fgets(line, sizeof line, f) != NULL) {
+        char u[1024];
+        long long n;
+        int status;
+        if (sscanf(line, "%1023s %d %lld", u, &status, &n) == 3 && strcmp(u, uri) == 0)
+            total += n;
+    }
+    fclose(f);
+    return total;
+}
+
+static int integrity_ok(const char *db_path)
+{
+    sqlite3 *db = NULL;
+    sqlite3_stmt *st = NULL;
+    int ok = 0;
+    if (sqlite3_open_v2(db_path, &db, SQLITE_OPEN_READONLY, NULL) == SQLITE_OK &&
+        sqlite3_prepare_v2(db, "PRAGMA integrity_check", -1, &st, NULL) == SQLITE_OK &&
+        sqlite3_step(st) == SQLITE_ROW)
+        ok = strcmp((const char *)sqlite3_column_text(st, 0), "ok") == 0;
+    sqlite3_finalize(st);
+    sqlite3_close(db);
+    return ok;
+}
+
+static void test_kill_9_at_random_moments_loses_nothing(void)
+{
+    const char *env = getenv("DOPA_KILL_ROUNDS");
+    int rounds = env ? atoi(env) : 12;
+    const uint64_t size = 48ull * 1024 * 1024;
+    CHECK(test_nginx_put(&web, "slow/k.bin", (size_t)size, 17) == 0);
+    long long before = bytes_sent_for("/slow/k.bin");
+    fresh_daemon();
+    char u[256], out[4096], id[64], db[4300];
+    url(u, sizeof u, "/slow/k.bin");
+    snprintf(db, sizeof db, "%s/dopa.db", state);
+    CHECK_INT(cli(out, sizeof out, "create", "survivor"), 0);
+    first_line(out, id, sizeof id);
+    CHECK_INT(cli(out, sizeof out, "add-file", id, u, check_path("k.bin")), 0);
+    CHECK_INT(cli(out, sizeof out, "resume", id), 0);
+    unsigned seed = (unsigned)time(NULL);
+    srand(seed);
+    int kills = 0;
+    for (int r = 0; r < rounds; r++) {
+        sleep_ms(100 + rand() % 500);
+        stop_dopad(SIGKILL);
+        kills++;
+        CHECK(integrity_ok(db));
+        start_dopad();
+        CHECK_INT(cli(out, sizeof out, "--json", "info", id), 0);
+        if (strstr(out, "\"state\":\"TRANSFERRED\"") != NULL)
+            break;
+        CHECK(strstr(out, "\"state\":\"ERROR\"") == NULL);
+    }
+    CHECK_INT(cli_as(TEST_AS_ME, 0, out, sizeof out, 120, "wait", id, (char *)NULL), 0);
+    CHECK_HAS(out, "TRANSFERRED");
+    CHECK_INT(cli(out, sizeof out, "complete", id), 0);
+    check_content(check_path("k.bin"), 17, size);
+    stop_dopad(SIGTERM);
+    CHECK(integrity_ok(db));
+    sleep_ms(100);
+    long long sent = bytes_sent_for("/slow/k.bin") - before;
+    /* Each kill may cost what was in flight: the pieces since the last
+     * commit (200 ms at 16 MB/s), the piece being filled, socket buffers. */
+    long long bound = (long long)size + (long long)kills * 8 * 1024 * 1024;
+    printf("  kill -9: %d kills (seed %u); nginx sent %.2f x the file (bound %.2f)\n", kills, seed,
+           (double)sent / (double)size, (double)bound / (double)size);
+    CHECK(sent <= bound);
+}
+
+static void test_malformed_control_messages_change_nothing(void)
+{
+    fresh_daemon();
+    char out[4096];
+    CHECK_INT(cli(out, sizeof out, "create", "keep me"), 0);
+    char url_s[4300];
+    snprintf(url_s, sizeof url_s, "ipc://%s", sock);
+    nng_socket s;
+    CHECK(nng_req0_open(&s) == 0);
+    nng_socket_set_ms(s, NNG_OPT_RECVTIMEO, 5000);
+    nng_socket_set_ms(s, NNG_OPT_REQ_RESENDTIME, NNG_DURATION_INFINITE);
+    CHECK(nng_dial(s, url_s, NULL, 0) == 0);
+    const struct {
+        const char *bytes;
+        size_t len;
+    } garbage[] = {
+        {"", 0},
+        {"hello", 5},
+        {"DP\x01\x01\x02\x00\x00\x00", 8},                          /* CREATE without fields */
+        {"DP\x09\x01\x01\x00\x00\x00", 8},                          /* version 9 */
+        {"DP\x01\x01\x03\x00\x00\x00\x01\x00\xff\xff\xff\x7f", 14}, /* a field longer than all */
+        {"DP\x01\x01\x63\x00\x00\x00", 8},                          /* op 99 */
+    };
+    for (size_t i = 0; i < sizeof garbage / sizeof garbage[0]; i++) {
+        char copy[64];
+        memcpy(copy, garbage[i].bytes, garbage[i].len);
+        CHECK(nng_send(s, copy, garbage[i].len, 0) == 0);
+        char *buf = NULL;
+        size_t len = 0;
+        CHECK(nng_recv(s, &buf, &len, NNG_FLAG_ALLOC) == 0);
+        /* An error reply: header, then status first. */
+        CHECK(len > 8 + 6 + 8);
+        CHECK(buf[0] == 'D' && buf[1] == 'P' && buf[3] == 2);
+        CHECK((uint8_t)buf[8] == 1); /* the status field */
+        uint8_t status = (uint8_t)buf[8 + 6];
+        CHECK(status == DOPA_EPROTO || status == DOPA_EVERSION);
+        nng_free(buf, len);
+    }
+    /* More than a request may hold: the connection goes, dopad stays. */
+    size_t huge = 6u * 1024 * 1024;
+    char *big = calloc(1, huge);
+    memcpy(big, "DP\x01\x01\x02\x00\x00\x00", 8);
+    nng_send(s, big, huge, 0);
+    free(big);
+    char *buf = NULL;
+    size_t len = 0;
+    CHECK(nng_recv(s, &buf, &len, NNG_FLAG_ALLOC) != 0);
+    nng_close(s);
+    CHECK_INT(cli(out, sizeof out, "--json", "list"), 0);
+    CHECK_HAS(out, "\"name\":\"keep me\"");
+    CHECK(strstr(out, "},{") == NULL); /* still exactly one job */
+    stop_dopad(SIGTERM);
+}
+
+#define TEST_USER "dopa-test-user"
+
+static void test_another_user_cannot_touch_my_jobs(void)
+{
+    if (geteuid() != 0) {
+        printf("  skipped: needs root to create a second user\n");
+        return;
+    }
+    struct passwd *pw = getpwnam(TEST_USER);
+    int created = 0;
+    if (pw == NULL) {
+        const char *argv[] = {
+            "/usr/sbin/useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin",
+            TEST_USER,           NULL};
+        CHECK_INT(test_run(argv, NULL, 0, 30, TEST_AS_ME, 0), 0);
+        created = 1;
+        pw = getpwnam(TEST_USER);
+    }
+    CHECK(pw != NULL);
+    uid_t uid = pw->pw_uid;
+    gid_t gid = pw->pw_gid;
+    /* The other user must reach the socket and a directory of its own. */
+    CHECK(chmod(check_tmpdir(), 0755) == 0);
+    fresh_daemon();
+    CHECK(mkdir(check_path("theirs"), 0755) == 0);
+    CHECK(chown(check_path("theirs"), uid, gid) == 0);
+
+    char u[256], out[8192], mine[64], theirs[64];
+    url(u, sizeof u, "/data/a.bin");
+    CHECK_INT(cli(out, sizeof out, "create", "root's"), 0);
+    first_line(out, mine, sizeof mine);
+#define as_user(...) cli_as(uid, gid, out, sizeof out, 60, __VA_ARGS__, (char *)NULL)
+    CHECK_INT(as_user("whoami"), 0);
+    char who[64];
+    snprintf(who, sizeof who, "uid %u", (unsigned)uid);
+    CHECK_HAS(out, who);
+    CHECK_INT(as_user("list"), 0);
+    CHECK_HAS(out, "no jobs");
+    CHECK_INT(as_user("info", mine), 4);
+    CHECK_HAS(out, "no such job");
+    CHECK_INT(as_user("cancel", mine), 4);
+    CHECK_INT(as_user("add-file", mine, u, check_path("theirs/x")), 4);
+    CHECK_INT(as_user("take-ownership", mine), 4);
+    CHECK_INT(as_user("list", "--all"), 4);
+    CHECK_HAS(out, "permission denied");
+    /* Its own job: not where it may not write, fine where it may. */
+    CHECK_INT(as_user("create", "user's"), 0);
+    first_line(out, theirs, sizeof theirs);
+    CHECK_INT(as_user("add-file", theirs, u, check_path("root-only")), 4);
+    CHECK_HAS(out, "Permission denied");
+    CHECK_INT(as_user("add-file", theirs, u, check_path("theirs/a.bin")), 0);
+    CHECK_INT(as_user("resume", theirs), 0);
+    CHECK_INT(as_user("wait", theirs, "--timeout", "30"), 0);
+    CHECK_INT(as_user("complete", theirs), 0);
+    struct stat st;
+    CHECK(stat(check_path("theirs/a.bin"), &st) == 0);
+    CHECK_INT(st.st_uid, uid); /* made with the user's rights */
+    check_content(check_path("theirs/a.bin"), 1, SIZE_A);
+    /* Root sees both. */
+    CHECK_INT(cli(out, sizeof out, "list", "--all"), 0);
+    CHECK_HAS(out, "root's");
+    CHECK_INT(cli(out, sizeof out, "info", mine), 0);
+    stop_dopad(SIGTERM);
+    if (created) {
+        const char *argv[] = {"/usr/sbin/userdel", TEST_USER, NULL};
+        test_run(argv, NULL, 0, 30, TEST_AS_ME, 0);
+    }
+#undef as_user
+}
+
+/* ------------------------------------------------------------------ */
+
+static int rm_entry(const char *path, const struct stat *st, int flag, struct FTW *ftw)
+{
+    (void)st;
+    (void)flag;
+    (void)ftw;
+    return remove(path);
+}
+
+static void after_case(void)
+{
+    if (dopad > 0)
+        stop_dopad(SIGKILL);
+}
+
+static void teardown(void)
+{
+    after_case();
+    test_nginx_stop(&web);
+    if (fixture[0] != '\0')
+        nftw(fixture, rm_entry, 16, FTW_DEPTH | FTW_PHYS);
+}
+
+static int setup(void)
+{
+    const char *base = getenv("TMPDIR");
+    snprintf(fixture, sizeof fixture, "%s/dopa-dopad.XXXXXX", base ? base : "/tmp");
+    if (mkdtemp(fixture) == NULL || chmod(fixture, 0755) != 0)
+        return -1;
+    atexit(teardown);
+    char http[1024];
+    snprintf(http, sizeof http,
+             "log_format bytes '$uri $status $body_bytes_sent';"
+             "access_log %s/bytes.log bytes;",
+             fixture);
+    test_nginx_config cfg = {.http = http,
+                             .server = "location /slow/ { limit_rate 16m; }"
+                                       "location /crawl/ { limit_rate 2m; }"};
+    if (test_nginx_start(&web, fixture, &cfg) != 0)
+        return -1;
+    char dir[1024];
+    snprintf(dir, sizeof dir, "%s/data", web.root);
+    mkdir(dir, 0755);
+    snprintf(dir, sizeof dir, "%s/slow", web.root);
+    mkdir(dir, 0755);
+    snprintf(dir, sizeof dir, "%s/crawl", web.root);
+    mkdir(dir, 0755);
+    /* For the second user: nginx's files must be readable by it too. */
+    return test_nginx_put(&web, "data/a.bin", SIZE_A, 1) == 0 &&
+                   test_nginx_put(&web, "crawl/s.bin", 8 * 1024 * 1024, 3) == 0
+               ? 0
+               : -1;
+}
+
+int main(int argc, char **argv)
+{
+    signal(SIGPIPE, SIG_IGN);
+    if (setup() != 0) {
+        fprintf(stderr, "fixture failed to start\n");
+        return 1;
+    }
+    check_cleanup = after_case;
+    return check_run(argc, argv,
+                     (struct check_case[]){
+                         CASE(test_get_downloads_a_file),
+                         CASE(test_interrupted_get_resumes_when_run_again),
+                         CASE(test_job_commands),
+                         CASE(test_kill_9_at_random_moments_loses_nothing),
+                         CASE(test_malformed_control_messages_change_nothing),
+                         CASE(test_another_user_cannot_touch_my_jobs),
+                         {0},
+                     });
+}

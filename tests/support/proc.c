@@ -1,0 +1,94 @@
+/* Child processes for tests; see proc.h. */
+#include <errno.h>
+#include <fcntl.h>
+#include <grp.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/prctl.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "proc.h"
+
+pid_t test_spawn(const char *const argv[], const char *out_path, uid_t uid, gid_t gid)
+{
+    pid_t pid = fork();
+    if (pid != 0)
+        return pid;
+    prctl(PR_SET_PDEATHSIG, SIGKILL);
+    int fd = out_path ? open(out_path, O_WRONLY | O_CREAT | O_APPEND, 0666)
+                      : open("/dev/null", O_WRONLY);
+    int in = open("/dev/null", O_RDONLY);
+    if (fd >= 0) {
+        dup2(fd, 1);
+        dup2(fd, 2);
+    }
+    if (in >= 0)
+        dup2(in, 0);
+    if (uid != TEST_AS_ME && (setgroups(0, NULL) != 0 || setgid(gid) != 0 || setuid(uid) != 0))
+        _exit(126);
+    char *args[64];
+    size_t n = 0;
+    while (argv[n] != NULL && n < 63) {
+        memcpy(&args[n], &argv[n], sizeof args[n]); /* execv's prototype lacks const */
+        n++;
+    }
+    args[n] = NULL;
+    execv(args[0], args);
+    _exit(127);
+}
+
+int test_wait(pid_t pid, int timeout_s)
+{
+    struct timespec start, now;
+    clock_gettime(CLOCK_MONOTONIC, &start);
+    for (;;) {
+        int status;
+        pid_t r = waitpid(pid, &status, WNOHANG);
+        if (r == pid)
+            return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+        if (r < 0 && errno != EINTR)
+            return -1;
+        clock_gettime(CLOCK_MONOTONIC, &now);
+        if (now.tv_sec - start.tv_sec >= timeout_s) {
+            kill(pid, SIGKILL);
+            waitpid(pid, NULL, 0);
+            return -1;
+        }
+        struct timespec ts = {0, 10 * 1000 * 1000};
+        nanosleep(&ts, NULL);
+    }
+}
+
+int test_run(const char *const argv[], char *out, size_t len, int timeout_s, uid_t uid, gid_t gid)
+{
+    char path[] = "/tmp/dopa-test-out.XXXXXX";
+    int fd = mkstemp(path);
+    if (fd < 0)
+        return -1;
+    fchmod(fd, 0666); /* a child running as another user appends to it */
+    close(fd);
+    int status = test_wait(test_spawn(argv, path, uid, gid), timeout_s);
+    if (out != NULL && len > 0) {
+        FILE *f = fopen(path, "r");
+        size_t n = f ? fread(out, 1, len - 1, f) : 0;
+        out[n] = '\0';
+        if (f)
+            fclose(f);
+    }
+    unlink(path);
+    return status;
+}
+
+void test_stop(pid_t pid, int sig)
+{
+    if (pid <= 0)
+        return;
+    kill(pid, sig);
+    if (test_wait(pid, 5) < 0)
+        kill(pid, SIGKILL);
+}

@@ -1,0 +1,30 @@
+/*
+ * Child processes for tests: start a program (optionally as another user),
+ * capture what it prints, wait with a deadline, and stop it by its pid. A
+ * child dies with the test process (PR_SET_PDEATHSIG), so a crashed test
+ * leaves nothing running.
+ */
+#ifndef DOPA_TEST_PROC_H
+#define DOPA_TEST_PROC_H
+
+#include <stddef.h>
+#include <sys/types.h>
+
+#define TEST_AS_ME ((uid_t)-1)
+
+/* Starts argv[0] with argv; stdout and stderr go to out_path (appended) or
+ * /dev/null. With uid != TEST_AS_ME the child takes uid and gid (and no
+ * other groups) first. Returns the pid, or -1. */
+pid_t test_spawn(const char *const argv[], const char *out_path, uid_t uid, gid_t gid);
+
+/* Waits for pid up to timeout_s; returns its exit status (128+signal when
+ * killed), or -1 on timeout (the child is then killed and reaped). */
+int test_wait(pid_t pid, int timeout_s);
+
+/* test_spawn + test_wait, with the output (stdout and stderr) in out. */
+int test_run(const char *const argv[], char *out, size_t len, int timeout_s, uid_t uid, gid_t gid);
+
+/* Sends sig to pid and reaps it (SIGKILL after 5 s if it lingers). */
+void test_stop(pid_t pid, int sig);
+
+#endif
