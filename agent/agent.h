@@ -115,6 +115,12 @@ int agent_file_set_size(agent_file *f, uint64_t size);
 int agent_file_piece_done(const agent_file *f, uint64_t piece);
 void agent_file_mark_done(agent_file *f, uint64_t piece);
 void agent_file_clear_pieces(agent_file *f);
+/* The local size from the ranges and the remote size (-1 if unknown);
+ * DOPA_EINVAL when it cannot be known yet or the ranges do not fit. */
+int agent_file_local_size(const agent_file *f, int64_t remote_size, uint64_t *size);
+/* Ranges in order, not overlapping, not empty, not overflowing, only the
+ * last to the end of the file; -1 with the reason otherwise. */
+int agent_ranges_check(const dopa_range *ranges, size_t n, char *why, size_t why_len);
 /* Fills the public views. */
 void agent_job_info(const agent_job *j, dopa_job_info *out);
 void agent_file_info(const agent_file *f, dopa_file_info *out);

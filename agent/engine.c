@@ -152,30 +152,6 @@ void engine_fail_job(agent_engine *e, agent_job *j, int transient, int context, 
 /* ------------------------------------------------------------------ */
 /* Sizes and ranges                                                   */
 
-int engine_file_local_size(const agent_file *f, int64_t remote_size, uint64_t *size)
-{
-    if (f->n_ranges == 0) {
-        if (remote_size < 0)
-            return DOPA_EINVAL;
-        *size = (uint64_t)remote_size;
-        return DOPA_OK;
-    }
-    uint64_t total = 0;
-    for (size_t i = 0; i < f->n_ranges; i++) {
-        uint64_t off = f->ranges[i].offset, len = f->ranges[i].length;
-        if (len == DOPA_LENGTH_TO_EOF) {
-            if (remote_size < 0 || off > (uint64_t)remote_size)
-                return DOPA_EINVAL;
-            len = (uint64_t)remote_size - off;
-        } else if (remote_size >= 0 && off + len > (uint64_t)remote_size) {
-            return DOPA_EINVAL;
-        }
-        total += len;
-    }
-    *size = total;
-    return DOPA_OK;
-}
-
 /* The remote offset of a local offset, and how many bytes from there stay
  * inside the same range. */
 static void map_local(const agent_file *f, uint64_t local, uint64_t *remote, uint64_t *room)
@@ -317,7 +293,7 @@ static void on_done(void *ctx, origin_file *of, uint64_t id, const origin_error 
     if (err == NULL) {
         if (was_probe && f->size == DOPA_SIZE_UNKNOWN) {
             uint64_t size;
-            if (engine_file_local_size(f, f->remote_size, &size) != DOPA_OK) {
+            if (agent_file_local_size(f, f->remote_size, &size) != DOPA_OK) {
                 engine_fail_job(e, j, 0, DOPA_CONTEXT_REMOTE_FILE, ORIGIN_ERANGE, (int)f->index, 0,
                                 "the ranges reach past the end of the remote file");
                 return;
@@ -357,8 +333,9 @@ static void on_done(void *ctx, origin_file *of, uint64_t id, const origin_error 
         agent_file_clear_pieces(f);
         f->etag[0] = f->last_modified[0] = '\0';
         f->remote_size = -1;
-        if (f->manifest == NULL && f->n_ranges == 0)
-            f->size = DOPA_SIZE_UNKNOWN;
+        if (f->manifest == NULL &&
+            (f->n_ranges == 0 || f->ranges[f->n_ranges - 1].length == DOPA_LENGTH_TO_EOF))
+            f->size = DOPA_SIZE_UNKNOWN; /* it follows the new version's size */
         if (store_begin(e->db) == DOPA_OK) {
             store_clear_pieces(e->db, f);
             store_put_file(e->db, f);

@@ -67,8 +67,6 @@ int engine_add_job(agent_engine *e, agent_job *j);
 /* Forgets a job that reached a final state: deleted from the store now,
  * kept in memory a while so clients can see how it ended. */
 void engine_finish_job(agent_engine *e, agent_job *j, int state);
-/* Sets a file's local size from its ranges and the remote size. */
-int engine_file_local_size(const agent_file *f, int64_t remote_size, uint64_t *size);
 /* Answers the waits whose job changed or whose time ran out. */
 void engine_answer_waits(agent_engine *e, int all);
 

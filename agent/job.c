@@ -2,6 +2,7 @@
  * The job model: allocation, the piece map of a file, and the public views
  * (dopa_job_info, dopa_file_info) of jobs and files.
  */
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
@@ -101,6 +102,53 @@ void agent_file_clear_pieces(agent_file *f)
     f->n_pending = 0;
     f->pending_bytes = 0;
     f->transferred = 0;
+}
+
+int agent_file_local_size(const agent_file *f, int64_t remote_size, uint64_t *size)
+{
+    if (f->n_ranges == 0) {
+        if (remote_size < 0)
+            return DOPA_EINVAL;
+        *size = (uint64_t)remote_size;
+        return DOPA_OK;
+    }
+    uint64_t total = 0;
+    for (size_t i = 0; i < f->n_ranges; i++) {
+        uint64_t off = f->ranges[i].offset, len = f->ranges[i].length;
+        if (len == DOPA_LENGTH_TO_EOF) {
+            if (remote_size < 0 || off > (uint64_t)remote_size)
+                return DOPA_EINVAL;
+            len = (uint64_t)remote_size - off;
+        } else if (remote_size >= 0 && off + len > (uint64_t)remote_size) {
+            return DOPA_EINVAL;
+        }
+        total += len;
+    }
+    *size = total;
+    return DOPA_OK;
+}
+
+int agent_ranges_check(const dopa_range *ranges, size_t n, char *why, size_t why_len)
+{
+    uint64_t prev_end = 0;
+    for (size_t i = 0; i < n; i++) {
+        const dopa_range *r = &ranges[i];
+        const char *bad = NULL;
+        if (r->length == 0)
+            bad = "is empty";
+        else if (r->length == DOPA_LENGTH_TO_EOF && i + 1 != n)
+            bad = "runs to the end but is not the last";
+        else if (r->length != DOPA_LENGTH_TO_EOF && r->length > UINT64_MAX - 1 - r->offset)
+            bad = "overflows";
+        else if (i > 0 && r->offset < prev_end)
+            bad = "is out of order or overlaps the one before";
+        if (bad != NULL) {
+            snprintf(why, why_len, "range %zu %s", i, bad);
+            return -1;
+        }
+        prev_end = r->length == DOPA_LENGTH_TO_EOF ? UINT64_MAX : r->offset + r->length;
+    }
+    return 0;
 }
 
 void agent_job_info(const agent_job *j, dopa_job_info *out)

@@ -159,19 +159,12 @@ static int check_destination(const agent_job *j, const char *path, proto_reply *
 
 static int check_ranges(const proto_request *req, proto_reply *reply)
 {
-    uint64_t prev_end = 0;
-    for (size_t i = 0; i < req->n_ranges; i++) {
-        const dopa_range *r = &req->ranges[i];
-        if (r->length == 0)
-            return refuse(reply, DOPA_EINVAL, "range %zu is empty", i);
-        if (r->length == DOPA_LENGTH_TO_EOF && i + 1 != req->n_ranges)
-            return refuse(reply, DOPA_EINVAL, "only the last range may run to the end");
-        if (r->length != DOPA_LENGTH_TO_EOF && r->length > UINT64_MAX - 1 - r->offset)
-            return refuse(reply, DOPA_EINVAL, "range %zu overflows", i);
-        if (i > 0 && r->offset < prev_end)
-            return refuse(reply, DOPA_EINVAL, "ranges must be in order and must not overlap");
-        prev_end = r->length == DOPA_LENGTH_TO_EOF ? UINT64_MAX : r->offset + r->length;
-    }
+    char why[128];
+    if (agent_ranges_check(req->ranges, req->n_ranges, why, sizeof why) != 0)
+        return refuse(reply, DOPA_EINVAL,
+                      "%s: ranges must be in order, must not overlap, and "
+                      "only the last may run to the end",
+                      why);
     return -1;
 }
 
@@ -239,7 +232,7 @@ static int do_add_file(agent_engine *e, uint32_t uid, const proto_request *req, 
     if (f->manifest != NULL) {
         if (agent_file_set_size(f, f->manifest->file_size) != DOPA_OK)
             goto fail;
-    } else if (f->n_ranges > 0 && engine_file_local_size(f, -1, &size) == DOPA_OK) {
+    } else if (f->n_ranges > 0 && agent_file_local_size(f, -1, &size) == DOPA_OK) {
         if (agent_file_set_size(f, size) != DOPA_OK) {
             agent_file_free(f);
             return refuse(reply, DOPA_ELIMIT, "the ranges add up to more than a file may hold");

@@ -458,7 +458,9 @@ static int load_file_row(sqlite3_stmt *st, agent_file *f)
     }
     if (t9 == SQLITE_BLOB) {
         size_t n = (size_t)sqlite3_column_bytes(st, 9);
-        f->manifest_bytes = malloc(n ? n : 1);
+        if (n == 0)
+            return -1; /* (SQLite gives no pointer for an empty blob) */
+        f->manifest_bytes = malloc(n);
         if (f->manifest_bytes == NULL)
             return -1;
         memcpy(f->manifest_bytes, sqlite3_column_blob(st, 9), n);
@@ -478,6 +480,27 @@ static int load_file_row(sqlite3_stmt *st, agent_file *f)
     f->completed = (int)completed;
     f->bad_pieces = (uint32_t)bad;
     return 0;
+}
+
+/* What must hold between the columns of a file and its ranges and
+ * pieces, as add-file and the engine would have left them. */
+static int file_consistent(const agent_job *j, const agent_file *f)
+{
+    char expect[DOPA_PATH_MAX + 64], why[128];
+    if (fileops_temp_name(f->path, &j->id, f->index, expect, sizeof expect) != 0 ||
+        strcmp(expect, f->tmp_path) != 0)
+        return 0; /* Cancel removes tmp_path: it must be the name we gave */
+    if (agent_ranges_check(f->ranges, f->n_ranges, why, sizeof why) != 0 ||
+        (f->manifest != NULL && f->n_ranges > 0))
+        return 0;
+    if ((f->transferred || f->completed) &&
+        (f->size == DOPA_SIZE_UNKNOWN || f->done_count != f->piece_count))
+        return 0; /* Complete would move an unchecked file into place */
+    uint64_t size;
+    if (f->size != DOPA_SIZE_UNKNOWN && f->n_ranges > 0 &&
+        (agent_file_local_size(f, f->remote_size, &size) != DOPA_OK || size != f->size))
+        return 0;
+    return 1;
 }
 
 /* Finds a loaded job by id (jobs sorted by id in `index`). */
@@ -640,12 +663,9 @@ int store_load(store *s, agent_job ***jobs_out, size_t *n_out, size_t *damaged, 
     size_t kept = 0;
     for (size_t i = 0; i < n; i++) {
         agent_job *j = jobs[i];
-        int ok = j->has_error >= 0 && (j->n_files == 0 || j->files[j->n_files - 1] != NULL);
-        for (size_t k = 0; ok && k < j->n_files; k++) {
-            agent_file *f = j->files[k];
-            ok = !(f->transferred && f->size != DOPA_SIZE_UNKNOWN &&
-                   f->done_count != f->piece_count);
-        }
+        int ok = j->has_error >= 0 && j->error.file < (int)j->n_files;
+        for (size_t k = 0; ok && k < j->n_files; k++)
+            ok = file_consistent(j, j->files[k]);
         if (ok) {
             jobs[kept++] = j;
         } else {
