@@ -30,6 +30,12 @@
 
 typedef struct agent_job agent_job;
 
+/* The identity of a temporary file and its directory (fileops_*). */
+typedef struct fileops_ident {
+    uint64_t dir_dev, dir_ino;   /* the directory of the temporary file */
+    uint64_t file_dev, file_ino; /* the temporary file */
+} fileops_ident;
+
 /* One file of a job. The local file is the remote file, or the
  * concatenation of its ranges; it is cut into pieces of piece_size bytes,
  * and a piece counts as done once its bytes are on disk (fdatasync) and its
@@ -58,6 +64,7 @@ typedef struct agent_file {
     uint64_t done_bytes;
     int transferred;     /* every piece done and whole-file checks passed */
     int completed;       /* moved to its destination by Complete */
+    fileops_ident ident; /* of the temporary file and its directory */
     uint32_t bad_pieces; /* hash failures of pieces from the origin */
     int abort_reason;    /* why on_data refused (for on_done) */
     int abort_errno;
@@ -80,7 +87,8 @@ typedef struct agent_file {
 
 struct agent_job {
     dopa_id id;
-    uint32_t owner;
+    uint32_t owner;     /* who may see and change the job */
+    uint32_t file_user; /* whose rights its file operations use: its creator */
     int type, state, priority;
     char name[DOPA_NAME_MAX + 1];
     char description[DOPA_DESCRIPTION_MAX + 1];
@@ -93,8 +101,9 @@ struct agent_job {
     char proxy[DOPA_PROXY_MAX + 1];
     char bypass[DOPA_PROXY_MAX + 1];
     uint64_t from_origin, from_peers, from_cache;
-    uint64_t seq;     /* creation order */
-    uint64_t version; /* bumped on every change */
+    uint64_t seq;             /* creation order */
+    int64_t no_progress_wall; /* wall ms when progress stopped (kept across restarts), or 0 */
+    uint64_t version;         /* bumped on every change */
     agent_file **files;
     size_t n_files;
 
@@ -102,6 +111,7 @@ struct agent_job {
     int running;
     int64_t retry_at;          /* monotonic ms: when TRANSIENT_ERROR retries */
     int64_t no_progress_since; /* monotonic ms, 0 while progressing */
+    int64_t touched;           /* monotonic ms of the last change, for inactivity */
     int64_t purge_at;          /* monotonic ms: when a final job is forgotten */
 };
 
@@ -151,25 +161,30 @@ int store_clear_pieces(store *s, const agent_file *f);
 const char *store_error(const store *s);
 
 /* ------------------------------------------------------------------ */
-/* File operations with the owner's rights                            */
+/* File operations with the user's rights                             */
 
-/* When dopad runs as root and the owner is not, each of these runs in a
- * short-lived child process that has taken the owner's uid, gid and groups,
- * so that a job can only create, replace or remove what its owner could.
- * They never follow a symlink at the temporary or destination name. On
- * failure they return an errno value and write a message into why. */
+/* When dopad runs as root and the files' user is not root, each of these
+ * runs in a short-lived child process that has taken that user's uid, gid
+ * and groups, so that a job can only create, replace or remove what its
+ * user could. They never follow a symlink at the temporary or destination
+ * name, and they check the identity (device, inode) of the directory and
+ * of the temporary file recorded when it was made. On failure they return
+ * an errno value and write a message into why. */
 
-/* Opens the temporary file for writing: creates it (it must not exist)
- * or reopens it (it must be a regular file of the owner's, not hard
- * linked). *fd is O_RDWR. */
-int fileops_open_temp(uint32_t owner, const char *tmp_path, int create, int *fd, char *why,
-                      size_t why_len);
-/* Removes the temporary file (missing is fine). */
-int fileops_remove_temp(uint32_t owner, const char *tmp_path, char *why, size_t why_len);
-/* fsyncs the temporary file, renames it to the destination, fsyncs the
- * directory. */
-int fileops_commit(uint32_t owner, const char *tmp_path, const char *dest_path, char *why,
-                   size_t why_len);
+/* Opens the temporary file for writing: creates it (it must not exist;
+ * fills *ident, checking the directory if ident has one) or reopens it
+ * (it must be the file *ident names). *fd is O_RDWR. */
+int fileops_open_temp(uint32_t user, const char *tmp_path, int create, fileops_ident *ident,
+                      int *fd, char *why, size_t why_len);
+/* Removes the temporary file if it is the one *ident names (missing is fine). */
+int fileops_remove_temp(uint32_t user, const char *tmp_path, const fileops_ident *ident, char *why,
+                        size_t why_len);
+/* Checks the temporary file (identity, `size` bytes), makes it readable,
+ * fsyncs it, renames it to the destination and fsyncs the directory. If it
+ * is already at the destination (an earlier Complete that did not finish
+ * recording) that is success. */
+int fileops_commit(uint32_t user, const char *tmp_path, const char *dest_path,
+                   const fileops_ident *ident, uint64_t size, char *why, size_t why_len);
 /* The temporary name for file `index` of a job: ".dopa-<id>-<index>.part"
  * beside dest. */
 int fileops_temp_name(const char *dest, const dopa_id *id, uint32_t index, char *out, size_t len);

@@ -5,6 +5,11 @@
  * engine thread decodes, handles and answers it (control_run_queued). A
  * PROTO_WAIT keeps its context until the engine answers it. The caller's
  * uid comes from the socket (NNG_OPT_IPC_PEER_UID), never from the request.
+ *
+ * One client must not starve the others: a connection may have at most
+ * PER_PIPE requests in the server at once (more closes it), and a reply
+ * that cannot be sent within SEND_TIMEOUT_MS (a client that does not read)
+ * closes its connection, which frees the contexts waiting behind it.
  */
 #include <errno.h>
 #include <nng/nng.h>
@@ -20,7 +25,9 @@
 
 #include "agent.h"
 
-#define CALLS 64
+#define CALLS           128
+#define PER_PIPE        8
+#define SEND_TIMEOUT_MS 5000
 
 enum call_state { CALL_IDLE, CALL_RECEIVING, CALL_QUEUED, CALL_DEFERRED, CALL_SENDING };
 
@@ -28,7 +35,8 @@ struct engine_call {
     control *c;
     nng_ctx ctx;
     nng_aio *aio;
-    enum call_state state;
+    enum call_state state; /* guarded by the control's lock */
+    nng_pipe pipe;         /* the connection the request came on */
     nng_msg *msg;
     engine_call *next_queued;
 };
@@ -44,9 +52,16 @@ struct control {
     char *path;
 };
 
+static void set_state(engine_call *call, enum call_state state)
+{
+    pthread_mutex_lock(&call->c->lock);
+    call->state = state;
+    pthread_mutex_unlock(&call->c->lock);
+}
+
 static void receive(engine_call *call)
 {
-    call->state = CALL_RECEIVING;
+    set_state(call, CALL_RECEIVING);
     nng_ctx_recv(call->ctx, call->aio);
 }
 
@@ -58,10 +73,14 @@ static void on_aio(void *arg)
     int rv = nng_aio_result(call->aio);
     pthread_mutex_lock(&c->lock);
     int closing = c->closing;
+    enum call_state state = call->state;
     pthread_mutex_unlock(&c->lock);
-    if (call->state == CALL_SENDING) {
-        if (rv != 0)
+    if (state == CALL_SENDING) {
+        if (rv != 0) {
             nng_msg_free(nng_aio_get_msg(call->aio));
+            if (rv == NNG_ETIMEDOUT)
+                nng_pipe_close(call->pipe); /* it does not read its replies */
+        }
         if (!closing)
             receive(call);
         return;
@@ -72,8 +91,9 @@ static void on_aio(void *arg)
         return;
     }
     call->msg = nng_aio_get_msg(call->aio);
-    call->state = CALL_QUEUED;
+    call->pipe = nng_msg_get_pipe(call->msg);
     pthread_mutex_lock(&c->lock);
+    call->state = CALL_QUEUED;
     call->next_queued = NULL;
     if (c->queue_tail != NULL)
         c->queue_tail->next_queued = call;
@@ -107,8 +127,9 @@ static void send_reply(engine_call *call, const proto_reply *reply)
         return;
     }
     proto_buf_free(&buf);
-    call->state = CALL_SENDING;
+    set_state(call, CALL_SENDING);
     nng_aio_set_msg(call->aio, msg);
+    nng_aio_set_timeout(call->aio, SEND_TIMEOUT_MS);
     nng_ctx_send(call->ctx, call->aio);
 }
 
@@ -117,10 +138,32 @@ static void deferred_reply(engine_call *call, const proto_reply *reply)
     send_reply(call, reply);
 }
 
+/* Requests of the call's connection already in the server (not counting it). */
+static int in_flight(control *c, const engine_call *call)
+{
+    int n = 0;
+    pthread_mutex_lock(&c->lock);
+    for (int i = 0; i < CALLS; i++) {
+        const engine_call *o = &c->calls[i];
+        if (o != call && o->pipe.id == call->pipe.id &&
+            (o->state == CALL_QUEUED || o->state == CALL_DEFERRED || o->state == CALL_SENDING))
+            n++;
+    }
+    pthread_mutex_unlock(&c->lock);
+    return n;
+}
+
 static void handle(control *c, engine_call *call)
 {
     nng_msg *msg = call->msg;
     call->msg = NULL;
+    if (in_flight(c, call) >= PER_PIPE) {
+        /* A client piling up requests: it is cut off, not served. */
+        nng_msg_free(msg);
+        nng_pipe_close(call->pipe);
+        receive(call);
+        return;
+    }
     const uint8_t *body = nng_msg_body(msg);
     size_t len = nng_msg_len(msg);
     proto_reply reply = {0};
@@ -160,7 +203,7 @@ static void handle(control *c, engine_call *call)
     free(req);
     nng_msg_free(msg);
     if (rc == ENGINE_DEFERRED) {
-        call->state = CALL_DEFERRED;
+        set_state(call, CALL_DEFERRED);
         return;
     }
     send_reply(call, &reply);

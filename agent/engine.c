@@ -84,6 +84,7 @@ int engine_touch(agent_engine *e, agent_job *j)
 {
     j->version++;
     j->modified = engine_now(e);
+    j->touched = engine_mono(e);
     if (j->purge_at != 0)
         return DOPA_OK; /* final: no longer stored */
     if (store_put_job(e->db, j) != DOPA_OK) {
@@ -107,11 +108,27 @@ static void close_file_transfer(agent_file *f)
     f->fill = 0;
 }
 
+/* Closes a file's descriptor unless pieces still wait for its fdatasync. */
+static void release_fd(agent_file *f)
+{
+    if (f->fd >= 0 && f->n_pending == 0) {
+        close(f->fd);
+        f->fd = -1;
+    }
+}
+
 void engine_stop_job(agent_engine *e, agent_job *j)
 {
     (void)e;
-    for (size_t i = 0; i < j->n_files; i++)
-        close_file_transfer(j->files[i]);
+    for (size_t i = 0; i < j->n_files; i++) {
+        agent_file *f = j->files[i];
+        close_file_transfer(f);
+        /* A whole-file check still running is void now: its result must
+         * not move the job (it is checked again when the job runs). */
+        f->hashing = 0;
+        f->hash_generation = 0;
+        release_fd(f);
+    }
     j->running = 0;
 }
 
@@ -128,6 +145,14 @@ void engine_set_state(agent_engine *e, agent_job *j, int state)
 void engine_fail_job(agent_engine *e, agent_job *j, int transient, int context, int code, int file,
                      long http_status, const char *message)
 {
+    engine_fail_job_after(e, j, transient, context, code, file, http_status, 0, message);
+}
+
+void engine_fail_job_after(agent_engine *e, agent_job *j, int transient, int context, int code,
+                           int file, long http_status, long retry_after, const char *message)
+{
+    if (j->purge_at != 0)
+        return; /* finished: nothing more happens to it */
     engine_stop_job(e, j);
     j->has_error = 1;
     j->error.context = context;
@@ -136,10 +161,16 @@ void engine_fail_job(agent_engine *e, agent_job *j, int transient, int context, 
     j->error.http_status = http_status;
     snprintf(j->error.message, sizeof j->error.message, "%s", message);
     if (transient) {
+        /* MinimumRetryDelay, or longer if the server asked for it. */
+        int64_t delay = j->retry_delay;
+        if (retry_after > delay && retry_after < 24 * 3600)
+            delay = retry_after;
         j->error_count++;
-        j->retry_at = engine_mono(e) + (int64_t)j->retry_delay * 1000;
-        if (j->no_progress_since == 0)
+        j->retry_at = engine_mono(e) + delay * 1000;
+        if (j->no_progress_since == 0) {
             j->no_progress_since = engine_mono(e);
+            j->no_progress_wall = engine_now(e);
+        }
         j->state = DOPA_STATE_TRANSIENT_ERROR;
     } else {
         j->state = DOPA_STATE_ERROR;
@@ -209,6 +240,18 @@ static int write_all(int fd, const uint8_t *p, size_t len, uint64_t offset)
     return 0;
 }
 
+/* Records in one transaction that a file starts over (no pieces). */
+static void store_reset_file(agent_engine *e, agent_file *f)
+{
+    if (store_begin(e->db) != DOPA_OK)
+        return;
+    if (store_clear_pieces(e->db, f) != DOPA_OK || store_put_file(e->db, f) != DOPA_OK ||
+        store_commit(e->db) != DOPA_OK) {
+        agent_log("error", "store: %s", store_error(e->db));
+        store_rollback(e->db);
+    }
+}
+
 static void add_pending(agent_file *f, uint64_t piece)
 {
     if (f->n_pending == f->cap_pending) {
@@ -270,6 +313,9 @@ static int on_data(void *ctx, origin_file *of, uint64_t id, uint64_t offset, con
         }
     }
     j->from_origin += len;
+    j->no_progress_since = 0; /* bytes arriving are progress */
+    j->no_progress_wall = 0;
+    j->touched = engine_mono(engine_of(f));
     if (j->state == DOPA_STATE_CONNECTING) {
         j->state = DOPA_STATE_TRANSFERRING;
         engine_touch(engine_of(f), j);
@@ -293,12 +339,23 @@ static void on_done(void *ctx, origin_file *of, uint64_t id, const origin_error 
     if (err == NULL) {
         if (was_probe && f->size == DOPA_SIZE_UNKNOWN) {
             uint64_t size;
+            if (f->remote_size < 0) {
+                engine_fail_job(e, j, 0, DOPA_CONTEXT_REMOTE_FILE, ORIGIN_EBAD_RESPONSE,
+                                (int)f->index, 0, "the server does not say how large the file is");
+                return;
+            }
             if (agent_file_local_size(f, f->remote_size, &size) != DOPA_OK) {
                 engine_fail_job(e, j, 0, DOPA_CONTEXT_REMOTE_FILE, ORIGIN_ERANGE, (int)f->index, 0,
                                 "the ranges reach past the end of the remote file");
                 return;
             }
-            if (agent_file_set_size(f, size) != DOPA_OK || store_put_file(e->db, f) != DOPA_OK) {
+            int serr = agent_file_set_size(f, size);
+            if (serr == DOPA_ELIMIT) {
+                engine_fail_job(e, j, 0, DOPA_CONTEXT_REMOTE_FILE, DOPA_ELIMIT, (int)f->index, 0,
+                                "the file is larger than dopa can track (2 TiB)");
+                return;
+            }
+            if (serr != DOPA_OK || store_put_file(e->db, f) != DOPA_OK) {
                 engine_fail_job(e, j, 1, DOPA_CONTEXT_GENERAL, DOPA_EINTERNAL, (int)f->index, 0,
                                 "cannot record the file size");
                 return;
@@ -336,17 +393,16 @@ static void on_done(void *ctx, origin_file *of, uint64_t id, const origin_error 
         if (f->manifest == NULL &&
             (f->n_ranges == 0 || f->ranges[f->n_ranges - 1].length == DOPA_LENGTH_TO_EOF))
             f->size = DOPA_SIZE_UNKNOWN; /* it follows the new version's size */
-        if (store_begin(e->db) == DOPA_OK) {
-            store_clear_pieces(e->db, f);
-            store_put_file(e->db, f);
-            store_commit(e->db);
-        }
+        /* Nothing of the old version may stay behind the new one. */
+        if (f->fd >= 0 && ftruncate(f->fd, 0) != 0)
+            agent_log("warning", "truncating %s: %s", f->tmp_path, strerror(errno));
+        store_reset_file(e, f);
         engine_fail_job(e, j, 1, DOPA_CONTEXT_REMOTE_FILE, err->code, (int)f->index,
                         err->http_status, err->message);
         return;
     }
-    engine_fail_job(e, j, err->is_transient, DOPA_CONTEXT_REMOTE_FILE, err->code, (int)f->index,
-                    err->http_status, err->message);
+    engine_fail_job_after(e, j, err->is_transient, DOPA_CONTEXT_REMOTE_FILE, err->code,
+                          (int)f->index, err->http_status, err->retry_after, err->message);
 }
 
 /* The engine a file belongs to: kept in a global since origin callbacks
@@ -381,18 +437,19 @@ static int open_origin(agent_engine *e, agent_file *f)
     return origin_file_open(e->origin, &opts, &sink, &f->origin);
 }
 
-/* Opens the temporary file for writing, making it again if it vanished
- * (then its pieces are gone too). */
+/* Opens the temporary file for writing, making it again (in the same
+ * directory) if it vanished; then its pieces are gone too. */
 static int open_temp(agent_engine *e, agent_file *f)
 {
     char why[512];
     agent_job *j = f->job;
-    int err = fileops_open_temp(j->owner, f->tmp_path, 0, &f->fd, why, sizeof why);
+    int err = fileops_open_temp(j->file_user, f->tmp_path, 0, &f->ident, &f->fd, why, sizeof why);
     if (err == ENOENT) {
         agent_file_clear_pieces(f);
-        if (store_clear_pieces(e->db, f) != DOPA_OK)
-            agent_log("error", "clearing pieces: %s", store_error(e->db));
-        err = fileops_open_temp(j->owner, f->tmp_path, 1, &f->fd, why, sizeof why);
+        f->ident.file_dev = f->ident.file_ino = 0;
+        err = fileops_open_temp(j->file_user, f->tmp_path, 1, &f->ident, &f->fd, why, sizeof why);
+        if (err == 0)
+            store_reset_file(e, f);
     }
     if (err != 0) {
         engine_fail_job(e, j, err == ENOSPC || err == EIO, DOPA_CONTEXT_LOCAL_FILE, err,
@@ -481,6 +538,15 @@ static void pump_job(agent_engine *e, agent_job *j)
             return; /* busy */
         if (f->fd < 0 && open_temp(e, f) != 0)
             return;
+        if (strncmp(f->url, "file://", 7) == 0) {
+            /* A FIFO or a device would block the engine inside libcurl. */
+            struct stat st;
+            if (stat(f->url + 7, &st) != 0 || !S_ISREG(st.st_mode)) {
+                engine_fail_job(e, j, 0, DOPA_CONTEXT_REMOTE_FILE, ORIGIN_ENOT_FOUND, (int)i, 0,
+                                "the file:// source is missing or not a regular file");
+                return;
+            }
+        }
         if (f->origin == NULL && open_origin(e, f) != ORIGIN_OK) {
             engine_fail_job(e, j, 1, DOPA_CONTEXT_REMOTE_FILE, ORIGIN_EINVAL, (int)i, 0,
                             "cannot use the remote URL");
@@ -535,6 +601,7 @@ static void pump_job(agent_engine *e, agent_job *j)
 struct hash_task {
     agent_engine *e;
     int fd;
+    uint64_t size; /* bytes to hash: what the job transferred, not what the file holds */
     uint8_t want[32];
     hash_result result;
 };
@@ -546,8 +613,9 @@ static void *hash_main(void *arg)
     uint8_t buf[1 << 16], got[32];
     uint64_t off = 0;
     validate_sha256_init(&st);
-    for (;;) {
-        ssize_t n = pread(t->fd, buf, sizeof buf, (off_t)off);
+    while (off < t->size) {
+        size_t want = t->size - off < sizeof buf ? (size_t)(t->size - off) : sizeof buf;
+        ssize_t n = pread(t->fd, buf, want, (off_t)off);
         if (n < 0 && errno == EINTR)
             continue;
         if (n < 0) {
@@ -555,12 +623,13 @@ static void *hash_main(void *arg)
             break;
         }
         if (n == 0)
-            break;
+            break; /* shorter than it should be: the hash tells */
         validate_sha256_update(&st, buf, (size_t)n);
         off += (uint64_t)n;
     }
     validate_sha256_final(&st, got);
-    t->result.ok = t->result.err == 0 && sodium_memcmp(got, t->want, 32) == 0;
+    t->result.ok = t->result.err == 0 && off == t->size && sodium_memcmp(got, t->want, 32) == 0;
+    t->result.thread = pthread_self();
     close(t->fd);
     hash_result *r = malloc(sizeof *r);
     if (r != NULL) {
@@ -578,28 +647,43 @@ static void *hash_main(void *arg)
 static void start_whole_file_check(agent_engine *e, agent_file *f)
 {
     struct hash_task *t = calloc(1, sizeof *t);
-    pthread_t th;
-    pthread_attr_t attr;
     if (t == NULL)
         return;
+    pthread_t *grown = realloc(e->threads, (e->n_threads + 1) * sizeof *grown);
+    if (grown == NULL) {
+        free(t);
+        return;
+    }
+    e->threads = grown;
     t->e = e;
     t->fd = dup(f->fd);
+    t->size = f->size;
     memcpy(t->want, f->sha256, 32);
     t->result.job = f->job->id;
     t->result.file = f->index;
     t->result.generation = ++e->generation;
-    pthread_attr_init(&attr);
-    pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
-    if (t->fd < 0 || pthread_create(&th, &attr, hash_main, t) != 0) {
+    /* Joinable: engine_close waits for it, since it uses the engine. */
+    if (t->fd < 0 || pthread_create(&e->threads[e->n_threads], NULL, hash_main, t) != 0) {
         if (t->fd >= 0)
             close(t->fd);
         free(t);
-        pthread_attr_destroy(&attr);
         return; /* tried again on the next turn */
     }
-    pthread_attr_destroy(&attr);
+    e->n_threads++;
     f->hashing = 1;
     f->hash_generation = t->result.generation;
+}
+
+/* Joins a finished check's thread. */
+static void forget_thread(agent_engine *e, pthread_t th)
+{
+    for (size_t i = 0; i < e->n_threads; i++) {
+        if (pthread_equal(e->threads[i], th)) {
+            pthread_join(th, NULL);
+            e->threads[i] = e->threads[--e->n_threads];
+            return;
+        }
+    }
 }
 
 static void take_hash_results(agent_engine *e)
@@ -611,9 +695,10 @@ static void take_hash_results(agent_engine *e)
     while (list != NULL) {
         hash_result *r = list;
         list = r->next;
+        forget_thread(e, r->thread);
         agent_job *j = engine_find(e, &r->job);
         agent_file *f = j != NULL && r->file < j->n_files ? j->files[r->file] : NULL;
-        if (f != NULL && f->hashing && f->hash_generation == r->generation) {
+        if (f != NULL && f->hashing && f->hash_generation == r->generation && j->running) {
             f->hashing = 0;
             if (r->err != 0) {
                 char msg[512];
@@ -625,11 +710,7 @@ static void take_hash_results(agent_engine *e)
                 agent_file_clear_pieces(f);
                 if (f->fd >= 0 && ftruncate(f->fd, 0) != 0)
                     agent_log("warning", "truncating %s: %s", f->tmp_path, strerror(errno));
-                if (store_begin(e->db) == DOPA_OK) {
-                    store_clear_pieces(e->db, f);
-                    store_put_file(e->db, f);
-                    store_commit(e->db);
-                }
+                store_reset_file(e, f);
                 char msg[DOPA_MESSAGE_MAX + 1];
                 snprintf(msg, sizeof msg, "%s: the file's SHA-256 is not the expected one", f->url);
                 engine_fail_job(e, j, 0, DOPA_CONTEXT_VALIDATION, VALIDATE_EFILE_HASH,
@@ -670,7 +751,7 @@ static void commit_pending(agent_engine *e, int force)
         agent_job *j = e->jobs[i];
         for (size_t k = 0; k < j->n_files; k++) {
             agent_file *f = j->files[k];
-            if (f->n_pending == 0)
+            if (f->n_pending == 0 || j->purge_at != 0)
                 continue;
             if (f->fd < 0 || fdatasync(f->fd) != 0) {
                 int err = f->fd < 0 ? EBADF : errno;
@@ -718,9 +799,12 @@ static void commit_pending(agent_engine *e, int force)
             progressed |= f->n_pending > 0;
             f->n_pending = 0;
             f->pending_bytes = 0;
+            if (!j->running && !f->hashing)
+                release_fd(f);
         }
         if (progressed) {
             j->no_progress_since = 0;
+            j->no_progress_wall = 0;
             j->version++;
         }
     }
@@ -729,21 +813,22 @@ static void commit_pending(agent_engine *e, int force)
 /* ------------------------------------------------------------------ */
 /* Timers and scheduling                                              */
 
-void engine_finish_job(agent_engine *e, agent_job *j, int state)
+int engine_finish_job(agent_engine *e, agent_job *j, int state)
 {
-    engine_stop_job(e, j);
-    for (size_t i = 0; i < j->n_files; i++) {
-        agent_file *f = j->files[i];
-        if (f->fd >= 0) {
-            close(f->fd);
-            f->fd = -1;
-        }
-    }
-    if (store_delete_job(e->db, &j->id) != DOPA_OK)
+    /* Gone from the store first: if that fails the job stays as it was. */
+    if (store_delete_job(e->db, &j->id) != DOPA_OK) {
         agent_log("error", "deleting job: %s", store_error(e->db));
+        return DOPA_EINTERNAL;
+    }
+    for (size_t i = 0; i < j->n_files; i++) {
+        j->files[i]->n_pending = 0; /* pieces of a finished job are never committed */
+        j->files[i]->pending_bytes = 0;
+    }
+    engine_stop_job(e, j);
     j->state = state;
     j->purge_at = engine_mono(e) + FINAL_JOB_KEEP_MS;
     engine_touch(e, j);
+    return DOPA_OK;
 }
 
 static void remove_job_at(agent_engine *e, size_t i)
@@ -755,7 +840,7 @@ static void remove_job_at(agent_engine *e, size_t i)
 
 static void run_timers(agent_engine *e)
 {
-    int64_t mono = engine_mono(e), wall = engine_now(e);
+    int64_t mono = engine_mono(e);
     for (size_t i = 0; i < e->n_jobs; i++) {
         agent_job *j = e->jobs[i];
         if (j->purge_at != 0) {
@@ -778,15 +863,17 @@ static void run_timers(agent_engine *e)
             }
         }
         if (!j->running && j->state != DOPA_STATE_TRANSFERRING &&
-            wall - j->modified >= (int64_t)e->cfg.inactivity_ms) {
+            mono - j->touched >= (int64_t)e->cfg.inactivity_ms) {
             /* JobInactivityTimeout: neither completed nor cancelled. */
             char why[512];
+            if (engine_finish_job(e, j, DOPA_STATE_CANCELLED) != DOPA_OK)
+                continue;
             for (size_t k = 0; k < j->n_files; k++)
                 if (!j->files[k]->completed &&
-                    fileops_remove_temp(j->owner, j->files[k]->tmp_path, why, sizeof why) != 0)
+                    fileops_remove_temp(j->file_user, j->files[k]->tmp_path, &j->files[k]->ident,
+                                        why, sizeof why) != 0)
                     agent_log("warning", "%s", why);
             agent_log("info", "job inactive for too long: cancelled");
-            engine_finish_job(e, j, DOPA_STATE_CANCELLED);
         }
     }
 }
@@ -947,10 +1034,17 @@ int engine_open(const engine_config *cfg, agent_engine **out, char *why, size_t 
         /* What was running runs again; timers start from now. */
         if (j->state == DOPA_STATE_CONNECTING || j->state == DOPA_STATE_TRANSFERRING)
             j->state = DOPA_STATE_QUEUED;
-        if (j->state == DOPA_STATE_TRANSIENT_ERROR) {
-            j->retry_at = mono;
-            j->no_progress_since = mono;
+        /* Wall-clock times carry the timers over the restart; a clock set
+         * back counts as no time passed. */
+        int64_t wall = engine_now(e);
+        int64_t idle = wall > j->modified ? wall - j->modified : 0;
+        j->touched = mono - idle;
+        if (j->no_progress_wall != 0) {
+            int64_t stalled = wall > j->no_progress_wall ? wall - j->no_progress_wall : 0;
+            j->no_progress_since = mono - stalled;
         }
+        if (j->state == DOPA_STATE_TRANSIENT_ERROR)
+            j->retry_at = mono; /* the network may be another after a restart */
         j->version = 1;
         engine_add_job(e, loaded[i]);
     }
@@ -978,8 +1072,10 @@ void engine_close(agent_engine *e)
     free(e->jobs);
     origin_free(e->origin);
     store_close(e->db);
-    /* Background checks still running hold their own descriptors; their
-     * results are dropped. */
+    /* Background checks use the engine: wait for them, drop their results. */
+    for (size_t i = 0; i < e->n_threads; i++)
+        pthread_join(e->threads[i], NULL);
+    free(e->threads);
     pthread_mutex_lock(&e->lock);
     while (e->results != NULL) {
         hash_result *r = e->results;
@@ -1003,7 +1099,7 @@ static int next_timer_ms(agent_engine *e, int limit)
         if (j->state == DOPA_STATE_TRANSIENT_ERROR && j->retry_at - mono < best)
             best = j->retry_at - mono;
     }
-    for (const wait *w = e->waits; w != NULL; w = w->next)
+    for (const engine_wait *w = e->waits; w != NULL; w = w->next)
         if (w->deadline - mono < best)
             best = w->deadline - mono;
     for (size_t i = 0; i < e->n_jobs; i++)

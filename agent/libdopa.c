@@ -233,11 +233,21 @@ static int get_job(dopa_manager *m, int op, const dopa_id *id, uint64_t seen, in
     req->op = op;
     req->id = *id;
     req->seen = seen;
-    req->timeout_ms = timeout_ms < 0 ? 0 : (uint64_t)timeout_ms;
+    if (timeout_ms < 0)
+        timeout_ms = 0;
+    if (timeout_ms > 600000)
+        timeout_ms = 600000; /* what dopad waits at most */
+    req->timeout_ms = (uint64_t)timeout_ms;
     int err = call(m, req, &reply, timeout_ms + CALL_TIMEOUT_MS);
     free(req);
     if (err == DOPA_OK) {
-        *out = reply.jobs[0];
+        /* The job asked about, and an error that names one of its files. */
+        const dopa_job_info *j = &reply.jobs[0];
+        if (memcmp(j->id.bytes, id->bytes, 16) != 0 || j->error.file < -1 ||
+            (j->error.file >= 0 && (uint32_t)j->error.file >= j->files_total))
+            err = DOPA_EPROTO;
+        else
+            *out = *j;
         proto_reply_clear(&reply);
     }
     return err;
@@ -277,6 +287,11 @@ int dopa_job_list(dopa_manager *m, int all_users, dopa_job_info **out, size_t *n
         }
         if (err != DOPA_OK)
             break;
+        if (count + reply.n_jobs > 10u * 1000 * 1000) {
+            proto_reply_clear(&reply);
+            err = DOPA_EPROTO; /* more than dopad can hold: it is not dopad */
+            break;
+        }
         if (reply.n_jobs > 0) {
             dopa_job_info *grown = realloc(all, (count + reply.n_jobs) * sizeof *grown);
             if (grown == NULL) {
@@ -358,6 +373,11 @@ int dopa_job_list_files(dopa_manager *m, const dopa_id *id, dopa_file_info **out
         err = call(m, req, &reply, CALL_TIMEOUT_MS);
         if (err != DOPA_OK)
             break;
+        if (count + reply.n_files > DOPA_MAX_FILES) {
+            proto_reply_clear(&reply);
+            err = DOPA_EPROTO;
+            break;
+        }
         if (reply.n_files > 0) {
             dopa_file_info *grown = realloc(all, (count + reply.n_files) * sizeof *grown);
             if (grown == NULL) {

@@ -13,7 +13,8 @@
 
 #include "engine_internal.h"
 
-#define MAX_WAITS_PER_USER 8
+#define MAX_WAITS_PER_USER 4
+#define MAX_WAITS          48 /* of the control server's 128 contexts */
 #define MAX_WAIT_MS        600000
 #define MIN_RETRY_DELAY    1
 #define MAX_TIMEOUT        (365u * 24 * 3600)
@@ -64,6 +65,14 @@ static agent_job *changeable(agent_engine *e, uint32_t uid, const dopa_id *id, p
     return j;
 }
 
+/* Records a change of the job; a store failure becomes the reply. */
+static int touched(agent_engine *e, agent_job *j, proto_reply *reply)
+{
+    if (engine_touch(e, j) != DOPA_OK)
+        return refuse(reply, DOPA_EINTERNAL, "dopad could not record the change");
+    return 0;
+}
+
 static int one_job(proto_reply *reply, const agent_job *j)
 {
     reply->jobs = malloc(sizeof *reply->jobs);
@@ -94,6 +103,7 @@ static int do_create(agent_engine *e, uint32_t uid, const proto_request *req, pr
         return refuse(reply, DOPA_ENOMEM, "out of memory");
     randombytes_buf(j->id.bytes, sizeof j->id.bytes);
     j->owner = uid;
+    j->file_user = uid;
     j->type = (int)req->type;
     snprintf(j->name, sizeof j->name, "%s", req->name);
     j->created = j->modified = engine_now(e);
@@ -178,6 +188,10 @@ static int do_add_file(agent_engine *e, uint32_t uid, const proto_request *req, 
     if (strncmp(req->url, "http://", 7) != 0 && strncmp(req->url, "https://", 8) != 0 &&
         strncmp(req->url, "file:///", 8) != 0)
         return refuse(reply, DOPA_EINVAL, "the remote URL must be http://, https:// or file:///");
+    /* A local source is read by dopad itself: for a root dopad that would
+     * let any user read any file, so file:// is root's alone there. */
+    if (strncmp(req->url, "file://", 7) == 0 && geteuid() == 0 && j->file_user != 0)
+        return refuse(reply, DOPA_EACCESS, "file:// sources are only for root's jobs");
     if (check_destination(j, req->path, reply) >= 0 || check_ranges(req, reply) >= 0)
         return 0;
     if (req->manifest != NULL && req->n_ranges > 0)
@@ -220,7 +234,8 @@ static int do_add_file(agent_engine *e, uint32_t uid, const proto_request *req, 
     f->path = strdup(req->path);
     if (f->url == NULL || f->path == NULL)
         goto fail;
-    if (fileops_temp_name(f->path, &j->id, f->index, tmp, sizeof tmp) != 0) {
+    if (fileops_temp_name(f->path, &j->id, f->index, tmp, sizeof tmp) != 0 ||
+        strlen(tmp) > DOPA_PATH_MAX) {
         agent_file_free(f);
         return refuse(reply, DOPA_EINVAL, "the local name is too long");
     }
@@ -241,7 +256,7 @@ static int do_add_file(agent_engine *e, uint32_t uid, const proto_request *req, 
     /* Create the temporary file now, with the owner's rights: a name the
      * owner may not write is refused here, not when the job runs. */
     int fd = -1;
-    int ferr = fileops_open_temp(j->owner, f->tmp_path, 1, &fd, why, sizeof why);
+    int ferr = fileops_open_temp(j->file_user, f->tmp_path, 1, &f->ident, &fd, why, sizeof why);
     if (ferr != 0) {
         agent_file_free(f);
         return refuse(reply, ferr == EACCES || ferr == EPERM ? DOPA_EACCESS : DOPA_EIO, "%s", why);
@@ -250,14 +265,14 @@ static int do_add_file(agent_engine *e, uint32_t uid, const proto_request *req, 
 
     agent_file **grown = realloc(j->files, (j->n_files + 1) * sizeof *grown);
     if (grown == NULL) {
-        fileops_remove_temp(j->owner, f->tmp_path, why, sizeof why);
+        fileops_remove_temp(j->file_user, f->tmp_path, &f->ident, why, sizeof why);
         goto fail;
     }
     j->files = grown;
     if (store_begin(e->db) != DOPA_OK || store_put_file(e->db, f) != DOPA_OK ||
         store_commit(e->db) != DOPA_OK) {
         store_rollback(e->db);
-        fileops_remove_temp(j->owner, f->tmp_path, why, sizeof why);
+        fileops_remove_temp(j->file_user, f->tmp_path, &f->ident, why, sizeof why);
         agent_file_free(f);
         return store_failed(e, reply);
     }
@@ -267,8 +282,7 @@ static int do_add_file(agent_engine *e, uint32_t uid, const proto_request *req, 
         j->state = DOPA_STATE_QUEUED;
         j->completed = 0;
     }
-    engine_touch(e, j);
-    return 0;
+    return touched(e, j, reply);
 fail:
     agent_file_free(f);
     return refuse(reply, DOPA_ENOMEM, "out of memory");
@@ -321,25 +335,22 @@ static int do_resume(agent_engine *e, agent_job *j, proto_reply *reply)
     } else {
         j->state = DOPA_STATE_QUEUED;
     }
-    engine_touch(e, j);
-    return 0;
+    return touched(e, j, reply);
 }
 
 static int do_cancel(agent_engine *e, agent_job *j, proto_reply *reply)
 {
-    (void)reply;
     char why[512];
-    engine_stop_job(e, j);
+    /* Out of the store first: a job that comes back after a restart must
+     * still have its files. */
+    if (engine_finish_job(e, j, DOPA_STATE_CANCELLED) != DOPA_OK)
+        return refuse(reply, DOPA_EINTERNAL, "dopad could not record the change");
     for (size_t i = 0; i < j->n_files; i++) {
         agent_file *f = j->files[i];
-        if (f->fd >= 0) {
-            close(f->fd);
-            f->fd = -1;
-        }
-        if (!f->completed && fileops_remove_temp(j->owner, f->tmp_path, why, sizeof why) != 0)
+        if (!f->completed &&
+            fileops_remove_temp(j->file_user, f->tmp_path, &f->ident, why, sizeof why) != 0)
             agent_log("warning", "cancel: %s", why);
     }
-    engine_finish_job(e, j, DOPA_STATE_CANCELLED);
     return 0;
 }
 
@@ -350,16 +361,13 @@ static int do_complete(agent_engine *e, agent_job *j, proto_reply *reply)
     engine_stop_job(e, j);
     /* Make the transferred files visible; one that cannot be moved stops
      * the Complete and leaves the job as it was, so it can be tried again
-     * (what was moved stays moved). */
+     * (what was moved stays moved, and moving it again is a no-op). */
     for (size_t i = 0; i < j->n_files; i++) {
         agent_file *f = j->files[i];
         if (f->completed || !f->transferred)
             continue;
-        if (f->fd >= 0) {
-            close(f->fd);
-            f->fd = -1;
-        }
-        int err = fileops_commit(j->owner, f->tmp_path, f->path, why, sizeof why);
+        int err =
+            fileops_commit(j->file_user, f->tmp_path, f->path, &f->ident, f->size, why, sizeof why);
         if (err != 0)
             return refuse(reply, err == EACCES || err == EPERM ? DOPA_EACCESS : DOPA_EIO, "%s",
                           why);
@@ -367,16 +375,14 @@ static int do_complete(agent_engine *e, agent_job *j, proto_reply *reply)
         if (store_put_file(e->db, f) != DOPA_OK)
             agent_log("error", "store: %s", store_error(e->db));
     }
+    if (engine_finish_job(e, j, DOPA_STATE_ACKNOWLEDGED) != DOPA_OK)
+        return refuse(reply, DOPA_EINTERNAL, "dopad could not record the change");
     for (size_t i = 0; i < j->n_files; i++) {
         agent_file *f = j->files[i];
-        if (f->fd >= 0) {
-            close(f->fd);
-            f->fd = -1;
-        }
-        if (!f->completed && fileops_remove_temp(j->owner, f->tmp_path, why, sizeof why) != 0)
+        if (!f->completed &&
+            fileops_remove_temp(j->file_user, f->tmp_path, &f->ident, why, sizeof why) != 0)
             agent_log("warning", "complete: %s", why);
     }
-    engine_finish_job(e, j, DOPA_STATE_ACKNOWLEDGED);
     reply->partial = (uint64_t)partial;
     return 0;
 }
@@ -388,8 +394,7 @@ static int set_seconds(agent_engine *e, agent_job *j, uint32_t *field, uint64_t 
         return refuse(reply, DOPA_EINVAL, "seconds must be between %d and %u", MIN_RETRY_DELAY,
                       MAX_TIMEOUT);
     *field = (uint32_t)v;
-    engine_touch(e, j);
-    return 0;
+    return touched(e, j, reply);
 }
 
 static int do_set_proxy(agent_engine *e, agent_job *j, const proto_request *req, proto_reply *reply)
@@ -407,15 +412,15 @@ static int do_set_proxy(agent_engine *e, agent_job *j, const proto_request *req,
     /* Running transfers start again with the new settings. */
     if (j->running)
         engine_stop_job(e, j);
-    engine_touch(e, j);
-    return 0;
+    return touched(e, j, reply);
 }
 
+/* Waits outstanding for a user (UINT32_MAX: for everyone). */
 static int count_waits(const agent_engine *e, uint32_t uid)
 {
     int n = 0;
-    for (const wait *w = e->waits; w != NULL; w = w->next)
-        n += w->uid == uid;
+    for (const engine_wait *w = e->waits; w != NULL; w = w->next)
+        n += uid == UINT32_MAX || w->uid == uid;
     return n;
 }
 
@@ -425,10 +430,11 @@ static int do_wait(agent_engine *e, uint32_t uid, const proto_request *req, prot
     agent_job *j = visible(e, uid, &req->id);
     if (j == NULL)
         return not_found(reply);
-    if (j->version != req->seen || req->timeout_ms == 0 || call == NULL ||
-        count_waits(e, uid) >= MAX_WAITS_PER_USER)
+    if (j->version != req->seen || req->timeout_ms == 0 || call == NULL)
         return one_job(reply, j);
-    wait *w = calloc(1, sizeof *w);
+    if (count_waits(e, uid) >= MAX_WAITS_PER_USER || count_waits(e, UINT32_MAX) >= MAX_WAITS)
+        return refuse(reply, DOPA_ELIMIT, "too many waits at once; ask again shortly");
+    engine_wait *w = calloc(1, sizeof *w);
     if (w == NULL)
         return one_job(reply, j);
     w->call = call;
@@ -446,9 +452,9 @@ static int do_wait(agent_engine *e, uint32_t uid, const proto_request *req, prot
 void engine_answer_waits(agent_engine *e, int all)
 {
     int64_t now = engine_mono(e);
-    wait **p = &e->waits;
+    engine_wait **p = &e->waits;
     while (*p != NULL) {
-        wait *w = *p;
+        engine_wait *w = *p;
         agent_job *j = visible(e, w->uid, &w->id);
         if (!all && j != NULL && j->version == w->seen && now < w->deadline) {
             p = &w->next;
@@ -471,9 +477,9 @@ void engine_answer_waits(agent_engine *e, int all)
 
 void engine_drop_call(agent_engine *e, engine_call *call)
 {
-    for (wait **p = &e->waits; *p != NULL; p = &(*p)->next) {
+    for (engine_wait **p = &e->waits; *p != NULL; p = &(*p)->next) {
         if ((*p)->call == call) {
-            wait *w = *p;
+            engine_wait *w = *p;
             *p = w->next;
             free(w);
             return;
@@ -534,24 +540,20 @@ int engine_handle(agent_engine *e, uint32_t uid, const proto_request *req, proto
     case PROTO_TAKE_OWNERSHIP:
         if (uid != 0)
             return refuse(reply, DOPA_EACCESS, "only root may take ownership of a job");
-        j->owner = uid;
-        engine_touch(e, j);
-        return 0;
+        j->owner = uid; /* its files stay with the user who made them */
+        return touched(e, j, reply);
     case PROTO_SET_PRIORITY:
         if (req->priority > DOPA_PRIORITY_LOW)
             return refuse(reply, DOPA_EINVAL, "unknown priority %llu",
                           (unsigned long long)req->priority);
         j->priority = (int)req->priority;
-        engine_touch(e, j);
-        return 0;
+        return touched(e, j, reply);
     case PROTO_SET_NAME:
         snprintf(j->name, sizeof j->name, "%s", req->name);
-        engine_touch(e, j);
-        return 0;
+        return touched(e, j, reply);
     case PROTO_SET_DESCRIPTION:
         snprintf(j->description, sizeof j->description, "%s", req->description);
-        engine_touch(e, j);
-        return 0;
+        return touched(e, j, reply);
     case PROTO_SET_RETRY_DELAY:
         return set_seconds(e, j, &j->retry_delay, req->seconds, reply);
     case PROTO_SET_NO_PROGRESS:

@@ -33,7 +33,8 @@ static const char *const migrations[] = {
     "  err_message TEXT NOT NULL, retry_delay INTEGER NOT NULL,"
     "  no_progress_timeout INTEGER NOT NULL, proxy_usage INTEGER NOT NULL,"
     "  proxy TEXT NOT NULL, bypass TEXT NOT NULL, from_origin INTEGER NOT NULL,"
-    "  from_peers INTEGER NOT NULL, from_cache INTEGER NOT NULL"
+    "  from_peers INTEGER NOT NULL, from_cache INTEGER NOT NULL,"
+    "  file_user INTEGER NOT NULL, no_progress_since INTEGER NOT NULL"
     ") WITHOUT ROWID;"
     "CREATE TABLE files ("
     "  job BLOB NOT NULL REFERENCES jobs(id) ON DELETE CASCADE, idx INTEGER NOT NULL,"
@@ -41,6 +42,8 @@ static const char *const migrations[] = {
     "  remote_size INTEGER NOT NULL, etag TEXT NOT NULL, last_modified TEXT NOT NULL,"
     "  sha256 BLOB, manifest BLOB, size INTEGER NOT NULL, piece_size INTEGER NOT NULL,"
     "  transferred INTEGER NOT NULL, completed INTEGER NOT NULL, bad_pieces INTEGER NOT NULL,"
+    "  dir_dev INTEGER NOT NULL, dir_ino INTEGER NOT NULL, file_dev INTEGER NOT NULL,"
+    "  file_ino INTEGER NOT NULL,"
     "  PRIMARY KEY (job, idx)"
     ") WITHOUT ROWID;"
     "CREATE TABLE ranges ("
@@ -153,20 +156,24 @@ int store_open(const char *path, store **out, char *why, size_t why_len)
                  /* An upsert: REPLACE would delete the row first, and the
                   * deletion would cascade into the job's files and pieces. */
                  "INSERT INTO jobs VALUES (?1,?2,?3,?4,?5,?6,?7,?8,?9,?10,?11,?12,?13,"
-                 "?14,?15,?16,?17,?18,?19,?20,?21,?22,?23,?24,?25,?26) ON CONFLICT (id) DO UPDATE "
+                 "?14,?15,?16,?17,?18,?19,?20,?21,?22,?23,?24,?25,?26,?27,?28) "
+                 "ON CONFLICT (id) DO UPDATE "
                  "SET seq=?2, owner=?3, type=?4, state=?5, priority=?6, name=?7, description=?8, "
                  "created=?9, modified=?10, completed=?11, error_count=?12, has_error=?13, "
                  "err_context=?14, err_code=?15, err_file=?16, err_http=?17, err_message=?18, "
                  "retry_delay=?19, no_progress_timeout=?20, proxy_usage=?21, proxy=?22, "
-                 "bypass=?23, from_origin=?24, from_peers=?25, from_cache=?26") ||
+                 "bypass=?23, from_origin=?24, from_peers=?25, from_cache=?26, file_user=?27, "
+                 "no_progress_since=?28") ||
          prepare(s, &s->delete_job, "DELETE FROM jobs WHERE id = ?1") ||
          /* An upsert, not INSERT OR REPLACE: replacing the row would cascade
           * into its pieces and ranges. */
          prepare(s, &s->put_file,
-                 "INSERT INTO files VALUES (?1,?2,?3,?4,?5,?6,?7,?8,?9,?10,?11,?12,?13,?14,?15) "
+                 "INSERT INTO files VALUES (?1,?2,?3,?4,?5,?6,?7,?8,?9,?10,?11,?12,?13,?14,?15,"
+                 "?16,?17,?18,?19) "
                  "ON CONFLICT (job, idx) DO UPDATE SET url=?3, path=?4, tmp_path=?5, "
                  "remote_size=?6, etag=?7, last_modified=?8, sha256=?9, manifest=?10, size=?11, "
-                 "piece_size=?12, transferred=?13, completed=?14, bad_pieces=?15") ||
+                 "piece_size=?12, transferred=?13, completed=?14, bad_pieces=?15, dir_dev=?16, "
+                 "dir_ino=?17, file_dev=?18, file_ino=?19") ||
          prepare(s, &s->delete_ranges, "DELETE FROM ranges WHERE job = ?1 AND file = ?2") ||
          prepare(s, &s->put_range, "INSERT INTO ranges VALUES (?1,?2,?3,?4,?5)") ||
          prepare(s, &s->add_piece, "INSERT OR IGNORE INTO pieces VALUES (?1,?2,?3)") ||
@@ -249,6 +256,8 @@ int store_put_job(store *s, const agent_job *j)
     sqlite3_bind_int64(st, 24, (sqlite3_int64)j->from_origin);
     sqlite3_bind_int64(st, 25, (sqlite3_int64)j->from_peers);
     sqlite3_bind_int64(st, 26, (sqlite3_int64)j->from_cache);
+    sqlite3_bind_int64(st, 27, j->file_user);
+    sqlite3_bind_int64(st, 28, j->no_progress_wall);
     return run(st);
 }
 
@@ -283,6 +292,10 @@ int store_put_file(store *s, const agent_file *f)
     sqlite3_bind_int(st, 13, f->transferred);
     sqlite3_bind_int(st, 14, f->completed);
     sqlite3_bind_int64(st, 15, f->bad_pieces);
+    sqlite3_bind_int64(st, 16, (sqlite3_int64)f->ident.dir_dev);
+    sqlite3_bind_int64(st, 17, (sqlite3_int64)f->ident.dir_ino);
+    sqlite3_bind_int64(st, 18, (sqlite3_int64)f->ident.file_dev);
+    sqlite3_bind_int64(st, 19, (sqlite3_int64)f->ident.file_ino);
     int err = run(st);
     if (err != DOPA_OK)
         return err;
@@ -367,41 +380,39 @@ static int column_id(sqlite3_stmt *st, int col, dopa_id *id)
 
 static int load_job_row(sqlite3_stmt *st, agent_job *j)
 {
-    int64_t v[26];
-    static const int64_t lo[26] = {0, 0,         0,  0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
-                                   0, INT32_MIN, -1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0};
-    static const int64_t hi[26] = {0,
-                                   INT64_MAX,
-                                   UINT32_MAX,
-                                   DOPA_JOB_DOWNLOAD,
-                                   DOPA_STATE_CANCELLED,
-                                   DOPA_PRIORITY_LOW,
-                                   0,
-                                   0,
-                                   INT64_MAX,
-                                   INT64_MAX,
-                                   INT64_MAX,
-                                   UINT32_MAX,
-                                   1,
-                                   DOPA_CONTEXT_VALIDATION,
-                                   INT32_MAX,
-                                   DOPA_MAX_FILES,
-                                   999,
-                                   0,
-                                   UINT32_MAX,
-                                   UINT32_MAX,
-                                   DOPA_PROXY_OVERRIDE,
-                                   0,
-                                   0,
-                                   INT64_MAX,
-                                   INT64_MAX,
-                                   INT64_MAX};
-    static const int ints[] = {1,  2,  3,  4,  5,  8,  9,  10, 11, 12,
-                               13, 14, 15, 16, 18, 19, 20, 23, 24, 25};
+    /* Integer columns: index, smallest and largest value. */
+    static const struct {
+        int col;
+        int64_t lo, hi;
+    } ints[] = {
+        {1, 0, INT64_MAX},
+        {2, 0, UINT32_MAX},
+        {3, 0, DOPA_JOB_DOWNLOAD},
+        {4, 0, DOPA_STATE_CANCELLED},
+        {5, 0, DOPA_PRIORITY_LOW},
+        {8, 0, INT64_MAX},
+        {9, 0, INT64_MAX},
+        {10, 0, INT64_MAX},
+        {11, 0, UINT32_MAX},
+        {12, 0, 1},
+        {13, 0, DOPA_CONTEXT_VALIDATION},
+        {14, INT32_MIN, INT32_MAX},
+        {15, -1, DOPA_MAX_FILES - 1},
+        {16, 0, 999},
+        {18, 0, UINT32_MAX},
+        {19, 0, UINT32_MAX},
+        {20, 0, DOPA_PROXY_OVERRIDE},
+        {23, 0, INT64_MAX},
+        {24, 0, INT64_MAX},
+        {25, 0, INT64_MAX},
+        {26, 0, UINT32_MAX},
+        {27, 0, INT64_MAX},
+    };
+    int64_t v[28] = {0};
     if (column_id(st, 0, &j->id) != 0)
         return -1;
     for (size_t i = 0; i < sizeof ints / sizeof ints[0]; i++)
-        if (column_int(st, ints[i], lo[ints[i]], hi[ints[i]], &v[ints[i]]) != 0)
+        if (column_int(st, ints[i].col, ints[i].lo, ints[i].hi, &v[ints[i].col]) != 0)
             return -1;
     if (column_text(st, 6, j->name, DOPA_NAME_MAX) != 0 ||
         column_text(st, 7, j->description, DOPA_DESCRIPTION_MAX) != 0 ||
@@ -429,12 +440,21 @@ static int load_job_row(sqlite3_stmt *st, agent_job *j)
     j->from_origin = (uint64_t)v[23];
     j->from_peers = (uint64_t)v[24];
     j->from_cache = (uint64_t)v[25];
+    j->file_user = (uint32_t)v[26];
+    j->no_progress_wall = v[27];
     return 0;
 }
 
 static int load_file_row(sqlite3_stmt *st, agent_file *f)
 {
-    int64_t remote_size, size, piece_size, transferred, completed, bad;
+    int64_t remote_size, size, piece_size, transferred, completed, bad, ident[4];
+    for (int i = 0; i < 4; i++)
+        if (column_int(st, 15 + i, INT64_MIN, INT64_MAX, &ident[i]) != 0)
+            return -1;
+    f->ident.dir_dev = (uint64_t)ident[0];
+    f->ident.dir_ino = (uint64_t)ident[1];
+    f->ident.file_dev = (uint64_t)ident[2];
+    f->ident.file_ino = (uint64_t)ident[3];
     if (column_int(st, 5, -1, INT64_MAX, &remote_size) != 0 ||
         column_int(st, 10, -1, INT64_MAX, &size) != 0 ||
         column_int(st, 11, 0, VALIDATE_PIECE_SIZE_MAX, &piece_size) != 0 ||

@@ -4,6 +4,7 @@
  * injectable clock, priorities, restarts, owners, and local-file safety.
  * Requests go straight to engine_handle, as the control server sends them.
  */
+#include <dirent.h>
 #include <fcntl.h>
 #include <sys/stat.h>
 #include <time.h>
@@ -457,9 +458,13 @@ static void test_inactive_jobs_are_cancelled(void)
     CHECK_INT(add_file(&busy, u, check_path("busy")), DOPA_OK);
     const char *tmp = temp_of(&idle, 0, check_path("idle"));
     CHECK(exists(tmp));
-    wall_skew_ms += 3000 * 1000;
+    /* The wall clock jumping ahead (NTP fixing a bad clock) is not time. */
+    wall_skew_ms += 10 * 3600 * 1000;
+    step(2);
+    CHECK_INT(info(&idle).state, DOPA_STATE_SUSPENDED);
+    skew_ms += 3000 * 1000;
     CHECK_INT(set_seconds(&busy, PROTO_SET_RETRY_DELAY, 100), DOPA_OK); /* a touch */
-    wall_skew_ms += 1000 * 1000;
+    skew_ms += 1000 * 1000;
     step(2);
     CHECK_INT(info(&idle).state, DOPA_STATE_CANCELLED);
     CHECK(!exists(tmp));
@@ -818,6 +823,213 @@ static void test_planted_links_are_not_followed(void)
     close_engine();
 }
 
+static void test_a_file_changed_on_the_server_is_fetched_anew(void)
+{
+    open_engine();
+    CHECK(test_nginx_put(&web, "slow/c.bin", 8 * 1024 * 1024, 30) == 0);
+    CHECK(test_nginx_set_mtime(&web, "slow/c.bin", 1600000000) == 0);
+    char u[256];
+    url(u, sizeof u, "/slow/c.bin");
+    dopa_id id = create(0, "moving target");
+    CHECK_INT(add_file(&id, u, check_path("c")), DOPA_OK);
+    CHECK_INT(set_seconds(&id, PROTO_SET_RETRY_DELAY, 1), DOPA_OK);
+    CHECK_INT(op(0, PROTO_RESUME, &id), DOPA_OK);
+    double end = seconds() + 20;
+    while (info(&id).bytes_transferred < 2 * 1024 * 1024 && seconds() < end)
+        step(1);
+    /* The publisher replaces it with a smaller, different file, and the
+     * job's next request (after a pause) finds out. The request under way
+     * would still read the old file to its end: nginx keeps it open. */
+    CHECK_INT(op(0, PROTO_SUSPEND, &id), DOPA_OK);
+    CHECK(test_nginx_put(&web, "slow/c.bin", 1024 * 1024 + 17, 31) == 0);
+    CHECK(test_nginx_set_mtime(&web, "slow/c.bin", 1600000100) == 0);
+    CHECK_INT(op(0, PROTO_RESUME, &id), DOPA_OK);
+    for (int i = 0; i < 200 && info(&id).state != DOPA_STATE_TRANSFERRED; i++) {
+        if (info(&id).state == DOPA_STATE_TRANSIENT_ERROR)
+            skew_ms += 2000;
+        step(1);
+    }
+    dopa_job_info j = run_until(&id, DOPA_STATE_TRANSFERRED, 20);
+    CHECK_INT(j.bytes_total, 1024 * 1024 + 17);
+    CHECK_INT(op(0, PROTO_COMPLETE, &id), DOPA_OK);
+    check_content(check_path("c"), 31, 0, 1024 * 1024 + 17); /* only the new version */
+    close_engine();
+}
+
+static void test_cancel_while_pieces_wait_stays_cancelled(void)
+{
+    open_engine();
+    char u[256];
+    url(u, sizeof u, "/slow/s.bin");
+    dopa_id id = create(0, "cancel mid-commit");
+    CHECK_INT(add_file(&id, u, check_path("s")), DOPA_OK);
+    CHECK_INT(op(0, PROTO_RESUME, &id), DOPA_OK);
+    run_until(&id, DOPA_STATE_TRANSFERRING, 10);
+    step(3);
+    CHECK_INT(op(0, PROTO_CANCEL, &id), DOPA_OK);
+    step(30);
+    dopa_job_info j = info(&id);
+    CHECK_INT(j.state, DOPA_STATE_CANCELLED);
+    CHECK(!j.has_error);
+    CHECK_INT(op(0, PROTO_RESUME, &id), DOPA_ESTATE);
+    close_engine();
+}
+
+static void test_whole_file_check_is_void_after_suspend_or_cancel(void)
+{
+    open_engine();
+    CHECK(test_nginx_put(&web, "data/h.bin", 96 * 1024 * 1024, 40) == 0);
+    char u[256];
+    url(u, sizeof u, "/data/h.bin");
+    uint8_t sha[32];
+    validate_sha256_state st;
+    validate_sha256_init(&st);
+    static unsigned char buf[1 << 20];
+    for (size_t off = 0; off < 96u * 1024 * 1024; off += sizeof buf) {
+        test_pattern_fill(40, off, buf, sizeof buf);
+        validate_sha256_update(&st, buf, sizeof buf);
+    }
+    validate_sha256_final(&st, sha);
+    dopa_id a = create(0, "suspended in the check"), b = create(0, "cancelled in the check"),
+            c = create(0, "closed in the check");
+    CHECK_INT(add_file_with(0, &a, u, check_path("a"), NULL, 0, sha, NULL), DOPA_OK);
+    CHECK_INT(add_file_with(0, &b, u, check_path("b"), NULL, 0, sha, NULL), DOPA_OK);
+    CHECK_INT(add_file_with(0, &c, u, check_path("c"), NULL, 0, sha, NULL), DOPA_OK);
+    const dopa_id *ids[] = {&a, &b, &c};
+    for (int i = 0; i < 3; i++)
+        CHECK_INT(op(0, PROTO_RESUME, ids[i]), DOPA_OK);
+    /* Wait until every byte is in: the check runs, the state is not yet
+     * TRANSFERRED. */
+    double end = seconds() + 30;
+    for (int i = 0; i < 3; i++)
+        while (info(ids[i]).bytes_transferred < 96u * 1024 * 1024 && seconds() < end)
+            step(1);
+    CHECK_INT(op(0, PROTO_SUSPEND, &a), DOPA_OK);
+    CHECK_INT(op(0, PROTO_CANCEL, &b), DOPA_OK);
+    close_engine(); /* with c's check in flight: it must be waited for */
+    open_engine_with(check_path("state"), 4, 0);
+    for (int i = 0; i < 20; i++)
+        step(5);
+    CHECK_INT(info(&a).state, DOPA_STATE_SUSPENDED);
+    CHECK_INT(handle(0, request(PROTO_GET, &b)), DOPA_ENOTFOUND); /* gone for good */
+    run_until(&c, DOPA_STATE_TRANSFERRED, 30); /* checked again after the restart */
+    CHECK_INT(op(0, PROTO_RESUME, &a), DOPA_OK);
+    run_until(&a, DOPA_STATE_TRANSFERRED, 30);
+    close_engine();
+}
+
+static void test_complete_can_be_repeated_after_a_crash(void)
+{
+    open_engine();
+    char u[256];
+    url(u, sizeof u, "/data/b.bin");
+    dopa_id id = create(0, "half completed");
+    CHECK_INT(add_file(&id, u, check_path("b")), DOPA_OK);
+    CHECK_INT(op(0, PROTO_RESUME, &id), DOPA_OK);
+    run_until(&id, DOPA_STATE_TRANSFERRED, 20);
+    /* As if a Complete renamed the file and died before recording it. */
+    CHECK(rename(temp_of(&id, 0, check_path("b")), check_path("b")) == 0);
+    CHECK_INT(op(0, PROTO_COMPLETE, &id), DOPA_OK);
+    check_content(check_path("b"), 2, 0, 100000);
+    close_engine();
+}
+
+static void test_a_swapped_directory_is_not_written(void)
+{
+    open_engine();
+    char u[256];
+    url(u, sizeof u, "/data/b.bin");
+    CHECK(mkdir(check_path("dl"), 0755) == 0);
+    CHECK(mkdir(check_path("elsewhere"), 0755) == 0);
+    dopa_id id = create(0, "moved under");
+    CHECK_INT(add_file(&id, u, check_path("dl/b")), DOPA_OK);
+    /* The directory is swapped for a symlink to another one. */
+    CHECK(rename(check_path("dl"), check_path("dl-old")) == 0);
+    CHECK(symlink(check_path("elsewhere"), check_path("dl")) == 0);
+    CHECK_INT(op(0, PROTO_RESUME, &id), DOPA_OK);
+    dopa_job_info j = run_until(&id, DOPA_STATE_ERROR, 20);
+    CHECK_INT(j.error.context, DOPA_CONTEXT_LOCAL_FILE);
+    CHECK_HAS(j.error.message, "no longer the one");
+    DIR *d = opendir(check_path("elsewhere"));
+    struct dirent *e;
+    int entries = 0;
+    while ((e = readdir(d)) != NULL)
+        entries += e->d_name[0] != '.' || strlen(e->d_name) > 2;
+    closedir(d);
+    CHECK_INT(entries, 0); /* nothing was made there */
+    close_engine();
+}
+
+static void test_retry_after_is_honoured(void)
+{
+    open_engine();
+    char u[256];
+    url(u, sizeof u, "/busy");
+    dopa_id id = create(0, "busy server");
+    CHECK_INT(add_file(&id, u, check_path("x")), DOPA_OK);
+    CHECK_INT(set_seconds(&id, PROTO_SET_RETRY_DELAY, 60), DOPA_OK);
+    CHECK_INT(op(0, PROTO_RESUME, &id), DOPA_OK);
+    run_until(&id, DOPA_STATE_TRANSIENT_ERROR, 10);
+    skew_ms += 61000; /* past MinimumRetryDelay, not past Retry-After: 120 */
+    step(3);
+    CHECK_INT(info(&id).state, DOPA_STATE_TRANSIENT_ERROR);
+    CHECK_INT(info(&id).error_count, 1);
+    skew_ms += 60000;
+    step(2);
+    run_until(&id, DOPA_STATE_TRANSIENT_ERROR, 10);
+    CHECK_INT(info(&id).error_count, 2);
+    close_engine();
+}
+
+static void test_no_progress_time_survives_a_restart(void)
+{
+    open_engine();
+    char u[256];
+    url(u, sizeof u, "/flaky/never.bin");
+    dopa_id id = create(0, "stalled across restarts");
+    CHECK_INT(add_file(&id, u, check_path("n")), DOPA_OK);
+    CHECK_INT(set_seconds(&id, PROTO_SET_NO_PROGRESS, 150), DOPA_OK);
+    CHECK_INT(op(0, PROTO_RESUME, &id), DOPA_OK);
+    run_until(&id, DOPA_STATE_TRANSIENT_ERROR, 10);
+    close_engine();
+    wall_skew_ms = 200 * 1000; /* dopad was down for 200 s */
+    open_engine_with(check_path("state"), 4, 0);
+    step(2);
+    CHECK_INT(info(&id).state, DOPA_STATE_ERROR);
+    close_engine();
+}
+
+static void test_long_paths_and_local_sources_are_refused(void)
+{
+    open_engine();
+    char u[256], path[DOPA_PATH_MAX + 1];
+    url(u, sizeof u, "/data/b.bin");
+    dopa_id id = create(0, "limits");
+    /* A destination whose temporary name would not fit in a path. */
+    memset(path, 'x', DOPA_PATH_MAX - 10);
+    path[0] = '/';
+    memcpy(path + DOPA_PATH_MAX - 13, "/f", 3);
+    CHECK_INT(add_file(&id, u, path), DOPA_EINVAL);
+    CHECK_HAS(reply.message, "too long");
+    if (geteuid() == 0) {
+        /* A root dopad reads file:// itself: only root's jobs may. */
+        dopa_id theirs = create(1000, "user's");
+        CHECK_INT(add_file_with(1000, &theirs, "file:///etc/shadow", check_path("s"), NULL, 0, NULL,
+                                NULL),
+                  DOPA_EACCESS);
+        CHECK_HAS(reply.message, "only for root's jobs");
+    }
+    /* A FIFO as a local source is refused, not waited on. */
+    CHECK(mkfifo(check_path("fifo"), 0600) == 0);
+    char fifo_url[8300];
+    snprintf(fifo_url, sizeof fifo_url, "file://%s", check_path("fifo"));
+    CHECK_INT(add_file(&id, fifo_url, check_path("f")), DOPA_OK);
+    CHECK_INT(op(0, PROTO_RESUME, &id), DOPA_OK);
+    dopa_job_info j = run_until(&id, DOPA_STATE_ERROR, 10);
+    CHECK_HAS(j.error.message, "not a regular file");
+    close_engine();
+}
+
 /* ------------------------------------------------------------------ */
 
 static int rm_entry(const char *path, const struct stat *st, int flag, struct FTW *ftw)
@@ -851,7 +1063,8 @@ static int setup(void)
     test_nginx_config cfg = {
         .http = http,
         .server = "location /slow/ { limit_rate 2m; }"
-                  "location /flaky/ { try_files $uri =503; }",
+                  "location /flaky/ { try_files $uri =503; }"
+                  "location = /busy { add_header Retry-After 120 always; return 503; }",
     };
     if (test_nginx_start(&web, fixture, &cfg) != 0)
         return -1;
@@ -896,6 +1109,14 @@ int main(int argc, char **argv)
                            CASE(test_wait_answers_on_change_or_timeout),
                            CASE(test_add_file_refuses_bad_requests),
                            CASE(test_planted_links_are_not_followed),
+                           CASE(test_a_file_changed_on_the_server_is_fetched_anew),
+                           CASE(test_cancel_while_pieces_wait_stays_cancelled),
+                           CASE(test_whole_file_check_is_void_after_suspend_or_cancel),
+                           CASE(test_complete_can_be_repeated_after_a_crash),
+                           CASE(test_a_swapped_directory_is_not_written),
+                           CASE(test_retry_after_is_honoured),
+                           CASE(test_no_progress_time_survives_a_restart),
+                           CASE(test_long_paths_and_local_sources_are_refused),
                            {0},
                        });
     proto_reply_clear(&reply);

@@ -371,6 +371,10 @@ static void check_same_file(const agent_file *want, const agent_file *got, const
     CHECK_INT(got->transferred, want->transferred);
     CHECK_INT(got->completed, want->completed);
     CHECK_INT(got->bad_pieces, want->bad_pieces);
+    CHECK_INT(got->ident.dir_dev, want->ident.dir_dev);
+    CHECK_INT(got->ident.dir_ino, want->ident.dir_ino);
+    CHECK_INT(got->ident.file_dev, want->ident.file_dev);
+    CHECK_INT(got->ident.file_ino, want->ident.file_ino);
     CHECK_INT(got->n_ranges, want->n_ranges);
     for (size_t i = 0; i < want->n_ranges; i++) {
         CHECK_INT(got->ranges[i].offset, want->ranges[i].offset);
@@ -409,6 +413,8 @@ static void check_same_job(const agent_job *want, const agent_job *got)
     CHECK_INT(got->from_origin, want->from_origin);
     CHECK_INT(got->from_peers, want->from_peers);
     CHECK_INT(got->from_cache, want->from_cache);
+    CHECK_INT(got->file_user, want->file_user);
+    CHECK_INT(got->no_progress_wall, want->no_progress_wall);
     CHECK_INT(got->n_files, want->n_files);
     for (size_t i = 0; i < want->n_files; i++)
         check_same_file(want->files[i], got->files[i], got);
@@ -465,9 +471,13 @@ static void test_every_field_survives_a_reopen_in_creation_order(void)
     a->from_origin = 5000000000123ull;
     a->from_peers = 77;
     a->from_cache = (uint64_t)INT64_MAX;
+    a->file_user = 4242; /* its creator, after root took the job over */
+    a->no_progress_wall = 1700000999000;
 
     /* File 0: a signed manifest, SHA-256, validators, two of four pieces. */
     agent_file *f = new_file(a, "https://example.test/a/signed.bin?x=1&y=%20");
+    f->ident = (fileops_ident){
+        .dir_dev = 2049, .dir_ino = 1234567, .file_dev = 2049, .file_ino = (uint64_t)INT64_MAX};
     attach_manifest(f, 4 * 65536 - 17);
     f->remote_size = 4 * 65536 - 17;
     snprintf(f->etag, sizeof f->etag, "W/\"abc\\\"def\"");
@@ -977,7 +987,7 @@ static void test_orphan_rows_are_ignored(void)
     raw_open(db);
     raw_execf("INSERT INTO files SELECT %s, idx, url, path, tmp_path, remote_size, etag, "
               "last_modified, sha256, manifest, size, piece_size, transferred, completed, "
-              "bad_pieces FROM files WHERE job = %s",
+              "bad_pieces, dir_dev, dir_ino, file_dev, file_ino FROM files WHERE job = %s",
               id_sql(0x41), id_sql(0x40));
     raw_execf("INSERT INTO ranges VALUES (%s, 0, 0, 0, 0)", id_sql(0x42));
     raw_execf("INSERT INTO pieces VALUES (%s, 0, 99)", id_sql(0x42));

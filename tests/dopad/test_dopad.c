@@ -5,6 +5,7 @@
  * command, kill -9 at random moments, a second user (as root), and
  * malformed control messages. DOPAD and DOPA_CLI name the binaries.
  */
+#include <dirent.h>
 #include <fcntl.h>
 #include <nng/nng.h>
 #include <nng/protocol/reqrep0/req.h>
@@ -375,6 +376,57 @@ static void test_malformed_control_messages_change_nothing(void)
     stop_dopad(SIGTERM);
 }
 
+static void test_a_flooding_client_does_not_starve_others(void)
+{
+    fresh_daemon();
+    char url_s[4300], out[4096];
+    /* Jobs with long descriptions make every listing a big reply. */
+    dopa_manager *mgr = NULL;
+    CHECK_INT(dopa_connect(sock, &mgr), DOPA_OK);
+    char text[DOPA_DESCRIPTION_MAX + 1];
+    memset(text, 'd', DOPA_DESCRIPTION_MAX);
+    text[DOPA_DESCRIPTION_MAX] = '\0';
+    for (int i = 0; i < 150; i++) {
+        dopa_id id;
+        CHECK_INT(dopa_job_create(mgr, "filler", DOPA_JOB_DOWNLOAD, &id), DOPA_OK);
+        CHECK_INT(dopa_job_set_description(mgr, &id, text), DOPA_OK);
+    }
+    dopa_disconnect(mgr);
+    snprintf(url_s, sizeof url_s, "ipc://%s", sock);
+    nng_socket s;
+    CHECK(nng_req0_open_raw(&s) == 0);
+    nng_socket_set_ms(s, NNG_OPT_SENDTIMEO, 2000);
+    CHECK(nng_dial(s, url_s, NULL, 0) == 0);
+    /* Hundreds of listings on one connection, none of the replies read. */
+    int sent = 0;
+    static const char list[] = "DP\x01\x01\x04\x00\x00\x00"
+                               "\x0f\x00\x08\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00";
+    for (uint32_t i = 0; i < 300; i++) {
+        nng_msg *m;
+        CHECK(nng_msg_alloc(&m, 0) == 0);
+        nng_msg_header_append_u32(m, 0x80000000u | i);
+        nng_msg_append(m, list, sizeof list - 1);
+        if (nng_sendmsg(s, m, 0) != 0) {
+            nng_msg_free(m);
+            break;
+        }
+        sent++;
+    }
+    CHECK(sent > 20);
+    /* Someone else is still served, promptly: the flooding connection is
+     * cut off at its ninth request, well before any reply could time out. */
+    struct timespec t0, t1;
+    clock_gettime(CLOCK_MONOTONIC, &t0);
+    CHECK_INT(cli_as(TEST_AS_ME, 0, out, sizeof out, 20, "whoami", (char *)NULL), 0);
+    clock_gettime(CLOCK_MONOTONIC, &t1);
+    double took = (double)(t1.tv_sec - t0.tv_sec) + (double)(t1.tv_nsec - t0.tv_nsec) / 1e9;
+    printf("  a flooded dopad answered another client in %.2f s\n", took);
+    CHECK(took < 3);
+    nng_close(s);
+    CHECK_INT(cli(out, sizeof out, "whoami"), 0);
+    stop_dopad(SIGTERM);
+}
+
 #define TEST_USER "dopa-test-user"
 
 static void test_another_user_cannot_touch_my_jobs(void)
@@ -437,6 +489,31 @@ static void test_another_user_cannot_touch_my_jobs(void)
     CHECK_INT(cli(out, sizeof out, "list", "--all"), 0);
     CHECK_HAS(out, "root's");
     CHECK_INT(cli(out, sizeof out, "info", mine), 0);
+
+    /* Root takes over a user's job; the user then swaps the job's
+     * directory for a link into a directory only root may write. The job's
+     * files stay the user's business: nothing lands there. */
+    CHECK(mkdir(check_path("theirs/dl"), 0755) == 0);
+    CHECK(chown(check_path("theirs/dl"), uid, gid) == 0);
+    CHECK(mkdir(check_path("root-only-dir"), 0700) == 0);
+    CHECK_INT(as_user("create", "taken over"), 0);
+    char taken[64];
+    first_line(out, taken, sizeof taken);
+    CHECK_INT(as_user("add-file", taken, u, check_path("theirs/dl/a.bin")), 0);
+    CHECK_INT(cli(out, sizeof out, "take-ownership", taken), 0);
+    CHECK_INT(as_user("info", taken), 4); /* root's now */
+    CHECK(rename(check_path("theirs/dl"), check_path("theirs/dl-old")) == 0);
+    CHECK(symlink(check_path("root-only-dir"), check_path("theirs/dl")) == 0);
+    CHECK_INT(cli(out, sizeof out, "resume", taken), 0);
+    CHECK_INT(cli(out, sizeof out, "wait", taken, "--timeout", "30"), 1);
+    CHECK_INT(cli(out, sizeof out, "complete", taken), 0); /* partial: nothing to move */
+    DIR *d = opendir(check_path("root-only-dir"));
+    struct dirent *e;
+    int entries = 0;
+    while ((e = readdir(d)) != NULL)
+        entries += strcmp(e->d_name, ".") != 0 && strcmp(e->d_name, "..") != 0;
+    closedir(d);
+    CHECK_INT(entries, 0);
     stop_dopad(SIGTERM);
     if (created) {
         const char *argv[] = {"/usr/sbin/userdel", TEST_USER, NULL};
@@ -515,6 +592,7 @@ int main(int argc, char **argv)
                          CASE(test_job_commands),
                          CASE(test_kill_9_at_random_moments_loses_nothing),
                          CASE(test_malformed_control_messages_change_nothing),
+                         CASE(test_a_flooding_client_does_not_starve_others),
                          CASE(test_another_user_cannot_touch_my_jobs),
                          {0},
                      });
