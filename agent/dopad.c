@@ -4,10 +4,17 @@
  * is the system instance (/run/dopa/control.sock, /var/lib/dopa); as
  * another user, a per-user instance ($XDG_RUNTIME_DIR/dopa/control.sock,
  * $XDG_STATE_HOME/dopa). SIGTERM and SIGINT stop it cleanly.
+ *
+ * Settings come from the command line, else from the configuration file
+ * (--config, or /etc/dopa/dopa.conf for the system instance and
+ * $XDG_CONFIG_HOME/dopa/dopa.conf for a user's, when they exist), else
+ * from the defaults. The file is INI, read with inih; a bad line stops
+ * dopad with the file name and line number.
  */
 #include <errno.h>
 #include <fcntl.h>
 #include <getopt.h>
+#include <ini.h>
 #include <pthread.h>
 #include <signal.h>
 #include <stdatomic.h>
@@ -25,6 +32,121 @@
 static atomic_int stopping;
 static agent_engine *engine;
 
+/* What the command line or the configuration file set. */
+struct settings {
+    char socket[4096];
+    char state_dir[4096];
+    unsigned max_running;
+    uint64_t inactivity_ms;
+    validate_public_key keys[MAX_KEYS];
+    size_t n_keys;
+    char error[600]; /* the first bad setting */
+};
+
+static int set_max_running(struct settings *s, const char *v)
+{
+    char *end;
+    unsigned long n = strtoul(v, &end, 10);
+    if (v[0] < '0' || v[0] > '9' || *end != '\0' || n == 0 || n > 64) {
+        snprintf(s->error, sizeof s->error, "max-running %s: need 1 to 64", v);
+        return -1;
+    }
+    s->max_running = (unsigned)n;
+    return 0;
+}
+
+static int set_inactivity(struct settings *s, const char *v)
+{
+    char *end;
+    unsigned long long n = strtoull(v, &end, 10);
+    if (v[0] < '0' || v[0] > '9' || *end != '\0' || n == 0 || n > 10ull * 365 * 24 * 3600) {
+        snprintf(s->error, sizeof s->error, "inactivity-timeout %s: need seconds, 1 or more", v);
+        return -1;
+    }
+    s->inactivity_ms = n * 1000;
+    return 0;
+}
+
+static int add_key(struct settings *s, const char *v)
+{
+    char why[512];
+    if (s->n_keys == MAX_KEYS) {
+        snprintf(s->error, sizeof s->error, "at most %d trusted keys", MAX_KEYS);
+        return -1;
+    }
+    if (strncmp(v, "dopa-pub1:", 10) == 0
+            ? validate_public_key_parse(v, &s->keys[s->n_keys]) != VALIDATE_OK
+            : validate_public_key_load(v, &s->keys[s->n_keys], why, sizeof why) != VALIDATE_OK) {
+        snprintf(s->error, sizeof s->error, "trusted-key %s: not a dopa public key", v);
+        return -1;
+    }
+    s->n_keys++;
+    return 0;
+}
+
+static int set_path(struct settings *s, char *dst, size_t len, const char *name, const char *v)
+{
+    if (v[0] != '/' || strlen(v) >= len) {
+        snprintf(s->error, sizeof s->error, "%s %s: need an absolute path", name, v);
+        return -1;
+    }
+    snprintf(dst, len, "%s", v);
+    return 0;
+}
+
+/* inih's callback: one "name = value" of a section. Returns 0 to mark
+ * the line as bad (the first bad line's message is kept). */
+static int on_setting(void *user, const char *section, const char *name, const char *value)
+{
+    struct settings *s = user;
+    char saved[sizeof s->error];
+    snprintf(saved, sizeof saved, "%s", s->error);
+    int rc;
+    if (strcmp(section, "dopad") != 0) {
+        snprintf(s->error, sizeof s->error, "unknown section [%s]", section);
+        rc = -1;
+    } else if (strcmp(name, "socket") == 0) {
+        rc = set_path(s, s->socket, sizeof s->socket, name, value);
+    } else if (strcmp(name, "state-dir") == 0) {
+        rc = set_path(s, s->state_dir, sizeof s->state_dir, name, value);
+    } else if (strcmp(name, "max-running") == 0) {
+        rc = set_max_running(s, value);
+    } else if (strcmp(name, "inactivity-timeout") == 0) {
+        rc = set_inactivity(s, value);
+    } else if (strcmp(name, "trusted-key") == 0) {
+        rc = add_key(s, value);
+    } else {
+        snprintf(s->error, sizeof s->error, "unknown setting %s in [dopad]", name);
+        rc = -1;
+    }
+    if (rc != 0 && saved[0] != '\0')
+        snprintf(s->error, sizeof s->error, "%s", saved); /* keep the first */
+    return rc == 0;
+}
+
+/* Reads the configuration file; explicit says a missing file is an error. */
+static int read_config(const char *path, int explicit, struct settings *s)
+{
+    struct stat st;
+    if (!explicit && stat(path, &st) != 0)
+        return 0;
+    int line = ini_parse(path, on_setting, s);
+    if (line == -1) {
+        fprintf(stderr, "dopad: %s: %s\n", path, strerror(errno));
+        return -1;
+    }
+    if (line == -2) {
+        fprintf(stderr, "dopad: %s: out of memory\n", path);
+        return -1;
+    }
+    if (line > 0) {
+        fprintf(stderr, "dopad: %s:%d: %s\n", path, line,
+                s->error[0] ? s->error : "not a \"name = value\" line");
+        return -1;
+    }
+    return 0;
+}
+
 static const char usage_text[] =
     "usage: dopad [options]\n"
     "  --socket PATH              control socket (default: /run/dopa/control.sock as root,\n"
@@ -35,6 +157,10 @@ static const char usage_text[] =
     "  --inactivity-timeout SECS  cancel jobs untouched this long (default 90 days)\n"
     "  --trusted-key KEY          a publisher key (file or dopa-pub1:...) whose manifests\n"
     "                             are accepted; repeat for more\n"
+    "  --config FILE              settings file (INI, section [dopad]; keys: socket,\n"
+    "                             state-dir, max-running, inactivity-timeout, trusted-key);\n"
+    "                             default /etc/dopa/dopa.conf as root, else\n"
+    "                             $XDG_CONFIG_HOME/dopa/dopa.conf, when it exists\n"
     "  --help                     this text\n";
 
 /* Waits for a stop signal on its own thread (the others block them). */
@@ -82,7 +208,7 @@ static int default_paths(char *socket_path, size_t socket_len, char *state_dir, 
 /* mkdir -p for the state directory's parents (the last gets mode 0700). */
 static int make_parents(const char *path)
 {
-    char buf[4096];
+    char buf[8192];
     snprintf(buf, sizeof buf, "%s", path);
     for (char *p = buf + 1; *p; p++) {
         if (*p != '/')
@@ -103,53 +229,33 @@ int main(int argc, char **argv)
         {"max-running", required_argument, NULL, 'm'},
         {"inactivity-timeout", required_argument, NULL, 'i'},
         {"trusted-key", required_argument, NULL, 'k'},
+        {"config", required_argument, NULL, 'c'},
         {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0},
     };
-    char socket_path[4096] = "", state_dir[4096] = "", why[1024];
-    validate_public_key keys[MAX_KEYS];
-    size_t n_keys = 0;
-    engine_config cfg = {.origin = origin_config_default()};
-    int c;
-    while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
-        char *end;
+    static struct settings cli, file;
+    const char *config = NULL;
+    char why[1024];
+    int c, rc = 0;
+    while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1 && rc == 0) {
         switch (c) {
         case 's':
-            snprintf(socket_path, sizeof socket_path, "%s", optarg);
+            rc = set_path(&cli, cli.socket, sizeof cli.socket, "--socket", optarg);
             break;
         case 'd':
-            snprintf(state_dir, sizeof state_dir, "%s", optarg);
+            rc = set_path(&cli, cli.state_dir, sizeof cli.state_dir, "--state-dir", optarg);
             break;
         case 'm':
-            cfg.max_running = (unsigned)strtoul(optarg, &end, 10);
-            if (*end != '\0' || cfg.max_running == 0 || cfg.max_running > 64) {
-                fprintf(stderr, "dopad: --max-running %s: need 1 to 64\n", optarg);
-                return 2;
-            }
+            rc = set_max_running(&cli, optarg);
             break;
-        case 'i': {
-            unsigned long long s = strtoull(optarg, &end, 10);
-            if (*end != '\0' || s == 0 || s > 10ull * 365 * 24 * 3600) {
-                fprintf(stderr, "dopad: --inactivity-timeout %s: need seconds, 1 or more\n",
-                        optarg);
-                return 2;
-            }
-            cfg.inactivity_ms = s * 1000;
+        case 'i':
+            rc = set_inactivity(&cli, optarg);
             break;
-        }
         case 'k':
-            if (n_keys == MAX_KEYS) {
-                fprintf(stderr, "dopad: at most %d trusted keys\n", MAX_KEYS);
-                return 2;
-            }
-            if (strncmp(optarg, "dopa-pub1:", 10) == 0
-                    ? validate_public_key_parse(optarg, &keys[n_keys]) != VALIDATE_OK
-                    : validate_public_key_load(optarg, &keys[n_keys], why, sizeof why) !=
-                          VALIDATE_OK) {
-                fprintf(stderr, "dopad: --trusted-key %s: not a dopa public key\n", optarg);
-                return 2;
-            }
-            n_keys++;
+            rc = add_key(&cli, optarg);
+            break;
+        case 'c':
+            config = optarg;
             break;
         case 'h':
             fputs(usage_text, stdout);
@@ -159,21 +265,59 @@ int main(int argc, char **argv)
             return 2;
         }
     }
+    if (rc != 0) {
+        fprintf(stderr, "dopad: %s\n", cli.error);
+        return 2;
+    }
     if (optind != argc) {
         fprintf(stderr, "dopad: unexpected argument %s\n", argv[optind]);
         return 2;
     }
+    /* The file first; the command line wins where both say something. */
+    char default_config[4096] = "";
+    if (config == NULL) {
+        const char *xdg = getenv("XDG_CONFIG_HOME"), *home = getenv("HOME");
+        if (geteuid() == 0)
+            snprintf(default_config, sizeof default_config, "/etc/dopa/dopa.conf");
+        else if (xdg != NULL && xdg[0] == '/')
+            snprintf(default_config, sizeof default_config, "%s/dopa/dopa.conf", xdg);
+        else if (home != NULL && home[0] == '/')
+            snprintf(default_config, sizeof default_config, "%s/.config/dopa/dopa.conf", home);
+    }
+    if (config != NULL ? read_config(config, 1, &file) != 0
+                       : default_config[0] != '\0' && read_config(default_config, 0, &file) != 0)
+        return 2;
+    struct settings *s = &file;
+    if (cli.socket[0])
+        snprintf(s->socket, sizeof s->socket, "%s", cli.socket);
+    if (cli.state_dir[0])
+        snprintf(s->state_dir, sizeof s->state_dir, "%s", cli.state_dir);
+    if (cli.max_running)
+        s->max_running = cli.max_running;
+    if (cli.inactivity_ms)
+        s->inactivity_ms = cli.inactivity_ms;
+    for (size_t i = 0; i < cli.n_keys; i++) {
+        if (s->n_keys == MAX_KEYS) {
+            fprintf(stderr, "dopad: at most %d trusted keys\n", MAX_KEYS);
+            return 2;
+        }
+        s->keys[s->n_keys++] = cli.keys[i];
+    }
     char def_socket[4096], def_state[4096];
-    if ((socket_path[0] == '\0' || state_dir[0] == '\0') &&
+    if ((s->socket[0] == '\0' || s->state_dir[0] == '\0') &&
         default_paths(def_socket, sizeof def_socket, def_state, sizeof def_state) != 0)
         return 2;
-    if (socket_path[0] == '\0')
-        snprintf(socket_path, sizeof socket_path, "%s", def_socket);
-    if (state_dir[0] == '\0')
-        snprintf(state_dir, sizeof state_dir, "%s", def_state);
-    cfg.state_dir = state_dir;
-    cfg.trusted_keys = keys;
-    cfg.n_trusted_keys = n_keys;
+    if (s->socket[0] == '\0')
+        snprintf(s->socket, sizeof s->socket, "%s", def_socket);
+    if (s->state_dir[0] == '\0')
+        snprintf(s->state_dir, sizeof s->state_dir, "%s", def_state);
+    char *socket_path = s->socket, *state_dir = s->state_dir;
+    engine_config cfg = {.origin = origin_config_default(),
+                         .state_dir = state_dir,
+                         .max_running = s->max_running,
+                         .inactivity_ms = s->inactivity_ms,
+                         .trusted_keys = s->keys,
+                         .n_trusted_keys = s->n_keys};
 
     /* Signals go to one thread; every thread made after this inherits the
      * blocked mask. */
@@ -190,7 +334,7 @@ int main(int argc, char **argv)
         fprintf(stderr, "dopad: %s: %s\n", state_dir, strerror(errno));
         return 1;
     }
-    char lock_path[4200];
+    char lock_path[8300];
     snprintf(lock_path, sizeof lock_path, "%s/dopad.lock", state_dir);
     int lock = open(lock_path, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
     if (lock < 0 || flock(lock, LOCK_EX | LOCK_NB) != 0) {

@@ -427,6 +427,54 @@ static void test_a_flooding_client_does_not_starve_others(void)
     stop_dopad(SIGTERM);
 }
 
+static void write_text(const char *path, const char *text)
+{
+    FILE *f = fopen(path, "w");
+    CHECK(f != NULL);
+    fputs(text, f);
+    fclose(f);
+}
+
+static void test_configuration_file(void)
+{
+    char conf[8800], out[4096];
+    snprintf(sock, sizeof sock, "%s/run/control.sock", check_tmpdir());
+    snprintf(state, sizeof state, "%s/state", check_tmpdir());
+    snprintf(conf, sizeof conf,
+             "# dopad settings\n[dopad]\nsocket = %s\nstate-dir = %s\nmax-running = 2\n"
+             "inactivity-timeout = 86400\n",
+             sock, state);
+    write_text(check_path("good.conf"), conf);
+    const char *argv[] = {DOPAD, "--config", check_path("good.conf"), NULL};
+    dopad = test_spawn(argv, check_path("dopad.log"), TEST_AS_ME, 0);
+    for (int i = 0; i < 500 && cli(out, sizeof out, "whoami") != 0; i++)
+        sleep_ms(10);
+    CHECK_INT(cli(out, sizeof out, "whoami"), 0); /* it listens where the file said */
+    stop_dopad(SIGTERM);
+
+    /* Mistakes are named with their line, and dopad does not start. */
+    const struct {
+        const char *text;
+        const char *said;
+    } bad[] = {
+        {"[dopad]\nmax-running = 99\n", "bad.conf:2: max-running 99"},
+        {"[dopad]\n\nspeed = 3\n", "bad.conf:3: unknown setting speed"},
+        {"[elsewhere]\nx = 1\n", "bad.conf:2: unknown section [elsewhere]"},
+        {"[dopad]\ntrusted-key = dopa-pub1:nope\n", "bad.conf:2: trusted-key"},
+        {"[dopad]\nsocket = relative/path\n", "need an absolute path"},
+        {"not an ini line\n", "bad.conf:1:"},
+    };
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        write_text(check_path("bad.conf"), bad[i].text);
+        const char *bargv[] = {DOPAD, "--config", check_path("bad.conf"), NULL};
+        CHECK_INT(test_run(bargv, out, sizeof out, 10, TEST_AS_ME, 0), 2);
+        CHECK_HAS(out, bad[i].said);
+    }
+    const char *missing[] = {DOPAD, "--config", check_path("none.conf"), NULL};
+    CHECK_INT(test_run(missing, out, sizeof out, 10, TEST_AS_ME, 0), 2);
+    CHECK_HAS(out, "No such file");
+}
+
 #define TEST_USER "dopa-test-user"
 
 static void test_another_user_cannot_touch_my_jobs(void)
@@ -593,6 +641,7 @@ int main(int argc, char **argv)
                          CASE(test_kill_9_at_random_moments_loses_nothing),
                          CASE(test_malformed_control_messages_change_nothing),
                          CASE(test_a_flooding_client_does_not_starve_others),
+                         CASE(test_configuration_file),
                          CASE(test_another_user_cannot_touch_my_jobs),
                          {0},
                      });
