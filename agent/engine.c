@@ -1062,6 +1062,11 @@ void engine_close(agent_engine *e)
 {
     if (e == NULL)
         return;
+    /* Background checks use the engine (its lock, its origin's wakeup):
+     * wait for them before anything goes; their results are dropped. */
+    for (size_t i = 0; i < e->n_threads; i++)
+        pthread_join(e->threads[i], NULL);
+    free(e->threads);
     if (e->db != NULL && e->origin != NULL)
         commit_pending(e, 1);
     engine_answer_waits(e, 1);
@@ -1072,10 +1077,6 @@ void engine_close(agent_engine *e)
     free(e->jobs);
     origin_free(e->origin);
     store_close(e->db);
-    /* Background checks use the engine: wait for them, drop their results. */
-    for (size_t i = 0; i < e->n_threads; i++)
-        pthread_join(e->threads[i], NULL);
-    free(e->threads);
     pthread_mutex_lock(&e->lock);
     while (e->results != NULL) {
         hash_result *r = e->results;
