@@ -66,7 +66,8 @@ typedef struct agent_file {
     int completed;       /* moved to its destination by Complete */
     fileops_ident ident; /* of the temporary file and its directory */
     uint32_t bad_pieces; /* hash failures of pieces from the origin */
-    int abort_reason;    /* why on_data refused (for on_done) */
+    uint64_t from_origin, from_peers, from_cache; /* bytes received, by source */
+    int abort_reason;                             /* why on_data refused (for on_done) */
     int abort_errno;
 
     /* Transfer state (not stored). */

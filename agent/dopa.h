@@ -159,6 +159,9 @@ typedef struct dopa_file_info {
     char temporary_name[DOPA_PATH_MAX + 1];
     uint64_t bytes_total; /* DOPA_SIZE_UNKNOWN until known */
     uint64_t bytes_transferred;
+    uint64_t bytes_from_origin; /* transferred bytes by where they came from */
+    uint64_t bytes_from_peers;
+    uint64_t bytes_from_cache;
     uint32_t ranges;  /* number of byte ranges, 0 for the whole file */
     int transferred;  /* every byte is here and checked */
     int has_manifest; /* pieces are checked against a signed manifest */

@@ -313,6 +313,7 @@ static int on_data(void *ctx, origin_file *of, uint64_t id, uint64_t offset, con
         }
     }
     j->from_origin += len;
+    f->from_origin += len;
     j->no_progress_since = 0; /* bytes arriving are progress */
     j->no_progress_wall = 0;
     j->touched = engine_mono(engine_of(f));

@@ -195,6 +195,9 @@ void agent_file_info(const agent_file *f, dopa_file_info *out)
     strncpy(out->temporary_name, f->tmp_path ? f->tmp_path : "", DOPA_PATH_MAX);
     out->bytes_total = f->size;
     out->bytes_transferred = f->done_bytes + f->pending_bytes;
+    out->bytes_from_origin = f->from_origin;
+    out->bytes_from_peers = f->from_peers;
+    out->bytes_from_cache = f->from_cache;
     out->ranges = (uint32_t)f->n_ranges;
     out->transferred = f->transferred;
     out->has_manifest = f->manifest != NULL;

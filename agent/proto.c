@@ -217,6 +217,9 @@ enum {
     F_TRANSFERRED,
     F_HAS_MANIFEST,
     F_HAS_SHA256,
+    F_FROM_ORIGIN,
+    F_FROM_PEERS,
+    F_FROM_CACHE,
     F_END
 };
 
@@ -227,7 +230,8 @@ static const struct field file_fields[] = {
 };
 #define FILE_REQUIRED                                                                              \
     (BIT(F_URL) | BIT(F_LOCAL) | BIT(F_TEMP) | BIT(F_BYTES_TOTAL) | BIT(F_BYTES_DONE) |            \
-     BIT(F_RANGES) | BIT(F_TRANSFERRED) | BIT(F_HAS_MANIFEST) | BIT(F_HAS_SHA256))
+     BIT(F_RANGES) | BIT(F_TRANSFERRED) | BIT(F_HAS_MANIFEST) | BIT(F_HAS_SHA256) |                \
+     BIT(F_FROM_ORIGIN) | BIT(F_FROM_PEERS) | BIT(F_FROM_CACHE))
 
 /* ------------------------------------------------------------------ */
 /* Buffers and primitive writes                                       */
@@ -593,6 +597,9 @@ static int decode_file(const uint8_t *p, size_t len, dopa_file_info *f, char *wh
     f->transferred = (int)v[F_TRANSFERRED];
     f->has_manifest = (int)v[F_HAS_MANIFEST];
     f->has_sha256 = (int)v[F_HAS_SHA256];
+    f->bytes_from_origin = v[F_FROM_ORIGIN];
+    f->bytes_from_peers = v[F_FROM_PEERS];
+    f->bytes_from_cache = v[F_FROM_CACHE];
     return 0;
 }
 
@@ -730,6 +737,9 @@ static void put_file(proto_buf *b, const dopa_file_info *f)
     put_u64(&rec, F_TRANSFERRED, (uint64_t)(f->transferred != 0));
     put_u64(&rec, F_HAS_MANIFEST, (uint64_t)(f->has_manifest != 0));
     put_u64(&rec, F_HAS_SHA256, (uint64_t)(f->has_sha256 != 0));
+    put_u64(&rec, F_FROM_ORIGIN, f->bytes_from_origin);
+    put_u64(&rec, F_FROM_PEERS, f->bytes_from_peers);
+    put_u64(&rec, F_FROM_CACHE, f->bytes_from_cache);
     if (rec.failed)
         b->failed = rec.failed;
     else

@@ -43,7 +43,8 @@ static const char *const migrations[] = {
     "  sha256 BLOB, manifest BLOB, size INTEGER NOT NULL, piece_size INTEGER NOT NULL,"
     "  transferred INTEGER NOT NULL, completed INTEGER NOT NULL, bad_pieces INTEGER NOT NULL,"
     "  dir_dev INTEGER NOT NULL, dir_ino INTEGER NOT NULL, file_dev INTEGER NOT NULL,"
-    "  file_ino INTEGER NOT NULL,"
+    "  file_ino INTEGER NOT NULL, from_origin INTEGER NOT NULL, from_peers INTEGER NOT NULL,"
+    "  from_cache INTEGER NOT NULL,"
     "  PRIMARY KEY (job, idx)"
     ") WITHOUT ROWID;"
     "CREATE TABLE ranges ("
@@ -169,11 +170,12 @@ int store_open(const char *path, store **out, char *why, size_t why_len)
           * into its pieces and ranges. */
          prepare(s, &s->put_file,
                  "INSERT INTO files VALUES (?1,?2,?3,?4,?5,?6,?7,?8,?9,?10,?11,?12,?13,?14,?15,"
-                 "?16,?17,?18,?19) "
+                 "?16,?17,?18,?19,?20,?21,?22) "
                  "ON CONFLICT (job, idx) DO UPDATE SET url=?3, path=?4, tmp_path=?5, "
                  "remote_size=?6, etag=?7, last_modified=?8, sha256=?9, manifest=?10, size=?11, "
                  "piece_size=?12, transferred=?13, completed=?14, bad_pieces=?15, dir_dev=?16, "
-                 "dir_ino=?17, file_dev=?18, file_ino=?19") ||
+                 "dir_ino=?17, file_dev=?18, file_ino=?19, from_origin=?20, from_peers=?21, "
+                 "from_cache=?22") ||
          prepare(s, &s->delete_ranges, "DELETE FROM ranges WHERE job = ?1 AND file = ?2") ||
          prepare(s, &s->put_range, "INSERT INTO ranges VALUES (?1,?2,?3,?4,?5)") ||
          prepare(s, &s->add_piece, "INSERT OR IGNORE INTO pieces VALUES (?1,?2,?3)") ||
@@ -296,6 +298,9 @@ int store_put_file(store *s, const agent_file *f)
     sqlite3_bind_int64(st, 17, (sqlite3_int64)f->ident.dir_ino);
     sqlite3_bind_int64(st, 18, (sqlite3_int64)f->ident.file_dev);
     sqlite3_bind_int64(st, 19, (sqlite3_int64)f->ident.file_ino);
+    sqlite3_bind_int64(st, 20, (sqlite3_int64)f->from_origin);
+    sqlite3_bind_int64(st, 21, (sqlite3_int64)f->from_peers);
+    sqlite3_bind_int64(st, 22, (sqlite3_int64)f->from_cache);
     int err = run(st);
     if (err != DOPA_OK)
         return err;
@@ -455,6 +460,13 @@ static int load_file_row(sqlite3_stmt *st, agent_file *f)
     f->ident.dir_ino = (uint64_t)ident[1];
     f->ident.file_dev = (uint64_t)ident[2];
     f->ident.file_ino = (uint64_t)ident[3];
+    int64_t from[3];
+    for (int i = 0; i < 3; i++)
+        if (column_int(st, 19 + i, 0, INT64_MAX, &from[i]) != 0)
+            return -1;
+    f->from_origin = (uint64_t)from[0];
+    f->from_peers = (uint64_t)from[1];
+    f->from_cache = (uint64_t)from[2];
     if (column_int(st, 5, -1, INT64_MAX, &remote_size) != 0 ||
         column_int(st, 10, -1, INT64_MAX, &size) != 0 ||
         column_int(st, 11, 0, VALIDATE_PIECE_SIZE_MAX, &piece_size) != 0 ||

@@ -337,9 +337,11 @@ static int cmd_files(dopa_manager *m, const dopa_id *id)
                 printf("null");
             else
                 printf("%" PRIu64, f->bytes_total);
-            printf(",\"bytes_transferred\":%" PRIu64 ",\"ranges\":%u,\"transferred\":%s"
-                   ",\"manifest\":%s,\"sha256\":%s}",
-                   f->bytes_transferred, f->ranges, f->transferred ? "true" : "false",
+            printf(",\"bytes_transferred\":%" PRIu64 ",\"bytes_from_origin\":%" PRIu64
+                   ",\"bytes_from_peers\":%" PRIu64 ",\"bytes_from_cache\":%" PRIu64
+                   ",\"ranges\":%u,\"transferred\":%s,\"manifest\":%s,\"sha256\":%s}",
+                   f->bytes_transferred, f->bytes_from_origin, f->bytes_from_peers,
+                   f->bytes_from_cache, f->ranges, f->transferred ? "true" : "false",
                    f->has_manifest ? "true" : "false", f->has_sha256 ? "true" : "false");
         } else {
             char done[32], total[32];
@@ -348,9 +350,12 @@ static int cmd_files(dopa_manager *m, const dopa_id *id)
                 snprintf(total, sizeof total, "?");
             else
                 format_bytes(f->bytes_total, total, sizeof total);
-            printf("%zu: %s -> %s\n   %s / %s%s%s%s\n", i, f->remote_url, f->local_name, done,
-                   total, f->transferred ? ", transferred" : "",
-                   f->has_manifest ? ", manifest" : "", f->has_sha256 ? ", sha256" : "");
+            printf("%zu: %s -> %s\n   %s / %s%s%s%s\n   from origin %" PRIu64 ", peers %" PRIu64
+                   ", cache %" PRIu64 " bytes\n",
+                   i, f->remote_url, f->local_name, done, total,
+                   f->transferred ? ", transferred" : "", f->has_manifest ? ", manifest" : "",
+                   f->has_sha256 ? ", sha256" : "", f->bytes_from_origin, f->bytes_from_peers,
+                   f->bytes_from_cache);
         }
     }
     if (json)

@@ -258,6 +258,10 @@ static void test_complete_makes_the_file_appear(void)
     CHECK_INT(j.files_transferred, 1);
     CHECK_INT(j.bytes_from_origin, SIZE_A);
     CHECK(j.transfer_completed > 0);
+    CHECK_INT(handle(0, request(PROTO_LIST_FILES, &id)), DOPA_OK);
+    CHECK_INT(reply.n_files, 1);
+    CHECK_INT(reply.files[0].bytes_from_origin, SIZE_A); /* per file, by source */
+    CHECK_INT(reply.files[0].bytes_from_peers, 0);
     CHECK(!exists(dest)); /* invisible until Complete */
     check_content(tmp, 1, 0, SIZE_A);
     CHECK_INT(op(0, PROTO_COMPLETE, &id), DOPA_OK);

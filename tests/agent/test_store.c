@@ -375,6 +375,9 @@ static void check_same_file(const agent_file *want, const agent_file *got, const
     CHECK_INT(got->ident.dir_ino, want->ident.dir_ino);
     CHECK_INT(got->ident.file_dev, want->ident.file_dev);
     CHECK_INT(got->ident.file_ino, want->ident.file_ino);
+    CHECK_INT(got->from_origin, want->from_origin);
+    CHECK_INT(got->from_peers, want->from_peers);
+    CHECK_INT(got->from_cache, want->from_cache);
     CHECK_INT(got->n_ranges, want->n_ranges);
     for (size_t i = 0; i < want->n_ranges; i++) {
         CHECK_INT(got->ranges[i].offset, want->ranges[i].offset);
@@ -478,6 +481,9 @@ static void test_every_field_survives_a_reopen_in_creation_order(void)
     agent_file *f = new_file(a, "https://example.test/a/signed.bin?x=1&y=%20");
     f->ident = (fileops_ident){
         .dir_dev = 2049, .dir_ino = 1234567, .file_dev = 2049, .file_ino = (uint64_t)INT64_MAX};
+    f->from_origin = 123456789;
+    f->from_peers = 987654321;
+    f->from_cache = 5;
     attach_manifest(f, 4 * 65536 - 17);
     f->remote_size = 4 * 65536 - 17;
     snprintf(f->etag, sizeof f->etag, "W/\"abc\\\"def\"");
@@ -985,10 +991,12 @@ static void test_orphan_rows_are_ignored(void)
     put_all(j);
     close_store();
     raw_open(db);
-    raw_execf("INSERT INTO files SELECT %s, idx, url, path, tmp_path, remote_size, etag, "
-              "last_modified, sha256, manifest, size, piece_size, transferred, completed, "
-              "bad_pieces, dir_dev, dir_ino, file_dev, file_ino FROM files WHERE job = %s",
-              id_sql(0x41), id_sql(0x40));
+    raw_execf(
+        "INSERT INTO files SELECT %s, idx, url, path, tmp_path, remote_size, etag, "
+        "last_modified, sha256, manifest, size, piece_size, transferred, completed, "
+        "bad_pieces, dir_dev, dir_ino, file_dev, file_ino, from_origin, from_peers, from_cache "
+        "FROM files WHERE job = %s",
+        id_sql(0x41), id_sql(0x40));
     raw_execf("INSERT INTO ranges VALUES (%s, 0, 0, 0, 0)", id_sql(0x42));
     raw_execf("INSERT INTO pieces VALUES (%s, 0, 99)", id_sql(0x42));
     raw_exec("INSERT INTO pieces VALUES (X'00', 0, 0)");
