@@ -18,6 +18,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "callback.h"
 #include "dopa.h"
 #include "origin.h"
 #include "proto.h"
@@ -69,6 +70,8 @@ typedef struct agent_file {
     uint64_t from_origin, from_peers, from_cache; /* bytes received, by source */
     int abort_reason;                             /* why on_data refused (for on_done) */
     int abort_errno;
+    int validation;  /* enum dopa_validation: the client's verdict */
+    int origin_only; /* fetch only from the origin (peer content failed validation) */
 
     /* Transfer state (not stored). */
     int fd;
@@ -84,6 +87,14 @@ typedef struct agent_file {
     int hashing;              /* a whole-file check runs in the background */
     uint64_t hash_generation; /* which check is the current one */
     int probing;
+    int hash_passed;         /* the whole-file SHA-256 matched */
+    int plugins_passed;      /* the validator plugins said valid */
+    int plugin_pid;          /* the plugin helper judging the file, or 0 */
+    int plugin_fd;           /* its output, or -1 */
+    int64_t plugin_deadline; /* monotonic ms: killed after this */
+    char plugin_out[512];    /* what it said so far */
+    size_t plugin_out_len;
+    int64_t validation_deadline; /* monotonic ms: the default verdict applies after this */
 } agent_file;
 
 struct agent_job {
@@ -105,15 +116,21 @@ struct agent_job {
     uint64_t seq;             /* creation order */
     int64_t no_progress_wall; /* wall ms when progress stopped (kept across restarts), or 0 */
     uint64_t version;         /* bumped on every change */
+    uint32_t notify_flags;    /* DOPA_NOTIFY_* */
+    char *notify_cmd;         /* the notify command line: arguments, each ending in NUL */
+    size_t notify_cmd_len;
+    uint32_t validation_timeout;  /* seconds a file waits for SetValidationState */
+    int validation_default_valid; /* the verdict when no answer comes */
     agent_file **files;
     size_t n_files;
 
     /* Engine state (not stored). */
     int running;
-    int64_t retry_at;          /* monotonic ms: when TRANSIENT_ERROR retries */
-    int64_t no_progress_since; /* monotonic ms, 0 while progressing */
-    int64_t touched;           /* monotonic ms of the last change, for inactivity */
-    int64_t purge_at;          /* monotonic ms: when a final job is forgotten */
+    int64_t retry_at;             /* monotonic ms: when TRANSIENT_ERROR retries */
+    int64_t no_progress_since;    /* monotonic ms, 0 while progressing */
+    int64_t touched;              /* monotonic ms of the last change, for inactivity */
+    int64_t purge_at;             /* monotonic ms: when a final job is forgotten */
+    struct engine_client *client; /* registered for the job's notifications, or NULL */
 };
 
 agent_job *agent_job_new(void);
@@ -132,6 +149,10 @@ int agent_file_local_size(const agent_file *f, int64_t remote_size, uint64_t *si
 /* Ranges in order, not overlapping, not empty, not overflowing, only the
  * last to the end of the file; -1 with the reason otherwise. */
 int agent_ranges_check(const dopa_range *ranges, size_t n, char *why, size_t why_len);
+/* The number of arguments in a notify command line (arguments each ending
+ * in NUL, at most DOPA_MAX_NOTIFY_ARGS of at most DOPA_NOTIFY_ARG_MAX bytes,
+ * the first an absolute path), or 0 when it is not one. */
+size_t agent_notify_cmd_count(const char *cmd, size_t len);
 /* Fills the public views. */
 void agent_job_info(const agent_job *j, dopa_job_info *out);
 void agent_file_info(const agent_file *f, dopa_file_info *out);
@@ -159,6 +180,13 @@ int store_delete_job(store *s, const dopa_id *id); /* with its files and pieces 
 int store_put_file(store *s, const agent_file *f); /* insert or replace file + ranges */
 int store_add_pieces(store *s, const agent_file *f, const uint64_t *pieces, size_t n);
 int store_clear_pieces(store *s, const agent_file *f);
+/* Notifications not yet delivered (kind and file as in callback.h). */
+int store_add_notification(store *s, uint64_t id, const dopa_id *job, int kind, int32_t file);
+int store_delete_notification(store *s, uint64_t id);
+typedef void (*store_notification_fn)(void *ctx, uint64_t id, const dopa_id *job, int kind,
+                                      int32_t file);
+int store_load_notifications(store *s, store_notification_fn fn, void *ctx, char *why,
+                             size_t why_len);
 const char *store_error(const store *s);
 
 /* ------------------------------------------------------------------ */
@@ -211,6 +239,10 @@ typedef struct engine_config {
     size_t n_trusted_keys;
     const agent_clock *clock; /* NULL: the real clocks */
     origin_config origin;
+    cb_config notify;            /* notification timing and limits (zeros: defaults) */
+    const char *plugin_dir;      /* validator plugins, or NULL for none */
+    const char *validate_helper; /* the dopa-validate program, an absolute path */
+    uint32_t plugin_timeout_ms;  /* a plugin's time for one file; 0 means 60 s */
 } engine_config;
 
 int engine_open(const engine_config *cfg, agent_engine **out, char *why, size_t why_len);

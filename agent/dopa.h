@@ -29,19 +29,20 @@ extern "C" {
 
 enum dopa_err {
     DOPA_OK = 0,
-    DOPA_ENOMEM = 1,     /* out of memory */
-    DOPA_EINVAL = 2,     /* bad argument */
-    DOPA_ECONNECT = 3,   /* cannot reach dopad */
-    DOPA_EPROTO = 4,     /* malformed or unexpected message */
-    DOPA_ENOTFOUND = 5,  /* no such job (or not yours) */
-    DOPA_EACCESS = 6,    /* not allowed for this user */
-    DOPA_ESTATE = 7,     /* the job's state does not allow this */
-    DOPA_ELIMIT = 8,     /* a limit was reached (jobs, files, sizes) */
-    DOPA_EIO = 9,        /* a local file could not be used */
-    DOPA_ETIMEOUT = 10,  /* no answer in time */
-    DOPA_EVERSION = 11,  /* protocol version not supported */
-    DOPA_EINTERNAL = 12, /* dopad failed (its log says why) */
-    DOPA_EMANIFEST = 13, /* the manifest was rejected */
+    DOPA_ENOMEM = 1,       /* out of memory */
+    DOPA_EINVAL = 2,       /* bad argument */
+    DOPA_ECONNECT = 3,     /* cannot reach dopad */
+    DOPA_EPROTO = 4,       /* malformed or unexpected message */
+    DOPA_ENOTFOUND = 5,    /* no such job (or not yours) */
+    DOPA_EACCESS = 6,      /* not allowed for this user */
+    DOPA_ESTATE = 7,       /* the job's state does not allow this */
+    DOPA_ELIMIT = 8,       /* a limit was reached (jobs, files, sizes) */
+    DOPA_EIO = 9,          /* a local file could not be used */
+    DOPA_ETIMEOUT = 10,    /* no answer in time */
+    DOPA_EVERSION = 11,    /* protocol version not supported */
+    DOPA_EINTERNAL = 12,   /* dopad failed (its log says why) */
+    DOPA_EMANIFEST = 13,   /* the manifest was rejected */
+    DOPA_EVALIDATION = 14, /* the content failed validation */
     DOPA_ERR_END
 };
 
@@ -103,11 +104,31 @@ enum dopa_proxy_usage {
 #define DOPA_MAX_FILES       1000 /* per job */
 #define DOPA_MAX_RANGES      1000 /* per file */
 #define DOPA_SIZE_UNKNOWN    UINT64_MAX
+#define DOPA_MAX_NOTIFY_ARGS 32   /* in a notify command line */
+#define DOPA_NOTIFY_ARG_MAX  1024 /* bytes per argument */
 #define DOPA_LENGTH_TO_EOF   UINT64_MAX
+
+/* Notify flags (BITS's BG_NOTIFY_*): which events a job reports. */
+#define DOPA_NOTIFY_JOB_TRANSFERRED  0x1u
+#define DOPA_NOTIFY_JOB_ERROR        0x2u
+#define DOPA_NOTIFY_DISABLE          0x4u
+#define DOPA_NOTIFY_JOB_MODIFICATION 0x8u
+#define DOPA_NOTIFY_FILE_TRANSFERRED 0x10u /* and wait for SetValidationState */
+#define DOPA_NOTIFY_DEFAULT          (DOPA_NOTIFY_JOB_TRANSFERRED | DOPA_NOTIFY_JOB_ERROR)
+#define DOPA_NOTIFY_ALL              0x1fu
+
+/* Where a file stands in validation (SetValidationState and plugins). */
+enum dopa_validation {
+    DOPA_VALIDATION_NONE = 0,    /* not yet judged */
+    DOPA_VALIDATION_PENDING = 1, /* waiting for the client's verdict */
+    DOPA_VALIDATION_VALID = 2,
+    DOPA_VALIDATION_INVALID = 3,
+};
 
 /* BITS's defaults. */
 #define DOPA_DEFAULT_MIN_RETRY_DELAY     600     /* seconds */
 #define DOPA_DEFAULT_NO_PROGRESS_TIMEOUT 1209600 /* seconds: 14 days */
+#define DOPA_DEFAULT_VALIDATION_TIMEOUT  600     /* seconds */
 
 typedef struct dopa_id {
     uint8_t bytes[16];
@@ -151,6 +172,9 @@ typedef struct dopa_job_info {
     uint32_t no_progress_timeout; /* seconds */
     int proxy_usage;              /* enum dopa_proxy_usage */
     uint64_t version;             /* changes whenever anything in the job does */
+    uint32_t notify_flags;        /* DOPA_NOTIFY_* */
+    uint32_t validation_timeout;  /* seconds a file waits for SetValidationState */
+    int validation_default_valid; /* the verdict when that time runs out */
 } dopa_job_info;
 
 typedef struct dopa_file_info {
@@ -166,6 +190,7 @@ typedef struct dopa_file_info {
     int transferred;  /* every byte is here and checked */
     int has_manifest; /* pieces are checked against a signed manifest */
     int has_sha256;   /* the whole file is checked against a SHA-256 */
+    int validation;   /* enum dopa_validation */
 } dopa_file_info;
 
 typedef struct dopa_range {
@@ -240,6 +265,59 @@ int dopa_job_get_proxy(dopa_manager *m, const dopa_id *id, int *usage, char *pro
  * and returns its information. Pass seen = 0 to return at once. */
 int dopa_job_wait(dopa_manager *m, const dopa_id *id, uint64_t seen, int timeout_ms,
                   dopa_job_info *out);
+
+/* ------------------------------------------------------------------ */
+/* Notifications and validation                                       */
+
+/* Which events the job reports (DOPA_NOTIFY_*; BITS's SetNotifyFlags). */
+int dopa_job_set_notify_flags(dopa_manager *m, const dopa_id *id, uint32_t flags);
+
+/* The program dopad runs, as the job's owner and without a shell, when an
+ * event fires and no client is registered for the job, or when the
+ * client's JobTransferred callback failed (BITS's SetNotifyCmdLine). argv
+ * is NULL-terminated, argv[0] a full path; its environment has DOPA_JOB_ID
+ * and DOPA_EVENT. argv NULL or empty: no program. */
+int dopa_job_set_notify_cmdline(dopa_manager *m, const dopa_id *id, const char *const *argv);
+
+/* The job's flags and command line: *argv (if not NULL) is a NULL-terminated
+ * array in one allocation for free(), NULL when there is none. */
+int dopa_job_get_notify(dopa_manager *m, const dopa_id *id, uint32_t *flags, char ***argv);
+
+/* Callbacks for a job's events (BITS's IBackgroundCopyCallback). Each
+ * returns 0 when it handled the event. A JobTransferred that is not handled
+ * comes again later, with a growing interval (or the job's command line
+ * runs instead, if it has one); other events come once. Any pointer may be
+ * NULL: that event counts as handled. */
+typedef struct dopa_callbacks {
+    void *ctx;
+    int (*job_transferred)(void *ctx, dopa_manager *m, const dopa_id *job);
+    int (*job_error)(void *ctx, dopa_manager *m, const dopa_id *job);
+    int (*job_modification)(void *ctx, dopa_manager *m, const dopa_id *job);
+    /* With DOPA_NOTIFY_FILE_TRANSFERRED: file `index` is here, its content
+     * in info->temporary_name, and dopad waits for
+     * dopa_file_set_validation_state(). */
+    int (*file_transferred)(void *ctx, dopa_manager *m, const dopa_id *job, uint32_t index,
+                            const dopa_file_info *info);
+} dopa_callbacks;
+
+/* Registers callbacks for a job (NULL: unregisters). They run one at a
+ * time on a thread of the manager, which keeps polling dopad and registers
+ * again after dopad restarts; the registration lasts while the manager is
+ * connected (it is not stored). An event may come more than once if an
+ * answer is lost on the way. A callback may call any dopa_* function on the
+ * manager but dopa_disconnect. */
+int dopa_job_set_callbacks(dopa_manager *m, const dopa_id *id, const dopa_callbacks *callbacks);
+
+/* The verdict on a file that waits for one (after FileTransferred; BITS's
+ * SetValidationState). Invalid content that came from peers is fetched
+ * again from the origin; from the origin alone, the job goes to ERROR
+ * (DOPA_EVALIDATION) and the file starts over. */
+int dopa_file_set_validation_state(dopa_manager *m, const dopa_id *id, uint32_t index, int valid);
+
+/* How long a file waits for its verdict, and the verdict when none comes
+ * (defaults: DOPA_DEFAULT_VALIDATION_TIMEOUT, invalid). */
+int dopa_job_set_validation_policy(dopa_manager *m, const dopa_id *id, uint32_t seconds,
+                                   int default_valid);
 
 /* Names for printing. */
 const char *dopa_state_name(int state);

@@ -15,6 +15,8 @@
 #include <fcntl.h>
 #include <getopt.h>
 #include <ini.h>
+#include <libgen.h>
+#include <math.h>
 #include <pthread.h>
 #include <signal.h>
 #include <stdatomic.h>
@@ -40,6 +42,10 @@ struct settings {
     uint64_t inactivity_ms;
     validate_public_key keys[MAX_KEYS];
     size_t n_keys;
+    char plugin_dir[4096];
+    char validate_helper[4096];
+    int64_t plugin_timeout_ms;
+    int64_t notify_retry_ms, notify_retry_max_ms, notify_command_timeout_ms;
     char error[600]; /* the first bad setting */
 };
 
@@ -55,15 +61,29 @@ static int set_max_running(struct settings *s, const char *v)
     return 0;
 }
 
-static int set_inactivity(struct settings *s, const char *v)
+/* A duration in seconds ("90", "0.5") between min_ms and max_ms. */
+static int set_seconds(struct settings *s, const char *name, const char *v, int64_t min_ms,
+                       int64_t max_ms, int64_t *out)
 {
     char *end;
-    unsigned long long n = strtoull(v, &end, 10);
-    if (v[0] < '0' || v[0] > '9' || *end != '\0' || n == 0 || n > 10ull * 365 * 24 * 3600) {
-        snprintf(s->error, sizeof s->error, "inactivity-timeout %s: need seconds, 1 or more", v);
+    errno = 0;
+    double ms = strtod(v, &end) * 1000;
+    if (v[0] < '0' || v[0] > '9' || *end != '\0' || errno != 0 || !isfinite(ms) ||
+        ms < (double)min_ms || ms > (double)max_ms) {
+        snprintf(s->error, sizeof s->error, "%s %s: need seconds, from %g to %g", name, v,
+                 (double)min_ms / 1000, (double)max_ms / 1000);
         return -1;
     }
-    s->inactivity_ms = n * 1000;
+    *out = (int64_t)ms;
+    return 0;
+}
+
+static int set_inactivity(struct settings *s, const char *v)
+{
+    int64_t ms;
+    if (set_seconds(s, "inactivity-timeout", v, 1000, 10ll * 365 * 24 * 3600 * 1000, &ms) != 0)
+        return -1;
+    s->inactivity_ms = (uint64_t)ms;
     return 0;
 }
 
@@ -115,6 +135,18 @@ static int on_setting(void *user, const char *section, const char *name, const c
         rc = set_inactivity(s, value);
     } else if (strcmp(name, "trusted-key") == 0) {
         rc = add_key(s, value);
+    } else if (strcmp(name, "plugin-dir") == 0) {
+        rc = set_path(s, s->plugin_dir, sizeof s->plugin_dir, name, value);
+    } else if (strcmp(name, "validate-helper") == 0) {
+        rc = set_path(s, s->validate_helper, sizeof s->validate_helper, name, value);
+    } else if (strcmp(name, "plugin-timeout") == 0) {
+        rc = set_seconds(s, name, value, 100, 3600 * 1000, &s->plugin_timeout_ms);
+    } else if (strcmp(name, "notify-retry") == 0) {
+        rc = set_seconds(s, name, value, 10, 24 * 3600 * 1000, &s->notify_retry_ms);
+    } else if (strcmp(name, "notify-retry-max") == 0) {
+        rc = set_seconds(s, name, value, 10, 7 * 24 * 3600 * 1000ll, &s->notify_retry_max_ms);
+    } else if (strcmp(name, "notify-command-timeout") == 0) {
+        rc = set_seconds(s, name, value, 100, 24 * 3600 * 1000, &s->notify_command_timeout_ms);
     } else {
         snprintf(s->error, sizeof s->error, "unknown setting %s in [dopad]", name);
         rc = -1;
@@ -158,7 +190,9 @@ static const char usage_text[] =
     "  --trusted-key KEY          a publisher key (file or dopa-pub1:...) whose manifests\n"
     "                             are accepted; repeat for more\n"
     "  --config FILE              settings file (INI, section [dopad]; keys: socket,\n"
-    "                             state-dir, max-running, inactivity-timeout, trusted-key);\n"
+    "                             state-dir, max-running, inactivity-timeout, trusted-key,\n"
+    "                             plugin-dir, plugin-timeout, validate-helper, notify-retry,\n"
+    "                             notify-retry-max, notify-command-timeout; see README.md);\n"
     "                             default /etc/dopa/dopa.conf as root, else\n"
     "                             $XDG_CONFIG_HOME/dopa/dopa.conf, when it exists\n"
     "  --help                     this text\n";
@@ -209,7 +243,7 @@ static int default_paths(char *socket_path, size_t socket_len, char *state_dir, 
 static int make_parents(const char *path)
 {
     char buf[8192];
-    snprintf(buf, sizeof buf, "%s", path);
+    snprintf(buf, sizeof buf, "%.4095s", path);
     for (char *p = buf + 1; *p; p++) {
         if (*p != '/')
             continue;
@@ -312,12 +346,30 @@ int main(int argc, char **argv)
     if (s->state_dir[0] == '\0')
         snprintf(s->state_dir, sizeof s->state_dir, "%s", def_state);
     char *socket_path = s->socket, *state_dir = s->state_dir;
+    if (s->plugin_dir[0] != '\0' && s->validate_helper[0] == '\0') {
+        /* dopa-validate is installed beside dopad. */
+        char self[4096];
+        ssize_t n = readlink("/proc/self/exe", self, sizeof self - 1);
+        if (n <= 0) {
+            fprintf(stderr, "dopad: cannot find dopa-validate; set validate-helper\n");
+            return 2;
+        }
+        self[n] = '\0';
+        snprintf(s->validate_helper, sizeof s->validate_helper, "%.4000s/dopa-validate",
+                 dirname(self));
+    }
     engine_config cfg = {.origin = origin_config_default(),
                          .state_dir = state_dir,
                          .max_running = s->max_running,
                          .inactivity_ms = s->inactivity_ms,
                          .trusted_keys = s->keys,
-                         .n_trusted_keys = s->n_keys};
+                         .n_trusted_keys = s->n_keys,
+                         .plugin_dir = s->plugin_dir[0] ? s->plugin_dir : NULL,
+                         .validate_helper = s->validate_helper,
+                         .plugin_timeout_ms = (uint32_t)s->plugin_timeout_ms,
+                         .notify = {.retry_first_ms = s->notify_retry_ms,
+                                    .retry_max_ms = s->notify_retry_max_ms,
+                                    .command_timeout_ms = s->notify_command_timeout_ms}};
 
     /* Signals go to one thread; every thread made after this inherits the
      * blocked mask. */
@@ -335,7 +387,7 @@ int main(int argc, char **argv)
         return 1;
     }
     char lock_path[8300];
-    snprintf(lock_path, sizeof lock_path, "%s/dopad.lock", state_dir);
+    snprintf(lock_path, sizeof lock_path, "%.4095s/dopad.lock", state_dir);
     int lock = open(lock_path, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
     if (lock < 0 || flock(lock, LOCK_EX | LOCK_NB) != 0) {
         fprintf(stderr, "dopad: %s: %s\n", lock_path,

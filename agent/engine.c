@@ -91,7 +91,22 @@ int engine_touch(agent_engine *e, agent_job *j)
         agent_log("error", "storing job: %s", store_error(e->db));
         return DOPA_EINTERNAL;
     }
+    engine_notify(e, j, CB_JOB_MODIFICATION, -1);
     return DOPA_OK;
+}
+
+/* Persists the job and an event of it in one transaction, so that a crash
+ * cannot keep the one without the other. (Inside a transaction already,
+ * they simply become part of it.) */
+static void touch_notify(agent_engine *e, agent_job *j, int kind, int32_t file)
+{
+    int own = store_begin(e->db) == DOPA_OK;
+    engine_touch(e, j);
+    engine_notify(e, j, kind, file);
+    if (own && store_commit(e->db) != DOPA_OK) {
+        agent_log("error", "store: %s", store_error(e->db));
+        store_rollback(e->db);
+    }
 }
 
 /* ------------------------------------------------------------------ */
@@ -127,6 +142,7 @@ void engine_stop_job(agent_engine *e, agent_job *j)
          * not move the job (it is checked again when the job runs). */
         f->hashing = 0;
         f->hash_generation = 0;
+        validation_stop(f);
         release_fd(f);
     }
     j->running = 0;
@@ -177,7 +193,10 @@ void engine_fail_job_after(agent_engine *e, agent_job *j, int transient, int con
     }
     agent_log("info", "job %02x%02x%02x%02x: %s: %s", j->id.bytes[0], j->id.bytes[1],
               j->id.bytes[2], j->id.bytes[3], transient ? "transient error" : "error", message);
-    engine_touch(e, j);
+    if (transient)
+        engine_touch(e, j);
+    else
+        touch_notify(e, j, CB_JOB_ERROR, -1);
 }
 
 /* ------------------------------------------------------------------ */
@@ -240,8 +259,7 @@ static int write_all(int fd, const uint8_t *p, size_t len, uint64_t offset)
     return 0;
 }
 
-/* Records in one transaction that a file starts over (no pieces). */
-static void store_reset_file(agent_engine *e, agent_file *f)
+void engine_reset_file(agent_engine *e, agent_file *f)
 {
     if (store_begin(e->db) != DOPA_OK)
         return;
@@ -397,7 +415,7 @@ static void on_done(void *ctx, origin_file *of, uint64_t id, const origin_error 
         /* Nothing of the old version may stay behind the new one. */
         if (f->fd >= 0 && ftruncate(f->fd, 0) != 0)
             agent_log("warning", "truncating %s: %s", f->tmp_path, strerror(errno));
-        store_reset_file(e, f);
+        engine_reset_file(e, f);
         engine_fail_job(e, j, 1, DOPA_CONTEXT_REMOTE_FILE, err->code, (int)f->index,
                         err->http_status, err->message);
         return;
@@ -450,7 +468,7 @@ static int open_temp(agent_engine *e, agent_file *f)
         f->ident.file_dev = f->ident.file_ino = 0;
         err = fileops_open_temp(j->file_user, f->tmp_path, 1, &f->ident, &f->fd, why, sizeof why);
         if (err == 0)
-            store_reset_file(e, f);
+            engine_reset_file(e, f);
     }
     if (err != 0) {
         engine_fail_job(e, j, err == ENOSPC || err == EIO, DOPA_CONTEXT_LOCAL_FILE, err,
@@ -531,6 +549,7 @@ static void start_whole_file_check(agent_engine *e, agent_file *f);
 /* Keeps a running job's work going: one file at a time, in order. */
 static void pump_job(agent_engine *e, agent_job *j)
 {
+    int waiting = 0;
     for (size_t i = 0; i < j->n_files; i++) {
         agent_file *f = j->files[i];
         if (f->transferred)
@@ -570,16 +589,29 @@ static void pump_job(agent_engine *e, agent_job *j)
             return;
         }
         if (f->done_count < f->piece_count) {
+            /* Whatever was judged was another content. */
+            f->hash_passed = 0;
+            f->plugins_passed = 0;
+            f->validation = DOPA_VALIDATION_NONE;
             if (f->fill > 0 || next_missing(f) < f->piece_count)
                 start_request(e, f);
             else
                 e->commit_now = 1; /* only the commit stands between it and done */
             return;
         }
-        /* Every piece is done: the whole-file check, if any, then next file. */
-        if (f->has_sha256 && f->manifest == NULL) {
+        /* Every piece is done: the whole-file check, if any, then the
+         * validators and the client; a file that waits for them does not
+         * hold up the next. */
+        if (f->has_sha256 && f->manifest == NULL && !f->hash_passed) {
             start_whole_file_check(e, f);
             return;
+        }
+        int valid = validation_step(e, f);
+        if (valid < 0)
+            return;
+        if (valid == 0) {
+            waiting = 1;
+            continue;
         }
         f->transferred = 1;
         close_file_transfer(f);
@@ -588,12 +620,14 @@ static void pump_job(agent_engine *e, agent_job *j)
         if (store_put_file(e->db, f) != DOPA_OK)
             agent_log("error", "storing file: %s", store_error(e->db));
     }
+    if (waiting)
+        return;
     /* Every file is transferred. */
     engine_stop_job(e, j);
     j->completed = engine_now(e);
     j->has_error = 0;
     j->state = DOPA_STATE_TRANSFERRED;
-    engine_touch(e, j);
+    touch_notify(e, j, CB_JOB_TRANSFERRED, -1);
 }
 
 /* ------------------------------------------------------------------ */
@@ -706,23 +740,11 @@ static void take_hash_results(agent_engine *e)
                 snprintf(msg, sizeof msg, "reading %s: %s", f->tmp_path, strerror(r->err));
                 engine_fail_job(e, j, 1, DOPA_CONTEXT_LOCAL_FILE, r->err, (int)f->index, 0, msg);
             } else if (!r->ok) {
-                /* Came from the origin alone: the job fails validation and
-                 * its progress for this file starts over. */
-                agent_file_clear_pieces(f);
-                if (f->fd >= 0 && ftruncate(f->fd, 0) != 0)
-                    agent_log("warning", "truncating %s: %s", f->tmp_path, strerror(errno));
-                store_reset_file(e, f);
                 char msg[DOPA_MESSAGE_MAX + 1];
                 snprintf(msg, sizeof msg, "%s: the file's SHA-256 is not the expected one", f->url);
-                engine_fail_job(e, j, 0, DOPA_CONTEXT_VALIDATION, VALIDATE_EFILE_HASH,
-                                (int)f->index, 0, msg);
+                engine_reject_file(e, f, VALIDATE_EFILE_HASH, msg);
             } else {
-                f->transferred = 1;
-                close_file_transfer(f);
-                close(f->fd);
-                f->fd = -1;
-                store_put_file(e->db, f);
-                engine_touch(e, j);
+                f->hash_passed = 1; /* the pump goes on to the validators */
             }
         }
         free(r);
@@ -807,6 +829,7 @@ static void commit_pending(agent_engine *e, int force)
             j->no_progress_since = 0;
             j->no_progress_wall = 0;
             j->version++;
+            engine_notify(e, j, CB_JOB_MODIFICATION, -1);
         }
     }
 }
@@ -826,6 +849,7 @@ int engine_finish_job(agent_engine *e, agent_job *j, int state)
         j->files[i]->pending_bytes = 0;
     }
     engine_stop_job(e, j);
+    notify_forget_job(e, j);
     j->state = state;
     j->purge_at = engine_mono(e) + FINAL_JOB_KEEP_MS;
     engine_touch(e, j);
@@ -857,7 +881,7 @@ static void run_timers(agent_engine *e)
                 /* No progress for NoProgressTimeout: the transient error
                  * becomes final. */
                 j->state = DOPA_STATE_ERROR;
-                engine_touch(e, j);
+                touch_notify(e, j, CB_JOB_ERROR, -1);
             } else if (mono >= j->retry_at) {
                 j->state = DOPA_STATE_QUEUED;
                 engine_touch(e, j);
@@ -1009,6 +1033,23 @@ int engine_open(const engine_config *cfg, agent_engine **out, char *why, size_t 
         goto fail;
     e->cfg.state_dir = e->state_dir;
     e->cfg.trusted_keys = e->keys;
+    if (cfg->plugin_dir != NULL) {
+        if (cfg->validate_helper == NULL || cfg->validate_helper[0] != '/') {
+            snprintf(why, why_len, "validator plugins need the dopa-validate program's full path");
+            err = DOPA_EINVAL;
+            goto fail;
+        }
+        e->cfg.plugin_dir = e->plugin_dir = strdup(cfg->plugin_dir);
+        e->cfg.validate_helper = e->validate_helper = strdup(cfg->validate_helper);
+        if (e->plugin_dir == NULL || e->validate_helper == NULL)
+            goto fail;
+    }
+    if (e->cfg.notify.per_user > CLIENT_HELD_MAX) {
+        snprintf(why, why_len, "at most %d notifications per user may be outstanding",
+                 CLIENT_HELD_MAX);
+        err = DOPA_EINVAL;
+        goto fail;
+    }
     err = make_dir(e->state_dir, why, why_len);
     if (err != DOPA_OK)
         goto fail;
@@ -1050,6 +1091,9 @@ int engine_open(const engine_config *cfg, agent_engine **out, char *why, size_t 
         engine_add_job(e, loaded[i]);
     }
     free(loaded);
+    err = notify_open(e, why, why_len);
+    if (err != DOPA_OK)
+        goto fail;
     the_engine = e;
     e->last_commit = mono;
     *out = e;
@@ -1073,6 +1117,7 @@ void engine_close(agent_engine *e)
     engine_answer_waits(e, 1);
     for (size_t i = 0; i < e->n_jobs; i++)
         engine_stop_job(e, e->jobs[i]);
+    notify_close(e);
     for (size_t i = 0; i < e->n_jobs; i++)
         agent_job_free(e->jobs[i]);
     free(e->jobs);
@@ -1087,6 +1132,8 @@ void engine_close(agent_engine *e)
     pthread_mutex_unlock(&e->lock);
     free(e->keys);
     free(e->state_dir);
+    free(e->plugin_dir);
+    free(e->validate_helper);
     if (the_engine == e)
         the_engine = NULL;
     free(e);
@@ -1108,6 +1155,9 @@ static int next_timer_ms(agent_engine *e, int limit)
         for (size_t k = 0; k < e->jobs[i]->n_files; k++)
             if (e->jobs[i]->files[k]->n_pending > 0 && best > COMMIT_INTERVAL_MS)
                 best = COMMIT_INTERVAL_MS;
+    if (e->notify_wake >= 0 && e->notify_wake < best)
+        best = e->notify_wake;
+    best = validation_next_ms(e, best);
     return best < 0 ? 0 : (int)best;
 }
 
@@ -1120,6 +1170,7 @@ int engine_step(agent_engine *e, int timeout_ms)
     commit_pending(e, 0);
     run_timers(e);
     schedule(e);
+    e->notify_wake = notify_step(e);
     engine_answer_waits(e, 0);
     return err == ORIGIN_OK ? DOPA_OK : DOPA_EINTERNAL;
 }

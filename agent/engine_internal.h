@@ -8,6 +8,7 @@
 #include <pthread.h>
 
 #include "agent.h"
+#include "callback.h"
 
 /* A PROTO_WAIT request waiting for its job to change. */
 typedef struct engine_wait {
@@ -31,6 +32,20 @@ typedef struct hash_result {
     struct hash_result *next;
 } hash_result;
 
+/* A client (a libdopa manager) that takes notifications for its jobs. */
+#define CLIENT_HELD_MAX 64 /* events handed to one client and not yet answered */
+typedef struct engine_client {
+    uint8_t token[16];
+    uint32_t uid;
+    int64_t last_seen;   /* monotonic ms */
+    engine_call *parked; /* its PROTO_EVENTS call waiting for events, or NULL */
+    engine_reply_fn reply;
+    int64_t parked_until;
+    cb_event held[CLIENT_HELD_MAX]; /* offered to it, not yet answered */
+    size_t n_held;
+    struct engine_client *next;
+} engine_client;
+
 struct agent_engine {
     engine_config cfg;
     char *state_dir;
@@ -51,6 +66,11 @@ struct agent_engine {
     uint64_t generation;  /* tells stale background results apart */
     pthread_mutex_t lock; /* guards results */
     hash_result *results;
+    char *plugin_dir, *validate_helper;
+    cb_center *cb;       /* notifications */
+    int64_t notify_wake; /* ms from the last notify_step until it wants to run, or -1 */
+    uint64_t next_event_id;
+    engine_client *clients;
 };
 
 int64_t engine_now(const agent_engine *e);  /* wall ms */
@@ -76,5 +96,40 @@ int engine_add_job(agent_engine *e, agent_job *j);
 int engine_finish_job(agent_engine *e, agent_job *j, int state);
 /* Answers the waits whose job changed or whose time ran out. */
 void engine_answer_waits(agent_engine *e, int all);
+
+/* Notifications (notify.c). */
+int notify_open(agent_engine *e, char *why, size_t why_len); /* after the jobs are loaded */
+void notify_close(agent_engine *e);
+/* An event of the job, if its notify flags want it. Events other than
+ * JobModification are stored until delivered; to make one part of a change,
+ * call this inside the change's transaction. */
+void engine_notify(agent_engine *e, agent_job *j, int kind, int32_t file);
+/* Delivers what is due; returns the ms until it wants to run again (-1: no timer). */
+int64_t notify_step(agent_engine *e);
+/* The job is gone: its events and its client. */
+void notify_forget_job(agent_engine *e, agent_job *j);
+/* A FileTransferred of this file is no news any more. */
+void notify_cancel(agent_engine *e, agent_job *j, int kind, int32_t file);
+/* PROTO_REGISTER, PROTO_UNREGISTER, PROTO_EVENTS, PROTO_EVENT_DONE. */
+int notify_handle(agent_engine *e, uint32_t uid, const proto_request *req, proto_reply *reply,
+                  engine_call *call, engine_reply_fn reply_fn);
+/* The call's client went away: forget its parked call. */
+int notify_drop_call(agent_engine *e, engine_call *call);
+
+/* Validation (validation.c): plugins, then the client's verdict. */
+/* 1 when the file (every piece done, hashes checked) is valid, 0 while it
+ * waits, -1 when it was rejected (the job failed or the file starts over). */
+int validation_step(agent_engine *e, agent_file *f);
+/* The client's SetValidationState for a file that waits for it. */
+int validation_set(agent_engine *e, agent_file *f, int valid, char *why, size_t why_len);
+/* Stops a running plugin helper. */
+void validation_stop(agent_file *f);
+/* ms until a validation timer wants the engine (or `limit`). */
+int64_t validation_next_ms(agent_engine *e, int64_t limit);
+/* Content failed validation: from peers, fetched again from the origin;
+ * from the origin alone, the job fails and the file starts over. */
+void engine_reject_file(agent_engine *e, agent_file *f, int code, const char *message);
+/* Records in one transaction that a file starts over (no pieces). */
+void engine_reset_file(agent_engine *e, agent_file *f);
 
 #endif

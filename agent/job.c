@@ -19,6 +19,8 @@ agent_job *agent_job_new(void)
     j->retry_delay = DOPA_DEFAULT_MIN_RETRY_DELAY;
     j->no_progress_timeout = DOPA_DEFAULT_NO_PROGRESS_TIMEOUT;
     j->error.file = -1;
+    j->notify_flags = DOPA_NOTIFY_DEFAULT;
+    j->validation_timeout = DOPA_DEFAULT_VALIDATION_TIMEOUT;
     return j;
 }
 
@@ -29,6 +31,7 @@ void agent_job_free(agent_job *j)
     for (size_t i = 0; i < j->n_files; i++)
         agent_file_free(j->files[i]);
     free(j->files);
+    free(j->notify_cmd);
     free(j);
 }
 
@@ -40,6 +43,7 @@ agent_file *agent_file_new(void)
     f->remote_size = -1;
     f->size = DOPA_SIZE_UNKNOWN;
     f->fd = -1;
+    f->plugin_fd = -1;
     return f;
 }
 
@@ -57,6 +61,8 @@ void agent_file_free(agent_file *f)
     validate_manifest_free(f->manifest);
     free(f->done);
     free(f->pending);
+    if (f->plugin_fd >= 0)
+        close(f->plugin_fd);
     free(f);
 }
 
@@ -151,6 +157,20 @@ int agent_ranges_check(const dopa_range *ranges, size_t n, char *why, size_t why
     return 0;
 }
 
+size_t agent_notify_cmd_count(const char *cmd, size_t len)
+{
+    if (len == 0 || cmd[0] != '/' || cmd[len - 1] != '\0')
+        return 0;
+    size_t n = 0;
+    for (size_t at = 0; at < len; n++) {
+        size_t arg = strlen(cmd + at);
+        if (arg > DOPA_NOTIFY_ARG_MAX || n == DOPA_MAX_NOTIFY_ARGS)
+            return 0;
+        at += arg + 1;
+    }
+    return n;
+}
+
 void agent_job_info(const agent_job *j, dopa_job_info *out)
 {
     memset(out, 0, sizeof *out);
@@ -185,6 +205,9 @@ void agent_job_info(const agent_job *j, dopa_job_info *out)
     out->no_progress_timeout = j->no_progress_timeout;
     out->proxy_usage = j->proxy_usage;
     out->version = j->version;
+    out->notify_flags = j->notify_flags;
+    out->validation_timeout = j->validation_timeout;
+    out->validation_default_valid = j->validation_default_valid;
 }
 
 void agent_file_info(const agent_file *f, dopa_file_info *out)
@@ -202,4 +225,5 @@ void agent_file_info(const agent_file *f, dopa_file_info *out)
     out->transferred = f->transferred;
     out->has_manifest = f->manifest != NULL;
     out->has_sha256 = f->has_sha256;
+    out->validation = f->validation;
 }

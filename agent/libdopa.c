@@ -4,12 +4,16 @@
  * several threads run side by side; replies are parsed as strictly as
  * dopad parses requests.
  */
+#include <errno.h>
 #include <nng/nng.h>
 #include <nng/protocol/reqrep0/req.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/random.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "dopa.h"
@@ -17,10 +21,37 @@
 
 #define CALL_TIMEOUT_MS 120000
 #define SYSTEM_SOCKET   "/run/dopa/control.sock"
+#define EVENTS_POLL_MS  25000 /* how long one poll for events waits in dopad */
+#define RETRY_MS        1000  /* after dopad could not be reached */
+
+/* Callbacks registered for a job. */
+typedef struct registration {
+    dopa_id id;
+    dopa_callbacks cb;
+} registration;
 
 struct dopa_manager {
     nng_socket sock;
+    /* Notifications: the thread that polls for events and runs the
+     * callbacks, and what it needs. lock guards the fields below it. */
+    uint8_t client[16]; /* who we are to dopad */
+    pthread_t thread;
+    pthread_mutex_t lock;
+    pthread_cond_t wake;
+    registration *regs;
+    size_t n_regs, cap_regs;
+    int has_thread;
+    int stopping;
+    int free_on_exit; /* disconnected from a callback: the thread frees it */
 };
+
+static void free_manager(dopa_manager *m)
+{
+    pthread_cond_destroy(&m->wake);
+    pthread_mutex_destroy(&m->lock);
+    free(m->regs);
+    free(m);
+}
 
 static __thread char last_message[DOPA_MESSAGE_MAX + 1];
 
@@ -62,6 +93,12 @@ int dopa_connect(const char *socket_path, dopa_manager **out)
     if (m == NULL)
         return DOPA_ENOMEM;
     snprintf(url, sizeof url, "ipc://%s", socket_path);
+    if (getrandom(m->client, sizeof m->client, 0) != (ssize_t)sizeof m->client) {
+        free(m);
+        return DOPA_EINTERNAL;
+    }
+    pthread_mutex_init(&m->lock, NULL);
+    pthread_cond_init(&m->wake, NULL);
     if (nng_req0_open(&m->sock) != 0) {
         free(m);
         return DOPA_ENOMEM;
@@ -82,8 +119,21 @@ void dopa_disconnect(dopa_manager *m)
 {
     if (m == NULL)
         return;
-    nng_close(m->sock);
-    free(m);
+    pthread_mutex_lock(&m->lock);
+    m->stopping = 1;
+    int joined = m->has_thread;
+    pthread_cond_broadcast(&m->wake);
+    pthread_mutex_unlock(&m->lock);
+    nng_close(m->sock); /* ends the poll that is waiting */
+    if (joined && pthread_equal(m->thread, pthread_self())) {
+        /* From a callback: the thread ends when it returns, and frees. */
+        m->free_on_exit = 1;
+        pthread_detach(m->thread);
+        return;
+    }
+    if (joined)
+        pthread_join(m->thread, NULL);
+    free_manager(m);
 }
 
 /* Sends a request and waits for its reply. */
@@ -545,5 +595,328 @@ int dopa_job_get_proxy(dopa_manager *m, const dopa_id *id, int *usage, char *pro
             snprintf(bypass, bypass_len, "%s", reply.bypass);
         proto_reply_clear(&reply);
     }
+    return err;
+}
+
+/* ------------------------------------------------------------------ */
+/* Notifications and validation                                       */
+
+static int send_request(dopa_manager *m, proto_request *req)
+{
+    proto_reply reply;
+    int err = call(m, req, &reply, CALL_TIMEOUT_MS);
+    if (err == DOPA_OK)
+        proto_reply_clear(&reply);
+    return err;
+}
+
+static proto_request *new_request(int op, const dopa_id *id)
+{
+    proto_request *req = calloc(1, sizeof *req);
+    if (req != NULL) {
+        req->op = op;
+        if (id != NULL)
+            req->id = *id;
+    }
+    return req;
+}
+
+int dopa_job_set_notify_flags(dopa_manager *m, const dopa_id *id, uint32_t flags)
+{
+    if (id == NULL)
+        return DOPA_EINVAL;
+    proto_request *req = new_request(PROTO_SET_NOTIFY_FLAGS, id);
+    if (req == NULL)
+        return DOPA_ENOMEM;
+    req->flags = flags;
+    int err = send_request(m, req);
+    free(req);
+    return err;
+}
+
+int dopa_job_set_notify_cmdline(dopa_manager *m, const dopa_id *id, const char *const *argv)
+{
+    if (id == NULL)
+        return DOPA_EINVAL;
+    proto_request *req = new_request(PROTO_SET_NOTIFY_CMDLINE, id);
+    if (req == NULL)
+        return DOPA_ENOMEM;
+    int err = DOPA_OK;
+    for (size_t i = 0; argv != NULL && argv[i] != NULL && err == DOPA_OK; i++) {
+        if (i == PROTO_MAX_ARGS)
+            err = DOPA_EINVAL;
+        else
+            err = copy_string(req->args[i], sizeof req->args[i], argv[i]);
+        req->n_args = i + 1;
+    }
+    if (err == DOPA_OK && req->n_args > 0 && req->args[0][0] != '/')
+        err = DOPA_EINVAL; /* dopad says so too; no need to ask */
+    if (err == DOPA_OK)
+        err = send_request(m, req);
+    free(req);
+    return err;
+}
+
+int dopa_job_get_notify(dopa_manager *m, const dopa_id *id, uint32_t *flags, char ***argv)
+{
+    if (id == NULL)
+        return DOPA_EINVAL;
+    proto_request *req = new_request(PROTO_GET_NOTIFY, id);
+    proto_reply reply;
+    if (req == NULL)
+        return DOPA_ENOMEM;
+    int err = call(m, req, &reply, CALL_TIMEOUT_MS);
+    free(req);
+    if (err != DOPA_OK)
+        return err;
+    if (flags != NULL)
+        *flags = (uint32_t)reply.flags;
+    if (argv != NULL) {
+        *argv = NULL;
+        if (reply.n_args > 0) {
+            /* The pointers, then the strings, in one block. */
+            size_t size = (reply.n_args + 1) * sizeof(char *);
+            for (size_t i = 0; i < reply.n_args; i++)
+                size += strlen(reply.args[i]) + 1;
+            char **out = malloc(size);
+            if (out == NULL) {
+                err = DOPA_ENOMEM;
+            } else {
+                char *at = (char *)(out + reply.n_args + 1);
+                for (size_t i = 0; i < reply.n_args; i++) {
+                    size_t n = strlen(reply.args[i]) + 1;
+                    memcpy(at, reply.args[i], n);
+                    out[i] = at;
+                    at += n;
+                }
+                out[reply.n_args] = NULL;
+                *argv = out;
+            }
+        }
+    }
+    proto_reply_clear(&reply);
+    return err;
+}
+
+int dopa_file_set_validation_state(dopa_manager *m, const dopa_id *id, uint32_t index, int valid)
+{
+    if (id == NULL)
+        return DOPA_EINVAL;
+    proto_request *req = new_request(PROTO_SET_VALIDATION, id);
+    if (req == NULL)
+        return DOPA_ENOMEM;
+    req->start = index;
+    req->valid = valid != 0;
+    int err = send_request(m, req);
+    free(req);
+    return err;
+}
+
+int dopa_job_set_validation_policy(dopa_manager *m, const dopa_id *id, uint32_t seconds,
+                                   int default_valid)
+{
+    if (id == NULL)
+        return DOPA_EINVAL;
+    proto_request *req = new_request(PROTO_SET_VALIDATION_POLICY, id);
+    if (req == NULL)
+        return DOPA_ENOMEM;
+    req->seconds = seconds;
+    req->valid = default_valid != 0;
+    int err = send_request(m, req);
+    free(req);
+    return err;
+}
+
+/* Tells dopad that this manager takes the job's events (or no longer). */
+static int send_registration(dopa_manager *m, int op, const dopa_id *id)
+{
+    proto_request *req = new_request(op, id);
+    if (req == NULL)
+        return DOPA_ENOMEM;
+    memcpy(req->client, m->client, sizeof req->client);
+    int err = send_request(m, req);
+    free(req);
+    return err;
+}
+
+/* After dopad restarted (it no longer knows us): every job again. Jobs it
+ * no longer has are dropped. */
+static void register_again(dopa_manager *m)
+{
+    pthread_mutex_lock(&m->lock);
+    size_t n = m->n_regs;
+    dopa_id *ids = malloc((n ? n : 1) * sizeof *ids);
+    for (size_t i = 0; ids != NULL && i < n; i++)
+        ids[i] = m->regs[i].id;
+    pthread_mutex_unlock(&m->lock);
+    if (ids == NULL)
+        return;
+    for (size_t i = 0; i < n; i++) {
+        if (send_registration(m, PROTO_REGISTER, &ids[i]) != DOPA_ENOTFOUND)
+            continue;
+        pthread_mutex_lock(&m->lock);
+        for (size_t k = 0; k < m->n_regs; k++) {
+            if (memcmp(m->regs[k].id.bytes, ids[i].bytes, 16) == 0) {
+                m->regs[k] = m->regs[--m->n_regs];
+                break;
+            }
+        }
+        pthread_mutex_unlock(&m->lock);
+    }
+    free(ids);
+}
+
+/* Runs the callback for one event; 1 when it was handled. */
+static int deliver(dopa_manager *m, const proto_event *ev)
+{
+    dopa_callbacks cb = {0};
+    int found = 0;
+    pthread_mutex_lock(&m->lock);
+    for (size_t i = 0; i < m->n_regs && !found; i++) {
+        if (memcmp(m->regs[i].id.bytes, ev->job.bytes, 16) == 0) {
+            cb = m->regs[i].cb;
+            found = 1;
+        }
+    }
+    pthread_mutex_unlock(&m->lock);
+    if (!found)
+        return 0; /* unregistered meanwhile: someone else's to handle */
+    switch (ev->kind) {
+    case 1: /* JobTransferred */
+        return cb.job_transferred == NULL || cb.job_transferred(cb.ctx, m, &ev->job) == 0;
+    case 2: /* JobError */
+        return cb.job_error == NULL || cb.job_error(cb.ctx, m, &ev->job) == 0;
+    case 3: /* JobModification */
+        return cb.job_modification == NULL || cb.job_modification(cb.ctx, m, &ev->job) == 0;
+    case 4: { /* FileTransferred */
+        if (cb.file_transferred == NULL)
+            return 1;
+        proto_request *req = new_request(PROTO_LIST_FILES, &ev->job);
+        proto_reply reply;
+        if (req == NULL)
+            return 0;
+        req->start = (uint64_t)ev->file;
+        int err = call(m, req, &reply, CALL_TIMEOUT_MS);
+        free(req);
+        if (err != DOPA_OK)
+            return 0;
+        int ok = 0;
+        if (reply.n_files > 0)
+            ok = cb.file_transferred(cb.ctx, m, &ev->job, (uint32_t)ev->file, &reply.files[0]) == 0;
+        proto_reply_clear(&reply);
+        return ok;
+    }
+    default:
+        return 0;
+    }
+}
+
+/* Waits a while unless the manager is being closed; 1 when it is. */
+static int pause_unless_stopping(dopa_manager *m, int ms)
+{
+    struct timespec until;
+    clock_gettime(CLOCK_REALTIME, &until);
+    until.tv_sec += ms / 1000;
+    until.tv_nsec += (long)(ms % 1000) * 1000000;
+    if (until.tv_nsec >= 1000000000) {
+        until.tv_sec++;
+        until.tv_nsec -= 1000000000;
+    }
+    pthread_mutex_lock(&m->lock);
+    while (!m->stopping && pthread_cond_timedwait(&m->wake, &m->lock, &until) != ETIMEDOUT)
+        ;
+    int stopping = m->stopping;
+    pthread_mutex_unlock(&m->lock);
+    return stopping;
+}
+
+static int stopping(dopa_manager *m)
+{
+    pthread_mutex_lock(&m->lock);
+    int s = m->stopping;
+    pthread_mutex_unlock(&m->lock);
+    return s;
+}
+
+static void *events_main(void *arg)
+{
+    dopa_manager *m = arg;
+    proto_request *req = new_request(PROTO_EVENTS, NULL);
+    proto_request *done = new_request(PROTO_EVENT_DONE, NULL);
+    if (req == NULL || done == NULL) {
+        free(req);
+        free(done);
+        return NULL;
+    }
+    memcpy(req->client, m->client, sizeof req->client);
+    memcpy(done->client, m->client, sizeof done->client);
+    req->timeout_ms = EVENTS_POLL_MS;
+    while (!stopping(m)) {
+        proto_reply reply;
+        int err = call(m, req, &reply, EVENTS_POLL_MS + CALL_TIMEOUT_MS);
+        if (err == DOPA_ENOTFOUND) {
+            register_again(m); /* dopad restarted, or forgot us */
+            continue;
+        }
+        if (err != DOPA_OK) {
+            if (pause_unless_stopping(m, RETRY_MS))
+                break;
+            continue;
+        }
+        /* One at a time, each answered before the next poll: dopad sends
+         * what is unanswered again with every poll. */
+        for (size_t i = 0; i < reply.n_events && !stopping(m); i++) {
+            done->event = reply.events[i].id;
+            done->ok = (uint64_t)deliver(m, &reply.events[i]);
+            send_request(m, done);
+        }
+        proto_reply_clear(&reply);
+    }
+    free(req);
+    free(done);
+    if (m->free_on_exit)
+        free_manager(m);
+    return NULL;
+}
+
+int dopa_job_set_callbacks(dopa_manager *m, const dopa_id *id, const dopa_callbacks *callbacks)
+{
+    if (m == NULL || id == NULL)
+        return DOPA_EINVAL;
+    int err = send_registration(m, callbacks != NULL ? PROTO_REGISTER : PROTO_UNREGISTER, id);
+    if (err != DOPA_OK)
+        return err;
+    pthread_mutex_lock(&m->lock);
+    size_t i = 0;
+    while (i < m->n_regs && memcmp(m->regs[i].id.bytes, id->bytes, 16) != 0)
+        i++;
+    if (callbacks == NULL) {
+        if (i < m->n_regs)
+            m->regs[i] = m->regs[--m->n_regs];
+        pthread_mutex_unlock(&m->lock);
+        return DOPA_OK;
+    }
+    if (i == m->n_regs) {
+        if (m->n_regs == m->cap_regs) {
+            size_t cap = m->cap_regs ? 2 * m->cap_regs : 8;
+            registration *grown = realloc(m->regs, cap * sizeof *grown);
+            if (grown == NULL) {
+                pthread_mutex_unlock(&m->lock);
+                return DOPA_ENOMEM;
+            }
+            m->regs = grown;
+            m->cap_regs = cap;
+        }
+        m->n_regs++;
+    }
+    m->regs[i].id = *id;
+    m->regs[i].cb = *callbacks;
+    if (!m->has_thread && !m->stopping) {
+        if (pthread_create(&m->thread, NULL, events_main, m) != 0)
+            err = DOPA_ENOMEM;
+        else
+            m->has_thread = 1;
+    }
+    pthread_mutex_unlock(&m->lock);
     return err;
 }

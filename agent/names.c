@@ -24,6 +24,7 @@ const char *dopa_strerror(int err)
         [DOPA_EVERSION] = "protocol version not supported",
         [DOPA_EINTERNAL] = "dopad failed",
         [DOPA_EMANIFEST] = "manifest rejected",
+        [DOPA_EVALIDATION] = "the content failed validation",
     };
     if (err >= 0 && err < DOPA_ERR_END)
         return messages[err];

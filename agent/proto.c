@@ -21,6 +21,9 @@ enum kind {
     K_BLOB,   /* bytes, at most `max` */
     K_JOB,    /* a nested job record, repeated */
     K_FILE,   /* a nested file record, repeated */
+    K_ARG,    /* a string argument, repeated */
+    K_CLIENT, /* 16 bytes */
+    K_EVENT,  /* a nested event record, repeated */
 };
 
 struct field {
@@ -57,6 +60,12 @@ enum {
     T_TIMEOUT,
     T_START,
     T_CURSOR,
+    T_FLAGS,
+    T_ARG,
+    T_CLIENT,
+    T_EVENT,
+    T_OK,
+    T_VALID,
 };
 
 #define RQ(field) offsetof(proto_request, field)
@@ -80,6 +89,12 @@ static const struct field request_fields[] = {
     {T_TIMEOUT, K_U64, RQ(timeout_ms), 0, NO_FLAG},
     {T_START, K_U64, RQ(start), 0, NO_FLAG},
     {T_CURSOR, K_ID, RQ(cursor), 0, RQ(has_cursor)},
+    {T_FLAGS, K_U64, RQ(flags), 0, NO_FLAG},
+    {T_ARG, K_ARG, RQ(args), PROTO_ARG_MAX, NO_FLAG},
+    {T_CLIENT, K_CLIENT, RQ(client), 0, NO_FLAG},
+    {T_EVENT, K_U64, RQ(event), 0, NO_FLAG},
+    {T_OK, K_U64, RQ(ok), 0, NO_FLAG},
+    {T_VALID, K_U64, RQ(valid), 0, NO_FLAG},
 };
 
 /* What each request op requires and allows (allowed includes required). */
@@ -109,6 +124,18 @@ static const struct {
     [PROTO_GET_PROXY] = {BIT(T_ID), BIT(T_ID)},
     [PROTO_WAIT] = {BIT(T_ID) | BIT(T_SEEN) | BIT(T_TIMEOUT),
                     BIT(T_ID) | BIT(T_SEEN) | BIT(T_TIMEOUT)},
+    [PROTO_SET_NOTIFY_FLAGS] = {BIT(T_ID) | BIT(T_FLAGS), BIT(T_ID) | BIT(T_FLAGS)},
+    [PROTO_SET_NOTIFY_CMDLINE] = {BIT(T_ID), BIT(T_ID) | BIT(T_ARG)},
+    [PROTO_GET_NOTIFY] = {BIT(T_ID), BIT(T_ID)},
+    [PROTO_REGISTER] = {BIT(T_ID) | BIT(T_CLIENT), BIT(T_ID) | BIT(T_CLIENT)},
+    [PROTO_UNREGISTER] = {BIT(T_ID) | BIT(T_CLIENT), BIT(T_ID) | BIT(T_CLIENT)},
+    [PROTO_EVENTS] = {BIT(T_CLIENT) | BIT(T_TIMEOUT), BIT(T_CLIENT) | BIT(T_TIMEOUT)},
+    [PROTO_EVENT_DONE] = {BIT(T_CLIENT) | BIT(T_EVENT) | BIT(T_OK),
+                          BIT(T_CLIENT) | BIT(T_EVENT) | BIT(T_OK)},
+    [PROTO_SET_VALIDATION] = {BIT(T_ID) | BIT(T_START) | BIT(T_VALID),
+                              BIT(T_ID) | BIT(T_START) | BIT(T_VALID)},
+    [PROTO_SET_VALIDATION_POLICY] = {BIT(T_ID) | BIT(T_SECONDS) | BIT(T_VALID),
+                                     BIT(T_ID) | BIT(T_SECONDS) | BIT(T_VALID)},
 };
 
 /* ------------------------------------------------------------------ */
@@ -127,6 +154,9 @@ enum {
     R_PROXY_USAGE,
     R_PROXY,
     R_BYPASS,
+    R_EVENT,
+    R_FLAGS,
+    R_ARG,
 };
 
 #define RP(field) offsetof(proto_reply, field)
@@ -143,6 +173,9 @@ static const struct field reply_fields[] = {
     {R_PROXY_USAGE, K_U64, RP(proxy_usage), 0, NO_FLAG},
     {R_PROXY, K_STR, RP(proxy), DOPA_PROXY_MAX, NO_FLAG},
     {R_BYPASS, K_STR, RP(bypass), DOPA_PROXY_MAX, NO_FLAG},
+    {R_EVENT, K_EVENT, 0, 0, NO_FLAG},
+    {R_FLAGS, K_U64, RP(flags), 0, NO_FLAG},
+    {R_ARG, K_ARG, RP(args), PROTO_ARG_MAX, NO_FLAG},
 };
 
 static const struct {
@@ -156,6 +189,8 @@ static const struct {
     [PROTO_COMPLETE] = {BIT(R_PARTIAL), BIT(R_PARTIAL)},
     [PROTO_GET_PROXY] = {BIT(R_PROXY_USAGE), BIT(R_PROXY_USAGE) | BIT(R_PROXY) | BIT(R_BYPASS)},
     [PROTO_WAIT] = {BIT(R_JOB), BIT(R_JOB)},
+    [PROTO_GET_NOTIFY] = {BIT(R_FLAGS), BIT(R_FLAGS) | BIT(R_ARG)},
+    [PROTO_EVENTS] = {0, BIT(R_EVENT)},
 };
 
 enum {
@@ -187,6 +222,9 @@ enum {
     J_NO_PROGRESS,
     J_PROXY_USAGE,
     J_VERSION,
+    J_NOTIFY_FLAGS,
+    J_VALIDATION_TIMEOUT,
+    J_VALIDATION_DEFAULT,
     J_END
 };
 
@@ -205,7 +243,7 @@ static const struct field job_fields[] = {
      BIT(J_CREATED) | BIT(J_MODIFIED) | BIT(J_COMPLETED) | BIT(J_ERROR_COUNT) | BIT(J_HAS_ERROR) | \
      BIT(J_ERR_CONTEXT) | BIT(J_ERR_CODE) | BIT(J_ERR_FILE) | BIT(J_ERR_HTTP) |                    \
      BIT(J_ERR_MESSAGE) | BIT(J_RETRY_DELAY) | BIT(J_NO_PROGRESS) | BIT(J_PROXY_USAGE) |           \
-     BIT(J_VERSION))
+     BIT(J_VERSION) | BIT(J_NOTIFY_FLAGS) | BIT(J_VALIDATION_TIMEOUT) | BIT(J_VALIDATION_DEFAULT))
 
 enum {
     F_URL = 1,
@@ -220,7 +258,16 @@ enum {
     F_FROM_ORIGIN,
     F_FROM_PEERS,
     F_FROM_CACHE,
+    F_VALIDATION,
     F_END
+};
+
+enum { E_ID = 1, E_JOB, E_KIND, E_FILE, E_END };
+
+#define EVENT_REQUIRED (BIT(E_ID) | BIT(E_JOB) | BIT(E_KIND) | BIT(E_FILE))
+
+static const struct field event_fields[] = {
+    {E_JOB, K_ID, offsetof(proto_event, job), 0, NO_FLAG},
 };
 
 static const struct field file_fields[] = {
@@ -231,7 +278,7 @@ static const struct field file_fields[] = {
 #define FILE_REQUIRED                                                                              \
     (BIT(F_URL) | BIT(F_LOCAL) | BIT(F_TEMP) | BIT(F_BYTES_TOTAL) | BIT(F_BYTES_DONE) |            \
      BIT(F_RANGES) | BIT(F_TRANSFERRED) | BIT(F_HAS_MANIFEST) | BIT(F_HAS_SHA256) |                \
-     BIT(F_FROM_ORIGIN) | BIT(F_FROM_PEERS) | BIT(F_FROM_CACHE))
+     BIT(F_FROM_ORIGIN) | BIT(F_FROM_PEERS) | BIT(F_FROM_CACHE) | BIT(F_VALIDATION))
 
 /* ------------------------------------------------------------------ */
 /* Buffers and primitive writes                                       */
@@ -342,6 +389,9 @@ static void put_fields(proto_buf *b, const struct field *table, size_t n, uint64
         case K_SHA256:
             put_field(b, f->tag, base + f->offset, 32);
             break;
+        case K_CLIENT:
+            put_field(b, f->tag, base + f->offset, 16);
+            break;
         default:
             break; /* ranges, blobs and records are written by their owners */
         }
@@ -439,6 +489,11 @@ static int take_scalar(const struct field *f, const uint8_t *v, size_t n, void *
         if (n != 32)
             return bad(why, why_len, "field %u: hash of %zu bytes", f->tag, n);
         memcpy(base + f->offset, v, 32);
+        break;
+    case K_CLIENT:
+        if (n != 16)
+            return bad(why, why_len, "field %u: client id of %zu bytes", f->tag, n);
+        memcpy(base + f->offset, v, 16);
         break;
     case K_STR:
     case K_TEXT:
@@ -551,7 +606,8 @@ static int decode_job(const uint8_t *p, size_t len, dopa_job_info *j, char *why,
         !int_fits(v[J_RETRY_DELAY], UINT32_MAX) || !int_fits(v[J_NO_PROGRESS], UINT32_MAX) ||
         !int_fits(v[J_PROXY_USAGE], DOPA_PROXY_OVERRIDE) || !int_fits(v[J_CREATED], INT64_MAX) ||
         !int_fits(v[J_MODIFIED], INT64_MAX) || !int_fits(v[J_COMPLETED], INT64_MAX) ||
-        !int_fits(v[J_ERR_HTTP], 999))
+        !int_fits(v[J_ERR_HTTP], 999) || !int_fits(v[J_NOTIFY_FLAGS], 0x1f) ||
+        !int_fits(v[J_VALIDATION_TIMEOUT], UINT32_MAX) || !int_fits(v[J_VALIDATION_DEFAULT], 1))
         return bad(why, why_len, "job record value out of range");
     j->owner = (uint32_t)v[J_OWNER];
     j->type = (int)v[J_TYPE];
@@ -577,6 +633,9 @@ static int decode_job(const uint8_t *p, size_t len, dopa_job_info *j, char *why,
     j->no_progress_timeout = (uint32_t)v[J_NO_PROGRESS];
     j->proxy_usage = (int)v[J_PROXY_USAGE];
     j->version = v[J_VERSION];
+    j->notify_flags = (uint32_t)v[J_NOTIFY_FLAGS];
+    j->validation_timeout = (uint32_t)v[J_VALIDATION_TIMEOUT];
+    j->validation_default_valid = (int)v[J_VALIDATION_DEFAULT];
     return 0;
 }
 
@@ -589,7 +648,8 @@ static int decode_file(const uint8_t *p, size_t len, dopa_file_info *f, char *wh
     if (err != 0)
         return err;
     if (!int_fits(v[F_RANGES], DOPA_MAX_RANGES) || !int_fits(v[F_TRANSFERRED], 1) ||
-        !int_fits(v[F_HAS_MANIFEST], 1) || !int_fits(v[F_HAS_SHA256], 1))
+        !int_fits(v[F_HAS_MANIFEST], 1) || !int_fits(v[F_HAS_SHA256], 1) ||
+        !int_fits(v[F_VALIDATION], DOPA_VALIDATION_INVALID))
         return bad(why, why_len, "file record value out of range");
     f->bytes_total = v[F_BYTES_TOTAL];
     f->bytes_transferred = v[F_BYTES_DONE];
@@ -600,6 +660,7 @@ static int decode_file(const uint8_t *p, size_t len, dopa_file_info *f, char *wh
     f->bytes_from_origin = v[F_FROM_ORIGIN];
     f->bytes_from_peers = v[F_FROM_PEERS];
     f->bytes_from_cache = v[F_FROM_CACHE];
+    f->validation = (int)v[F_VALIDATION];
     return 0;
 }
 
@@ -623,6 +684,9 @@ int proto_encode_request(const proto_request *r, proto_buf *out)
     }
     if ((allowed & BIT(T_MANIFEST)) && r->manifest != NULL)
         put_field(out, T_MANIFEST, r->manifest, r->manifest_len);
+    if (allowed & BIT(T_ARG))
+        for (size_t i = 0; i < r->n_args && i < PROTO_MAX_ARGS; i++)
+            put_str(out, T_ARG, r->args[i]);
     return out->failed;
 }
 
@@ -648,7 +712,7 @@ int proto_decode_request(const uint8_t *data, size_t len, proto_request *out, ch
             return err;
         if (tag >= 64 || !(allowed & BIT(tag)))
             return bad(why, why_len, "field %u not allowed in op %d", tag, op);
-        if ((seen & BIT(tag)) && tag != T_RANGE)
+        if ((seen & BIT(tag)) && tag != T_RANGE && tag != T_ARG)
             return bad(why, why_len, "field %u twice", tag);
         seen |= BIT(tag);
         if (tag == T_RANGE) {
@@ -659,6 +723,16 @@ int proto_decode_request(const uint8_t *data, size_t len, proto_request *out, ch
             out->ranges[out->n_ranges].offset = get_le(v, 8);
             out->ranges[out->n_ranges].length = get_le(v + 8, 8);
             out->n_ranges++;
+        } else if (tag == T_ARG) {
+            if (out->n_args == PROTO_MAX_ARGS)
+                return bad(why, why_len, "more than %d arguments", PROTO_MAX_ARGS);
+            struct field one = {T_ARG, K_STR,
+                                offsetof(proto_request, args) + out->n_args * sizeof out->args[0],
+                                PROTO_ARG_MAX, NO_FLAG};
+            int err2 = take_scalar(&one, v, n, out, why, why_len);
+            if (err2 != 0)
+                return err2;
+            out->n_args++;
         } else if (tag == T_MANIFEST) {
             const struct field *f =
                 lookup(request_fields, sizeof request_fields / sizeof request_fields[0], tag);
@@ -716,6 +790,9 @@ static void put_job(proto_buf *b, const dopa_job_info *j)
         {J_NO_PROGRESS, j->no_progress_timeout},
         {J_PROXY_USAGE, (uint64_t)j->proxy_usage},
         {J_VERSION, j->version},
+        {J_NOTIFY_FLAGS, j->notify_flags},
+        {J_VALIDATION_TIMEOUT, j->validation_timeout},
+        {J_VALIDATION_DEFAULT, (uint64_t)(j->validation_default_valid != 0)},
     };
     for (size_t i = 0; i < sizeof ints / sizeof ints[0]; i++)
         put_u64(&rec, (uint16_t)ints[i].tag, ints[i].v);
@@ -740,11 +817,44 @@ static void put_file(proto_buf *b, const dopa_file_info *f)
     put_u64(&rec, F_FROM_ORIGIN, f->bytes_from_origin);
     put_u64(&rec, F_FROM_PEERS, f->bytes_from_peers);
     put_u64(&rec, F_FROM_CACHE, f->bytes_from_cache);
+    put_u64(&rec, F_VALIDATION, (uint64_t)f->validation);
     if (rec.failed)
         b->failed = rec.failed;
     else
         put_field(b, R_FILE, rec.data, rec.len);
     proto_buf_free(&rec);
+}
+
+static void put_event(proto_buf *b, const proto_event *e)
+{
+    proto_buf rec;
+    proto_buf_init(&rec, 1024);
+    put_fields(&rec, event_fields, sizeof event_fields / sizeof event_fields[0], ~0ull, e);
+    put_u64(&rec, E_ID, e->id);
+    put_u64(&rec, E_KIND, e->kind);
+    put_u64(&rec, E_FILE, (uint64_t)e->file);
+    if (rec.failed)
+        b->failed = rec.failed;
+    else
+        put_field(b, R_EVENT, rec.data, rec.len);
+    proto_buf_free(&rec);
+}
+
+static int decode_event(const uint8_t *p, size_t len, proto_event *e, char *why, size_t why_len)
+{
+    uint64_t v[E_END] = {0};
+    memset(e, 0, sizeof *e);
+    int err = decode_record(p, len, event_fields, sizeof event_fields / sizeof event_fields[0],
+                            EVENT_REQUIRED, E_END, e, v, why, why_len);
+    if (err != 0)
+        return err;
+    int64_t file = (int64_t)v[E_FILE];
+    if (v[E_ID] == 0 || v[E_KIND] == 0 || v[E_KIND] > 4 || file < -1 || file >= DOPA_MAX_FILES)
+        return bad(why, why_len, "event record value out of range");
+    e->id = v[E_ID];
+    e->kind = v[E_KIND];
+    e->file = file;
+    return 0;
 }
 
 int proto_encode_reply(const proto_reply *r, proto_buf *out)
@@ -766,6 +876,12 @@ int proto_encode_reply(const proto_reply *r, proto_buf *out)
     if (allowed & BIT(R_FILE))
         for (size_t i = 0; i < r->n_files; i++)
             put_file(out, &r->files[i]);
+    if (allowed & BIT(R_EVENT))
+        for (size_t i = 0; i < r->n_events && i < PROTO_EVENT_PAGE; i++)
+            put_event(out, &r->events[i]);
+    if (allowed & BIT(R_ARG))
+        for (size_t i = 0; i < r->n_args && i < PROTO_MAX_ARGS; i++)
+            put_str(out, R_ARG, r->args[i]);
     return out->failed;
 }
 
@@ -803,7 +919,7 @@ int proto_decode_reply(const uint8_t *data, size_t len, proto_reply *out, char *
             bad(why, why_len, "field %u not allowed in a reply to op %d", tag, op);
             goto fail;
         }
-        if ((seen & BIT(tag)) && tag != R_JOB && tag != R_FILE) {
+        if ((seen & BIT(tag)) && tag != R_JOB && tag != R_FILE && tag != R_EVENT && tag != R_ARG) {
             bad(why, why_len, "field %u twice", tag);
             goto fail;
         }
@@ -827,6 +943,27 @@ int proto_decode_reply(const uint8_t *data, size_t len, proto_reply *out, char *
             if (err != 0)
                 goto fail;
             out->n_jobs++;
+        } else if (tag == R_EVENT) {
+            if (out->n_events == PROTO_EVENT_PAGE) {
+                bad(why, why_len, "more than %d events in a reply", PROTO_EVENT_PAGE);
+                goto fail;
+            }
+            err = decode_event(v, n, &out->events[out->n_events], why, why_len);
+            if (err != 0)
+                goto fail;
+            out->n_events++;
+        } else if (tag == R_ARG) {
+            if (out->n_args == PROTO_MAX_ARGS) {
+                bad(why, why_len, "more than %d arguments", PROTO_MAX_ARGS);
+                goto fail;
+            }
+            struct field one = {R_ARG, K_STR,
+                                offsetof(proto_reply, args) + out->n_args * sizeof out->args[0],
+                                PROTO_ARG_MAX, NO_FLAG};
+            err = take_scalar(&one, v, n, out, why, why_len);
+            if (err != 0)
+                goto fail;
+            out->n_args++;
         } else if (tag == R_FILE) {
             if (out->n_files == PROTO_FILE_PAGE) {
                 bad(why, why_len, "more than %d files in a reply", PROTO_FILE_PAGE);

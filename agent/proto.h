@@ -32,8 +32,11 @@
 /* A request may carry a manifest (at most ~4 MiB); a reply a page of records. */
 #define PROTO_MAX_REQUEST (5u * 1024u * 1024u)
 #define PROTO_MAX_REPLY   (16u * 1024u * 1024u)
-#define PROTO_LIST_PAGE   200 /* jobs per reply */
-#define PROTO_FILE_PAGE   50  /* files per reply */
+#define PROTO_LIST_PAGE   200  /* jobs per reply */
+#define PROTO_FILE_PAGE   50   /* files per reply */
+#define PROTO_EVENT_PAGE  16   /* notifications per reply */
+#define PROTO_MAX_ARGS    32   /* in a notify command line */
+#define PROTO_ARG_MAX     1024 /* bytes per argument */
 
 enum proto_op {
     PROTO_WHOAMI = 1,
@@ -55,6 +58,15 @@ enum proto_op {
     PROTO_SET_PROXY = 17,
     PROTO_GET_PROXY = 18,
     PROTO_WAIT = 19,
+    PROTO_SET_NOTIFY_FLAGS = 20,
+    PROTO_SET_NOTIFY_CMDLINE = 21,
+    PROTO_GET_NOTIFY = 22,
+    PROTO_REGISTER = 23, /* a client takes a job's notifications */
+    PROTO_UNREGISTER = 24,
+    PROTO_EVENTS = 25,     /* a client waits for its notifications */
+    PROTO_EVENT_DONE = 26, /* a client's callback returned */
+    PROTO_SET_VALIDATION = 27,
+    PROTO_SET_VALIDATION_POLICY = 28,
     PROTO_OP_END
 };
 
@@ -78,7 +90,19 @@ typedef struct proto_request {
     uint64_t type, priority, seconds, proxy_usage, all_users, seen, timeout_ms, start;
     dopa_id cursor;
     int has_cursor;
+    uint64_t flags, event, ok, valid;
+    uint8_t client[16];
+    char args[PROTO_MAX_ARGS][PROTO_ARG_MAX + 1];
+    size_t n_args;
 } proto_request;
+
+/* A notification handed to a client. */
+typedef struct proto_event {
+    uint64_t id;
+    dopa_id job;
+    uint64_t kind; /* enum cb_kind (callback.h) */
+    int64_t file;  /* FileTransferred: the file's index; else -1 */
+} proto_event;
 
 /* A decoded reply. jobs and files are allocated (proto_reply_clear frees). */
 typedef struct proto_reply {
@@ -98,6 +122,11 @@ typedef struct proto_reply {
     uint64_t proxy_usage;
     char proxy[DOPA_PROXY_MAX + 1];
     char bypass[DOPA_PROXY_MAX + 1];
+    proto_event events[PROTO_EVENT_PAGE];
+    size_t n_events;
+    uint64_t flags;
+    char args[PROTO_MAX_ARGS][PROTO_ARG_MAX + 1];
+    size_t n_args;
 } proto_reply;
 
 /* A growable output buffer; never grows beyond `max`. */

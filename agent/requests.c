@@ -416,6 +416,55 @@ static int do_set_proxy(agent_engine *e, agent_job *j, const proto_request *req,
 }
 
 /* Waits outstanding for a user (UINT32_MAX: for everyone). */
+static int do_set_notify_cmdline(agent_engine *e, agent_job *j, const proto_request *req,
+                                 proto_reply *reply)
+{
+    size_t len = 0;
+    for (size_t i = 0; i < req->n_args; i++)
+        len += strlen(req->args[i]) + 1;
+    char *cmd = NULL;
+    if (len > 0) {
+        if (req->args[0][0] != '/')
+            return refuse(reply, DOPA_EINVAL,
+                          "the program must be named by its full path (no shell, no PATH)");
+        if ((cmd = malloc(len)) == NULL)
+            return refuse(reply, DOPA_ENOMEM, "out of memory");
+        size_t at = 0;
+        for (size_t i = 0; i < req->n_args; i++) {
+            size_t n = strlen(req->args[i]) + 1;
+            memcpy(cmd + at, req->args[i], n);
+            at += n;
+        }
+    }
+    free(j->notify_cmd);
+    j->notify_cmd = cmd;
+    j->notify_cmd_len = len;
+    return touched(e, j, reply);
+}
+
+static int do_get_notify(const agent_job *j, proto_reply *reply)
+{
+    reply->flags = j->notify_flags;
+    for (size_t at = 0; at < j->notify_cmd_len && reply->n_args < PROTO_MAX_ARGS;) {
+        snprintf(reply->args[reply->n_args++], sizeof reply->args[0], "%s", j->notify_cmd + at);
+        at += strlen(j->notify_cmd + at) + 1;
+    }
+    return 0;
+}
+
+static int do_set_validation(agent_engine *e, agent_job *j, const proto_request *req,
+                             proto_reply *reply)
+{
+    if (req->start >= j->n_files)
+        return refuse(reply, DOPA_EINVAL, "the job has no file %llu",
+                      (unsigned long long)req->start);
+    if (req->valid > 1)
+        return refuse(reply, DOPA_EINVAL, "a verdict is valid (1) or invalid (0)");
+    char why[256];
+    int err = validation_set(e, j->files[req->start], (int)req->valid, why, sizeof why);
+    return err == DOPA_OK ? 0 : refuse(reply, err, "%s", why);
+}
+
 static int count_waits(const agent_engine *e, uint32_t uid)
 {
     int n = 0;
@@ -477,6 +526,8 @@ void engine_answer_waits(agent_engine *e, int all)
 
 void engine_drop_call(agent_engine *e, engine_call *call)
 {
+    if (notify_drop_call(e, call))
+        return;
     for (engine_wait **p = &e->waits; *p != NULL; p = &(*p)->next) {
         if ((*p)->call == call) {
             engine_wait *w = *p;
@@ -511,6 +562,14 @@ int engine_handle(agent_engine *e, uint32_t uid, const proto_request *req, proto
         return do_list_files(e, uid, req, reply);
     case PROTO_WAIT:
         return do_wait(e, uid, req, reply, call, reply_fn);
+    case PROTO_REGISTER:
+    case PROTO_UNREGISTER:
+    case PROTO_EVENTS:
+    case PROTO_EVENT_DONE:
+        return notify_handle(e, uid, req, reply, call, reply_fn);
+    case PROTO_GET_NOTIFY:
+        j = visible(e, uid, &req->id);
+        return j != NULL ? do_get_notify(j, reply) : not_found(reply);
     case PROTO_GET_PROXY:
         j = visible(e, uid, &req->id);
         if (j == NULL)
@@ -560,6 +619,21 @@ int engine_handle(agent_engine *e, uint32_t uid, const proto_request *req, proto
         return set_seconds(e, j, &j->no_progress_timeout, req->seconds, reply);
     case PROTO_SET_PROXY:
         return do_set_proxy(e, j, req, reply);
+    case PROTO_SET_NOTIFY_FLAGS:
+        if (req->flags & ~(uint64_t)DOPA_NOTIFY_ALL)
+            return refuse(reply, DOPA_EINVAL, "unknown notify flags 0x%llx",
+                          (unsigned long long)(req->flags & ~(uint64_t)DOPA_NOTIFY_ALL));
+        j->notify_flags = (uint32_t)req->flags;
+        return touched(e, j, reply);
+    case PROTO_SET_NOTIFY_CMDLINE:
+        return do_set_notify_cmdline(e, j, req, reply);
+    case PROTO_SET_VALIDATION:
+        return do_set_validation(e, j, req, reply);
+    case PROTO_SET_VALIDATION_POLICY:
+        if (req->valid > 1)
+            return refuse(reply, DOPA_EINVAL, "the default verdict is valid (1) or invalid (0)");
+        j->validation_default_valid = (int)req->valid;
+        return set_seconds(e, j, &j->validation_timeout, req->seconds, reply);
     default:
         return refuse(reply, DOPA_EPROTO, "unknown op %d", req->op);
     }

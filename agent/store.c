@@ -16,7 +16,7 @@
 struct store {
     sqlite3 *db;
     sqlite3_stmt *put_job, *delete_job, *put_file, *delete_ranges, *put_range, *add_piece,
-        *clear_pieces, *begin, *commit, *rollback;
+        *clear_pieces, *add_note, *delete_note, *begin, *commit, *rollback;
 };
 
 /* Schema migrations: entry i brings a database from version i to i + 1. */
@@ -34,7 +34,9 @@ static const char *const migrations[] = {
     "  no_progress_timeout INTEGER NOT NULL, proxy_usage INTEGER NOT NULL,"
     "  proxy TEXT NOT NULL, bypass TEXT NOT NULL, from_origin INTEGER NOT NULL,"
     "  from_peers INTEGER NOT NULL, from_cache INTEGER NOT NULL,"
-    "  file_user INTEGER NOT NULL, no_progress_since INTEGER NOT NULL"
+    "  file_user INTEGER NOT NULL, no_progress_since INTEGER NOT NULL,"
+    "  notify_flags INTEGER NOT NULL, notify_cmd BLOB, validation_timeout INTEGER NOT NULL,"
+    "  validation_default INTEGER NOT NULL"
     ") WITHOUT ROWID;"
     "CREATE TABLE files ("
     "  job BLOB NOT NULL REFERENCES jobs(id) ON DELETE CASCADE, idx INTEGER NOT NULL,"
@@ -44,7 +46,7 @@ static const char *const migrations[] = {
     "  transferred INTEGER NOT NULL, completed INTEGER NOT NULL, bad_pieces INTEGER NOT NULL,"
     "  dir_dev INTEGER NOT NULL, dir_ino INTEGER NOT NULL, file_dev INTEGER NOT NULL,"
     "  file_ino INTEGER NOT NULL, from_origin INTEGER NOT NULL, from_peers INTEGER NOT NULL,"
-    "  from_cache INTEGER NOT NULL,"
+    "  from_cache INTEGER NOT NULL, validation INTEGER NOT NULL, origin_only INTEGER NOT NULL,"
     "  PRIMARY KEY (job, idx)"
     ") WITHOUT ROWID;"
     "CREATE TABLE ranges ("
@@ -59,8 +61,9 @@ static const char *const migrations[] = {
     ") WITHOUT ROWID;"
     "CREATE TABLE notifications ("
     "  id INTEGER PRIMARY KEY, job BLOB NOT NULL REFERENCES jobs(id) ON DELETE CASCADE,"
-    "  event INTEGER NOT NULL, created INTEGER NOT NULL, attempts INTEGER NOT NULL"
-    ");",
+    "  kind INTEGER NOT NULL, file INTEGER NOT NULL"
+    ");"
+    "CREATE INDEX notifications_job ON notifications(job);",
 };
 
 _Static_assert(sizeof migrations / sizeof migrations[0] == STORE_SCHEMA_VERSION,
@@ -157,29 +160,32 @@ int store_open(const char *path, store **out, char *why, size_t why_len)
                  /* An upsert: REPLACE would delete the row first, and the
                   * deletion would cascade into the job's files and pieces. */
                  "INSERT INTO jobs VALUES (?1,?2,?3,?4,?5,?6,?7,?8,?9,?10,?11,?12,?13,"
-                 "?14,?15,?16,?17,?18,?19,?20,?21,?22,?23,?24,?25,?26,?27,?28) "
+                 "?14,?15,?16,?17,?18,?19,?20,?21,?22,?23,?24,?25,?26,?27,?28,?29,?30,?31,?32) "
                  "ON CONFLICT (id) DO UPDATE "
                  "SET seq=?2, owner=?3, type=?4, state=?5, priority=?6, name=?7, description=?8, "
                  "created=?9, modified=?10, completed=?11, error_count=?12, has_error=?13, "
                  "err_context=?14, err_code=?15, err_file=?16, err_http=?17, err_message=?18, "
                  "retry_delay=?19, no_progress_timeout=?20, proxy_usage=?21, proxy=?22, "
                  "bypass=?23, from_origin=?24, from_peers=?25, from_cache=?26, file_user=?27, "
-                 "no_progress_since=?28") ||
+                 "no_progress_since=?28, notify_flags=?29, notify_cmd=?30, validation_timeout=?31, "
+                 "validation_default=?32") ||
          prepare(s, &s->delete_job, "DELETE FROM jobs WHERE id = ?1") ||
          /* An upsert, not INSERT OR REPLACE: replacing the row would cascade
           * into its pieces and ranges. */
          prepare(s, &s->put_file,
                  "INSERT INTO files VALUES (?1,?2,?3,?4,?5,?6,?7,?8,?9,?10,?11,?12,?13,?14,?15,"
-                 "?16,?17,?18,?19,?20,?21,?22) "
+                 "?16,?17,?18,?19,?20,?21,?22,?23,?24) "
                  "ON CONFLICT (job, idx) DO UPDATE SET url=?3, path=?4, tmp_path=?5, "
                  "remote_size=?6, etag=?7, last_modified=?8, sha256=?9, manifest=?10, size=?11, "
                  "piece_size=?12, transferred=?13, completed=?14, bad_pieces=?15, dir_dev=?16, "
                  "dir_ino=?17, file_dev=?18, file_ino=?19, from_origin=?20, from_peers=?21, "
-                 "from_cache=?22") ||
+                 "from_cache=?22, validation=?23, origin_only=?24") ||
          prepare(s, &s->delete_ranges, "DELETE FROM ranges WHERE job = ?1 AND file = ?2") ||
          prepare(s, &s->put_range, "INSERT INTO ranges VALUES (?1,?2,?3,?4,?5)") ||
          prepare(s, &s->add_piece, "INSERT OR IGNORE INTO pieces VALUES (?1,?2,?3)") ||
          prepare(s, &s->clear_pieces, "DELETE FROM pieces WHERE job = ?1 AND file = ?2") ||
+         prepare(s, &s->add_note, "INSERT INTO notifications VALUES (?1,?2,?3,?4)") ||
+         prepare(s, &s->delete_note, "DELETE FROM notifications WHERE id = ?1") ||
          prepare(s, &s->begin, "BEGIN IMMEDIATE") || prepare(s, &s->commit, "COMMIT") ||
          prepare(s, &s->rollback, "ROLLBACK"))) {
         snprintf(why, why_len, "%s: %s", path, sqlite3_errmsg(s->db));
@@ -197,9 +203,9 @@ void store_close(store *s)
 {
     if (s == NULL)
         return;
-    sqlite3_stmt *all[] = {s->put_job,   s->delete_job, s->put_file,     s->delete_ranges,
-                           s->put_range, s->add_piece,  s->clear_pieces, s->begin,
-                           s->commit,    s->rollback};
+    sqlite3_stmt *all[] = {s->put_job,     s->delete_job, s->put_file,     s->delete_ranges,
+                           s->put_range,   s->add_piece,  s->clear_pieces, s->add_note,
+                           s->delete_note, s->begin,      s->commit,       s->rollback};
     for (size_t i = 0; i < sizeof all / sizeof all[0]; i++)
         sqlite3_finalize(all[i]);
     sqlite3_close(s->db);
@@ -260,6 +266,13 @@ int store_put_job(store *s, const agent_job *j)
     sqlite3_bind_int64(st, 26, (sqlite3_int64)j->from_cache);
     sqlite3_bind_int64(st, 27, j->file_user);
     sqlite3_bind_int64(st, 28, j->no_progress_wall);
+    sqlite3_bind_int64(st, 29, j->notify_flags);
+    if (j->notify_cmd_len > 0)
+        sqlite3_bind_blob(st, 30, j->notify_cmd, (int)j->notify_cmd_len, SQLITE_STATIC);
+    else
+        sqlite3_bind_null(st, 30);
+    sqlite3_bind_int64(st, 31, j->validation_timeout);
+    sqlite3_bind_int(st, 32, j->validation_default_valid);
     return run(st);
 }
 
@@ -301,6 +314,8 @@ int store_put_file(store *s, const agent_file *f)
     sqlite3_bind_int64(st, 20, (sqlite3_int64)f->from_origin);
     sqlite3_bind_int64(st, 21, (sqlite3_int64)f->from_peers);
     sqlite3_bind_int64(st, 22, (sqlite3_int64)f->from_cache);
+    sqlite3_bind_int(st, 23, f->validation);
+    sqlite3_bind_int(st, 24, f->origin_only);
     int err = run(st);
     if (err != DOPA_OK)
         return err;
@@ -335,6 +350,21 @@ int store_clear_pieces(store *s, const agent_file *f)
     sqlite3_bind_blob(s->clear_pieces, 1, f->job->id.bytes, 16, SQLITE_STATIC);
     sqlite3_bind_int64(s->clear_pieces, 2, f->index);
     return run(s->clear_pieces);
+}
+
+int store_add_notification(store *s, uint64_t id, const dopa_id *job, int kind, int32_t file)
+{
+    sqlite3_bind_int64(s->add_note, 1, (sqlite3_int64)id);
+    sqlite3_bind_blob(s->add_note, 2, job->bytes, 16, SQLITE_STATIC);
+    sqlite3_bind_int(s->add_note, 3, kind);
+    sqlite3_bind_int(s->add_note, 4, file);
+    return run(s->add_note);
+}
+
+int store_delete_notification(store *s, uint64_t id)
+{
+    sqlite3_bind_int64(s->delete_note, 1, (sqlite3_int64)id);
+    return run(s->delete_note);
 }
 
 /* ------------------------------------------------------------------ */
@@ -412,8 +442,11 @@ static int load_job_row(sqlite3_stmt *st, agent_job *j)
         {25, 0, INT64_MAX},
         {26, 0, UINT32_MAX},
         {27, 0, INT64_MAX},
+        {28, 0, DOPA_NOTIFY_ALL},
+        {30, 0, UINT32_MAX},
+        {31, 0, 1},
     };
-    int64_t v[28] = {0};
+    int64_t v[32] = {0};
     if (column_id(st, 0, &j->id) != 0)
         return -1;
     for (size_t i = 0; i < sizeof ints / sizeof ints[0]; i++)
@@ -447,12 +480,28 @@ static int load_job_row(sqlite3_stmt *st, agent_job *j)
     j->from_cache = (uint64_t)v[25];
     j->file_user = (uint32_t)v[26];
     j->no_progress_wall = v[27];
+    j->notify_flags = (uint32_t)v[28];
+    j->validation_timeout = (uint32_t)v[30];
+    j->validation_default_valid = (int)v[31];
+    int t = sqlite3_column_type(st, 29);
+    if (t == SQLITE_BLOB) {
+        size_t n = (size_t)sqlite3_column_bytes(st, 29);
+        if (n == 0 || (j->notify_cmd = malloc(n)) == NULL)
+            return -1;
+        memcpy(j->notify_cmd, sqlite3_column_blob(st, 29), n);
+        j->notify_cmd_len = n;
+        if (agent_notify_cmd_count(j->notify_cmd, n) == 0)
+            return -1;
+    } else if (t != SQLITE_NULL) {
+        return -1;
+    }
     return 0;
 }
 
 static int load_file_row(sqlite3_stmt *st, agent_file *f)
 {
-    int64_t remote_size, size, piece_size, transferred, completed, bad, ident[4];
+    int64_t remote_size, size, piece_size, transferred, completed, bad, ident[4], validation,
+        origin_only;
     for (int i = 0; i < 4; i++)
         if (column_int(st, 15 + i, INT64_MIN, INT64_MAX, &ident[i]) != 0)
             return -1;
@@ -471,8 +520,12 @@ static int load_file_row(sqlite3_stmt *st, agent_file *f)
         column_int(st, 10, -1, INT64_MAX, &size) != 0 ||
         column_int(st, 11, 0, VALIDATE_PIECE_SIZE_MAX, &piece_size) != 0 ||
         column_int(st, 12, 0, 1, &transferred) != 0 || column_int(st, 13, 0, 1, &completed) != 0 ||
-        column_int(st, 14, 0, UINT32_MAX, &bad) != 0)
+        column_int(st, 14, 0, UINT32_MAX, &bad) != 0 ||
+        column_int(st, 22, 0, DOPA_VALIDATION_INVALID, &validation) != 0 ||
+        column_int(st, 23, 0, 1, &origin_only) != 0)
         return -1;
+    f->validation = (int)validation;
+    f->origin_only = (int)origin_only;
     f->url = column_strdup(st, 2, DOPA_URL_MAX);
     f->path = column_strdup(st, 3, DOPA_PATH_MAX);
     f->tmp_path = column_strdup(st, 4, DOPA_PATH_MAX);
@@ -720,4 +773,32 @@ fail:
     free(jobs);
     free(index);
     return err;
+}
+
+int store_load_notifications(store *s, store_notification_fn fn, void *ctx, char *why,
+                             size_t why_len)
+{
+    sqlite3_stmt *st = NULL;
+    if (sqlite3_prepare_v2(s->db, "SELECT id, job, kind, file FROM notifications ORDER BY id", -1,
+                           &st, NULL) != SQLITE_OK) {
+        snprintf(why, why_len, "loading notifications: %s", sqlite3_errmsg(s->db));
+        return DOPA_EINTERNAL;
+    }
+    int rc;
+    while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
+        int64_t id, kind, file;
+        dopa_id job;
+        /* A row that does not check out is left for the job's deletion. */
+        if (column_int(st, 0, 1, INT64_MAX, &id) != 0 || column_id(st, 1, &job) != 0 ||
+            column_int(st, 2, 1, 4, &kind) != 0 ||
+            column_int(st, 3, -1, DOPA_MAX_FILES - 1, &file) != 0)
+            continue;
+        fn(ctx, (uint64_t)id, &job, (int)kind, (int32_t)file);
+    }
+    sqlite3_finalize(st);
+    if (rc != SQLITE_DONE) {
+        snprintf(why, why_len, "loading notifications: %s", sqlite3_errmsg(s->db));
+        return DOPA_EINTERNAL;
+    }
+    return DOPA_OK;
 }

@@ -378,6 +378,8 @@ static void check_same_file(const agent_file *want, const agent_file *got, const
     CHECK_INT(got->from_origin, want->from_origin);
     CHECK_INT(got->from_peers, want->from_peers);
     CHECK_INT(got->from_cache, want->from_cache);
+    CHECK_INT(got->validation, want->validation);
+    CHECK_INT(got->origin_only, want->origin_only);
     CHECK_INT(got->n_ranges, want->n_ranges);
     for (size_t i = 0; i < want->n_ranges; i++) {
         CHECK_INT(got->ranges[i].offset, want->ranges[i].offset);
@@ -418,6 +420,13 @@ static void check_same_job(const agent_job *want, const agent_job *got)
     CHECK_INT(got->from_cache, want->from_cache);
     CHECK_INT(got->file_user, want->file_user);
     CHECK_INT(got->no_progress_wall, want->no_progress_wall);
+    CHECK_INT(got->notify_flags, want->notify_flags);
+    CHECK_INT(got->notify_cmd_len, want->notify_cmd_len);
+    if (want->notify_cmd_len > 0)
+        CHECK(got->notify_cmd != NULL &&
+              memcmp(got->notify_cmd, want->notify_cmd, want->notify_cmd_len) == 0);
+    CHECK_INT(got->validation_timeout, want->validation_timeout);
+    CHECK_INT(got->validation_default_valid, want->validation_default_valid);
     CHECK_INT(got->n_files, want->n_files);
     for (size_t i = 0; i < want->n_files; i++)
         check_same_file(want->files[i], got->files[i], got);
@@ -476,6 +485,14 @@ static void test_every_field_survives_a_reopen_in_creation_order(void)
     a->from_cache = (uint64_t)INT64_MAX;
     a->file_user = 4242; /* its creator, after root took the job over */
     a->no_progress_wall = 1700000999000;
+    a->notify_flags = DOPA_NOTIFY_ALL;
+    static const char cmd[] = "/usr/bin/printf\0%s\\n\0\0with space";
+    a->notify_cmd = malloc(sizeof cmd);
+    memcpy(a->notify_cmd, cmd, sizeof cmd);
+    a->notify_cmd_len = sizeof cmd; /* four arguments, one empty */
+    CHECK_INT(agent_notify_cmd_count(a->notify_cmd, a->notify_cmd_len), 4);
+    a->validation_timeout = UINT32_MAX;
+    a->validation_default_valid = 1;
 
     /* File 0: a signed manifest, SHA-256, validators, two of four pieces. */
     agent_file *f = new_file(a, "https://example.test/a/signed.bin?x=1&y=%20");
@@ -490,6 +507,8 @@ static void test_every_field_survives_a_reopen_in_creation_order(void)
     fill(f->last_modified, sizeof f->last_modified - 1, 'l');
     memcpy(f->last_modified, "Wed, 21 Oct 2015 07:28:00 GMT", 29);
     f->bad_pieces = 3;
+    f->validation = DOPA_VALIDATION_PENDING;
+    f->origin_only = 1;
     mark(f, (const uint64_t[]){0, 3}, 2);
 
     /* File 1: ranges, the last to the end of the file: size unknown. */
@@ -854,6 +873,22 @@ static const struct damage damages[] = {
     {"a negative bad-piece count", "UPDATE files SET bad_pieces = -1 WHERE job = $V AND idx = 1"},
     {"a file marked transferred but missing pieces",
      "UPDATE files SET transferred = 1 WHERE job = $V AND idx = 0"},
+    {"a validation state of 4", "UPDATE files SET validation = 4 WHERE job = $V AND idx = 1"},
+    {"an origin-only flag of 2", "UPDATE files SET origin_only = 2 WHERE job = $V AND idx = 1"},
+    /* Notification settings. */
+    {"notify flags beyond the known ones", "UPDATE jobs SET notify_flags = 32 WHERE id = $V"},
+    {"a notify command that is not a full path",
+     "UPDATE jobs SET notify_cmd = CAST('bin/true' || char(0) AS BLOB) WHERE id = $V"},
+    {"a notify command without its final NUL",
+     "UPDATE jobs SET notify_cmd = CAST('/bin/true' AS BLOB) WHERE id = $V"},
+    {"a notify command stored as text",
+     "UPDATE jobs SET notify_cmd = '/bin/true' || char(0) WHERE id = $V"},
+    {"an empty notify command", "UPDATE jobs SET notify_cmd = X'' WHERE id = $V"},
+    {"a notify command of 33 arguments",
+     "UPDATE jobs SET notify_cmd = CAST('/bin/true' || char(0) || "
+     "replace(hex(zeroblob(32)), '00', 'a' || char(0)) AS BLOB) WHERE id = $V"},
+    {"a default verdict of 2", "UPDATE jobs SET validation_default = 2 WHERE id = $V"},
+    {"a negative validation timeout", "UPDATE jobs SET validation_timeout = -1 WHERE id = $V"},
     /* Range rows. */
     {"a range of length 0", "UPDATE ranges SET length = 0 WHERE job = $V AND file = 1 AND idx = 1"},
     {"ranges whose idx leaves a gap",
@@ -991,12 +1026,12 @@ static void test_orphan_rows_are_ignored(void)
     put_all(j);
     close_store();
     raw_open(db);
-    raw_execf(
-        "INSERT INTO files SELECT %s, idx, url, path, tmp_path, remote_size, etag, "
-        "last_modified, sha256, manifest, size, piece_size, transferred, completed, "
-        "bad_pieces, dir_dev, dir_ino, file_dev, file_ino, from_origin, from_peers, from_cache "
-        "FROM files WHERE job = %s",
-        id_sql(0x41), id_sql(0x40));
+    raw_execf("INSERT INTO files SELECT %s, idx, url, path, tmp_path, remote_size, etag, "
+              "last_modified, sha256, manifest, size, piece_size, transferred, completed, "
+              "bad_pieces, dir_dev, dir_ino, file_dev, file_ino, from_origin, from_peers, "
+              "from_cache, validation, origin_only "
+              "FROM files WHERE job = %s",
+              id_sql(0x41), id_sql(0x40));
     raw_execf("INSERT INTO ranges VALUES (%s, 0, 0, 0, 0)", id_sql(0x42));
     raw_execf("INSERT INTO pieces VALUES (%s, 0, 99)", id_sql(0x42));
     raw_exec("INSERT INTO pieces VALUES (X'00', 0, 0)");
@@ -1157,6 +1192,72 @@ static void test_a_path_that_cannot_be_opened_is_refused(void)
     CHECK_HAS(why, db);
 }
 
+struct seen_note {
+    uint64_t id;
+    dopa_id job;
+    int kind;
+    int32_t file;
+};
+static struct seen_note notes[8];
+static size_t n_notes;
+
+static void on_note(void *ctx, uint64_t id, const dopa_id *job, int kind, int32_t file)
+{
+    (void)ctx;
+    if (n_notes < 8)
+        notes[n_notes] = (struct seen_note){id, *job, kind, file};
+    n_notes++;
+}
+
+static void test_notifications_survive_a_reopen_and_go_with_their_job(void)
+{
+    const char *db = check_path("dopa.db");
+    char why[256];
+    open_store(db);
+    agent_job *a = standard_job(0xA1, 1), *b = standard_job(0xB2, 2);
+    put_all(a);
+    put_all(b);
+    CHECK_INT(store_add_notification(S, 7, &a->id, 1, -1), DOPA_OK);
+    CHECK_INT(store_add_notification(S, 9, &b->id, 4, 1), DOPA_OK);
+    CHECK_INT(store_add_notification(S, 12, &a->id, 2, -1), DOPA_OK);
+    CHECK_INT(store_add_notification(S, 13, &b->id, 1, -1), DOPA_OK);
+    CHECK_INT(store_delete_notification(S, 12), DOPA_OK); /* delivered */
+    close_store();
+
+    /* Garbage rows are skipped, not fatal. */
+    raw_open(db);
+    CHECK_INT(raw_try("INSERT INTO notifications VALUES (20, X'A1', 1, -1)"), SQLITE_OK);
+    CHECK_INT(
+        raw_try("INSERT INTO notifications VALUES (21, (SELECT id FROM jobs LIMIT 1), 9, -1)"),
+        SQLITE_OK);
+    CHECK_INT(raw_try("INSERT INTO notifications VALUES (22, (SELECT id FROM jobs LIMIT 1), 1, "
+                      "5000)"),
+              SQLITE_OK);
+    raw_close();
+
+    open_store(db);
+    n_notes = 0;
+    CHECK_INT(store_load_notifications(S, on_note, NULL, why, sizeof why), DOPA_OK);
+    CHECK_INT(n_notes, 3);
+    CHECK_INT(notes[0].id, 7);
+    CHECK(memcmp(notes[0].job.bytes, a->id.bytes, 16) == 0);
+    CHECK_INT(notes[0].kind, 1);
+    CHECK_INT(notes[0].file, -1);
+    CHECK_INT(notes[1].id, 9);
+    CHECK(memcmp(notes[1].job.bytes, b->id.bytes, 16) == 0);
+    CHECK_INT(notes[1].kind, 4);
+    CHECK_INT(notes[1].file, 1);
+    CHECK_INT(notes[2].id, 13);
+
+    /* Deleting a job takes its notifications along. */
+    CHECK_INT(store_delete_job(S, &b->id), DOPA_OK);
+    n_notes = 0;
+    CHECK_INT(store_load_notifications(S, on_note, NULL, why, sizeof why), DOPA_OK);
+    CHECK_INT(n_notes, 1);
+    CHECK_INT(notes[0].id, 7);
+    close_store();
+}
+
 static const struct check_case cases[] = {
     CASE(test_every_field_survives_a_reopen_in_creation_order),
     CASE(test_an_empty_store_loads_no_jobs),
@@ -1177,6 +1278,7 @@ static const struct check_case cases[] = {
     CASE(test_a_file_that_is_not_a_database_is_refused_untouched),
     CASE(test_a_database_that_claims_the_version_without_its_tables_is_refused),
     CASE(test_a_path_that_cannot_be_opened_is_refused),
+    CASE(test_notifications_survive_a_reopen_and_go_with_their_job),
     /* Gaps in store_load's checks. The last one reads a NULL blob pointer,
      * which UBSan stops the program on, so it goes last. */
     CASE(test_a_transferred_file_of_unknown_size_is_damaged),

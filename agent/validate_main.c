@@ -1,0 +1,114 @@
+/*
+ * dopa-validate: runs the validator plugins on one file, outside dopad.
+ *
+ * dopad starts it as the job's file user, with stdout on a pipe, and kills
+ * it when it overruns its time. It loads every plugin of the directory,
+ * asks each about the file and prints one line:
+ *
+ *     valid
+ *     invalid <reason>
+ *     error <reason>
+ *
+ * Anything else (a crash, nothing, exit status not 0) fails the validation.
+ *
+ * usage: dopa-validate PLUGIN_DIR FILE SIZE URL LOCAL_NAME CONTENT_ID|-
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "dopa_validator.h"
+#include "validate.h"
+
+static int verdict(const char *word, const char *reason)
+{
+    /* One line: the reason may not break it. */
+    char clean[1024];
+    size_t n = 0;
+    for (; reason[n] != '\0' && n + 1 < sizeof clean; n++)
+        clean[n] = reason[n] == '\n' || reason[n] == '\r' ? ' ' : reason[n];
+    clean[n] = '\0';
+    printf("%s%s%s\n", word, n ? " " : "", clean);
+    return fflush(stdout) == 0 ? 0 : 1;
+}
+
+static int parse_hex(const char *text, uint8_t *out, size_t n)
+{
+    if (strlen(text) != 2 * n)
+        return -1;
+    for (size_t i = 0; i < n; i++) {
+        unsigned v;
+        if (sscanf(text + 2 * i, "%2x", &v) != 1)
+            return -1;
+        out[i] = (uint8_t)v;
+    }
+    return 0;
+}
+
+int main(int argc, char **argv)
+{
+    if (argc != 7) {
+        fprintf(stderr, "usage: dopa-validate PLUGIN_DIR FILE SIZE URL LOCAL_NAME CONTENT_ID|-\n");
+        return 2;
+    }
+    const char *dir = argv[1], *path = argv[2], *url = argv[4], *local = argv[5];
+    char *end;
+    errno = 0;
+    unsigned long long size = strtoull(argv[3], &end, 10);
+    uint8_t content_id[32];
+    int has_id = strcmp(argv[6], "-") != 0;
+    if (errno != 0 || *end != '\0' || argv[3][0] == '\0' ||
+        (has_id && parse_hex(argv[6], content_id, sizeof content_id) != 0))
+        return verdict("error", "dopa-validate: bad arguments");
+
+    int fd = open(path, O_RDONLY | O_NOFOLLOW | O_CLOEXEC);
+    struct stat st;
+    if (fd < 0 || fstat(fd, &st) != 0 || !S_ISREG(st.st_mode) || (uint64_t)st.st_size < size) {
+        char why[512];
+        snprintf(why, sizeof why, "%s: %s", path,
+                 fd < 0 ? strerror(errno) : "not the file that was transferred");
+        return verdict("error", why);
+    }
+    /* The plugins are promised the whole-file SHA-256: computed here, from
+     * the bytes they will read. */
+    uint8_t sha[32], buf[1 << 16];
+    validate_sha256_state h;
+    validate_sha256_init(&h);
+    for (uint64_t off = 0; off < size;) {
+        size_t want = size - off < sizeof buf ? (size_t)(size - off) : sizeof buf;
+        ssize_t n = pread(fd, buf, want, (off_t)off);
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n <= 0)
+            return verdict("error", n < 0 ? strerror(errno) : "the file is shorter than it was");
+        validate_sha256_update(&h, buf, (size_t)n);
+        off += (uint64_t)n;
+    }
+    validate_sha256_final(&h, sha);
+
+    char why[1024];
+    validate_plugin_set *set;
+    if (validate_plugin_set_load(dir, &set, why, sizeof why) != VALIDATE_OK)
+        return verdict("error", why);
+    struct dopa_validator_file file = {
+        .struct_size = sizeof file,
+        .fd = fd,
+        .path = path,
+        .remote_url = url,
+        .local_name = local,
+        .size = size,
+        .sha256 = sha,
+        .content_id = has_id ? content_id : NULL,
+    };
+    why[0] = '\0';
+    int err = validate_plugin_set_check(set, &file, why, sizeof why);
+    validate_plugin_set_free(set);
+    close(fd);
+    if (err == VALIDATE_OK)
+        return verdict("valid", "");
+    return verdict(err == VALIDATE_EPLUGIN_REJECTED ? "invalid" : "error", why);
+}
