@@ -56,6 +56,26 @@ static const char usage_text[] =
     "  get-proxy JOB\n"
     "  whoami                        your uid as dopad sees it, and its version\n"
     "\n"
+    "notifications and validation:\n"
+    "  set-notify-flags JOB FLAG...  the events the job reports, several OR together:\n"
+    "                                transferred, error, modification, file-transferred\n"
+    "                                (each file waits for `validate`), disable (none at\n"
+    "                                all); or default (transferred error), or none\n"
+    "  set-notify-cmdline JOB [--] PROGRAM [ARG...]\n"
+    "                                when an event fires that no client takes, dopad\n"
+    "                                runs PROGRAM (an absolute path) with these\n"
+    "                                arguments, as the job's owner and without a shell;\n"
+    "                                DOPA_JOB_ID and DOPA_EVENT are in its environment\n"
+    "  set-notify-cmdline JOB --clear\n"
+    "                                no program\n"
+    "  get-notify JOB                the flags and the program\n"
+    "  validate JOB FILE-INDEX valid|invalid\n"
+    "                                the verdict on a file that waits for one; FILE-INDEX\n"
+    "                                as `files` numbers them, from 0\n"
+    "  set-validation-policy JOB SECS valid|invalid\n"
+    "                                how long a file waits for its verdict, and the\n"
+    "                                verdict when none comes\n"
+    "\n"
     "--json prints one JSON document instead of text.\n"
     "exit codes: 0 success; 1 the job failed; 2 usage error; 3 dopad not reachable;\n"
     "4 request refused or other error; 130 interrupted.\n";
@@ -79,6 +99,8 @@ __attribute__((format(printf, 1, 2))) static int usage_error(const char *fmt, ..
 static int failed(const char *what, int err)
 {
     const char *said = dopa_last_message();
+    if (strcmp(said, dopa_strerror(err)) == 0)
+        said = ""; /* nothing to add */
     fprintf(stderr, "dopa: %s: %s%s%s\n", what, dopa_strerror(err), said[0] ? ": " : "", said);
     if (err == DOPA_ECONNECT)
         fprintf(stderr, "dopa: start dopad, or point --socket (or $DOPA_SOCKET) at its socket\n");
@@ -142,6 +164,114 @@ static void format_bytes(uint64_t n, char *out, size_t len)
         snprintf(out, len, "%.1f %s", v, units[u]);
 }
 
+/* The notify flags by the names the command line uses, in bit order. */
+static const struct {
+    const char *name;
+    uint32_t bit;
+} notify_names[] = {
+    {"transferred", DOPA_NOTIFY_JOB_TRANSFERRED},
+    {"error", DOPA_NOTIFY_JOB_ERROR},
+    {"disable", DOPA_NOTIFY_DISABLE},
+    {"modification", DOPA_NOTIFY_JOB_MODIFICATION},
+    {"file-transferred", DOPA_NOTIFY_FILE_TRANSFERRED},
+};
+
+static int parse_notify_flag(const char *s, uint32_t *out)
+{
+    if (strcasecmp(s, "default") == 0) {
+        *out = DOPA_NOTIFY_DEFAULT;
+        return 0;
+    }
+    if (strcasecmp(s, "none") == 0) {
+        *out = 0;
+        return 0;
+    }
+    for (size_t i = 0; i < sizeof notify_names / sizeof notify_names[0]; i++)
+        if (strcasecmp(s, notify_names[i].name) == 0) {
+            *out = notify_names[i].bit;
+            return 0;
+        }
+    return -1;
+}
+
+/* The flags as names separated by spaces, "none" for none; bits this
+ * command line does not know are shown in hex. */
+static void print_notify_flags_text(uint32_t flags)
+{
+    const char *sep = "";
+    for (size_t i = 0; i < sizeof notify_names / sizeof notify_names[0]; i++)
+        if (flags & notify_names[i].bit) {
+            printf("%s%s", sep, notify_names[i].name);
+            sep = " ";
+            flags &= ~notify_names[i].bit;
+        }
+    if (flags)
+        printf("%s0x%" PRIx32, sep, flags);
+    else if (!sep[0])
+        printf("none");
+}
+
+static void print_notify_flags_json(uint32_t flags)
+{
+    const char *sep = "";
+    putchar('[');
+    for (size_t i = 0; i < sizeof notify_names / sizeof notify_names[0]; i++)
+        if (flags & notify_names[i].bit) {
+            printf("%s\"%s\"", sep, notify_names[i].name);
+            sep = ",";
+            flags &= ~notify_names[i].bit;
+        }
+    if (flags)
+        printf("%s\"0x%" PRIx32 "\"", sep, flags);
+    putchar(']');
+}
+
+static const char *validation_name(int v)
+{
+    switch (v) {
+    case DOPA_VALIDATION_NONE:
+        return "none";
+    case DOPA_VALIDATION_PENDING:
+        return "pending";
+    case DOPA_VALIDATION_VALID:
+        return "valid";
+    case DOPA_VALIDATION_INVALID:
+        return "invalid";
+    default:
+        return "unknown";
+    }
+}
+
+static int parse_verdict(const char *s, int *valid)
+{
+    if (strcasecmp(s, "valid") == 0)
+        *valid = 1;
+    else if (strcasecmp(s, "invalid") == 0)
+        *valid = 0;
+    else
+        return -1;
+    return 0;
+}
+
+/* An argument as a POSIX shell would need it typed: bare when it is only
+ * safe characters, else in single quotes. For display only. */
+static void print_shell_quoted(const char *s)
+{
+    if (s[0] && strspn(s, "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789"
+                          "@%_+=:,./-") == strlen(s)) {
+        fputs(s, stdout);
+        return;
+    }
+    putchar('\'');
+    for (; *s; s++) {
+        if (*s == '\'')
+            fputs("'\\''", stdout);
+        else
+            putchar(*s);
+    }
+    putchar('\'');
+}
+
 /* Resolves JOB: a full id, or a unique prefix of one of the caller's jobs. */
 static int resolve(dopa_manager *m, const char *text, dopa_id *id)
 {
@@ -189,10 +319,13 @@ static void print_job_json(const dopa_job_info *j)
            ",\"bytes_from_cache\":%" PRIu64 ",\"created_ms\":%" PRId64 ",\"modified_ms\":%" PRId64
            ",\"transfer_completed_ms\":%" PRId64 ",\"error_count\":%u"
            ",\"minimum_retry_delay\":%u,\"no_progress_timeout\":%u,\"version\":%" PRIu64
-           ",\"error\":",
+           ",\"notify_flags\":",
            j->bytes_transferred, j->files_total, j->files_transferred, j->bytes_from_origin,
            j->bytes_from_peers, j->bytes_from_cache, j->created, j->modified, j->transfer_completed,
            j->error_count, j->minimum_retry_delay, j->no_progress_timeout, j->version);
+    print_notify_flags_json(j->notify_flags);
+    printf(",\"validation_timeout\":%u,\"validation_default\":\"%s\",\"error\":",
+           j->validation_timeout, j->validation_default_valid ? "valid" : "invalid");
     if (!j->has_error) {
         printf("null}");
         return;
@@ -235,10 +368,16 @@ static void print_job_text(const dopa_job_info *j)
     printf("created:      %s\nmodified:     %s\ntransferred:  %s\n", created, modified, completed);
     printf("retry delay:  %u s\nno progress:  %u s\nerrors:       %u\n", j->minimum_retry_delay,
            j->no_progress_timeout, j->error_count);
-    if (j->has_error)
-        printf("error:        %s (code %d%s%ld) %s\n", dopa_context_name(j->error.context),
-               j->error.code, j->error.http_status ? ", HTTP " : "",
-               j->error.http_status ? j->error.http_status : 0L, j->error.message);
+    printf("notify:       ");
+    print_notify_flags_text(j->notify_flags);
+    printf("\nvalidation:   %u s, then %s\n", j->validation_timeout,
+           j->validation_default_valid ? "valid" : "invalid");
+    if (!j->has_error)
+        return;
+    printf("error:        %s (code %d", dopa_context_name(j->error.context), j->error.code);
+    if (j->error.http_status)
+        printf(", HTTP %ld", j->error.http_status);
+    printf(") %s\n", j->error.message);
 }
 
 static int cmd_info(dopa_manager *m, const dopa_id *id)
@@ -339,10 +478,12 @@ static int cmd_files(dopa_manager *m, const dopa_id *id)
                 printf("%" PRIu64, f->bytes_total);
             printf(",\"bytes_transferred\":%" PRIu64 ",\"bytes_from_origin\":%" PRIu64
                    ",\"bytes_from_peers\":%" PRIu64 ",\"bytes_from_cache\":%" PRIu64
-                   ",\"ranges\":%u,\"transferred\":%s,\"manifest\":%s,\"sha256\":%s}",
+                   ",\"ranges\":%u,\"transferred\":%s,\"manifest\":%s,\"sha256\":%s"
+                   ",\"validation\":\"%s\"}",
                    f->bytes_transferred, f->bytes_from_origin, f->bytes_from_peers,
                    f->bytes_from_cache, f->ranges, f->transferred ? "true" : "false",
-                   f->has_manifest ? "true" : "false", f->has_sha256 ? "true" : "false");
+                   f->has_manifest ? "true" : "false", f->has_sha256 ? "true" : "false",
+                   validation_name(f->validation));
         } else {
             char done[32], total[32];
             format_bytes(f->bytes_transferred, done, sizeof done);
@@ -350,12 +491,12 @@ static int cmd_files(dopa_manager *m, const dopa_id *id)
                 snprintf(total, sizeof total, "?");
             else
                 format_bytes(f->bytes_total, total, sizeof total);
-            printf("%zu: %s -> %s\n   %s / %s%s%s%s\n   from origin %" PRIu64 ", peers %" PRIu64
-                   ", cache %" PRIu64 " bytes\n",
+            printf("%zu: %s -> %s\n   %s / %s%s%s%s, validation %s\n   from origin %" PRIu64
+                   ", peers %" PRIu64 ", cache %" PRIu64 " bytes\n",
                    i, f->remote_url, f->local_name, done, total,
                    f->transferred ? ", transferred" : "", f->has_manifest ? ", manifest" : "",
-                   f->has_sha256 ? ", sha256" : "", f->bytes_from_origin, f->bytes_from_peers,
-                   f->bytes_from_cache);
+                   f->has_sha256 ? ", sha256" : "", validation_name(f->validation),
+                   f->bytes_from_origin, f->bytes_from_peers, f->bytes_from_cache);
         }
     }
     if (json)
@@ -762,6 +903,139 @@ static int cmd_add_file(dopa_manager *m, int argc, char **argv)
     return err == DOPA_OK ? EXIT_OK : failed("add-file", err);
 }
 
+static int cmd_set_notify_flags(dopa_manager *m, int argc, char **argv)
+{
+    if (argc < 3)
+        return usage_error("set-notify-flags: need JOB FLAG...");
+    uint32_t flags = 0;
+    for (int i = 2; i < argc; i++) {
+        uint32_t f;
+        if (parse_notify_flag(argv[i], &f) != 0)
+            return usage_error("set-notify-flags: %s: not transferred, error, modification, "
+                               "file-transferred, disable, default or none",
+                               argv[i]);
+        flags |= f;
+    }
+    dopa_id id;
+    int rc = resolve(m, argv[1], &id);
+    if (rc != EXIT_OK)
+        return rc;
+    int err = dopa_job_set_notify_flags(m, &id, flags);
+    return err == DOPA_OK ? EXIT_OK : failed("set-notify-flags", err);
+}
+
+/* The program is checked here, before dopad sees it, so that a relative
+ * name gets a plain explanation rather than a refusal. */
+static int cmd_set_notify_cmdline(dopa_manager *m, int argc, char **argv)
+{
+    if (argc < 3)
+        return usage_error("set-notify-cmdline: need JOB [--] PROGRAM [ARG...], or JOB --clear");
+    int first = 2; /* index of PROGRAM */
+    if (strcmp(argv[2], "--clear") == 0) {
+        if (argc != 3)
+            return usage_error("set-notify-cmdline: --clear takes nothing after it");
+        first = argc;
+    } else if (strcmp(argv[2], "--") == 0) {
+        first = 3;
+        if (first == argc)
+            return usage_error("set-notify-cmdline: need PROGRAM after --");
+    } else if (argv[2][0] == '-') {
+        return usage_error("set-notify-cmdline: unknown option %s", argv[2]);
+    }
+    if (first < argc) {
+        if (argv[first][0] != '/')
+            return usage_error("set-notify-cmdline: %s: PROGRAM must be an absolute path "
+                               "(dopad runs it directly, without a shell or $PATH)",
+                               argv[first]);
+        if (argc - first > DOPA_MAX_NOTIFY_ARGS)
+            return usage_error("set-notify-cmdline: at most %d arguments, PROGRAM included",
+                               DOPA_MAX_NOTIFY_ARGS);
+        for (int i = first; i < argc; i++)
+            if (strlen(argv[i]) > DOPA_NOTIFY_ARG_MAX)
+                return usage_error("set-notify-cmdline: an argument longer than %d bytes",
+                                   DOPA_NOTIFY_ARG_MAX);
+    }
+    dopa_id id;
+    int rc = resolve(m, argv[1], &id);
+    if (rc != EXIT_OK)
+        return rc;
+    /* argv[argc] is NULL, as the library wants; --clear passes NULL. */
+    int err = dopa_job_set_notify_cmdline(m, &id,
+                                          first < argc ? (const char *const *)&argv[first] : NULL);
+    return err == DOPA_OK ? EXIT_OK : failed("set-notify-cmdline", err);
+}
+
+static int cmd_get_notify(dopa_manager *m, const dopa_id *id)
+{
+    uint32_t flags;
+    char **args = NULL;
+    int err = dopa_job_get_notify(m, id, &flags, &args);
+    if (err != DOPA_OK)
+        return failed("get-notify", err);
+    if (json) {
+        printf("{\"flags\":");
+        print_notify_flags_json(flags);
+        printf(",\"cmdline\":[");
+        for (size_t i = 0; args != NULL && args[i] != NULL; i++) {
+            if (i)
+                putchar(',');
+            json_string(args[i]);
+        }
+        printf("]}\n");
+    } else {
+        printf("flags:   ");
+        print_notify_flags_text(flags);
+        printf("\ncmdline: ");
+        if (args == NULL)
+            printf("(none)");
+        for (size_t i = 0; args != NULL && args[i] != NULL; i++) {
+            if (i)
+                putchar(' ');
+            print_shell_quoted(args[i]);
+        }
+        putchar('\n');
+    }
+    free(args);
+    return EXIT_OK;
+}
+
+static int cmd_validate(dopa_manager *m, int argc, char **argv)
+{
+    if (argc != 4)
+        return usage_error("validate: need JOB FILE-INDEX valid|invalid");
+    uint64_t index;
+    int valid;
+    if (parse_u64(argv[2], &index) != 0 || index > UINT32_MAX)
+        return usage_error("validate: %s: need a file index, as `dopa files` numbers them",
+                           argv[2]);
+    if (parse_verdict(argv[3], &valid) != 0)
+        return usage_error("validate: %s: valid or invalid", argv[3]);
+    dopa_id id;
+    int rc = resolve(m, argv[1], &id);
+    if (rc != EXIT_OK)
+        return rc;
+    int err = dopa_file_set_validation_state(m, &id, (uint32_t)index, valid);
+    return err == DOPA_OK ? EXIT_OK : failed("validate", err);
+}
+
+static int cmd_set_validation_policy(dopa_manager *m, int argc, char **argv)
+{
+    if (argc != 4)
+        return usage_error("set-validation-policy: need JOB SECS valid|invalid");
+    uint32_t seconds;
+    int valid;
+    if (parse_seconds(argv[2], &seconds) != 0)
+        return usage_error("set-validation-policy: %s: need seconds", argv[2]);
+    if (parse_verdict(argv[3], &valid) != 0)
+        return usage_error("set-validation-policy: %s: valid or invalid", argv[3]);
+    dopa_id id;
+    int rc = resolve(m, argv[1], &id);
+    if (rc != EXIT_OK)
+        return rc;
+    int err = dopa_job_set_validation_policy(m, &id, seconds, valid);
+    return err == DOPA_OK ? EXIT_OK : failed("set-validation-policy", err);
+}
+
 static int cmd_monitor(dopa_manager *m, int argc, char **argv)
 {
     signal(SIGINT, on_interrupt);
@@ -846,6 +1120,14 @@ int main(int argc, char **argv)
         rc = cmd_get(m, argc, argv);
     } else if (strcmp(cmd, "add-file") == 0) {
         rc = cmd_add_file(m, argc, argv);
+    } else if (strcmp(cmd, "set-notify-flags") == 0) {
+        rc = cmd_set_notify_flags(m, argc, argv);
+    } else if (strcmp(cmd, "set-notify-cmdline") == 0) {
+        rc = cmd_set_notify_cmdline(m, argc, argv);
+    } else if (strcmp(cmd, "validate") == 0) {
+        rc = cmd_validate(m, argc, argv);
+    } else if (strcmp(cmd, "set-validation-policy") == 0) {
+        rc = cmd_set_validation_policy(m, argc, argv);
     } else if (strcmp(cmd, "create") == 0) {
         if (argc > 2) {
             rc = usage_error("create: at most one NAME");
@@ -884,6 +1166,8 @@ int main(int argc, char **argv)
         rc = cmd_files(m, &id);
     } else if (strcmp(cmd, "get-error") == 0 && argc == 2) {
         rc = cmd_get_error(m, &id);
+    } else if (strcmp(cmd, "get-notify") == 0 && argc == 2) {
+        rc = cmd_get_notify(m, &id);
     } else if (strcmp(cmd, "complete") == 0 && argc == 2) {
         int partial = 0;
         if ((err = dopa_job_complete(m, &id, &partial)) != DOPA_OK)
