@@ -782,13 +782,13 @@ static int deliver(dopa_manager *m, const proto_event *ev)
     if (!found)
         return 0; /* unregistered meanwhile: someone else's to handle */
     switch (ev->kind) {
-    case 1: /* JobTransferred */
+    case PROTO_EVENT_JOB_TRANSFERRED:
         return cb.job_transferred == NULL || cb.job_transferred(cb.ctx, m, &ev->job) == 0;
-    case 2: /* JobError */
+    case PROTO_EVENT_JOB_ERROR:
         return cb.job_error == NULL || cb.job_error(cb.ctx, m, &ev->job) == 0;
-    case 3: /* JobModification */
+    case PROTO_EVENT_JOB_MODIFICATION:
         return cb.job_modification == NULL || cb.job_modification(cb.ctx, m, &ev->job) == 0;
-    case 4: { /* FileTransferred */
+    case PROTO_EVENT_FILE_TRANSFERRED: {
         if (cb.file_transferred == NULL)
             return 1;
         proto_request *req = new_request(PROTO_LIST_FILES, &ev->job);

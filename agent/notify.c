@@ -17,6 +17,12 @@
 
 #include "engine_internal.h"
 
+_Static_assert((int)CB_JOB_TRANSFERRED == (int)PROTO_EVENT_JOB_TRANSFERRED &&
+                   (int)CB_JOB_ERROR == (int)PROTO_EVENT_JOB_ERROR &&
+                   (int)CB_JOB_MODIFICATION == (int)PROTO_EVENT_JOB_MODIFICATION &&
+                   (int)CB_FILE_TRANSFERRED == (int)PROTO_EVENT_FILE_TRANSFERRED,
+               "event kinds go on the wire as they are");
+
 #define CLIENT_EXPIRY_MS     60000
 #define MAX_CLIENTS_PER_USER 16
 #define MAX_CLIENTS          1024

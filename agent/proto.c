@@ -849,7 +849,8 @@ static int decode_event(const uint8_t *p, size_t len, proto_event *e, char *why,
     if (err != 0)
         return err;
     int64_t file = (int64_t)v[E_FILE];
-    if (v[E_ID] == 0 || v[E_KIND] == 0 || v[E_KIND] > 4 || file < -1 || file >= DOPA_MAX_FILES)
+    if (v[E_ID] == 0 || v[E_KIND] < PROTO_EVENT_JOB_TRANSFERRED ||
+        v[E_KIND] > PROTO_EVENT_FILE_TRANSFERRED || file < -1 || file >= DOPA_MAX_FILES)
         return bad(why, why_len, "event record value out of range");
     e->id = v[E_ID];
     e->kind = v[E_KIND];

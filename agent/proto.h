@@ -96,11 +96,19 @@ typedef struct proto_request {
     size_t n_args;
 } proto_request;
 
+/* The kinds of notification, on the wire (callback.h's enum cb_kind). */
+enum proto_event_kind {
+    PROTO_EVENT_JOB_TRANSFERRED = 1,
+    PROTO_EVENT_JOB_ERROR = 2,
+    PROTO_EVENT_JOB_MODIFICATION = 3,
+    PROTO_EVENT_FILE_TRANSFERRED = 4,
+};
+
 /* A notification handed to a client. */
 typedef struct proto_event {
     uint64_t id;
     dopa_id job;
-    uint64_t kind; /* enum cb_kind (callback.h) */
+    uint64_t kind; /* enum proto_event_kind */
     int64_t file;  /* FileTransferred: the file's index; else -1 */
 } proto_event;
 

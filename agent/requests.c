@@ -387,12 +387,20 @@ static int do_complete(agent_engine *e, agent_job *j, proto_reply *reply)
     return 0;
 }
 
+/* Whether v is a number of seconds a job may be given; refuses if not. */
+static int seconds_ok(uint64_t v, proto_reply *reply)
+{
+    if (v >= MIN_RETRY_DELAY && v <= MAX_TIMEOUT)
+        return 1;
+    refuse(reply, DOPA_EINVAL, "seconds must be between %d and %u", MIN_RETRY_DELAY, MAX_TIMEOUT);
+    return 0;
+}
+
 static int set_seconds(agent_engine *e, agent_job *j, uint32_t *field, uint64_t v,
                        proto_reply *reply)
 {
-    if (v < MIN_RETRY_DELAY || v > MAX_TIMEOUT)
-        return refuse(reply, DOPA_EINVAL, "seconds must be between %d and %u", MIN_RETRY_DELAY,
-                      MAX_TIMEOUT);
+    if (!seconds_ok(v, reply))
+        return 0;
     *field = (uint32_t)v;
     return touched(e, j, reply);
 }
@@ -632,8 +640,11 @@ int engine_handle(agent_engine *e, uint32_t uid, const proto_request *req, proto
     case PROTO_SET_VALIDATION_POLICY:
         if (req->valid > 1)
             return refuse(reply, DOPA_EINVAL, "the default verdict is valid (1) or invalid (0)");
+        if (!seconds_ok(req->seconds, reply))
+            return 0;
+        j->validation_timeout = (uint32_t)req->seconds;
         j->validation_default_valid = (int)req->valid;
-        return set_seconds(e, j, &j->validation_timeout, req->seconds, reply);
+        return touched(e, j, reply);
     default:
         return refuse(reply, DOPA_EPROTO, "unknown op %d", req->op);
     }

@@ -790,7 +790,8 @@ int store_load_notifications(store *s, store_notification_fn fn, void *ctx, char
         dopa_id job;
         /* A row that does not check out is left for the job's deletion. */
         if (column_int(st, 0, 1, INT64_MAX, &id) != 0 || column_id(st, 1, &job) != 0 ||
-            column_int(st, 2, 1, 4, &kind) != 0 ||
+            column_int(st, 2, PROTO_EVENT_JOB_TRANSFERRED, PROTO_EVENT_FILE_TRANSFERRED, &kind) !=
+                0 ||
             column_int(st, 3, -1, DOPA_MAX_FILES - 1, &file) != 0)
             continue;
         fn(ctx, (uint64_t)id, &job, (int)kind, (int32_t)file);

@@ -121,7 +121,7 @@ static int poll_plugins(agent_engine *e, agent_file *f)
         if (engine_mono(e) < f->plugin_deadline)
             return 0;
         validation_stop(f);
-        snprintf(msg, sizeof msg, "%s: the validator plugins gave no verdict in %u s", f->path,
+        snprintf(msg, sizeof msg, "%.200s: the validator plugins gave no verdict in %u s", f->path,
                  (e->cfg.plugin_timeout_ms ? e->cfg.plugin_timeout_ms : DEFAULT_PLUGIN_TIMEOUT_MS) /
                      1000);
         engine_fail_job(e, j, 0, DOPA_CONTEXT_VALIDATION, VALIDATE_EPLUGIN_FAILED, (int)f->index, 0,
@@ -142,22 +142,22 @@ static int poll_plugins(agent_engine *e, agent_file *f)
         return 1;
     }
     if (answered && strncmp(out, "invalid", 7) == 0) {
-        snprintf(msg, sizeof msg, "%s: %s", f->path, reason_after(out, "invalid"));
+        snprintf(msg, sizeof msg, "%.200s: %.300s", f->path, reason_after(out, "invalid"));
         engine_reject_file(e, f, VALIDATE_EPLUGIN_REJECTED, msg);
         return -1;
     }
     if (answered && strncmp(out, "error", 5) == 0) {
         /* A plugin could not decide (its server was down, say): later. */
-        snprintf(msg, sizeof msg, "%s: %s", f->path, reason_after(out, "error"));
+        snprintf(msg, sizeof msg, "%.200s: %.300s", f->path, reason_after(out, "error"));
         engine_fail_job(e, j, 1, DOPA_CONTEXT_VALIDATION, VALIDATE_EPLUGIN_FAILED, (int)f->index, 0,
                         msg);
         return -1;
     }
     if (r > 0 && WIFSIGNALED(status))
-        snprintf(msg, sizeof msg, "%s: the validator plugins crashed (signal %d)", f->path,
+        snprintf(msg, sizeof msg, "%.200s: the validator plugins crashed (signal %d)", f->path,
                  WTERMSIG(status));
     else
-        snprintf(msg, sizeof msg, "%s: the validator plugins failed (%s)", f->path,
+        snprintf(msg, sizeof msg, "%.200s: the validator plugins failed (%.250s)", f->path,
                  out[0] ? out : "no verdict");
     engine_fail_job(e, j, 0, DOPA_CONTEXT_VALIDATION, VALIDATE_EPLUGIN_FAILED, (int)f->index, 0,
                     msg);
@@ -170,7 +170,7 @@ static int apply_verdict(agent_engine *e, agent_file *f, int valid, const char *
     notify_cancel(e, f->job, CB_FILE_TRANSFERRED, (int32_t)f->index);
     if (!valid) {
         char msg[DOPA_MESSAGE_MAX + 1];
-        snprintf(msg, sizeof msg, "%s: %s", f->path, why);
+        snprintf(msg, sizeof msg, "%.200s: %.300s", f->path, why);
         engine_reject_file(e, f, DOPA_EVALIDATION, msg);
         return -1;
     }

@@ -11,6 +11,7 @@
 
 #include "../check.h"
 #include "../support/nginx.h"
+#include "../support/proc.h"
 #include "agent.h"
 
 static test_nginx web;
@@ -37,6 +38,8 @@ static int64_t now_wall(void *ctx)
 
 static const agent_clock fake_clock = {.wall_ms = now_wall, .mono_ms = now_mono};
 static validate_secret_key *publisher;
+static cb_config notify_config; /* for the next engine_open */
+static const char *plugin_dir;  /* likewise */
 
 static void open_engine_with(const char *dir, unsigned max_running, uint64_t inactivity_ms)
 {
@@ -47,7 +50,11 @@ static void open_engine_with(const char *dir, unsigned max_running, uint64_t ina
                          .clock = &fake_clock,
                          .trusted_keys = &key,
                          .n_trusted_keys = 1,
-                         .origin = origin_config_default()};
+                         .origin = origin_config_default(),
+                         .notify = notify_config,
+                         .plugin_dir = plugin_dir,
+                         .validate_helper = DOPA_VALIDATE,
+                         .plugin_timeout_ms = 10000};
     char why[512];
     if (engine_open(&cfg, &E, why, sizeof why) != DOPA_OK)
         fprintf(stderr, "  engine_open: %s\n", why);
@@ -72,6 +79,8 @@ static void after_case(void)
     if (E != NULL)
         close_engine();
     skew_ms = wall_skew_ms = 0;
+    memset(&notify_config, 0, sizeof notify_config);
+    plugin_dir = NULL;
 }
 
 /* ------------------------------------------------------------------ */
@@ -1036,6 +1045,543 @@ static void test_long_paths_and_local_sources_are_refused(void)
 
 /* ------------------------------------------------------------------ */
 
+/* ------------------------------------------------------------------ */
+/* Notifications                                                      */
+
+static const uint8_t client_a[16] = {0xa1}, client_b[16] = {0xb2};
+
+static int reg(uint32_t uid, const dopa_id *id, const uint8_t client[16])
+{
+    proto_request *r = request(PROTO_REGISTER, id);
+    memcpy(r->client, client, 16);
+    return handle(uid, r);
+}
+
+static int set_flags(const dopa_id *id, uint32_t flags)
+{
+    proto_request *r = request(PROTO_SET_NOTIFY_FLAGS, id);
+    r->flags = flags;
+    return handle(0, r);
+}
+
+/* The events a client holds now (a poll that does not wait). */
+static size_t poll_events(uint32_t uid, const uint8_t client[16], proto_event *out, size_t max)
+{
+    proto_request *r = request(PROTO_EVENTS, NULL);
+    memcpy(r->client, client, 16);
+    CHECK_INT(handle(uid, r), DOPA_OK);
+    size_t n = reply.n_events < max ? reply.n_events : max;
+    memcpy(out, reply.events, n * sizeof *out);
+    return reply.n_events;
+}
+
+static int answer(uint32_t uid, const uint8_t client[16], uint64_t event, int ok)
+{
+    proto_request *r = request(PROTO_EVENT_DONE, NULL);
+    memcpy(r->client, client, 16);
+    r->event = event;
+    r->ok = (uint64_t)ok;
+    return handle(uid, r);
+}
+
+/* The first event of a kind (for a job, if not NULL) among events, or NULL. */
+static const proto_event *find_event(const proto_event *ev, size_t n, int kind, const dopa_id *job)
+{
+    for (size_t i = 0; i < n; i++)
+        if ((int)ev[i].kind == kind &&
+            (job == NULL || memcmp(ev[i].job.bytes, job->bytes, 16) == 0))
+            return &ev[i];
+    return NULL;
+}
+
+/* Steps the engine until the client holds an event of this kind for the
+ * job; returns its id (0 after `limit` seconds). */
+static uint64_t await_event(uint32_t uid, const uint8_t client[16], int kind, const dopa_id *job,
+                            double limit)
+{
+    double end = seconds() + limit;
+    proto_event ev[PROTO_EVENT_PAGE];
+    for (;;) {
+        size_t n = poll_events(uid, client, ev, PROTO_EVENT_PAGE);
+        const proto_event *e = find_event(ev, n, kind, job);
+        if (e != NULL)
+            return e->id;
+        if (seconds() > end)
+            return 0;
+        step(1);
+    }
+}
+
+/* An hour later (the client, silent that long, registers again). */
+static void later(const dopa_id *id, const uint8_t client[16])
+{
+    skew_ms += 3600 * 1000;
+    step(3);
+    CHECK_INT(reg(0, id, client), DOPA_OK);
+    step(3);
+}
+
+/* A job of uid with one file of data/b.bin, not resumed yet. */
+static dopa_id started_job(uint32_t uid, const char *name, const char *dest)
+{
+    char u[256];
+    url(u, sizeof u, "/data/b.bin");
+    dopa_id id = create(uid, name);
+    CHECK_INT(add_file_with(uid, &id, u, dest, NULL, 0, NULL, NULL), DOPA_OK);
+    return id;
+}
+
+static void test_events_reach_the_registered_client_once(void)
+{
+    open_engine();
+    dopa_id id = started_job(0, "told", check_path("told"));
+    CHECK_INT(info(&id).notify_flags, DOPA_NOTIFY_DEFAULT);
+    CHECK_INT(reg(0, &id, client_a), DOPA_OK);
+    CHECK_INT(op(0, PROTO_RESUME, &id), DOPA_OK);
+    run_until(&id, DOPA_STATE_TRANSFERRED, 20);
+    uint64_t ev = await_event(0, client_a, CB_JOB_TRANSFERRED, &id, 5);
+    CHECK(ev != 0);
+    /* Held until answered: a lost reply loses nothing. */
+    proto_event got[PROTO_EVENT_PAGE];
+    CHECK_INT(poll_events(0, client_a, got, PROTO_EVENT_PAGE), 1);
+    CHECK_INT(got[0].id, ev);
+    CHECK_INT(got[0].file, -1);
+    CHECK_INT(answer(0, client_a, ev, 1), DOPA_OK);
+    CHECK_INT(answer(0, client_a, ev, 1), DOPA_OK); /* twice is harmless */
+    later(&id, client_a);
+    CHECK_INT(poll_events(0, client_a, got, PROTO_EVENT_PAGE), 0);
+
+    /* JobError, once, for a job that fails for good. */
+    char u[256];
+    url(u, sizeof u, "/data/missing.bin");
+    dopa_id bad = create(0, "broken");
+    CHECK_INT(add_file(&bad, u, check_path("broken")), DOPA_OK);
+    CHECK_INT(reg(0, &bad, client_a), DOPA_OK);
+    CHECK_INT(op(0, PROTO_RESUME, &bad), DOPA_OK);
+    run_until(&bad, DOPA_STATE_ERROR, 20);
+    ev = await_event(0, client_a, CB_JOB_ERROR, &bad, 5);
+    CHECK(ev != 0);
+    CHECK_INT(answer(0, client_a, ev, 0), DOPA_OK); /* a failed JobError is not repeated */
+    later(&bad, client_a);
+    CHECK_INT(poll_events(0, client_a, got, PROTO_EVENT_PAGE), 0);
+
+    /* Without the flag, nothing. */
+    dopa_id quiet = started_job(0, "quiet", check_path("quiet"));
+    CHECK_INT(set_flags(&quiet, DOPA_NOTIFY_JOB_ERROR), DOPA_OK);
+    CHECK_INT(reg(0, &quiet, client_a), DOPA_OK);
+    CHECK_INT(op(0, PROTO_RESUME, &quiet), DOPA_OK);
+    run_until(&quiet, DOPA_STATE_TRANSFERRED, 20);
+    CHECK_INT(await_event(0, client_a, CB_JOB_TRANSFERRED, &quiet, 1), 0);
+    CHECK_INT(set_flags(&quiet, 0x20), DOPA_EINVAL);
+    close_engine();
+}
+
+static void test_a_failed_transferred_comes_again_with_a_growing_interval(void)
+{
+    notify_config.retry_first_ms = 10000;
+    open_engine();
+    dopa_id id = started_job(0, "stubborn", check_path("stubborn"));
+    CHECK_INT(reg(0, &id, client_a), DOPA_OK);
+    CHECK_INT(op(0, PROTO_RESUME, &id), DOPA_OK);
+    run_until(&id, DOPA_STATE_TRANSFERRED, 20);
+    int deliveries = 0;
+    int64_t waits[] = {10000, 20000, 40000};
+    for (int attempt = 0; attempt < 4; attempt++) {
+        uint64_t ev = await_event(0, client_a, CB_JOB_TRANSFERRED, &id, 2);
+        CHECK(ev != 0);
+        deliveries++;
+        CHECK_INT(answer(0, client_a, ev, attempt == 3), DOPA_OK);
+        if (attempt == 3)
+            break;
+        /* Not again before its interval (which doubles), then again. */
+        skew_ms += waits[attempt] - 1000;
+        step(2);
+        CHECK_INT(await_event(0, client_a, CB_JOB_TRANSFERRED, &id, 0), 0);
+        skew_ms += 1000;
+    }
+    CHECK_INT(deliveries, 4);
+    later(&id, client_a);
+    CHECK_INT(await_event(0, client_a, CB_JOB_TRANSFERRED, &id, 0.2), 0);
+    close_engine();
+}
+
+static void test_unanswered_events_survive_a_restart(void)
+{
+    open_engine();
+    dopa_id told = started_job(0, "told", check_path("told"));
+    dopa_id untold = started_job(0, "untold", check_path("untold"));
+    CHECK_INT(reg(0, &told, client_a), DOPA_OK);
+    CHECK_INT(reg(0, &untold, client_a), DOPA_OK);
+    CHECK_INT(op(0, PROTO_RESUME, &told), DOPA_OK);
+    CHECK_INT(op(0, PROTO_RESUME, &untold), DOPA_OK);
+    run_until(&told, DOPA_STATE_TRANSFERRED, 20);
+    run_until(&untold, DOPA_STATE_TRANSFERRED, 20);
+    uint64_t a = await_event(0, client_a, CB_JOB_TRANSFERRED, &told, 5);
+    uint64_t b = await_event(0, client_a, CB_JOB_TRANSFERRED, &untold, 5);
+    CHECK(a != 0 && b != 0);
+    CHECK_INT(answer(0, client_a, a, 1), DOPA_OK);
+    /* b was handed out but not answered when dopad stopped. */
+    close_engine();
+
+    open_engine_with(check_path("state"), 4, 0);
+    /* The old client is unknown now; it registers again. */
+    proto_request *r = request(PROTO_EVENTS, NULL);
+    memcpy(r->client, client_a, 16);
+    CHECK_INT(handle(0, r), DOPA_ENOTFOUND);
+    CHECK_INT(reg(0, &told, client_a), DOPA_OK);
+    CHECK_INT(reg(0, &untold, client_a), DOPA_OK);
+    uint64_t again = await_event(0, client_a, CB_JOB_TRANSFERRED, &untold, 5);
+    CHECK(again != 0);
+    CHECK_INT(await_event(0, client_a, CB_JOB_TRANSFERRED, &told, 0.5), 0);
+    CHECK_INT(answer(0, client_a, again, 1), DOPA_OK);
+    close_engine();
+    /* Answered: gone for good. */
+    open_engine_with(check_path("state"), 4, 0);
+    CHECK_INT(reg(0, &untold, client_a), DOPA_OK);
+    CHECK_INT(await_event(0, client_a, CB_JOB_TRANSFERRED, &untold, 1.5), 0);
+    close_engine();
+}
+
+/* A second user when running as root, else ourselves. */
+static void other_user(uid_t *uid, gid_t *gid, int *created)
+{
+    *created = 0;
+    *uid = geteuid();
+    *gid = getegid();
+    if (geteuid() == 0)
+        CHECK_INT(test_user(uid, gid, created), 0);
+}
+
+static int wait_for_file(const char *path, char *out, size_t len, double limit)
+{
+    double end = seconds() + limit;
+    while (seconds() < end) {
+        FILE *f = fopen(path, "r");
+        if (f != NULL) {
+            size_t n = fread(out, 1, len - 1, f);
+            out[n] = '\0';
+            fclose(f);
+            if (n > 0 && out[n - 1] == '\n')
+                return 0;
+        }
+        step(1);
+    }
+    return -1;
+}
+
+static int set_cmdline(uint32_t uid, const dopa_id *id, const char *const *argv)
+{
+    proto_request *r = request(PROTO_SET_NOTIFY_CMDLINE, id);
+    for (r->n_args = 0; argv[r->n_args] != NULL; r->n_args++)
+        snprintf(r->args[r->n_args], sizeof r->args[0], "%s", argv[r->n_args]);
+    return handle(uid, r);
+}
+
+static void test_the_command_runs_as_the_owner_without_a_client(void)
+{
+    uid_t uid;
+    gid_t gid;
+    int created;
+    other_user(&uid, &gid, &created);
+    if (uid == geteuid())
+        printf("  (not root: the command runs as this user)\n");
+    CHECK(chmod(check_tmpdir(), 0755) == 0);
+    char dir[1024], out[1024], script[1400];
+    snprintf(dir, sizeof dir, "%.900s/theirs", check_tmpdir());
+    CHECK(mkdir(dir, 0755) == 0);
+    CHECK(chown(dir, uid, gid) == 0);
+    open_engine();
+    char dest[1100], said[1100];
+    snprintf(dest, sizeof dest, "%s/file", dir);
+    snprintf(said, sizeof said, "%s/said", dir);
+    dopa_id id = started_job(uid, "commanded", dest);
+    snprintf(script, sizeof script, "echo \"$(id -u) $DOPA_EVENT $DOPA_JOB_ID $1\" > %s", said);
+    const char *argv[] = {"/bin/sh", "-c", script, "sh", "one arg; not a shell's", NULL};
+    CHECK_INT(set_cmdline(uid, &id, argv), DOPA_OK);
+    const char *relative[] = {"sh", "-c", "true", NULL};
+    CHECK_INT(set_cmdline(uid, &id, relative), DOPA_EINVAL);
+    CHECK_INT(handle(uid, request(PROTO_GET_NOTIFY, &id)), DOPA_OK);
+    CHECK_INT(reply.n_args, 5);
+    CHECK_STR(reply.args[4], "one arg; not a shell's");
+    CHECK_INT(op(uid, PROTO_RESUME, &id), DOPA_OK);
+    run_until(&id, DOPA_STATE_TRANSFERRED, 20);
+    CHECK_INT(wait_for_file(said, out, sizeof out, 10), 0);
+    char want[256], text[37];
+    dopa_id_format(&id, text);
+    snprintf(want, sizeof want, "%u JobTransferred %s one arg; not a shell's\n", (unsigned)uid,
+             text);
+    CHECK_STR(out, want);
+    close_engine();
+    if (created)
+        test_user_remove();
+}
+
+static void test_a_stuck_client_holds_up_only_its_own_user(void)
+{
+    if (geteuid() != 0) {
+        printf("  skipped: needs root for a second user\n");
+        return;
+    }
+    uid_t uid;
+    gid_t gid;
+    int created;
+    CHECK_INT(test_user(&uid, &gid, &created), 0);
+    CHECK(chmod(check_tmpdir(), 0755) == 0);
+    char dir[1024];
+    snprintf(dir, sizeof dir, "%.900s/theirs", check_tmpdir());
+    CHECK(mkdir(dir, 0755) == 0);
+    CHECK(chown(dir, uid, gid) == 0);
+    open_engine_with(check_path("state"), 8, 0);
+    /* Root: five jobs, one client that takes events and never answers. */
+    dopa_id mine[5];
+    for (int i = 0; i < 5; i++) {
+        char name[32];
+        snprintf(name, sizeof name, "mine%d", i);
+        mine[i] = started_job(0, name, check_path(name));
+        CHECK_INT(reg(0, &mine[i], client_a), DOPA_OK);
+        CHECK_INT(op(0, PROTO_RESUME, &mine[i]), DOPA_OK);
+    }
+    for (int i = 0; i < 5; i++)
+        run_until(&mine[i], DOPA_STATE_TRANSFERRED, 20);
+    step(3);
+    proto_event held[PROTO_EVENT_PAGE];
+    CHECK_INT(poll_events(0, client_a, held, PROTO_EVENT_PAGE), 4); /* the fifth waits */
+    /* The other user's notification goes through meanwhile. */
+    char dest[1100];
+    snprintf(dest, sizeof dest, "%s/file", dir);
+    dopa_id theirs = started_job(uid, "theirs", dest);
+    CHECK_INT(reg(uid, &theirs, client_b), DOPA_OK);
+    CHECK_INT(op(uid, PROTO_RESUME, &theirs), DOPA_OK);
+    run_until(&theirs, DOPA_STATE_TRANSFERRED, 20);
+    uint64_t ev = await_event(uid, client_b, CB_JOB_TRANSFERRED, &theirs, 5);
+    CHECK(ev != 0);
+    CHECK_INT(answer(uid, client_b, ev, 1), DOPA_OK);
+    /* A client of another user cannot answer for root's. */
+    CHECK_INT(answer(uid, client_a, held[0].id, 1), DOPA_ENOTFOUND);
+    /* One answered: the fifth comes. */
+    CHECK_INT(answer(0, client_a, held[0].id, 1), DOPA_OK);
+    step(3);
+    proto_event now[PROTO_EVENT_PAGE];
+    CHECK_INT(poll_events(0, client_a, now, PROTO_EVENT_PAGE), 4);
+    int fifth = 0;
+    for (int i = 0; i < 4; i++)
+        fifth += find_event(held, 4, CB_JOB_TRANSFERRED, &now[i].job) == NULL;
+    CHECK_INT(fifth, 1);
+    close_engine();
+    if (created)
+        test_user_remove();
+}
+
+static void test_a_client_that_goes_away_gives_its_events_back(void)
+{
+    open_engine();
+    dopa_id id = started_job(0, "orphan", check_path("orphan"));
+    CHECK_INT(reg(0, &id, client_a), DOPA_OK);
+    CHECK_INT(op(0, PROTO_RESUME, &id), DOPA_OK);
+    run_until(&id, DOPA_STATE_TRANSFERRED, 20);
+    CHECK(await_event(0, client_a, CB_JOB_TRANSFERRED, &id, 5) != 0);
+    /* A minute without a poll: the client is forgotten... */
+    skew_ms += 61000;
+    step(2);
+    proto_request *r = request(PROTO_EVENTS, NULL);
+    memcpy(r->client, client_a, 16);
+    CHECK_INT(handle(0, r), DOPA_ENOTFOUND);
+    /* ...and the next one to register gets the event. */
+    CHECK_INT(reg(0, &id, client_b), DOPA_OK);
+    uint64_t ev = await_event(0, client_b, CB_JOB_TRANSFERRED, &id, 5);
+    CHECK(ev != 0);
+    CHECK_INT(answer(0, client_b, ev, 1), DOPA_OK);
+    close_engine();
+}
+
+/* ------------------------------------------------------------------ */
+/* Validation                                                         */
+
+static int set_validation(uint32_t uid, const dopa_id *id, uint64_t file, uint64_t valid)
+{
+    proto_request *r = request(PROTO_SET_VALIDATION, id);
+    r->start = file;
+    r->valid = valid;
+    return handle(uid, r);
+}
+
+static dopa_file_info file_info(const dopa_id *id, uint64_t index)
+{
+    proto_request *r = request(PROTO_LIST_FILES, id);
+    r->start = index;
+    CHECK_INT(handle(0, r), DOPA_OK);
+    CHECK(reply.n_files > 0);
+    return reply.files[0];
+}
+
+/* Runs the job until its file waits for a verdict; checks FileTransferred
+ * reached the client. */
+static void until_pending(const dopa_id *id)
+{
+    double end = seconds() + 20;
+    while (file_info(id, 0).validation != DOPA_VALIDATION_PENDING) {
+        CHECK(seconds() < end);
+        step(1);
+    }
+    CHECK_INT(info(id).state, DOPA_STATE_TRANSFERRING);
+    uint64_t ev = await_event(0, client_a, CB_FILE_TRANSFERRED, id, 5);
+    CHECK(ev != 0);
+    CHECK_INT(answer(0, client_a, ev, 1), DOPA_OK);
+}
+
+static void test_an_origin_file_the_client_rejects_fails_the_job(void)
+{
+    open_engine();
+    char u[256];
+    url(u, sizeof u, "/data/a.bin");
+    dopa_id id = create(0, "judged");
+    CHECK_INT(add_file(&id, u, check_path("judged")), DOPA_OK);
+    CHECK_INT(set_flags(&id, DOPA_NOTIFY_DEFAULT | DOPA_NOTIFY_FILE_TRANSFERRED), DOPA_OK);
+    CHECK_INT(reg(0, &id, client_a), DOPA_OK);
+    CHECK_INT(op(0, PROTO_RESUME, &id), DOPA_OK);
+    until_pending(&id);
+    /* The temporary file holds the content to judge. */
+    dopa_file_info f = file_info(&id, 0);
+    check_content(f.temporary_name, 1, 0, SIZE_A);
+    CHECK_INT(set_validation(0, &id, 0, 0), DOPA_OK);
+    dopa_job_info j = info(&id);
+    CHECK_INT(j.state, DOPA_STATE_ERROR);
+    CHECK_INT(j.error.context, DOPA_CONTEXT_VALIDATION);
+    CHECK_INT(j.error.code, DOPA_EVALIDATION);
+    CHECK_INT(j.error.file, 0);
+    CHECK_INT(j.bytes_transferred, 0);
+    CHECK_INT(file_info(&id, 0).validation, DOPA_VALIDATION_INVALID);
+    struct stat st;
+    CHECK(stat(f.temporary_name, &st) == 0);
+    CHECK_INT(st.st_size, 0); /* nothing of the rejected content stays */
+    CHECK(await_event(0, client_a, CB_JOB_ERROR, &id, 5) != 0);
+    CHECK_INT(set_validation(0, &id, 0, 1), DOPA_ESTATE); /* nothing waits now */
+
+    /* Resumed, it is fetched and judged again. */
+    CHECK_INT(op(0, PROTO_RESUME, &id), DOPA_OK);
+    until_pending(&id);
+    CHECK_INT(set_validation(0, &id, 0, 1), DOPA_OK);
+    run_until(&id, DOPA_STATE_TRANSFERRED, 10);
+    CHECK_INT(file_info(&id, 0).validation, DOPA_VALIDATION_VALID);
+    CHECK_INT(op(0, PROTO_COMPLETE, &id), DOPA_OK);
+    check_content(check_path("judged"), 1, 0, SIZE_A);
+    close_engine();
+}
+
+static void test_a_peer_file_the_client_rejects_is_fetched_again_from_the_origin(void)
+{
+    open_engine();
+    CHECK(test_nginx_put(&web, "data/p.bin", 300000, 21) == 0);
+    long long before = bytes_sent_for("/data/p.bin");
+    char u[256];
+    url(u, sizeof u, "/data/p.bin");
+    dopa_id id = create(0, "peered");
+    CHECK_INT(add_file(&id, u, check_path("peered")), DOPA_OK);
+    CHECK_INT(set_flags(&id, DOPA_NOTIFY_FILE_TRANSFERRED), DOPA_OK);
+    CHECK_INT(reg(0, &id, client_a), DOPA_OK);
+    CHECK_INT(op(0, PROTO_RESUME, &id), DOPA_OK);
+    until_pending(&id);
+    /* As if peers had sent part of it. */
+    agent_file *f = engine_find(E, &id)->files[0];
+    f->from_peers = 100000;
+    f->from_origin -= 100000;
+    CHECK_INT(set_validation(0, &id, 0, 0), DOPA_OK);
+    dopa_job_info j = info(&id);
+    CHECK(j.state != DOPA_STATE_ERROR);
+    CHECK_INT(j.has_error, 0);
+    CHECK(f->origin_only);
+    /* Fetched again, from the origin alone, and judged again. */
+    until_pending(&id);
+    CHECK_INT(file_info(&id, 0).bytes_from_peers, 0);
+    CHECK_INT(file_info(&id, 0).bytes_from_origin, 300000);
+    CHECK_INT(set_validation(0, &id, 0, 1), DOPA_OK);
+    run_until(&id, DOPA_STATE_TRANSFERRED, 10);
+    CHECK_INT(op(0, PROTO_COMPLETE, &id), DOPA_OK);
+    check_content(check_path("peered"), 21, 0, 300000);
+    close_engine();
+    struct timespec ts = {0, 100 * 1000 * 1000};
+    nanosleep(&ts, NULL);
+    /* Twice the file, and the first time's probe of its size. */
+    long long sent = bytes_sent_for("/data/p.bin") - before;
+    CHECK(sent >= 2 * 300000 && sent <= 2 * 300000 + 1);
+}
+
+static void test_no_verdict_in_time_takes_the_default(void)
+{
+    open_engine();
+    for (int valid = 0; valid <= 1; valid++) {
+        char name[32];
+        snprintf(name, sizeof name, "default%d", valid);
+        dopa_id id = started_job(0, name, check_path(name));
+        CHECK_INT(set_flags(&id, DOPA_NOTIFY_FILE_TRANSFERRED), DOPA_OK);
+        proto_request *r = request(PROTO_SET_VALIDATION_POLICY, &id);
+        r->seconds = 30;
+        r->valid = (uint64_t)valid;
+        CHECK_INT(handle(0, r), DOPA_OK);
+        CHECK_INT(info(&id).validation_timeout, 30);
+        CHECK_INT(info(&id).validation_default_valid, valid);
+        CHECK_INT(op(0, PROTO_RESUME, &id), DOPA_OK);
+        double end = seconds() + 20;
+        while (file_info(&id, 0).validation != DOPA_VALIDATION_PENDING && seconds() < end)
+            step(1);
+        skew_ms += 29000;
+        step(2);
+        CHECK_INT(file_info(&id, 0).validation, DOPA_VALIDATION_PENDING);
+        skew_ms += 1500;
+        step(2);
+        CHECK_INT(info(&id).state, valid ? DOPA_STATE_TRANSFERRED : DOPA_STATE_ERROR);
+    }
+    close_engine();
+}
+
+static void test_validation_requests_are_checked(void)
+{
+    open_engine();
+    dopa_id id = started_job(0, "checked", check_path("checked"));
+    CHECK_INT(set_validation(0, &id, 0, 1), DOPA_ESTATE); /* nothing waits */
+    CHECK_INT(set_validation(0, &id, 1, 1), DOPA_EINVAL); /* no such file */
+    CHECK_INT(set_validation(0, &id, 0, 2), DOPA_EINVAL);
+    CHECK_INT(set_validation(1001, &id, 0, 1), DOPA_ENOTFOUND); /* not theirs */
+    proto_request *r = request(PROTO_SET_VALIDATION_POLICY, &id);
+    r->seconds = 0;
+    r->valid = 1;
+    CHECK_INT(handle(0, r), DOPA_EINVAL);
+    CHECK_INT(info(&id).validation_default_valid, 0); /* refused: nothing changed */
+    CHECK_INT(info(&id).validation_timeout, DOPA_DEFAULT_VALIDATION_TIMEOUT);
+    CHECK_INT(reg(1001, &id, client_b), DOPA_ENOTFOUND);
+    r = request(PROTO_SET_NOTIFY_FLAGS, &id);
+    r->flags = DOPA_NOTIFY_ALL;
+    CHECK_INT(handle(1001, r), DOPA_ENOTFOUND);
+    close_engine();
+}
+
+static void test_validator_plugins_judge_the_file(void)
+{
+    /* Each plugin in a directory of its own. */
+    const char *names[] = {"accept_all", "says_invalid"};
+    for (int i = 0; i < 2; i++) {
+        char dir[1024], src[1024], dst[1200];
+        snprintf(dir, sizeof dir, "%.900s/plugins-%s", check_tmpdir(), names[i]);
+        CHECK(mkdir(dir, 0755) == 0);
+        snprintf(src, sizeof src, "%s/%s.so", PLUGIN_DIR, names[i]);
+        snprintf(dst, sizeof dst, "%s/%s.so", dir, names[i]);
+        CHECK(link(src, dst) == 0 || symlink(src, dst) == 0);
+        plugin_dir = dir;
+        open_engine();
+        dopa_id id = started_job(0, names[i], check_path(names[i]));
+        CHECK_INT(op(0, PROTO_RESUME, &id), DOPA_OK);
+        dopa_job_info j = run_until(&id, i == 0 ? DOPA_STATE_TRANSFERRED : DOPA_STATE_ERROR, 20);
+        if (i == 1) {
+            CHECK_INT(j.error.context, DOPA_CONTEXT_VALIDATION);
+            CHECK_INT(j.error.code, VALIDATE_EPLUGIN_REJECTED);
+            CHECK_INT(j.bytes_transferred, 0);
+        }
+        close_engine();
+    }
+}
+
+/* ------------------------------------------------------------------ */
+
 static int rm_entry(const char *path, const struct stat *st, int flag, struct FTW *ftw)
 {
     (void)st;
@@ -1094,35 +1640,47 @@ int main(int argc, char **argv)
         return 1;
     }
     check_cleanup = after_case;
-    int rc = check_run(argc, argv,
-                       (struct check_case[]){
-                           CASE(test_new_job_waits_suspended_for_files_and_resume),
-                           CASE(test_complete_makes_the_file_appear),
-                           CASE(test_several_files_and_ranges),
-                           CASE(test_cancel_removes_the_temporary_files),
-                           CASE(test_complete_before_transferred_is_partial),
-                           CASE(test_suspend_and_resume_from_every_state),
-                           CASE(test_transient_errors_retry_after_the_minimum_delay),
-                           CASE(test_no_progress_timeout_makes_the_error_final),
-                           CASE(test_inactive_jobs_are_cancelled),
-                           CASE(test_higher_priority_runs_first),
-                           CASE(test_expected_sha256_is_checked_at_the_end),
-                           CASE(test_manifests_check_every_piece),
-                           CASE(test_restart_resumes_with_the_pieces_it_had),
-                           CASE(test_owners_see_only_their_jobs),
-                           CASE(test_wait_answers_on_change_or_timeout),
-                           CASE(test_add_file_refuses_bad_requests),
-                           CASE(test_planted_links_are_not_followed),
-                           CASE(test_a_file_changed_on_the_server_is_fetched_anew),
-                           CASE(test_cancel_while_pieces_wait_stays_cancelled),
-                           CASE(test_whole_file_check_is_void_after_suspend_or_cancel),
-                           CASE(test_complete_can_be_repeated_after_a_crash),
-                           CASE(test_a_swapped_directory_is_not_written),
-                           CASE(test_retry_after_is_honoured),
-                           CASE(test_no_progress_time_survives_a_restart),
-                           CASE(test_long_paths_and_local_sources_are_refused),
-                           {0},
-                       });
+    int rc =
+        check_run(argc, argv,
+                  (struct check_case[]){
+                      CASE(test_new_job_waits_suspended_for_files_and_resume),
+                      CASE(test_complete_makes_the_file_appear),
+                      CASE(test_several_files_and_ranges),
+                      CASE(test_cancel_removes_the_temporary_files),
+                      CASE(test_complete_before_transferred_is_partial),
+                      CASE(test_suspend_and_resume_from_every_state),
+                      CASE(test_transient_errors_retry_after_the_minimum_delay),
+                      CASE(test_no_progress_timeout_makes_the_error_final),
+                      CASE(test_inactive_jobs_are_cancelled),
+                      CASE(test_higher_priority_runs_first),
+                      CASE(test_expected_sha256_is_checked_at_the_end),
+                      CASE(test_manifests_check_every_piece),
+                      CASE(test_restart_resumes_with_the_pieces_it_had),
+                      CASE(test_owners_see_only_their_jobs),
+                      CASE(test_wait_answers_on_change_or_timeout),
+                      CASE(test_add_file_refuses_bad_requests),
+                      CASE(test_planted_links_are_not_followed),
+                      CASE(test_a_file_changed_on_the_server_is_fetched_anew),
+                      CASE(test_cancel_while_pieces_wait_stays_cancelled),
+                      CASE(test_whole_file_check_is_void_after_suspend_or_cancel),
+                      CASE(test_complete_can_be_repeated_after_a_crash),
+                      CASE(test_a_swapped_directory_is_not_written),
+                      CASE(test_retry_after_is_honoured),
+                      CASE(test_no_progress_time_survives_a_restart),
+                      CASE(test_long_paths_and_local_sources_are_refused),
+                      CASE(test_events_reach_the_registered_client_once),
+                      CASE(test_a_failed_transferred_comes_again_with_a_growing_interval),
+                      CASE(test_unanswered_events_survive_a_restart),
+                      CASE(test_the_command_runs_as_the_owner_without_a_client),
+                      CASE(test_a_stuck_client_holds_up_only_its_own_user),
+                      CASE(test_a_client_that_goes_away_gives_its_events_back),
+                      CASE(test_an_origin_file_the_client_rejects_fails_the_job),
+                      CASE(test_a_peer_file_the_client_rejects_is_fetched_again_from_the_origin),
+                      CASE(test_no_verdict_in_time_takes_the_default),
+                      CASE(test_validation_requests_are_checked),
+                      CASE(test_validator_plugins_judge_the_file),
+                      {0},
+                  });
     proto_reply_clear(&reply);
     return rc;
 }

@@ -48,6 +48,16 @@ static void test_every_request_op_round_trips(void)
         r->start = 9;
         r->cursor.bytes[3] = 9;
         r->has_cursor = 1;
+        r->flags = 0x19;
+        r->event = 1ull << 40;
+        r->ok = 1;
+        r->valid = 1;
+        memset(r->client, 0xc1, 16);
+        r->n_args = 3;
+        snprintf(r->args[0], sizeof r->args[0], "/bin/sh");
+        r->args[1][0] = '\0'; /* an empty argument is one too */
+        memset(r->args[2], 'a', PROTO_ARG_MAX);
+        r->args[2][PROTO_ARG_MAX] = '\0';
         proto_buf b = encode_request(r);
         char why[256];
         CHECK_INT(proto_decode_request(b.data, b.len, back, why, sizeof why), DOPA_OK);
@@ -83,6 +93,27 @@ static void test_every_request_op_round_trips(void)
             CHECK_STR(back->proxy, r->proxy);
             CHECK_STR(back->bypass, r->bypass);
             CHECK_INT(back->proxy_usage, 2);
+        }
+        if (op == PROTO_SET_NOTIFY_CMDLINE) {
+            CHECK_INT(back->n_args, 3);
+            CHECK_STR(back->args[0], "/bin/sh");
+            CHECK_STR(back->args[1], "");
+            CHECK_INT(strlen(back->args[2]), PROTO_ARG_MAX);
+        } else {
+            CHECK_INT(back->n_args, 0);
+        }
+        if (op == PROTO_SET_NOTIFY_FLAGS)
+            CHECK_INT(back->flags, 0x19);
+        int has_client = op == PROTO_REGISTER || op == PROTO_UNREGISTER || op == PROTO_EVENTS ||
+                         op == PROTO_EVENT_DONE;
+        CHECK_INT(back->client[5], has_client ? 0xc1 : 0);
+        if (op == PROTO_EVENT_DONE) {
+            CHECK_INT(back->event, 1ull << 40);
+            CHECK_INT(back->ok, 1);
+        }
+        if (op == PROTO_SET_VALIDATION) {
+            CHECK_INT(back->start, 9);
+            CHECK_INT(back->valid, 1);
         }
         proto_buf_free(&b);
         free(r);
@@ -308,6 +339,50 @@ static void test_replies_round_trip_and_are_checked(void)
     CHECK_INT(proto_encode_reply(&g, &b), DOPA_OK);
     CHECK_INT(proto_decode_reply(b.data, b.len, &back, why, sizeof why), DOPA_EPROTO);
     CHECK_HAS(why, "2 jobs");
+    proto_buf_free(&b);
+
+    /* Events, and the bounds of their fields. */
+    proto_reply ev = {.op = PROTO_EVENTS, .n_events = 2};
+    ev.events[0] = (proto_event){.id = 7, .kind = PROTO_EVENT_FILE_TRANSFERRED, .file = 999};
+    ev.events[0].job.bytes[15] = 0xee;
+    ev.events[1] = (proto_event){.id = UINT64_MAX, .kind = PROTO_EVENT_JOB_ERROR, .file = -1};
+    proto_buf_free(&b);
+    proto_buf_init(&b, PROTO_MAX_REPLY);
+    CHECK_INT(proto_encode_reply(&ev, &b), DOPA_OK);
+    CHECK_INT(proto_decode_reply(b.data, b.len, &back, why, sizeof why), DOPA_OK);
+    CHECK_INT(back.n_events, 2);
+    CHECK_INT(back.events[0].id, 7);
+    CHECK_INT(back.events[0].kind, PROTO_EVENT_FILE_TRANSFERRED);
+    CHECK_INT(back.events[0].file, 999);
+    CHECK_INT(back.events[0].job.bytes[15], 0xee);
+    CHECK_INT(back.events[1].file, -1);
+    const struct {
+        proto_event bad;
+    } wrong[] = {
+        {{.id = 0, .kind = 1, .file = -1}},
+        {{.id = 1, .kind = 0, .file = -1}},
+        {{.id = 1, .kind = 5, .file = -1}},
+        {{.id = 1, .kind = 4, .file = -2}},
+        {{.id = 1, .kind = 4, .file = DOPA_MAX_FILES}},
+    };
+    for (size_t i = 0; i < sizeof wrong / sizeof wrong[0]; i++) {
+        ev.events[1] = wrong[i].bad;
+        proto_buf_free(&b);
+        proto_buf_init(&b, PROTO_MAX_REPLY);
+        CHECK_INT(proto_encode_reply(&ev, &b), DOPA_OK);
+        CHECK_INT(proto_decode_reply(b.data, b.len, &back, why, sizeof why), DOPA_EPROTO);
+    }
+    /* The notify settings. */
+    proto_reply gn = {.op = PROTO_GET_NOTIFY, .flags = 0x1f, .n_args = 2};
+    snprintf(gn.args[0], sizeof gn.args[0], "/usr/bin/logger");
+    snprintf(gn.args[1], sizeof gn.args[1], "done");
+    proto_buf_free(&b);
+    proto_buf_init(&b, PROTO_MAX_REPLY);
+    CHECK_INT(proto_encode_reply(&gn, &b), DOPA_OK);
+    CHECK_INT(proto_decode_reply(b.data, b.len, &back, why, sizeof why), DOPA_OK);
+    CHECK_INT(back.flags, 0x1f);
+    CHECK_INT(back.n_args, 2);
+    CHECK_STR(back.args[1], "done");
     proto_buf_free(&b);
 
     /* A request is not a reply. */

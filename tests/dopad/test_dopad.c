@@ -17,6 +17,7 @@
 #include <time.h>
 
 #include "../check.h"
+#include "../support/daemon.h"
 #include "../support/nginx.h"
 #include "../support/proc.h"
 #include "dopa.h"
@@ -36,22 +37,10 @@ static void sleep_ms(int ms)
 /* Starts dopad on this case's socket and state; waits until it answers. */
 static void start_dopad(void)
 {
-    const char *log = check_path("dopad.log");
-    const char *argv[] = {DOPAD, "--socket", sock, "--state-dir", state, NULL};
-    dopad = test_spawn(argv, log, TEST_AS_ME, 0);
-    CHECK(dopad > 0);
-    for (int i = 0; i < 500; i++) {
-        dopa_manager *m = NULL;
-        if (dopa_connect(sock, &m) == DOPA_OK) {
-            int ok = dopa_whoami(m, NULL, NULL, 0) == DOPA_OK;
-            dopa_disconnect(m);
-            if (ok)
-                return;
-        }
-        CHECK(waitpid(dopad, NULL, WNOHANG) == 0); /* still alive */
-        sleep_ms(10);
-    }
-    CHECK(!"dopad did not start");
+    test_dopad d;
+    CHECK_INT(test_dopad_start(&d, DOPAD, check_tmpdir(), NULL), 0);
+    CHECK_STR(d.sock, sock);
+    dopad = d.pid;
 }
 
 static void stop_dopad(int sig)
@@ -475,27 +464,16 @@ static void test_configuration_file(void)
     CHECK_HAS(out, "No such file");
 }
 
-#define TEST_USER "dopa-test-user"
-
 static void test_another_user_cannot_touch_my_jobs(void)
 {
     if (geteuid() != 0) {
         printf("  skipped: needs root to create a second user\n");
         return;
     }
-    struct passwd *pw = getpwnam(TEST_USER);
-    int created = 0;
-    if (pw == NULL) {
-        const char *argv[] = {
-            "/usr/sbin/useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin",
-            TEST_USER,           NULL};
-        CHECK_INT(test_run(argv, NULL, 0, 30, TEST_AS_ME, 0), 0);
-        created = 1;
-        pw = getpwnam(TEST_USER);
-    }
-    CHECK(pw != NULL);
-    uid_t uid = pw->pw_uid;
-    gid_t gid = pw->pw_gid;
+    uid_t uid;
+    gid_t gid;
+    int created;
+    CHECK_INT(test_user(&uid, &gid, &created), 0);
     /* The other user must reach the socket and a directory of its own. */
     CHECK(chmod(check_tmpdir(), 0755) == 0);
     fresh_daemon();
@@ -563,10 +541,8 @@ static void test_another_user_cannot_touch_my_jobs(void)
     closedir(d);
     CHECK_INT(entries, 0);
     stop_dopad(SIGTERM);
-    if (created) {
-        const char *argv[] = {"/usr/sbin/userdel", TEST_USER, NULL};
-        test_run(argv, NULL, 0, 30, TEST_AS_ME, 0);
-    }
+    if (created)
+        test_user_remove();
 #undef as_user
 }
 

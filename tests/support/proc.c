@@ -2,6 +2,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <grp.h>
+#include <pwd.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -91,4 +92,32 @@ void test_stop(pid_t pid, int sig)
     kill(pid, sig);
     if (test_wait(pid, 5) < 0)
         kill(pid, SIGKILL);
+}
+
+#define TEST_USER "dopa-test-user"
+
+int test_user(uid_t *uid, gid_t *gid, int *created)
+{
+    *created = 0;
+    struct passwd *pw = getpwnam(TEST_USER);
+    if (pw == NULL) {
+        const char *argv[] = {
+            "/usr/sbin/useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin",
+            TEST_USER,           NULL};
+        if (test_run(argv, NULL, 0, 30, TEST_AS_ME, 0) != 0)
+            return -1;
+        *created = 1;
+        pw = getpwnam(TEST_USER);
+    }
+    if (pw == NULL)
+        return -1;
+    *uid = pw->pw_uid;
+    *gid = pw->pw_gid;
+    return 0;
+}
+
+void test_user_remove(void)
+{
+    const char *argv[] = {"/usr/sbin/userdel", TEST_USER, NULL};
+    test_run(argv, NULL, 0, 30, TEST_AS_ME, 0);
 }

@@ -9,11 +9,16 @@
  *   INIT_FAILS    init returns an error
  *   ODD_VERDICT   validate returns a value outside the verdict enum
  *   SAYS_ERROR    validate returns DOPA_VALIDATOR_ERROR with a long reason
+ *   SAYS_INVALID  validate judges every file invalid
+ *   CRASHES       validate dies of SIGSEGV
+ *   HANGS         validate never returns
  *   ACCEPT_ALL    valid plugin that accepts everything and, at fini, writes
  *                 "fini" to the file named by its configuration
  */
+#include <signal.h>
 #include <stdio.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "dopa_validator.h"
 
@@ -44,6 +49,20 @@ __attribute__((unused)) static int validate(void *state, const struct dopa_valid
     /* Fills the whole buffer without a terminator: the loader must cope. */
     memset(reason, 'x', reason_size);
     return DOPA_VALIDATOR_ERROR;
+#elif defined(SAYS_INVALID)
+    snprintf(reason, reason_size, "not signed by anyone we know\nsecond line");
+    return DOPA_VALIDATOR_INVALID;
+#elif defined(CRASHES)
+    (void)reason;
+    (void)reason_size;
+    raise(SIGSEGV);
+    return DOPA_VALIDATOR_VALID;
+#elif defined(HANGS)
+    (void)reason;
+    (void)reason_size;
+    for (;;)
+        pause();
+    return DOPA_VALIDATOR_VALID;
 #else
     (void)reason;
     (void)reason_size;
