@@ -162,7 +162,7 @@ void agent_file_info(const agent_file *f, dopa_file_info *out);
 
 typedef struct store store;
 
-#define STORE_SCHEMA_VERSION 1
+#define STORE_SCHEMA_VERSION 2
 
 int store_open(const char *path, store **out, char *why, size_t why_len);
 void store_close(store *s);

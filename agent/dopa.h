@@ -287,7 +287,8 @@ int dopa_job_get_notify(dopa_manager *m, const dopa_id *id, uint32_t *flags, cha
  * returns 0 when it handled the event. A JobTransferred that is not handled
  * comes again later, with a growing interval (or the job's command line
  * runs instead, if it has one); other events come once. Any pointer may be
- * NULL: that event counts as handled. */
+ * NULL: that event counts as handled (a file that waits for a verdict then
+ * gets the job's default one when its validation timeout ends). */
 typedef struct dopa_callbacks {
     void *ctx;
     int (*job_transferred)(void *ctx, dopa_manager *m, const dopa_id *job);
@@ -305,7 +306,8 @@ typedef struct dopa_callbacks {
  * again after dopad restarts; the registration lasts while the manager is
  * connected (it is not stored). An event may come more than once if an
  * answer is lost on the way. A callback may call any dopa_* function on the
- * manager but dopa_disconnect. */
+ * manager, dopa_disconnect too (the manager is freed once the callback
+ * returns). */
 int dopa_job_set_callbacks(dopa_manager *m, const dopa_id *id, const dopa_callbacks *callbacks);
 
 /* The verdict on a file that waits for one (after FileTransferred; BITS's

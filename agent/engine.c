@@ -100,13 +100,24 @@ int engine_touch(agent_engine *e, agent_job *j)
  * they simply become part of it.) */
 static void touch_notify(agent_engine *e, agent_job *j, int kind, int32_t file)
 {
-    int own = store_begin(e->db) == DOPA_OK;
+    int own = engine_begin(e);
     engine_touch(e, j);
     engine_notify(e, j, kind, file);
-    if (own && store_commit(e->db) != DOPA_OK) {
-        agent_log("error", "store: %s", store_error(e->db));
+    engine_end(e, own, 1);
+}
+
+int engine_begin(agent_engine *e)
+{
+    return store_begin(e->db) == DOPA_OK;
+}
+
+void engine_end(agent_engine *e, int own, int ok)
+{
+    if (ok && (!own || store_commit(e->db) == DOPA_OK))
+        return;
+    agent_log("error", "store: %s", store_error(e->db));
+    if (own)
         store_rollback(e->db);
-    }
 }
 
 /* ------------------------------------------------------------------ */
@@ -142,7 +153,7 @@ void engine_stop_job(agent_engine *e, agent_job *j)
          * not move the job (it is checked again when the job runs). */
         f->hashing = 0;
         f->hash_generation = 0;
-        validation_stop(f);
+        validation_stop(e, f);
         release_fd(f);
     }
     j->running = 0;
@@ -261,13 +272,9 @@ static int write_all(int fd, const uint8_t *p, size_t len, uint64_t offset)
 
 void engine_reset_file(agent_engine *e, agent_file *f)
 {
-    if (store_begin(e->db) != DOPA_OK)
-        return;
-    if (store_clear_pieces(e->db, f) != DOPA_OK || store_put_file(e->db, f) != DOPA_OK ||
-        store_commit(e->db) != DOPA_OK) {
-        agent_log("error", "store: %s", store_error(e->db));
-        store_rollback(e->db);
-    }
+    int own = engine_begin(e);
+    engine_end(e, own,
+               store_clear_pieces(e->db, f) == DOPA_OK && store_put_file(e->db, f) == DOPA_OK);
 }
 
 static void add_pending(agent_file *f, uint64_t piece)
@@ -546,6 +553,18 @@ static void start_request(agent_engine *e, agent_file *f)
 
 static void start_whole_file_check(agent_engine *e, agent_file *f);
 
+/* Every byte of the file is here, checked and judged. */
+static void file_done(agent_engine *e, agent_file *f)
+{
+    f->transferred = 1;
+    close_file_transfer(f);
+    if (f->fd >= 0)
+        close(f->fd);
+    f->fd = -1;
+    if (store_put_file(e->db, f) != DOPA_OK)
+        agent_log("error", "storing file: %s", store_error(e->db));
+}
+
 /* Keeps a running job's work going: one file at a time, in order. */
 static void pump_job(agent_engine *e, agent_job *j)
 {
@@ -554,6 +573,16 @@ static void pump_job(agent_engine *e, agent_job *j)
         agent_file *f = j->files[i];
         if (f->transferred)
             continue;
+        if (f->validation == DOPA_VALIDATION_PENDING) {
+            /* All here and checked: it waits for a verdict alone. */
+            int valid = validation_step(e, f);
+            if (valid < 0)
+                return;
+            if (valid > 0)
+                file_done(e, f);
+            waiting |= valid == 0;
+            continue;
+        }
         if (f->request != 0 || f->hashing)
             return; /* busy */
         if (f->fd < 0 && open_temp(e, f) != 0)
@@ -609,16 +638,15 @@ static void pump_job(agent_engine *e, agent_job *j)
         int valid = validation_step(e, f);
         if (valid < 0)
             return;
-        if (valid == 0) {
-            waiting = 1;
+        if (valid > 0) {
+            file_done(e, f);
             continue;
         }
-        f->transferred = 1;
-        close_file_transfer(f);
-        close(f->fd);
-        f->fd = -1;
-        if (store_put_file(e->db, f) != DOPA_OK)
-            agent_log("error", "storing file: %s", store_error(e->db));
+        if (f->validation == DOPA_VALIDATION_PENDING) {
+            close_file_transfer(f); /* nothing stays open while it waits */
+            release_fd(f);
+        }
+        waiting = 1;
     }
     if (waiting)
         return;
@@ -911,7 +939,25 @@ static int run_order(const void *a, const void *b)
     return x->seq < y->seq ? -1 : x->seq > y->seq;
 }
 
-/* Runs the max_running best jobs (priority, then age); stops the rest. */
+/* A job whose files are all here and some wait for a verdict, nothing
+ * else: it takes no running slot, so clients that do not answer hold up
+ * no transfer. */
+static int awaiting_verdicts(const agent_job *j)
+{
+    int pending = 0;
+    for (size_t i = 0; i < j->n_files; i++) {
+        const agent_file *f = j->files[i];
+        if (f->transferred)
+            continue;
+        if (f->validation != DOPA_VALIDATION_PENDING)
+            return 0;
+        pending = 1;
+    }
+    return pending;
+}
+
+/* Runs the max_running best jobs (priority, then age); stops the rest.
+ * Jobs that only await verdicts run besides them. */
 static void schedule(agent_engine *e)
 {
     agent_job *chosen[64];
@@ -920,9 +966,21 @@ static void schedule(agent_engine *e)
     if (want == NULL)
         return;
     size_t n_want = 0;
-    for (size_t i = 0; i < e->n_jobs; i++)
-        if (wants_to_run(e->jobs[i]->state) && e->jobs[i]->purge_at == 0)
-            want[n_want++] = e->jobs[i];
+    for (size_t i = 0; i < e->n_jobs; i++) {
+        agent_job *j = e->jobs[i];
+        if (!wants_to_run(j->state) || j->purge_at != 0)
+            continue;
+        if (!awaiting_verdicts(j)) {
+            want[n_want++] = j;
+            continue;
+        }
+        j->running = 1;
+        if (j->state != DOPA_STATE_TRANSFERRING) {
+            j->state = DOPA_STATE_TRANSFERRING; /* (after a restart, say) */
+            engine_touch(e, j);
+        }
+        pump_job(e, j);
+    }
     qsort(want, n_want, sizeof *want, run_order);
     for (size_t i = 0; i < n_want && n < cap; i++)
         chosen[n++] = want[i];
@@ -1118,6 +1176,8 @@ void engine_close(agent_engine *e)
     for (size_t i = 0; i < e->n_jobs; i++)
         engine_stop_job(e, e->jobs[i]);
     notify_close(e);
+    engine_reap(e, 1);
+    free(e->zombies);
     for (size_t i = 0; i < e->n_jobs; i++)
         agent_job_free(e->jobs[i]);
     free(e->jobs);
@@ -1167,6 +1227,7 @@ int engine_step(agent_engine *e, int timeout_ms)
     if (e->control != NULL)
         control_run_queued(e->control);
     take_hash_results(e);
+    engine_reap(e, 0);
     commit_pending(e, 0);
     run_timers(e);
     schedule(e);

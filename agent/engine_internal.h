@@ -69,6 +69,8 @@ struct agent_engine {
     char *plugin_dir, *validate_helper;
     cb_center *cb;       /* notifications */
     int64_t notify_wake; /* ms from the last notify_step until it wants to run, or -1 */
+    pid_t *zombies;      /* killed children not reaped yet */
+    size_t n_zombies;
     uint64_t next_event_id;
     engine_client *clients;
 };
@@ -76,6 +78,11 @@ struct agent_engine {
 int64_t engine_now(const agent_engine *e);  /* wall ms */
 int64_t engine_mono(const agent_engine *e); /* monotonic ms */
 
+/* A transaction for a change made of several writes: engine_begin says
+ * whether it opened one (inside another, the writes join that one), and
+ * engine_end commits it, or rolls it back when !ok. */
+int engine_begin(agent_engine *e);
+void engine_end(agent_engine *e, int own, int ok);
 /* Persists the job row (and bumps version and modified). */
 int engine_touch(agent_engine *e, agent_job *j);
 /* Moves a job to a state: stops or lets the scheduler start transfers. */
@@ -106,8 +113,10 @@ void notify_close(agent_engine *e);
 void engine_notify(agent_engine *e, agent_job *j, int kind, int32_t file);
 /* Delivers what is due; returns the ms until it wants to run again (-1: no timer). */
 int64_t notify_step(agent_engine *e);
-/* The job is gone: its events and its client. */
+/* The job is gone, or has a new owner: its events and its client. */
 void notify_forget_job(agent_engine *e, agent_job *j);
+/* The job has a command line now: what had nobody to go to goes to it. */
+void notify_kick(agent_engine *e, agent_job *j);
 /* A FileTransferred of this file is no news any more. */
 void notify_cancel(agent_engine *e, agent_job *j, int kind, int32_t file);
 /* PROTO_REGISTER, PROTO_UNREGISTER, PROTO_EVENTS, PROTO_EVENT_DONE. */
@@ -123,7 +132,11 @@ int validation_step(agent_engine *e, agent_file *f);
 /* The client's SetValidationState for a file that waits for it. */
 int validation_set(agent_engine *e, agent_file *f, int valid, char *why, size_t why_len);
 /* Stops a running plugin helper. */
-void validation_stop(agent_file *f);
+void validation_stop(agent_engine *e, agent_file *f);
+/* A killed child to reap without waiting for it (engine_reap does, each
+ * turn; with wait set, at the end). */
+void engine_reap_later(agent_engine *e, pid_t pid);
+void engine_reap(agent_engine *e, int wait);
 /* ms until a validation timer wants the engine (or `limit`). */
 int64_t validation_next_ms(agent_engine *e, int64_t limit);
 /* Content failed validation: from peers, fetched again from the origin;

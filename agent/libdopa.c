@@ -115,10 +115,13 @@ int dopa_connect(const char *socket_path, dopa_manager **out)
     return DOPA_OK;
 }
 
+static void unregister_all(dopa_manager *m);
+
 void dopa_disconnect(dopa_manager *m)
 {
     if (m == NULL)
         return;
+    unregister_all(m); /* dopad gives what this one holds to others at once */
     pthread_mutex_lock(&m->lock);
     m->stopping = 1;
     int joined = m->has_thread;
@@ -739,10 +742,37 @@ static int send_registration(dopa_manager *m, int op, const dopa_id *id)
     return err;
 }
 
-/* After dopad restarted (it no longer knows us): every job again. Jobs it
- * no longer has are dropped. */
-static void register_again(dopa_manager *m)
+#define UNREGISTER_TIMEOUT_MS 2000
+
+static void unregister_all(dopa_manager *m)
 {
+    pthread_mutex_lock(&m->lock);
+    size_t n = m->n_regs;
+    dopa_id *ids = malloc((n ? n : 1) * sizeof *ids);
+    for (size_t i = 0; ids != NULL && i < n; i++)
+        ids[i] = m->regs[i].id;
+    m->n_regs = 0;
+    pthread_mutex_unlock(&m->lock);
+    proto_request *req = new_request(PROTO_UNREGISTER, NULL);
+    for (size_t i = 0; req != NULL && ids != NULL && i < n; i++) {
+        proto_reply reply;
+        req->id = ids[i];
+        memcpy(req->client, m->client, sizeof req->client);
+        int err = call(m, req, &reply, UNREGISTER_TIMEOUT_MS);
+        if (err == DOPA_OK)
+            proto_reply_clear(&reply);
+        else if (err != DOPA_ENOTFOUND)
+            break; /* dopad is not there: it forgets us by itself */
+    }
+    free(req);
+    free(ids);
+}
+
+/* After dopad restarted (it no longer knows us): every job again. Jobs it
+ * no longer has are dropped. Returns how many are registered. */
+static size_t register_again(dopa_manager *m)
+{
+    size_t registered = 0;
     pthread_mutex_lock(&m->lock);
     size_t n = m->n_regs;
     dopa_id *ids = malloc((n ? n : 1) * sizeof *ids);
@@ -750,9 +780,11 @@ static void register_again(dopa_manager *m)
         ids[i] = m->regs[i].id;
     pthread_mutex_unlock(&m->lock);
     if (ids == NULL)
-        return;
+        return 0;
     for (size_t i = 0; i < n; i++) {
-        if (send_registration(m, PROTO_REGISTER, &ids[i]) != DOPA_ENOTFOUND)
+        int err = send_registration(m, PROTO_REGISTER, &ids[i]);
+        registered += err == DOPA_OK;
+        if (err != DOPA_ENOTFOUND)
             continue;
         pthread_mutex_lock(&m->lock);
         for (size_t k = 0; k < m->n_regs; k++) {
@@ -764,9 +796,12 @@ static void register_again(dopa_manager *m)
         pthread_mutex_unlock(&m->lock);
     }
     free(ids);
+    return registered;
 }
 
-/* Runs the callback for one event; 1 when it was handled. */
+/* Runs the callback for one event: 1 when it was handled, 0 when not, -1
+ * when the job has no callbacks here (any more): then it is not answered,
+ * and dopad gives it back when the unregistration arrives. */
 static int deliver(dopa_manager *m, const proto_event *ev)
 {
     dopa_callbacks cb = {0};
@@ -780,7 +815,7 @@ static int deliver(dopa_manager *m, const proto_event *ev)
     }
     pthread_mutex_unlock(&m->lock);
     if (!found)
-        return 0; /* unregistered meanwhile: someone else's to handle */
+        return -1;
     switch (ev->kind) {
     case PROTO_EVENT_JOB_TRANSFERRED:
         return cb.job_transferred == NULL || cb.job_transferred(cb.ctx, m, &ev->job) == 0;
@@ -851,11 +886,22 @@ static void *events_main(void *arg)
     memcpy(req->client, m->client, sizeof req->client);
     memcpy(done->client, m->client, sizeof done->client);
     req->timeout_ms = EVENTS_POLL_MS;
-    while (!stopping(m)) {
+    for (;;) {
+        /* Nothing registered: nothing to poll for. */
+        pthread_mutex_lock(&m->lock);
+        while (m->n_regs == 0 && !m->stopping)
+            pthread_cond_wait(&m->wake, &m->lock);
+        int stop = m->stopping;
+        pthread_mutex_unlock(&m->lock);
+        if (stop)
+            break;
         proto_reply reply;
         int err = call(m, req, &reply, EVENTS_POLL_MS + CALL_TIMEOUT_MS);
         if (err == DOPA_ENOTFOUND) {
-            register_again(m); /* dopad restarted, or forgot us */
+            /* dopad restarted, or forgot us. If nothing can be registered
+             * again (jobs gone, a limit), not at once once more. */
+            if (register_again(m) == 0 && pause_unless_stopping(m, RETRY_MS))
+                break;
             continue;
         }
         if (err != DOPA_OK) {
@@ -866,8 +912,11 @@ static void *events_main(void *arg)
         /* One at a time, each answered before the next poll: dopad sends
          * what is unanswered again with every poll. */
         for (size_t i = 0; i < reply.n_events && !stopping(m); i++) {
+            int handled = deliver(m, &reply.events[i]);
+            if (handled < 0)
+                continue;
             done->event = reply.events[i].id;
-            done->ok = (uint64_t)deliver(m, &reply.events[i]);
+            done->ok = (uint64_t)handled;
             send_request(m, done);
         }
         proto_reply_clear(&reply);
@@ -879,24 +928,34 @@ static void *events_main(void *arg)
     return NULL;
 }
 
+/* The registration of a job here (n_regs when none). Under m->lock. */
+static size_t registration_of(const dopa_manager *m, const dopa_id *id)
+{
+    size_t i = 0;
+    while (i < m->n_regs && memcmp(m->regs[i].id.bytes, id->bytes, 16) != 0)
+        i++;
+    return i;
+}
+
 int dopa_job_set_callbacks(dopa_manager *m, const dopa_id *id, const dopa_callbacks *callbacks)
 {
     if (m == NULL || id == NULL)
         return DOPA_EINVAL;
-    int err = send_registration(m, callbacks != NULL ? PROTO_REGISTER : PROTO_UNREGISTER, id);
-    if (err != DOPA_OK)
-        return err;
+    /* Known here before dopad is told (an event may come at once), and
+     * forgotten here before dopad is told (an event then is not answered,
+     * and dopad takes it back). */
     pthread_mutex_lock(&m->lock);
-    size_t i = 0;
-    while (i < m->n_regs && memcmp(m->regs[i].id.bytes, id->bytes, 16) != 0)
-        i++;
+    size_t i = registration_of(m, id);
+    int known = i < m->n_regs;
     if (callbacks == NULL) {
-        if (i < m->n_regs)
+        if (known)
             m->regs[i] = m->regs[--m->n_regs];
         pthread_mutex_unlock(&m->lock);
-        return DOPA_OK;
+        return send_registration(m, PROTO_UNREGISTER, id);
     }
-    if (i == m->n_regs) {
+    int err = DOPA_OK;
+    dopa_callbacks before = known ? m->regs[i].cb : (dopa_callbacks){0};
+    if (!known) {
         if (m->n_regs == m->cap_regs) {
             size_t cap = m->cap_regs ? 2 * m->cap_regs : 8;
             registration *grown = realloc(m->regs, cap * sizeof *grown);
@@ -911,12 +970,23 @@ int dopa_job_set_callbacks(dopa_manager *m, const dopa_id *id, const dopa_callba
     }
     m->regs[i].id = *id;
     m->regs[i].cb = *callbacks;
-    if (!m->has_thread && !m->stopping) {
+    pthread_mutex_unlock(&m->lock);
+    err = send_registration(m, PROTO_REGISTER, id);
+    pthread_mutex_lock(&m->lock);
+    i = registration_of(m, id);
+    if (err != DOPA_OK && i < m->n_regs) {
+        if (known)
+            m->regs[i].cb = before;
+        else
+            m->regs[i] = m->regs[--m->n_regs];
+    }
+    if (err == DOPA_OK && !m->has_thread && !m->stopping) {
         if (pthread_create(&m->thread, NULL, events_main, m) != 0)
             err = DOPA_ENOMEM;
         else
             m->has_thread = 1;
     }
+    pthread_cond_broadcast(&m->wake); /* the thread may wait for a first job */
     pthread_mutex_unlock(&m->lock);
     return err;
 }

@@ -27,6 +27,8 @@ _Static_assert((int)CB_JOB_TRANSFERRED == (int)PROTO_EVENT_JOB_TRANSFERRED &&
 #define MAX_CLIENTS_PER_USER 16
 #define MAX_CLIENTS          1024
 #define MAX_PARKED           32 /* of the control server's 128 contexts */
+#define MAX_PARKED_PER_USER  8
+#define RESTORE_GRACE_MS     10000 /* after a restart, for clients to register again */
 #define MAX_EVENTS_WAIT_MS   30000
 
 /* ------------------------------------------------------------------ */
@@ -67,7 +69,7 @@ static int owner_offer(void *ctx, const cb_event *ev)
     engine_client *c = j->client;
     drop_held(c, ev->id); /* offered again after a timeout: once is enough */
     if (c->n_held == CLIENT_HELD_MAX)
-        return 0;
+        return -1; /* (a client of root's may hold several users' events) */
     c->held[c->n_held++] = *ev;
     answer_parked(e, c);
     return 1;
@@ -85,6 +87,17 @@ static size_t owner_command(void *ctx, const cb_event *ev, const char **argv, si
     }
     argv[n] = NULL;
     return n;
+}
+
+static void owner_command_failed(void *ctx, const cb_event *ev, const char *why)
+{
+    (void)ctx;
+    dopa_id id;
+    char text[37];
+    memcpy(id.bytes, ev->job, 16);
+    dopa_id_format(&id, text);
+    agent_log("warning", "job %s: the notify command for %s: %s", text, cb_kind_name(ev->kind),
+              why);
 }
 
 static void owner_finished(void *ctx, const cb_event *ev)
@@ -135,7 +148,8 @@ static void restore_one(void *ctx, uint64_t id, const dopa_id *job, int kind, in
         e->next_event_id = id + 1;
     cb_event ev = {.id = id, .kind = kind, .file = file, .user = j != NULL ? j->owner : 0};
     memcpy(ev.job, job->bytes, 16);
-    if (j == NULL || (file >= 0 && (size_t)file >= j->n_files) || cb_post(e->cb, &ev) != 0) {
+    if (j == NULL || (file >= 0 && (size_t)file >= j->n_files) ||
+        cb_restore(e->cb, &ev, RESTORE_GRACE_MS) != 0) {
         r->dropped++;
         store_delete_notification(e->db, id);
     }
@@ -147,7 +161,8 @@ int notify_open(agent_engine *e, char *why, size_t why_len)
                       .now_ms = owner_now,
                       .offer = owner_offer,
                       .command = owner_command,
-                      .finished = owner_finished};
+                      .finished = owner_finished,
+                      .command_failed = owner_command_failed};
     if (cb_center_new(&e->cfg.notify, &owner, &e->cb) != 0)
         return DOPA_ENOMEM;
     e->next_event_id = 1;
@@ -249,6 +264,12 @@ int notify_drop_call(agent_engine *e, engine_call *call)
     return 0;
 }
 
+void notify_kick(agent_engine *e, agent_job *j)
+{
+    if (e->cb != NULL)
+        cb_kick(e->cb, j->id.bytes);
+}
+
 void notify_forget_job(agent_engine *e, agent_job *j)
 {
     if (j->client != NULL)
@@ -256,6 +277,14 @@ void notify_forget_job(agent_engine *e, agent_job *j)
     j->client = NULL;
     if (e->cb != NULL)
         cb_forget_job(e->cb, j->id.bytes);
+}
+
+/* How long a client may stay silent: a minute, or while it holds events
+ * (a callback may take long) as long as an offer may take. */
+static int64_t expiry(const agent_engine *e, const engine_client *c)
+{
+    int64_t offer = e->cfg.notify.offer_timeout_ms > 0 ? e->cfg.notify.offer_timeout_ms : 300000;
+    return c->n_held > 0 && offer > CLIENT_EXPIRY_MS ? offer : CLIENT_EXPIRY_MS;
 }
 
 int64_t notify_step(agent_engine *e)
@@ -268,12 +297,12 @@ int64_t notify_step(agent_engine *e)
         engine_client *next = c->next;
         if (c->parked != NULL && now >= c->parked_until) {
             answer_parked(e, c); /* nothing came: the client asks again */
-        } else if (c->parked == NULL && now - c->last_seen >= CLIENT_EXPIRY_MS) {
+        } else if (c->parked == NULL && now - c->last_seen >= expiry(e, c)) {
             forget_client(e, c); /* gone without a word */
             c = next;
             continue;
         }
-        int64_t due = c->parked != NULL ? c->parked_until : c->last_seen + CLIENT_EXPIRY_MS;
+        int64_t due = c->parked != NULL ? c->parked_until : c->last_seen + expiry(e, c);
         if (wake < 0 || due - now < wake)
             wake = due - now;
         c = next;
@@ -315,11 +344,12 @@ static engine_client *new_client(agent_engine *e, const uint8_t token[16], uint3
     return c;
 }
 
-static size_t count_parked(const agent_engine *e)
+/* Parked polls of a user (UINT32_MAX: of everyone). */
+static size_t count_parked(const agent_engine *e, uint32_t uid)
 {
     size_t n = 0;
     for (const engine_client *c = e->clients; c != NULL; c = c->next)
-        n += c->parked != NULL;
+        n += c->parked != NULL && (uid == UINT32_MAX || c->uid == uid);
     return n;
 }
 
@@ -345,6 +375,7 @@ int notify_handle(agent_engine *e, uint32_t uid, const proto_request *req, proto
         if (j->client != NULL && j->client != c)
             give_back(e, j->client, &j->id); /* the last to register is told */
         j->client = c;
+        cb_kick(e->cb, j->id.bytes); /* what had nobody to go to */
         return 0;
     }
     if (c == NULL)
@@ -367,7 +398,7 @@ int notify_handle(agent_engine *e, uint32_t uid, const proto_request *req, proto
         reply_events(c, reply);
         return 0;
     }
-    if (count_parked(e) >= MAX_PARKED)
+    if (count_parked(e, uid) >= MAX_PARKED_PER_USER || count_parked(e, UINT32_MAX) >= MAX_PARKED)
         return refuse(reply, DOPA_ELIMIT, "too many clients wait for events; ask again shortly");
     uint64_t ms = req->timeout_ms > MAX_EVENTS_WAIT_MS ? MAX_EVENTS_WAIT_MS : req->timeout_ms;
     c->parked = call;

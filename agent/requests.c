@@ -447,6 +447,8 @@ static int do_set_notify_cmdline(agent_engine *e, agent_job *j, const proto_requ
     free(j->notify_cmd);
     j->notify_cmd = cmd;
     j->notify_cmd_len = len;
+    if (len > 0)
+        notify_kick(e, j);
     return touched(e, j, reply);
 }
 
@@ -608,6 +610,11 @@ int engine_handle(agent_engine *e, uint32_t uid, const proto_request *req, proto
         if (uid != 0)
             return refuse(reply, DOPA_EACCESS, "only root may take ownership of a job");
         j->owner = uid; /* its files stay with the user who made them */
+        /* The old owner's client and command line are not root's. */
+        notify_forget_job(e, j);
+        free(j->notify_cmd);
+        j->notify_cmd = NULL;
+        j->notify_cmd_len = 0;
         return touched(e, j, reply);
     case PROTO_SET_PRIORITY:
         if (req->priority > DOPA_PRIORITY_LOW)

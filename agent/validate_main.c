@@ -10,6 +10,8 @@
  *     error <reason>
  *
  * Anything else (a crash, nothing, exit status not 0) fails the validation.
+ * The line goes to the descriptor dopad gave as stdout; the plugins' own
+ * stdout goes where stderr goes, so nothing they print can pass for it.
  *
  * usage: dopa-validate PLUGIN_DIR FILE SIZE URL LOCAL_NAME CONTENT_ID|-
  */
@@ -24,6 +26,8 @@
 #include "dopa_validator.h"
 #include "validate.h"
 
+static FILE *out;
+
 static int verdict(const char *word, const char *reason)
 {
     /* One line: the reason may not break it. */
@@ -32,25 +36,15 @@ static int verdict(const char *word, const char *reason)
     for (; reason[n] != '\0' && n + 1 < sizeof clean; n++)
         clean[n] = reason[n] == '\n' || reason[n] == '\r' ? ' ' : reason[n];
     clean[n] = '\0';
-    printf("%s%s%s\n", word, n ? " " : "", clean);
-    return fflush(stdout) == 0 ? 0 : 1;
-}
-
-static int parse_hex(const char *text, uint8_t *out, size_t n)
-{
-    if (strlen(text) != 2 * n)
-        return -1;
-    for (size_t i = 0; i < n; i++) {
-        unsigned v;
-        if (sscanf(text + 2 * i, "%2x", &v) != 1)
-            return -1;
-        out[i] = (uint8_t)v;
-    }
-    return 0;
+    fprintf(out, "%s%s%s\n", word, n ? " " : "", clean);
+    return fflush(out) == 0 ? 0 : 1;
 }
 
 int main(int argc, char **argv)
 {
+    int fd_out = dup(1);
+    if (fd_out < 0 || dup2(2, 1) < 0 || (out = fdopen(fd_out, "w")) == NULL)
+        return 2;
     if (argc != 7) {
         fprintf(stderr, "usage: dopa-validate PLUGIN_DIR FILE SIZE URL LOCAL_NAME CONTENT_ID|-\n");
         return 2;
@@ -62,7 +56,7 @@ int main(int argc, char **argv)
     uint8_t content_id[32];
     int has_id = strcmp(argv[6], "-") != 0;
     if (errno != 0 || *end != '\0' || argv[3][0] == '\0' ||
-        (has_id && parse_hex(argv[6], content_id, sizeof content_id) != 0))
+        (has_id && validate_unhex(argv[6], content_id, sizeof content_id) != VALIDATE_OK))
         return verdict("error", "dopa-validate: bad arguments");
 
     int fd = open(path, O_RDONLY | O_NOFOLLOW | O_CLOEXEC);

@@ -21,22 +21,38 @@
 
 #define DEFAULT_PLUGIN_TIMEOUT_MS 60000
 
-static void hex(const uint8_t *b, size_t n, char *out)
+void engine_reap_later(agent_engine *e, pid_t pid)
 {
-    static const char d[] = "0123456789abcdef";
-    for (size_t i = 0; i < n; i++) {
-        out[2 * i] = d[b[i] >> 4];
-        out[2 * i + 1] = d[b[i] & 15];
-    }
-    out[2 * n] = '\0';
+    if (waitpid(pid, NULL, WNOHANG) == pid)
+        return;
+    pid_t *grown = realloc(e->zombies, (e->n_zombies + 1) * sizeof *grown);
+    if (grown == NULL)
+        return; /* (init reaps it when dopad ends) */
+    e->zombies = grown;
+    e->zombies[e->n_zombies++] = pid;
 }
 
-void validation_stop(agent_file *f)
+void engine_reap(agent_engine *e, int wait)
+{
+    size_t kept = 0;
+    for (size_t i = 0; i < e->n_zombies; i++) {
+        pid_t r;
+        while ((r = waitpid(e->zombies[i], NULL, wait ? 0 : WNOHANG)) < 0 && errno == EINTR)
+            ;
+        if (r == 0)
+            e->zombies[kept++] = e->zombies[i];
+    }
+    e->n_zombies = kept;
+}
+
+void validation_stop(agent_engine *e, agent_file *f)
 {
     if (f->plugin_pid > 0) {
+        /* The helper and whatever its plugins started; reaped later, so
+         * that one stuck in the kernel cannot stall the engine. */
+        kill(-f->plugin_pid, SIGKILL);
         kill(f->plugin_pid, SIGKILL);
-        while (waitpid(f->plugin_pid, NULL, 0) < 0 && errno == EINTR)
-            ;
+        engine_reap_later(e, f->plugin_pid);
     }
     f->plugin_pid = 0;
     if (f->plugin_fd >= 0)
@@ -52,7 +68,7 @@ static int start_plugins(agent_engine *e, agent_file *f)
     char size[32], content_id[65] = "-";
     snprintf(size, sizeof size, "%llu", (unsigned long long)f->size);
     if (f->manifest != NULL)
-        hex(f->manifest->content_id, 32, content_id);
+        validate_hex(f->manifest->content_id, 32, content_id);
     const char *argv[] = {e->cfg.validate_helper,
                           e->cfg.plugin_dir,
                           f->tmp_path,
@@ -115,12 +131,12 @@ static int poll_plugins(agent_engine *e, agent_file *f)
     agent_job *j = f->job;
     char msg[DOPA_MESSAGE_MAX + 1];
     read_verdict(f);
-    int status;
-    pid_t r = waitpid(f->plugin_pid, &status, WNOHANG);
-    if (r == 0) {
+    siginfo_t info = {0};
+    int r = waitid(P_PID, (id_t)f->plugin_pid, &info, WEXITED | WNOHANG | WNOWAIT);
+    if (r == 0 && info.si_pid == 0) {
         if (engine_mono(e) < f->plugin_deadline)
             return 0;
-        validation_stop(f);
+        validation_stop(e, f);
         snprintf(msg, sizeof msg, "%.200s: the validator plugins gave no verdict in %u s", f->path,
                  (e->cfg.plugin_timeout_ms ? e->cfg.plugin_timeout_ms : DEFAULT_PLUGIN_TIMEOUT_MS) /
                      1000);
@@ -128,13 +144,19 @@ static int poll_plugins(agent_engine *e, agent_file *f)
                         msg);
         return -1;
     }
-    f->plugin_pid = 0; /* reaped */
-    read_verdict(f);   /* what it wrote just before it ended */
+    /* It ended: what it left behind goes too, then it is reaped. */
+    int status = 0;
+    kill(-f->plugin_pid, SIGKILL);
+    pid_t reaped;
+    while ((reaped = waitpid(f->plugin_pid, &status, 0)) < 0 && errno == EINTR)
+        ;
+    f->plugin_pid = 0;
+    read_verdict(f); /* what it wrote just before it ended */
     char out[sizeof f->plugin_out];
     memcpy(out, f->plugin_out, sizeof out);
-    validation_stop(f);
+    validation_stop(e, f);
     char *nl = strchr(out, '\n');
-    int answered = nl != NULL && r > 0 && WIFEXITED(status) && WEXITSTATUS(status) == 0;
+    int answered = nl != NULL && reaped > 0 && WIFEXITED(status) && WEXITSTATUS(status) == 0;
     if (nl != NULL)
         *nl = '\0';
     if (answered && strcmp(out, "valid") == 0) {
@@ -153,7 +175,7 @@ static int poll_plugins(agent_engine *e, agent_file *f)
                         msg);
         return -1;
     }
-    if (r > 0 && WIFSIGNALED(status))
+    if (reaped > 0 && WIFSIGNALED(status))
         snprintf(msg, sizeof msg, "%.200s: the validator plugins crashed (signal %d)", f->path,
                  WTERMSIG(status));
     else
@@ -167,23 +189,26 @@ static int poll_plugins(agent_engine *e, agent_file *f)
 /* The verdict of the client (or of the timeout): recorded, and acted on. */
 static int apply_verdict(agent_engine *e, agent_file *f, int valid, const char *why)
 {
-    notify_cancel(e, f->job, CB_FILE_TRANSFERRED, (int32_t)f->index);
     if (!valid) {
         char msg[DOPA_MESSAGE_MAX + 1];
         snprintf(msg, sizeof msg, "%.200s: %.300s", f->path, why);
         engine_reject_file(e, f, DOPA_EVALIDATION, msg);
         return -1;
     }
+    /* The verdict and the end of its FileTransferred, together. */
+    int own = engine_begin(e);
+    notify_cancel(e, f->job, CB_FILE_TRANSFERRED, (int32_t)f->index);
     f->validation = DOPA_VALIDATION_VALID;
-    if (store_put_file(e->db, f) != DOPA_OK)
-        agent_log("error", "storing file: %s", store_error(e->db));
+    engine_end(e, own, store_put_file(e->db, f) == DOPA_OK);
     return 1;
 }
 
 int validation_step(agent_engine *e, agent_file *f)
 {
     agent_job *j = f->job;
-    if (e->cfg.plugin_dir != NULL && !f->plugins_passed) {
+    /* (A file waits for its verdict only once the plugins passed it.) */
+    if (e->cfg.plugin_dir != NULL && !f->plugins_passed &&
+        f->validation != DOPA_VALIDATION_PENDING) {
         if (f->plugin_pid > 0) {
             int r = poll_plugins(e, f);
             if (r <= 0)
@@ -207,15 +232,11 @@ int validation_step(agent_engine *e, agent_file *f)
         /* FileTransferred, and the file waits for the client's verdict. */
         f->validation = DOPA_VALIDATION_PENDING;
         f->validation_deadline = now + (int64_t)j->validation_timeout * 1000;
-        if (store_begin(e->db) == DOPA_OK) {
-            int ok = store_put_file(e->db, f) == DOPA_OK;
-            engine_notify(e, j, CB_FILE_TRANSFERRED, (int32_t)f->index);
-            if (!ok || store_commit(e->db) != DOPA_OK) {
-                agent_log("error", "store: %s", store_error(e->db));
-                store_rollback(e->db);
-            }
-        }
+        int own = engine_begin(e);
+        int ok = store_put_file(e->db, f) == DOPA_OK;
+        engine_notify(e, j, CB_FILE_TRANSFERRED, (int32_t)f->index);
         engine_touch(e, j);
+        engine_end(e, own, ok);
         return 0;
     }
     if (f->validation_deadline == 0) /* waiting since before a restart */
@@ -256,16 +277,34 @@ int64_t validation_next_ms(agent_engine *e, int64_t limit)
     return best < 0 ? 0 : best;
 }
 
+/* Empties the temporary file, opening it again (as its user, checking it
+ * is the file the job made) when the job is not running. */
+static void truncate_temp(agent_file *f)
+{
+    char why[512];
+    int fd = f->fd, err = 0;
+    if (fd < 0)
+        err = fileops_open_temp(f->job->file_user, f->tmp_path, 0, &f->ident, &fd, why, sizeof why);
+    if (err == 0 && ftruncate(fd, 0) != 0) {
+        err = errno;
+        snprintf(why, sizeof why, "%s: %s", f->tmp_path, strerror(err));
+    }
+    if (err != 0 && err != ENOENT)
+        agent_log("warning", "emptying rejected content: %s", why);
+    if (fd >= 0 && fd != f->fd)
+        close(fd);
+}
+
 void engine_reject_file(agent_engine *e, agent_file *f, int code, const char *message)
 {
     agent_job *j = f->job;
-    validation_stop(f);
+    validation_stop(e, f);
+    int own = engine_begin(e);
     notify_cancel(e, j, CB_FILE_TRANSFERRED, (int32_t)f->index);
     int from_peers = (f->from_peers > 0 || f->from_cache > 0) && !f->origin_only;
     /* Nothing of it may stay: the pieces, the bytes, the verdicts. */
     agent_file_clear_pieces(f);
-    if (f->fd >= 0 && ftruncate(f->fd, 0) != 0)
-        agent_log("warning", "truncating %s: %s", f->tmp_path, strerror(errno));
+    truncate_temp(f);
     f->plugins_passed = 0;
     f->from_origin = f->from_peers = f->from_cache = 0;
     if (from_peers) {
@@ -275,9 +314,10 @@ void engine_reject_file(agent_engine *e, agent_file *f, int code, const char *me
         engine_reset_file(e, f);
         agent_log("warning", "%s; fetching it again from the origin", message);
         engine_touch(e, j);
-        return;
+    } else {
+        f->validation = DOPA_VALIDATION_INVALID;
+        engine_reset_file(e, f);
+        engine_fail_job(e, j, 0, DOPA_CONTEXT_VALIDATION, code, (int)f->index, 0, message);
     }
-    f->validation = DOPA_VALIDATION_INVALID;
-    engine_reset_file(e, f);
-    engine_fail_job(e, j, 0, DOPA_CONTEXT_VALIDATION, code, (int)f->index, 0, message);
+    engine_end(e, own, 1);
 }

@@ -10,6 +10,7 @@
 #include <pwd.h>
 #include <signal.h>
 #include <spawn.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -21,7 +22,12 @@
 #define MAX_ARGS   64
 #define MAX_GROUPS 256
 
-enum item_state { WAITING, OFFERED, RUNNING };
+enum item_state {
+    WAITING, /* to be delivered, not before not_before */
+    PARKED,  /* nobody to deliver to: waits for cb_kick */
+    OFFERED, /* handed to a client, waiting for cb_done */
+    RUNNING, /* its command runs */
+};
 
 typedef struct item {
     cb_event ev;
@@ -29,8 +35,10 @@ typedef struct item {
     int64_t not_before; /* WAITING: not tried before this */
     int64_t deadline;   /* OFFERED, RUNNING: given up on at this time */
     pid_t pid;          /* RUNNING */
+    int killed;         /* RUNNING: killed for its time, to be reaped */
     int by_command;     /* a failed JobTransferred goes to the command next */
-    struct item *next;
+    int restored;       /* waits a while for clients to register again */
+    struct item *prev, *next;
 } item;
 
 /* When the last JobModification of a job was delivered (for the interval). */
@@ -40,11 +48,19 @@ typedef struct modtime {
     struct modtime *next;
 } modtime;
 
+/* Outstanding notifications of one user, counted afresh by each cb_step. */
+typedef struct busy {
+    uint32_t user;
+    unsigned n;
+} busy;
+
 struct cb_center {
     cb_config cfg;
     cb_owner o;
     item *first, *last;
     modtime *mods;
+    busy *busy;
+    size_t n_busy, cap_busy;
 };
 
 int cb_wanted(uint32_t flags, int kind)
@@ -104,16 +120,12 @@ int cb_center_new(const cb_config *cfg, const cb_owner *owner, cb_center **out)
     return 0;
 }
 
-static void reap(item *it, int wait_for_it)
+/* Kills a running command with everything it started (its session). */
+static void kill_command(item *it)
 {
-    if (it->state != RUNNING || it->pid <= 0)
-        return;
-    if (wait_for_it) {
-        kill(it->pid, SIGKILL);
-        while (waitpid(it->pid, NULL, 0) < 0 && errno == EINTR)
-            ;
-    }
-    it->pid = 0;
+    kill(-it->pid, SIGKILL);
+    kill(it->pid, SIGKILL);
+    it->killed = 1;
 }
 
 void cb_center_free(cb_center *c)
@@ -123,7 +135,11 @@ void cb_center_free(cb_center *c)
     while (c->first != NULL) {
         item *it = c->first;
         c->first = it->next;
-        reap(it, 1);
+        if (it->state == RUNNING && it->pid > 0) {
+            kill_command(it);
+            while (waitpid(it->pid, NULL, 0) < 0 && errno == EINTR)
+                ;
+        }
         free(it);
     }
     while (c->mods != NULL) {
@@ -131,6 +147,7 @@ void cb_center_free(cb_center *c)
         c->mods = m->next;
         free(m);
     }
+    free(c->busy);
     free(c);
 }
 
@@ -149,51 +166,64 @@ static modtime *modtime_of(cb_center *c, const uint8_t job[16])
 
 int cb_has(const cb_center *c, const uint8_t job[16], int kind, int32_t file)
 {
-    /* One pending event of a kind per job (and file): a second is the same
-     * news. A JobModification already handed out does not cover a new one. */
+    /* One event of a kind per job (and file) still to be delivered: a
+     * second is the same news. One handed out already does not cover a
+     * new one: the news may have changed since. */
     for (const item *it = c->first; it != NULL; it = it->next)
         if (same_job(it->ev.job, job) && it->ev.kind == kind && it->ev.file == file &&
-            (it->state == WAITING || kind != CB_JOB_MODIFICATION))
+            (it->state == WAITING || it->state == PARKED))
             return 1;
     return 0;
+}
+
+static item *append(cb_center *c, const cb_event *ev, int64_t not_before)
+{
+    item *it = calloc(1, sizeof *it);
+    if (it == NULL)
+        return NULL;
+    it->ev = *ev;
+    it->state = WAITING;
+    it->not_before = not_before;
+    it->prev = c->last;
+    if (c->last != NULL)
+        c->last->next = it;
+    else
+        c->first = it;
+    c->last = it;
+    return it;
 }
 
 int cb_post(cb_center *c, const cb_event *ev)
 {
     if (cb_has(c, ev->job, ev->kind, ev->file))
         return 1;
-    item *it = calloc(1, sizeof *it);
-    if (it == NULL)
-        return -1;
-    it->ev = *ev;
-    it->state = WAITING;
+    int64_t not_before = 0;
     if (ev->kind == CB_JOB_MODIFICATION) {
         modtime *m = modtime_of(c, ev->job);
         if (m != NULL)
-            it->not_before = m->at + c->cfg.modification_interval_ms;
+            not_before = m->at + c->cfg.modification_interval_ms;
     }
-    if (c->last != NULL)
-        c->last->next = it;
-    else
-        c->first = it;
-    c->last = it;
-    return 0;
+    return append(c, ev, not_before) != NULL ? 0 : -1;
+}
+
+int cb_restore(cb_center *c, const cb_event *ev, int64_t delay_ms)
+{
+    item *it = append(c, ev, c->o.now_ms(c->o.ctx) + delay_ms);
+    if (it != NULL)
+        it->restored = 1;
+    return it != NULL ? 0 : -1;
 }
 
 static void unlink_item(cb_center *c, item *it)
 {
-    item *prev = NULL;
-    for (item *p = c->first; p != NULL; prev = p, p = p->next) {
-        if (p != it)
-            continue;
-        if (prev != NULL)
-            prev->next = p->next;
-        else
-            c->first = p->next;
-        if (c->last == p)
-            c->last = prev;
-        return;
-    }
+    if (it->prev != NULL)
+        it->prev->next = it->next;
+    else
+        c->first = it->next;
+    if (it->next != NULL)
+        it->next->prev = it->prev;
+    else
+        c->last = it->prev;
 }
 
 /* Delivered for good: tell the owner, forget it. */
@@ -261,12 +291,8 @@ static void drop(cb_center *c, const uint8_t job[16], int kind, int32_t file)
     while (it != NULL) {
         item *next = it->next;
         if (same_job(it->ev.job, job) && it->state != RUNNING &&
-            (kind == 0 || (it->ev.kind == kind && it->ev.file == file))) {
-            unlink_item(c, it);
-            cb_event ev = it->ev;
-            free(it);
-            c->o.finished(c->o.ctx, &ev);
-        }
+            (kind == 0 || (it->ev.kind == kind && it->ev.file == file)))
+            finish(c, it);
         it = next;
     }
 }
@@ -284,6 +310,19 @@ void cb_requeue(cb_center *c, uint64_t id)
     it->state = WAITING;
     it->not_before = 0;
     it->ev.attempts--; /* not an attempt that failed */
+}
+
+void cb_kick(cb_center *c, const uint8_t job[16])
+{
+    for (item *it = c->first; it != NULL; it = it->next) {
+        if (!same_job(it->ev.job, job))
+            continue;
+        if (it->state == PARKED || (it->state == WAITING && it->restored)) {
+            it->state = WAITING;
+            it->not_before = 0;
+        }
+        it->restored = 0;
+    }
 }
 
 void cb_forget_job(cb_center *c, const uint8_t job[16])
@@ -307,12 +346,22 @@ size_t cb_pending(const cb_center *c)
     return n;
 }
 
-static unsigned outstanding(const cb_center *c, uint32_t user)
+/* The counter of a user's outstanding notifications (NULL: out of memory). */
+static busy *busy_of(cb_center *c, uint32_t user)
 {
-    unsigned n = 0;
-    for (const item *it = c->first; it != NULL; it = it->next)
-        n += it->ev.user == user && (it->state == OFFERED || it->state == RUNNING);
-    return n;
+    for (size_t i = 0; i < c->n_busy; i++)
+        if (c->busy[i].user == user)
+            return &c->busy[i];
+    if (c->n_busy == c->cap_busy) {
+        size_t cap = c->cap_busy ? 2 * c->cap_busy : 16;
+        busy *grown = realloc(c->busy, cap * sizeof *grown);
+        if (grown == NULL)
+            return NULL;
+        c->busy = grown;
+        c->cap_busy = cap;
+    }
+    c->busy[c->n_busy] = (busy){.user = user};
+    return &c->busy[c->n_busy++];
 }
 
 static void hex(const uint8_t *b, size_t n, char *out)
@@ -325,13 +374,28 @@ static void hex(const uint8_t *b, size_t n, char *out)
     out[2 * n] = '\0';
 }
 
-/* Starts the job's command for an event; 0 if it runs, -1 if there is none
- * or it could not start (then the event waits for a client). */
+static void command_failed(cb_center *c, const item *it, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+
+static void command_failed(cb_center *c, const item *it, const char *fmt, ...)
+{
+    if (c->o.command_failed == NULL)
+        return;
+    char why[256];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(why, sizeof why, fmt, ap);
+    va_end(ap);
+    c->o.command_failed(c->o.ctx, &it->ev, why);
+}
+
+/* Starts the job's command for an event: 0 if it runs, 1 if the job has
+ * none, -1 if it could not start (the owner is told why). */
 static int run_command(cb_center *c, item *it, int64_t now)
 {
     const char *argv[MAX_ARGS];
     if (c->o.command(c->o.ctx, &it->ev, argv, MAX_ARGS) == 0)
-        return -1;
+        return 1;
     char id[40], idvar[64], event[64];
     hex(it->ev.job, 16, id);
     snprintf(idvar, sizeof idvar, "DOPA_JOB_ID=%.8s-%.4s-%.4s-%.4s-%.12s", id, id + 8, id + 12,
@@ -339,60 +403,109 @@ static int run_command(cb_center *c, item *it, int64_t now)
     snprintf(event, sizeof event, "DOPA_EVENT=%s", cb_kind_name(it->ev.kind));
     const char *env[] = {idvar, event, NULL};
     pid_t pid = cb_spawn_as(it->ev.user, argv, env, -1);
-    if (pid < 0)
+    if (pid < 0) {
+        command_failed(c, it, "cannot start %s: %s", argv[0], strerror(errno));
         return -1;
+    }
     it->state = RUNNING;
     it->pid = pid;
+    it->killed = 0;
     it->deadline = now + c->cfg.command_timeout_ms;
     it->ev.attempts++;
     return 0;
 }
 
+/* Moves a running command on: reaped, or killed when its time is up.
+ * Returns the ms until it wants looking at again, or -1 once finished. */
+static int64_t step_running(cb_center *c, item *it, int64_t now)
+{
+    int status;
+    pid_t r = waitpid(it->pid, &status, WNOHANG);
+    if (r == it->pid || (r < 0 && errno == ECHILD)) {
+        if (r == it->pid && !it->killed && !(WIFEXITED(status) && WEXITSTATUS(status) == 0))
+            command_failed(c, it, WIFEXITED(status) ? "exit status %d" : "killed by signal %d",
+                           WIFEXITED(status) ? WEXITSTATUS(status) : WTERMSIG(status));
+        finish(c, it); /* the command ran: delivered */
+        return -1;
+    }
+    if (!it->killed && now >= it->deadline) {
+        /* Too slow: killed, and counted as delivered once reaped. */
+        command_failed(c, it, "killed after %lld s", (long long)(c->cfg.command_timeout_ms / 1000));
+        kill_command(it);
+    }
+    return it->killed || it->deadline - now > 100 ? 100 : it->deadline - now;
+}
+
+/* Delivers one due event: to a client, else to the command, else it waits
+ * to be kicked. Returns the ms until it wants looking at again (-1: none). */
+static int64_t deliver(cb_center *c, item *it, busy *b, int64_t now)
+{
+    if (it->by_command) {
+        if (run_command(c, it, now) == 0) {
+            b->n++;
+            return 100;
+        }
+        /* The callback failed and the command is gone or broken: the
+         * callback is asked again, later. */
+        it->by_command = 0;
+        it->not_before = now + backoff(c, it->ev.attempts);
+        return it->not_before - now;
+    }
+    int taken = c->o.offer(c->o.ctx, &it->ev);
+    if (taken > 0) {
+        it->state = OFFERED;
+        it->ev.attempts++;
+        it->deadline = now + c->cfg.offer_timeout_ms;
+        b->n++;
+        return c->cfg.offer_timeout_ms;
+    }
+    if (taken < 0) {
+        it->not_before = now + 1000; /* its client is full: soon */
+        return 1000;
+    }
+    if (run_command(c, it, now) == 0) {
+        b->n++;
+        return 100;
+    }
+    if (it->ev.kind == CB_JOB_MODIFICATION)
+        finish(c, it); /* nobody to tell: it is old news by the next one */
+    else
+        it->state = PARKED; /* for a client that registers, or a command set */
+    return -1;
+}
+
 int64_t cb_step(cb_center *c)
 {
     int64_t now = c->o.now_ms(c->o.ctx), wake = -1;
-#define WAKE(t) (wake = (wake < 0 || (t) < wake) ? (t) : wake)
+#define WAKE(t) (wake = (t) >= 0 && (wake < 0 || (t) < wake) ? (t) : wake)
+    c->n_busy = 0;
+    for (item *it = c->first; it != NULL; it = it->next) {
+        if (it->state == OFFERED || it->state == RUNNING) {
+            busy *b = busy_of(c, it->ev.user);
+            if (b != NULL)
+                b->n++;
+        }
+    }
     item *it = c->first;
     while (it != NULL) {
         item *next = it->next;
         if (it->state == RUNNING) {
-            int status;
-            pid_t r = waitpid(it->pid, &status, WNOHANG);
-            if (r == it->pid || (r < 0 && errno == ECHILD)) {
-                it->pid = 0;
-                finish(c, it); /* the command ran: delivered */
-            } else if (now >= it->deadline) {
-                reap(it, 1); /* too slow: killed, and counted as delivered */
-                finish(c, it);
-            } else {
-                WAKE(it->deadline - now < 100 ? it->deadline - now : 100);
-            }
+            int64_t w = step_running(c, it, now);
+            WAKE(w);
         } else if (it->state == OFFERED) {
             if (now >= it->deadline)
                 cb_done(c, it->ev.id, 0); /* the client never answered */
             else
                 WAKE(it->deadline - now);
-        } else if (now < it->not_before) {
-            WAKE(it->not_before - now);
-        } else if (outstanding(c, it->ev.user) < c->cfg.per_user) {
-            if (it->by_command) {
-                if (run_command(c, it, now) != 0)
-                    finish(c, it); /* nothing left to try */
-                else
-                    WAKE(100);
-            } else if (c->o.offer(c->o.ctx, &it->ev)) {
-                it->state = OFFERED;
-                it->ev.attempts++;
-                it->deadline = now + c->cfg.offer_timeout_ms;
-                WAKE(c->cfg.offer_timeout_ms);
-            } else if (run_command(c, it, now) == 0) {
-                WAKE(100);
-            } else if (it->ev.kind == CB_JOB_MODIFICATION) {
-                finish(c, it); /* nobody to tell: it is old news by the next one */
+        } else if (it->state == WAITING) {
+            busy *b = busy_of(c, it->ev.user);
+            if (now < it->not_before) {
+                WAKE(it->not_before - now);
+            } else if (b == NULL || b->n >= c->cfg.per_user) {
+                WAKE(1000); /* this user's limit: when one of them is done */
             } else {
-                /* Nobody to tell yet: kept for a client that registers. */
-                it->not_before = now + 1000;
-                WAKE(1000);
+                int64_t w = deliver(c, it, b, now);
+                WAKE(w);
             }
         }
         it = next;
@@ -423,18 +536,32 @@ pid_t cb_spawn_as(uint32_t user, const char *const *argv, const char *const *env
         return -1;
     }
 
+    /* The child starts clean: no blocked or ignored signals of ours, a
+     * session of its own (a timeout kills all it started), stdin and
+     * stderr on /dev/null, and no other descriptor of ours (sockets, the
+     * database). */
+    sigset_t none, all;
+    sigemptyset(&none);
+    sigfillset(&all);
     if (geteuid() != 0 || user == geteuid()) {
         posix_spawn_file_actions_t fa;
+        posix_spawnattr_t attr;
         posix_spawn_file_actions_init(&fa);
+        posix_spawnattr_init(&attr);
+        posix_spawnattr_setsigmask(&attr, &none);
+        posix_spawnattr_setsigdefault(&attr, &all);
+        posix_spawnattr_setflags(&attr, POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF |
+                                            POSIX_SPAWN_SETSID);
         posix_spawn_file_actions_addopen(&fa, 0, "/dev/null", O_RDONLY, 0);
         if (out_fd >= 0)
             posix_spawn_file_actions_adddup2(&fa, out_fd, 1);
         else
             posix_spawn_file_actions_addopen(&fa, 1, "/dev/null", O_WRONLY, 0);
-        /* Nothing of the owner's (sockets, the database) goes along. */
+        posix_spawn_file_actions_addopen(&fa, 2, "/dev/null", O_WRONLY, 0);
         posix_spawn_file_actions_addclosefrom_np(&fa, 3);
         pid_t pid;
-        int err = posix_spawn(&pid, args[0], &fa, NULL, args, vars);
+        int err = posix_spawn(&pid, args[0], &fa, &attr, args, vars);
+        posix_spawnattr_destroy(&attr);
         posix_spawn_file_actions_destroy(&fa);
         if (err != 0) {
             errno = err;
@@ -459,9 +586,15 @@ pid_t cb_spawn_as(uint32_t user, const char *const *argv, const char *const *env
     pid_t pid = fork();
     if (pid != 0)
         return pid;
+    struct sigaction dfl = {.sa_handler = SIG_DFL};
+    for (int sig = 1; sig < NSIG; sig++)
+        sigaction(sig, &dfl, NULL); /* (fails harmlessly for KILL and STOP) */
+    sigprocmask(SIG_SETMASK, &none, NULL);
     int in = open("/dev/null", O_RDONLY);
-    int out = out_fd >= 0 ? out_fd : open("/dev/null", O_WRONLY);
-    if (in < 0 || out < 0 || dup2(in, 0) < 0 || dup2(out, 1) < 0 || close_range(3, ~0u, 0) != 0)
+    int null = open("/dev/null", O_WRONLY);
+    int out = out_fd >= 0 ? out_fd : null;
+    if (in < 0 || null < 0 || setsid() < 0 || dup2(in, 0) < 0 || dup2(out, 1) < 0 ||
+        dup2(null, 2) < 0 || close_range(3, ~0u, 0) != 0)
         _exit(126);
     if (setgroups((size_t)n_groups, groups) != 0 || setgid(pw.pw_gid) != 0 || setuid(user) != 0 ||
         getuid() != user)

@@ -19,8 +19,11 @@
  *    a client, or a command running) at once; the rest of that user's wait,
  *    and other users are not held up.
  *  - A command line runs without a shell (argv as given), as the job's
- *    user, with DOPA_JOB_ID and DOPA_EVENT in its environment, and is killed
- *    after `command_timeout_ms`.
+ *    user, with DOPA_JOB_ID and DOPA_EVENT in its environment, in a session
+ *    of its own, and is killed with all it started after
+ *    `command_timeout_ms`.
+ *  - An event with no client and no command line waits (parked, costing
+ *    nothing) until the job gets either: cb_kick.
  *
  * Everything runs on the owner's thread; cb_step does the work and says
  * when it wants to run again.
@@ -70,7 +73,8 @@ typedef struct cb_owner {
     int64_t (*now_ms)(void *ctx); /* monotonic */
     /* Hands the event to a client registered for its job: returns 1 when
      * it was taken (the owner later calls cb_done), 0 when no client is
-     * registered. */
+     * registered, -1 when the client can take no more now (asked again
+     * shortly). */
     int (*offer)(void *ctx, const cb_event *ev);
     /* Fills argv (at most max - 1 strings and a NULL) with the job's notify
      * command line; returns 0 when the job has none. The strings must stay
@@ -78,6 +82,8 @@ typedef struct cb_owner {
     size_t (*command)(void *ctx, const cb_event *ev, const char **argv, size_t max);
     /* The event is delivered for good (or can never be): forget it. */
     void (*finished)(void *ctx, const cb_event *ev);
+    /* Optional: a command line could not start, failed or was killed. */
+    void (*command_failed)(void *ctx, const cb_event *ev, const char *why);
 } cb_owner;
 
 typedef struct cb_config {
@@ -101,6 +107,11 @@ void cb_center_free(cb_center *c);
  * Returns 0 when queued, -1 out of memory. */
 int cb_post(cb_center *c, const cb_event *ev);
 
+/* An event kept across a restart: queued as it is (no coalescing), not
+ * delivered for delay_ms (or until cb_kick), so that clients have time to
+ * register again before the command line takes it. */
+int cb_restore(cb_center *c, const cb_event *ev, int64_t delay_ms);
+
 /* Would cb_post drop this event as redundant? */
 int cb_has(const cb_center *c, const uint8_t job[16], int kind, int32_t file);
 
@@ -117,6 +128,10 @@ void cb_cancel(cb_center *c, const uint8_t job[16], int kind, int32_t file);
 /* The client an event was offered to is gone without answering: the event
  * waits again, as if never offered (no failure, no backoff). */
 void cb_requeue(cb_center *c, uint64_t id);
+
+/* The job got a client or a command line: its events that had nobody to
+ * go to, or wait after a restart, are tried now. */
+void cb_kick(cb_center *c, const uint8_t job[16]);
 
 /* Delivers what may be delivered now, reaps and times out commands.
  * Returns the ms until it wants to run again (-1: not before a new event). */

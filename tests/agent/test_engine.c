@@ -1380,10 +1380,18 @@ static void test_a_client_that_goes_away_gives_its_events_back(void)
     CHECK_INT(op(0, PROTO_RESUME, &id), DOPA_OK);
     run_until(&id, DOPA_STATE_TRANSFERRED, 20);
     CHECK(await_event(0, client_a, CB_JOB_TRANSFERRED, &id, 5) != 0);
-    /* A minute without a poll: the client is forgotten... */
+    /* Silent for a minute while it holds an event: its callback may be
+     * long at work, so it is kept... */
     skew_ms += 61000;
     step(2);
     proto_request *r = request(PROTO_EVENTS, NULL);
+    memcpy(r->client, client_a, 16);
+    int64_t polled = skew_ms;
+    CHECK_INT(handle(0, r), DOPA_OK);
+    /* ...but not beyond the time an answer may take (5 minutes). */
+    skew_ms = polled + 301000;
+    step(2);
+    r = request(PROTO_EVENTS, NULL);
     memcpy(r->client, client_a, 16);
     CHECK_INT(handle(0, r), DOPA_ENOTFOUND);
     /* ...and the next one to register gets the event. */
@@ -1534,6 +1542,48 @@ static void test_no_verdict_in_time_takes_the_default(void)
     close_engine();
 }
 
+static void test_files_awaiting_verdicts_take_no_running_slot(void)
+{
+    open_engine_with(check_path("state"), 1, 0);
+    /* Nobody ever answers for this one... */
+    dopa_id judged = started_job(0, "judged", check_path("judged"));
+    CHECK_INT(set_flags(&judged, DOPA_NOTIFY_FILE_TRANSFERRED), DOPA_OK);
+    CHECK_INT(op(0, PROTO_RESUME, &judged), DOPA_OK);
+    double end = seconds() + 20;
+    while (file_info(&judged, 0).validation != DOPA_VALIDATION_PENDING && seconds() < end)
+        step(1);
+    /* ...and with one running slot, another job still goes through. */
+    dopa_id next = started_job(0, "next", check_path("next"));
+    CHECK_INT(op(0, PROTO_RESUME, &next), DOPA_OK);
+    run_until(&next, DOPA_STATE_TRANSFERRED, 20);
+    CHECK_INT(info(&judged).state, DOPA_STATE_TRANSFERRING);
+    /* Rejected while suspended: the bytes go all the same. */
+    CHECK_INT(op(0, PROTO_SUSPEND, &judged), DOPA_OK);
+    const char *tmp = temp_of(&judged, 0, check_path("judged"));
+    struct stat st;
+    CHECK(stat(tmp, &st) == 0 && st.st_size == 100000);
+    CHECK_INT(set_validation(0, &judged, 0, 0), DOPA_OK);
+    CHECK(stat(tmp, &st) == 0);
+    CHECK_INT(st.st_size, 0);
+    CHECK_INT(info(&judged).state, DOPA_STATE_ERROR);
+    close_engine();
+}
+
+static void test_taking_ownership_drops_the_notify_settings(void)
+{
+    open_engine();
+    dopa_id id = create(1000, "theirs");
+    const char *argv[] = {"/bin/sh", "-c", "id > /tmp/owned", NULL};
+    CHECK_INT(set_cmdline(1000, &id, argv), DOPA_OK);
+    CHECK_INT(reg(1000, &id, client_b), DOPA_OK);
+    CHECK_INT(op(0, PROTO_TAKE_OWNERSHIP, &id), DOPA_OK);
+    /* Root's job runs nothing of the old owner's, as root. */
+    CHECK_INT(handle(0, request(PROTO_GET_NOTIFY, &id)), DOPA_OK);
+    CHECK_INT(reply.n_args, 0);
+    CHECK(engine_find(E, &id)->client == NULL);
+    close_engine();
+}
+
 static void test_validation_requests_are_checked(void)
 {
     open_engine();
@@ -1678,6 +1728,8 @@ int main(int argc, char **argv)
                       CASE(test_a_peer_file_the_client_rejects_is_fetched_again_from_the_origin),
                       CASE(test_no_verdict_in_time_takes_the_default),
                       CASE(test_validation_requests_are_checked),
+                      CASE(test_files_awaiting_verdicts_take_no_running_slot),
+                      CASE(test_taking_ownership_drops_the_notify_settings),
                       CASE(test_validator_plugins_judge_the_file),
                       {0},
                   });

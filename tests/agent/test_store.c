@@ -1120,6 +1120,43 @@ static void test_reopening_keeps_the_version_and_the_jobs(void)
     CHECK_INT(raw_int("PRAGMA user_version"), STORE_SCHEMA_VERSION);
 }
 
+static void test_a_version_1_database_is_brought_up_to_date(void)
+{
+    /* As dopad 0.1.0 left it (tests/agent/fixtures/store-v1.sql). */
+    FILE *f = fopen(STORE_V1_SQL, "r");
+    CHECK(f != NULL);
+    static char sql[16384];
+    sql[fread(sql, 1, sizeof sql - 1, f)] = '\0';
+    fclose(f);
+    const char *db = check_path("old.db");
+    fclose(fopen(db, "w")); /* (an empty file is an empty database) */
+    raw_open(db);
+    raw_exec(sql);
+    raw_close();
+
+    open_store(db);
+    CHECK_INT(load_clean(), 1);
+    const agent_job *j = loaded[0];
+    CHECK_STR(j->name, "old job");
+    CHECK_INT(j->owner, 1000);
+    CHECK_INT(j->notify_flags, DOPA_NOTIFY_DEFAULT);
+    CHECK_INT(j->notify_cmd_len, 0);
+    CHECK_INT(j->validation_timeout, DOPA_DEFAULT_VALIDATION_TIMEOUT);
+    CHECK_INT(j->validation_default_valid, 0);
+    CHECK_INT(j->n_files, 1);
+    CHECK_INT(j->files[0]->validation, DOPA_VALIDATION_NONE);
+    CHECK_INT(j->files[0]->origin_only, 0);
+    CHECK_INT(j->files[0]->done_count, 1);
+    CHECK(agent_file_piece_done(j->files[0], 1));
+    /* And it takes what version 2 writes. */
+    CHECK_INT(store_add_notification(S, 1, &j->id, 1, -1), DOPA_OK);
+    free_loaded();
+    close_store();
+    raw_open(db);
+    CHECK_INT(raw_int("PRAGMA user_version"), STORE_SCHEMA_VERSION);
+    CHECK_INT(raw_int("SELECT count(*) FROM notifications"), 1);
+}
+
 static void test_a_newer_schema_is_refused(void)
 {
     const char *db = check_path("dopa.db");
@@ -1274,6 +1311,7 @@ static const struct check_case cases[] = {
     CASE(test_orphan_rows_are_ignored),
     CASE(test_a_fresh_database_gets_the_current_schema_in_wal_mode),
     CASE(test_reopening_keeps_the_version_and_the_jobs),
+    CASE(test_a_version_1_database_is_brought_up_to_date),
     CASE(test_a_newer_schema_is_refused),
     CASE(test_a_file_that_is_not_a_database_is_refused_untouched),
     CASE(test_a_database_that_claims_the_version_without_its_tables_is_refused),

@@ -1,5 +1,8 @@
 /* The notification center with a fake owner: delivery, redelivery with a
  * growing interval, command lines, coalescing, the per-user limit. */
+#include <errno.h>
+#include <pthread.h>
+#include <signal.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <time.h>
@@ -165,15 +168,18 @@ static void test_without_a_client_the_command_runs(void)
     CHECK_INT(n_finished, 1);
     struct stat st;
     CHECK(stat(marker, &st) == 0);
-    /* No client and no command: kept until a client comes. */
+    /* No client and no command: parked, costing nothing, until the job
+     * gets a client. */
     cb_event later = event(13, 4, 0, CB_JOB_TRANSFERRED);
     CHECK_INT(cb_post(c, &later), 0);
-    cb_step(c);
+    CHECK_INT(cb_step(c), -1);
     clock_ms += 5000;
-    cb_step(c);
+    CHECK_INT(cb_step(c), -1);
     CHECK_INT(cb_pending(c), 1);
     has_client[4] = 1;
-    clock_ms += 1000;
+    cb_step(c);
+    CHECK_INT(n_offered, 0); /* not before it is kicked */
+    cb_kick(c, later.job);
     cb_step(c);
     CHECK_INT(n_offered, 1);
     cb_center_free(c);
@@ -189,9 +195,123 @@ static void test_a_hanging_command_is_killed(void)
     cb_step(c);
     CHECK_INT(n_finished, 0);
     clock_ms += 2500; /* past command_timeout_ms */
-    cb_step(c);
+    for (int i = 0; i < 500 && n_finished == 0; i++) {
+        cb_step(c); /* killed, then reaped */
+        struct timespec ts = {0, 10 * 1000 * 1000};
+        nanosleep(&ts, NULL);
+    }
     CHECK_INT(n_finished, 1);
     CHECK_INT(cb_pending(c), 0);
+    cb_center_free(c);
+}
+
+/* Runs a job's command to its end (or its timeout) on the real clock. */
+static void run_to_end(cb_center *c, int job, double limit)
+{
+    cb_event ev = event(40 + (uint64_t)job, job, 0, CB_JOB_ERROR);
+    CHECK_INT(cb_post(c, &ev), 0);
+    int before = n_finished;
+    for (int i = 0; i < limit * 100 && n_finished == before; i++) {
+        cb_step(c);
+        struct timespec ts = {0, 10 * 1000 * 1000};
+        nanosleep(&ts, NULL);
+    }
+    CHECK_INT(n_finished, before + 1);
+}
+
+static void test_commands_start_clean_and_die_whole(void)
+{
+    cb_center *c = center();
+    /* No signal blocked or ignored, whatever the owner had. */
+    sigset_t block;
+    sigemptyset(&block);
+    sigaddset(&block, SIGTERM);
+    pthread_sigmask(SIG_BLOCK, &block, NULL);
+    signal(SIGPIPE, SIG_IGN);
+    char script[1200];
+    snprintf(script, sizeof script, "grep -E '^Sig(Blk|Ign)' /proc/self/status > %s",
+             check_path("signals"));
+    cmd[6][0] = "/bin/sh";
+    cmd[6][1] = "-c";
+    cmd[6][2] = script;
+    run_to_end(c, 6, 5);
+    pthread_sigmask(SIG_UNBLOCK, &block, NULL);
+    signal(SIGPIPE, SIG_DFL);
+    FILE *f = fopen(check_path("signals"), "r");
+    CHECK(f != NULL);
+    char text[256] = "";
+    text[fread(text, 1, sizeof text - 1, f)] = '\0';
+    fclose(f);
+    unsigned long long blocked = 1, ignored = 1;
+    CHECK(sscanf(text, "SigBlk:\t%llx\nSigIgn:\t%llx", &blocked, &ignored) == 2);
+    CHECK_INT(blocked, 0);
+    /* glibc's posix_spawn leaves its own two signals (32 and 33, for
+     * threads) ignored, and a program's libc sets them up again. */
+    CHECK_INT(ignored & ~0x180000000ull, 0);
+
+    /* Killed for its time with what it started in the background. */
+    snprintf(script, sizeof script, "sleep 100 & echo $! > %s; wait", check_path("child"));
+    cmd[7][0] = "/bin/sh";
+    cmd[7][1] = "-c";
+    cmd[7][2] = script;
+    cb_event ev = event(50, 7, 0, CB_JOB_ERROR);
+    CHECK_INT(cb_post(c, &ev), 0);
+    long child = 0;
+    for (int i = 0; i < 500 && child == 0; i++) {
+        cb_step(c);
+        f = fopen(check_path("child"), "r");
+        if (f != NULL) {
+            if (fscanf(f, "%ld", &child) != 1)
+                child = 0;
+            fclose(f);
+        }
+        struct timespec ts = {0, 10 * 1000 * 1000};
+        nanosleep(&ts, NULL);
+    }
+    CHECK(child > 0);
+    int before = n_finished;
+    clock_ms += 2500;
+    for (int i = 0; i < 500 && n_finished == before; i++) {
+        cb_step(c);
+        struct timespec ts = {0, 10 * 1000 * 1000};
+        nanosleep(&ts, NULL);
+    }
+    CHECK_INT(n_finished, before + 1);
+    int gone = 0;
+    for (int i = 0; i < 200 && !gone; i++) {
+        gone = kill((pid_t)child, 0) != 0 && errno == ESRCH;
+        struct timespec ts = {0, 10 * 1000 * 1000};
+        nanosleep(&ts, NULL);
+    }
+    CHECK(gone); /* (reaped by init once killed) */
+    cb_center_free(c);
+}
+
+static void test_restored_events_wait_for_clients_and_are_not_merged(void)
+{
+    cb_center *c = center();
+    has_client[1] = 1;
+    cb_event a = event(60, 1, 0, CB_JOB_ERROR), b = event(61, 1, 0, CB_JOB_ERROR);
+    CHECK_INT(cb_restore(c, &a, 10000), 0);
+    CHECK_INT(cb_restore(c, &b, 10000), 0);
+    cb_step(c);
+    CHECK_INT(n_offered, 0);
+    clock_ms += 10000;
+    cb_step(c);
+    CHECK_INT(n_offered, 2);
+    /* A client that registers ends the wait at once. */
+    cb_event d = event(63, 2, 0, CB_JOB_ERROR);
+    CHECK_INT(cb_restore(c, &d, 10000), 0);
+    has_client[2] = 1;
+    cb_step(c);
+    CHECK_INT(n_offered, 2);
+    cb_kick(c, d.job);
+    cb_step(c);
+    CHECK_INT(n_offered, 3);
+    /* An event handed out does not swallow a new one of the same kind. */
+    cb_event again = event(62, 1, 0, CB_JOB_ERROR);
+    CHECK_INT(cb_post(c, &again), 0);
+    CHECK_INT(cb_post(c, &again), 1); /* but one still waiting does */
     cb_center_free(c);
 }
 
@@ -312,6 +432,8 @@ int main(int argc, char **argv)
                          CASE(test_a_failed_transferred_goes_to_the_command),
                          CASE(test_without_a_client_the_command_runs),
                          CASE(test_a_hanging_command_is_killed),
+                         CASE(test_commands_start_clean_and_die_whole),
+                         CASE(test_restored_events_wait_for_clients_and_are_not_merged),
                          CASE(test_modifications_are_coalesced),
                          CASE(test_a_stuck_user_does_not_hold_up_another),
                          CASE(test_forgetting_a_job_drops_its_events),

@@ -292,6 +292,48 @@ static void test_unanswered_events_come_again_after_a_kill(void)
     stop(SIGTERM);
 }
 
+/* CPU seconds a process used so far. */
+static double cpu_of(pid_t pid)
+{
+    char path[64], buf[1024];
+    snprintf(path, sizeof path, "/proc/%d/stat", (int)pid);
+    FILE *f = fopen(path, "r");
+    if (f == NULL)
+        return -1;
+    size_t n = fread(buf, 1, sizeof buf - 1, f);
+    fclose(f);
+    buf[n] = '\0';
+    unsigned long long user = 0, sys = 0;
+    char *p = strrchr(buf, ')');
+    if (p == NULL ||
+        sscanf(p + 2, "%*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %llu %llu", &user, &sys) != 2)
+        return -1;
+    return (double)(user + sys) / (double)sysconf(_SC_CLK_TCK);
+}
+
+static void test_a_client_whose_jobs_are_gone_rests(void)
+{
+    reset_seen();
+    start(NULL);
+    dopa_id id = job_for("gone", "/data/a.bin");
+    CHECK_INT(dopa_job_set_callbacks(mgr, &id, &callbacks), DOPA_OK);
+    dopa_manager *other = NULL;
+    CHECK_INT(dopa_connect(daemon_.sock, &other), DOPA_OK);
+    CHECK_INT(dopa_job_cancel(other, &id), DOPA_OK);
+    dopa_disconnect(other);
+    /* dopad restarts: the client registers again, finds nothing, and
+     * then neither it nor dopad spins. */
+    test_dopad_stop(&daemon_, SIGTERM);
+    CHECK_INT(test_dopad_start(&daemon_, DOPAD, check_tmpdir(), NULL), 0);
+    sleep_ms(1500);
+    double before = cpu_of(daemon_.pid);
+    sleep_ms(3000);
+    double used = cpu_of(daemon_.pid) - before;
+    printf("  dopad used %.2f s of CPU in 3 s\n", used);
+    CHECK(before >= 0 && used < 0.3);
+    stop(SIGTERM);
+}
+
 static void test_a_client_judges_each_file(void)
 {
     reset_seen();
@@ -573,6 +615,7 @@ int main(int argc, char **argv)
                          CASE(test_a_callback_failing_three_times_sees_transferred_four_times),
                          CASE(test_unanswered_events_come_again_after_a_kill),
                          CASE(test_a_client_judges_each_file),
+                         CASE(test_a_client_whose_jobs_are_gone_rests),
                          CASE(test_the_command_line_runs_as_the_owner_when_no_client_listens),
                          CASE(test_a_crashing_or_hanging_plugin_leaves_dopad_running),
                          CASE(test_minisign_signatures_decide_end_to_end),

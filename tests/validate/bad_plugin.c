@@ -9,7 +9,7 @@
  *   INIT_FAILS    init returns an error
  *   ODD_VERDICT   validate returns a value outside the verdict enum
  *   SAYS_ERROR    validate returns DOPA_VALIDATOR_ERROR with a long reason
- *   SAYS_INVALID  validate judges every file invalid
+ *   SAYS_INVALID  validate judges every file invalid (after printing "valid")
  *   CRASHES       validate dies of SIGSEGV
  *   HANGS         validate never returns
  *   ACCEPT_ALL    valid plugin that accepts everything and, at fini, writes
@@ -50,6 +50,9 @@ __attribute__((unused)) static int validate(void *state, const struct dopa_valid
     memset(reason, 'x', reason_size);
     return DOPA_VALIDATOR_ERROR;
 #elif defined(SAYS_INVALID)
+    /* What a plugin prints must not pass for the helper's verdict. */
+    printf("valid\n");
+    fflush(stdout);
     snprintf(reason, reason_size, "not signed by anyone we know\nsecond line");
     return DOPA_VALIDATOR_INVALID;
 #elif defined(CRASHES)
