@@ -15,7 +15,7 @@
 #include "agent.h"
 
 static test_nginx web;
-static char fixture[512];
+static const char *fixture; /* the scratch directory */
 static agent_engine *E;
 static int64_t skew_ms;      /* added to the monotonic clock */
 static int64_t wall_skew_ms; /* added to the wall clock */
@@ -1632,27 +1632,15 @@ static void test_validator_plugins_judge_the_file(void)
 
 /* ------------------------------------------------------------------ */
 
-static int rm_entry(const char *path, const struct stat *st, int flag, struct FTW *ftw)
-{
-    (void)st;
-    (void)flag;
-    (void)ftw;
-    return remove(path);
-}
-
 static void teardown(void)
 {
     test_nginx_stop(&web);
-    if (fixture[0] != '\0')
-        nftw(fixture, rm_entry, 16, FTW_DEPTH | FTW_PHYS);
     validate_secret_key_free(publisher);
 }
 
 static int setup(void)
 {
-    const char *base = getenv("TMPDIR");
-    snprintf(fixture, sizeof fixture, "%s/dopa-engine.XXXXXX", base ? base : "/tmp");
-    if (mkdtemp(fixture) == NULL)
+    if ((fixture = test_scratch_dir("engine")) == NULL)
         return -1;
     atexit(teardown);
     char http[1024];

@@ -21,7 +21,7 @@
 #include "dopa.h"
 
 static test_nginx web;
-static char fixture[512];
+static const char *fixture; /* the scratch directory */
 static test_dopad daemon_;
 static dopa_manager *mgr;
 
@@ -51,6 +51,17 @@ static void stop(int sig)
     dopa_disconnect(mgr);
     mgr = NULL;
     test_dopad_stop(&daemon_, sig);
+}
+
+/* What dopad said, when a case fails in a way only it can explain. */
+static void show_log(void)
+{
+    FILE *f = fopen(daemon_.log, "r");
+    char line[1024];
+    while (f != NULL && fgets(line, sizeof line, f) != NULL)
+        fprintf(stderr, "  | %s", line);
+    if (f != NULL)
+        fclose(f);
 }
 
 static void after_case(void)
@@ -431,6 +442,8 @@ static void test_the_command_line_runs_as_the_owner_when_no_client_listens(void)
         }
         sleep_ms(50);
     }
+    if (strcmp(got, want) != 0)
+        show_log();
     CHECK_STR(got, want); /* once, as the owner, with the job's id */
     stop(SIGTERM);
     if (created)
@@ -571,26 +584,14 @@ static void test_minisign_signatures_decide_end_to_end(void)
 
 /* ------------------------------------------------------------------ */
 
-static int rm_entry(const char *path, const struct stat *st, int flag, struct FTW *ftw)
-{
-    (void)st;
-    (void)flag;
-    (void)ftw;
-    return remove(path);
-}
-
 static void teardown(void)
 {
     test_nginx_stop(&web);
-    if (fixture[0] != '\0')
-        nftw(fixture, rm_entry, 16, FTW_DEPTH | FTW_PHYS);
 }
 
 static int setup(void)
 {
-    const char *base = getenv("TMPDIR");
-    snprintf(fixture, sizeof fixture, "%s/dopa-notify.XXXXXX", base ? base : "/tmp");
-    if (mkdtemp(fixture) == NULL || chmod(fixture, 0755) != 0)
+    if ((fixture = test_scratch_dir("notify")) == NULL)
         return -1;
     atexit(teardown);
     if (test_nginx_start(&web, fixture, NULL) != 0)

@@ -12,6 +12,7 @@
 #include "../check.h"
 #include "../support/faultsrv.h"
 #include "../support/nginx.h"
+#include "../support/proc.h"
 #include "origin.h"
 
 #define MAX_FETCHES 128
@@ -202,7 +203,7 @@ static void check_failed_with(const struct fetch *x, int code)
 
 static test_nginx web;
 static test_faultsrv *faults;
-static char fixture_dir[512];
+static const char *fixture_dir; /* the scratch directory */
 
 #define SEED_A 1u
 #define SIZE_A (3 * 1024 * 1024 + 12345)
@@ -1324,27 +1325,15 @@ static void test_wakeup_ends_a_poll_early(void)
 
 /* ------------------------------------------------------------------ */
 
-static int rm_entry(const char *path, const struct stat *st, int flag, struct FTW *ftw)
-{
-    (void)st;
-    (void)flag;
-    (void)ftw;
-    return remove(path);
-}
-
 static void teardown(void)
 {
     test_nginx_stop(&web);
     test_faultsrv_stop(faults);
-    if (fixture_dir[0] != '\0')
-        nftw(fixture_dir, rm_entry, 16, FTW_DEPTH | FTW_PHYS);
 }
 
 static int setup(void)
 {
-    const char *base = getenv("TMPDIR");
-    snprintf(fixture_dir, sizeof fixture_dir, "%s/dopa-origin.XXXXXX", base ? base : "/tmp");
-    if (mkdtemp(fixture_dir) == NULL)
+    if ((fixture_dir = test_scratch_dir("origin")) == NULL)
         return -1;
     atexit(teardown);
     char http[1024];

@@ -1,6 +1,7 @@
 /* Child processes for tests; see proc.h. */
 #include <errno.h>
 #include <fcntl.h>
+#include <ftw.h>
 #include <grp.h>
 #include <pwd.h>
 #include <signal.h>
@@ -94,20 +95,28 @@ void test_stop(pid_t pid, int sig)
         kill(pid, SIGKILL);
 }
 
-#define TEST_USER "dopa-test-user"
+/* The second user's name: one per test program, since programs run side
+ * by side and each removes the user it made. */
+static const char *user_name(void)
+{
+    static char name[33];
+    if (name[0] == '\0')
+        snprintf(name, sizeof name, "dopa-%.27s", program_invocation_short_name);
+    return name;
+}
 
 int test_user(uid_t *uid, gid_t *gid, int *created)
 {
     *created = 0;
-    struct passwd *pw = getpwnam(TEST_USER);
+    struct passwd *pw = getpwnam(user_name());
     if (pw == NULL) {
         const char *argv[] = {
             "/usr/sbin/useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin",
-            TEST_USER,           NULL};
+            user_name(),         NULL};
         if (test_run(argv, NULL, 0, 30, TEST_AS_ME, 0) != 0)
             return -1;
         *created = 1;
-        pw = getpwnam(TEST_USER);
+        pw = getpwnam(user_name());
     }
     if (pw == NULL)
         return -1;
@@ -118,6 +127,35 @@ int test_user(uid_t *uid, gid_t *gid, int *created)
 
 void test_user_remove(void)
 {
-    const char *argv[] = {"/usr/sbin/userdel", TEST_USER, NULL};
+    const char *argv[] = {"/usr/sbin/userdel", user_name(), NULL};
     test_run(argv, NULL, 0, 30, TEST_AS_ME, 0);
+}
+
+static char scratch[600];
+
+static int remove_entry(const char *path, const struct stat *st, int flag, struct FTW *ftw)
+{
+    (void)st;
+    (void)flag;
+    (void)ftw;
+    return remove(path);
+}
+
+static void remove_scratch(void)
+{
+    nftw(scratch, remove_entry, 16, FTW_DEPTH | FTW_PHYS);
+}
+
+const char *test_scratch_dir(const char *tag)
+{
+    if (scratch[0] != '\0')
+        return scratch;
+    const char *base = getenv("TMPDIR");
+    snprintf(scratch, sizeof scratch, "%.400s/dopa-%.64s.XXXXXX", base ? base : "/tmp", tag);
+    if (mkdtemp(scratch) == NULL || chmod(scratch, 0755) != 0) {
+        scratch[0] = '\0';
+        return NULL;
+    }
+    atexit(remove_scratch);
+    return scratch;
 }

@@ -27,10 +27,17 @@ int test_run(const char *const argv[], char *out, size_t len, int timeout_s, uid
 /* Sends sig to pid and reaps it (SIGKILL after 5 s if it lingers). */
 void test_stop(pid_t pid, int sig);
 
-/* A second user for tests that run as root: "dopa-test-user", made with
- * useradd when missing (*created then says to remove it with
+/* A second user for tests that run as root: "dopa-<program name>", made
+ * with useradd when missing (*created then says to remove it with
  * test_user_remove). Returns 0, or -1 when it cannot be had. */
 int test_user(uid_t *uid, gid_t *gid, int *created);
 void test_user_remove(void);
+
+/* The scratch directory of a test program: $TMPDIR/dopa-<tag>.XXXXXX, mode
+ * 0755 (a second user's jobs may need to reach it), removed with all it
+ * holds when the program exits (after the atexit handlers registered
+ * later, such as one that stops a server living in it). The same one on
+ * every call; NULL when it cannot be made. */
+const char *test_scratch_dir(const char *tag);
 
 #endif

@@ -16,7 +16,7 @@
 #include "validate.h"
 
 static test_nginx web;
-static char fixture_dir[512];
+static const char *fixture_dir; /* the scratch directory */
 
 /* ------------------------------------------------------------------ */
 /* Helpers                                                            */
@@ -799,26 +799,14 @@ static void test_config_parser_survives_arbitrary_text(void)
 
 /* ------------------------------------------------------------------ */
 
-static int rm_entry(const char *path, const struct stat *st, int flag, struct FTW *ftw)
-{
-    (void)st;
-    (void)flag;
-    (void)ftw;
-    return remove(path);
-}
-
 static void teardown(void)
 {
     test_nginx_stop(&web);
-    if (fixture_dir[0] != '\0')
-        nftw(fixture_dir, rm_entry, 16, FTW_DEPTH | FTW_PHYS);
 }
 
 static int setup(void)
 {
-    const char *base = getenv("TMPDIR");
-    snprintf(fixture_dir, sizeof fixture_dir, "%s/dopa-minisign.XXXXXX", base ? base : "/tmp");
-    if (mkdtemp(fixture_dir) == NULL)
+    if ((fixture_dir = test_scratch_dir("minisign")) == NULL)
         return -1;
     atexit(teardown);
     test_nginx_config cfg = {
