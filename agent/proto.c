@@ -512,6 +512,19 @@ static int take_scalar(const struct field *f, const uint8_t *v, size_t n, void *
     return 0;
 }
 
+/* One more of a repeated string argument (T_ARG, R_ARG) into args[*n]. */
+static int take_arg(char (*args)[PROTO_ARG_MAX + 1], size_t *n, uint16_t tag, const uint8_t *v,
+                    size_t len, char *why, size_t why_len)
+{
+    if (*n == PROTO_MAX_ARGS)
+        return bad(why, why_len, "more than %d arguments", PROTO_MAX_ARGS);
+    struct field one = {tag, K_STR, 0, PROTO_ARG_MAX, NO_FLAG};
+    int err = take_scalar(&one, v, len, args[*n], why, why_len);
+    if (err == 0)
+        (*n)++;
+    return err;
+}
+
 static const struct field *lookup(const struct field *table, size_t n, uint16_t tag)
 {
     for (size_t i = 0; i < n; i++)
@@ -724,15 +737,9 @@ int proto_decode_request(const uint8_t *data, size_t len, proto_request *out, ch
             out->ranges[out->n_ranges].length = get_le(v + 8, 8);
             out->n_ranges++;
         } else if (tag == T_ARG) {
-            if (out->n_args == PROTO_MAX_ARGS)
-                return bad(why, why_len, "more than %d arguments", PROTO_MAX_ARGS);
-            struct field one = {T_ARG, K_STR,
-                                offsetof(proto_request, args) + out->n_args * sizeof out->args[0],
-                                PROTO_ARG_MAX, NO_FLAG};
-            int err2 = take_scalar(&one, v, n, out, why, why_len);
+            int err2 = take_arg(out->args, &out->n_args, tag, v, n, why, why_len);
             if (err2 != 0)
                 return err2;
-            out->n_args++;
         } else if (tag == T_MANIFEST) {
             const struct field *f =
                 lookup(request_fields, sizeof request_fields / sizeof request_fields[0], tag);
@@ -954,17 +961,9 @@ int proto_decode_reply(const uint8_t *data, size_t len, proto_reply *out, char *
                 goto fail;
             out->n_events++;
         } else if (tag == R_ARG) {
-            if (out->n_args == PROTO_MAX_ARGS) {
-                bad(why, why_len, "more than %d arguments", PROTO_MAX_ARGS);
-                goto fail;
-            }
-            struct field one = {R_ARG, K_STR,
-                                offsetof(proto_reply, args) + out->n_args * sizeof out->args[0],
-                                PROTO_ARG_MAX, NO_FLAG};
-            err = take_scalar(&one, v, n, out, why, why_len);
+            err = take_arg(out->args, &out->n_args, tag, v, n, why, why_len);
             if (err != 0)
                 goto fail;
-            out->n_args++;
         } else if (tag == R_FILE) {
             if (out->n_files == PROTO_FILE_PAGE) {
                 bad(why, why_len, "more than %d files in a reply", PROTO_FILE_PAGE);

@@ -16,6 +16,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "json.h"
 #include "validate.h"
 
 enum exit_code {
@@ -459,21 +460,6 @@ done:
         close(fd);
     validate_manifest_free(m);
     return err == VALIDATE_OK ? EXIT_OK : fail(err, why);
-}
-
-/* Writes s as a JSON string. */
-static void json_string(const char *s)
-{
-    putchar('"');
-    for (const unsigned char *p = (const unsigned char *)s; *p; p++) {
-        if (*p == '"' || *p == '\\')
-            printf("\\%c", *p);
-        else if (*p < 0x20)
-            printf("\\u%04x", *p);
-        else
-            putchar(*p);
-    }
-    putchar('"');
 }
 
 static int cmd_show(int argc, char **argv)

@@ -17,6 +17,7 @@
 #include <unistd.h>
 
 #include "dopa.h"
+#include "json.h"
 #include "validate.h"
 
 enum exit_code {
@@ -121,20 +122,6 @@ static int connect_or_fail(dopa_manager **m)
         return EXIT_NO_DAEMON;
     }
     return EXIT_OK;
-}
-
-static void json_string(const char *s)
-{
-    putchar('"');
-    for (const unsigned char *p = (const unsigned char *)s; *p; p++) {
-        if (*p == '"' || *p == '\\')
-            printf("\\%c", *p);
-        else if (*p < 0x20)
-            printf("\\u%04x", *p);
-        else
-            putchar(*p);
-    }
-    putchar('"');
 }
 
 static void format_time(int64_t ms, char *out, size_t len)
@@ -606,6 +593,21 @@ static int parse_range(const char *s, dopa_range *r)
     return parse_u64(colon + 1, &r->length) == 0 && r->length > 0 ? 0 : -1;
 }
 
+/* --sha256 (c 's') and --manifest (c 'm'), which get and add-file share:
+ * EXIT_OK when taken, else the exit code. */
+static int check_option(int c, const char *arg, struct file_args *a)
+{
+    if (c == 's') {
+        if (validate_unhex(arg, a->sha256, 32) != VALIDATE_OK)
+            return usage_error("--sha256 %s: need 64 hex digits", arg);
+        a->has_sha256 = 1;
+        return EXIT_OK;
+    }
+    free(a->manifest); /* the last one given counts */
+    a->manifest = NULL;
+    return read_manifest(arg, &a->manifest, &a->manifest_len) == 0 ? EXIT_OK : EXIT_REFUSED;
+}
+
 static dopa_file_options file_options(const struct file_args *a)
 {
     dopa_file_options o = {.ranges = a->ranges,
@@ -759,14 +761,12 @@ static int cmd_get(dopa_manager *m, int argc, char **argv)
             output = optarg;
             break;
         case 's':
-            if (validate_unhex(optarg, fa.sha256, 32) != VALIDATE_OK)
-                return usage_error("--sha256 %s: need 64 hex digits", optarg);
-            fa.has_sha256 = 1;
+        case 'm': {
+            int taken = check_option(c, optarg, &fa);
+            if (taken != EXIT_OK)
+                return taken;
             break;
-        case 'm':
-            if (read_manifest(optarg, &fa.manifest, &fa.manifest_len) != 0)
-                return EXIT_REFUSED;
-            break;
+        }
         case 'p':
             if (parse_priority(optarg, &priority) != 0)
                 return usage_error("--priority %s: foreground, high, normal or low", optarg);
@@ -876,14 +876,12 @@ static int cmd_add_file(dopa_manager *m, int argc, char **argv)
             fa.n_ranges++;
             break;
         case 's':
-            if (validate_unhex(optarg, fa.sha256, 32) != VALIDATE_OK)
-                return usage_error("--sha256 %s: need 64 hex digits", optarg);
-            fa.has_sha256 = 1;
+        case 'm': {
+            int taken = check_option(c, optarg, &fa);
+            if (taken != EXIT_OK)
+                return taken;
             break;
-        case 'm':
-            if (read_manifest(optarg, &fa.manifest, &fa.manifest_len) != 0)
-                return EXIT_REFUSED;
-            break;
+        }
         default:
             return usage_error("add-file: bad option");
         }
