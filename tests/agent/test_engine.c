@@ -610,30 +610,11 @@ static void test_manifests_check_every_piece(void)
     close_engine();
 }
 
-static long long bytes_sent_for(const char *uri)
-{
-    char path[1024], line[2048];
-    snprintf(path, sizeof path, "%s/bytes.log", web.dir);
-    FILE *f = fopen(path, "r");
-    long long total = 0;
-    if (f == NULL)
-        return 0;
-    while (fgets(line, sizeof line, f) != NULL) {
-        char u[1024];
-        long long n;
-        int status;
-        if (sscanf(line, "%1023s %d %lld", u, &status, &n) == 3 && strcmp(u, uri) == 0)
-            total += n;
-    }
-    fclose(f);
-    return total;
-}
-
 static void test_restart_resumes_with_the_pieces_it_had(void)
 {
     open_engine();
     CHECK(test_nginx_put(&web, "slow/r.bin", 8 * 1024 * 1024, 13) == 0);
-    long long before = bytes_sent_for("/slow/r.bin");
+    long long before = test_nginx_bytes_sent(&web, "/slow/r.bin");
     char u[256];
     url(u, sizeof u, "/slow/r.bin");
     dopa_id id = create(0, "restarted");
@@ -659,7 +640,7 @@ static void test_restart_resumes_with_the_pieces_it_had(void)
     /* nginx sent the file about once: what was done was not fetched again. */
     struct timespec ts = {0, 100 * 1000 * 1000};
     nanosleep(&ts, NULL);
-    long long sent = bytes_sent_for("/slow/r.bin") - before;
+    long long sent = test_nginx_bytes_sent(&web, "/slow/r.bin") - before;
     printf("  restart: nginx sent %lld bytes for an 8 MiB file\n", sent);
     CHECK(sent < 8 * 1024 * 1024 + 3 * 1024 * 1024);
 }
@@ -1480,7 +1461,7 @@ static void test_a_peer_file_the_client_rejects_is_fetched_again_from_the_origin
 {
     open_engine();
     CHECK(test_nginx_put(&web, "data/p.bin", 300000, 21) == 0);
-    long long before = bytes_sent_for("/data/p.bin");
+    long long before = test_nginx_bytes_sent(&web, "/data/p.bin");
     char u[256];
     url(u, sizeof u, "/data/p.bin");
     dopa_id id = create(0, "peered");
@@ -1510,7 +1491,7 @@ static void test_a_peer_file_the_client_rejects_is_fetched_again_from_the_origin
     struct timespec ts = {0, 100 * 1000 * 1000};
     nanosleep(&ts, NULL);
     /* Twice the file, and the first time's probe of its size. */
-    long long sent = bytes_sent_for("/data/p.bin") - before;
+    long long sent = test_nginx_bytes_sent(&web, "/data/p.bin") - before;
     CHECK(sent >= 2 * 300000 && sent <= 2 * 300000 + 1);
 }
 
@@ -1643,13 +1624,7 @@ static int setup(void)
     if ((fixture = test_scratch_dir("engine")) == NULL)
         return -1;
     atexit(teardown);
-    char http[1024];
-    snprintf(http, sizeof http,
-             "log_format bytes '$uri $status $body_bytes_sent';"
-             "access_log %s/bytes.log bytes;",
-             fixture);
     test_nginx_config cfg = {
-        .http = http,
         .server = "location /slow/ { limit_rate 2m; }"
                   "location /flaky/ { try_files $uri =503; }"
                   "location = /busy { add_header Retry-After 120 always; return 503; }",

@@ -234,25 +234,6 @@ static void test_job_commands(void)
     CHECK_HAS(out, "start dopad");
 }
 
-static long long bytes_sent_for(const char *uri)
-{
-    char path[1024], line[2048];
-    snprintf(path, sizeof path, "%s/bytes.log", web.dir);
-    FILE *f = fopen(path, "r");
-    long long total = 0;
-    if (f == NULL)
-        return 0;
-    while (fgets(line, sizeof line, f) != NULL) {
-        char u[1024];
-        long long n;
-        int status;
-        if (sscanf(line, "%1023s %d %lld", u, &status, &n) == 3 && strcmp(u, uri) == 0)
-            total += n;
-    }
-    fclose(f);
-    return total;
-}
-
 static int integrity_ok(const char *db_path)
 {
     sqlite3 *db = NULL;
@@ -273,7 +254,7 @@ static void test_kill_9_at_random_moments_loses_nothing(void)
     int rounds = env ? atoi(env) : 12;
     const uint64_t size = 48ull * 1024 * 1024;
     CHECK(test_nginx_put(&web, "slow/k.bin", (size_t)size, 17) == 0);
-    long long before = bytes_sent_for("/slow/k.bin");
+    long long before = test_nginx_bytes_sent(&web, "/slow/k.bin");
     fresh_daemon();
     char u[256], out[4096], id[64], db[4300];
     url(u, sizeof u, "/slow/k.bin");
@@ -303,7 +284,7 @@ static void test_kill_9_at_random_moments_loses_nothing(void)
     stop_dopad(SIGTERM);
     CHECK(integrity_ok(db));
     sleep_ms(100);
-    long long sent = bytes_sent_for("/slow/k.bin") - before;
+    long long sent = test_nginx_bytes_sent(&web, "/slow/k.bin") - before;
     /* Each kill may cost what was in flight: the pieces since the last
      * commit (200 ms at 16 MB/s), the piece being filled, socket buffers. */
     long long bound = (long long)size + (long long)kills * 8 * 1024 * 1024;
@@ -562,13 +543,7 @@ static int setup(void)
     if ((fixture = test_scratch_dir("dopad")) == NULL)
         return -1;
     atexit(teardown);
-    char http[1024];
-    snprintf(http, sizeof http,
-             "log_format bytes '$uri $status $body_bytes_sent';"
-             "access_log %s/bytes.log bytes;",
-             fixture);
-    test_nginx_config cfg = {.http = http,
-                             .server = "location /slow/ { limit_rate 16m; }"
+    test_nginx_config cfg = {.server = "location /slow/ { limit_rate 16m; }"
                                        "location /crawl/ { limit_rate 2m; }"};
     if (test_nginx_start(&web, fixture, &cfg) != 0)
         return -1;

@@ -129,6 +129,8 @@ static int write_config(test_nginx *n, const test_nginx_config *cfg)
             "events { worker_connections 512; }\n"
             "http {\n"
             "  access_log %s/access.log;\n"
+            "  log_format bytes '$uri $status $body_bytes_sent';\n"
+            "  access_log %s/bytes.log bytes;\n"
             "  client_body_temp_path %s/tmp/body;\n"
             "  proxy_temp_path %s/tmp/proxy;\n"
             "  fastcgi_temp_path %s/tmp/fastcgi;\n"
@@ -143,8 +145,8 @@ static int write_config(test_nginx *n, const test_nginx_config *cfg)
             "    root %s;\n"
             "    %s\n"
             "  }\n",
-            n->dir, n->dir, n->dir, n->dir, n->dir, n->dir, n->dir, n->dir, http, n->port, n->root,
-            server);
+            n->dir, n->dir, n->dir, n->dir, n->dir, n->dir, n->dir, n->dir, n->dir, http, n->port,
+            n->root, server);
     char client[1400] = "";
     if (n->tls_port != 0 && cfg->tls_client_ca)
         snprintf(client, sizeof client,
@@ -283,4 +285,23 @@ int test_nginx_set_mtime(const test_nginx *n, const char *name, long mtime)
     snprintf(path, sizeof path, "%s/%s", n->root, name);
     struct timeval tv[2] = {{.tv_sec = mtime}, {.tv_sec = mtime}};
     return utimes(path, tv);
+}
+
+long long test_nginx_bytes_sent(const test_nginx *n, const char *uri)
+{
+    char path[700], line[2048];
+    snprintf(path, sizeof path, "%s/bytes.log", n->dir);
+    FILE *f = fopen(path, "r");
+    long long total = 0;
+    if (f == NULL)
+        return 0;
+    while (fgets(line, sizeof line, f) != NULL) {
+        char u[1024];
+        long long bytes;
+        int status;
+        if (sscanf(line, "%1023s %d %lld", u, &status, &bytes) == 3 && strcmp(u, uri) == 0)
+            total += bytes;
+    }
+    fclose(f);
+    return total;
 }

@@ -36,6 +36,10 @@ int test_nginx_start(test_nginx *n, const char *dir, const test_nginx_config *cf
 /* Stops nginx (SIGTERM, then SIGKILL after 5 s) and reaps it. */
 void test_nginx_stop(test_nginx *n);
 
+/* The body bytes nginx has sent for `uri` so far, from the log of every
+ * response it keeps in dir/bytes.log (written a moment after each). */
+long long test_nginx_bytes_sent(const test_nginx *n, const char *uri);
+
 /* Writes `len` deterministic pseudo-random bytes (from `seed`) to the
  * document root under `name`; returns 0 or -1. */
 int test_nginx_put(const test_nginx *n, const char *name, size_t len, unsigned seed);
