@@ -92,6 +92,13 @@ static int decode_key_text(const char *text, size_t text_len, const char *prefix
     size_t plen = strlen(prefix);
     if (text_len <= plen || memcmp(text, prefix, plen) != 0)
         return VALIDATE_EKEY_FORMAT;
+    /* libsodium 1.0.18 takes bytes 0x80-0xff for digits: check the alphabet. */
+    for (size_t i = plen; i < text_len; i++) {
+        unsigned char ch = (unsigned char)text[i];
+        if (!((ch >= 'A' && ch <= 'Z') || (ch >= 'a' && ch <= 'z') || (ch >= '0' && ch <= '9') ||
+              ch == '-' || ch == '_'))
+            return VALIDATE_EKEY_FORMAT;
+    }
     size_t bin_len = 0;
     const char *end = NULL;
     if (sodium_base642bin(bin, n, text + plen, text_len - plen, NULL, &bin_len, &end,
