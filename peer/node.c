@@ -1,0 +1,1733 @@
+/*
+ * The node: an agent's presence in its group (peer/PROTOCOL.md).
+ *
+ * Three kinds of threads meet here. The owner (the agent's engine) calls
+ * every peer_* function and receives the swarm callbacks inside
+ * peer_node_step. nng's threads run the server (workers answering
+ * requests from the catalog of offered content) and complete the client's
+ * requests, which they hand to the owner through the `done` list. The
+ * beacon thread sends and hears multicast beacons and hands new peers over
+ * through the `found` list. `lock` guards those two lists; `catalog_lock`
+ * guards the catalog and the server's counters.
+ */
+#include <arpa/inet.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <ifaddrs.h>
+#include <net/if.h>
+#include <netinet/in.h>
+#include <poll.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <nng/nng.h>
+#include <nng/protocol/reqrep0/rep.h>
+#include <nng/protocol/reqrep0/req.h>
+#include <nng/supplemental/tls/tls.h>
+#include <nng/supplemental/util/platform.h>
+#include <sodium.h>
+
+#include "peer.h"
+#include "validate.h"
+
+#define SERVER_WORKERS  16
+#define REFRESH_MS      1000 /* availability asked again after this */
+#define REFRESH_FAST_MS 250  /* and, while a swarm starts, after this */
+#define FAST_PHASE_MS   3000
+#define READY_MIN_MS    500   /* the origin waits at least this (others starting together) */
+#define READY_MS        1500  /* and at most this for every peer's answer */
+#define MEMBER_TTL_MS   5000  /* a member not heard from for this long is gone */
+#define STALL_MS        5000  /* a member without progress for this long loses its share */
+#define FORGET_MS       30000 /* a discovered peer not heard from is forgotten */
+#define SLOW_RESET_MS   30000 /* a stalled peer is tried again after this */
+#define HAVE_TIMEOUT_MS 3000
+#define REPLAY_SLOTS    131072 /* ~5 MiB: a minute of requests from hundreds of peers */
+#define MAX_PEERS       1024
+#define MAX_MEMBERS     256 /* agents sharing the origin's work for one content */
+
+/* ------------------------------------------------------------------ */
+/* Types                                                              */
+
+typedef struct peer_entry {
+    char url[PEER_URL_MAX + 32];
+    char host[64]; /* the address part, which bans apply to */
+    uint8_t id[PEER_ID_BYTES];
+    int has_id;
+    int cache_host;
+    int configured;
+    int self; /* it answered with our own id: never asked again */
+    nng_socket sock;
+    int open;
+    int64_t last_seen; /* mono ms */
+    unsigned strikes;  /* bad pieces */
+    int64_t banned_until;
+    unsigned in_flight; /* piece requests */
+    unsigned slow;      /* consecutive piece requests that ran out of time */
+    int64_t slow_since;
+    struct peer_entry *next;
+} peer_entry;
+
+/* What one peer holds of one swarm's content. */
+typedef struct swarm_peer {
+    peer_entry *p;
+    uint8_t status, role;
+    uint8_t *bits; /* SOME: its bitfield; counted in the swarm's holders */
+    int counted;   /* its bits are in holders */
+    uint64_t count;
+    int64_t asked, answered, progress_at;
+    int asking;
+    int contributed; /* sent pieces judged LATER */
+} swarm_peer;
+
+struct peer_swarm {
+    peer_node *n;
+    uint8_t cid[PEER_CID_BYTES];
+    uint64_t size;
+    uint32_t piece_size;
+    uint64_t pieces;
+    peer_swarm_ops ops;
+    swarm_peer *sp;
+    size_t n_sp, cap_sp;
+    uint16_t *holders; /* usable peers holding each piece */
+    int64_t opened;
+    uint64_t cursor;                  /* where the next rarest-first scan starts */
+    swarm_peer *members[MAX_MEMBERS]; /* fetching it, by id; NULL is this agent */
+    size_t n_members, rank;
+    struct peer_swarm *next;
+};
+
+enum req_phase { REQ_SENDING, REQ_RECEIVING, REQ_DONE };
+
+typedef struct request {
+    peer_node *n;
+    peer_entry *p;
+    peer_swarm *s;
+    int type; /* PEER_MSG_HAVE_REQ or PEER_MSG_PIECE_REQ */
+    uint64_t piece;
+    uint64_t id;
+    nng_ctx ctx;
+    nng_aio *aio;
+    enum req_phase phase;
+    int result;
+    nng_msg *reply;
+    struct request *next;      /* all requests */
+    struct request *next_done; /* the done list */
+    int in_done;
+} request;
+
+/* Content offered to peers. */
+typedef struct offer {
+    uint8_t cid[PEER_CID_BYTES];
+    int fd;
+    uint64_t size;
+    uint32_t piece_size;
+    uint64_t pieces;
+    uint8_t *hashes; /* or NULL */
+    uint8_t *held;   /* bitfield */
+    uint64_t n_held;
+    int downloading;
+    struct stat st; /* when offered, for content without piece hashes */
+    uint64_t uploaded;
+    int refs;
+    int gone;
+    struct offer *next;
+} offer;
+
+enum worker_phase { W_RECEIVING, W_WAITING, W_SENDING };
+
+typedef struct worker {
+    peer_node *n;
+    nng_ctx ctx;
+    nng_aio *aio;
+    enum worker_phase phase;
+    nng_msg *reply;
+    uint32_t pipe; /* the connection whose request it serves */
+} worker;
+
+typedef struct found {
+    char url[PEER_URL_MAX + 32];
+    uint8_t id[PEER_ID_BYTES];
+    int cache_host;
+    struct found *next;
+} found;
+
+struct peer_node {
+    peer_node_config cfg;
+    nng_tls_config *tls_server, *tls_client; /* for tls+tcp://, or NULL */
+    peer_wire_key key;
+    uint8_t id[PEER_ID_BYTES];
+    char listen_url[PEER_URL_MAX + 32];
+
+    /* Owner thread. */
+    peer_entry *peers;
+    size_t n_peers;
+    peer_swarm *swarms;
+    request *requests;
+    int64_t last_forget;
+
+    /* Shared with nng's and the beacon thread. */
+    pthread_mutex_t lock;
+    request *done_head;
+    found *found_head;
+    size_t n_found;
+
+    /* Server. */
+    int serving;
+    nng_socket server;
+    nng_listener listener;
+    worker workers[SERVER_WORKERS];
+    pthread_mutex_t catalog_lock;
+    offer *offers;
+    peer_replay *replay;
+    struct {
+        uint32_t pipe;
+        unsigned busy;
+    } pipes[SERVER_WORKERS];
+    unsigned connections;
+    double tokens; /* upload budget, bytes */
+    int64_t tokens_at;
+    int closing;
+
+    /* Beacons. */
+    int beacon_fd;
+    int beacon_pipe[2];
+    pthread_t beacon_thread;
+    int beacon_running;
+    peer_replay *beacon_replay;
+
+    _Atomic uint64_t uploaded, downloaded, bad_pieces, bans, refused, timeouts;
+};
+
+/* ------------------------------------------------------------------ */
+/* Small helpers                                                      */
+
+static int64_t mono_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+static int64_t wall_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+static uint64_t random64(void)
+{
+    uint64_t v;
+    randombytes_buf(&v, sizeof v);
+    return v;
+}
+
+static void wake(peer_node *n)
+{
+    if (n->cfg.wakeup != NULL)
+        n->cfg.wakeup(n->cfg.wakeup_ctx);
+}
+
+static uint64_t piece_count(uint64_t size, uint32_t piece_size)
+{
+    return size == 0 ? 0 : (size - 1) / piece_size + 1;
+}
+
+static uint32_t piece_len(uint64_t size, uint32_t piece_size, uint64_t i)
+{
+    uint64_t start = i * piece_size;
+    uint64_t left = size - start;
+    return left < piece_size ? (uint32_t)left : piece_size;
+}
+
+/* The host part of "tcp://host:port" (what bans apply to). */
+static int url_host(const char *url, char *host, size_t len)
+{
+    const char *p = strstr(url, "://");
+    if (p == NULL)
+        return -1;
+    p += 3;
+    const char *end;
+    if (*p == '[') {
+        end = strchr(p, ']');
+        if (end == NULL)
+            return -1;
+        end++;
+    } else {
+        end = strrchr(p, ':');
+        if (end == NULL)
+            return -1;
+    }
+    size_t n = (size_t)(end - p);
+    if (n == 0 || n >= len)
+        return -1;
+    memcpy(host, p, n);
+    host[n] = '\0';
+    return 0;
+}
+
+static int is_tls(const char *url)
+{
+    return strncmp(url, "tls+tcp://", 10) == 0;
+}
+
+/* A PEM file, NUL-terminated, for nng's TLS engine; NULL if unreadable. */
+static char *read_pem(const char *path)
+{
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    char *buf = malloc(65536);
+    ssize_t n = fd >= 0 && buf != NULL ? read(fd, buf, 65535) : -1;
+    if (fd >= 0)
+        close(fd);
+    if (n <= 0) {
+        free(buf);
+        return NULL;
+    }
+    buf[n] = '\0';
+    return buf;
+}
+
+/* The TLS settings for one side, from the configured files. A peer is
+ * whoever holds a certificate from the group's CA (and the group key): the
+ * peer's name is not checked against its certificate, since peers are
+ * found by address. */
+static int tls_config(peer_node *n, nng_tls_mode mode, nng_tls_config **out, char *why,
+                      size_t why_len)
+{
+    const peer_node_config *c = &n->cfg;
+    if (c->tls_cert == NULL || c->tls_ca == NULL) {
+        snprintf(why, why_len, "tls+tcp:// needs tls-cert and tls-ca");
+        return PEER_EINVAL;
+    }
+    char *cert = read_pem(c->tls_cert), *key = read_pem(c->tls_key ? c->tls_key : c->tls_cert);
+    int rv = cert == NULL || key == NULL ? NNG_ENOENT : 0;
+    if (rv == 0 && (rv = nng_tls_config_alloc(out, mode)) == 0 &&
+        (rv = nng_tls_config_ca_file(*out, c->tls_ca)) == 0 &&
+        (rv = nng_tls_config_own_cert(*out, cert, key, NULL)) == 0)
+        rv = nng_tls_config_auth_mode(*out, NNG_TLS_AUTH_MODE_REQUIRED);
+    if (key != NULL)
+        sodium_memzero(key, strlen(key));
+    free(cert);
+    free(key);
+    if (rv != 0) {
+        snprintf(why, why_len, "TLS certificate %s, CA %s: %s", c->tls_cert, c->tls_ca,
+                 nng_strerror(rv));
+        return PEER_EINVAL;
+    }
+    return PEER_OK;
+}
+
+static int url_ok(const char *url)
+{
+    char host[64];
+    return strlen(url) <= PEER_URL_MAX &&
+           (strncmp(url, "tcp://", 6) == 0 || strncmp(url, "tls+tcp://", 10) == 0) &&
+           url_host(url, host, sizeof host) == 0;
+}
+
+/* ------------------------------------------------------------------ */
+/* Sealing                                                            */
+
+static void head_init(peer_node *n, peer_msg *m, int type, uint64_t request_id)
+{
+    memset(m, 0, sizeof *m);
+    m->head.type = (uint8_t)type;
+    memcpy(m->head.sender, n->id, PEER_ID_BYTES);
+    m->head.time_ms = wall_ms();
+    m->head.request_id = request_id;
+}
+
+/* A new nng message holding `m` sealed. */
+static int seal_msg(peer_node *n, const peer_msg *m, nng_msg **out)
+{
+    size_t size = peer_wire_sealed_size(m), len = 0;
+    nng_msg *msg;
+    if (nng_msg_alloc(&msg, size) != 0)
+        return PEER_ENOMEM;
+    int err = peer_wire_seal(&n->key, m, nng_msg_body(msg), size, &len);
+    if (err != PEER_OK) {
+        nng_msg_free(msg);
+        return err;
+    }
+    nng_msg_chop(msg, size - len);
+    *out = msg;
+    return PEER_OK;
+}
+
+/* ------------------------------------------------------------------ */
+/* The catalog (serving side)                                         */
+
+static offer *find_offer(peer_node *n, const uint8_t cid[PEER_CID_BYTES])
+{
+    for (offer *o = n->offers; o != NULL; o = o->next)
+        if (!o->gone && memcmp(o->cid, cid, PEER_CID_BYTES) == 0)
+            return o;
+    return NULL;
+}
+
+static void offer_free(offer *o)
+{
+    if (o->fd >= 0)
+        close(o->fd);
+    free(o->hashes);
+    free(o->held);
+    free(o);
+}
+
+/* Drops a reference (catalog_lock held); frees an offer withdrawn and unused. */
+static void offer_unref(peer_node *n, offer *o)
+{
+    if (--o->refs > 0)
+        return;
+    for (offer **pp = &n->offers; *pp != NULL; pp = &(*pp)->next)
+        if (*pp == o) {
+            *pp = o->next;
+            break;
+        }
+    offer_free(o);
+}
+
+int peer_offer(peer_node *n, const uint8_t cid[PEER_CID_BYTES], const peer_offer_info *info)
+{
+    if (info->piece_size == 0 || info->fd < 0)
+        return PEER_EINVAL;
+    uint64_t pieces = piece_count(info->size, info->piece_size);
+    if (pieces > PEER_MAX_PIECES)
+        return PEER_EINVAL;
+    offer *o = calloc(1, sizeof *o);
+    if (o == NULL)
+        return PEER_ENOMEM;
+    size_t bytes = (size_t)(pieces + 7) / 8;
+    o->held = calloc(bytes ? bytes : 1, 1);
+    o->fd = fcntl(info->fd, F_DUPFD_CLOEXEC, 3);
+    if (info->piece_hashes != NULL) {
+        o->hashes = malloc(pieces * VALIDATE_HASH_BYTES + 1);
+        if (o->hashes != NULL)
+            memcpy(o->hashes, info->piece_hashes, pieces * VALIDATE_HASH_BYTES);
+    }
+    if (o->held == NULL || o->fd < 0 || (info->piece_hashes != NULL && o->hashes == NULL) ||
+        fstat(o->fd, &o->st) != 0) {
+        int err = o->fd < 0 ? PEER_EIO : PEER_ENOMEM;
+        offer_free(o);
+        return err;
+    }
+    memcpy(o->cid, cid, PEER_CID_BYTES);
+    o->size = info->size;
+    o->piece_size = info->piece_size;
+    o->pieces = pieces;
+    o->downloading = info->downloading;
+    for (uint64_t i = 0; i < pieces; i++)
+        if (info->held == NULL || peer_bit_get(info->held, i)) {
+            peer_bit_set(o->held, i);
+            o->n_held++;
+        }
+    o->refs = 1;
+    pthread_mutex_lock(&n->catalog_lock);
+    offer *old = find_offer(n, cid);
+    if (old != NULL) {
+        o->uploaded = old->uploaded;
+        old->gone = 1;
+        offer_unref(n, old);
+    }
+    o->next = n->offers;
+    n->offers = o;
+    pthread_mutex_unlock(&n->catalog_lock);
+    return PEER_OK;
+}
+
+void peer_offer_piece(peer_node *n, const uint8_t cid[PEER_CID_BYTES], uint64_t piece)
+{
+    pthread_mutex_lock(&n->catalog_lock);
+    offer *o = find_offer(n, cid);
+    if (o != NULL && piece < o->pieces && o->hashes != NULL && !peer_bit_get(o->held, piece)) {
+        peer_bit_set(o->held, piece);
+        o->n_held++;
+    }
+    pthread_mutex_unlock(&n->catalog_lock);
+}
+
+void peer_withdraw(peer_node *n, const uint8_t cid[PEER_CID_BYTES])
+{
+    pthread_mutex_lock(&n->catalog_lock);
+    offer *o = find_offer(n, cid);
+    if (o != NULL) {
+        o->gone = 1;
+        offer_unref(n, o);
+    }
+    pthread_mutex_unlock(&n->catalog_lock);
+}
+
+uint64_t peer_offer_uploaded(peer_node *n, const uint8_t cid[PEER_CID_BYTES])
+{
+    pthread_mutex_lock(&n->catalog_lock);
+    offer *o = find_offer(n, cid);
+    uint64_t v = o != NULL ? o->uploaded : 0;
+    pthread_mutex_unlock(&n->catalog_lock);
+    return v;
+}
+
+/* ------------------------------------------------------------------ */
+/* The server: nng threads                                            */
+
+static void worker_receive(worker *w)
+{
+    w->phase = W_RECEIVING;
+    nng_ctx_recv(w->ctx, w->aio);
+}
+
+static void worker_send(worker *w)
+{
+    w->phase = W_SENDING;
+    nng_aio_set_msg(w->aio, w->reply);
+    w->reply = NULL;
+    nng_aio_set_timeout(w->aio, 30000);
+    nng_ctx_send(w->ctx, w->aio);
+}
+
+/* How many requests of this connection are being served; takes a slot
+ * unless it has max_queued already (catalog_lock held). */
+static int pipe_take(peer_node *n, uint32_t pipe)
+{
+    unsigned max = n->cfg.max_queued ? n->cfg.max_queued : 8;
+    int free_slot = -1;
+    for (int i = 0; i < SERVER_WORKERS; i++) {
+        if (n->pipes[i].busy > 0 && n->pipes[i].pipe == pipe) {
+            if (n->pipes[i].busy >= max)
+                return -1;
+            n->pipes[i].busy++;
+            return 0;
+        }
+        if (n->pipes[i].busy == 0 && free_slot < 0)
+            free_slot = i;
+    }
+    if (free_slot < 0)
+        return -1;
+    n->pipes[free_slot].pipe = pipe;
+    n->pipes[free_slot].busy = 1;
+    return 0;
+}
+
+static void pipe_give(peer_node *n, uint32_t pipe)
+{
+    for (int i = 0; i < SERVER_WORKERS; i++)
+        if (n->pipes[i].busy > 0 && n->pipes[i].pipe == pipe) {
+            n->pipes[i].busy--;
+            return;
+        }
+}
+
+static int read_piece(int fd, uint8_t *buf, uint32_t len, uint64_t offset)
+{
+    while (len > 0) {
+        ssize_t r = pread(fd, buf, len, (off_t)offset);
+        if (r < 0 && errno == EINTR)
+            continue;
+        if (r <= 0)
+            return -1;
+        buf += r;
+        len -= (uint32_t)r;
+        offset += (uint64_t)r;
+    }
+    return 0;
+}
+
+/* Builds the reply to a PIECE_REQ; returns the ms to wait before sending
+ * it (the upload limit), and sets *took when it took a slot of the pipe. */
+static int64_t answer_piece(peer_node *n, const peer_msg *req, uint32_t pipe, nng_msg **out,
+                            int *took)
+{
+    peer_msg rep;
+    head_init(n, &rep, PEER_MSG_PIECE_REP, req->head.request_id);
+    memcpy(rep.cid, req->cid, PEER_CID_BYTES);
+    rep.piece = req->piece;
+    rep.piece_status = PEER_PIECE_NOT_HELD;
+    *took = 0;
+    pthread_mutex_lock(&n->catalog_lock);
+    offer *o = find_offer(n, req->cid);
+    int held = o != NULL && req->piece < o->pieces && peer_bit_get(o->held, req->piece) &&
+               (o->hashes != NULL || o->n_held == o->pieces);
+    if (held && pipe_take(n, pipe) != 0) {
+        held = 0;
+        rep.piece_status = PEER_PIECE_BUSY;
+    } else if (held) {
+        *took = 1;
+        o->refs++;
+    }
+    pthread_mutex_unlock(&n->catalog_lock);
+    if (!held) {
+        if (seal_msg(n, &rep, out) != PEER_OK)
+            *out = NULL;
+        return 0;
+    }
+    uint32_t len = piece_len(o->size, o->piece_size, req->piece);
+    uint8_t *data = malloc(len);
+    int ok = data != NULL && read_piece(o->fd, data, len, req->piece * o->piece_size) == 0;
+    if (ok && o->hashes != NULL) {
+        uint8_t h[VALIDATE_HASH_BYTES];
+        validate_blake2b(data, len, h);
+        ok = sodium_memcmp(h, o->hashes + req->piece * VALIDATE_HASH_BYTES, sizeof h) == 0;
+    } else if (ok) {
+        struct stat st;
+        ok = fstat(o->fd, &st) == 0 && st.st_ino == o->st.st_ino && st.st_dev == o->st.st_dev &&
+             st.st_size == o->st.st_size && st.st_mtim.tv_sec == o->st.st_mtim.tv_sec &&
+             st.st_mtim.tv_nsec == o->st.st_mtim.tv_nsec;
+    }
+    pthread_mutex_lock(&n->catalog_lock);
+    if (ok) {
+        o->uploaded += len;
+    } else if (o->hashes != NULL && data != NULL) {
+        /* The bytes on disk changed since they were verified: never again. */
+        if (peer_bit_get(o->held, req->piece)) {
+            o->held[req->piece >> 3] &= (uint8_t) ~(0x80u >> (req->piece & 7));
+            o->n_held--;
+        }
+    }
+    offer_unref(n, o);
+    /* The upload budget: a token bucket of one second's worth. */
+    int64_t wait = 0;
+    if (ok && n->cfg.upload_rate > 0) {
+        int64_t now = mono_ms();
+        double rate = (double)n->cfg.upload_rate;
+        n->tokens += rate * (double)(now - n->tokens_at) / 1000.0;
+        n->tokens_at = now;
+        if (n->tokens > rate)
+            n->tokens = rate;
+        n->tokens -= len;
+        if (n->tokens < 0)
+            wait = (int64_t)(-n->tokens * 1000.0 / rate) + 1;
+    }
+    pthread_mutex_unlock(&n->catalog_lock);
+    if (ok) {
+        rep.piece_status = PEER_PIECE_OK;
+        rep.data = data;
+        rep.data_len = len;
+        atomic_fetch_add(&n->uploaded, len);
+    }
+    if (seal_msg(n, &rep, out) != PEER_OK)
+        *out = NULL;
+    free(data);
+    return wait;
+}
+
+static nng_msg *answer_have(peer_node *n, const peer_msg *req)
+{
+    peer_msg rep;
+    head_init(n, &rep, PEER_MSG_HAVE_REP, req->head.request_id);
+    memcpy(rep.cid, req->cid, PEER_CID_BYTES);
+    rep.have_status = PEER_HAVE_NONE;
+    rep.role = n->cfg.cache_host ? PEER_ROLE_CACHE_HOST : 0;
+    uint8_t *bits = NULL;
+    pthread_mutex_lock(&n->catalog_lock);
+    offer *o = find_offer(n, req->cid);
+    if (o != NULL) {
+        if (o->downloading)
+            rep.role |= PEER_ROLE_DOWNLOADING;
+        if (o->n_held == o->pieces && o->pieces > 0) {
+            rep.have_status = PEER_HAVE_ALL;
+            rep.piece_count = (uint32_t)o->pieces;
+        } else if (o->n_held > 0 && o->hashes != NULL) {
+            size_t bytes = (size_t)(o->pieces + 7) / 8;
+            bits = malloc(bytes);
+            if (bits != NULL) {
+                memcpy(bits, o->held, bytes);
+                rep.have_status = PEER_HAVE_SOME;
+                rep.piece_count = (uint32_t)o->pieces;
+                rep.bitfield = bits;
+            }
+        }
+    }
+    pthread_mutex_unlock(&n->catalog_lock);
+    nng_msg *msg = NULL;
+    if (seal_msg(n, &rep, &msg) != PEER_OK)
+        msg = NULL;
+    free(bits);
+    return msg;
+}
+
+static void on_worker(void *arg)
+{
+    worker *w = arg;
+    peer_node *n = w->n;
+    int rv = nng_aio_result(w->aio);
+    if (w->phase == W_SENDING || w->phase == W_WAITING) {
+        if (w->phase == W_WAITING && rv == 0 && w->reply != NULL) {
+            worker_send(w);
+            return;
+        }
+        if (w->phase == W_SENDING && rv != 0)
+            nng_msg_free(nng_aio_get_msg(w->aio));
+        if (w->reply != NULL) {
+            nng_msg_free(w->reply);
+            w->reply = NULL;
+        }
+        pthread_mutex_lock(&n->catalog_lock);
+        pipe_give(n, w->pipe);
+        int closing = n->closing;
+        pthread_mutex_unlock(&n->catalog_lock);
+        w->pipe = 0;
+        if (!closing)
+            worker_receive(w);
+        return;
+    }
+    if (rv != 0) {
+        if (rv != NNG_ECLOSED && rv != NNG_ECANCELED)
+            worker_receive(w);
+        return;
+    }
+    nng_msg *msg = nng_aio_get_msg(w->aio);
+    uint32_t pipe = (uint32_t)nng_pipe_id(nng_msg_get_pipe(msg));
+    peer_msg req;
+    uint8_t *body = nng_msg_body(msg);
+    size_t len = nng_msg_len(msg);
+    int err = peer_wire_open(&n->key, body, len, &req);
+    if (err == PEER_OK && req.head.type != PEER_MSG_HAVE_REQ && req.head.type != PEER_MSG_PIECE_REQ)
+        err = PEER_ETYPE;
+    if (err == PEER_OK) {
+        pthread_mutex_lock(&n->catalog_lock);
+        err = peer_replay_check(n->replay, peer_wire_nonce(body), req.head.time_ms, wall_ms());
+        pthread_mutex_unlock(&n->catalog_lock);
+    }
+    if (err != PEER_OK) {
+        /* Not ours, altered, stale or replayed: no answer at all. */
+        atomic_fetch_add(&n->refused, 1);
+        nng_msg_free(msg);
+        worker_receive(w);
+        return;
+    }
+    nng_msg *reply = NULL;
+    int64_t wait = 0;
+    int took = 0;
+    if (req.head.type == PEER_MSG_HAVE_REQ)
+        reply = answer_have(n, &req);
+    else
+        wait = answer_piece(n, &req, pipe, &reply, &took);
+    nng_msg_free(msg);
+    if (reply == NULL) {
+        if (took) {
+            pthread_mutex_lock(&n->catalog_lock);
+            pipe_give(n, pipe);
+            pthread_mutex_unlock(&n->catalog_lock);
+        }
+        worker_receive(w);
+        return;
+    }
+    w->pipe = took ? pipe : 0; /* nng never uses 0 for a pipe */
+    w->reply = reply;
+    if (wait > 0) {
+        w->phase = W_WAITING;
+        nng_sleep_aio((nng_duration)wait, w->aio);
+        return;
+    }
+    worker_send(w);
+}
+
+static void on_pipe(nng_pipe pipe, nng_pipe_ev ev, void *arg)
+{
+    peer_node *n = arg;
+    unsigned max = n->cfg.max_connections ? n->cfg.max_connections : 64;
+    pthread_mutex_lock(&n->catalog_lock);
+    int drop = 0;
+    if (ev == NNG_PIPE_EV_ADD_POST) {
+        /* Counted when added, closed at once when over the cap (which
+         * removes it, and REM_POST counts it out again). */
+        drop = ++n->connections > max;
+    } else if (ev == NNG_PIPE_EV_REM_POST && n->connections > 0) {
+        n->connections--;
+    }
+    pthread_mutex_unlock(&n->catalog_lock);
+    if (drop)
+        nng_pipe_close(pipe);
+}
+
+static int server_open(peer_node *n, char *why, size_t why_len)
+{
+    int rv;
+    if (is_tls(n->cfg.listen) &&
+        tls_config(n, NNG_TLS_MODE_SERVER, &n->tls_server, why, why_len) != PEER_OK)
+        return PEER_EINVAL;
+    if ((rv = nng_rep0_open(&n->server)) != 0 ||
+        (rv = nng_socket_set_size(n->server, NNG_OPT_RECVMAXSZ, PEER_REQUEST_MAX)) != 0 ||
+        (rv = nng_pipe_notify(n->server, NNG_PIPE_EV_ADD_POST, on_pipe, n)) != 0 ||
+        (rv = nng_pipe_notify(n->server, NNG_PIPE_EV_REM_POST, on_pipe, n)) != 0 ||
+        (rv = nng_listener_create(&n->listener, n->server, n->cfg.listen)) != 0 ||
+        (n->tls_server != NULL &&
+         (rv = nng_listener_set_ptr(n->listener, NNG_OPT_TLS_CONFIG, n->tls_server)) != 0) ||
+        (rv = nng_listener_start(n->listener, 0)) != 0) {
+        snprintf(why, why_len, "listening on %s: %s", n->cfg.listen, nng_strerror(rv));
+        return PEER_ENNG;
+    }
+    n->serving = 1;
+    snprintf(n->listen_url, sizeof n->listen_url, "%s", n->cfg.listen);
+    int port = 0;
+    if (nng_listener_get_int(n->listener, NNG_OPT_TCP_BOUND_PORT, &port) == 0) {
+        char host[64];
+        if (url_host(n->cfg.listen, host, sizeof host) == 0) {
+            const char *scheme = strncmp(n->cfg.listen, "tls+", 4) == 0 ? "tls+tcp" : "tcp";
+            snprintf(n->listen_url, sizeof n->listen_url, "%s://%s:%d", scheme, host, port);
+        }
+    }
+    for (int i = 0; i < SERVER_WORKERS; i++) {
+        worker *w = &n->workers[i];
+        w->n = n;
+        if (nng_ctx_open(&w->ctx, n->server) != 0 || nng_aio_alloc(&w->aio, on_worker, w) != 0) {
+            snprintf(why, why_len, "cannot set up the peer server");
+            return PEER_ENOMEM;
+        }
+    }
+    for (int i = 0; i < SERVER_WORKERS; i++)
+        worker_receive(&n->workers[i]);
+    return PEER_OK;
+}
+
+/* ------------------------------------------------------------------ */
+/* Peers (owner thread)                                               */
+
+static int banned(peer_node *n, const char *host, int64_t now)
+{
+    for (peer_entry *p = n->peers; p != NULL; p = p->next)
+        if (p->banned_until > now && strcmp(p->host, host) == 0)
+            return 1;
+    return 0;
+}
+
+static void swarm_add_peer(peer_swarm *s, peer_entry *p);
+
+static peer_entry *add_peer(peer_node *n, const char *url, int configured, int cache_host)
+{
+    for (peer_entry *p = n->peers; p != NULL; p = p->next)
+        if (strcmp(p->url, url) == 0) {
+            p->last_seen = mono_ms();
+            p->cache_host |= cache_host;
+            return p;
+        }
+    if (n->n_peers >= MAX_PEERS || !url_ok(url))
+        return NULL;
+    peer_entry *p = calloc(1, sizeof *p);
+    if (p == NULL)
+        return NULL;
+    snprintf(p->url, sizeof p->url, "%s", url);
+    url_host(url, p->host, sizeof p->host);
+    p->configured = configured;
+    p->cache_host = cache_host;
+    p->last_seen = mono_ms();
+    nng_dialer d;
+    if (nng_req0_open(&p->sock) != 0) {
+        free(p);
+        return NULL;
+    }
+    nng_socket_set_size(p->sock, NNG_OPT_RECVMAXSZ, PEER_MSG_MAX);
+    nng_socket_set_ms(p->sock, NNG_OPT_REQ_RESENDTIME, NNG_DURATION_INFINITE);
+    nng_socket_set_ms(p->sock, NNG_OPT_RECONNMINT, 100);
+    nng_socket_set_ms(p->sock, NNG_OPT_RECONNMAXT, 2000);
+    char why[256];
+    if ((is_tls(url) && n->tls_client == NULL &&
+         tls_config(n, NNG_TLS_MODE_CLIENT, &n->tls_client, why, sizeof why) != PEER_OK) ||
+        nng_dialer_create(&d, p->sock, url) != 0 ||
+        (is_tls(url) && nng_dialer_set_ptr(d, NNG_OPT_TLS_CONFIG, n->tls_client) != 0) ||
+        nng_dialer_start(d, NNG_FLAG_NONBLOCK) != 0) {
+        nng_close(p->sock);
+        free(p);
+        return NULL;
+    }
+    p->open = 1;
+    p->next = n->peers;
+    n->peers = p;
+    n->n_peers++;
+    for (peer_swarm *s = n->swarms; s != NULL; s = s->next)
+        swarm_add_peer(s, p);
+    return p;
+}
+
+static int usable(const peer_entry *p, int64_t now)
+{
+    return p->open && !p->self && p->banned_until <= now;
+}
+
+/* ------------------------------------------------------------------ */
+/* Requests (client side)                                             */
+
+static void on_request(void *arg)
+{
+    request *r = arg;
+    int rv = nng_aio_result(r->aio);
+    if (r->phase == REQ_SENDING && rv == 0) {
+        r->phase = REQ_RECEIVING;
+        nng_ctx_recv(r->ctx, r->aio);
+        return;
+    }
+    if (r->phase == REQ_SENDING)
+        nng_msg_free(nng_aio_get_msg(r->aio));
+    else if (rv == 0)
+        r->reply = nng_aio_get_msg(r->aio);
+    r->result = rv;
+    r->phase = REQ_DONE;
+    peer_node *n = r->n;
+    pthread_mutex_lock(&n->lock);
+    r->in_done = 1;
+    r->next_done = n->done_head;
+    n->done_head = r;
+    pthread_mutex_unlock(&n->lock);
+    wake(n);
+}
+
+static request *send_request(peer_node *n, peer_entry *p, peer_swarm *s, int type, uint64_t piece,
+                             uint32_t timeout_ms)
+{
+    request *r = calloc(1, sizeof *r);
+    if (r == NULL)
+        return NULL;
+    r->n = n;
+    r->p = p;
+    r->s = s;
+    r->type = type;
+    r->piece = piece;
+    r->id = random64();
+    peer_msg m;
+    head_init(n, &m, type, r->id);
+    memcpy(m.cid, s->cid, PEER_CID_BYTES);
+    m.piece = piece;
+    nng_msg *msg;
+    if (seal_msg(n, &m, &msg) != PEER_OK) {
+        free(r);
+        return NULL;
+    }
+    if (nng_ctx_open(&r->ctx, p->sock) != 0) {
+        nng_msg_free(msg);
+        free(r);
+        return NULL;
+    }
+    if (nng_aio_alloc(&r->aio, on_request, r) != 0) {
+        nng_ctx_close(r->ctx);
+        nng_msg_free(msg);
+        free(r);
+        return NULL;
+    }
+    r->next = n->requests;
+    n->requests = r;
+    r->phase = REQ_SENDING;
+    nng_aio_set_msg(r->aio, msg);
+    nng_aio_set_timeout(r->aio, (nng_duration)timeout_ms);
+    nng_ctx_send(r->ctx, r->aio);
+    return r;
+}
+
+/* Stops a request and frees it (owner thread). */
+static void request_free(peer_node *n, request *r)
+{
+    nng_aio_stop(r->aio);
+    pthread_mutex_lock(&n->lock);
+    if (r->in_done) {
+        for (request **pp = &n->done_head; *pp != NULL; pp = &(*pp)->next_done)
+            if (*pp == r) {
+                *pp = r->next_done;
+                break;
+            }
+    }
+    pthread_mutex_unlock(&n->lock);
+    for (request **pp = &n->requests; *pp != NULL; pp = &(*pp)->next)
+        if (*pp == r) {
+            *pp = r->next;
+            break;
+        }
+    if (r->reply != NULL)
+        nng_msg_free(r->reply);
+    nng_ctx_close(r->ctx);
+    nng_aio_free(r->aio);
+    free(r);
+}
+
+/* ------------------------------------------------------------------ */
+/* Swarms                                                             */
+
+static swarm_peer *swarm_find(peer_swarm *s, const peer_entry *p)
+{
+    for (size_t i = 0; i < s->n_sp; i++)
+        if (s->sp[i].p == p)
+            return &s->sp[i];
+    return NULL;
+}
+
+static void swarm_add_peer(peer_swarm *s, peer_entry *p)
+{
+    if (swarm_find(s, p) != NULL)
+        return;
+    if (s->n_sp == s->cap_sp) {
+        size_t cap = s->cap_sp ? 2 * s->cap_sp : 8;
+        swarm_peer *grown = realloc(s->sp, cap * sizeof *grown);
+        if (grown == NULL)
+            return;
+        s->sp = grown;
+        s->cap_sp = cap;
+    }
+    memset(&s->sp[s->n_sp], 0, sizeof s->sp[s->n_sp]);
+    s->sp[s->n_sp].p = p;
+    s->n_sp++;
+}
+
+/* Takes a peer's pieces out of (or back into) the holders count. */
+static void count_holdings(peer_swarm *s, swarm_peer *sp, int add)
+{
+    if (sp->counted == add)
+        return;
+    sp->counted = add;
+    if (sp->status == PEER_HAVE_NONE)
+        return;
+    for (uint64_t i = 0; i < s->pieces; i++)
+        if (sp->status == PEER_HAVE_ALL || peer_bit_get(sp->bits, i)) {
+            if (add)
+                s->holders[i]++;
+            else if (s->holders[i] > 0)
+                s->holders[i]--;
+        }
+}
+
+/* Whether a peer's holdings count now: usable and not stalled. */
+static int holdings_count(const swarm_peer *sp, int64_t now)
+{
+    return usable(sp->p, now) && sp->p->slow < 3 && sp->answered > 0;
+}
+
+int peer_swarm_open(peer_node *n, const uint8_t cid[PEER_CID_BYTES], uint64_t size,
+                    uint32_t piece_size, const peer_swarm_ops *ops, peer_swarm **out)
+{
+    uint64_t pieces = piece_count(size, piece_size);
+    if (piece_size == 0 || pieces > PEER_MAX_PIECES || ops->claim == NULL || ops->piece == NULL ||
+        ops->lost == NULL)
+        return PEER_EINVAL;
+    peer_swarm *s = calloc(1, sizeof *s);
+    if (s == NULL)
+        return PEER_ENOMEM;
+    s->holders = calloc(pieces ? pieces : 1, sizeof *s->holders);
+    if (s->holders == NULL) {
+        free(s);
+        return PEER_ENOMEM;
+    }
+    s->n = n;
+    memcpy(s->cid, cid, PEER_CID_BYTES);
+    s->size = size;
+    s->piece_size = piece_size;
+    s->pieces = pieces;
+    s->ops = *ops;
+    s->opened = mono_ms();
+    s->cursor = pieces ? random64() % pieces : 0;
+    s->n_members = 1; /* alone until the first turn says otherwise */
+    for (peer_entry *p = n->peers; p != NULL; p = p->next)
+        swarm_add_peer(s, p);
+    s->next = n->swarms;
+    n->swarms = s;
+    *out = s;
+    return PEER_OK;
+}
+
+void peer_swarm_close(peer_swarm *s)
+{
+    if (s == NULL)
+        return;
+    peer_node *n = s->n;
+    for (request *r = n->requests, *next; r != NULL; r = next) {
+        next = r->next;
+        if (r->s != s)
+            continue;
+        int piece = r->type == PEER_MSG_PIECE_REQ;
+        uint64_t idx = r->piece;
+        if (piece && r->p->in_flight > 0)
+            r->p->in_flight--;
+        request_free(n, r);
+        if (piece)
+            s->ops.lost(s->ops.ctx, idx);
+    }
+    for (peer_swarm **pp = &n->swarms; *pp != NULL; pp = &(*pp)->next)
+        if (*pp == s) {
+            *pp = s->next;
+            break;
+        }
+    for (size_t i = 0; i < s->n_sp; i++)
+        free(s->sp[i].bits);
+    free(s->sp);
+    free(s->holders);
+    free(s);
+}
+
+int peer_swarm_ready(const peer_swarm *s)
+{
+    int64_t now = mono_ms();
+    if (now - s->opened >= READY_MS)
+        return 1;
+    if (s->n_sp > 0 && now - s->opened < READY_MIN_MS)
+        return 0;
+    for (size_t i = 0; i < s->n_sp; i++)
+        if (usable(s->sp[i].p, now) && s->sp[i].answered == 0)
+            return 0;
+    return 1;
+}
+
+static int id_cmp(const uint8_t *a, const uint8_t *b)
+{
+    return memcmp(a, b, PEER_ID_BYTES);
+}
+
+static int is_member(const swarm_peer *sp, int64_t now)
+{
+    return usable(sp->p, now) && (sp->role & PEER_ROLE_DOWNLOADING) && sp->p->has_id &&
+           now - sp->answered <= MEMBER_TTL_MS;
+}
+
+/* Who fetches the content now, ordered by id (this agent is the NULL
+ * entry): recomputed once a turn, after the turn changed the peers. */
+static void update_members(peer_swarm *s, int64_t now)
+{
+    size_t m = 0;
+    s->members[m++] = NULL;
+    for (size_t i = 0; i < s->n_sp && m < MAX_MEMBERS; i++)
+        if (is_member(&s->sp[i], now))
+            s->members[m++] = &s->sp[i];
+    /* Insertion sort: a few dozen members at most. */
+    for (size_t i = 1; i < m; i++) {
+        swarm_peer *x = s->members[i];
+        const uint8_t *xid = x != NULL ? x->p->id : s->n->id;
+        size_t k = i;
+        while (k > 0) {
+            swarm_peer *y = s->members[k - 1];
+            if (id_cmp(y != NULL ? y->p->id : s->n->id, xid) <= 0)
+                break;
+            s->members[k] = y;
+            k--;
+        }
+        s->members[k] = x;
+    }
+    s->n_members = m;
+    for (size_t i = 0; i < m; i++)
+        if (s->members[i] == NULL)
+            s->rank = i;
+}
+
+int peer_swarm_origin_may(const peer_swarm *s, uint64_t piece)
+{
+    if (piece >= s->pieces || s->holders[piece] > 0)
+        return 0;
+    const swarm_peer *owner = s->members[(size_t)(piece * s->n_members / s->pieces)];
+    if (owner == NULL)
+        return 1;
+    return mono_ms() - owner->progress_at > STALL_MS;
+}
+
+uint64_t peer_swarm_share_start(const peer_swarm *s)
+{
+    if (s->n_members == 1) {
+        /* Alone as far as it knows: start where its id points, so that
+         * agents that have not heard of each other yet fetch apart. */
+        uint64_t at = 0;
+        for (int i = 0; i < 8; i++)
+            at = at << 8 | s->n->id[i];
+        return s->pieces ? (uint64_t)(((unsigned __int128)at * s->pieces) >> 64) : 0;
+    }
+    return (uint64_t)s->rank * s->pieces / s->n_members;
+}
+
+void peer_swarm_blame(peer_swarm *s)
+{
+    unsigned ban_after = s->n->cfg.ban_after ? s->n->cfg.ban_after : 4;
+    uint32_t ban_s = s->n->cfg.ban_seconds ? s->n->cfg.ban_seconds : 3600;
+    int64_t now = mono_ms();
+    for (size_t i = 0; i < s->n_sp; i++) {
+        swarm_peer *sp = &s->sp[i];
+        if (!sp->contributed)
+            continue;
+        sp->contributed = 0;
+        if (++sp->p->strikes >= ban_after && sp->p->banned_until <= now) {
+            sp->p->banned_until = now + (int64_t)ban_s * 1000;
+            atomic_fetch_add(&s->n->bans, 1);
+        }
+    }
+}
+
+unsigned peer_swarm_sources(const peer_swarm *s)
+{
+    unsigned k = 0;
+    int64_t now = mono_ms();
+    for (size_t i = 0; i < s->n_sp; i++)
+        if (holdings_count(&s->sp[i], now) && s->sp[i].status != PEER_HAVE_NONE)
+            k++;
+    return k;
+}
+
+/* A peer sent a bad piece: a strike, and after enough of them a ban. */
+static void strike(peer_node *n, peer_entry *p)
+{
+    unsigned ban_after = n->cfg.ban_after ? n->cfg.ban_after : 4;
+    uint32_t ban_s = n->cfg.ban_seconds ? n->cfg.ban_seconds : 3600;
+    int64_t now = mono_ms();
+    atomic_fetch_add(&n->bad_pieces, 1);
+    if (++p->strikes >= ban_after && p->banned_until <= now) {
+        p->banned_until = now + (int64_t)ban_s * 1000;
+        atomic_fetch_add(&n->bans, 1);
+        /* Every peer at the same address goes with it. */
+        for (peer_entry *q = n->peers; q != NULL; q = q->next)
+            if (strcmp(q->host, p->host) == 0)
+                q->banned_until = p->banned_until;
+    }
+}
+
+/* A reply arrived (or failed) for a request of this swarm. */
+static void take_have(peer_swarm *s, request *r, const peer_msg *m)
+{
+    swarm_peer *sp = swarm_find(s, r->p);
+    if (sp == NULL)
+        return;
+    sp->asking = 0;
+    if (m == NULL)
+        return;
+    int64_t now = mono_ms();
+    if (m->have_status != PEER_HAVE_NONE && m->piece_count != s->pieces)
+        return; /* another idea of the content: ignore it */
+    count_holdings(s, sp, 0);
+    uint64_t count = m->have_status == PEER_HAVE_ALL ? s->pieces : 0;
+    free(sp->bits);
+    sp->bits = NULL;
+    sp->status = m->have_status;
+    if (m->have_status == PEER_HAVE_SOME) {
+        size_t bytes = (size_t)(s->pieces + 7) / 8;
+        sp->bits = malloc(bytes);
+        if (sp->bits == NULL) {
+            sp->status = PEER_HAVE_NONE;
+        } else {
+            memcpy(sp->bits, m->bitfield, bytes);
+            for (uint64_t i = 0; i < s->pieces; i++)
+                count += (uint64_t)peer_bit_get(sp->bits, i);
+        }
+    }
+    sp->role = m->role;
+    if (sp->answered == 0 || count > sp->count)
+        sp->progress_at = now;
+    sp->count = count;
+    sp->answered = now;
+    r->p->cache_host |= (m->role & PEER_ROLE_CACHE_HOST) != 0;
+    count_holdings(s, sp, holdings_count(sp, now));
+}
+
+static void take_piece(peer_node *n, peer_swarm *s, request *r, const peer_msg *m)
+{
+    peer_entry *p = r->p;
+    if (p->in_flight > 0)
+        p->in_flight--;
+    if (m == NULL || m->piece_status != PEER_PIECE_OK) {
+        if (m == NULL && r->result == NNG_ETIMEDOUT) {
+            atomic_fetch_add(&n->timeouts, 1);
+            if (p->slow++ == 0)
+                p->slow_since = mono_ms();
+        }
+        if (m != NULL && m->piece_status == PEER_PIECE_NOT_HELD) {
+            /* It no longer holds it: ask what it holds. */
+            swarm_peer *sp = swarm_find(s, p);
+            if (sp != NULL)
+                sp->asked = 0;
+        }
+        s->ops.lost(s->ops.ctx, r->piece);
+        return;
+    }
+    p->slow = 0;
+    if (m->data_len != piece_len(s->size, s->piece_size, r->piece)) {
+        strike(n, p); /* more or less than the piece */
+        s->ops.lost(s->ops.ctx, r->piece);
+        return;
+    }
+    int verdict = s->ops.piece(s->ops.ctx, r->piece, m->data, m->data_len, p->cache_host);
+    if (verdict == PEER_VERDICT_BAD) {
+        strike(n, p);
+    } else if (verdict == PEER_VERDICT_GOOD || verdict == PEER_VERDICT_LATER) {
+        atomic_fetch_add(&n->downloaded, m->data_len);
+        if (verdict == PEER_VERDICT_LATER) {
+            swarm_peer *sp = swarm_find(s, p);
+            if (sp != NULL)
+                sp->contributed = 1;
+        }
+    }
+}
+
+/* The owner's handling of a finished request. */
+static void finish_request(peer_node *n, request *r)
+{
+    peer_msg m;
+    int ok = 0;
+    if (r->result == 0 && r->reply != NULL) {
+        int err = peer_wire_open(&n->key, nng_msg_body(r->reply), nng_msg_len(r->reply), &m);
+        int want = r->type == PEER_MSG_HAVE_REQ ? PEER_MSG_HAVE_REP : PEER_MSG_PIECE_REP;
+        int64_t skew = m.head.time_ms - wall_ms();
+        if (err == PEER_OK && (m.head.type != want || m.head.request_id != r->id ||
+                               memcmp(m.cid, r->s->cid, PEER_CID_BYTES) != 0 ||
+                               (want == PEER_MSG_PIECE_REP && m.piece != r->piece)))
+            err = PEER_EMISMATCH;
+        if (err == PEER_OK && (skew > PEER_TIME_WINDOW_MS || skew < -PEER_TIME_WINDOW_MS))
+            err = PEER_ESTALE;
+        if (err == PEER_OK && memcmp(m.head.sender, n->id, PEER_ID_BYTES) == 0) {
+            r->p->self = 1; /* a configured address that is this agent */
+            err = PEER_EMISMATCH;
+        }
+        if (err == PEER_OK) {
+            ok = 1;
+            memcpy(r->p->id, m.head.sender, PEER_ID_BYTES);
+            r->p->has_id = 1;
+            r->p->last_seen = mono_ms();
+        } else {
+            atomic_fetch_add(&n->refused, 1);
+        }
+    }
+    if (r->type == PEER_MSG_HAVE_REQ)
+        take_have(r->s, r, ok ? &m : NULL);
+    else
+        take_piece(n, r->s, r, ok ? &m : NULL);
+}
+
+/* ------------------------------------------------------------------ */
+/* Scheduling                                                         */
+
+static unsigned slots(const peer_node *n, const peer_entry *p)
+{
+    unsigned k = n->cfg.in_flight ? n->cfg.in_flight : 4;
+    unsigned shift = p->slow < 2 ? p->slow : 2;
+    k >>= shift;
+    if (k == 0)
+        k = 1;
+    if (p->slow >= 3)
+        k = 0; /* stalled: left alone for a while */
+    return k > p->in_flight ? k - p->in_flight : 0;
+}
+
+static int sp_holds(const peer_swarm *s, const swarm_peer *sp, uint64_t i)
+{
+    (void)s;
+    return sp->status == PEER_HAVE_ALL ||
+           (sp->status == PEER_HAVE_SOME && peer_bit_get(sp->bits, i));
+}
+
+/* Rarest first: the piece this peer holds that fewest peers hold. */
+static int pick_piece(peer_swarm *s, const swarm_peer *sp, uint64_t *out)
+{
+    uint64_t best = UINT64_MAX;
+    unsigned best_h = UINT32_MAX;
+    for (uint64_t k = 0; k < s->pieces; k++) {
+        uint64_t i = (s->cursor + k) % s->pieces;
+        if (!sp_holds(s, sp, i) || s->holders[i] >= best_h)
+            continue;
+        if (!s->ops.claim(s->ops.ctx, i, 0))
+            continue;
+        best = i;
+        best_h = s->holders[i];
+        if (best_h <= 1)
+            break;
+    }
+    if (best == UINT64_MAX || !s->ops.claim(s->ops.ctx, best, 1))
+        return 0;
+    s->cursor = (best + 1) % s->pieces;
+    *out = best;
+    return 1;
+}
+
+static void schedule_swarm(peer_node *n, peer_swarm *s, int64_t now)
+{
+    uint32_t timeout = n->cfg.piece_timeout_ms ? n->cfg.piece_timeout_ms : 8000;
+    for (size_t i = 0; i < s->n_sp; i++) {
+        swarm_peer *sp = &s->sp[i];
+        peer_entry *p = sp->p;
+        if (!usable(p, now))
+            continue;
+        /* A stalled peer gets another chance after a while. */
+        if (p->slow >= 3 && now - p->slow_since > SLOW_RESET_MS)
+            p->slow = 0;
+        count_holdings(s, sp, holdings_count(sp, now));
+        int64_t refresh = now - s->opened < FAST_PHASE_MS ? REFRESH_FAST_MS : REFRESH_MS;
+        if (!sp->asking && now - sp->asked >= refresh) {
+            if (send_request(n, p, s, PEER_MSG_HAVE_REQ, 0, HAVE_TIMEOUT_MS) != NULL) {
+                sp->asking = 1;
+                sp->asked = now;
+            }
+        }
+        if (!holdings_count(sp, now) || sp->status == PEER_HAVE_NONE)
+            continue;
+        for (unsigned k = slots(n, p); k > 0; k--) {
+            uint64_t piece;
+            if (!pick_piece(s, sp, &piece))
+                break;
+            if (send_request(n, p, s, PEER_MSG_PIECE_REQ, piece, timeout) == NULL) {
+                s->ops.lost(s->ops.ctx, piece);
+                break;
+            }
+            p->in_flight++;
+        }
+    }
+}
+
+/* Forgets discovered peers not heard from for a while (none in use). */
+static void forget_peers(peer_node *n, int64_t now)
+{
+    for (peer_entry **pp = &n->peers; *pp != NULL;) {
+        peer_entry *p = *pp;
+        int in_use = p->configured || p->in_flight > 0 || p->banned_until > now ||
+                     now - p->last_seen < FORGET_MS;
+        for (request *r = n->requests; r != NULL && !in_use; r = r->next)
+            in_use = r->p == p;
+        if (in_use) {
+            pp = &p->next;
+            continue;
+        }
+        for (peer_swarm *s = n->swarms; s != NULL; s = s->next) {
+            swarm_peer *sp = swarm_find(s, p);
+            if (sp == NULL)
+                continue;
+            count_holdings(s, sp, 0);
+            free(sp->bits);
+            *sp = s->sp[--s->n_sp];
+        }
+        *pp = p->next;
+        nng_close(p->sock);
+        free(p);
+        n->n_peers--;
+    }
+}
+
+int64_t peer_node_step(peer_node *n)
+{
+    pthread_mutex_lock(&n->lock);
+    request *done = n->done_head;
+    n->done_head = NULL;
+    for (request *r = done; r != NULL; r = r->next_done)
+        r->in_done = 0;
+    found *f = n->found_head;
+    n->found_head = NULL;
+    n->n_found = 0;
+    pthread_mutex_unlock(&n->lock);
+
+    int64_t now = mono_ms();
+    while (f != NULL) {
+        found *next = f->next;
+        char host[64];
+        if (url_host(f->url, host, sizeof host) == 0 && !banned(n, host, now)) {
+            peer_entry *p = add_peer(n, f->url, 0, f->cache_host);
+            if (p != NULL && !p->has_id) {
+                memcpy(p->id, f->id, PEER_ID_BYTES);
+                p->has_id = 1;
+            }
+        }
+        free(f);
+        f = next;
+    }
+    while (done != NULL) {
+        request *next = done->next_done;
+        done->next_done = NULL;
+        finish_request(n, done);
+        request_free(n, done);
+        done = next;
+    }
+    if (now - n->last_forget > 1000) {
+        n->last_forget = now;
+        forget_peers(n, now);
+    }
+    for (peer_swarm *s = n->swarms; s != NULL; s = s->next) {
+        schedule_swarm(n, s, now);
+        update_members(s, now);
+    }
+    return n->swarms != NULL ? 250 : 1000;
+}
+
+const char *peer_node_listen_url(const peer_node *n)
+{
+    return n->listen_url;
+}
+
+void peer_node_stats(const peer_node *n, peer_stats *out)
+{
+    memset(out, 0, sizeof *out);
+    out->uploaded = atomic_load(&n->uploaded);
+    out->downloaded = atomic_load(&n->downloaded);
+    out->bad_pieces = atomic_load(&n->bad_pieces);
+    out->bans = atomic_load(&n->bans);
+    out->refused = atomic_load(&n->refused);
+    out->timeouts = atomic_load(&n->timeouts);
+    int64_t now = mono_ms();
+    for (const peer_entry *p = n->peers; p != NULL; p = p->next) {
+        if (p->self)
+            continue;
+        out->peers++;
+        if (p->banned_until > now)
+            out->banned++;
+    }
+}
+
+/* ------------------------------------------------------------------ */
+/* Beacons                                                            */
+
+static int port_of(const char *url)
+{
+    const char *c = strrchr(url, ':');
+    return c != NULL ? atoi(c + 1) : 0;
+}
+
+static void send_beacons(peer_node *n, const struct sockaddr_in *group)
+{
+    peer_msg m;
+    head_init(n, &m, PEER_MSG_BEACON, 0);
+    m.port = (uint16_t)port_of(n->listen_url);
+    m.beacon_flags = (uint8_t)((n->cfg.cache_host ? PEER_ROLE_CACHE_HOST : 0) |
+                               (is_tls(n->listen_url) ? PEER_BEACON_TLS : 0));
+    uint8_t buf[256];
+    size_t len;
+    if (m.port == 0 || peer_wire_seal(&n->key, &m, buf, sizeof buf, &len) != PEER_OK)
+        return;
+    struct ifaddrs *ifs;
+    if (getifaddrs(&ifs) != 0)
+        return;
+    for (struct ifaddrs *i = ifs; i != NULL; i = i->ifa_next) {
+        if (i->ifa_addr == NULL || i->ifa_addr->sa_family != AF_INET || !(i->ifa_flags & IFF_UP) ||
+            !(i->ifa_flags & IFF_MULTICAST))
+            continue;
+        struct in_addr a = ((struct sockaddr_in *)(void *)i->ifa_addr)->sin_addr;
+        struct ip_mreq mr = {.imr_multiaddr = group->sin_addr, .imr_interface = a};
+        setsockopt(n->beacon_fd, IPPROTO_IP, IP_ADD_MEMBERSHIP, &mr, sizeof mr);
+        setsockopt(n->beacon_fd, IPPROTO_IP, IP_MULTICAST_IF, &a, sizeof a);
+        sendto(n->beacon_fd, buf, len, 0, (const struct sockaddr *)group, sizeof *group);
+    }
+    freeifaddrs(ifs);
+}
+
+static void hear_beacon(peer_node *n)
+{
+    uint8_t buf[512];
+    struct sockaddr_in from;
+    socklen_t flen = sizeof from;
+    ssize_t len =
+        recvfrom(n->beacon_fd, buf, sizeof buf, MSG_DONTWAIT, (struct sockaddr *)&from, &flen);
+    if (len <= 0 || from.sin_family != AF_INET)
+        return;
+    peer_msg m;
+    int err = peer_wire_open(&n->key, buf, (size_t)len, &m);
+    if (err == PEER_OK && m.head.type != PEER_MSG_BEACON)
+        err = PEER_ETYPE;
+    if (err == PEER_OK && memcmp(m.head.sender, n->id, PEER_ID_BYTES) == 0)
+        return; /* our own */
+    if (err == PEER_OK)
+        err = peer_replay_check(n->beacon_replay, peer_wire_nonce(buf), m.head.time_ms, wall_ms());
+    if (err != PEER_OK) {
+        atomic_fetch_add(&n->refused, 1);
+        return;
+    }
+    found *f = calloc(1, sizeof *f);
+    if (f == NULL)
+        return;
+    char ip[INET_ADDRSTRLEN];
+    inet_ntop(AF_INET, &from.sin_addr, ip, sizeof ip);
+    snprintf(f->url, sizeof f->url, "%s://%s:%u",
+             (m.beacon_flags & PEER_BEACON_TLS) ? "tls+tcp" : "tcp", ip, (unsigned)m.port);
+    memcpy(f->id, m.head.sender, PEER_ID_BYTES);
+    f->cache_host = (m.beacon_flags & PEER_ROLE_CACHE_HOST) != 0;
+    pthread_mutex_lock(&n->lock);
+    if (n->n_found < 256) {
+        f->next = n->found_head;
+        n->found_head = f;
+        n->n_found++;
+        f = NULL;
+    }
+    pthread_mutex_unlock(&n->lock);
+    free(f);
+    wake(n);
+}
+
+static void *beacon_main(void *arg)
+{
+    peer_node *n = arg;
+    uint32_t interval = n->cfg.beacon_interval_ms ? n->cfg.beacon_interval_ms : 5000;
+    struct sockaddr_in group = {
+        .sin_family = AF_INET,
+        .sin_port = htons(n->cfg.beacon_port ? n->cfg.beacon_port : PEER_BEACON_PORT)};
+    inet_pton(AF_INET, n->cfg.beacon_group ? n->cfg.beacon_group : PEER_BEACON_GROUP,
+              &group.sin_addr);
+    int64_t next = 0;
+    for (;;) {
+        int64_t now = mono_ms();
+        if (now >= next) {
+            send_beacons(n, &group);
+            /* A little jitter keeps agents started together apart. */
+            next = now + interval - interval / 10 + (int64_t)randombytes_uniform(interval / 5 + 1);
+        }
+        struct pollfd pfd[2] = {{.fd = n->beacon_fd, .events = POLLIN},
+                                {.fd = n->beacon_pipe[0], .events = POLLIN}};
+        int64_t wait = next - mono_ms();
+        if (poll(pfd, 2, wait > 0 ? (int)wait : 0) < 0 && errno != EINTR)
+            break;
+        if (pfd[1].revents)
+            break;
+        if (pfd[0].revents & POLLIN)
+            hear_beacon(n);
+    }
+    return NULL;
+}
+
+static int beacons_open(peer_node *n, char *why, size_t why_len)
+{
+    if (pipe2(n->beacon_pipe, O_CLOEXEC) != 0) {
+        snprintf(why, why_len, "pipe: %s", strerror(errno));
+        return PEER_EIO;
+    }
+    n->beacon_fd = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+    int one = 1;
+    unsigned char loop = 1, ttl = 1;
+    struct sockaddr_in any = {.sin_family = AF_INET,
+                              .sin_port =
+                                  htons(n->cfg.beacon_port ? n->cfg.beacon_port : PEER_BEACON_PORT),
+                              .sin_addr.s_addr = htonl(INADDR_ANY)};
+    if (n->beacon_fd < 0 ||
+        setsockopt(n->beacon_fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one) != 0 ||
+        setsockopt(n->beacon_fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof one) != 0 ||
+        setsockopt(n->beacon_fd, IPPROTO_IP, IP_MULTICAST_LOOP, &loop, sizeof loop) != 0 ||
+        setsockopt(n->beacon_fd, IPPROTO_IP, IP_MULTICAST_TTL, &ttl, sizeof ttl) != 0 ||
+        bind(n->beacon_fd, (struct sockaddr *)&any, sizeof any) != 0) {
+        snprintf(why, why_len, "beacon socket on port %u: %s", (unsigned)ntohs(any.sin_port),
+                 strerror(errno));
+        return PEER_EIO;
+    }
+    if (peer_replay_new(4096, &n->beacon_replay) != PEER_OK) {
+        snprintf(why, why_len, "out of memory");
+        return PEER_ENOMEM;
+    }
+    if (pthread_create(&n->beacon_thread, NULL, beacon_main, n) != 0) {
+        snprintf(why, why_len, "cannot start the beacon thread");
+        return PEER_ENOMEM;
+    }
+    n->beacon_running = 1;
+    return PEER_OK;
+}
+
+/* ------------------------------------------------------------------ */
+/* Opening and closing                                                */
+
+int peer_node_open(const peer_node_config *cfg, peer_node **out, char *why, size_t why_len)
+{
+    if (cfg->group_key == NULL) {
+        snprintf(why, why_len, "no group key");
+        return PEER_EINVAL;
+    }
+    if (validate_init() != 0) {
+        snprintf(why, why_len, "libsodium could not initialise");
+        return PEER_ECRYPTO;
+    }
+    peer_node *n = calloc(1, sizeof *n);
+    if (n == NULL)
+        return PEER_ENOMEM;
+    n->cfg = *cfg;
+    n->cfg.group_key = NULL; /* only the derived key is kept */
+    n->beacon_fd = -1;
+    n->beacon_pipe[0] = n->beacon_pipe[1] = -1;
+    pthread_mutex_init(&n->lock, NULL);
+    pthread_mutex_init(&n->catalog_lock, NULL);
+    peer_wire_key_derive(cfg->group_key, &n->key);
+    randombytes_buf(n->id, sizeof n->id);
+    n->tokens_at = mono_ms();
+    n->tokens = (double)cfg->upload_rate;
+    int err = peer_replay_new(REPLAY_SLOTS, &n->replay);
+    if (err != PEER_OK) {
+        snprintf(why, why_len, "out of memory");
+        peer_node_close(n);
+        return err;
+    }
+    if (cfg->listen != NULL && cfg->listen[0] != '\0') {
+        if (!url_ok(cfg->listen)) {
+            snprintf(why, why_len, "%s: not a tcp:// or tls+tcp:// address", cfg->listen);
+            peer_node_close(n);
+            return PEER_EADDRESS;
+        }
+        err = server_open(n, why, why_len);
+        if (err != PEER_OK) {
+            peer_node_close(n);
+            return err;
+        }
+    }
+    for (size_t i = 0; i < cfg->n_peers + cfg->n_cache_hosts; i++) {
+        int cache = i >= cfg->n_peers;
+        const char *url = cache ? cfg->cache_hosts[i - cfg->n_peers] : cfg->peers[i];
+        if (!url_ok(url)) {
+            snprintf(why, why_len, "%s: not a tcp:// or tls+tcp:// address", url);
+            peer_node_close(n);
+            return PEER_EADDRESS;
+        }
+        if (add_peer(n, url, 1, cache) == NULL) {
+            snprintf(why, why_len, "%s: cannot dial", url);
+            peer_node_close(n);
+            return PEER_ENNG;
+        }
+    }
+    if (cfg->beacons) {
+        err = beacons_open(n, why, why_len);
+        if (err != PEER_OK) {
+            peer_node_close(n);
+            return err;
+        }
+    }
+    *out = n;
+    return PEER_OK;
+}
+
+void peer_node_close(peer_node *n)
+{
+    if (n == NULL)
+        return;
+    if (n->beacon_running) {
+        if (write(n->beacon_pipe[1], "x", 1) != 1)
+            pthread_cancel(n->beacon_thread);
+        pthread_join(n->beacon_thread, NULL);
+    }
+    while (n->swarms != NULL)
+        peer_swarm_close(n->swarms);
+    while (n->requests != NULL)
+        request_free(n, n->requests);
+    pthread_mutex_lock(&n->catalog_lock);
+    n->closing = 1;
+    pthread_mutex_unlock(&n->catalog_lock);
+    for (int i = 0; i < SERVER_WORKERS; i++)
+        if (n->workers[i].aio != NULL)
+            nng_aio_stop(n->workers[i].aio);
+    if (n->serving)
+        nng_close(n->server);
+    for (int i = 0; i < SERVER_WORKERS; i++) {
+        worker *w = &n->workers[i];
+        if (w->reply != NULL)
+            nng_msg_free(w->reply);
+        if (w->aio != NULL)
+            nng_aio_free(w->aio);
+    }
+    for (peer_entry *p = n->peers, *next; p != NULL; p = next) {
+        next = p->next;
+        if (p->open)
+            nng_close(p->sock);
+        free(p);
+    }
+    for (found *f = n->found_head, *next; f != NULL; f = next) {
+        next = f->next;
+        free(f);
+    }
+    while (n->offers != NULL) {
+        offer *o = n->offers;
+        n->offers = o->next;
+        offer_free(o);
+    }
+    if (n->beacon_fd >= 0)
+        close(n->beacon_fd);
+    for (int i = 0; i < 2; i++)
+        if (n->beacon_pipe[i] >= 0)
+            close(n->beacon_pipe[i]);
+    peer_replay_free(n->replay);
+    peer_replay_free(n->beacon_replay);
+    if (n->tls_server != NULL)
+        nng_tls_config_free(n->tls_server);
+    if (n->tls_client != NULL)
+        nng_tls_config_free(n->tls_client);
+    pthread_mutex_destroy(&n->lock);
+    pthread_mutex_destroy(&n->catalog_lock);
+    sodium_memzero(&n->key, sizeof n->key);
+    free(n);
+}

@@ -1,0 +1,521 @@
+/*
+ * The peer wire format (PROTOCOL.md): sealing a message with the group's
+ * wire key, opening and strictly decoding one that came off the network,
+ * and the replay filter. Pure functions over caller-owned buffers: no I/O,
+ * no clock, so that they can be fuzzed. Offsets below follow PROTOCOL.md.
+ */
+#include <stdlib.h>
+#include <string.h>
+
+#include <sodium.h>
+
+#include "peer.h"
+#include "validate.h"
+
+static const uint8_t magic[4] = {'D', 'O', 'P', 'P'};
+#define WIRE_VERSION 1
+
+/* The clear prefix. */
+enum {
+    OFF_MAGIC = 0,
+    OFF_VERSION = 4,
+    OFF_TYPE = 5,
+    OFF_RESERVED = 6,
+    OFF_NONCE = 8,
+    OFF_HEADER_LEN = 32,
+    OFF_DATA_LEN = 36,
+};
+
+/* The encrypted header: the part every message has, then each body. */
+enum {
+    H_TYPE = 0,
+    H_SENDER = 1,
+    H_TIME = 17,
+    H_REQUEST_ID = 25,
+    H_BODY = 33,
+    /* BEACON */
+    H_BEACON_PORT = H_BODY,
+    H_BEACON_FLAGS = H_BODY + 2,
+    H_BEACON_LEN = H_BODY + 3,
+    /* HAVE_REQ, HAVE_REP, PIECE_REQ, PIECE_REP */
+    H_CID = H_BODY,
+    H_HAVE_REQ_LEN = H_CID + PEER_CID_BYTES,
+    /* HAVE_REP */
+    H_HAVE_STATUS = H_CID + PEER_CID_BYTES,
+    H_HAVE_ROLE = H_HAVE_STATUS + 1,
+    H_HAVE_COUNT = H_HAVE_ROLE + 1,
+    H_HAVE_BITFIELD = H_HAVE_COUNT + 4,
+    /* PIECE_REQ, PIECE_REP */
+    H_PIECE = H_CID + PEER_CID_BYTES,
+    H_PIECE_REQ_LEN = H_PIECE + 8,
+    H_PIECE_STATUS = H_PIECE + 8,
+    H_PIECE_DATA_LEN = H_PIECE_STATUS + 1,
+    H_PIECE_REP_LEN = H_PIECE_DATA_LEN + 4,
+};
+
+_Static_assert(OFF_DATA_LEN + 4 == PEER_PREFIX_BYTES, "prefix layout");
+_Static_assert(H_BODY == 33 && H_BEACON_LEN == 36 && H_HAVE_REQ_LEN == 65 &&
+                   H_HAVE_BITFIELD == 71 && H_PIECE_REQ_LEN == 73 && H_PIECE_REP_LEN == 78,
+               "header layout");
+_Static_assert(H_HAVE_BITFIELD + PEER_MAX_PIECES / 8 <= PEER_HEADER_MAX,
+               "the largest HAVE_REP fits in PEER_HEADER_MAX");
+_Static_assert(PEER_PREFIX_BYTES + H_PIECE_REQ_LEN + PEER_MAC_BYTES <= PEER_REQUEST_MAX,
+               "every request fits in PEER_REQUEST_MAX");
+_Static_assert(PEER_NONCE_BYTES == crypto_aead_xchacha20poly1305_ietf_NPUBBYTES &&
+                   PEER_MAC_BYTES == crypto_aead_xchacha20poly1305_ietf_ABYTES &&
+                   sizeof(peer_wire_key) == crypto_aead_xchacha20poly1305_ietf_KEYBYTES,
+               "XChaCha20-Poly1305 sizes");
+
+#define ALLOWED_BEACON_FLAGS (PEER_ROLE_CACHE_HOST | PEER_BEACON_TLS)
+#define ALLOWED_ROLES        (PEER_ROLE_DOWNLOADING | PEER_ROLE_CACHE_HOST)
+
+static void put_le16(uint8_t *p, uint16_t v)
+{
+    p[0] = (uint8_t)v;
+    p[1] = (uint8_t)(v >> 8);
+}
+
+static void put_le32(uint8_t *p, uint32_t v)
+{
+    for (int i = 0; i < 4; i++)
+        p[i] = (uint8_t)(v >> (8 * i));
+}
+
+static void put_le64(uint8_t *p, uint64_t v)
+{
+    for (int i = 0; i < 8; i++)
+        p[i] = (uint8_t)(v >> (8 * i));
+}
+
+static uint16_t get_le16(const uint8_t *p)
+{
+    return (uint16_t)(p[0] | (p[1] << 8));
+}
+
+static uint32_t get_le32(const uint8_t *p)
+{
+    uint32_t v = 0;
+    for (int i = 3; i >= 0; i--)
+        v = (v << 8) | p[i];
+    return v;
+}
+
+static uint64_t get_le64(const uint8_t *p)
+{
+    uint64_t v = 0;
+    for (int i = 7; i >= 0; i--)
+        v = (v << 8) | p[i];
+    return v;
+}
+
+void peer_wire_key_derive(const uint8_t group_key[PEER_GROUP_KEY_BYTES], peer_wire_key *out)
+{
+    static const uint8_t personal[crypto_generichash_blake2b_PERSONALBYTES] = "dopa-peer-wire";
+    (void)validate_init();
+    crypto_generichash_blake2b_salt_personal(out->k, sizeof out->k, NULL, 0, group_key,
+                                             PEER_GROUP_KEY_BYTES, NULL, personal);
+}
+
+const uint8_t *peer_wire_nonce(const uint8_t *buf)
+{
+    return buf + OFF_NONCE;
+}
+
+/* The rules the clear prefix alone decides, per type: header and data
+ * lengths. Open applies them before any crypto, seal before encoding. */
+static int check_lengths(uint8_t type, uint32_t header_len, uint32_t data_len)
+{
+    uint32_t min = 0, max = 0;
+    switch (type) {
+    case PEER_MSG_BEACON:
+        min = max = H_BEACON_LEN;
+        break;
+    case PEER_MSG_HAVE_REQ:
+        min = max = H_HAVE_REQ_LEN;
+        break;
+    case PEER_MSG_HAVE_REP:
+        min = H_HAVE_BITFIELD;
+        max = H_HAVE_BITFIELD + PEER_MAX_PIECES / 8;
+        break;
+    case PEER_MSG_PIECE_REQ:
+        min = max = H_PIECE_REQ_LEN;
+        break;
+    case PEER_MSG_PIECE_REP:
+        min = max = H_PIECE_REP_LEN;
+        break;
+    default:
+        return PEER_ETYPE;
+    }
+    if (header_len < min)
+        return PEER_ETRUNCATED;
+    if (header_len > max)
+        return PEER_ETOOBIG;
+    if (data_len > (type == PEER_MSG_PIECE_REP ? PEER_DATA_MAX : 0))
+        return PEER_ETOOBIG;
+    return PEER_OK;
+}
+
+static uint32_t bitfield_bytes(uint32_t piece_count)
+{
+    return piece_count / 8 + (piece_count % 8 != 0);
+}
+
+/* Bits past piece_count in the bitfield's last byte must be zero. */
+static int bitfield_tail_clear(const uint8_t *bits, uint32_t piece_count)
+{
+    uint32_t used = piece_count % 8;
+    return used == 0 || (bits[piece_count / 8] & (0xffu >> used)) == 0;
+}
+
+/* The rules on a message's fields, shared by seal (on *m) and open (on
+ * what it decoded), so that seal never produces what open rejects.
+ * data_len is the message's data length, D. */
+static int check_fields(const peer_msg *m, uint32_t data_len)
+{
+    switch (m->head.type) {
+    case PEER_MSG_BEACON:
+        if (m->port == 0 || (m->beacon_flags & ~ALLOWED_BEACON_FLAGS) != 0)
+            return PEER_ERESERVED;
+        return PEER_OK;
+    case PEER_MSG_HAVE_REQ:
+        return PEER_OK;
+    case PEER_MSG_PIECE_REQ:
+        return m->piece < PEER_MAX_PIECES ? PEER_OK : PEER_ETOOBIG;
+    case PEER_MSG_HAVE_REP:
+        if (m->have_status > PEER_HAVE_ALL || (m->role & ~ALLOWED_ROLES) != 0)
+            return PEER_ERESERVED;
+        if (m->piece_count > PEER_MAX_PIECES)
+            return PEER_ETOOBIG;
+        /* NONE has no pieces; SOME and ALL have at least one. */
+        if ((m->have_status == PEER_HAVE_NONE) != (m->piece_count == 0))
+            return PEER_ERESERVED;
+        if (m->have_status == PEER_HAVE_SOME && m->bitfield == NULL)
+            return PEER_EINVAL; /* only seal can see this */
+        if (m->have_status == PEER_HAVE_SOME && !bitfield_tail_clear(m->bitfield, m->piece_count))
+            return PEER_ERESERVED;
+        return PEER_OK;
+    case PEER_MSG_PIECE_REP:
+        if (m->piece >= PEER_MAX_PIECES)
+            return PEER_ETOOBIG;
+        if (m->piece_status > PEER_PIECE_BUSY)
+            return PEER_ERESERVED;
+        if (data_len > PEER_DATA_MAX)
+            return PEER_ETOOBIG;
+        if (m->data_len != data_len)
+            return m->data_len > data_len ? PEER_ETRUNCATED : PEER_ETOOBIG;
+        /* Data comes with OK, and only with OK. */
+        if (m->piece_status == PEER_PIECE_OK && data_len == 0)
+            return PEER_ETRUNCATED;
+        if (m->piece_status != PEER_PIECE_OK && data_len != 0)
+            return PEER_ETOOBIG;
+        return PEER_OK;
+    default:
+        return PEER_ETYPE;
+    }
+}
+
+/* The encrypted header's length for a message whose fields passed
+ * check_fields (0 for an unknown type). */
+static size_t header_len(const peer_msg *m)
+{
+    switch (m->head.type) {
+    case PEER_MSG_BEACON:
+        return H_BEACON_LEN;
+    case PEER_MSG_HAVE_REQ:
+        return H_HAVE_REQ_LEN;
+    case PEER_MSG_HAVE_REP:
+        return H_HAVE_BITFIELD +
+               (m->have_status == PEER_HAVE_SOME ? (size_t)bitfield_bytes(m->piece_count) : 0);
+    case PEER_MSG_PIECE_REQ:
+        return H_PIECE_REQ_LEN;
+    case PEER_MSG_PIECE_REP:
+        return H_PIECE_REP_LEN;
+    default:
+        return 0;
+    }
+}
+
+static size_t data_len_of(const peer_msg *m)
+{
+    return m->head.type == PEER_MSG_PIECE_REP ? m->data_len : 0;
+}
+
+size_t peer_wire_sealed_size(const peer_msg *m)
+{
+    if (m == NULL || header_len(m) == 0)
+        return 0;
+    return PEER_PREFIX_BYTES + data_len_of(m) + header_len(m) + PEER_MAC_BYTES;
+}
+
+static void encode_header(const peer_msg *m, uint8_t *h)
+{
+    h[H_TYPE] = m->head.type;
+    memcpy(h + H_SENDER, m->head.sender, PEER_ID_BYTES);
+    put_le64(h + H_TIME, (uint64_t)m->head.time_ms);
+    put_le64(h + H_REQUEST_ID, m->head.request_id);
+    switch (m->head.type) {
+    case PEER_MSG_BEACON:
+        put_le16(h + H_BEACON_PORT, m->port);
+        h[H_BEACON_FLAGS] = m->beacon_flags;
+        return;
+    case PEER_MSG_HAVE_REQ:
+        memcpy(h + H_CID, m->cid, PEER_CID_BYTES);
+        return;
+    case PEER_MSG_HAVE_REP:
+        memcpy(h + H_CID, m->cid, PEER_CID_BYTES);
+        h[H_HAVE_STATUS] = m->have_status;
+        h[H_HAVE_ROLE] = m->role;
+        put_le32(h + H_HAVE_COUNT, m->piece_count);
+        if (m->have_status == PEER_HAVE_SOME)
+            memcpy(h + H_HAVE_BITFIELD, m->bitfield, bitfield_bytes(m->piece_count));
+        return;
+    case PEER_MSG_PIECE_REQ:
+        memcpy(h + H_CID, m->cid, PEER_CID_BYTES);
+        put_le64(h + H_PIECE, m->piece);
+        return;
+    case PEER_MSG_PIECE_REP:
+        memcpy(h + H_CID, m->cid, PEER_CID_BYTES);
+        put_le64(h + H_PIECE, m->piece);
+        h[H_PIECE_STATUS] = m->piece_status;
+        put_le32(h + H_PIECE_DATA_LEN, m->data_len);
+        return;
+    default:
+        return;
+    }
+}
+
+/* m->data may already sit at out + PEER_PREFIX_BYTES (a piece read into
+ * place is not copied); m->bitfield must not point into out. */
+int peer_wire_seal(const peer_wire_key *key, const peer_msg *m, uint8_t *out, size_t cap,
+                   size_t *len)
+{
+    if (key == NULL || m == NULL || out == NULL || len == NULL)
+        return PEER_EINVAL;
+    if (validate_init() != VALIDATE_OK)
+        return PEER_ECRYPTO;
+    if (m->head.type == PEER_MSG_PIECE_REP && m->data_len > 0 && m->data == NULL)
+        return PEER_EINVAL;
+    int err = check_fields(m, (uint32_t)data_len_of(m));
+    if (err != PEER_OK)
+        return err == PEER_ETYPE ? PEER_EINVAL : err;
+    size_t h_len = header_len(m), d_len = data_len_of(m);
+    /* Implied by check_fields; kept as the guard on what follows. */
+    err = check_lengths(m->head.type, (uint32_t)h_len, (uint32_t)d_len);
+    if (err != PEER_OK)
+        return err;
+    size_t total = PEER_PREFIX_BYTES + d_len + h_len + PEER_MAC_BYTES;
+    if (total > cap)
+        return PEER_ETOOBIG;
+
+    memcpy(out + OFF_MAGIC, magic, sizeof magic);
+    out[OFF_VERSION] = WIRE_VERSION;
+    out[OFF_TYPE] = m->head.type;
+    out[OFF_RESERVED] = out[OFF_RESERVED + 1] = 0;
+    randombytes_buf(out + OFF_NONCE, PEER_NONCE_BYTES);
+    put_le32(out + OFF_HEADER_LEN, (uint32_t)h_len);
+    put_le32(out + OFF_DATA_LEN, (uint32_t)d_len);
+    /* memmove: the caller may have read the piece into place already. */
+    if (d_len > 0 && m->data != out + PEER_PREFIX_BYTES)
+        memmove(out + PEER_PREFIX_BYTES, m->data, d_len);
+    uint8_t *h = out + PEER_PREFIX_BYTES + d_len;
+    encode_header(m, h);
+    crypto_aead_xchacha20poly1305_ietf_encrypt_detached(h, h + h_len, NULL, h, h_len, out,
+                                                        PEER_PREFIX_BYTES + d_len, NULL,
+                                                        out + OFF_NONCE, key->k);
+    *len = total;
+    return PEER_OK;
+}
+
+/* Decodes an authenticated, decrypted header whose length passed
+ * check_lengths for the prefix's type, then checks it as seal does. */
+static int decode_header(uint8_t type, const uint8_t *h, uint32_t h_len, const uint8_t *data,
+                         uint32_t d_len, peer_msg *m)
+{
+    memset(m, 0, sizeof *m);
+    if (h[H_TYPE] != type)
+        return PEER_ETYPE;
+    m->head.type = type;
+    memcpy(m->head.sender, h + H_SENDER, PEER_ID_BYTES);
+    m->head.time_ms = (int64_t)get_le64(h + H_TIME);
+    m->head.request_id = get_le64(h + H_REQUEST_ID);
+    switch (type) {
+    case PEER_MSG_BEACON:
+        m->port = get_le16(h + H_BEACON_PORT);
+        m->beacon_flags = h[H_BEACON_FLAGS];
+        break;
+    case PEER_MSG_HAVE_REQ:
+        memcpy(m->cid, h + H_CID, PEER_CID_BYTES);
+        break;
+    case PEER_MSG_HAVE_REP: {
+        memcpy(m->cid, h + H_CID, PEER_CID_BYTES);
+        m->have_status = h[H_HAVE_STATUS];
+        m->role = h[H_HAVE_ROLE];
+        m->piece_count = get_le32(h + H_HAVE_COUNT);
+        /* The fixed fields first, since the bitfield's length depends on
+         * them; then a bitfield only with SOME, of exactly the count's
+         * length. check_fields does the rest. */
+        if (m->have_status > PEER_HAVE_ALL || (m->role & ~ALLOWED_ROLES) != 0)
+            return PEER_ERESERVED;
+        if (m->piece_count > PEER_MAX_PIECES)
+            return PEER_ETOOBIG;
+        uint32_t want = H_HAVE_BITFIELD;
+        if (m->have_status == PEER_HAVE_SOME)
+            want += bitfield_bytes(m->piece_count);
+        if (h_len != want)
+            return h_len < want ? PEER_ETRUNCATED : PEER_ETOOBIG;
+        if (m->have_status == PEER_HAVE_SOME)
+            m->bitfield = h + H_HAVE_BITFIELD;
+        break;
+    }
+    case PEER_MSG_PIECE_REQ:
+        memcpy(m->cid, h + H_CID, PEER_CID_BYTES);
+        m->piece = get_le64(h + H_PIECE);
+        break;
+    case PEER_MSG_PIECE_REP:
+        memcpy(m->cid, h + H_CID, PEER_CID_BYTES);
+        m->piece = get_le64(h + H_PIECE);
+        m->piece_status = h[H_PIECE_STATUS];
+        m->data_len = get_le32(h + H_PIECE_DATA_LEN);
+        m->data = d_len > 0 ? data : NULL;
+        break;
+    default:
+        return PEER_ETYPE;
+    }
+    return check_fields(m, d_len);
+}
+
+int peer_wire_open(const peer_wire_key *key, uint8_t *buf, size_t len, peer_msg *m)
+{
+    if (key == NULL || buf == NULL || m == NULL)
+        return PEER_EINVAL;
+    /* The clear prefix, in full, before any crypto. */
+    if (len > PEER_MSG_MAX)
+        return PEER_ETOOBIG;
+    if (len >= sizeof magic && memcmp(buf + OFF_MAGIC, magic, sizeof magic) != 0)
+        return PEER_EMAGIC;
+    if (len < PEER_PREFIX_BYTES)
+        return PEER_ETRUNCATED;
+    if (buf[OFF_VERSION] != WIRE_VERSION)
+        return PEER_EVERSION;
+    if (buf[OFF_RESERVED] != 0 || buf[OFF_RESERVED + 1] != 0)
+        return PEER_ERESERVED;
+    uint32_t h_len = get_le32(buf + OFF_HEADER_LEN), d_len = get_le32(buf + OFF_DATA_LEN);
+    if (h_len < H_BODY)
+        return PEER_ETRUNCATED;
+    if (h_len > PEER_HEADER_MAX || d_len > PEER_DATA_MAX)
+        return PEER_ETOOBIG;
+    /* Both are bounded above, so the sum cannot overflow even in 32 bits;
+     * it is computed in 64 anyway. */
+    uint64_t want = (uint64_t)PEER_PREFIX_BYTES + d_len + h_len + PEER_MAC_BYTES;
+    if ((uint64_t)len != want)
+        return (uint64_t)len < want ? PEER_ETRUNCATED : PEER_ETOOBIG;
+    uint8_t type = buf[OFF_TYPE];
+    int err = check_lengths(type, h_len, d_len);
+    if (err != PEER_OK)
+        return err;
+
+    if (validate_init() != VALIDATE_OK)
+        return PEER_ECRYPTO;
+    uint8_t *data = buf + PEER_PREFIX_BYTES, *h = data + d_len;
+    if (crypto_aead_xchacha20poly1305_ietf_decrypt_detached(h, NULL, h, h_len, h + h_len, buf,
+                                                            PEER_PREFIX_BYTES + d_len,
+                                                            buf + OFF_NONCE, key->k) != 0)
+        return PEER_EAUTH;
+    err = decode_header(type, h, h_len, data, d_len, m);
+    if (err != PEER_OK)
+        memset(m, 0, sizeof *m); /* nothing half-decoded for a careless caller */
+    return err;
+}
+
+/* ------------------------------------------------------------------ */
+/* The replay filter                                                  */
+
+/* How far a lookup probes from a nonce's home slot. A full window of live
+ * entries refuses the message: a bounded cost per message, whatever the
+ * table holds. */
+#define REPLAY_PROBES 32
+
+struct replay_slot {
+    uint8_t nonce[PEER_NONCE_BYTES];
+    uint8_t is_used; /* ever used: probing stops at a never-used slot */
+    int64_t expiry;  /* live while expiry >= now */
+};
+
+/* Not thread-safe: its owner serialises the calls. */
+struct peer_replay {
+    size_t slots;
+    uint8_t hash_key[crypto_shorthash_KEYBYTES];
+    struct replay_slot table[];
+};
+
+int peer_replay_new(size_t slots, peer_replay **out)
+{
+    if (out == NULL || slots == 0 ||
+        slots > (SIZE_MAX - sizeof(peer_replay)) / sizeof(struct replay_slot))
+        return PEER_EINVAL;
+    if (validate_init() != VALIDATE_OK)
+        return PEER_ECRYPTO;
+    peer_replay *r = calloc(1, sizeof *r + slots * sizeof r->table[0]);
+    if (r == NULL)
+        return PEER_ENOMEM;
+    r->slots = slots;
+    /* A secret per filter, so that nobody can choose nonces that share a
+     * slot (the nonces are in the clear). */
+    crypto_shorthash_keygen(r->hash_key);
+    *out = r;
+    return PEER_OK;
+}
+
+void peer_replay_free(peer_replay *r)
+{
+    free(r);
+}
+
+int peer_replay_check(peer_replay *r, const uint8_t nonce[PEER_NONCE_BYTES], int64_t msg_time_ms,
+                      int64_t now_ms)
+{
+    if (r == NULL || nonce == NULL)
+        return PEER_EINVAL;
+    /* |msg - now| in unsigned arithmetic: exact for any two int64 values. */
+    uint64_t skew = msg_time_ms > now_ms ? (uint64_t)msg_time_ms - (uint64_t)now_ms
+                                         : (uint64_t)now_ms - (uint64_t)msg_time_ms;
+    if (skew > PEER_TIME_WINDOW_MS)
+        return PEER_ESTALE;
+    /* Remembered for as long as its time is accepted. */
+    int64_t expiry = msg_time_ms > INT64_MAX - PEER_TIME_WINDOW_MS
+                         ? INT64_MAX
+                         : msg_time_ms + PEER_TIME_WINDOW_MS;
+
+    uint8_t hash[crypto_shorthash_BYTES];
+    crypto_shorthash(hash, nonce, PEER_NONCE_BYTES, r->hash_key);
+    uint64_t home = 0;
+    for (int i = 7; i >= 0; i--)
+        home = (home << 8) | hash[i];
+    size_t i = (size_t)(home % r->slots);
+    size_t probes = r->slots < REPLAY_PROBES ? r->slots : REPLAY_PROBES;
+    struct replay_slot *free_slot = NULL;
+    for (size_t n = 0; n < probes; n++, i = i + 1 == r->slots ? 0 : i + 1) {
+        struct replay_slot *s = &r->table[i];
+        if (!s->is_used) {
+            /* Entries are placed at the first reusable slot of their
+             * probe sequence, and a used slot never becomes unused: the
+             * nonce is not further on. */
+            if (free_slot == NULL)
+                free_slot = s;
+            break;
+        }
+        if (s->expiry < now_ms) {
+            if (free_slot == NULL)
+                free_slot = s;
+            continue;
+        }
+        if (memcmp(s->nonce, nonce, PEER_NONCE_BYTES) == 0)
+            return PEER_EREPLAY;
+    }
+    if (free_slot == NULL)
+        return PEER_EREPLAY; /* full of live entries: refuse rather than forget */
+    memcpy(free_slot->nonce, nonce, PEER_NONCE_BYTES);
+    free_slot->is_used = 1;
+    free_slot->expiry = expiry;
+    return PEER_OK;
+}
