@@ -21,6 +21,8 @@
 #include "callback.h"
 #include "dopa.h"
 #include "origin.h"
+#include "peer.h"
+
 #include "proto.h"
 #include "validate.h"
 
@@ -95,6 +97,17 @@ typedef struct agent_file {
     char plugin_out[512];    /* what it said so far */
     size_t plugin_out_len;
     int64_t validation_deadline; /* monotonic ms: the default verdict applies after this */
+
+    /* Peers (not stored; agent/peers.c). */
+    uint8_t cid[VALIDATE_CONTENT_ID_BYTES]; /* the content id, when has_cid */
+    int has_cid;
+    peer_swarm *swarm;            /* fetching from peers, or NULL */
+    int offered;                  /* its verified pieces are offered to peers */
+    uint8_t *claimed;             /* pieces asked of a peer, a bit each */
+    uint64_t req_first, req_last; /* pieces the running origin request covers */
+    int peer_write_err;           /* errno of a peer piece that could not be written */
+    int64_t origin_rest_until;    /* monotonic ms: the origin failed, peers go on alone */
+    uint64_t upload_seen;         /* bytes its offer had sent at the last look */
 } agent_file;
 
 struct agent_job {
@@ -113,6 +126,7 @@ struct agent_job {
     char proxy[DOPA_PROXY_MAX + 1];
     char bypass[DOPA_PROXY_MAX + 1];
     uint64_t from_origin, from_peers, from_cache;
+    uint64_t uploaded;        /* bytes of its content sent to peers */
     uint64_t seq;             /* creation order */
     int64_t no_progress_wall; /* wall ms when progress stopped (kept across restarts), or 0 */
     uint64_t version;         /* bumped on every change */
@@ -162,7 +176,7 @@ void agent_file_info(const agent_file *f, dopa_file_info *out);
 
 typedef struct store store;
 
-#define STORE_SCHEMA_VERSION 2
+#define STORE_SCHEMA_VERSION 3
 
 int store_open(const char *path, store **out, char *why, size_t why_len);
 void store_close(store *s);
@@ -239,10 +253,13 @@ typedef struct engine_config {
     size_t n_trusted_keys;
     const agent_clock *clock; /* NULL: the real clocks */
     origin_config origin;
-    cb_config notify;            /* notification timing and limits (zeros: defaults) */
-    const char *plugin_dir;      /* validator plugins, or NULL for none */
-    const char *validate_helper; /* the dopa-validate program, an absolute path */
-    uint32_t plugin_timeout_ms;  /* a plugin's time for one file; 0 means 60 s */
+    cb_config notify;             /* notification timing and limits (zeros: defaults) */
+    const char *plugin_dir;       /* validator plugins, or NULL for none */
+    const char *validate_helper;  /* the dopa-validate program, an absolute path */
+    uint32_t plugin_timeout_ms;   /* a plugin's time for one file; 0 means 60 s */
+    const peer_node_config *peer; /* the peer group to join, or NULL for origin only */
+    uint64_t cache_bytes;         /* content kept for peers after its job; 0: none */
+    uint64_t cache_age_ms;        /* removed when unused this long; 0 means 14 days */
 } engine_config;
 
 int engine_open(const engine_config *cfg, agent_engine **out, char *why, size_t why_len);
@@ -266,6 +283,9 @@ int engine_handle(agent_engine *e, uint32_t uid, const proto_request *req, proto
                   engine_call *call, engine_reply_fn reply_fn);
 /* Forgets a deferred call (its client went away). */
 void engine_drop_call(agent_engine *e, engine_call *call);
+
+/* The peer listener's address ("" without peers). */
+const char *engine_peer_url(const agent_engine *e);
 
 /* For tests and tools: jobs known now, and one by id. */
 size_t engine_job_count(const agent_engine *e);

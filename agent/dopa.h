@@ -162,7 +162,8 @@ typedef struct dopa_job_info {
     uint64_t bytes_from_origin; /* transferred bytes by where they came from */
     uint64_t bytes_from_peers;
     uint64_t bytes_from_cache;
-    int64_t created; /* unix time in milliseconds */
+    uint64_t bytes_uploaded; /* of its content, sent to peers */
+    int64_t created;         /* unix time in milliseconds */
     int64_t modified;
     int64_t transfer_completed; /* 0 until the job is TRANSFERRED */
     uint32_t error_count;       /* transient errors so far */
@@ -223,6 +224,18 @@ void dopa_disconnect(dopa_manager *m);
 
 /* Who dopad thinks the caller is, and dopad's version. */
 int dopa_whoami(dopa_manager *m, uint32_t *uid, char *version, size_t version_len);
+
+/* The agent's counters since it started (any user may read them). */
+typedef struct dopa_agent_stats {
+    uint64_t jobs;                                    /* jobs it knows now */
+    uint64_t from_origin, from_peers, from_cache;     /* bytes received, by source */
+    uint64_t uploaded;                                /* piece bytes sent to peers */
+    uint64_t peers, banned;                           /* peers known now, banned now */
+    uint64_t bans, bad_pieces, timeouts, refused;     /* since start */
+    uint64_t cache_entries, cache_bytes, cache_limit; /* the content cache */
+    char peer_url[128];                               /* where it serves peers ("": no peers) */
+} dopa_agent_stats;
+int dopa_agent_stats_get(dopa_manager *m, dopa_agent_stats *out);
 
 /* ------------------------------------------------------------------ */
 /* Jobs                                                               */

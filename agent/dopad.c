@@ -11,6 +11,7 @@
  * from the defaults. The file is INI, read with inih; a bad line stops
  * dopad with the file name and line number.
  */
+#include <arpa/inet.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <getopt.h>
@@ -29,7 +30,8 @@
 
 #include "agent.h"
 
-#define MAX_KEYS 32
+#define MAX_KEYS  32
+#define MAX_PEERS 64
 
 static atomic_int stopping;
 static agent_engine *engine;
@@ -46,6 +48,22 @@ struct settings {
     char validate_helper[4096];
     int64_t plugin_timeout_ms;
     int64_t notify_retry_ms, notify_retry_max_ms, notify_command_timeout_ms;
+    /* [peers] */
+    char group_key[4096];
+    char tls_cert[4096], tls_key[4096], tls_ca[4096];
+    char listen[PEER_URL_MAX + 1];
+    char peers[MAX_PEERS][PEER_URL_MAX + 1];
+    size_t n_peers;
+    char cache_hosts[MAX_PEERS][PEER_URL_MAX + 1];
+    size_t n_cache_hosts;
+    int is_cache_host, beacons; /* beacons: 0 unset, 1 on, 2 off */
+    char beacon_group[64];
+    unsigned long beacon_port;
+    int64_t beacon_interval_ms, piece_timeout_ms, ban_ms;
+    uint64_t upload_rate, cache_bytes;
+    int has_cache_size;
+    int64_t cache_age_ms;
+    unsigned long max_connections, max_queued, in_flight, ban_after;
     char error[600]; /* the first bad setting */
 };
 
@@ -114,6 +132,143 @@ static int set_path(struct settings *s, char *dst, size_t len, const char *name,
     return 0;
 }
 
+static int set_count(struct settings *s, const char *name, const char *v, unsigned long min,
+                     unsigned long max, unsigned long *out)
+{
+    char *end;
+    errno = 0;
+    unsigned long n = strtoul(v, &end, 10);
+    if (v[0] < '0' || v[0] > '9' || *end != '\0' || errno != 0 || n < min || n > max) {
+        snprintf(s->error, sizeof s->error, "%s %s: need a whole number from %lu to %lu", name, v,
+                 min, max);
+        return -1;
+    }
+    *out = n;
+    return 0;
+}
+
+static int set_bool(struct settings *s, const char *name, const char *v, int *out)
+{
+    if (strcmp(v, "yes") == 0 || strcmp(v, "true") == 0 || strcmp(v, "on") == 0)
+        *out = 1;
+    else if (strcmp(v, "no") == 0 || strcmp(v, "false") == 0 || strcmp(v, "off") == 0)
+        *out = 0;
+    else {
+        snprintf(s->error, sizeof s->error, "%s %s: need yes or no", name, v);
+        return -1;
+    }
+    return 0;
+}
+
+/* Bytes (or bytes per second), with an optional K, M or G (powers of 1000). */
+static int set_bytes(struct settings *s, const char *name, const char *v, const char *what,
+                     uint64_t *out)
+{
+    char *end;
+    errno = 0;
+    double n = strtod(v, &end);
+    double unit = 1;
+    if (*end == 'K' || *end == 'k')
+        unit = 1e3, end++;
+    else if (*end == 'M' || *end == 'm')
+        unit = 1e6, end++;
+    else if (*end == 'G' || *end == 'g')
+        unit = 1e9, end++;
+    if (v[0] < '0' || v[0] > '9' || *end != '\0' || errno != 0 || !isfinite(n) || n * unit > 1e12) {
+        snprintf(s->error, sizeof s->error, "%s %s: need %s, such as 5000000 or 5M", name, v, what);
+        return -1;
+    }
+    *out = (uint64_t)(n * unit);
+    return 0;
+}
+
+static int set_url(struct settings *s, const char *name, const char *v, char *dst, size_t len)
+{
+    if ((strncmp(v, "tcp://", 6) != 0 && strncmp(v, "tls+tcp://", 10) != 0) || strlen(v) >= len ||
+        strrchr(v, ':') == v + (strncmp(v, "tcp", 3) == 0 ? 3 : 7)) {
+        snprintf(s->error, sizeof s->error, "%s %s: need tcp://HOST:PORT", name, v);
+        return -1;
+    }
+    snprintf(dst, len, "%s", v);
+    return 0;
+}
+
+static int add_url(struct settings *s, const char *name, const char *v,
+                   char (*list)[PEER_URL_MAX + 1], size_t *n)
+{
+    if (*n == MAX_PEERS) {
+        snprintf(s->error, sizeof s->error, "at most %d %s entries", MAX_PEERS, name);
+        return -1;
+    }
+    if (set_url(s, name, v, list[*n], PEER_URL_MAX + 1) != 0)
+        return -1;
+    (*n)++;
+    return 0;
+}
+
+/* One "name = value" of [peers]. */
+static int peer_setting(struct settings *s, const char *name, const char *v)
+{
+    if (strcmp(name, "group-key") == 0)
+        return set_path(s, s->group_key, sizeof s->group_key, name, v);
+    if (strcmp(name, "tls-cert") == 0)
+        return set_path(s, s->tls_cert, sizeof s->tls_cert, name, v);
+    if (strcmp(name, "tls-key") == 0)
+        return set_path(s, s->tls_key, sizeof s->tls_key, name, v);
+    if (strcmp(name, "tls-ca") == 0)
+        return set_path(s, s->tls_ca, sizeof s->tls_ca, name, v);
+    if (strcmp(name, "listen") == 0)
+        return set_url(s, name, v, s->listen, sizeof s->listen);
+    if (strcmp(name, "peer") == 0)
+        return add_url(s, name, v, s->peers, &s->n_peers);
+    if (strcmp(name, "cache-host") == 0)
+        return add_url(s, name, v, s->cache_hosts, &s->n_cache_hosts);
+    if (strcmp(name, "is-cache-host") == 0)
+        return set_bool(s, name, v, &s->is_cache_host);
+    if (strcmp(name, "beacons") == 0) {
+        int on;
+        if (set_bool(s, name, v, &on) != 0)
+            return -1;
+        s->beacons = on ? 1 : 2;
+        return 0;
+    }
+    if (strcmp(name, "beacon-group") == 0) {
+        struct in_addr a;
+        if (inet_pton(AF_INET, v, &a) != 1 || (ntohl(a.s_addr) >> 28) != 14) {
+            snprintf(s->error, sizeof s->error, "%s %s: need an IPv4 multicast address", name, v);
+            return -1;
+        }
+        snprintf(s->beacon_group, sizeof s->beacon_group, "%s", v);
+        return 0;
+    }
+    if (strcmp(name, "beacon-port") == 0)
+        return set_count(s, name, v, 1, 65535, &s->beacon_port);
+    if (strcmp(name, "beacon-interval") == 0)
+        return set_seconds(s, name, v, 100, 3600 * 1000, &s->beacon_interval_ms);
+    if (strcmp(name, "upload-rate") == 0)
+        return set_bytes(s, name, v, "bytes per second (0: no limit)", &s->upload_rate);
+    if (strcmp(name, "cache-size") == 0) {
+        s->has_cache_size = 1;
+        return set_bytes(s, name, v, "bytes (0: no cache)", &s->cache_bytes);
+    }
+    if (strcmp(name, "cache-age") == 0)
+        return set_seconds(s, name, v, 1000, 3650ll * 24 * 3600 * 1000, &s->cache_age_ms);
+    if (strcmp(name, "max-connections") == 0)
+        return set_count(s, name, v, 1, 4096, &s->max_connections);
+    if (strcmp(name, "max-queued") == 0)
+        return set_count(s, name, v, 1, 16, &s->max_queued);
+    if (strcmp(name, "requests-in-flight") == 0)
+        return set_count(s, name, v, 1, 64, &s->in_flight);
+    if (strcmp(name, "piece-timeout") == 0)
+        return set_seconds(s, name, v, 100, 600 * 1000, &s->piece_timeout_ms);
+    if (strcmp(name, "ban-after") == 0)
+        return set_count(s, name, v, 1, 1000, &s->ban_after);
+    if (strcmp(name, "ban-time") == 0)
+        return set_seconds(s, name, v, 1000, 30ll * 24 * 3600 * 1000, &s->ban_ms);
+    snprintf(s->error, sizeof s->error, "unknown setting %s in [peers]", name);
+    return -1;
+}
+
 /* inih's callback: one "name = value" of a section. Returns 0 to mark
  * the line as bad (the first bad line's message is kept). */
 static int on_setting(void *user, const char *section, const char *name, const char *value)
@@ -122,7 +277,9 @@ static int on_setting(void *user, const char *section, const char *name, const c
     char saved[sizeof s->error];
     snprintf(saved, sizeof saved, "%s", s->error);
     int rc;
-    if (strcmp(section, "dopad") != 0) {
+    if (strcmp(section, "peers") == 0) {
+        rc = peer_setting(s, name, value);
+    } else if (strcmp(section, "dopad") != 0) {
         snprintf(s->error, sizeof s->error, "unknown section [%s]", section);
         rc = -1;
     } else if (strcmp(name, "socket") == 0) {
@@ -192,7 +349,9 @@ static const char usage_text[] =
     "  --config FILE              settings file (INI, section [dopad]; keys: socket,\n"
     "                             state-dir, max-running, inactivity-timeout, trusted-key,\n"
     "                             plugin-dir, plugin-timeout, validate-helper, notify-retry,\n"
-    "                             notify-retry-max, notify-command-timeout; see README.md);\n"
+    "                             notify-retry-max, notify-command-timeout; section\n"
+    "                             [peers]: group-key, listen, peer, cache-host, ...;\n"
+    "                             see README.md);\n"
     "                             default /etc/dopa/dopa.conf as root, else\n"
     "                             $XDG_CONFIG_HOME/dopa/dopa.conf, when it exists\n"
     "  --help                     this text\n";
@@ -358,7 +517,50 @@ int main(int argc, char **argv)
         snprintf(s->validate_helper, sizeof s->validate_helper, "%.4000s/dopa-validate",
                  dirname(self));
     }
+    /* Peers: only with a group key. */
+    static uint8_t group_key[PEER_GROUP_KEY_BYTES];
+    static const char *peer_urls[MAX_PEERS], *cache_urls[MAX_PEERS];
+    peer_node_config peer_cfg = {0};
+    if (s->group_key[0] != '\0') {
+        if (peer_group_key_load(s->group_key, group_key, why, sizeof why) != PEER_OK) {
+            fprintf(stderr, "dopad: group-key %s: %s\n", s->group_key, why);
+            return 2;
+        }
+        for (size_t i = 0; i < s->n_peers; i++)
+            peer_urls[i] = s->peers[i];
+        for (size_t i = 0; i < s->n_cache_hosts; i++)
+            cache_urls[i] = s->cache_hosts[i];
+        peer_cfg = (peer_node_config){
+            .group_key = group_key,
+            .listen = s->listen[0] ? s->listen : "tcp://0.0.0.0:7880",
+            .peers = peer_urls,
+            .n_peers = s->n_peers,
+            .cache_hosts = cache_urls,
+            .n_cache_hosts = s->n_cache_hosts,
+            .cache_host = s->is_cache_host,
+            .beacons = s->beacons != 2,
+            .beacon_group = s->beacon_group[0] ? s->beacon_group : NULL,
+            .beacon_port = (uint16_t)s->beacon_port,
+            .beacon_interval_ms = (uint32_t)s->beacon_interval_ms,
+            .upload_rate = s->upload_rate,
+            .max_connections = (unsigned)s->max_connections,
+            .max_queued = (unsigned)s->max_queued,
+            .in_flight = (unsigned)s->in_flight,
+            .piece_timeout_ms = (uint32_t)s->piece_timeout_ms,
+            .ban_after = (unsigned)s->ban_after,
+            .ban_seconds = (uint32_t)(s->ban_ms / 1000),
+            .tls_cert = s->tls_cert[0] ? s->tls_cert : NULL,
+            .tls_key = s->tls_key[0] ? s->tls_key : NULL,
+            .tls_ca = s->tls_ca[0] ? s->tls_ca : NULL,
+        };
+    } else if (s->n_peers > 0 || s->n_cache_hosts > 0 || s->listen[0] != '\0') {
+        fprintf(stderr, "dopad: [peers] needs group-key (make one with `dopa group-key FILE`)\n");
+        return 2;
+    }
     engine_config cfg = {.origin = origin_config_default(),
+                         .peer = s->group_key[0] ? &peer_cfg : NULL,
+                         .cache_bytes = s->has_cache_size ? s->cache_bytes : 4000000000ull,
+                         .cache_age_ms = (uint64_t)s->cache_age_ms,
                          .state_dir = state_dir,
                          .max_running = s->max_running,
                          .inactivity_ms = s->inactivity_ms,
@@ -410,6 +612,10 @@ int main(int argc, char **argv)
     pthread_create(&sig_thread, NULL, signal_thread, &set);
     agent_log("info", "dopad %s: %zu jobs, listening on %s, state in %s", AGENT_VERSION,
               engine_job_count(engine), socket_path, state_dir);
+    if (cfg.peer != NULL)
+        agent_log("info", "peers: serving on %s, %zu configured peers, %zu cache hosts, beacons %s",
+                  engine_peer_url(engine), s->n_peers, s->n_cache_hosts,
+                  cfg.peer->beacons ? "on" : "off");
 
     while (!atomic_load(&stopping))
         engine_step(engine, 1000);

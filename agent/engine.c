@@ -26,6 +26,7 @@
 #define COMMIT_INTERVAL_MS        200
 #define COMMIT_PIECES             64
 #define REQUEST_PIECES            256    /* pieces asked for in one range request */
+#define SWARM_REQUEST_PIECES      4      /* the same, for a file fetched from peers too */
 #define FINAL_JOB_KEEP_MS         300000 /* final jobs stay visible this long */
 #define MAX_BAD_PIECES            3      /* hash failures from the origin before ERROR */
 #define DEFAULT_MAX_RUNNING       4
@@ -149,6 +150,7 @@ void engine_stop_job(agent_engine *e, agent_job *j)
     for (size_t i = 0; i < j->n_files; i++) {
         agent_file *f = j->files[i];
         close_file_transfer(f);
+        peers_stop_file(e, f);
         /* A whole-file check still running is void now: its result must
          * not move the job (it is checked again when the job runs). */
         f->hashing = 0;
@@ -241,6 +243,9 @@ static void map_local(const agent_file *f, uint64_t local, uint64_t *remote, uin
 /* ------------------------------------------------------------------ */
 /* Origin callbacks                                                   */
 
+/* The engine a file belongs to: kept in a global since origin callbacks
+ * carry only the file. There is one engine per process. */
+static agent_engine *the_engine;
 static agent_engine *engine_of(agent_file *f);
 
 static void on_info(void *ctx, origin_file *of, const origin_file_info *info)
@@ -255,7 +260,7 @@ static void on_info(void *ctx, origin_file *of, const origin_file_info *info)
         f->remote_size = info->size;
 }
 
-static int write_all(int fd, const uint8_t *p, size_t len, uint64_t offset)
+int engine_write_all(int fd, const uint8_t *p, size_t len, uint64_t offset)
 {
     while (len > 0) {
         ssize_t n = pwrite(fd, p, len, (off_t)offset);
@@ -272,12 +277,13 @@ static int write_all(int fd, const uint8_t *p, size_t len, uint64_t offset)
 
 void engine_reset_file(agent_engine *e, agent_file *f)
 {
+    peers_forget_file(e, f); /* what it offered is gone */
     int own = engine_begin(e);
     engine_end(e, own,
                store_clear_pieces(e->db, f) == DOPA_OK && store_put_file(e->db, f) == DOPA_OK);
 }
 
-static void add_pending(agent_file *f, uint64_t piece)
+void engine_add_pending(agent_file *f, uint64_t piece)
 {
     if (f->n_pending == f->cap_pending) {
         size_t cap = f->cap_pending ? 2 * f->cap_pending : 64;
@@ -305,7 +311,7 @@ static int on_data(void *ctx, origin_file *of, uint64_t id, uint64_t offset, con
     uint64_t local = f->req_local + (offset - f->req_remote);
     if (local + len > f->req_end_local)
         return -1; /* origin promises this never happens */
-    int err = write_all(f->fd, data, len, local);
+    int err = engine_write_all(f->fd, data, len, local);
     if (err != 0) {
         f->abort_reason = ABORT_WRITE;
         f->abort_errno = err;
@@ -332,21 +338,27 @@ static int on_data(void *ctx, origin_file *of, uint64_t id, uint64_t offset, con
                     return -1;
                 }
             }
-            add_pending(f, f->fill_piece);
+            engine_add_pending(f, f->fill_piece);
             f->fill_piece++;
             f->fill = 0;
         }
     }
     j->from_origin += len;
     f->from_origin += len;
+    engine_of(f)->got_origin += len;
+    engine_progress(j);
+    return 0;
+}
+
+void engine_progress(agent_job *j)
+{
     j->no_progress_since = 0; /* bytes arriving are progress */
     j->no_progress_wall = 0;
-    j->touched = engine_mono(engine_of(f));
+    j->touched = engine_mono(the_engine);
     if (j->state == DOPA_STATE_CONNECTING) {
         j->state = DOPA_STATE_TRANSFERRING;
-        engine_touch(engine_of(f), j);
+        engine_touch(the_engine, j);
     }
-    return 0;
 }
 
 static void on_done(void *ctx, origin_file *of, uint64_t id, const origin_error *err)
@@ -427,13 +439,18 @@ static void on_done(void *ctx, origin_file *of, uint64_t id, const origin_error 
                         err->http_status, err->message);
         return;
     }
+    if (f->swarm != NULL && peer_swarm_sources(f->swarm) > 0) {
+        /* Peers hold pieces: they go on while the origin rests; it is
+         * tried again after the retry delay, and fails the job then if
+         * nobody else can send what is missing. */
+        int64_t rest = (int64_t)(j->retry_delay > 0 ? j->retry_delay : 1) * 1000;
+        f->origin_rest_until = engine_mono(e) + rest;
+        agent_log("info", "%s: %s; going on with peers", f->url, err->message);
+        return;
+    }
     engine_fail_job_after(e, j, err->is_transient, DOPA_CONTEXT_REMOTE_FILE, err->code,
                           (int)f->index, err->http_status, err->retry_after, err->message);
 }
-
-/* The engine a file belongs to: kept in a global since origin callbacks
- * carry only the file. There is one engine per process. */
-static agent_engine *the_engine;
 
 static agent_engine *engine_of(agent_file *f)
 {
@@ -485,7 +502,7 @@ static int open_temp(agent_engine *e, agent_file *f)
     return 0;
 }
 
-static int is_missing(const agent_file *f, uint64_t p)
+int engine_piece_missing(const agent_file *f, uint64_t p)
 {
     if (agent_file_piece_done(f, p))
         return 0;
@@ -499,9 +516,26 @@ static int is_missing(const agent_file *f, uint64_t p)
 static uint64_t next_missing(const agent_file *f)
 {
     uint64_t p = 0;
-    while (p < f->piece_count && !is_missing(f, p))
+    while (p < f->piece_count && !engine_piece_missing(f, p))
         p++;
     return p;
+}
+
+/* The first piece the origin should send: with peers, from this agent's
+ * share on, only what peers leave to the origin; piece_count if none. */
+static uint64_t next_origin_piece(const agent_file *f)
+{
+    if (f->swarm == NULL)
+        return next_missing(f);
+    if (peers_origin_wait(f) || engine_mono(the_engine) < f->origin_rest_until)
+        return f->piece_count;
+    uint64_t start = peers_origin_start(f);
+    for (uint64_t k = 0; k < f->piece_count; k++) {
+        uint64_t p = (start + k) % f->piece_count;
+        if (engine_piece_missing(f, p) && peers_origin_may(f, p))
+            return p;
+    }
+    return f->piece_count;
 }
 
 /* Asks the origin for the next run of missing pieces. A request stays
@@ -515,7 +549,7 @@ static void start_request(agent_engine *e, agent_file *f)
         first = f->fill_piece;
         local = first * f->piece_size + f->fill;
     } else {
-        first = next_missing(f);
+        first = next_origin_piece(f);
         if (first >= f->piece_count)
             return;
         local = first * f->piece_size;
@@ -523,8 +557,10 @@ static void start_request(agent_engine *e, agent_file *f)
             validate_blake2b_init(&f->piece_hash);
     }
     uint64_t last = first;
-    while (last + 1 < f->piece_count && last + 1 - first < REQUEST_PIECES &&
-           is_missing(f, last + 1))
+    /* In a swarm, short requests: who fetches what changes as it goes. */
+    uint64_t run = f->swarm != NULL ? SWARM_REQUEST_PIECES : REQUEST_PIECES;
+    while (last + 1 < f->piece_count && last + 1 - first < run &&
+           engine_piece_missing(f, last + 1) && peers_origin_may(f, last + 1))
         last++;
     uint64_t end = (last + 1) * f->piece_size;
     if (end > f->size)
@@ -549,6 +585,8 @@ static void start_request(agent_engine *e, agent_file *f)
     f->req_remote = remote;
     f->req_end_local = end;
     f->fill_piece = first;
+    f->req_first = first;
+    f->req_last = (end - 1) / f->piece_size;
 }
 
 static void start_whole_file_check(agent_engine *e, agent_file *f);
@@ -557,6 +595,8 @@ static void start_whole_file_check(agent_engine *e, agent_file *f);
 static void file_done(agent_engine *e, agent_file *f)
 {
     f->transferred = 1;
+    peers_file_transferred(e, f); /* offered whole from now on */
+    cache_add(e, f);              /* and kept after the job */
     close_file_transfer(f);
     if (f->fd >= 0)
         close(f->fd);
@@ -622,10 +662,12 @@ static void pump_job(agent_engine *e, agent_job *j)
             f->hash_passed = 0;
             f->plugins_passed = 0;
             f->validation = DOPA_VALIDATION_NONE;
-            if (f->fill > 0 || next_missing(f) < f->piece_count)
+            peers_start_file(e, f);
+            if (f->fill > 0 || next_origin_piece(f) < f->piece_count)
                 start_request(e, f);
-            else
+            else if (next_missing(f) >= f->piece_count)
                 e->commit_now = 1; /* only the commit stands between it and done */
+            /* else peers are sending the rest */
             return;
         }
         /* Every piece is done: the whole-file check, if any, then the
@@ -845,8 +887,10 @@ static void commit_pending(agent_engine *e, int force)
         int progressed = 0;
         for (size_t k = 0; k < j->n_files; k++) {
             agent_file *f = j->files[k];
-            for (size_t p = 0; p < f->n_pending; p++)
+            for (size_t p = 0; p < f->n_pending; p++) {
                 agent_file_mark_done(f, f->pending[p]);
+                peers_piece_done(e, f, f->pending[p]);
+            }
             progressed |= f->n_pending > 0;
             f->n_pending = 0;
             f->pending_bytes = 0;
@@ -886,6 +930,8 @@ int engine_finish_job(agent_engine *e, agent_job *j, int state)
 
 static void remove_job_at(agent_engine *e, size_t i)
 {
+    for (size_t k = 0; k < e->jobs[i]->n_files; k++)
+        peers_forget_file(e, e->jobs[i]->files[k]);
     agent_job_free(e->jobs[i]);
     memmove(&e->jobs[i], &e->jobs[i + 1], (e->n_jobs - i - 1) * sizeof e->jobs[0]);
     e->n_jobs--;
@@ -1068,6 +1114,7 @@ int engine_open(const engine_config *cfg, agent_engine **out, char *why, size_t 
     if (e == NULL)
         return DOPA_ENOMEM;
     e->cfg = *cfg;
+    e->peer_wake = -1;
     if (e->cfg.max_running == 0)
         e->cfg.max_running = DEFAULT_MAX_RUNNING;
     if (e->cfg.inactivity_ms == 0)
@@ -1153,6 +1200,11 @@ int engine_open(const engine_config *cfg, agent_engine **out, char *why, size_t 
     if (err != DOPA_OK)
         goto fail;
     the_engine = e;
+    err = peers_open(e, why, why_len);
+    if (err == DOPA_OK)
+        err = cache_open(e, why, why_len);
+    if (err != DOPA_OK)
+        goto fail;
     e->last_commit = mono;
     *out = e;
     return DOPA_OK;
@@ -1175,6 +1227,8 @@ void engine_close(agent_engine *e)
     engine_answer_waits(e, 1);
     for (size_t i = 0; i < e->n_jobs; i++)
         engine_stop_job(e, e->jobs[i]);
+    cache_close(e);
+    peers_close(e);
     notify_close(e);
     engine_reap(e, 1);
     free(e->zombies);
@@ -1218,12 +1272,16 @@ static int next_timer_ms(agent_engine *e, int limit)
     if (e->notify_wake >= 0 && e->notify_wake < best)
         best = e->notify_wake;
     best = validation_next_ms(e, best);
+    if (e->peer_wake >= 0 && e->peer_wake < best)
+        best = e->peer_wake;
     return best < 0 ? 0 : (int)best;
 }
 
 int engine_step(agent_engine *e, int timeout_ms)
 {
     int err = origin_poll(e->origin, next_timer_ms(e, timeout_ms));
+    e->peer_wake = peers_step(e);
+    cache_step(e);
     if (e->control != NULL)
         control_run_queued(e->control);
     take_hash_results(e);

@@ -73,6 +73,10 @@ struct agent_engine {
     size_t n_zombies;
     uint64_t next_event_id;
     engine_client *clients;
+    peer_node *peers;          /* the peer group, or NULL */
+    struct agent_cache *cache; /* verified content kept for peers, or NULL */
+    int64_t peer_wake;         /* ms from the last peers_step until it wants to run, or -1 */
+    uint64_t got_origin, got_peers, got_cache; /* bytes received since start, by source */
 };
 
 int64_t engine_now(const agent_engine *e);  /* wall ms */
@@ -144,5 +148,52 @@ int64_t validation_next_ms(agent_engine *e, int64_t limit);
 void engine_reject_file(agent_engine *e, agent_file *f, int code, const char *message);
 /* Records in one transaction that a file starts over (no pieces). */
 void engine_reset_file(agent_engine *e, agent_file *f);
+
+/* Transfers (engine.c), for peers.c. */
+int engine_write_all(int fd, const uint8_t *p, size_t len, uint64_t offset);
+/* A written piece waits for its fdatasync and commit. */
+void engine_add_pending(agent_file *f, uint64_t piece);
+/* Neither done nor waiting for its commit. */
+int engine_piece_missing(const agent_file *f, uint64_t piece);
+/* Bytes arrived for the job. */
+void engine_progress(agent_job *j);
+
+/* The agent's counters (peers.c). */
+void engine_stats(agent_engine *e, dopa_agent_stats *out);
+
+/* Peers (peers.c). */
+int peers_open(agent_engine *e, char *why, size_t why_len);
+void peers_close(agent_engine *e);
+/* The node's turn; fails jobs whose peer pieces could not be written.
+ * Returns ms until it wants to run again (-1: no peers). */
+int64_t peers_step(agent_engine *e);
+/* The file transfers: join the swarm for its content and offer what it holds. */
+void peers_start_file(agent_engine *e, agent_file *f);
+/* The file's transfer stops: leave the swarm (its pieces stay offered). */
+void peers_stop_file(agent_engine *e, agent_file *f);
+/* The file's content is gone or starts over: nothing of it is offered. */
+void peers_forget_file(agent_engine *e, agent_file *f);
+/* A piece was committed. */
+void peers_piece_done(agent_engine *e, agent_file *f, uint64_t piece);
+/* The file passed every check: offered whole. */
+void peers_file_transferred(agent_engine *e, agent_file *f);
+/* The content failed validation: the peers that sent unchecked pieces pay. */
+void peers_blame(agent_engine *e, agent_file *f);
+/* The origin waits for the swarm's first answers. */
+int peers_origin_wait(const agent_file *f);
+/* Whether the origin should fetch this piece (not claimed, left to it). */
+int peers_origin_may(const agent_file *f, uint64_t piece);
+/* Where the origin's share starts. */
+uint64_t peers_origin_start(const agent_file *f);
+
+/* The content cache (cache.c); only with peers and a size limit. */
+int cache_open(agent_engine *e, char *why, size_t why_len);
+void cache_close(agent_engine *e);
+/* Takes finished copies, ages entries out. */
+void cache_step(agent_engine *e);
+/* The file is valid: keep a copy of its content (made in the background). */
+void cache_add(agent_engine *e, agent_file *f);
+int cache_has(agent_engine *e, const uint8_t cid[VALIDATE_CONTENT_ID_BYTES]);
+void cache_stats(agent_engine *e, uint64_t *entries, uint64_t *bytes, uint64_t *limit);
 
 #endif

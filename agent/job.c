@@ -61,6 +61,7 @@ void agent_file_free(agent_file *f)
     validate_manifest_free(f->manifest);
     free(f->done);
     free(f->pending);
+    free(f->claimed);
     if (f->plugin_fd >= 0)
         close(f->plugin_fd);
     free(f);
@@ -195,6 +196,7 @@ void agent_job_info(const agent_job *j, dopa_job_info *out)
     out->bytes_from_origin = j->from_origin;
     out->bytes_from_peers = j->from_peers;
     out->bytes_from_cache = j->from_cache;
+    out->bytes_uploaded = j->uploaded;
     out->created = j->created;
     out->modified = j->modified;
     out->transfer_completed = j->completed;

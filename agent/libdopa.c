@@ -250,6 +250,23 @@ int dopa_whoami(dopa_manager *m, uint32_t *uid, char *version, size_t version_le
     return err;
 }
 
+int dopa_agent_stats_get(dopa_manager *m, dopa_agent_stats *out)
+{
+    if (out == NULL)
+        return DOPA_EINVAL;
+    proto_request *req = calloc(1, sizeof *req);
+    proto_reply reply;
+    if (req == NULL)
+        return DOPA_ENOMEM;
+    req->op = PROTO_STATS;
+    int err = call(m, req, &reply, CALL_TIMEOUT_MS);
+    free(req);
+    if (err == DOPA_OK)
+        *out = reply.stats;
+    proto_reply_clear(&reply);
+    return err;
+}
+
 int dopa_job_create(dopa_manager *m, const char *display_name, int type, dopa_id *out)
 {
     if (out == NULL || type != DOPA_JOB_DOWNLOAD)

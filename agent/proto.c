@@ -136,6 +136,7 @@ static const struct {
                               BIT(T_ID) | BIT(T_START) | BIT(T_VALID)},
     [PROTO_SET_VALIDATION_POLICY] = {BIT(T_ID) | BIT(T_SECONDS) | BIT(T_VALID),
                                      BIT(T_ID) | BIT(T_SECONDS) | BIT(T_VALID)},
+    [PROTO_STATS] = {0, 0},
 };
 
 /* ------------------------------------------------------------------ */
@@ -157,7 +158,27 @@ enum {
     R_EVENT,
     R_FLAGS,
     R_ARG,
+    R_S_JOBS,
+    R_S_FROM_ORIGIN,
+    R_S_FROM_PEERS,
+    R_S_FROM_CACHE,
+    R_S_UPLOADED,
+    R_S_PEERS,
+    R_S_BANNED,
+    R_S_BANS,
+    R_S_BAD_PIECES,
+    R_S_TIMEOUTS,
+    R_S_REFUSED,
+    R_S_CACHE_ENTRIES,
+    R_S_CACHE_BYTES,
+    R_S_CACHE_LIMIT,
+    R_S_PEER_URL,
 };
+#define STATS_FIELDS                                                                               \
+    (BIT(R_S_JOBS) | BIT(R_S_FROM_ORIGIN) | BIT(R_S_FROM_PEERS) | BIT(R_S_FROM_CACHE) |            \
+     BIT(R_S_UPLOADED) | BIT(R_S_PEERS) | BIT(R_S_BANNED) | BIT(R_S_BANS) | BIT(R_S_BAD_PIECES) |  \
+     BIT(R_S_TIMEOUTS) | BIT(R_S_REFUSED) | BIT(R_S_CACHE_ENTRIES) | BIT(R_S_CACHE_BYTES) |        \
+     BIT(R_S_CACHE_LIMIT) | BIT(R_S_PEER_URL))
 
 #define RP(field) offsetof(proto_reply, field)
 static const struct field reply_fields[] = {
@@ -176,6 +197,21 @@ static const struct field reply_fields[] = {
     {R_EVENT, K_EVENT, 0, 0, NO_FLAG},
     {R_FLAGS, K_U64, RP(flags), 0, NO_FLAG},
     {R_ARG, K_ARG, RP(args), PROTO_ARG_MAX, NO_FLAG},
+    {R_S_JOBS, K_U64, RP(stats.jobs), 0, NO_FLAG},
+    {R_S_FROM_ORIGIN, K_U64, RP(stats.from_origin), 0, NO_FLAG},
+    {R_S_FROM_PEERS, K_U64, RP(stats.from_peers), 0, NO_FLAG},
+    {R_S_FROM_CACHE, K_U64, RP(stats.from_cache), 0, NO_FLAG},
+    {R_S_UPLOADED, K_U64, RP(stats.uploaded), 0, NO_FLAG},
+    {R_S_PEERS, K_U64, RP(stats.peers), 0, NO_FLAG},
+    {R_S_BANNED, K_U64, RP(stats.banned), 0, NO_FLAG},
+    {R_S_BANS, K_U64, RP(stats.bans), 0, NO_FLAG},
+    {R_S_BAD_PIECES, K_U64, RP(stats.bad_pieces), 0, NO_FLAG},
+    {R_S_TIMEOUTS, K_U64, RP(stats.timeouts), 0, NO_FLAG},
+    {R_S_REFUSED, K_U64, RP(stats.refused), 0, NO_FLAG},
+    {R_S_CACHE_ENTRIES, K_U64, RP(stats.cache_entries), 0, NO_FLAG},
+    {R_S_CACHE_BYTES, K_U64, RP(stats.cache_bytes), 0, NO_FLAG},
+    {R_S_CACHE_LIMIT, K_U64, RP(stats.cache_limit), 0, NO_FLAG},
+    {R_S_PEER_URL, K_STR, RP(stats.peer_url), 127, NO_FLAG},
 };
 
 static const struct {
@@ -191,6 +227,7 @@ static const struct {
     [PROTO_WAIT] = {BIT(R_JOB), BIT(R_JOB)},
     [PROTO_GET_NOTIFY] = {BIT(R_FLAGS), BIT(R_FLAGS) | BIT(R_ARG)},
     [PROTO_EVENTS] = {0, BIT(R_EVENT)},
+    [PROTO_STATS] = {STATS_FIELDS, STATS_FIELDS},
 };
 
 enum {
@@ -225,6 +262,7 @@ enum {
     J_NOTIFY_FLAGS,
     J_VALIDATION_TIMEOUT,
     J_VALIDATION_DEFAULT,
+    J_UPLOADED,
     J_END
 };
 
@@ -243,7 +281,8 @@ static const struct field job_fields[] = {
      BIT(J_CREATED) | BIT(J_MODIFIED) | BIT(J_COMPLETED) | BIT(J_ERROR_COUNT) | BIT(J_HAS_ERROR) | \
      BIT(J_ERR_CONTEXT) | BIT(J_ERR_CODE) | BIT(J_ERR_FILE) | BIT(J_ERR_HTTP) |                    \
      BIT(J_ERR_MESSAGE) | BIT(J_RETRY_DELAY) | BIT(J_NO_PROGRESS) | BIT(J_PROXY_USAGE) |           \
-     BIT(J_VERSION) | BIT(J_NOTIFY_FLAGS) | BIT(J_VALIDATION_TIMEOUT) | BIT(J_VALIDATION_DEFAULT))
+     BIT(J_VERSION) | BIT(J_NOTIFY_FLAGS) | BIT(J_VALIDATION_TIMEOUT) |                            \
+     BIT(J_VALIDATION_DEFAULT) | BIT(J_UPLOADED))
 
 enum {
     F_URL = 1,
@@ -633,6 +672,7 @@ static int decode_job(const uint8_t *p, size_t len, dopa_job_info *j, char *why,
     j->bytes_from_origin = v[J_FROM_ORIGIN];
     j->bytes_from_peers = v[J_FROM_PEERS];
     j->bytes_from_cache = v[J_FROM_CACHE];
+    j->bytes_uploaded = v[J_UPLOADED];
     j->created = (int64_t)v[J_CREATED];
     j->modified = (int64_t)v[J_MODIFIED];
     j->transfer_completed = (int64_t)v[J_COMPLETED];
@@ -784,6 +824,7 @@ static void put_job(proto_buf *b, const dopa_job_info *j)
         {J_FROM_ORIGIN, j->bytes_from_origin},
         {J_FROM_PEERS, j->bytes_from_peers},
         {J_FROM_CACHE, j->bytes_from_cache},
+        {J_UPLOADED, j->bytes_uploaded},
         {J_CREATED, (uint64_t)j->created},
         {J_MODIFIED, (uint64_t)j->modified},
         {J_COMPLETED, (uint64_t)j->transfer_completed},

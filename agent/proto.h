@@ -67,6 +67,7 @@ enum proto_op {
     PROTO_EVENT_DONE = 26, /* a client's callback returned */
     PROTO_SET_VALIDATION = 27,
     PROTO_SET_VALIDATION_POLICY = 28,
+    PROTO_STATS = 29, /* the agent's counters */
     PROTO_OP_END
 };
 
@@ -135,6 +136,7 @@ typedef struct proto_reply {
     uint64_t flags;
     char args[PROTO_MAX_ARGS][PROTO_ARG_MAX + 1];
     size_t n_args;
+    dopa_agent_stats stats;
 } proto_reply;
 
 /* A growable output buffer; never grows beyond `max`. */

@@ -559,6 +559,9 @@ int engine_handle(agent_engine *e, uint32_t uid, const proto_request *req, proto
         reply->uid = uid;
         snprintf(reply->version, sizeof reply->version, "%s", AGENT_VERSION);
         return 0;
+    case PROTO_STATS:
+        engine_stats(e, &reply->stats);
+        return 0;
     case PROTO_CREATE:
         return do_create(e, uid, req, reply);
     case PROTO_GET:

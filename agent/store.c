@@ -75,6 +75,8 @@ static const char *const migrations[] = {
     "  kind INTEGER NOT NULL, file INTEGER NOT NULL"
     ");"
     "CREATE INDEX notifications_job ON notifications(job);",
+    /* 2 -> 3: bytes sent to peers. */
+    "ALTER TABLE jobs ADD COLUMN uploaded INTEGER NOT NULL DEFAULT 0;",
 };
 
 _Static_assert(sizeof migrations / sizeof migrations[0] == STORE_SCHEMA_VERSION,
@@ -171,7 +173,7 @@ int store_open(const char *path, store **out, char *why, size_t why_len)
                  /* An upsert: REPLACE would delete the row first, and the
                   * deletion would cascade into the job's files and pieces. */
                  "INSERT INTO jobs VALUES (?1,?2,?3,?4,?5,?6,?7,?8,?9,?10,?11,?12,?13,"
-                 "?14,?15,?16,?17,?18,?19,?20,?21,?22,?23,?24,?25,?26,?27,?28,?29,?30,?31,?32) "
+                 "?14,?15,?16,?17,?18,?19,?20,?21,?22,?23,?24,?25,?26,?27,?28,?29,?30,?31,?32,?33) "
                  "ON CONFLICT (id) DO UPDATE "
                  "SET seq=?2, owner=?3, type=?4, state=?5, priority=?6, name=?7, description=?8, "
                  "created=?9, modified=?10, completed=?11, error_count=?12, has_error=?13, "
@@ -179,7 +181,7 @@ int store_open(const char *path, store **out, char *why, size_t why_len)
                  "retry_delay=?19, no_progress_timeout=?20, proxy_usage=?21, proxy=?22, "
                  "bypass=?23, from_origin=?24, from_peers=?25, from_cache=?26, file_user=?27, "
                  "no_progress_since=?28, notify_flags=?29, notify_cmd=?30, validation_timeout=?31, "
-                 "validation_default=?32") ||
+                 "validation_default=?32, uploaded=?33") ||
          prepare(s, &s->delete_job, "DELETE FROM jobs WHERE id = ?1") ||
          /* An upsert, not INSERT OR REPLACE: replacing the row would cascade
           * into its pieces and ranges. */
@@ -284,6 +286,7 @@ int store_put_job(store *s, const agent_job *j)
         sqlite3_bind_null(st, 30);
     sqlite3_bind_int64(st, 31, j->validation_timeout);
     sqlite3_bind_int(st, 32, j->validation_default_valid);
+    sqlite3_bind_int64(st, 33, (sqlite3_int64)j->uploaded);
     return run(st);
 }
 
@@ -456,8 +459,9 @@ static int load_job_row(sqlite3_stmt *st, agent_job *j)
         {28, 0, DOPA_NOTIFY_ALL},
         {30, 0, UINT32_MAX},
         {31, 0, 1},
+        {32, 0, INT64_MAX},
     };
-    int64_t v[32] = {0};
+    int64_t v[33] = {0};
     if (column_id(st, 0, &j->id) != 0)
         return -1;
     for (size_t i = 0; i < sizeof ints / sizeof ints[0]; i++)
@@ -494,6 +498,7 @@ static int load_job_row(sqlite3_stmt *st, agent_job *j)
     j->notify_flags = (uint32_t)v[28];
     j->validation_timeout = (uint32_t)v[30];
     j->validation_default_valid = (int)v[31];
+    j->uploaded = (uint64_t)v[32];
     int t = sqlite3_column_type(st, 29);
     if (t == SQLITE_BLOB) {
         size_t n = (size_t)sqlite3_column_bytes(st, 29);

@@ -302,6 +302,8 @@ void engine_reject_file(agent_engine *e, agent_file *f, int code, const char *me
     int own = engine_begin(e);
     notify_cancel(e, j, CB_FILE_TRANSFERRED, (int32_t)f->index);
     int from_peers = (f->from_peers > 0 || f->from_cache > 0) && !f->origin_only;
+    if (from_peers)
+        peers_blame(e, f);
     /* Nothing of it may stay: the pieces, the bytes, the verdicts. */
     agent_file_clear_pieces(f);
     truncate_temp(f);

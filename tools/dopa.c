@@ -18,6 +18,7 @@
 
 #include "dopa.h"
 #include "json.h"
+#include "peer.h"
 #include "validate.h"
 
 enum exit_code {
@@ -76,6 +77,12 @@ static const char usage_text[] =
     "  set-validation-policy JOB SECS valid|invalid\n"
     "                                how long a file waits for its verdict, and the\n"
     "                                verdict when none comes\n"
+    "\n"
+    "peers:\n"
+    "  stats                         the agent's counters: bytes by source, uploads,\n"
+    "                                peers, bans, the content cache\n"
+    "  group-key FILE [--force]      make a new group key (mode 0600); agents whose\n"
+    "                                [peers] group-key names a copy of it form a group\n"
     "\n"
     "--json prints one JSON document instead of text.\n"
     "exit codes: 0 success; 1 the job failed; 2 usage error; 3 dopad not reachable;\n"
@@ -287,6 +294,13 @@ static int resolve(dopa_manager *m, const char *text, dopa_id *id)
     return EXIT_REFUSED;
 }
 
+/* The share of the bytes that came from peers and cache hosts. */
+static double peer_efficiency(uint64_t origin, uint64_t peers, uint64_t cache)
+{
+    uint64_t total = origin + peers + cache;
+    return total ? (double)(peers + cache) / (double)total : 0.0;
+}
+
 static void print_job_json(const dopa_job_info *j)
 {
     char id[37];
@@ -303,13 +317,16 @@ static void print_job_json(const dopa_job_info *j)
         printf("%" PRIu64, j->bytes_total);
     printf(",\"bytes_transferred\":%" PRIu64 ",\"files_total\":%u,\"files_transferred\":%u"
            ",\"bytes_from_origin\":%" PRIu64 ",\"bytes_from_peers\":%" PRIu64
-           ",\"bytes_from_cache\":%" PRIu64 ",\"created_ms\":%" PRId64 ",\"modified_ms\":%" PRId64
+           ",\"bytes_from_cache\":%" PRIu64 ",\"bytes_uploaded\":%" PRIu64
+           ",\"peer_efficiency\":%.4f,\"created_ms\":%" PRId64 ",\"modified_ms\":%" PRId64
            ",\"transfer_completed_ms\":%" PRId64 ",\"error_count\":%u"
            ",\"minimum_retry_delay\":%u,\"no_progress_timeout\":%u,\"version\":%" PRIu64
            ",\"notify_flags\":",
            j->bytes_transferred, j->files_total, j->files_transferred, j->bytes_from_origin,
-           j->bytes_from_peers, j->bytes_from_cache, j->created, j->modified, j->transfer_completed,
-           j->error_count, j->minimum_retry_delay, j->no_progress_timeout, j->version);
+           j->bytes_from_peers, j->bytes_from_cache, j->bytes_uploaded,
+           peer_efficiency(j->bytes_from_origin, j->bytes_from_peers, j->bytes_from_cache),
+           j->created, j->modified, j->transfer_completed, j->error_count, j->minimum_retry_delay,
+           j->no_progress_timeout, j->version);
     print_notify_flags_json(j->notify_flags);
     printf(",\"validation_timeout\":%u,\"validation_default\":\"%s\",\"error\":",
            j->validation_timeout, j->validation_default_valid ? "valid" : "invalid");
@@ -350,8 +367,11 @@ static void print_job_text(const dopa_job_info *j)
     printf("priority:     %s\n", dopa_priority_name(j->priority));
     printf("progress:     ");
     print_progress_line(j);
-    printf("\nfrom:         origin %" PRIu64 ", peers %" PRIu64 ", cache %" PRIu64 " bytes\n",
-           j->bytes_from_origin, j->bytes_from_peers, j->bytes_from_cache);
+    printf("\nfrom:         origin %" PRIu64 ", peers %" PRIu64 ", cache host %" PRIu64
+           " bytes (%.1f %% from peers)\n",
+           j->bytes_from_origin, j->bytes_from_peers, j->bytes_from_cache,
+           100 * peer_efficiency(j->bytes_from_origin, j->bytes_from_peers, j->bytes_from_cache));
+    printf("uploaded:     %" PRIu64 " bytes to peers\n", j->bytes_uploaded);
     printf("created:      %s\nmodified:     %s\ntransferred:  %s\n", created, modified, completed);
     printf("retry delay:  %u s\nno progress:  %u s\nerrors:       %u\n", j->minimum_retry_delay,
            j->no_progress_timeout, j->error_count);
@@ -1061,6 +1081,76 @@ static int cmd_monitor(dopa_manager *m, int argc, char **argv)
     return EXIT_OK;
 }
 
+/* The agent's counters. */
+static int cmd_stats(dopa_manager *m)
+{
+    dopa_agent_stats s;
+    int err = dopa_agent_stats_get(m, &s);
+    if (err != DOPA_OK)
+        return failed("stats", err);
+    double eff = peer_efficiency(s.from_origin, s.from_peers, s.from_cache);
+    if (json) {
+        printf("{\"jobs\":%" PRIu64 ",\"from_origin\":%" PRIu64 ",\"from_peers\":%" PRIu64
+               ",\"from_cache\":%" PRIu64 ",\"peer_efficiency\":%.4f,\"uploaded\":%" PRIu64
+               ",\"peers\":%" PRIu64 ",\"banned\":%" PRIu64 ",\"bans\":%" PRIu64
+               ",\"bad_pieces\":%" PRIu64 ",\"timeouts\":%" PRIu64 ",\"refused\":%" PRIu64
+               ",\"cache_entries\":%" PRIu64 ",\"cache_bytes\":%" PRIu64 ",\"cache_limit\":%" PRIu64
+               ",\"peer_url\":",
+               s.jobs, s.from_origin, s.from_peers, s.from_cache, eff, s.uploaded, s.peers,
+               s.banned, s.bans, s.bad_pieces, s.timeouts, s.refused, s.cache_entries,
+               s.cache_bytes, s.cache_limit);
+        json_string(s.peer_url);
+        printf("}\n");
+        return EXIT_OK;
+    }
+    char o[32], p[32], c[32], u[32], cb[32], cl[32];
+    format_bytes(s.from_origin, o, sizeof o);
+    format_bytes(s.from_peers, p, sizeof p);
+    format_bytes(s.from_cache, c, sizeof c);
+    format_bytes(s.uploaded, u, sizeof u);
+    format_bytes(s.cache_bytes, cb, sizeof cb);
+    format_bytes(s.cache_limit, cl, sizeof cl);
+    printf("jobs:         %" PRIu64 "\n", s.jobs);
+    printf("received:     origin %s, peers %s, cache hosts %s (%.1f %% from peers)\n", o, p, c,
+           100 * eff);
+    printf("uploaded:     %s to peers\n", u);
+    if (s.peer_url[0] == '\0') {
+        printf("peers:        none (no group key configured)\n");
+    } else {
+        printf("peers:        %" PRIu64 " known, %" PRIu64 " banned now; serving on %s\n", s.peers,
+               s.banned, s.peer_url);
+        printf("trouble:      %" PRIu64 " bans, %" PRIu64 " bad pieces, %" PRIu64
+               " timeouts, %" PRIu64 " messages refused\n",
+               s.bans, s.bad_pieces, s.timeouts, s.refused);
+    }
+    printf("cache:        %" PRIu64 " entries, %s of %s\n", s.cache_entries, cb, cl);
+    return EXIT_OK;
+}
+
+/* Writes a new group key file. */
+static int cmd_group_key(int argc, char **argv)
+{
+    int force = argc == 3 && strcmp(argv[2], "--force") == 0;
+    if (argc != 2 && !force)
+        return usage_error("group-key: need FILE [--force]");
+    uint8_t key[PEER_GROUP_KEY_BYTES];
+    char why[512];
+    peer_group_key_generate(key);
+    int err = peer_group_key_save(key, argv[1], force, why, sizeof why);
+    sodium_memzero(key, sizeof key);
+    if (err != PEER_OK) {
+        fprintf(stderr, "dopa: group-key: %s\n", why);
+        if (err == PEER_EEXISTS)
+            fprintf(stderr, "dopa: give --force to replace it\n");
+        return EXIT_REFUSED;
+    }
+    if (json)
+        printf("{\"group_key_file\":\"%s\"}\n", argv[1]);
+    else
+        printf("wrote %s; copy it (mode 0600) to every agent of the group\n", argv[1]);
+    return EXIT_OK;
+}
+
 int main(int argc, char **argv)
 {
     int i = 1;
@@ -1085,6 +1175,8 @@ int main(int argc, char **argv)
         fputs(usage_text, stdout);
         return EXIT_OK;
     }
+    if (strcmp(cmd, "group-key") == 0)
+        return cmd_group_key(argc, argv); /* needs no dopad */
 
     dopa_manager *m = NULL;
     int rc = connect_or_fail(&m);
@@ -1145,6 +1237,8 @@ int main(int argc, char **argv)
         rc = argc > 2 || (argc == 2 && !all) ? usage_error("list: only --all") : cmd_list(m, all);
     } else if (strcmp(cmd, "monitor") == 0) {
         rc = argc > 2 ? usage_error("monitor: at most one JOB") : cmd_monitor(m, argc, argv);
+    } else if (strcmp(cmd, "stats") == 0) {
+        rc = argc != 1 ? usage_error("stats: no arguments") : cmd_stats(m);
     } else if (strcmp(cmd, "whoami") == 0) {
         uint32_t uid;
         char version[64];

@@ -1,0 +1,313 @@
+/*
+ * The engine's side of peering: which files use peers, what the agent
+ * offers them, and what happens to a piece a peer sent.
+ *
+ * A file uses peers when the agent is in a group, the file has a content id
+ * (a manifest, or an expected SHA-256 of the whole file), no byte ranges,
+ * and has not been put on origin_only by a failed validation. Pieces asked
+ * of a peer are `claimed`; the origin request never covers a claimed piece
+ * and peers are never asked for a piece the origin request covers, so every
+ * piece comes whole from one source.
+ */
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "engine_internal.h"
+
+/* The engine, for the swarm callbacks (which carry only the file). */
+static agent_engine *peers_engine;
+
+static agent_engine *engine_of_file(const agent_file *f)
+{
+    (void)f;
+    return peers_engine;
+}
+
+static void wakeup(void *ctx)
+{
+    engine_wakeup(ctx);
+}
+
+int peers_open(agent_engine *e, char *why, size_t why_len)
+{
+    if (e->cfg.peer == NULL)
+        return DOPA_OK;
+    peer_node_config cfg = *e->cfg.peer;
+    cfg.wakeup = wakeup;
+    cfg.wakeup_ctx = e;
+    peers_engine = e;
+    int err = peer_node_open(&cfg, &e->peers, why, why_len);
+    return err == PEER_OK ? DOPA_OK : DOPA_EINVAL;
+}
+
+const char *engine_peer_url(const agent_engine *e)
+{
+    return e->peers != NULL ? peer_node_listen_url(e->peers) : "";
+}
+
+void peers_close(agent_engine *e)
+{
+    for (size_t i = 0; i < e->n_jobs; i++)
+        for (size_t k = 0; k < e->jobs[i]->n_files; k++)
+            peers_stop_file(e, e->jobs[i]->files[k]);
+    peer_node_close(e->peers);
+    e->peers = NULL;
+}
+
+static int claimed(const agent_file *f, uint64_t piece)
+{
+    return f->claimed != NULL && (f->claimed[piece / 8] >> (piece % 8)) & 1;
+}
+
+static void set_claimed(agent_file *f, uint64_t piece, int on)
+{
+    if (f->claimed == NULL)
+        return;
+    if (on)
+        f->claimed[piece / 8] |= (uint8_t)(1u << (piece % 8));
+    else
+        f->claimed[piece / 8] &= (uint8_t) ~(1u << (piece % 8));
+}
+
+static int in_origin_request(const agent_file *f, uint64_t piece)
+{
+    return f->request != 0 && !f->probing && piece >= f->req_first && piece <= f->req_last;
+}
+
+/* ------------------------------------------------------------------ */
+/* The swarm's callbacks (inside peer_node_step)                      */
+
+static int on_claim(void *ctx, uint64_t piece, int take)
+{
+    agent_file *f = ctx;
+    if (piece >= f->piece_count || f->fd < 0 || f->peer_write_err != 0 || claimed(f, piece) ||
+        in_origin_request(f, piece) || !engine_piece_missing(f, piece))
+        return 0;
+    if (take)
+        set_claimed(f, piece, 1);
+    return 1;
+}
+
+static int on_piece(void *ctx, uint64_t piece, const uint8_t *data, size_t len, int cache_host)
+{
+    agent_file *f = ctx;
+    agent_job *j = f->job;
+    set_claimed(f, piece, 0);
+    if (f->fd < 0 || f->peer_write_err != 0 || !engine_piece_missing(f, piece) ||
+        len != validate_piece_length(f->size, f->piece_size, piece))
+        return PEER_VERDICT_UNUSED;
+    if (f->manifest != NULL) {
+        uint8_t h[VALIDATE_HASH_BYTES];
+        validate_blake2b(data, len, h);
+        if (sodium_memcmp(h, validate_manifest_piece_hash(f->manifest, piece), sizeof h) != 0)
+            return PEER_VERDICT_BAD; /* never written */
+    }
+    int err = engine_write_all(f->fd, data, len, piece * f->piece_size);
+    if (err != 0) {
+        f->peer_write_err = err; /* peers_step fails the job, outside this callback */
+        return PEER_VERDICT_UNUSED;
+    }
+    engine_add_pending(f, piece);
+    agent_engine *e = engine_of_file(f);
+    if (cache_host) {
+        f->from_cache += len;
+        j->from_cache += len;
+        e->got_cache += len;
+    } else {
+        f->from_peers += len;
+        j->from_peers += len;
+        e->got_peers += len;
+    }
+    engine_progress(j);
+    return f->manifest != NULL ? PEER_VERDICT_GOOD : PEER_VERDICT_LATER;
+}
+
+static void on_lost(void *ctx, uint64_t piece)
+{
+    set_claimed(ctx, piece, 0);
+}
+
+/* ------------------------------------------------------------------ */
+/* Offers and swarms                                                  */
+
+static int eligible(const agent_engine *e, agent_file *f)
+{
+    if (e->peers == NULL || f->origin_only || f->n_ranges > 0 || f->size == DOPA_SIZE_UNKNOWN ||
+        f->piece_count == 0)
+        return 0;
+    if (f->manifest != NULL) {
+        memcpy(f->cid, f->manifest->content_id, sizeof f->cid);
+        f->has_cid = 1;
+    } else if (f->has_sha256) {
+        validate_content_id_from_sha256(f->sha256, f->size, f->cid);
+        f->has_cid = 1;
+    } else {
+        f->has_cid = 0;
+    }
+    return f->has_cid;
+}
+
+/* Offers what the file holds: with a manifest, its committed pieces; with
+ * only a whole-file hash, everything once the file passed that check. */
+static void offer(agent_engine *e, agent_file *f, int downloading)
+{
+    if (f->fd < 0)
+        return;
+    size_t bytes = (size_t)(f->piece_count + 7) / 8;
+    uint8_t *held = calloc(bytes ? bytes : 1, 1);
+    if (held == NULL)
+        return;
+    int whole = f->manifest == NULL && f->transferred;
+    for (uint64_t i = 0; i < f->piece_count; i++)
+        if (whole || (f->manifest != NULL && agent_file_piece_done(f, i)))
+            peer_bit_set(held, i);
+    peer_offer_info info = {
+        .fd = f->fd,
+        .size = f->size,
+        .piece_size = f->piece_size,
+        .piece_hashes = f->manifest != NULL ? f->manifest->piece_hashes : NULL,
+        .held = held,
+        .downloading = downloading,
+    };
+    if (peer_offer(e->peers, f->cid, &info) == PEER_OK)
+        f->offered = 1;
+    free(held);
+}
+
+void peers_start_file(agent_engine *e, agent_file *f)
+{
+    if (f->swarm != NULL || f->transferred || !eligible(e, f) || f->fd < 0)
+        return;
+    if (f->claimed == NULL) {
+        f->claimed = calloc((size_t)(f->piece_count + 7) / 8, 1);
+        if (f->claimed == NULL)
+            return;
+    }
+    offer(e, f, 1);
+    peer_swarm_ops ops = {.claim = on_claim, .piece = on_piece, .lost = on_lost, .ctx = f};
+    if (peer_swarm_open(e->peers, f->cid, f->size, f->piece_size, &ops, &f->swarm) != PEER_OK)
+        f->swarm = NULL;
+}
+
+void peers_stop_file(agent_engine *e, agent_file *f)
+{
+    (void)e;
+    if (f->swarm != NULL) {
+        peer_swarm_close(f->swarm); /* gives back its claims */
+        f->swarm = NULL;
+    }
+}
+
+void peers_forget_file(agent_engine *e, agent_file *f)
+{
+    peers_stop_file(e, f);
+    if (f->offered && e->peers != NULL)
+        peer_withdraw(e->peers, f->cid);
+    f->offered = 0;
+}
+
+void peers_piece_done(agent_engine *e, agent_file *f, uint64_t piece)
+{
+    if (f->offered && f->manifest != NULL && e->peers != NULL)
+        peer_offer_piece(e->peers, f->cid, piece);
+}
+
+void peers_file_transferred(agent_engine *e, agent_file *f)
+{
+    peers_stop_file(e, f);
+    if (e->peers != NULL && eligible(e, f))
+        offer(e, f, 0);
+}
+
+void peers_blame(agent_engine *e, agent_file *f)
+{
+    (void)e;
+    if (f->swarm != NULL)
+        peer_swarm_blame(f->swarm);
+}
+
+/* ------------------------------------------------------------------ */
+/* The origin's share                                                 */
+
+int peers_origin_wait(const agent_file *f)
+{
+    return f->swarm != NULL && !peer_swarm_ready(f->swarm);
+}
+
+int peers_origin_may(const agent_file *f, uint64_t piece)
+{
+    if (claimed(f, piece))
+        return 0;
+    return f->swarm == NULL || peer_swarm_origin_may(f->swarm, piece);
+}
+
+uint64_t peers_origin_start(const agent_file *f)
+{
+    return f->swarm != NULL ? peer_swarm_share_start(f->swarm) : 0;
+}
+
+void engine_stats(agent_engine *e, dopa_agent_stats *out)
+{
+    memset(out, 0, sizeof *out);
+    out->jobs = e->n_jobs;
+    out->from_origin = e->got_origin;
+    out->from_peers = e->got_peers;
+    out->from_cache = e->got_cache;
+    if (e->peers != NULL) {
+        peer_stats ps;
+        peer_node_stats(e->peers, &ps);
+        out->uploaded = ps.uploaded;
+        out->peers = ps.peers;
+        out->banned = ps.banned;
+        out->bans = ps.bans;
+        out->bad_pieces = ps.bad_pieces;
+        out->timeouts = ps.timeouts;
+        out->refused = ps.refused;
+        snprintf(out->peer_url, sizeof out->peer_url, "%s", peer_node_listen_url(e->peers));
+    }
+    cache_stats(e, &out->cache_entries, &out->cache_bytes, &out->cache_limit);
+}
+
+/* Bytes of each job's content its offers have sent since the last look. */
+static void count_uploads(agent_engine *e)
+{
+    for (size_t i = 0; i < e->n_jobs; i++) {
+        agent_job *j = e->jobs[i];
+        for (size_t k = 0; k < j->n_files; k++) {
+            agent_file *f = j->files[k];
+            if (!f->offered)
+                continue;
+            uint64_t up = peer_offer_uploaded(e->peers, f->cid);
+            if (up > f->upload_seen) {
+                j->uploaded += up - f->upload_seen;
+                f->upload_seen = up;
+            }
+        }
+    }
+}
+
+int64_t peers_step(agent_engine *e)
+{
+    if (e->peers == NULL)
+        return -1;
+    int64_t wake = peer_node_step(e->peers);
+    count_uploads(e);
+    for (size_t i = 0; i < e->n_jobs; i++) {
+        agent_job *j = e->jobs[i];
+        for (size_t k = 0; k < j->n_files; k++) {
+            agent_file *f = j->files[k];
+            if (f->peer_write_err == 0)
+                continue;
+            int err = f->peer_write_err;
+            f->peer_write_err = 0;
+            char msg[512];
+            snprintf(msg, sizeof msg, "writing %s: %s", f->tmp_path, strerror(err));
+            engine_fail_job(e, j, err == ENOSPC || err == EIO || err == EDQUOT,
+                            DOPA_CONTEXT_LOCAL_FILE, err, (int)f->index, 0, msg);
+            break;
+        }
+    }
+    return wake;
+}
