@@ -1039,20 +1039,23 @@ static void transfer_done(transfer *t, CURLcode rc)
     request_finish(r, failed ? &err : NULL);
 }
 
-static void process_messages(origin *o)
+/* Reports finished transfers; returns how many. */
+static int process_messages(origin *o)
 {
     CURLMsg *m;
-    int left;
+    int left, done = 0;
     o->depth++;
     while ((m = curl_multi_info_read(o->multi, &left)) != NULL) {
         if (m->msg != CURLMSG_DONE)
             continue;
+        done++;
         transfer *t = NULL;
         CURLcode rc = m->data.result;
         curl_easy_getinfo(m->easy_handle, CURLINFO_PRIVATE, (char **)&t);
         transfer_done(t, rc);
     }
     o->depth--;
+    return done;
 }
 
 static void file_free(origin_file *f)
@@ -1131,13 +1134,16 @@ static int refill_wait_ms(const origin *o)
     return best;
 }
 
-static int perform(origin *o)
+/* Moves transfers on; *finished (if not NULL) says whether any ended. */
+static int perform(origin *o, int *finished)
 {
     int running = 0;
     o->depth++;
     CURLMcode mc = curl_multi_perform(o->multi, &running);
     o->depth--;
-    process_messages(o);
+    int done = process_messages(o);
+    if (finished != NULL)
+        *finished = done > 0;
     bury_dead(o);
     start_queued(o);
     return mc == CURLM_OK ? ORIGIN_OK : ORIGIN_ETRANSFER;
@@ -1150,9 +1156,12 @@ int origin_poll(origin *o, int timeout_ms)
     start_queued(o);
     unpause(o);
     bury_dead(o);
-    int err = perform(o);
+    int finished = 0;
+    int err = perform(o, &finished);
     if (err != ORIGIN_OK)
         return err;
+    if (finished)
+        return ORIGIN_OK; /* the caller has news to act on before any wait */
     int wait = refill_wait_ms(o);
     if (wait >= 0 && wait < timeout_ms)
         timeout_ms = wait;
@@ -1160,7 +1169,7 @@ int origin_poll(origin *o, int timeout_ms)
         return ORIGIN_ETRANSFER;
     unpause(o);
     bury_dead(o);
-    return perform(o);
+    return perform(o, NULL);
 }
 
 void origin_wakeup(origin *o)
