@@ -11,12 +11,15 @@
  * hashed as it is made and kept only if its whole-file SHA-256 is the
  * expected one, so a temporary file changed after its check never reaches
  * the cache. On start the entries are read back: a manifest must still be
- * signed by a trusted key and unexpired, the data must have its size.
+ * signed by a trusted key and unexpired, the data must have its size, and
+ * an entry known only by its SHA-256 is hashed again (in the background)
+ * before it is offered; with a manifest every piece is hashed when served.
  * The meta file's modification time is the entry's last use.
  */
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -46,6 +49,8 @@ typedef struct cache_copy {
     uint8_t sha256[32];
     uint8_t *meta;
     size_t meta_len;
+    int verify_only;   /* an entry read back at start: hash it, copy nothing */
+    int64_t last_used; /* verify_only: the entry's */
     int ok;
     char why[256];
     struct cache_copy *next;
@@ -61,6 +66,7 @@ typedef struct agent_cache {
     pthread_t thread;
     int thread_running;
     cache_copy *finished; /* e->lock */
+    atomic_int cancel;    /* the copy thread stops early (closing) */
     int64_t last_sweep;
 } agent_cache;
 
@@ -174,7 +180,9 @@ static void copy_content(agent_cache *c, cache_copy *k)
     hexname(c, k->cid, "data", data, sizeof data);
     hexname(c, k->cid, "meta", meta, sizeof meta);
     hexname(c, k->cid, "meta.part", meta_part, sizeof meta_part);
-    int out = open(part, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC | O_NOFOLLOW, 0600);
+    int out = k->verify_only
+                  ? -2
+                  : open(part, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC | O_NOFOLLOW, 0600);
     if (out < 0) {
         snprintf(k->why, sizeof k->why, "%.200s: %s", part, strerror(errno));
         return;
@@ -186,6 +194,10 @@ static void copy_content(agent_cache *c, cache_copy *k)
     uint64_t off = 0;
     int err = buf == NULL ? ENOMEM : 0;
     while (err == 0 && off < k->size) {
+        if (atomic_load(&c->cancel)) {
+            err = ECANCELED;
+            break;
+        }
         size_t want = k->size - off < CHUNK ? (size_t)(k->size - off) : CHUNK;
         ssize_t n = pread(k->fd, buf, want, (off_t)off);
         if (n < 0 && errno == EINTR)
@@ -195,12 +207,22 @@ static void copy_content(agent_cache *c, cache_copy *k)
             break;
         }
         validate_sha256_update(&st, buf, (size_t)n);
-        err = engine_write_all(out, buf, (size_t)n, off);
+        if (out >= 0)
+            err = engine_write_all(out, buf, (size_t)n, off);
         off += (uint64_t)n;
     }
     free(buf);
     uint8_t got[32];
     validate_sha256_final(&st, got);
+    if (k->verify_only) {
+        if (err != 0)
+            snprintf(k->why, sizeof k->why, "reading: %s", strerror(err));
+        else if (sodium_memcmp(got, k->sha256, 32) != 0)
+            snprintf(k->why, sizeof k->why, "its data no longer has its SHA-256");
+        else
+            k->ok = 1;
+        return;
+    }
     if (err == 0 && fsync(out) != 0)
         err = errno;
     if (close(out) != 0 && err == 0)
@@ -315,7 +337,7 @@ static void load_entry(agent_engine *e, const char *hex)
     char meta[4300], data[4300];
     hexname(c, cid, "meta", meta, sizeof meta);
     hexname(c, cid, "data", data, sizeof data);
-    struct stat ms, ds;
+    struct stat ms = {0}, ds;
     uint8_t *buf = NULL;
     size_t len = 0;
     const char *why = NULL;
@@ -350,10 +372,35 @@ static void load_entry(agent_engine *e, const char *hex)
         else
             size = m->file_size;
     }
-    free(buf);
     if (why == NULL &&
         (stat(data, &ds) != 0 || !S_ISREG(ds.st_mode) || (uint64_t)ds.st_size != size))
         why = "its data is missing or has the wrong size";
+    if (why == NULL && m == NULL) {
+        /* Known only by its SHA-256: hashed again before it is offered. */
+        cache_copy *k = calloc(1, sizeof *k);
+        int dfd = open(data, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
+        if (k == NULL || dfd < 0 || (k->meta = malloc(META_SHA256_BYTES)) == NULL) {
+            if (dfd >= 0)
+                close(dfd);
+            free(k);
+            free(buf);
+            return;
+        }
+        memcpy(k->cid, cid, 32);
+        k->fd = dfd;
+        k->size = size;
+        k->verify_only = 1;
+        memcpy(k->sha256, buf + 6, 32);
+        memcpy(k->meta, buf, META_SHA256_BYTES);
+        k->meta_len = META_SHA256_BYTES;
+        k->last_used = (int64_t)ms.st_mtim.tv_sec * 1000 + ms.st_mtim.tv_nsec / 1000000;
+        free(buf);
+        c->reserved += size;
+        k->next = c->queue;
+        c->queue = k;
+        return;
+    }
+    free(buf);
     cache_entry *en = calloc(1, sizeof *en);
     if (en == NULL) {
         validate_manifest_free(m);
@@ -410,6 +457,14 @@ int cache_open(agent_engine *e, char *why, size_t why_len)
             load_entry(e, hex);
         } else if ((len > 5 && strcmp(de->d_name + len - 5, ".part") == 0) && n_stale < 64) {
             snprintf(stale[n_stale++], sizeof stale[0], "%.79s", de->d_name);
+        } else if (len == 64 + 5 && strcmp(de->d_name + 64, ".data") == 0 && n_stale < 64) {
+            /* Data whose description never got its name (a kill between
+             * the two renames) is of no use. */
+            char meta[4400];
+            struct stat st;
+            snprintf(meta, sizeof meta, "%.4200s/%.64s.meta", c->dir, de->d_name);
+            if (stat(meta, &st) != 0)
+                snprintf(stale[n_stale++], sizeof stale[0], "%.79s", de->d_name);
         }
     }
     closedir(d);
@@ -420,6 +475,7 @@ int cache_open(agent_engine *e, char *why, size_t why_len)
         unlink(path);
     }
     make_room(e, 0);
+    start_next(e); /* the entries to hash again */
     return DOPA_OK;
 }
 
@@ -441,6 +497,13 @@ void cache_step(agent_engine *e)
         validate_hex(done->cid, 32, hex);
         if (!done->ok) {
             agent_log("warning", "cache: not keeping %.16s: %s", hex, done->why);
+            if (done->verify_only) {
+                char path[4300];
+                hexname(c, done->cid, "meta", path, sizeof path);
+                unlink(path);
+                hexname(c, done->cid, "data", path, sizeof path);
+                unlink(path);
+            }
         } else {
             cache_entry *en = calloc(1, sizeof *en);
             if (en != NULL && done->meta_len != META_SHA256_BYTES &&
@@ -452,7 +515,7 @@ void cache_step(agent_engine *e)
             if (en != NULL) {
                 memcpy(en->cid, done->cid, 32);
                 en->size = done->size;
-                en->last_used = engine_now(e);
+                en->last_used = done->verify_only ? done->last_used : engine_now(e);
                 en->next = c->entries;
                 c->entries = en;
                 c->used += en->size;
@@ -509,6 +572,7 @@ void cache_close(agent_engine *e)
     agent_cache *c = e->cache;
     if (c == NULL)
         return;
+    atomic_store(&c->cancel, 1);
     if (c->thread_running)
         pthread_join(c->thread, NULL);
     /* A finished copy is both running and on the finished list. */

@@ -439,10 +439,10 @@ static void on_done(void *ctx, origin_file *of, uint64_t id, const origin_error 
                         err->http_status, err->message);
         return;
     }
-    if (f->swarm != NULL && peer_swarm_sources(f->swarm) > 0) {
-        /* Peers hold pieces: they go on while the origin rests; it is
-         * tried again after the retry delay, and fails the job then if
-         * nobody else can send what is missing. */
+    if (f->swarm != NULL && peers_hold_missing(f)) {
+        /* Peers hold missing pieces: they go on while the origin rests;
+         * it is tried again after the retry delay, and fails the job then
+         * if no peer holds anything still missing. */
         int64_t rest = (int64_t)(j->retry_delay > 0 ? j->retry_delay : 1) * 1000;
         f->origin_rest_until = engine_mono(e) + rest;
         agent_log("info", "%s: %s; going on with peers", f->url, err->message);
@@ -595,6 +595,13 @@ static void start_whole_file_check(agent_engine *e, agent_file *f);
 static void file_done(agent_engine *e, agent_file *f)
 {
     f->transferred = 1;
+    if (f->fd < 0 && e->peers != NULL) {
+        /* (Closed while it waited for a verdict.) */
+        char why[256];
+        if (fileops_open_temp(f->job->file_user, f->tmp_path, 0, &f->ident, &f->fd, why,
+                              sizeof why) != 0)
+            f->fd = -1;
+    }
     peers_file_transferred(e, f); /* offered whole from now on */
     cache_add(e, f);              /* and kept after the job */
     close_file_transfer(f);

@@ -183,6 +183,8 @@ void peers_blame(agent_engine *e, agent_file *f);
 int peers_origin_wait(const agent_file *f);
 /* Whether the origin should fetch this piece (not claimed, left to it). */
 int peers_origin_may(const agent_file *f, uint64_t piece);
+/* Some peer holds a piece the file still misses. */
+int peers_hold_missing(const agent_file *f);
 /* Where the origin's share starts. */
 uint64_t peers_origin_start(const agent_file *f);
 

@@ -408,7 +408,7 @@ int dopa_job_add_file(dopa_manager *m, const dopa_id *id, const char *remote_url
     if (err == DOPA_OK)
         err = copy_string(req->path, sizeof req->path, local_name);
     if (err == DOPA_OK && opts != NULL) {
-                if (opts->n_ranges > 0)
+        if (opts->n_ranges > 0)
             memcpy(req->ranges, opts->ranges, opts->n_ranges * sizeof *req->ranges);
         req->n_ranges = opts->n_ranges;
         if (opts->expected_sha256 != NULL) {

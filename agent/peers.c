@@ -149,19 +149,26 @@ static int eligible(const agent_engine *e, agent_file *f)
     return f->has_cid;
 }
 
-/* Offers what the file holds: with a manifest, its committed pieces; with
- * only a whole-file hash, everything once the file passed that check. */
+/* Offers what the file holds, with a manifest: its committed pieces (each
+ * hashed again before it is sent). Content known only by its SHA-256 is
+ * offered by the cache alone, from the copy hashed as it was made: the
+ * temporary file belongs to the user, who may change it after its check.
+ * Content the cache holds is the cache's to offer. */
 static void offer(agent_engine *e, agent_file *f, int downloading)
 {
-    if (f->fd < 0)
+    if (f->fd < 0 || cache_has(e, f->cid))
         return;
+    if (f->manifest == NULL) {
+        /* Nothing to serve yet, but others should know it is fetched. */
+        if (!downloading)
+            return;
+    }
     size_t bytes = (size_t)(f->piece_count + 7) / 8;
     uint8_t *held = calloc(bytes ? bytes : 1, 1);
     if (held == NULL)
         return;
-    int whole = f->manifest == NULL && f->transferred;
     for (uint64_t i = 0; i < f->piece_count; i++)
-        if (whole || (f->manifest != NULL && agent_file_piece_done(f, i)))
+        if (f->manifest != NULL && agent_file_piece_done(f, i))
             peer_bit_set(held, i);
     peer_offer_info info = {
         .fd = f->fd,
@@ -217,8 +224,14 @@ void peers_piece_done(agent_engine *e, agent_file *f, uint64_t piece)
 void peers_file_transferred(agent_engine *e, agent_file *f)
 {
     peers_stop_file(e, f);
-    if (e->peers != NULL && eligible(e, f))
+    if (e->peers == NULL || !eligible(e, f))
+        return;
+    if (f->manifest != NULL) {
         offer(e, f, 0);
+    } else if (f->offered) {
+        peer_withdraw(e->peers, f->cid); /* the cache offers it once copied */
+        f->offered = 0;
+    }
 }
 
 void peers_blame(agent_engine *e, agent_file *f)
@@ -240,12 +253,29 @@ int peers_origin_may(const agent_file *f, uint64_t piece)
 {
     if (claimed(f, piece))
         return 0;
-    return f->swarm == NULL || peer_swarm_origin_may(f->swarm, piece);
+    if (f->swarm == NULL)
+        return 1;
+    /* Without a manifest nobody can serve pieces before the whole file
+     * is checked: splitting the origin's work would only wait for
+     * members that show no progress. Only what peers hold is left to them. */
+    if (f->manifest == NULL)
+        return peer_swarm_holders(f->swarm, piece) == 0;
+    return peer_swarm_origin_may(f->swarm, piece);
+}
+
+int peers_hold_missing(const agent_file *f)
+{
+    if (f->swarm == NULL)
+        return 0;
+    for (uint64_t p = 0; p < f->piece_count; p++)
+        if (peer_swarm_holders(f->swarm, p) > 0 && engine_piece_missing(f, p))
+            return 1;
+    return 0;
 }
 
 uint64_t peers_origin_start(const agent_file *f)
 {
-    return f->swarm != NULL ? peer_swarm_share_start(f->swarm) : 0;
+    return f->swarm != NULL && f->manifest != NULL ? peer_swarm_share_start(f->swarm) : 0;
 }
 
 void engine_stats(agent_engine *e, dopa_agent_stats *out)

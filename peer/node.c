@@ -37,20 +37,26 @@
 #include "peer.h"
 #include "validate.h"
 
-#define SERVER_WORKERS  16
-#define REFRESH_MS      1000 /* availability asked again after this */
-#define REFRESH_FAST_MS 250  /* and, while a swarm starts, after this */
-#define FAST_PHASE_MS   3000
-#define READY_MIN_MS    500   /* the origin waits at least this (others starting together) */
-#define READY_MS        1500  /* and at most this for every peer's answer */
-#define MEMBER_TTL_MS   5000  /* a member not heard from for this long is gone */
-#define STALL_MS        5000  /* a member without progress for this long loses its share */
-#define FORGET_MS       30000 /* a discovered peer not heard from is forgotten */
-#define SLOW_RESET_MS   30000 /* a stalled peer is tried again after this */
-#define HAVE_TIMEOUT_MS 3000
-#define REPLAY_SLOTS    131072 /* ~5 MiB: a minute of requests from hundreds of peers */
-#define MAX_PEERS       1024
-#define MAX_MEMBERS     256 /* agents sharing the origin's work for one content */
+#define SERVER_WORKERS     16
+#define REFRESH_MS         1000 /* availability asked again after this */
+#define REFRESH_FAST_MS    250  /* and, while a swarm starts, after this */
+#define FAST_PHASE_MS      3000
+#define READY_MIN_MS       500   /* the origin waits at least this (others starting together) */
+#define READY_MS           1500  /* and at most this for every peer's answer */
+#define MEMBER_TTL_MS      5000  /* a member not heard from for this long is gone */
+#define STALL_MS           5000  /* a member without progress for this long loses its share */
+#define SWARM_STALL_MS     10000 /* no piece from any peer this long: the origin may take any */
+#define REFUSALS           3     /* refusals in a row before a peer's holdings stop counting */
+#define QUIET_MS           10000
+#define SCAN_PIECES        2048  /* pieces one pick looks at, at most */
+#define AUTH_GRACE_MS      5000  /* a connection must send a valid request within this */
+#define UPLOAD_WAIT_MAX_MS 2000  /* a reply the upload limit would hold longer is BUSY */
+#define FORGET_MS          30000 /* a discovered peer not heard from is forgotten */
+#define SLOW_RESET_MS      30000 /* a stalled peer is tried again after this */
+#define HAVE_TIMEOUT_MS    3000
+#define REPLAY_SLOTS       131072 /* ~5 MiB: a minute of requests from hundreds of peers */
+#define MAX_PEERS          1024
+#define MAX_MEMBERS        256 /* agents sharing the origin's work for one content */
 
 /* ------------------------------------------------------------------ */
 /* Types                                                              */
@@ -83,7 +89,9 @@ typedef struct swarm_peer {
     uint64_t count;
     int64_t asked, answered, progress_at;
     int asking;
-    int contributed; /* sent pieces judged LATER */
+    int contributed;     /* sent pieces judged LATER */
+    unsigned refused;    /* NOT_HELD or BUSY answers in a row */
+    int64_t quiet_until; /* its holdings do not count until then (it refuses) */
 } swarm_peer;
 
 struct peer_swarm {
@@ -99,6 +107,7 @@ struct peer_swarm {
     int64_t opened;
     uint64_t cursor;                  /* where the next rarest-first scan starts */
     swarm_peer *members[MAX_MEMBERS]; /* fetching it, by id; NULL is this agent */
+    int64_t last_piece;               /* mono ms of the last piece from a peer */
     size_t n_members, rank;
     struct peer_swarm *next;
 };
@@ -190,8 +199,14 @@ struct peer_node {
         uint32_t pipe;
         unsigned busy;
     } pipes[SERVER_WORKERS];
-    unsigned connections;
-    double tokens; /* upload budget, bytes */
+    struct {
+        nng_pipe pipe;
+        int64_t since;
+        int good;
+    } * conns; /* max_connections entries */
+    size_t n_conns;
+    unsigned piece_workers; /* workers holding a piece reply (HAVE requests keep the rest) */
+    double tokens;          /* upload budget, bytes */
     int64_t tokens_at;
     int closing;
 
@@ -514,8 +529,13 @@ static int pipe_take(peer_node *n, uint32_t pipe)
     return 0;
 }
 
-static void pipe_give(peer_node *n, uint32_t pipe)
+static void conn_mark_good(peer_node *n, uint32_t pipe);
+
+/* A worker is done with a piece request (catalog_lock held). */
+static void piece_done(peer_node *n, uint32_t pipe)
 {
+    if (n->piece_workers > 0)
+        n->piece_workers--;
     for (int i = 0; i < SERVER_WORKERS; i++)
         if (n->pipes[i].busy > 0 && n->pipes[i].pipe == pipe) {
             n->pipes[i].busy--;
@@ -553,12 +573,36 @@ static int64_t answer_piece(peer_node *n, const peer_msg *req, uint32_t pipe, nn
     offer *o = find_offer(n, req->cid);
     int held = o != NULL && req->piece < o->pieces && peer_bit_get(o->held, req->piece) &&
                (o->hashes != NULL || o->n_held == o->pieces);
-    if (held && pipe_take(n, pipe) != 0) {
-        held = 0;
-        rep.piece_status = PEER_PIECE_BUSY;
-    } else if (held) {
-        *took = 1;
-        o->refs++;
+    uint32_t len = held ? piece_len(o->size, o->piece_size, req->piece) : 0;
+    int64_t wait = 0;
+    if (held) {
+        /* BUSY, rather than a reply that would come too late: when the
+         * connection has its share of requests in service, when every
+         * worker but those kept for HAVE requests holds a piece, or when
+         * the upload budget would make it wait too long. */
+        double rate = (double)n->cfg.upload_rate;
+        if (rate > 0) {
+            int64_t now = mono_ms();
+            n->tokens += rate * (double)(now - n->tokens_at) / 1000.0;
+            n->tokens_at = now;
+            if (n->tokens > rate)
+                n->tokens = rate;
+        }
+        if (n->piece_workers >= SERVER_WORKERS - 2 ||
+            (rate > 0 && n->tokens - len < -rate * UPLOAD_WAIT_MAX_MS / 1000.0) ||
+            pipe_take(n, pipe) != 0) {
+            held = 0;
+            rep.piece_status = PEER_PIECE_BUSY;
+        } else {
+            if (rate > 0) {
+                n->tokens -= len;
+                if (n->tokens < 0)
+                    wait = (int64_t)(-n->tokens * 1000.0 / rate) + 1;
+            }
+            n->piece_workers++;
+            *took = 1;
+            o->refs++;
+        }
     }
     pthread_mutex_unlock(&n->catalog_lock);
     if (!held) {
@@ -566,7 +610,6 @@ static int64_t answer_piece(peer_node *n, const peer_msg *req, uint32_t pipe, nn
             *out = NULL;
         return 0;
     }
-    uint32_t len = piece_len(o->size, o->piece_size, req->piece);
     uint8_t *data = malloc(len);
     int ok = data != NULL && read_piece(o->fd, data, len, req->piece * o->piece_size) == 0;
     if (ok && o->hashes != NULL) {
@@ -580,6 +623,15 @@ static int64_t answer_piece(peer_node *n, const peer_msg *req, uint32_t pipe, nn
              st.st_mtim.tv_nsec == o->st.st_mtim.tv_nsec;
     }
     pthread_mutex_lock(&n->catalog_lock);
+    if (!ok && o->hashes == NULL && data != NULL) {
+        /* The file changed since it was checked: none of it is served. */
+        memset(o->held, 0, (size_t)(o->pieces + 7) / 8);
+        o->n_held = 0;
+    }
+    if (!ok) {
+        n->tokens += len; /* nothing is sent */
+        wait = 0;
+    }
     if (ok) {
         o->uploaded += len;
     } else if (o->hashes != NULL && data != NULL) {
@@ -590,19 +642,6 @@ static int64_t answer_piece(peer_node *n, const peer_msg *req, uint32_t pipe, nn
         }
     }
     offer_unref(n, o);
-    /* The upload budget: a token bucket of one second's worth. */
-    int64_t wait = 0;
-    if (ok && n->cfg.upload_rate > 0) {
-        int64_t now = mono_ms();
-        double rate = (double)n->cfg.upload_rate;
-        n->tokens += rate * (double)(now - n->tokens_at) / 1000.0;
-        n->tokens_at = now;
-        if (n->tokens > rate)
-            n->tokens = rate;
-        n->tokens -= len;
-        if (n->tokens < 0)
-            wait = (int64_t)(-n->tokens * 1000.0 / rate) + 1;
-    }
     pthread_mutex_unlock(&n->catalog_lock);
     if (ok) {
         rep.piece_status = PEER_PIECE_OK;
@@ -668,7 +707,8 @@ static void on_worker(void *arg)
             w->reply = NULL;
         }
         pthread_mutex_lock(&n->catalog_lock);
-        pipe_give(n, w->pipe);
+        if (w->pipe != 0)
+            piece_done(n, w->pipe);
         int closing = n->closing;
         pthread_mutex_unlock(&n->catalog_lock);
         w->pipe = 0;
@@ -692,6 +732,8 @@ static void on_worker(void *arg)
     if (err == PEER_OK) {
         pthread_mutex_lock(&n->catalog_lock);
         err = peer_replay_check(n->replay, peer_wire_nonce(body), req.head.time_ms, wall_ms());
+        if (err == PEER_OK)
+            conn_mark_good(n, pipe);
         pthread_mutex_unlock(&n->catalog_lock);
     }
     if (err != PEER_OK) {
@@ -712,7 +754,7 @@ static void on_worker(void *arg)
     if (reply == NULL) {
         if (took) {
             pthread_mutex_lock(&n->catalog_lock);
-            pipe_give(n, pipe);
+            piece_done(n, pipe);
             pthread_mutex_unlock(&n->catalog_lock);
         }
         worker_receive(w);
@@ -722,10 +764,21 @@ static void on_worker(void *arg)
     w->reply = reply;
     if (wait > 0) {
         w->phase = W_WAITING;
+        nng_aio_set_timeout(w->aio, NNG_DURATION_INFINITE);
         nng_sleep_aio((nng_duration)wait, w->aio);
         return;
     }
     worker_send(w);
+}
+
+/* Connections: at most max_connections, and each must send a request that
+ * opens with the group key within AUTH_GRACE_MS, or it is closed (so that
+ * outsiders cannot hold the slots). catalog_lock held. */
+static void conn_mark_good(peer_node *n, uint32_t pipe)
+{
+    for (size_t i = 0; i < n->n_conns; i++)
+        if ((uint32_t)nng_pipe_id(n->conns[i].pipe) == pipe)
+            n->conns[i].good = 1;
 }
 
 static void on_pipe(nng_pipe pipe, nng_pipe_ev ev, void *arg)
@@ -735,15 +788,40 @@ static void on_pipe(nng_pipe pipe, nng_pipe_ev ev, void *arg)
     pthread_mutex_lock(&n->catalog_lock);
     int drop = 0;
     if (ev == NNG_PIPE_EV_ADD_POST) {
-        /* Counted when added, closed at once when over the cap (which
-         * removes it, and REM_POST counts it out again). */
-        drop = ++n->connections > max;
-    } else if (ev == NNG_PIPE_EV_REM_POST && n->connections > 0) {
-        n->connections--;
+        if (n->n_conns >= max || n->conns == NULL) {
+            drop = 1;
+        } else {
+            n->conns[n->n_conns].pipe = pipe;
+            n->conns[n->n_conns].since = mono_ms();
+            n->conns[n->n_conns].good = 0;
+            n->n_conns++;
+        }
+    } else if (ev == NNG_PIPE_EV_REM_POST) {
+        for (size_t i = 0; i < n->n_conns; i++)
+            if (nng_pipe_id(n->conns[i].pipe) == nng_pipe_id(pipe)) {
+                n->conns[i] = n->conns[--n->n_conns];
+                break;
+            }
     }
     pthread_mutex_unlock(&n->catalog_lock);
     if (drop)
         nng_pipe_close(pipe);
+}
+
+/* Closes connections that never sent a request we could open. */
+static void close_idle_strangers(peer_node *n, int64_t now)
+{
+    nng_pipe close[16];
+    size_t k = 0;
+    pthread_mutex_lock(&n->catalog_lock);
+    for (size_t i = 0; i < n->n_conns && k < 16; i++)
+        if (!n->conns[i].good && now - n->conns[i].since > AUTH_GRACE_MS) {
+            close[k++] = n->conns[i].pipe;
+            n->conns[i].since = now; /* once; REM_POST removes it */
+        }
+    pthread_mutex_unlock(&n->catalog_lock);
+    for (size_t i = 0; i < k; i++)
+        nng_pipe_close(close[i]);
 }
 
 static int server_open(peer_node *n, char *why, size_t why_len)
@@ -752,8 +830,17 @@ static int server_open(peer_node *n, char *why, size_t why_len)
     if (is_tls(n->cfg.listen) &&
         tls_config(n, NNG_TLS_MODE_SERVER, &n->tls_server, why, why_len) != PEER_OK)
         return PEER_EINVAL;
-    if ((rv = nng_rep0_open(&n->server)) != 0 ||
-        (rv = nng_socket_set_size(n->server, NNG_OPT_RECVMAXSZ, PEER_REQUEST_MAX)) != 0 ||
+    n->conns = calloc(n->cfg.max_connections ? n->cfg.max_connections : 64, sizeof *n->conns);
+    if (n->conns == NULL) {
+        snprintf(why, why_len, "out of memory");
+        return PEER_ENOMEM;
+    }
+    if ((rv = nng_rep0_open(&n->server)) != 0) {
+        snprintf(why, why_len, "peer server: %s", nng_strerror(rv));
+        return PEER_ENNG;
+    }
+    n->serving = 1; /* from here on, closing closes the socket */
+    if ((rv = nng_socket_set_size(n->server, NNG_OPT_RECVMAXSZ, PEER_REQUEST_MAX)) != 0 ||
         (rv = nng_pipe_notify(n->server, NNG_PIPE_EV_ADD_POST, on_pipe, n)) != 0 ||
         (rv = nng_pipe_notify(n->server, NNG_PIPE_EV_REM_POST, on_pipe, n)) != 0 ||
         (rv = nng_listener_create(&n->listener, n->server, n->cfg.listen)) != 0 ||
@@ -763,7 +850,6 @@ static int server_open(peer_node *n, char *why, size_t why_len)
         snprintf(why, why_len, "listening on %s: %s", n->cfg.listen, nng_strerror(rv));
         return PEER_ENNG;
     }
-    n->serving = 1;
     snprintf(n->listen_url, sizeof n->listen_url, "%s", n->cfg.listen);
     int port = 0;
     if (nng_listener_get_int(n->listener, NNG_OPT_TCP_BOUND_PORT, &port) == 0) {
@@ -991,7 +1077,7 @@ static void count_holdings(peer_swarm *s, swarm_peer *sp, int add)
 /* Whether a peer's holdings count now: usable and not stalled. */
 static int holdings_count(const swarm_peer *sp, int64_t now)
 {
-    return usable(sp->p, now) && sp->p->slow < 3 && sp->answered > 0;
+    return usable(sp->p, now) && sp->p->slow < 3 && sp->answered > 0 && sp->quiet_until <= now;
 }
 
 int peer_swarm_open(peer_node *n, const uint8_t cid[PEER_CID_BYTES], uint64_t size,
@@ -1085,9 +1171,15 @@ static void update_members(peer_swarm *s, int64_t now)
 {
     size_t m = 0;
     s->members[m++] = NULL;
-    for (size_t i = 0; i < s->n_sp && m < MAX_MEMBERS; i++)
-        if (is_member(&s->sp[i], now))
+    for (size_t i = 0; i < s->n_sp && m < MAX_MEMBERS; i++) {
+        if (!is_member(&s->sp[i], now) || id_cmp(s->sp[i].p->id, s->n->id) == 0)
+            continue;
+        int seen = 0; /* one agent reached at two addresses counts once */
+        for (size_t k = 1; k < m && !seen; k++)
+            seen = id_cmp(s->members[k]->p->id, s->sp[i].p->id) == 0;
+        if (!seen)
             s->members[m++] = &s->sp[i];
+    }
     /* Insertion sort: a few dozen members at most. */
     for (size_t i = 1; i < m; i++) {
         swarm_peer *x = s->members[i];
@@ -1110,12 +1202,26 @@ static void update_members(peer_swarm *s, int64_t now)
 
 int peer_swarm_origin_may(const peer_swarm *s, uint64_t piece)
 {
-    if (piece >= s->pieces || s->holders[piece] > 0)
+    if (piece >= s->pieces)
         return 0;
+    int64_t now = mono_ms();
+    if (s->holders[piece] > 0) {
+        /* Held by peers, who send it, unless nothing has come from any
+         * peer for a long while (they claim what they do not send). */
+        int64_t since = s->last_piece > s->opened ? s->last_piece : s->opened;
+        return now - since > SWARM_STALL_MS;
+    }
     const swarm_peer *owner = s->members[(size_t)(piece * s->n_members / s->pieces)];
     if (owner == NULL)
         return 1;
-    return mono_ms() - owner->progress_at > STALL_MS;
+    /* A member fetches a piece in this long at 1 MB/s or more. */
+    int64_t stall = STALL_MS + (int64_t)(s->piece_size / 1000);
+    return now - owner->progress_at > stall;
+}
+
+unsigned peer_swarm_holders(const peer_swarm *s, uint64_t piece)
+{
+    return piece < s->pieces ? s->holders[piece] : 0;
 }
 
 uint64_t peer_swarm_share_start(const peer_swarm *s)
@@ -1131,21 +1237,24 @@ uint64_t peer_swarm_share_start(const peer_swarm *s)
     return (uint64_t)s->rank * s->pieces / s->n_members;
 }
 
+static void strike(peer_node *n, peer_entry *p);
+
 void peer_swarm_blame(peer_swarm *s)
 {
-    unsigned ban_after = s->n->cfg.ban_after ? s->n->cfg.ban_after : 4;
-    uint32_t ban_s = s->n->cfg.ban_seconds ? s->n->cfg.ban_seconds : 3600;
-    int64_t now = mono_ms();
+    /* Without piece hashes the bad bytes cannot be traced to one sender:
+     * only a sole sender is certainly the one, and only it is blamed (an
+     * honest peer must never pay for another's piece). */
+    swarm_peer *sole = NULL;
+    size_t senders = 0;
     for (size_t i = 0; i < s->n_sp; i++) {
-        swarm_peer *sp = &s->sp[i];
-        if (!sp->contributed)
+        if (!s->sp[i].contributed)
             continue;
-        sp->contributed = 0;
-        if (++sp->p->strikes >= ban_after && sp->p->banned_until <= now) {
-            sp->p->banned_until = now + (int64_t)ban_s * 1000;
-            atomic_fetch_add(&s->n->bans, 1);
-        }
+        s->sp[i].contributed = 0;
+        senders++;
+        sole = &s->sp[i];
     }
+    if (senders == 1)
+        strike(s->n, sole->p);
 }
 
 unsigned peer_swarm_sources(const peer_swarm *s)
@@ -1223,16 +1332,26 @@ static void take_piece(peer_node *n, peer_swarm *s, request *r, const peer_msg *
             if (p->slow++ == 0)
                 p->slow_since = mono_ms();
         }
-        if (m != NULL && m->piece_status == PEER_PIECE_NOT_HELD) {
-            /* It no longer holds it: ask what it holds. */
-            swarm_peer *sp = swarm_find(s, p);
-            if (sp != NULL)
+        swarm_peer *sp = swarm_find(s, p);
+        if (m != NULL && sp != NULL) {
+            /* NOT_HELD: ask what it holds now. Refusing again and again
+             * (whatever it claims to hold): its holdings stop counting for
+             * a while, so that the origin or others send those pieces. */
+            if (m->piece_status == PEER_PIECE_NOT_HELD)
                 sp->asked = 0;
+            if (++sp->refused >= REFUSALS) {
+                sp->refused = 0;
+                sp->quiet_until = mono_ms() + QUIET_MS;
+                count_holdings(s, sp, 0);
+            }
         }
         s->ops.lost(s->ops.ctx, r->piece);
         return;
     }
     p->slow = 0;
+    swarm_peer *from = swarm_find(s, p);
+    if (from != NULL)
+        from->refused = 0;
     if (m->data_len != piece_len(s->size, s->piece_size, r->piece)) {
         strike(n, p); /* more or less than the piece */
         s->ops.lost(s->ops.ctx, r->piece);
@@ -1243,11 +1362,9 @@ static void take_piece(peer_node *n, peer_swarm *s, request *r, const peer_msg *
         strike(n, p);
     } else if (verdict == PEER_VERDICT_GOOD || verdict == PEER_VERDICT_LATER) {
         atomic_fetch_add(&n->downloaded, m->data_len);
-        if (verdict == PEER_VERDICT_LATER) {
-            swarm_peer *sp = swarm_find(s, p);
-            if (sp != NULL)
-                sp->contributed = 1;
-        }
+        s->last_piece = mono_ms();
+        if (verdict == PEER_VERDICT_LATER && from != NULL)
+            from->contributed = 1;
     }
 }
 
@@ -1259,12 +1376,13 @@ static void finish_request(peer_node *n, request *r)
     if (r->result == 0 && r->reply != NULL) {
         int err = peer_wire_open(&n->key, nng_msg_body(r->reply), nng_msg_len(r->reply), &m);
         int want = r->type == PEER_MSG_HAVE_REQ ? PEER_MSG_HAVE_REP : PEER_MSG_PIECE_REP;
-        int64_t skew = m.head.time_ms - wall_ms();
+        int64_t now = wall_ms();
         if (err == PEER_OK && (m.head.type != want || m.head.request_id != r->id ||
                                memcmp(m.cid, r->s->cid, PEER_CID_BYTES) != 0 ||
                                (want == PEER_MSG_PIECE_REP && m.piece != r->piece)))
             err = PEER_EMISMATCH;
-        if (err == PEER_OK && (skew > PEER_TIME_WINDOW_MS || skew < -PEER_TIME_WINDOW_MS))
+        if (err == PEER_OK && (m.head.time_ms > now + PEER_TIME_WINDOW_MS ||
+                               m.head.time_ms < now - PEER_TIME_WINDOW_MS))
             err = PEER_ESTALE;
         if (err == PEER_OK && memcmp(m.head.sender, n->id, PEER_ID_BYTES) == 0) {
             r->p->self = 1; /* a configured address that is this agent */
@@ -1312,7 +1430,8 @@ static int pick_piece(peer_swarm *s, const swarm_peer *sp, uint64_t *out)
 {
     uint64_t best = UINT64_MAX;
     unsigned best_h = UINT32_MAX;
-    for (uint64_t k = 0; k < s->pieces; k++) {
+    uint64_t scan = s->pieces < SCAN_PIECES ? s->pieces : SCAN_PIECES;
+    for (uint64_t k = 0; k < scan; k++) {
         uint64_t i = (s->cursor + k) % s->pieces;
         if (!sp_holds(s, sp, i) || s->holders[i] >= best_h)
             continue;
@@ -1323,8 +1442,10 @@ static int pick_piece(peer_swarm *s, const swarm_peer *sp, uint64_t *out)
         if (best_h <= 1)
             break;
     }
-    if (best == UINT64_MAX || !s->ops.claim(s->ops.ctx, best, 1))
+    if (best == UINT64_MAX || !s->ops.claim(s->ops.ctx, best, 1)) {
+        s->cursor = (s->cursor + scan) % s->pieces; /* the next look goes on from there */
         return 0;
+    }
     s->cursor = (best + 1) % s->pieces;
     *out = best;
     return 1;
@@ -1336,8 +1457,10 @@ static void schedule_swarm(peer_node *n, peer_swarm *s, int64_t now)
     for (size_t i = 0; i < s->n_sp; i++) {
         swarm_peer *sp = &s->sp[i];
         peer_entry *p = sp->p;
-        if (!usable(p, now))
+        if (!usable(p, now)) {
+            count_holdings(s, sp, 0); /* banned: what it claims counts for nothing */
             continue;
+        }
         /* A stalled peer gets another chance after a while. */
         if (p->slow >= 3 && now - p->slow_since > SLOW_RESET_MS)
             p->slow = 0;
@@ -1428,6 +1551,8 @@ int64_t peer_node_step(peer_node *n)
     if (now - n->last_forget > 1000) {
         n->last_forget = now;
         forget_peers(n, now);
+        if (n->serving)
+            close_idle_strangers(n, now);
     }
     for (peer_swarm *s = n->swarms; s != NULL; s = s->next) {
         schedule_swarm(n, s, now);
@@ -1722,6 +1847,7 @@ void peer_node_close(peer_node *n)
             close(n->beacon_pipe[i]);
     peer_replay_free(n->replay);
     peer_replay_free(n->beacon_replay);
+    free(n->conns);
     if (n->tls_server != NULL)
         nng_tls_config_free(n->tls_server);
     if (n->tls_client != NULL)

@@ -303,10 +303,13 @@ int peer_swarm_ready(const peer_swarm *s);
 int peer_swarm_origin_may(const peer_swarm *s, uint64_t piece);
 /* The first piece of this agent's share (where origin fetches start). */
 uint64_t peer_swarm_share_start(const peer_swarm *s);
-/* The content failed its whole-file check: every peer that sent pieces
- * judged LATER loses trust once. */
+/* The content failed its whole-file check: if one peer alone sent the
+ * pieces judged LATER, it loses trust (with several, the bad bytes cannot
+ * be traced and nobody is blamed). */
 void peer_swarm_blame(peer_swarm *s);
 /* Peers known to hold pieces of the content now. */
 unsigned peer_swarm_sources(const peer_swarm *s);
+/* Usable peers known to hold this piece. */
+unsigned peer_swarm_holders(const peer_swarm *s, uint64_t piece);
 
 #endif
