@@ -875,12 +875,13 @@ static int server_open(peer_node *n, char *why, size_t why_len)
 /* ------------------------------------------------------------------ */
 /* Peers (owner thread)                                               */
 
+/* Whether an address is banned: two of its peers were. */
 static int banned(peer_node *n, const char *host, int64_t now)
 {
+    int k = 0;
     for (peer_entry *p = n->peers; p != NULL; p = p->next)
-        if (p->banned_until > now && strcmp(p->host, host) == 0)
-            return 1;
-    return 0;
+        k += p->banned_until > now && strcmp(p->host, host) == 0;
+    return k >= 2;
 }
 
 static void swarm_add_peer(peer_swarm *s, peer_entry *p);
@@ -1277,10 +1278,13 @@ static void strike(peer_node *n, peer_entry *p)
     if (++p->strikes >= ban_after && p->banned_until <= now) {
         p->banned_until = now + (int64_t)ban_s * 1000;
         atomic_fetch_add(&n->bans, 1);
-        /* Every peer at the same address goes with it. */
-        for (peer_entry *q = n->peers; q != NULL; q = q->next)
-            if (strcmp(q->host, p->host) == 0)
-                q->banned_until = p->banned_until;
+        /* Several agents may share an address (a NAT, containers on one
+         * host), so one ban is for the peer alone; a second one at the same
+         * address bans the address (a liar opening port after port). */
+        if (banned(n, p->host, now))
+            for (peer_entry *q = n->peers; q != NULL; q = q->next)
+                if (strcmp(q->host, p->host) == 0 && q->banned_until < p->banned_until)
+                    q->banned_until = p->banned_until;
     }
 }
 
