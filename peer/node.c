@@ -142,7 +142,8 @@ typedef struct offer {
     uint8_t *held;   /* bitfield */
     uint64_t n_held;
     int downloading;
-    struct stat st; /* when offered, for content without piece hashes */
+    int stable;
+    struct stat st; /* when offered: content without piece hashes, or stable, must keep it */
     uint64_t uploaded;
     int refs;
     int gone;
@@ -438,6 +439,7 @@ int peer_offer(peer_node *n, const uint8_t cid[PEER_CID_BYTES], const peer_offer
     o->piece_size = info->piece_size;
     o->pieces = pieces;
     o->downloading = info->downloading;
+    o->stable = info->stable;
     for (uint64_t i = 0; i < pieces; i++)
         if (info->held == NULL || peer_bit_get(info->held, i)) {
             peer_bit_set(o->held, i);
@@ -612,7 +614,7 @@ static int64_t answer_piece(peer_node *n, const peer_msg *req, uint32_t pipe, nn
     }
     uint8_t *data = malloc(len);
     int ok = data != NULL && read_piece(o->fd, data, len, req->piece * o->piece_size) == 0;
-    if (ok && o->hashes != NULL) {
+    if (ok && o->hashes != NULL && !o->stable) {
         uint8_t h[VALIDATE_HASH_BYTES];
         validate_blake2b(data, len, h);
         ok = sodium_memcmp(h, o->hashes + req->piece * VALIDATE_HASH_BYTES, sizeof h) == 0;
@@ -623,7 +625,7 @@ static int64_t answer_piece(peer_node *n, const peer_msg *req, uint32_t pipe, nn
              st.st_mtim.tv_nsec == o->st.st_mtim.tv_nsec;
     }
     pthread_mutex_lock(&n->catalog_lock);
-    if (!ok && o->hashes == NULL && data != NULL) {
+    if (!ok && (o->hashes == NULL || o->stable) && data != NULL) {
         /* The file changed since it was checked: none of it is served. */
         memset(o->held, 0, (size_t)(o->pieces + 7) / 8);
         o->n_held = 0;

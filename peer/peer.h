@@ -259,6 +259,9 @@ typedef struct peer_offer_info {
     const uint8_t *piece_hashes; /* 32 bytes a piece (copied), or NULL */
     const uint8_t *held;         /* bitfield of held pieces, or NULL: all */
     int downloading;             /* the agent is fetching it (HAVE_REP says so) */
+    int stable;                  /* a file only the agent writes, checked as it was made:
+                                  * pieces are not hashed again, only served while the
+                                  * file is unchanged (size, inode, modification time) */
 } peer_offer_info;
 int peer_offer(peer_node *n, const uint8_t cid[PEER_CID_BYTES], const peer_offer_info *info);
 /* Another piece is held (verified and durable). */
