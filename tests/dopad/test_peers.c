@@ -78,7 +78,7 @@ static void start_agent_with(int i, const char *key, const char *extra)
     char dir[4200];
     snprintf(dir, sizeof dir, "%s/agent%d", check_tmpdir(), i);
     mkdir(dir, 0700);
-        if (test_dopad_start(&agents[i].d, DOPAD, dir, settings) != 0) {
+    if (test_dopad_start(&agents[i].d, DOPAD, dir, settings) != 0) {
         show_log(i);
         CHECK(0);
     }
@@ -104,7 +104,6 @@ static void after_case(void)
     for (int i = 0; i < AGENTS; i++)
         stop_agent(i);
 }
-
 
 /* A job of agent i for `name` with its manifest (or only its SHA-256). */
 static dopa_id fetch(int i, const char *name, const char *out, int with_manifest)
@@ -381,6 +380,24 @@ static void test_the_cache_keeps_what_fits_and_forgets_the_least_recently_used(v
     CHECK_INT(cache_entries(0), 0);
 }
 
+static void test_bytes_from_a_cache_host_count_as_cache(void)
+{
+    start_agent_with(0, group_key, "is-cache-host = yes\n");
+    start_agent(1, group_key);
+    dopa_id a = fetch(0, "small.bin", "site-cache.bin", 1);
+    CHECK_INT(dopa_job_resume(agents[0].m, &a), DOPA_OK);
+    wait_state(0, &a, DOPA_STATE_TRANSFERRED, 30);
+    dopa_id b = fetch(1, "small.bin", "from-cache.bin", 1);
+    CHECK_INT(dopa_job_resume(agents[1].m, &b), DOPA_OK);
+    dopa_job_info j = wait_state(1, &b, DOPA_STATE_TRANSFERRED, 30);
+    CHECK_INT(j.bytes_from_cache, SIZE_SMALL);
+    CHECK_INT(j.bytes_from_peers, 0);
+    CHECK_INT(j.bytes_from_origin, 0);
+    dopa_agent_stats s;
+    CHECK_INT(dopa_agent_stats_get(agents[1].m, &s), DOPA_OK);
+    CHECK_INT(s.from_cache, SIZE_SMALL);
+}
+
 static void test_uploads_keep_to_the_rate_limit(void)
 {
     start_agent_with(0, group_key, "upload-rate = 4M\n");
@@ -422,7 +439,7 @@ static void test_peers_can_talk_over_tls(void)
     const char *dir = check_tmpdir();
     make_certs(dir, "good");
     make_certs(dir, "stranger");
-        char tls[13000], stranger[13000];
+    char tls[13000], stranger[13000];
     snprintf(tls, sizeof tls,
              "tls-cert = %s/good/agent.pem\ntls-key = %s/good/agent.key\n"
              "tls-ca = %s/good/ca.pem\n",
@@ -540,6 +557,7 @@ int main(int argc, char **argv)
                          CASE(test_a_rejected_peer_file_is_fetched_again_from_the_origin),
                          CASE(test_an_agent_with_another_group_key_gets_nothing),
                          CASE(test_the_cache_keeps_what_fits_and_forgets_the_least_recently_used),
+                         CASE(test_bytes_from_a_cache_host_count_as_cache),
                          CASE(test_uploads_keep_to_the_rate_limit),
                          CASE(test_peers_can_talk_over_tls),
                          CASE(test_peers_finish_without_the_origin), /* last: it stops the origin */
