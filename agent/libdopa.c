@@ -205,18 +205,28 @@ done:
     return err;
 }
 
+/* A request of just an op (and a job id, if not NULL); the caller clears
+ * the reply, which is cleared already when this fails before the call. */
+static int call_op(dopa_manager *m, int op, const dopa_id *id, proto_reply *reply)
+{
+    memset(reply, 0, sizeof *reply);
+    proto_request *req = calloc(1, sizeof *req);
+    if (req == NULL)
+        return DOPA_ENOMEM;
+    req->op = op;
+    if (id != NULL)
+        req->id = *id;
+    int err = call(m, req, reply, CALL_TIMEOUT_MS);
+    free(req);
+    return err;
+}
+
 static int simple(dopa_manager *m, int op, const dopa_id *id)
 {
     if (id == NULL)
         return DOPA_EINVAL;
-    proto_request *req = calloc(1, sizeof *req);
     proto_reply reply;
-    if (req == NULL)
-        return DOPA_ENOMEM;
-    req->op = op;
-    req->id = *id;
-    int err = call(m, req, &reply, CALL_TIMEOUT_MS);
-    free(req);
+    int err = call_op(m, op, id, &reply);
     proto_reply_clear(&reply);
     return err;
 }
@@ -233,13 +243,8 @@ static int copy_string(char *dst, size_t cap, const char *src)
 
 int dopa_whoami(dopa_manager *m, uint32_t *uid, char *version, size_t version_len)
 {
-    proto_request *req = calloc(1, sizeof *req);
     proto_reply reply;
-    if (req == NULL)
-        return DOPA_ENOMEM;
-    req->op = PROTO_WHOAMI;
-    int err = call(m, req, &reply, CALL_TIMEOUT_MS);
-    free(req);
+    int err = call_op(m, PROTO_WHOAMI, NULL, &reply);
     if (err == DOPA_OK) {
         if (uid != NULL)
             *uid = (uint32_t)reply.uid;
@@ -254,13 +259,8 @@ int dopa_agent_stats_get(dopa_manager *m, dopa_agent_stats *out)
 {
     if (out == NULL)
         return DOPA_EINVAL;
-    proto_request *req = calloc(1, sizeof *req);
     proto_reply reply;
-    if (req == NULL)
-        return DOPA_ENOMEM;
-    req->op = PROTO_STATS;
-    int err = call(m, req, &reply, CALL_TIMEOUT_MS);
-    free(req);
+    int err = call_op(m, PROTO_STATS, NULL, &reply);
     if (err == DOPA_OK)
         *out = reply.stats;
     proto_reply_clear(&reply);

@@ -7,7 +7,6 @@
 #include <ctype.h>
 #include <errno.h>
 #include <fcntl.h>
-#include <libgen.h>
 #include <limits.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -138,47 +137,17 @@ int peer_group_key_parse(const char *text, uint8_t key[PEER_GROUP_KEY_BYTES])
     return key_from_text(text, strlen(text), key);
 }
 
-static int write_all(int fd, const void *buf, size_t len)
-{
-    const uint8_t *p = buf;
-    while (len > 0) {
-        ssize_t n = write(fd, p, len);
-        if (n < 0 && errno == EINTR)
-            continue;
-        if (n < 0)
-            return -1;
-        p += n;
-        len -= (size_t)n;
-    }
-    return 0;
-}
-
-/* Makes a new name in the directory of `path` durable. */
-static void sync_parent_dir(const char *path)
-{
-    char copy[PATH_MAX];
-    if (strlen(path) >= sizeof copy)
-        return;
-    strcpy(copy, path);
-    int dfd = open(dirname(copy), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-    if (dfd >= 0) {
-        (void)fsync(dfd);
-        close(dfd);
-    }
-}
-
 int peer_group_key_save(const uint8_t key[PEER_GROUP_KEY_BYTES], const char *path, int overwrite,
                         char *why, size_t why_len)
 {
     char key_text[PEER_GROUP_KEY_TEXT_MAX];
     char text[256];
-    char tmp[PATH_MAX];
-    int fd = -1, err;
+    int err;
     struct stat st;
 
     if (key == NULL || path == NULL || *path == '\0')
         return fail(why, why_len, PEER_EINVAL, "no key or no path");
-    if (snprintf(tmp, sizeof tmp, "%s.tmp.XXXXXX", path) >= (int)sizeof tmp)
+    if (strlen(path) + 16 >= PATH_MAX)
         return fail(why, why_len, PEER_EINVAL, "%s: path too long", path);
     /* An early, friendlier refusal; link() below is what makes it hold. */
     if (!overwrite && lstat(path, &st) == 0)
@@ -192,40 +161,18 @@ int peer_group_key_save(const uint8_t key[PEER_GROUP_KEY_BYTES], const char *pat
                      key_text);
     sodium_memzero(key_text, sizeof key_text);
 
-    /* The key is written in full to a private temporary file (mkostemp:
-     * O_EXCL, so never through a symlink) and only then gets its name. */
-    fd = mkostemp(tmp, O_CLOEXEC);
-    if (fd < 0) {
-        err = fail(why, why_len, PEER_EIO, "%s: %s", path, strerror(errno));
-        goto done;
-    }
-    if (fchmod(fd, 0600) != 0 || write_all(fd, text, (size_t)n) != 0 || fsync(fd) != 0) {
-        err = fail(why, why_len, PEER_EIO, "%s: %s", path, strerror(errno));
-        close(fd);
-        unlink(tmp);
-        goto done;
-    }
-    if (close(fd) != 0) {
-        err = fail(why, why_len, PEER_EIO, "%s: %s", path, strerror(errno));
-        unlink(tmp);
-        goto done;
-    }
-    /* link() refuses any existing name, a symlink included, even one that
-     * appeared since the lstat above; rename() replaces a symlink itself,
-     * never its target. */
-    int rc = overwrite ? rename(tmp, path) : link(tmp, path);
-    int e = errno;
-    if (!overwrite || rc != 0)
-        unlink(tmp);
-    if (rc != 0) {
-        err = e == EEXIST ? fail(why, why_len, PEER_EEXISTS,
-                                 "%s exists; refusing to overwrite a group key", path)
-                          : fail(why, why_len, PEER_EIO, "%s: %s", path, strerror(e));
-        goto done;
-    }
-    sync_parent_dir(path);
-    err = PEER_OK;
-done:
+    /* Written in full, mode 0600, before it gets its name; linked (not
+     * renamed) unless overwriting, so that no existing name, a symlink
+     * included, is replaced. */
+    char detail[512];
+    int verr = validate_write_file(path, text, (size_t)n, 0600, overwrite, detail, sizeof detail);
+    if (verr == VALIDATE_EEXISTS)
+        err =
+            fail(why, why_len, PEER_EEXISTS, "%s exists; refusing to overwrite a group key", path);
+    else if (verr != VALIDATE_OK)
+        err = fail(why, why_len, PEER_EIO, "%s", detail);
+    else
+        err = PEER_OK;
     sodium_memzero(text, sizeof text);
     return err;
 }

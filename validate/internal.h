@@ -29,10 +29,6 @@ int validate_temp_write(const char *path, const void *buf, size_t len, unsigned 
 int validate_temp_commit(const char *tmp, const char *path, int overwrite, char *why,
                          size_t why_len);
 
-/* validate_temp_write + validate_temp_commit. */
-int validate_write_file(const char *path, const void *buf, size_t len, unsigned mode, int overwrite,
-                        char *why, size_t why_len);
-
 struct validate_secret_key;
 
 /* Signs msg with the secret key (Ed25519, detached); used by the manifest code. */

@@ -148,6 +148,17 @@ int validate_digest_fd(int fd, uint32_t piece_size, validate_digest *out, char *
                        size_t why_len);
 
 /* ------------------------------------------------------------------ */
+/* Files                                                              */
+
+/* Writes a small file (a key, a manifest) whole before it gets its name:
+ * a temporary file beside `path` with `mode` whatever the umask, fsynced,
+ * then renamed (overwrite) or linked (else; VALIDATE_EEXISTS for any
+ * existing name, a symlink included), and the directory fsynced. Never
+ * follows a symlink at `path`. */
+int validate_write_file(const char *path, const void *buf, size_t len, unsigned mode, int overwrite,
+                        char *why, size_t why_len);
+
+/* ------------------------------------------------------------------ */
 /* Publisher keys                                                     */
 
 #define VALIDATE_KEY_ID_BYTES        16
