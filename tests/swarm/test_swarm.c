@@ -394,7 +394,7 @@ static void agents_running(size_t n)
 {
     for (size_t i = 0; i < n; i++)
         if (agents[i].pid <= 0) {
-            char label[16];
+            char label[32];
             snprintf(label, sizeof label, "a%zu", i + 1);
             agent_start(&agents[i], label, group_key, "");
         }
