@@ -107,6 +107,9 @@ typedef struct agent_file {
     uint64_t req_first, req_last; /* pieces the running origin request covers */
     int peer_write_err;           /* errno of a peer piece that could not be written */
     int64_t origin_rest_until;    /* monotonic ms: the origin failed, peers go on alone */
+    unsigned writing;             /* peer pieces handed to the writers, results not taken */
+    unsigned in_writer;           /* of those, still being checked or written (writers' lock) */
+    uint64_t write_gen;           /* bumped when the file starts over: older results are void */
     uint64_t upload_seen;         /* bytes its offer had sent at the last look */
 } agent_file;
 

@@ -106,7 +106,7 @@ static void offer_entry(agent_engine *e, cache_entry *en)
         .size = en->size,
         .piece_size =
             en->manifest != NULL ? en->manifest->piece_size : validate_piece_size_for(en->size),
-                .piece_hashes = en->manifest != NULL ? en->manifest->piece_hashes : NULL,
+        .piece_hashes = en->manifest != NULL ? en->manifest->piece_hashes : NULL,
         .stable = 1, /* dopad's own copy, hashed as it was made */
     };
     if (info.piece_size != 0 && peer_offer(e->peers, en->cid, &info) == PEER_OK)

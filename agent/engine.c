@@ -135,10 +135,11 @@ static void close_file_transfer(agent_file *f)
     f->fill = 0;
 }
 
-/* Closes a file's descriptor unless pieces still wait for its fdatasync. */
-static void release_fd(agent_file *f)
+/* Closes a file's descriptor unless pieces still wait for its fdatasync or
+ * for a writer. */
+void engine_release_fd(agent_file *f)
 {
-    if (f->fd >= 0 && f->n_pending == 0) {
+    if (f->fd >= 0 && f->n_pending == 0 && f->writing == 0) {
         close(f->fd);
         f->fd = -1;
     }
@@ -156,7 +157,7 @@ void engine_stop_job(agent_engine *e, agent_job *j)
         f->hashing = 0;
         f->hash_generation = 0;
         validation_stop(e, f);
-        release_fd(f);
+        engine_release_fd(f);
     }
     j->running = 0;
 }
@@ -277,6 +278,7 @@ int engine_write_all(int fd, const uint8_t *p, size_t len, uint64_t offset)
 
 void engine_reset_file(agent_engine *e, agent_file *f)
 {
+    f->write_gen++;          /* what writers still do for it is void */
     peers_forget_file(e, f); /* what it offered is gone */
     int own = engine_begin(e);
     engine_end(e, own,
@@ -432,6 +434,7 @@ static void on_done(void *ctx, origin_file *of, uint64_t id, const origin_error 
             (f->n_ranges == 0 || f->ranges[f->n_ranges - 1].length == DOPA_LENGTH_TO_EOF))
             f->size = DOPA_SIZE_UNKNOWN; /* it follows the new version's size */
         /* Nothing of the old version may stay behind the new one. */
+        peers_drain_file(e, f);
         if (f->fd >= 0 && ftruncate(f->fd, 0) != 0)
             agent_log("warning", "truncating %s: %s", f->tmp_path, strerror(errno));
         engine_reset_file(e, f);
@@ -693,7 +696,7 @@ static void pump_job(agent_engine *e, agent_job *j)
         }
         if (f->validation == DOPA_VALIDATION_PENDING) {
             close_file_transfer(f); /* nothing stays open while it waits */
-            release_fd(f);
+            engine_release_fd(f);
         }
         waiting = 1;
     }
@@ -902,7 +905,7 @@ static void commit_pending(agent_engine *e, int force)
             f->n_pending = 0;
             f->pending_bytes = 0;
             if (!j->running && !f->hashing)
-                release_fd(f);
+                engine_release_fd(f);
         }
         if (progressed) {
             j->no_progress_since = 0;

@@ -157,6 +157,8 @@ void engine_add_pending(agent_file *f, uint64_t piece);
 int engine_piece_missing(const agent_file *f, uint64_t piece);
 /* Bytes arrived for the job. */
 void engine_progress(agent_job *j);
+/* Closes a file's descriptor unless pieces still wait for it. */
+void engine_release_fd(agent_file *f);
 
 /* The agent's counters (peers.c). */
 void engine_stats(agent_engine *e, dopa_agent_stats *out);
@@ -177,6 +179,9 @@ void peers_forget_file(agent_engine *e, agent_file *f);
 void peers_piece_done(agent_engine *e, agent_file *f, uint64_t piece);
 /* The file passed every check: offered whole. */
 void peers_file_transferred(agent_engine *e, agent_file *f);
+/* Waits until no writer works on the file (before it is emptied or closed
+ * under them). */
+void peers_drain_file(agent_engine *e, agent_file *f);
 /* The content failed validation: the peers that sent unchecked pieces pay. */
 void peers_blame(agent_engine *e, agent_file *f);
 /* The origin waits for the swarm's first answers. */

@@ -8,8 +8,14 @@
  * of a peer are `claimed`; the origin request never covers a claimed piece
  * and peers are never asked for a piece the origin request covers, so every
  * piece comes whole from one source.
+ *
+ * A piece checked against a manifest is copied and handed to writer
+ * threads, which hash it and write it while the engine goes on; the engine
+ * takes their results in peers_step (the piece stays claimed until then,
+ * and a result for a file that started over since is void).
  */
 #include <errno.h>
+#include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
@@ -18,6 +24,117 @@
 
 /* The engine, for the swarm callbacks (which carry only the file). */
 static agent_engine *peers_engine;
+
+static void set_claimed(agent_file *f, uint64_t piece, int on);
+
+/* The writers. */
+#define WRITERS 2
+typedef struct write_job {
+    agent_file *f;
+    uint64_t gen, piece, sender;
+    const uint8_t *buf; /* inside `kept`, the message the node handed over */
+    void *kept;
+    size_t len;
+    int cache_host;
+    int verdict; /* PEER_VERDICT_GOOD or _BAD, or UNUSED with err */
+    int err;
+    struct write_job *next;
+} write_job;
+
+static struct {
+    pthread_mutex_t lock;
+    pthread_cond_t work, idle;
+    write_job *queue, *queue_tail, *done;
+    pthread_t threads[WRITERS];
+    int n_threads;
+    int stop;
+} writers = {.lock = PTHREAD_MUTEX_INITIALIZER,
+             .work = PTHREAD_COND_INITIALIZER,
+             .idle = PTHREAD_COND_INITIALIZER};
+
+static void *writer_main(void *arg)
+{
+    agent_engine *e = arg;
+    pthread_mutex_lock(&writers.lock);
+    for (;;) {
+        while (writers.queue == NULL && !writers.stop)
+            pthread_cond_wait(&writers.work, &writers.lock);
+        if (writers.queue == NULL)
+            break;
+        write_job *w = writers.queue;
+        writers.queue = w->next;
+        if (writers.queue == NULL)
+            writers.queue_tail = NULL;
+        agent_file *f = w->f;
+        int fd = f->fd; /* not closed while f->writing > 0 */
+        pthread_mutex_unlock(&writers.lock);
+
+        uint8_t h[VALIDATE_HASH_BYTES];
+        validate_blake2b(w->buf, w->len, h);
+        if (sodium_memcmp(h, validate_manifest_piece_hash(f->manifest, w->piece), sizeof h) != 0) {
+            w->verdict = PEER_VERDICT_BAD; /* never written */
+        } else {
+            w->err = engine_write_all(fd, w->buf, w->len, w->piece * f->piece_size);
+            w->verdict = w->err == 0 ? PEER_VERDICT_GOOD : PEER_VERDICT_UNUSED;
+        }
+        peer_piece_release(w->kept);
+        w->kept = NULL;
+        w->buf = NULL;
+
+        pthread_mutex_lock(&writers.lock);
+        f->in_writer--;
+        w->next = writers.done;
+        writers.done = w;
+        pthread_cond_broadcast(&writers.idle);
+        pthread_mutex_unlock(&writers.lock);
+        engine_wakeup(e);
+        pthread_mutex_lock(&writers.lock);
+    }
+    pthread_mutex_unlock(&writers.lock);
+    return NULL;
+}
+
+void peers_drain_file(agent_engine *e, agent_file *f)
+{
+    (void)e;
+    pthread_mutex_lock(&writers.lock);
+    while (f->in_writer > 0)
+        pthread_cond_wait(&writers.idle, &writers.lock);
+    pthread_mutex_unlock(&writers.lock);
+}
+
+/* A piece the writers checked and wrote (or not): recorded on the engine
+ * thread. */
+static void take_written(agent_engine *e, write_job *w)
+{
+    agent_file *f = w->f;
+    agent_job *j = f->job;
+    f->writing--;
+    set_claimed(f, w->piece, 0);
+    int verdict = w->verdict;
+    if (w->gen != f->write_gen ||
+        (verdict == PEER_VERDICT_GOOD && !engine_piece_missing(f, w->piece)))
+        verdict = PEER_VERDICT_UNUSED; /* the file started over meanwhile */
+    else if (verdict == PEER_VERDICT_UNUSED && w->err != 0)
+        f->peer_write_err = w->err;
+    if (verdict == PEER_VERDICT_GOOD) {
+        engine_add_pending(f, w->piece);
+        if (w->cache_host) {
+            f->from_cache += w->len;
+            j->from_cache += w->len;
+            e->got_cache += w->len;
+        } else {
+            f->from_peers += w->len;
+            j->from_peers += w->len;
+            e->got_peers += w->len;
+        }
+        engine_progress(j);
+    }
+    if (e->peers != NULL)
+        peer_node_judge(e->peers, w->sender, verdict, w->len);
+    if (!j->running)
+        engine_release_fd(f);
+}
 
 static agent_engine *engine_of_file(const agent_file *f)
 {
@@ -39,7 +156,19 @@ int peers_open(agent_engine *e, char *why, size_t why_len)
     cfg.wakeup_ctx = e;
     peers_engine = e;
     int err = peer_node_open(&cfg, &e->peers, why, why_len);
-    return err == PEER_OK ? DOPA_OK : DOPA_EINVAL;
+    if (err != PEER_OK)
+        return DOPA_EINVAL;
+    writers.stop = 0;
+    for (int i = 0; i < WRITERS; i++) {
+        if (pthread_create(&writers.threads[i], NULL, writer_main, e) != 0)
+            break;
+        writers.n_threads++;
+    }
+    if (writers.n_threads == 0) {
+        snprintf(why, why_len, "cannot start the piece writers");
+        return DOPA_EINTERNAL;
+    }
+    return DOPA_OK;
 }
 
 const char *engine_peer_url(const agent_engine *e)
@@ -52,6 +181,28 @@ void peers_close(agent_engine *e)
     for (size_t i = 0; i < e->n_jobs; i++)
         for (size_t k = 0; k < e->jobs[i]->n_files; k++)
             peers_stop_file(e, e->jobs[i]->files[k]);
+    /* The writers finish what they hold; their results are dropped (the
+     * pieces were not committed, so they are fetched again next time). */
+    pthread_mutex_lock(&writers.lock);
+    writers.stop = 1;
+    pthread_cond_broadcast(&writers.work);
+    pthread_mutex_unlock(&writers.lock);
+    for (int i = 0; i < writers.n_threads; i++)
+        pthread_join(writers.threads[i], NULL);
+    writers.n_threads = 0;
+    for (write_job *w = writers.done, *next; w != NULL; w = next) {
+        next = w->next;
+        w->f->writing--;
+        free(w);
+    }
+    for (write_job *w = writers.queue, *next; w != NULL; w = next) {
+        next = w->next;
+        w->f->writing--;
+        w->f->in_writer--;
+        peer_piece_release(w->kept);
+        free(w);
+    }
+    writers.done = writers.queue = writers.queue_tail = NULL;
     peer_node_close(e->peers);
     e->peers = NULL;
 }
@@ -90,14 +241,46 @@ static int on_claim(void *ctx, uint64_t piece, int take)
     return 1;
 }
 
-static int on_piece(void *ctx, uint64_t piece, const uint8_t *data, size_t len, int cache_host)
+static int on_piece(void *ctx, uint64_t piece, const uint8_t *data, size_t len, int cache_host,
+                    uint64_t sender, void *handle, int *took)
 {
     agent_file *f = ctx;
     agent_job *j = f->job;
-    set_claimed(f, piece, 0);
     if (f->fd < 0 || f->peer_write_err != 0 || !engine_piece_missing(f, piece) ||
-        len != validate_piece_length(f->size, f->piece_size, piece))
+        len != validate_piece_length(f->size, f->piece_size, piece)) {
+        set_claimed(f, piece, 0);
         return PEER_VERDICT_UNUSED;
+    }
+    if (f->manifest != NULL && writers.n_threads > 0) {
+        /* Checked and written by a writer, from the message itself; it
+         * stays claimed until then. */
+        write_job *w = calloc(1, sizeof *w);
+        if (w == NULL) {
+            set_claimed(f, piece, 0);
+            return PEER_VERDICT_UNUSED;
+        }
+        *w = (write_job){.f = f,
+                         .gen = f->write_gen,
+                         .piece = piece,
+                         .sender = sender,
+                         .buf = data,
+                         .kept = handle,
+                         .len = len,
+                         .cache_host = cache_host};
+        *took = 1;
+        f->writing++;
+        pthread_mutex_lock(&writers.lock);
+        f->in_writer++;
+        if (writers.queue_tail != NULL)
+            writers.queue_tail->next = w;
+        else
+            writers.queue = w;
+        writers.queue_tail = w;
+        pthread_cond_signal(&writers.work);
+        pthread_mutex_unlock(&writers.lock);
+        return PEER_VERDICT_PENDING;
+    }
+    set_claimed(f, piece, 0);
     if (f->manifest != NULL) {
         uint8_t h[VALIDATE_HASH_BYTES];
         validate_blake2b(data, len, h);
@@ -210,6 +393,21 @@ void peers_stop_file(agent_engine *e, agent_file *f)
 void peers_forget_file(agent_engine *e, agent_file *f)
 {
     peers_stop_file(e, f);
+    /* Nothing of the writers may point at it any more (it may be freed). */
+    peers_drain_file(e, f);
+    pthread_mutex_lock(&writers.lock);
+    for (write_job **pp = &writers.done; *pp != NULL;) {
+        write_job *w = *pp;
+        if (w->f != f) {
+            pp = &w->next;
+            continue;
+        }
+        *pp = w->next;
+        f->writing--;
+        set_claimed(f, w->piece, 0);
+        free(w);
+    }
+    pthread_mutex_unlock(&writers.lock);
     if (f->offered && e->peers != NULL)
         peer_withdraw(e->peers, f->cid);
     f->offered = 0;
@@ -323,6 +521,16 @@ int64_t peers_step(agent_engine *e)
     if (e->peers == NULL)
         return -1;
     int64_t wake = peer_node_step(e->peers);
+    pthread_mutex_lock(&writers.lock);
+    write_job *done = writers.done;
+    writers.done = NULL;
+    pthread_mutex_unlock(&writers.lock);
+    while (done != NULL) {
+        write_job *next = done->next;
+        take_written(e, done);
+        free(done);
+        done = next;
+    }
     count_uploads(e);
     for (size_t i = 0; i < e->n_jobs; i++) {
         agent_job *j = e->jobs[i];

@@ -62,6 +62,7 @@
 /* Types                                                              */
 
 typedef struct peer_entry {
+    uint64_t serial; /* names it to peer_node_judge */
     char url[PEER_URL_MAX + 32];
     char host[64]; /* the address part, which bans apply to */
     uint8_t id[PEER_ID_BYTES];
@@ -178,6 +179,7 @@ struct peer_node {
     /* Owner thread. */
     peer_entry *peers;
     size_t n_peers;
+    uint64_t next_serial;
     peer_swarm *swarms;
     request *requests;
     int64_t last_forget;
@@ -612,7 +614,14 @@ static int64_t answer_piece(peer_node *n, const peer_msg *req, uint32_t pipe, nn
             *out = NULL;
         return 0;
     }
-    uint8_t *data = malloc(len);
+    /* The piece is read straight into the reply, where sealing leaves it. */
+    peer_msg full = rep;
+    full.piece_status = PEER_PIECE_OK;
+    full.data_len = len;
+    size_t size = peer_wire_sealed_size(&full);
+    nng_msg *msg = NULL;
+    uint8_t *data =
+        nng_msg_alloc(&msg, size) == 0 ? (uint8_t *)nng_msg_body(msg) + PEER_PREFIX_BYTES : NULL;
     int ok = data != NULL && read_piece(o->fd, data, len, req->piece * o->piece_size) == 0;
     if (ok && o->hashes != NULL && !o->stable) {
         uint8_t h[VALIDATE_HASH_BYTES];
@@ -645,15 +654,21 @@ static int64_t answer_piece(peer_node *n, const peer_msg *req, uint32_t pipe, nn
     }
     offer_unref(n, o);
     pthread_mutex_unlock(&n->catalog_lock);
+    *out = NULL;
+    size_t sealed = 0;
     if (ok) {
-        rep.piece_status = PEER_PIECE_OK;
-        rep.data = data;
-        rep.data_len = len;
-        atomic_fetch_add(&n->uploaded, len);
-    }
-    if (seal_msg(n, &rep, out) != PEER_OK)
+        full.data = data;
+        if (peer_wire_seal(&n->key, &full, nng_msg_body(msg), size, &sealed) == PEER_OK) {
+            nng_msg_chop(msg, size - sealed);
+            *out = msg;
+            msg = NULL;
+            atomic_fetch_add(&n->uploaded, len);
+        }
+    } else if (seal_msg(n, &rep, out) != PEER_OK) {
         *out = NULL;
-    free(data);
+    }
+    if (msg != NULL)
+        nng_msg_free(msg);
     return wait;
 }
 
@@ -903,6 +918,7 @@ static peer_entry *add_peer(peer_node *n, const char *url, int configured, int c
         return NULL;
     snprintf(p->url, sizeof p->url, "%s", url);
     url_host(url, p->host, sizeof p->host);
+    p->serial = ++n->next_serial;
     p->configured = configured;
     p->cache_host = cache_host;
     p->last_seen = mono_ms();
@@ -1363,15 +1379,37 @@ static void take_piece(peer_node *n, peer_swarm *s, request *r, const peer_msg *
         s->ops.lost(s->ops.ctx, r->piece);
         return;
     }
-    int verdict = s->ops.piece(s->ops.ctx, r->piece, m->data, m->data_len, p->cache_host);
-    if (verdict == PEER_VERDICT_BAD) {
-        strike(n, p);
-    } else if (verdict == PEER_VERDICT_GOOD || verdict == PEER_VERDICT_LATER) {
-        atomic_fetch_add(&n->downloaded, m->data_len);
-        s->last_piece = mono_ms();
-        if (verdict == PEER_VERDICT_LATER && from != NULL)
-            from->contributed = 1;
+    int took = 0;
+    int verdict = s->ops.piece(s->ops.ctx, r->piece, m->data, m->data_len, p->cache_host, p->serial,
+                               r->reply, &took);
+    if (took)
+        r->reply = NULL; /* the callback holds it now */
+    if (verdict == PEER_VERDICT_PENDING) {
+        s->last_piece = mono_ms(); /* it came; its worth is told later */
+        return;
     }
+    if (verdict == PEER_VERDICT_LATER && from != NULL)
+        from->contributed = 1;
+    if (verdict == PEER_VERDICT_GOOD || verdict == PEER_VERDICT_LATER)
+        s->last_piece = mono_ms();
+    peer_node_judge(n, p->serial, verdict, m->data_len);
+}
+
+void peer_piece_release(void *kept)
+{
+    if (kept != NULL)
+        nng_msg_free(kept);
+}
+
+void peer_node_judge(peer_node *n, uint64_t sender, int verdict, size_t len)
+{
+    peer_entry *p = n->peers;
+    while (p != NULL && p->serial != sender)
+        p = p->next;
+    if (verdict == PEER_VERDICT_GOOD || verdict == PEER_VERDICT_LATER)
+        atomic_fetch_add(&n->downloaded, len);
+    else if (verdict == PEER_VERDICT_BAD && p != NULL)
+        strike(n, p);
 }
 
 /* The owner's handling of a finished request. */

@@ -275,10 +275,11 @@ typedef struct peer_swarm peer_swarm;
 
 /* What a received piece was worth. */
 enum peer_verdict {
-    PEER_VERDICT_GOOD = 0,   /* it matched its hash */
-    PEER_VERDICT_BAD = 1,    /* it did not: the sender loses trust */
-    PEER_VERDICT_LATER = 2,  /* it cannot be judged yet (whole-file hash only) */
-    PEER_VERDICT_UNUSED = 3, /* not needed any more, or not stored (no blame) */
+    PEER_VERDICT_GOOD = 0,    /* it matched its hash */
+    PEER_VERDICT_BAD = 1,     /* it did not: the sender loses trust */
+    PEER_VERDICT_LATER = 2,   /* it cannot be judged yet (whole-file hash only) */
+    PEER_VERDICT_UNUSED = 3,  /* not needed any more, or not stored (no blame) */
+    PEER_VERDICT_PENDING = 4, /* kept a copy to check elsewhere: peer_node_judge() tells */
 };
 
 typedef struct peer_swarm_ops {
@@ -286,8 +287,12 @@ typedef struct peer_swarm_ops {
      * else)? With take set, a yes also claims it: the caller fetches it
      * nowhere else until `piece` or `lost` gives it back. */
     int (*claim)(void *ctx, uint64_t piece, int take);
-    /* A claimed piece arrived whole from one peer; returns a PEER_VERDICT_*. */
-    int (*piece)(void *ctx, uint64_t piece, const uint8_t *data, size_t len, int from_cache_host);
+    /* A claimed piece arrived whole from one peer (`sender` names it for
+     * peer_node_judge); returns a PEER_VERDICT_*. The data lives only
+     * during the call, unless the callback sets *took to keep it: then it
+     * lives until peer_piece_release(handle), which any thread may call. */
+    int (*piece)(void *ctx, uint64_t piece, const uint8_t *data, size_t len, int from_cache_host,
+                 uint64_t sender, void *handle, int *took);
     /* A claimed piece did not arrive (refused, timed out, banned peer). */
     void (*lost)(void *ctx, uint64_t piece);
     void *ctx;
@@ -310,6 +315,11 @@ uint64_t peer_swarm_share_start(const peer_swarm *s);
  * pieces judged LATER, it loses trust (with several, the bad bytes cannot
  * be traced and nobody is blamed). */
 void peer_swarm_blame(peer_swarm *s);
+/* Frees a piece a callback kept. */
+void peer_piece_release(void *kept);
+/* The verdict on a piece whose callback said PEER_VERDICT_PENDING (GOOD,
+ * BAD, LATER or UNUSED), from the owner's thread; the sender may be gone. */
+void peer_node_judge(peer_node *n, uint64_t sender, int verdict, size_t len);
 /* Peers known to hold pieces of the content now. */
 unsigned peer_swarm_sources(const peer_swarm *s);
 /* Usable peers known to hold this piece. */

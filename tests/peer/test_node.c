@@ -65,9 +65,13 @@ static int on_claim(void *ctx, uint64_t piece, int take)
     return 1;
 }
 
-static int on_piece(void *ctx, uint64_t piece, const uint8_t *data, size_t len, int cache_host)
+static int on_piece(void *ctx, uint64_t piece, const uint8_t *data, size_t len, int cache_host,
+                    uint64_t sender, void *handle, int *took)
 {
     (void)cache_host;
+    (void)sender;
+    (void)handle;
+    (void)took;
     fetch *f = ctx;
     f->claimed[piece] = 0;
     uint8_t h[32];
