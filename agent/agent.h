@@ -86,6 +86,9 @@ typedef struct agent_file {
     uint64_t *pending; /* pieces written, waiting for fdatasync + commit */
     size_t n_pending, cap_pending;
     uint64_t pending_bytes;
+    uint64_t *syncing; /* pieces of the commit whose fdatasync runs now */
+    size_t n_syncing, cap_syncing;
+    uint64_t syncing_bytes;
     int hashing;              /* a whole-file check runs in the background */
     uint64_t hash_generation; /* which check is the current one */
     int probing;

@@ -512,6 +512,9 @@ int engine_piece_missing(const agent_file *f, uint64_t p)
     for (size_t i = 0; i < f->n_pending; i++)
         if (f->pending[i] == p)
             return 0;
+    for (size_t i = 0; i < f->n_syncing; i++)
+        if (f->syncing[i] == p)
+            return 0;
     return 1;
 }
 
@@ -834,13 +837,144 @@ static void take_hash_results(agent_engine *e)
 /* ------------------------------------------------------------------ */
 /* Commits                                                            */
 
+/* The fdatasyncs of a commit run on a helper thread, so that the engine
+ * goes on receiving meanwhile: a batch takes every file's pending pieces
+ * (they are "syncing" then: neither missing nor done), syncs duplicates of
+ * the descriptors, and the engine records the pieces in the store when it
+ * is back. Entries name their file by job id, index and generation, so a
+ * job that went away or a file that started over meanwhile is skipped. */
+typedef struct sync_entry {
+    dopa_id job;
+    uint32_t file;
+    uint64_t gen;
+    int fd;
+    int err;
+} sync_entry;
+
+typedef struct sync_batch {
+    agent_engine *e;
+    sync_entry *entries;
+    size_t n;
+    int done; /* e->lock */
+} sync_batch;
+
+static void run_batch(sync_batch *b)
+{
+    for (size_t i = 0; i < b->n; i++)
+        b->entries[i].err = fdatasync(b->entries[i].fd) != 0 ? errno : 0;
+}
+
+static void *sync_main(void *arg)
+{
+    sync_batch *b = arg;
+    run_batch(b);
+    pthread_mutex_lock(&b->e->lock);
+    b->done = 1;
+    pthread_mutex_unlock(&b->e->lock);
+    engine_wakeup(b->e);
+    return NULL;
+}
+
+static agent_file *entry_file(agent_engine *e, const sync_entry *en)
+{
+    agent_job *j = engine_find(e, &en->job);
+    if (j == NULL || j->purge_at != 0 || en->file >= j->n_files)
+        return NULL;
+    agent_file *f = j->files[en->file];
+    return f->write_gen == en->gen ? f : NULL;
+}
+
+/* The batch's fdatasyncs are done: its pieces go into the store. */
+static void finish_batch(agent_engine *e, sync_batch *b)
+{
+    for (size_t i = 0; i < b->n; i++) {
+        sync_entry *en = &b->entries[i];
+        close(en->fd);
+        agent_file *f = entry_file(e, en);
+        if (f == NULL || en->err == 0)
+            continue;
+        /* A piece whose bytes may not be on disk is dropped. */
+        char msg[512];
+        snprintf(msg, sizeof msg, "syncing %s: %s", f->tmp_path, strerror(en->err));
+        f->n_syncing = 0;
+        f->syncing_bytes = 0;
+        engine_fail_job(e, f->job, 1, DOPA_CONTEXT_LOCAL_FILE, en->err, (int)f->index, 0, msg);
+    }
+    int failed = store_begin(e->db) != DOPA_OK;
+    for (size_t i = 0; i < b->n && !failed; i++) {
+        agent_file *f = entry_file(e, &b->entries[i]);
+        if (f == NULL || f->n_syncing == 0)
+            continue;
+        agent_job *j = f->job;
+        j->modified = engine_now(e);
+        failed = store_add_pieces(e->db, f, f->syncing, f->n_syncing) != DOPA_OK ||
+                 store_put_file(e->db, f) != DOPA_OK || store_put_job(e->db, j) != DOPA_OK;
+    }
+    if (failed || store_commit(e->db) != DOPA_OK) {
+        agent_log("error", "commit: %s", store_error(e->db));
+        store_rollback(e->db);
+        /* The pieces wait again; the next commit tries again. */
+        for (size_t i = 0; i < b->n; i++) {
+            agent_file *f = entry_file(e, &b->entries[i]);
+            for (size_t p = 0; f != NULL && p < f->n_syncing; p++)
+                engine_add_pending(f, f->syncing[p]);
+            if (f != NULL) {
+                f->n_syncing = 0;
+                f->syncing_bytes = 0;
+            }
+        }
+        return;
+    }
+    for (size_t i = 0; i < b->n; i++) {
+        agent_file *f = entry_file(e, &b->entries[i]);
+        if (f == NULL || f->n_syncing == 0)
+            continue;
+        agent_job *j = f->job;
+        for (size_t p = 0; p < f->n_syncing; p++) {
+            agent_file_mark_done(f, f->syncing[p]);
+            peers_piece_done(e, f, f->syncing[p]);
+        }
+        f->n_syncing = 0;
+        f->syncing_bytes = 0;
+        if (!j->running && !f->hashing)
+            engine_release_fd(f);
+        j->no_progress_since = 0;
+        j->no_progress_wall = 0;
+        j->version++;
+        engine_notify(e, j, CB_JOB_MODIFICATION, -1);
+    }
+}
+
+/* Takes a finished batch (waiting for it when `wait`). */
+static void reap_batch(agent_engine *e, int wait)
+{
+    sync_batch *b = e->sync;
+    if (b == NULL)
+        return;
+    pthread_mutex_lock(&e->lock);
+    int done = b->done;
+    pthread_mutex_unlock(&e->lock);
+    if (!done && !wait)
+        return;
+    pthread_join(e->sync_thread, NULL);
+    e->sync = NULL;
+    finish_batch(e, b);
+    free(b->entries);
+    free(b);
+}
+
 static void commit_pending(agent_engine *e, int force)
 {
+    reap_batch(e, force);
+    if (e->sync != NULL)
+        return; /* one batch at a time */
     int64_t now = engine_mono(e);
-    size_t total = 0;
+    size_t total = 0, files = 0;
     for (size_t i = 0; i < e->n_jobs; i++)
-        for (size_t k = 0; k < e->jobs[i]->n_files; k++)
+        for (size_t k = 0; k < e->jobs[i]->n_files; k++) {
             total += e->jobs[i]->files[k]->n_pending;
+            files += e->jobs[i]->files[k]->n_pending > 0;
+        }
     if (total == 0)
         return;
     if (!force && !e->commit_now && total < COMMIT_PIECES &&
@@ -849,70 +983,59 @@ static void commit_pending(agent_engine *e, int force)
     e->last_commit = now;
     e->commit_now = 0;
 
-    /* Data first: a piece whose bytes are not on disk is dropped. */
+    sync_batch *b = calloc(1, sizeof *b);
+    sync_entry *entries = calloc(files, sizeof *entries);
+    if (b == NULL || entries == NULL) {
+        free(b);
+        free(entries);
+        return; /* the pieces stay pending */
+    }
+    b->e = e;
+    b->entries = entries;
     for (size_t i = 0; i < e->n_jobs; i++) {
         agent_job *j = e->jobs[i];
         for (size_t k = 0; k < j->n_files; k++) {
             agent_file *f = j->files[k];
             if (f->n_pending == 0 || j->purge_at != 0)
                 continue;
-            if (f->fd < 0 || fdatasync(f->fd) != 0) {
+            int fd = f->fd >= 0 ? fcntl(f->fd, F_DUPFD_CLOEXEC, 3) : -1;
+            if (fd < 0) {
                 int err = f->fd < 0 ? EBADF : errno;
                 char msg[512];
                 snprintf(msg, sizeof msg, "syncing %s: %s", f->tmp_path, strerror(err));
                 f->n_pending = 0;
                 f->pending_bytes = 0;
                 engine_fail_job(e, j, 1, DOPA_CONTEXT_LOCAL_FILE, err, (int)f->index, 0, msg);
-            }
-        }
-    }
-    if (store_begin(e->db) != DOPA_OK) {
-        agent_log("error", "commit: %s", store_error(e->db));
-        return;
-    }
-    int failed = 0;
-    for (size_t i = 0; i < e->n_jobs && !failed; i++) {
-        agent_job *j = e->jobs[i];
-        int touched = 0;
-        for (size_t k = 0; k < j->n_files && !failed; k++) {
-            agent_file *f = j->files[k];
-            if (f->n_pending == 0)
                 continue;
-            touched = 1;
-            failed = store_add_pieces(e->db, f, f->pending, f->n_pending) != DOPA_OK ||
-                     store_put_file(e->db, f) != DOPA_OK;
-        }
-        if (touched && !failed) {
-            j->modified = engine_now(e);
-            failed = store_put_job(e->db, j) != DOPA_OK;
-        }
-    }
-    if (failed || store_commit(e->db) != DOPA_OK) {
-        agent_log("error", "commit: %s", store_error(e->db));
-        store_rollback(e->db);
-        return; /* the pieces stay pending; the next commit tries again */
-    }
-    for (size_t i = 0; i < e->n_jobs; i++) {
-        agent_job *j = e->jobs[i];
-        int progressed = 0;
-        for (size_t k = 0; k < j->n_files; k++) {
-            agent_file *f = j->files[k];
-            for (size_t p = 0; p < f->n_pending; p++) {
-                agent_file_mark_done(f, f->pending[p]);
-                peers_piece_done(e, f, f->pending[p]);
             }
-            progressed |= f->n_pending > 0;
+            /* Its pending pieces become the batch's (the arrays swap). */
+            uint64_t *arr = f->syncing;
+            size_t cap = f->cap_syncing;
+            f->syncing = f->pending;
+            f->cap_syncing = f->cap_pending;
+            f->n_syncing = f->n_pending;
+            f->syncing_bytes = f->pending_bytes;
+            f->pending = arr;
+            f->cap_pending = cap;
             f->n_pending = 0;
             f->pending_bytes = 0;
-            if (!j->running && !f->hashing)
-                engine_release_fd(f);
+            b->entries[b->n++] =
+                (sync_entry){.job = j->id, .file = f->index, .gen = f->write_gen, .fd = fd};
         }
-        if (progressed) {
-            j->no_progress_since = 0;
-            j->no_progress_wall = 0;
-            j->version++;
-            engine_notify(e, j, CB_JOB_MODIFICATION, -1);
-        }
+    }
+    if (b->n == 0) {
+        free(entries);
+        free(b);
+        return;
+    }
+    e->sync = b;
+    if (force || pthread_create(&e->sync_thread, NULL, sync_main, b) != 0) {
+        /* (Or when no thread can start: right here.) */
+        run_batch(b);
+        e->sync = NULL;
+        finish_batch(e, b);
+        free(b->entries);
+        free(b);
     }
 }
 
@@ -929,6 +1052,9 @@ int engine_finish_job(agent_engine *e, agent_job *j, int state)
     for (size_t i = 0; i < j->n_files; i++) {
         j->files[i]->n_pending = 0; /* pieces of a finished job are never committed */
         j->files[i]->pending_bytes = 0;
+        j->files[i]->n_syncing = 0;
+        j->files[i]->syncing_bytes = 0;
+        j->files[i]->write_gen++;
     }
     engine_stop_job(e, j);
     notify_forget_job(e, j);
@@ -1277,7 +1403,7 @@ static int next_timer_ms(agent_engine *e, int limit)
             best = w->deadline - mono;
     for (size_t i = 0; i < e->n_jobs; i++)
         for (size_t k = 0; k < e->jobs[i]->n_files; k++)
-            if (e->jobs[i]->files[k]->n_pending > 0 && best > COMMIT_INTERVAL_MS)
+            if (e->jobs[i]->files[k]->n_pending > 0 && best > COMMIT_INTERVAL_MS && e->sync == NULL)
                 best = COMMIT_INTERVAL_MS;
     if (e->notify_wake >= 0 && e->notify_wake < best)
         best = e->notify_wake;

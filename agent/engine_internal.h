@@ -77,6 +77,8 @@ struct agent_engine {
     struct agent_cache *cache; /* verified content kept for peers, or NULL */
     int64_t peer_wake;         /* ms from the last peers_step until it wants to run, or -1 */
     uint64_t got_origin, got_peers, got_cache; /* bytes received since start, by source */
+    struct sync_batch *sync;                   /* a commit's fdatasyncs running, or NULL */
+    pthread_t sync_thread;
 };
 
 int64_t engine_now(const agent_engine *e);  /* wall ms */

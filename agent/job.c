@@ -61,6 +61,7 @@ void agent_file_free(agent_file *f)
     validate_manifest_free(f->manifest);
     free(f->done);
     free(f->pending);
+    free(f->syncing);
     free(f->claimed);
     if (f->plugin_fd >= 0)
         close(f->plugin_fd);
@@ -108,6 +109,9 @@ void agent_file_clear_pieces(agent_file *f)
     f->done_bytes = 0;
     f->n_pending = 0;
     f->pending_bytes = 0;
+    f->n_syncing = 0;
+    f->syncing_bytes = 0;
+    f->write_gen++; /* a commit under way for it is void */
     f->transferred = 0;
 }
 
@@ -189,7 +193,7 @@ void agent_job_info(const agent_job *j, dopa_job_info *out)
             out->bytes_total = DOPA_SIZE_UNKNOWN;
         else if (out->bytes_total != DOPA_SIZE_UNKNOWN)
             out->bytes_total += f->size;
-        out->bytes_transferred += f->done_bytes + f->pending_bytes;
+        out->bytes_transferred += f->done_bytes + f->pending_bytes + f->syncing_bytes;
         out->files_transferred += f->transferred ? 1u : 0u;
     }
     out->files_total = (uint32_t)j->n_files;
@@ -219,7 +223,7 @@ void agent_file_info(const agent_file *f, dopa_file_info *out)
     strncpy(out->local_name, f->path, DOPA_PATH_MAX);
     strncpy(out->temporary_name, f->tmp_path ? f->tmp_path : "", DOPA_PATH_MAX);
     out->bytes_total = f->size;
-    out->bytes_transferred = f->done_bytes + f->pending_bytes;
+    out->bytes_transferred = f->done_bytes + f->pending_bytes + f->syncing_bytes;
     out->bytes_from_origin = f->from_origin;
     out->bytes_from_peers = f->from_peers;
     out->bytes_from_cache = f->from_cache;
