@@ -26,7 +26,7 @@
 #define COMMIT_INTERVAL_MS        200
 #define COMMIT_PIECES             64
 #define REQUEST_PIECES            256    /* pieces asked for in one range request */
-#define SWARM_REQUEST_PIECES      4      /* the same, for a file fetched from peers too */
+#define SWARM_REQUEST_PIECES      2      /* the same, for a file fetched from peers too */
 #define FINAL_JOB_KEEP_MS         300000 /* final jobs stay visible this long */
 #define MAX_BAD_PIECES            3      /* hash failures from the origin before ERROR */
 #define DEFAULT_MAX_RUNNING       4

@@ -38,8 +38,8 @@
 #include "validate.h"
 
 #define SERVER_WORKERS     16
-#define REFRESH_MS         1000 /* availability asked again after this */
-#define REFRESH_FAST_MS    250  /* and, while a swarm starts, after this */
+#define REFRESH_MS         500 /* availability asked again after this */
+#define REFRESH_FAST_MS    250 /* and, while a swarm starts, after this */
 #define FAST_PHASE_MS      3000
 #define READY_MIN_MS       500   /* the origin waits at least this (others starting together) */
 #define READY_MS           1500  /* and at most this for every peer's answer */
@@ -48,9 +48,10 @@
 #define SWARM_STALL_MS     10000 /* no piece from any peer this long: the origin may take any */
 #define REFUSALS           3     /* refusals in a row before a peer's holdings stop counting */
 #define QUIET_MS           10000
-#define SCAN_PIECES        2048  /* pieces one pick looks at, at most */
-#define AUTH_GRACE_MS      5000  /* a connection must send a valid request within this */
-#define UPLOAD_WAIT_MAX_MS 2000  /* a reply the upload limit would hold longer is BUSY */
+#define SCAN_PIECES        2048 /* pieces one pick looks at, at most */
+#define AUTH_GRACE_MS      5000 /* a connection must send a valid request within this */
+#define UPLOAD_WAIT_MAX_MS 2000 /* a reply the upload limit would hold longer is BUSY */
+#define INTEREST_SLOTS     256
 #define FORGET_MS          30000 /* a discovered peer not heard from is forgotten */
 #define SLOW_RESET_MS      30000 /* a stalled peer is tried again after this */
 #define HAVE_TIMEOUT_MS    3000
@@ -209,7 +210,12 @@ struct peer_node {
     } * conns; /* max_connections entries */
     size_t n_conns;
     unsigned piece_workers; /* workers holding a piece reply (HAVE requests keep the rest) */
-    double tokens;          /* upload budget, bytes */
+    struct {
+        uint8_t cid[PEER_CID_BYTES];
+        uint8_t sender[PEER_ID_BYTES];
+        int64_t at;             /* mono ms */
+    } interest[INTEREST_SLOTS]; /* who asked what we hold of which content, lately */
+    double tokens;              /* upload budget, bytes */
     int64_t tokens_at;
     int closing;
 
@@ -672,6 +678,24 @@ static int64_t answer_piece(peer_node *n, const peer_msg *req, uint32_t pipe, nn
     return wait;
 }
 
+/* A peer asked about a content: it fetches it too (catalog_lock held). */
+static void note_interest(peer_node *n, const peer_msg *req)
+{
+    size_t slot = 0;
+    for (size_t i = 0; i < INTEREST_SLOTS; i++) {
+        if (memcmp(n->interest[i].cid, req->cid, PEER_CID_BYTES) == 0 &&
+            memcmp(n->interest[i].sender, req->head.sender, PEER_ID_BYTES) == 0) {
+            slot = i;
+            break;
+        }
+        if (n->interest[i].at < n->interest[slot].at)
+            slot = i; /* the oldest goes */
+    }
+    memcpy(n->interest[slot].cid, req->cid, PEER_CID_BYTES);
+    memcpy(n->interest[slot].sender, req->head.sender, PEER_ID_BYTES);
+    n->interest[slot].at = mono_ms();
+}
+
 static nng_msg *answer_have(peer_node *n, const peer_msg *req)
 {
     peer_msg rep;
@@ -681,6 +705,7 @@ static nng_msg *answer_have(peer_node *n, const peer_msg *req)
     rep.role = n->cfg.cache_host ? PEER_ROLE_CACHE_HOST : 0;
     uint8_t *bits = NULL;
     pthread_mutex_lock(&n->catalog_lock);
+    note_interest(n, req);
     offer *o = find_offer(n, req->cid);
     if (o != NULL) {
         if (o->downloading)
@@ -1178,10 +1203,23 @@ static int id_cmp(const uint8_t *a, const uint8_t *b)
     return memcmp(a, b, PEER_ID_BYTES);
 }
 
-static int is_member(const swarm_peer *sp, int64_t now)
+/* Whether the peer fetches the content too: its answers say so, or it
+ * has asked us about it lately (which tells a newcomer at once, before our
+ * next question to it). catalog_lock held. */
+static int is_member(const peer_swarm *s, const swarm_peer *sp, int64_t now)
 {
-    return usable(sp->p, now) && (sp->role & PEER_ROLE_DOWNLOADING) && sp->p->has_id &&
-           now - sp->answered <= MEMBER_TTL_MS;
+    if (!usable(sp->p, now) || !sp->p->has_id)
+        return 0;
+    if ((sp->role & PEER_ROLE_DOWNLOADING) && now - sp->answered <= MEMBER_TTL_MS)
+        return 1;
+    if (sp->status == PEER_HAVE_ALL)
+        return 0; /* a seeder asking is checking, not fetching */
+    for (size_t i = 0; i < INTEREST_SLOTS; i++)
+        if (now - s->n->interest[i].at <= MEMBER_TTL_MS &&
+            memcmp(s->n->interest[i].cid, s->cid, PEER_CID_BYTES) == 0 &&
+            memcmp(s->n->interest[i].sender, sp->p->id, PEER_ID_BYTES) == 0)
+            return 1;
+    return 0;
 }
 
 /* Who fetches the content now, ordered by id (this agent is the NULL
@@ -1190,15 +1228,20 @@ static void update_members(peer_swarm *s, int64_t now)
 {
     size_t m = 0;
     s->members[m++] = NULL;
+    pthread_mutex_lock(&s->n->catalog_lock);
     for (size_t i = 0; i < s->n_sp && m < MAX_MEMBERS; i++) {
-        if (!is_member(&s->sp[i], now) || id_cmp(s->sp[i].p->id, s->n->id) == 0)
+        if (!is_member(s, &s->sp[i], now) || id_cmp(s->sp[i].p->id, s->n->id) == 0)
             continue;
         int seen = 0; /* one agent reached at two addresses counts once */
         for (size_t k = 1; k < m && !seen; k++)
             seen = id_cmp(s->members[k]->p->id, s->sp[i].p->id) == 0;
-        if (!seen)
-            s->members[m++] = &s->sp[i];
+        if (seen)
+            continue;
+        if (s->sp[i].progress_at == 0)
+            s->sp[i].progress_at = now; /* its stall is counted from when it joined */
+        s->members[m++] = &s->sp[i];
     }
+    pthread_mutex_unlock(&s->n->catalog_lock);
     /* Insertion sort: a few dozen members at most. */
     for (size_t i = 1; i < m; i++) {
         swarm_peer *x = s->members[i];
