@@ -275,6 +275,22 @@ static peer_node *honest(const uint8_t *key, char *url, size_t len)
     return b;
 }
 
+/* A node whose only peer is a rogue, and its swarm, once the rogue has
+ * said it holds everything. */
+static peer_swarm *against_rogue(enum rogue_mode mode, uint32_t piece_timeout_ms, fetch *f,
+                                 peer_node **a)
+{
+    char url[64];
+    snprintf(url, sizeof url, "tcp://127.0.0.1:%d", test_free_port());
+    start_rogue(url, mode);
+    *a = open_node(group, NULL, url, piece_timeout_ms);
+    peer_swarm_ops ops = ops_for(f);
+    peer_swarm *s;
+    CHECK_INT(peer_swarm_open(*a, cid, SIZE, PIECE, &ops, &s), PEER_OK);
+    CHECK(run_until(*a, NULL, has_sources, s, 5000));
+    return s;
+}
+
 /* ------------------------------------------------------------------ */
 
 static void test_pieces_come_from_an_honest_peer(void)
@@ -302,15 +318,9 @@ static void test_pieces_come_from_an_honest_peer(void)
 
 static void test_a_peer_sending_bad_pieces_is_banned(void)
 {
-    char url[64];
-    snprintf(url, sizeof url, "tcp://127.0.0.1:%d", test_free_port());
-    start_rogue(url, ROGUE_LIAR);
-    peer_node *a = open_node(group, NULL, url, 0);
     fetch f = {0};
-    peer_swarm_ops ops = ops_for(&f);
-    peer_swarm *s;
-    CHECK_INT(peer_swarm_open(a, cid, SIZE, PIECE, &ops, &s), PEER_OK);
-    CHECK(run_until(a, NULL, has_sources, s, 5000));
+    peer_node *a;
+    peer_swarm *s = against_rogue(ROGUE_LIAR, 0, &f, &a);
     CHECK(!peer_swarm_origin_may(s, 0)); /* it claims to hold everything */
     stats_node = a;
     CHECK(run_until(a, NULL, banned_once, NULL, 10000));
@@ -364,15 +374,9 @@ static void test_an_honest_peer_is_not_banned_for_another(void)
 
 static void test_a_peer_that_refuses_stops_holding_back_the_origin(void)
 {
-    char url[64];
-    snprintf(url, sizeof url, "tcp://127.0.0.1:%d", test_free_port());
-    start_rogue(url, ROGUE_REFUSER);
-    peer_node *a = open_node(group, NULL, url, 0);
     fetch f = {0};
-    peer_swarm_ops ops = ops_for(&f);
-    peer_swarm *s;
-    CHECK_INT(peer_swarm_open(a, cid, SIZE, PIECE, &ops, &s), PEER_OK);
-    CHECK(run_until(a, NULL, has_sources, s, 5000));
+    peer_node *a;
+    peer_swarm *s = against_rogue(ROGUE_REFUSER, 0, &f, &a);
     origin_swarm = s;
     int64_t t0 = now_ms();
     CHECK(run_until(a, NULL, origin_may_all, NULL, 5000));
@@ -384,15 +388,9 @@ static void test_a_peer_that_refuses_stops_holding_back_the_origin(void)
 
 static void test_a_stalling_peer_is_routed_around(void)
 {
-    char url[64];
-    snprintf(url, sizeof url, "tcp://127.0.0.1:%d", test_free_port());
-    start_rogue(url, ROGUE_SILENT);
-    peer_node *a = open_node(group, NULL, url, 300);
     fetch f = {0};
-    peer_swarm_ops ops = ops_for(&f);
-    peer_swarm *s;
-    CHECK_INT(peer_swarm_open(a, cid, SIZE, PIECE, &ops, &s), PEER_OK);
-    CHECK(run_until(a, NULL, has_sources, s, 5000));
+    peer_node *a;
+    peer_swarm *s = against_rogue(ROGUE_SILENT, 300, &f, &a);
     origin_swarm = s;
     CHECK(run_until(a, NULL, origin_may_all, NULL, 10000));
     peer_stats st;
