@@ -14,6 +14,7 @@
 
 #include <nng/nng.h>
 #include <nng/protocol/reqrep0/rep.h>
+#include <nng/protocol/reqrep0/req.h>
 #include <sodium.h>
 
 #include "../check.h"
@@ -227,6 +228,61 @@ static void rogue_main(const char *url, enum rogue_mode mode)
     }
 }
 
+/* A child that sends n PIECE_REQs at once on one connection and prints
+ * how many answers were OK, BUSY or anything else. */
+static void flood_main(const char *url, int n)
+{
+    peer_wire_key key;
+    peer_wire_key_derive(group, &key);
+    nng_socket s;
+    nng_ctx ctx[64];
+    nng_aio *aio[64];
+    if (n > 64 || nng_req0_open(&s) != 0 ||
+        nng_socket_set_ms(s, NNG_OPT_REQ_RESENDTIME, NNG_DURATION_INFINITE) != 0 ||
+        nng_socket_set_size(s, NNG_OPT_RECVMAXSZ, PEER_MSG_MAX) != 0 || nng_dial(s, url, NULL, 0))
+        _exit(3);
+    for (int i = 0; i < n; i++) {
+        peer_msg m = {0};
+        m.head.type = PEER_MSG_PIECE_REQ;
+        randombytes_buf(m.head.sender, sizeof m.head.sender);
+        m.head.time_ms = (int64_t)time(NULL) * 1000;
+        m.head.request_id = (uint64_t)i + 1;
+        memcpy(m.cid, cid, sizeof m.cid);
+        m.piece = (uint64_t)(i % PIECES);
+        nng_msg *msg;
+        size_t size = peer_wire_sealed_size(&m), len;
+        if (nng_ctx_open(&ctx[i], s) != 0 || nng_aio_alloc(&aio[i], NULL, NULL) != 0 ||
+            nng_msg_alloc(&msg, size) != 0 ||
+            peer_wire_seal(&key, &m, nng_msg_body(msg), size, &len) != PEER_OK)
+            _exit(4);
+        nng_aio_set_msg(aio[i], msg);
+        nng_aio_set_timeout(aio[i], 20000);
+        nng_ctx_send(ctx[i], aio[i]);
+    }
+    for (int i = 0; i < n; i++) {
+        nng_aio_wait(aio[i]);
+        if (nng_aio_result(aio[i]) == 0)
+            nng_ctx_recv(ctx[i], aio[i]);
+    }
+    int ok = 0, busy = 0, other = 0;
+    for (int i = 0; i < n; i++) {
+        nng_aio_wait(aio[i]);
+        peer_msg rep;
+        nng_msg *msg = nng_aio_result(aio[i]) == 0 ? nng_aio_get_msg(aio[i]) : NULL;
+        if (msg != NULL &&
+            peer_wire_open(&key, nng_msg_body(msg), nng_msg_len(msg), &rep) == PEER_OK &&
+            rep.piece_status == PEER_PIECE_OK)
+            ok++;
+        else if (msg != NULL && rep.piece_status == PEER_PIECE_BUSY)
+            busy++;
+        else
+            other++;
+    }
+    printf("%d %d %d\n", ok, busy, other);
+    fflush(stdout);
+    _exit(0); /* never close a socket with messages in flight */
+}
+
 /* nng cannot be used across fork(): the rogue is this program run again. */
 static void start_rogue(const char *url, enum rogue_mode mode)
 {
@@ -403,6 +459,64 @@ static void test_a_stalling_peer_is_routed_around(void)
     peer_node_close(a);
 }
 
+static void test_one_connection_gets_busy_beyond_its_share(void)
+{
+    /* A slow upload budget holds replies back, so that requests of one
+     * connection pile up: beyond two at a time, and beyond two seconds of
+     * budget, they are answered BUSY, never queued without bound. */
+    char url[64];
+    snprintf(url, sizeof url, "tcp://127.0.0.1:%d", test_free_port());
+    peer_node_config cfg = {
+        .group_key = group, .listen = url, .max_queued = 2, .upload_rate = 200000};
+    peer_node *b;
+    char why[256];
+    CHECK_INT(peer_node_open(&cfg, &b, why, sizeof why), PEER_OK);
+    char path[4200];
+    snprintf(path, sizeof path, "%s/content", check_tmpdir());
+    FILE *f = fopen(path, "wb");
+    CHECK(f != NULL);
+    CHECK_INT(fwrite(content, 1, SIZE, f), SIZE);
+    fclose(f);
+    f = fopen(path, "rb");
+    peer_offer_info info = {
+        .fd = fileno(f), .size = SIZE, .piece_size = PIECE, .piece_hashes = hashes};
+    CHECK_INT(peer_offer(b, cid, &info), PEER_OK);
+    fclose(f);
+
+    char key_hex[65], cid_hex[65], out[4200];
+    validate_hex(group, sizeof group, key_hex);
+    validate_hex(cid, sizeof cid, cid_hex);
+    snprintf(out, sizeof out, "%s/flood.out", check_tmpdir());
+    pid_t pid = fork();
+    CHECK(pid >= 0);
+    if (pid == 0) {
+        if (freopen(out, "w", stdout) == NULL)
+            _exit(5);
+        execl("/proc/self/exe", "test_peer_node", "--flood", url, "16", key_hex, cid_hex,
+              (char *)NULL);
+        _exit(127);
+    }
+    rogue_pid = pid; /* stopped by after_case if it hangs */
+    int status = 0;
+    int64_t end = now_ms() + 30000;
+    while (waitpid(pid, &status, WNOHANG) == 0 && now_ms() < end)
+        sleep_ms(50);
+    CHECK(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+    rogue_pid = 0;
+    int ok = -1, busy = -1, other = -1;
+    f = fopen(out, "r");
+    CHECK(f != NULL && fscanf(f, "%d %d %d", &ok, &busy, &other) == 3);
+    fclose(f);
+    printf("  16 requests at once on one connection: %d served, %d busy\n", ok, busy);
+    CHECK(ok >= 1);
+    CHECK(busy >= 1);
+    CHECK_INT(ok + busy, 16);
+    peer_stats sb;
+    peer_node_stats(b, &sb);
+    CHECK_INT(sb.uploaded, (uint64_t)ok * PIECE);
+    peer_node_close(b);
+}
+
 static void test_a_node_with_another_key_gets_nothing(void)
 {
     char url[64];
@@ -430,6 +544,12 @@ int main(int argc, char **argv)
     signal(SIGPIPE, SIG_IGN);
     if (sodium_init() < 0)
         return 1;
+    if (argc == 6 && strcmp(argv[1], "--flood") == 0) {
+        if (validate_unhex(argv[4], group, sizeof group) != 0 ||
+            validate_unhex(argv[5], cid, sizeof cid) != 0)
+            return 2;
+        flood_main(argv[2], atoi(argv[3]));
+    }
     if (argc == 5 && strcmp(argv[1], "--rogue") == 0) {
         if (validate_unhex(argv[4], group, sizeof group) != 0)
             return 2;
@@ -449,6 +569,7 @@ int main(int argc, char **argv)
                          CASE(test_an_honest_peer_is_not_banned_for_another),
                          CASE(test_a_peer_that_refuses_stops_holding_back_the_origin),
                          CASE(test_a_stalling_peer_is_routed_around),
+                         CASE(test_one_connection_gets_busy_beyond_its_share),
                          CASE(test_a_node_with_another_key_gets_nothing),
                          {0},
                      });
