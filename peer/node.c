@@ -1195,6 +1195,13 @@ int peer_swarm_ready(const peer_swarm *s)
     for (size_t i = 0; i < s->n_sp; i++)
         if (usable(s->sp[i].p, now) && s->sp[i].answered == 0)
             return 0;
+    /* A newcomer to a swarm under way waits the whole READY_MS: what the
+     * members are fetching from the origin right now is not in their
+     * answers until it is held, and the newcomer's share covers some of
+     * it. Meanwhile it takes from peers what they hold. */
+    for (size_t i = 0; i < s->n_members; i++) /* (NULL, this agent, sits by its id) */
+        if (s->members[i] != NULL && s->members[i]->count > 0)
+            return 0;
     return 1;
 }
 

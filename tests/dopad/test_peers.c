@@ -31,6 +31,7 @@ static uint8_t *manifest_big, *manifest_small;
 static size_t manifest_big_len, manifest_small_len;
 static uint8_t sha_small[32];
 static int ports[AGENTS];
+static int configured = AGENTS; /* agents named as each other's peers */
 
 typedef struct agent {
     test_dopad d;
@@ -71,7 +72,7 @@ static void start_agent_with(int i, const char *key, const char *extra)
                      "trusted-key = %s\n[peers]\ngroup-key = %s\nlisten = %s://127.0.0.1:%d\n"
                      "beacons = no\npiece-timeout = 2\n%s",
                      pub_key, key, scheme, ports[i], extra);
-    for (int k = 0; k < AGENTS; k++)
+    for (int k = 0; k < configured; k++)
         if (k != i)
             n += snprintf(settings + n, sizeof settings - (size_t)n, "peer = %s://127.0.0.1:%d\n",
                           scheme, ports[k]);
@@ -101,6 +102,7 @@ static void stop_agent(int i)
 
 static void after_case(void)
 {
+    configured = AGENTS;
     for (int i = 0; i < AGENTS; i++)
         stop_agent(i);
 }
@@ -216,6 +218,39 @@ static void test_agents_starting_together_share_the_origin(void)
     CHECK_INT(dopa_agent_stats_get(agents[3].m, &s3), DOPA_OK);
     CHECK_INT(s3.from_peers, SIZE_BIG);
     CHECK(uploaded >= (uint64_t)SIZE_BIG + (uint64_t)sent / 2);
+}
+
+static void test_agents_joining_a_swarm_under_way_share_the_origin(void)
+{
+    long long before = test_nginx_bytes_sent(&web, "/big.bin");
+    configured = 3; /* no peer that never answers: every answer counts */
+    for (int i = 0; i < 3; i++)
+        start_agent(i, group_key);
+    dopa_id ids[3];
+    char out[3][32];
+    for (int i = 0; i < 3; i++) {
+        snprintf(out[i], sizeof out[i], "joined%d.bin", i);
+        ids[i] = fetch(i, "big.bin", out[i], 1);
+    }
+    /* Each joins while the ones before it hold part of the file. */
+    for (int i = 0; i < 3; i++) {
+        CHECK_INT(dopa_job_resume(agents[i].m, &ids[i]), DOPA_OK);
+        double end = now_s() + 10;
+        dopa_job_info j;
+        do {
+            sleep_ms(20);
+            CHECK_INT(dopa_job_get(agents[i].m, &ids[i], &j), DOPA_OK);
+        } while (i < 2 && j.bytes_transferred < SIZE_BIG / 4 && now_s() < end);
+    }
+    for (int i = 0; i < 3; i++) {
+        wait_state(i, &ids[i], DOPA_STATE_TRANSFERRED, 60);
+        complete(i, &ids[i]);
+        CHECK(same_as_origin(check_path(out[i]), SIZE_BIG, 7));
+    }
+    long long sent = test_nginx_bytes_sent(&web, "/big.bin") - before;
+    printf("  3 agents joining one after another: the origin sent %.2f x the file\n",
+           (double)sent / SIZE_BIG);
+    CHECK(sent < SIZE_BIG * 3 / 2);
 }
 
 static void test_content_known_by_its_sha256_comes_from_peers_checked_at_the_end(void)
@@ -553,6 +588,7 @@ int main(int argc, char **argv)
     return check_run(argc, argv,
                      (struct check_case[]){
                          CASE(test_agents_starting_together_share_the_origin),
+                         CASE(test_agents_joining_a_swarm_under_way_share_the_origin),
                          CASE(test_content_known_by_its_sha256_comes_from_peers_checked_at_the_end),
                          CASE(test_a_rejected_peer_file_is_fetched_again_from_the_origin),
                          CASE(test_an_agent_with_another_group_key_gets_nothing),
