@@ -111,11 +111,11 @@ static void take_written(agent_engine *e, write_job *w)
     agent_job *j = f->job;
     f->writing--;
     set_claimed(f, w->piece, 0);
-    int verdict = w->verdict;
-    if (w->gen != f->write_gen ||
-        (verdict == PEER_VERDICT_GOOD && !engine_piece_missing(f, w->piece)))
+    int verdict = w->verdict; /* a bad piece stays bad whatever the file did since */
+    int current = w->gen == f->write_gen;
+    if (verdict == PEER_VERDICT_GOOD && (!current || !engine_piece_missing(f, w->piece)))
         verdict = PEER_VERDICT_UNUSED; /* the file started over meanwhile */
-    else if (verdict == PEER_VERDICT_UNUSED && w->err != 0)
+    else if (verdict == PEER_VERDICT_UNUSED && w->err != 0 && current)
         f->peer_write_err = w->err;
     if (verdict == PEER_VERDICT_GOOD) {
         engine_add_pending(f, w->piece);
