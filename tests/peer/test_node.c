@@ -312,11 +312,9 @@ static void after_case(void)
     stop_rogue();
 }
 
-/* An honest node serving the content from a file. */
-static peer_node *honest(const uint8_t *key, char *url, size_t len)
+/* The node offers the content, from a file. */
+static void offer_content(peer_node *b)
 {
-    snprintf(url, len, "tcp://127.0.0.1:%d", test_free_port());
-    peer_node *b = open_node(key, url, NULL, 0);
     char path[4200];
     snprintf(path, sizeof path, "%s/content", check_tmpdir());
     FILE *f = fopen(path, "wb");
@@ -328,6 +326,14 @@ static peer_node *honest(const uint8_t *key, char *url, size_t len)
         .fd = fileno(f), .size = SIZE, .piece_size = PIECE, .piece_hashes = hashes};
     CHECK_INT(peer_offer(b, cid, &info), PEER_OK);
     fclose(f); /* the node keeps its own descriptor */
+}
+
+/* An honest node serving the content. */
+static peer_node *honest(const uint8_t *key, char *url, size_t len)
+{
+    snprintf(url, len, "tcp://127.0.0.1:%d", test_free_port());
+    peer_node *b = open_node(key, url, NULL, 0);
+    offer_content(b);
     return b;
 }
 
@@ -471,17 +477,7 @@ static void test_one_connection_gets_busy_beyond_its_share(void)
     peer_node *b;
     char why[256];
     CHECK_INT(peer_node_open(&cfg, &b, why, sizeof why), PEER_OK);
-    char path[4200];
-    snprintf(path, sizeof path, "%s/content", check_tmpdir());
-    FILE *f = fopen(path, "wb");
-    CHECK(f != NULL);
-    CHECK_INT(fwrite(content, 1, SIZE, f), SIZE);
-    fclose(f);
-    f = fopen(path, "rb");
-    peer_offer_info info = {
-        .fd = fileno(f), .size = SIZE, .piece_size = PIECE, .piece_hashes = hashes};
-    CHECK_INT(peer_offer(b, cid, &info), PEER_OK);
-    fclose(f);
+    offer_content(b);
 
     char key_hex[65], cid_hex[65], out[4200];
     validate_hex(group, sizeof group, key_hex);
@@ -504,7 +500,7 @@ static void test_one_connection_gets_busy_beyond_its_share(void)
     CHECK(WIFEXITED(status) && WEXITSTATUS(status) == 0);
     rogue_pid = 0;
     int ok = -1, busy = -1, other = -1;
-    f = fopen(out, "r");
+    FILE *f = fopen(out, "r");
     CHECK(f != NULL && fscanf(f, "%d %d %d", &ok, &busy, &other) == 3);
     fclose(f);
     printf("  16 requests at once on one connection: %d served, %d busy\n", ok, busy);
