@@ -516,10 +516,41 @@ static void count_uploads(agent_engine *e)
     }
 }
 
+/* Tells the swarm which pieces are on their way to this agent: the running
+ * origin request's, the one being filled, and those written but not yet
+ * durable. Members would otherwise see them neither held nor fetched, and
+ * ask the origin for them as well. */
+static void announce_coming(agent_engine *e, agent_file *f)
+{
+    uint64_t small[256], *list = small;
+    int fetching = f->request != 0 && !f->probing && f->req_last >= f->req_first;
+    size_t run = fetching ? (size_t)(f->req_last - f->req_first + 1) : 0;
+    size_t cap = run + 1 + f->n_pending + f->n_syncing, n = 0;
+    if (cap > sizeof small / sizeof small[0] && (list = malloc(cap * sizeof *list)) == NULL)
+        return;
+    for (size_t k = 0; k < run; k++)
+        list[n++] = f->req_first + k;
+    if (f->fill > 0)
+        list[n++] = f->fill_piece;
+    memcpy(list + n, f->pending, f->n_pending * sizeof *list);
+    n += f->n_pending;
+    memcpy(list + n, f->syncing, f->n_syncing * sizeof *list);
+    n += f->n_syncing;
+    peer_offer_coming(e->peers, f->cid, list, n);
+    if (list != small)
+        free(list);
+}
+
 int64_t peers_step(agent_engine *e)
 {
     if (e->peers == NULL)
         return -1;
+    for (size_t i = 0; i < e->n_jobs; i++)
+        for (size_t k = 0; k < e->jobs[i]->n_files; k++) {
+            agent_file *f = e->jobs[i]->files[k];
+            if (f->swarm != NULL && f->offered && f->manifest != NULL)
+                announce_coming(e, f);
+        }
     int64_t wake = peer_node_step(e->peers);
     pthread_mutex_lock(&writers.lock);
     write_job *done = writers.done;

@@ -57,7 +57,9 @@
 #define HAVE_TIMEOUT_MS    3000
 #define REPLAY_SLOTS       131072 /* ~5 MiB: a minute of requests from hundreds of peers */
 #define MAX_PEERS          1024
-#define MAX_MEMBERS        256 /* agents sharing the origin's work for one content */
+#define MAX_MEMBERS        256  /* agents sharing the origin's work for one content */
+#define SETTLE_LAG_MS      300  /* a member hears of a change within a turn (250 ms) */
+#define SETTLE_MAX_MS      1500 /* pieces new to this agent's share wait at most this */
 
 /* ------------------------------------------------------------------ */
 /* Types                                                              */
@@ -77,6 +79,7 @@ typedef struct peer_entry {
     unsigned strikes;  /* bad pieces */
     int64_t banned_until;
     unsigned in_flight; /* piece requests */
+    unsigned judging;   /* pieces it sent whose verdict is PENDING */
     unsigned slow;      /* consecutive piece requests that ran out of time */
     int64_t slow_since;
     struct peer_entry *next;
@@ -86,10 +89,12 @@ typedef struct peer_entry {
 typedef struct swarm_peer {
     peer_entry *p;
     uint8_t status, role;
-    uint8_t *bits; /* SOME: its bitfield; counted in the swarm's holders */
-    int counted;   /* its bits are in holders */
+    uint8_t *bits;   /* SOME: its bitfield; counted in the swarm's holders */
+    uint8_t *coming; /* what is on its way to it (PEER_ROLE_COMING), or NULL */
+    int counted;     /* its bits are in holders */
     uint64_t count;
     int64_t asked, answered, progress_at;
+    int64_t sent, answer_sent; /* when the HAVE_REQ now asked / last answered went out */
     int asking;
     int contributed;     /* sent pieces judged LATER */
     unsigned refused;    /* NOT_HELD or BUSY answers in a row */
@@ -111,6 +116,11 @@ struct peer_swarm {
     swarm_peer *members[MAX_MEMBERS]; /* fetching it, by id; NULL is this agent */
     int64_t last_piece;               /* mono ms of the last piece from a peer */
     size_t n_members, rank;
+    /* The members changed at members_at: pieces outside [kept_lo, kept_hi),
+     * this agent's share before the change, wait until every member has
+     * answered what is coming to it since (SETTLE_*). */
+    int64_t members_at;
+    uint64_t kept_lo, kept_hi;
     struct peer_swarm *next;
 };
 
@@ -143,6 +153,8 @@ typedef struct offer {
     uint8_t *hashes; /* or NULL */
     uint8_t *held;   /* bitfield */
     uint64_t n_held;
+    uint8_t *coming; /* bitfield: pieces on their way (peer_offer_coming) */
+    uint64_t n_coming;
     int downloading;
     int stable;
     struct stat st; /* when offered: content without piece hashes, or stable, must keep it */
@@ -402,6 +414,7 @@ static void offer_free(offer *o)
         close(o->fd);
     free(o->hashes);
     free(o->held);
+    free(o->coming);
     free(o);
 }
 
@@ -430,14 +443,15 @@ int peer_offer(peer_node *n, const uint8_t cid[PEER_CID_BYTES], const peer_offer
         return PEER_ENOMEM;
     size_t bytes = (size_t)(pieces + 7) / 8;
     o->held = calloc(bytes ? bytes : 1, 1);
+    o->coming = calloc(bytes ? bytes : 1, 1);
     o->fd = fcntl(info->fd, F_DUPFD_CLOEXEC, 3);
     if (info->piece_hashes != NULL) {
         o->hashes = malloc(pieces * VALIDATE_HASH_BYTES + 1);
         if (o->hashes != NULL)
             memcpy(o->hashes, info->piece_hashes, pieces * VALIDATE_HASH_BYTES);
     }
-    if (o->held == NULL || o->fd < 0 || (info->piece_hashes != NULL && o->hashes == NULL) ||
-        fstat(o->fd, &o->st) != 0) {
+    if (o->held == NULL || o->coming == NULL || o->fd < 0 ||
+        (info->piece_hashes != NULL && o->hashes == NULL) || fstat(o->fd, &o->st) != 0) {
         int err = o->fd < 0 ? PEER_EIO : PEER_ENOMEM;
         offer_free(o);
         return err;
@@ -458,6 +472,12 @@ int peer_offer(peer_node *n, const uint8_t cid[PEER_CID_BYTES], const peer_offer
     offer *old = find_offer(n, cid);
     if (old != NULL) {
         o->uploaded = old->uploaded;
+        if (o->downloading && old->pieces == o->pieces) /* still on their way */
+            for (uint64_t i = 0; i < pieces; i++)
+                if (peer_bit_get(old->coming, i) && !peer_bit_get(o->held, i)) {
+                    peer_bit_set(o->coming, i);
+                    o->n_coming++;
+                }
         old->gone = 1;
         offer_unref(n, old);
     }
@@ -474,8 +494,38 @@ void peer_offer_piece(peer_node *n, const uint8_t cid[PEER_CID_BYTES], uint64_t 
     if (o != NULL && piece < o->pieces && o->hashes != NULL && !peer_bit_get(o->held, piece)) {
         peer_bit_set(o->held, piece);
         o->n_held++;
+        if (peer_bit_get(o->coming, piece)) {
+            o->coming[piece >> 3] &= (uint8_t) ~(0x80u >> (piece & 7));
+            o->n_coming--;
+        }
     }
     pthread_mutex_unlock(&n->catalog_lock);
+}
+
+int peer_offer_coming(peer_node *n, const uint8_t cid[PEER_CID_BYTES], const uint64_t *pieces,
+                      size_t count)
+{
+    int err = PEER_EINVAL; /* not offered */
+    pthread_mutex_lock(&n->catalog_lock);
+    offer *o = find_offer(n, cid);
+    if (o != NULL) {
+        err = PEER_OK;
+        memset(o->coming, 0, (size_t)(o->pieces + 7) / 8);
+        o->n_coming = 0;
+        for (size_t i = 0; i < count; i++) {
+            uint64_t p = pieces[i];
+            if (p >= o->pieces) {
+                err = PEER_EINVAL;
+                continue;
+            }
+            if (peer_bit_get(o->held, p) || peer_bit_get(o->coming, p))
+                continue;
+            peer_bit_set(o->coming, p);
+            o->n_coming++;
+        }
+    }
+    pthread_mutex_unlock(&n->catalog_lock);
+    return err;
 }
 
 void peer_withdraw(peer_node *n, const uint8_t cid[PEER_CID_BYTES])
@@ -703,25 +753,30 @@ static nng_msg *answer_have(peer_node *n, const peer_msg *req)
     memcpy(rep.cid, req->cid, PEER_CID_BYTES);
     rep.have_status = PEER_HAVE_NONE;
     rep.role = n->cfg.cache_host ? PEER_ROLE_CACHE_HOST : 0;
-    uint8_t *bits = NULL;
+    uint8_t *bits = NULL, *coming = NULL;
     pthread_mutex_lock(&n->catalog_lock);
     note_interest(n, req);
     offer *o = find_offer(n, req->cid);
     if (o != NULL) {
+        size_t bytes = (size_t)(o->pieces + 7) / 8;
         if (o->downloading)
             rep.role |= PEER_ROLE_DOWNLOADING;
         if (o->n_held == o->pieces && o->pieces > 0) {
             rep.have_status = PEER_HAVE_ALL;
             rep.piece_count = (uint32_t)o->pieces;
-        } else if (o->n_held > 0 && o->hashes != NULL) {
-            size_t bytes = (size_t)(o->pieces + 7) / 8;
-            bits = malloc(bytes);
-            if (bits != NULL) {
-                memcpy(bits, o->held, bytes);
-                rep.have_status = PEER_HAVE_SOME;
-                rep.piece_count = (uint32_t)o->pieces;
-                rep.bitfield = bits;
-            }
+        } else if (o->n_held > 0 && o->hashes != NULL && (bits = malloc(bytes)) != NULL) {
+            memcpy(bits, o->held, bytes);
+            rep.have_status = PEER_HAVE_SOME;
+            rep.piece_count = (uint32_t)o->pieces;
+            rep.bitfield = bits;
+        }
+        /* What is on its way: the others leave it to this agent. */
+        if (rep.have_status != PEER_HAVE_ALL && o->n_coming > 0 &&
+            (coming = malloc(bytes)) != NULL) {
+            memcpy(coming, o->coming, bytes);
+            rep.role |= PEER_ROLE_COMING;
+            rep.piece_count = (uint32_t)o->pieces;
+            rep.coming = coming;
         }
     }
     pthread_mutex_unlock(&n->catalog_lock);
@@ -729,6 +784,7 @@ static nng_msg *answer_have(peer_node *n, const peer_msg *req)
     if (seal_msg(n, &rep, &msg) != PEER_OK)
         msg = NULL;
     free(bits);
+    free(coming);
     return msg;
 }
 
@@ -1178,8 +1234,10 @@ void peer_swarm_close(peer_swarm *s)
             *pp = s->next;
             break;
         }
-    for (size_t i = 0; i < s->n_sp; i++)
+    for (size_t i = 0; i < s->n_sp; i++) {
         free(s->sp[i].bits);
+        free(s->sp[i].coming);
+    }
     free(s->sp);
     free(s->holders);
     free(s);
@@ -1231,8 +1289,14 @@ static int is_member(const peer_swarm *s, const swarm_peer *sp, int64_t now)
 
 /* Who fetches the content now, ordered by id (this agent is the NULL
  * entry): recomputed once a turn, after the turn changed the peers. */
+static uint64_t share_end(const peer_swarm *s);
+
 static void update_members(peer_swarm *s, int64_t now)
 {
+    swarm_peer *before[MAX_MEMBERS];
+    size_t n_before = s->n_members;
+    memcpy(before, s->members, n_before * sizeof *before);
+    uint64_t lo = peer_swarm_share_start(s), hi = share_end(s);
     size_t m = 0;
     s->members[m++] = NULL;
     pthread_mutex_lock(&s->n->catalog_lock);
@@ -1267,6 +1331,31 @@ static void update_members(peer_swarm *s, int64_t now)
     for (size_t i = 0; i < m; i++)
         if (s->members[i] == NULL)
             s->rank = i;
+    if (m == n_before && memcmp(before, s->members, m * sizeof *before) == 0)
+        return;
+    /* Pieces that just became this agent's share may be on their way to
+     * their former owner, which says so only in its next answers. */
+    if (n_before == 1)
+        lo = 0, hi = s->pieces; /* alone, everything was its own */
+    if (s->members_at != 0 && now - s->members_at < SETTLE_MAX_MS) {
+        lo = lo > s->kept_lo ? lo : s->kept_lo; /* still settling: what both kept */
+        hi = hi < s->kept_hi ? hi : s->kept_hi;
+    }
+    s->kept_lo = lo;
+    s->kept_hi = hi > lo ? hi : lo;
+    s->members_at = now;
+}
+
+/* Whether every member has answered since the last change of members had
+ * time to reach it (or it waited long enough). */
+static int settled(const peer_swarm *s, int64_t now)
+{
+    if (s->members_at == 0 || now - s->members_at >= SETTLE_MAX_MS)
+        return 1;
+    for (size_t i = 0; i < s->n_members; i++)
+        if (s->members[i] != NULL && s->members[i]->answer_sent < s->members_at + SETTLE_LAG_MS)
+            return 0;
+    return 1;
 }
 
 int peer_swarm_origin_may(const peer_swarm *s, uint64_t piece)
@@ -1280,17 +1369,29 @@ int peer_swarm_origin_may(const peer_swarm *s, uint64_t piece)
         int64_t since = s->last_piece > s->opened ? s->last_piece : s->opened;
         return now - since > SWARM_STALL_MS;
     }
-    const swarm_peer *owner = s->members[(size_t)(piece * s->n_members / s->pieces)];
-    if (owner == NULL)
-        return 1;
     /* A member fetches a piece in this long at 1 MB/s or more. */
     int64_t stall = STALL_MS + (int64_t)(s->piece_size / 1000);
+    for (size_t i = 0; i < s->n_members; i++) {
+        const swarm_peer *m = s->members[i];
+        if (m != NULL && m->coming != NULL && peer_bit_get(m->coming, piece) &&
+            now - m->progress_at <= stall)
+            return 0; /* on its way to that member, who will hold it */
+    }
+    const swarm_peer *owner = s->members[(size_t)(piece * s->n_members / s->pieces)];
+    if (owner == NULL)
+        return (piece >= s->kept_lo && piece < s->kept_hi) || settled(s, now);
     return now - owner->progress_at > stall;
 }
 
 unsigned peer_swarm_holders(const peer_swarm *s, uint64_t piece)
 {
     return piece < s->pieces ? s->holders[piece] : 0;
+}
+
+/* Where this agent's share ends (exclusive). */
+static uint64_t share_end(const peer_swarm *s)
+{
+    return s->n_members == 1 ? s->pieces : (uint64_t)(s->rank + 1) * s->pieces / s->n_members;
 }
 
 uint64_t peer_swarm_share_start(const peer_swarm *s)
@@ -1307,6 +1408,7 @@ uint64_t peer_swarm_share_start(const peer_swarm *s)
 }
 
 static void strike(peer_node *n, peer_entry *p);
+static void judge(peer_node *n, peer_entry *p, int verdict, size_t len);
 
 void peer_swarm_blame(peer_swarm *s)
 {
@@ -1385,6 +1487,11 @@ static void take_have(peer_swarm *s, request *r, const peer_msg *m)
         }
     }
     sp->role = m->role;
+    free(sp->coming);
+    sp->coming = NULL;
+    if ((m->role & PEER_ROLE_COMING) && (sp->coming = malloc((size_t)(s->pieces + 7) / 8)) != NULL)
+        memcpy(sp->coming, m->coming, (size_t)(s->pieces + 7) / 8);
+    sp->answer_sent = sp->sent;
     if (sp->answered == 0 || count > sp->count)
         sp->progress_at = now;
     sp->count = count;
@@ -1436,13 +1543,14 @@ static void take_piece(peer_node *n, peer_swarm *s, request *r, const peer_msg *
         r->reply = NULL; /* the callback holds it now */
     if (verdict == PEER_VERDICT_PENDING) {
         s->last_piece = mono_ms(); /* it came; its worth is told later */
+        p->judging++;
         return;
     }
     if (verdict == PEER_VERDICT_LATER && from != NULL)
         from->contributed = 1;
     if (verdict == PEER_VERDICT_GOOD || verdict == PEER_VERDICT_LATER)
         s->last_piece = mono_ms();
-    peer_node_judge(n, p->serial, verdict, m->data_len);
+    judge(n, p, verdict, m->data_len);
 }
 
 void peer_piece_release(void *kept)
@@ -1451,15 +1559,23 @@ void peer_piece_release(void *kept)
         nng_msg_free(kept);
 }
 
+/* What a piece from p (NULL: gone since) was worth. */
+static void judge(peer_node *n, peer_entry *p, int verdict, size_t len)
+{
+    if (verdict == PEER_VERDICT_GOOD || verdict == PEER_VERDICT_LATER)
+        atomic_fetch_add(&n->downloaded, len);
+    else if (verdict == PEER_VERDICT_BAD && p != NULL)
+        strike(n, p);
+}
+
 void peer_node_judge(peer_node *n, uint64_t sender, int verdict, size_t len)
 {
     peer_entry *p = n->peers;
     while (p != NULL && p->serial != sender)
         p = p->next;
-    if (verdict == PEER_VERDICT_GOOD || verdict == PEER_VERDICT_LATER)
-        atomic_fetch_add(&n->downloaded, len);
-    else if (verdict == PEER_VERDICT_BAD && p != NULL)
-        strike(n, p);
+    if (p != NULL && p->judging > 0)
+        p->judging--;
+    judge(n, p, verdict, len);
 }
 
 /* The owner's handling of a finished request. */
@@ -1509,7 +1625,10 @@ static unsigned slots(const peer_node *n, const peer_entry *p)
         k = 1;
     if (p->slow >= 3)
         k = 0; /* stalled: left alone for a while */
-    return k > p->in_flight ? k - p->in_flight : 0;
+    /* Pieces awaiting their verdict count as in flight: a peer sending bad
+     * pieces gets no more than k past the strike that bans it. */
+    unsigned busy = p->in_flight + p->judging;
+    return k > busy ? k - busy : 0;
 }
 
 static int sp_holds(const peer_swarm *s, const swarm_peer *sp, uint64_t i)
@@ -1560,10 +1679,15 @@ static void schedule_swarm(peer_node *n, peer_swarm *s, int64_t now)
             p->slow = 0;
         count_holdings(s, sp, holdings_count(sp, now));
         int64_t refresh = now - s->opened < FAST_PHASE_MS ? REFRESH_FAST_MS : REFRESH_MS;
-        if (!sp->asking && now - sp->asked >= refresh) {
+        /* After a change of members, a fresh answer settles it sooner. */
+        int settle = s->members_at != 0 && now - s->members_at >= SETTLE_LAG_MS &&
+                     now - s->members_at < SETTLE_MAX_MS &&
+                     sp->sent < s->members_at + SETTLE_LAG_MS;
+        if (!sp->asking && (now - sp->asked >= refresh || settle)) {
             if (send_request(n, p, s, PEER_MSG_HAVE_REQ, 0, HAVE_TIMEOUT_MS) != NULL) {
                 sp->asking = 1;
                 sp->asked = now;
+                sp->sent = now;
             }
         }
         if (!holdings_count(sp, now) || sp->status == PEER_HAVE_NONE)
@@ -1600,6 +1724,7 @@ static void forget_peers(peer_node *n, int64_t now)
                 continue;
             count_holdings(s, sp, 0);
             free(sp->bits);
+            free(sp->coming);
             *sp = s->sp[--s->n_sp];
         }
         *pp = p->next;

@@ -82,7 +82,7 @@ int peer_group_key_load(const char *path, uint8_t key[PEER_GROUP_KEY_BYTES], cha
 #define PEER_NONCE_BYTES    24
 #define PEER_MAC_BYTES      16
 #define PEER_PREFIX_BYTES   40                    /* the clear prefix of every message */
-#define PEER_HEADER_MAX     (16u * 1024u + 128u)  /* encrypted header of any message */
+#define PEER_HEADER_MAX     (32u * 1024u + 128u)  /* encrypted header of any message */
 #define PEER_DATA_MAX       (16u * 1024u * 1024u) /* a piece: the largest piece size */
 #define PEER_MAX_PIECES     (1u << 17)
 #define PEER_URL_MAX        128   /* a listener address in a beacon */
@@ -108,6 +108,7 @@ enum peer_have_status {
 };
 #define PEER_ROLE_DOWNLOADING 0x01 /* it is fetching this content too */
 #define PEER_ROLE_CACHE_HOST  0x02 /* it is a site's cache host */
+#define PEER_ROLE_COMING      0x04 /* a second bitfield: pieces on their way to it */
 #define PEER_BEACON_TLS       0x04 /* BEACON: its listener speaks tls+tcp:// */
 
 /* PIECE_REP status. */
@@ -137,7 +138,9 @@ typedef struct peer_msg {
     uint8_t role;            /* PEER_ROLE_* */
     uint32_t piece_count;    /* of the content, as the replier knows it */
     const uint8_t *bitfield; /* SOME: ceil(piece_count / 8) bytes, bit i = piece i,
-                                most significant bit first; points into the opened buffer */
+                            most significant bit first; points into the opened buffer */
+    const uint8_t *coming;   /* role has PEER_ROLE_COMING: a bitfield as above of the
+                                pieces it is fetching (from the origin) or storing */
     /* PIECE_REQ, PIECE_REP */
     uint64_t piece;
     uint8_t piece_status; /* enum peer_piece_status */
@@ -266,6 +269,13 @@ typedef struct peer_offer_info {
 int peer_offer(peer_node *n, const uint8_t cid[PEER_CID_BYTES], const peer_offer_info *info);
 /* Another piece is held (verified and durable). */
 void peer_offer_piece(peer_node *n, const uint8_t cid[PEER_CID_BYTES], uint64_t piece);
+/* The pieces on their way to this agent (from the origin, or being stored)
+ * replace those said before; HAVE_REP tells the swarm, whose members then
+ * leave them to this agent rather than ask the origin for them too. A piece
+ * stops coming when it is held. PEER_EINVAL when the content is not offered
+ * or a piece is out of range (the others are taken). */
+int peer_offer_coming(peer_node *n, const uint8_t cid[PEER_CID_BYTES], const uint64_t *pieces,
+                      size_t count);
 void peer_withdraw(peer_node *n, const uint8_t cid[PEER_CID_BYTES]);
 /* Bytes of this content sent to peers so far (0 if not offered). */
 uint64_t peer_offer_uploaded(peer_node *n, const uint8_t cid[PEER_CID_BYTES]);

@@ -57,7 +57,7 @@ _Static_assert(OFF_DATA_LEN + 4 == PEER_PREFIX_BYTES, "prefix layout");
 _Static_assert(H_BODY == 33 && H_BEACON_LEN == 36 && H_HAVE_REQ_LEN == 65 &&
                    H_HAVE_BITFIELD == 71 && H_PIECE_REQ_LEN == 73 && H_PIECE_REP_LEN == 78,
                "header layout");
-_Static_assert(H_HAVE_BITFIELD + PEER_MAX_PIECES / 8 <= PEER_HEADER_MAX,
+_Static_assert(H_HAVE_BITFIELD + 2 * (PEER_MAX_PIECES / 8) <= PEER_HEADER_MAX,
                "the largest HAVE_REP fits in PEER_HEADER_MAX");
 _Static_assert(PEER_PREFIX_BYTES + H_PIECE_REQ_LEN + PEER_MAC_BYTES <= PEER_REQUEST_MAX,
                "every request fits in PEER_REQUEST_MAX");
@@ -67,7 +67,7 @@ _Static_assert(PEER_NONCE_BYTES == crypto_aead_xchacha20poly1305_ietf_NPUBBYTES 
                "XChaCha20-Poly1305 sizes");
 
 #define ALLOWED_BEACON_FLAGS (PEER_ROLE_CACHE_HOST | PEER_BEACON_TLS)
-#define ALLOWED_ROLES        (PEER_ROLE_DOWNLOADING | PEER_ROLE_CACHE_HOST)
+#define ALLOWED_ROLES        (PEER_ROLE_DOWNLOADING | PEER_ROLE_CACHE_HOST | PEER_ROLE_COMING)
 
 static void put_le16(uint8_t *p, uint16_t v)
 {
@@ -135,7 +135,7 @@ static int check_lengths(uint8_t type, uint32_t header_len, uint32_t data_len)
         break;
     case PEER_MSG_HAVE_REP:
         min = H_HAVE_BITFIELD;
-        max = H_HAVE_BITFIELD + PEER_MAX_PIECES / 8;
+        max = H_HAVE_BITFIELD + 2 * (PEER_MAX_PIECES / 8);
         break;
     case PEER_MSG_PIECE_REQ:
         min = max = H_PIECE_REQ_LEN;
@@ -158,6 +158,14 @@ static int check_lengths(uint8_t type, uint32_t header_len, uint32_t data_len)
 static uint32_t bitfield_bytes(uint32_t piece_count)
 {
     return piece_count / 8 + (piece_count % 8 != 0);
+}
+
+/* How many bitfields a HAVE_REP carries: the held pieces (SOME), then the
+ * coming ones (PEER_ROLE_COMING). */
+static uint32_t have_bitfields(const peer_msg *m)
+{
+    return (uint32_t)(m->have_status == PEER_HAVE_SOME) +
+           (uint32_t)((m->role & PEER_ROLE_COMING) != 0);
 }
 
 /* Bits past piece_count in the bitfield's last byte must be zero. */
@@ -186,12 +194,20 @@ static int check_fields(const peer_msg *m, uint32_t data_len)
             return PEER_ERESERVED;
         if (m->piece_count > PEER_MAX_PIECES)
             return PEER_ETOOBIG;
-        /* NONE has no pieces; SOME and ALL have at least one. */
-        if ((m->have_status == PEER_HAVE_NONE) != (m->piece_count == 0))
+        /* NONE has no pieces, unless some are coming; SOME and ALL have
+         * at least one. Nothing is coming to an agent that holds it all. */
+        if (m->role & PEER_ROLE_COMING) {
+            if (m->piece_count == 0 || m->have_status == PEER_HAVE_ALL)
+                return PEER_ERESERVED;
+        } else if ((m->have_status == PEER_HAVE_NONE) != (m->piece_count == 0)) {
             return PEER_ERESERVED;
-        if (m->have_status == PEER_HAVE_SOME && m->bitfield == NULL)
-            return PEER_EINVAL; /* only seal can see this */
+        }
+        if ((m->have_status == PEER_HAVE_SOME && m->bitfield == NULL) ||
+            ((m->role & PEER_ROLE_COMING) && m->coming == NULL))
+            return PEER_EINVAL; /* only seal can see these */
         if (m->have_status == PEER_HAVE_SOME && !bitfield_tail_clear(m->bitfield, m->piece_count))
+            return PEER_ERESERVED;
+        if ((m->role & PEER_ROLE_COMING) && !bitfield_tail_clear(m->coming, m->piece_count))
             return PEER_ERESERVED;
         return PEER_OK;
     case PEER_MSG_PIECE_REP:
@@ -224,8 +240,7 @@ static size_t header_len(const peer_msg *m)
     case PEER_MSG_HAVE_REQ:
         return H_HAVE_REQ_LEN;
     case PEER_MSG_HAVE_REP:
-        return H_HAVE_BITFIELD +
-               (m->have_status == PEER_HAVE_SOME ? (size_t)bitfield_bytes(m->piece_count) : 0);
+        return H_HAVE_BITFIELD + (size_t)have_bitfields(m) * bitfield_bytes(m->piece_count);
     case PEER_MSG_PIECE_REQ:
         return H_PIECE_REQ_LEN;
     case PEER_MSG_PIECE_REP:
@@ -261,14 +276,20 @@ static void encode_header(const peer_msg *m, uint8_t *h)
     case PEER_MSG_HAVE_REQ:
         memcpy(h + H_CID, m->cid, PEER_CID_BYTES);
         return;
-    case PEER_MSG_HAVE_REP:
+    case PEER_MSG_HAVE_REP: {
         memcpy(h + H_CID, m->cid, PEER_CID_BYTES);
         h[H_HAVE_STATUS] = m->have_status;
         h[H_HAVE_ROLE] = m->role;
         put_le32(h + H_HAVE_COUNT, m->piece_count);
-        if (m->have_status == PEER_HAVE_SOME)
-            memcpy(h + H_HAVE_BITFIELD, m->bitfield, bitfield_bytes(m->piece_count));
+        uint32_t at = H_HAVE_BITFIELD;
+        if (m->have_status == PEER_HAVE_SOME) {
+            memcpy(h + at, m->bitfield, bitfield_bytes(m->piece_count));
+            at += bitfield_bytes(m->piece_count);
+        }
+        if (m->role & PEER_ROLE_COMING)
+            memcpy(h + at, m->coming, bitfield_bytes(m->piece_count));
         return;
+    }
     case PEER_MSG_PIECE_REQ:
         memcpy(h + H_CID, m->cid, PEER_CID_BYTES);
         put_le64(h + H_PIECE, m->piece);
@@ -351,20 +372,26 @@ static int decode_header(uint8_t type, const uint8_t *h, uint32_t h_len, const u
         m->have_status = h[H_HAVE_STATUS];
         m->role = h[H_HAVE_ROLE];
         m->piece_count = get_le32(h + H_HAVE_COUNT);
-        /* The fixed fields first, since the bitfield's length depends on
-         * them; then a bitfield only with SOME, of exactly the count's
-         * length. check_fields does the rest. */
+        /* The fixed fields first, since the bitfields' length depends on
+         * them; then a bitfield with SOME and one with COMING, each of
+         * exactly the count's length. check_fields does the rest. */
         if (m->have_status > PEER_HAVE_ALL || (m->role & ~ALLOWED_ROLES) != 0)
             return PEER_ERESERVED;
         if (m->piece_count > PEER_MAX_PIECES)
             return PEER_ETOOBIG;
-        uint32_t want = H_HAVE_BITFIELD;
-        if (m->have_status == PEER_HAVE_SOME)
-            want += bitfield_bytes(m->piece_count);
+        if ((m->role & PEER_ROLE_COMING) &&
+            (m->have_status == PEER_HAVE_ALL || m->piece_count == 0))
+            return PEER_ERESERVED;
+        uint32_t want = H_HAVE_BITFIELD + have_bitfields(m) * bitfield_bytes(m->piece_count);
         if (h_len != want)
             return h_len < want ? PEER_ETRUNCATED : PEER_ETOOBIG;
-        if (m->have_status == PEER_HAVE_SOME)
-            m->bitfield = h + H_HAVE_BITFIELD;
+        uint32_t at = H_HAVE_BITFIELD;
+        if (m->have_status == PEER_HAVE_SOME) {
+            m->bitfield = h + at;
+            at += bitfield_bytes(m->piece_count);
+        }
+        if (m->role & PEER_ROLE_COMING)
+            m->coming = h + at;
         break;
     }
     case PEER_MSG_PIECE_REQ:

@@ -328,6 +328,26 @@ static void offer_content(peer_node *b)
     fclose(f); /* the node keeps its own descriptor */
 }
 
+/* The origin may fetch no piece, or some, for origin_swarm. */
+static int origin_may_none(void *ctx)
+{
+    (void)ctx;
+    for (uint64_t p = 0; p < PIECES; p++)
+        if (peer_swarm_origin_may(origin_swarm, p))
+            return 0;
+    return 1;
+}
+
+static int origin_may_some(void *ctx)
+{
+    return !origin_may_none(ctx);
+}
+
+static int swarm_ready(void *ctx)
+{
+    return peer_swarm_ready(ctx);
+}
+
 /* An honest node serving the content. */
 static peer_node *honest(const uint8_t *key, char *url, size_t len)
 {
@@ -513,6 +533,60 @@ static void test_one_connection_gets_busy_beyond_its_share(void)
     peer_node_close(b);
 }
 
+static void test_pieces_coming_to_a_member_are_left_to_it(void)
+{
+    /* b fetches the content too, holds nothing yet, and says every piece
+     * is on its way to it. */
+    char url[64], path[4200];
+    snprintf(url, sizeof url, "tcp://127.0.0.1:%d", test_free_port());
+    peer_node *b = open_node(group, url, NULL, 0);
+    snprintf(path, sizeof path, "%s/content", check_tmpdir());
+    FILE *file = fopen(path, "w+b");
+    CHECK(file != NULL);
+    uint8_t none[(PIECES + 7) / 8] = {0};
+    peer_offer_info info = {.fd = fileno(file),
+                            .size = SIZE,
+                            .piece_size = PIECE,
+                            .piece_hashes = hashes,
+                            .held = none,
+                            .downloading = 1};
+    CHECK_INT(peer_offer(b, cid, &info), PEER_OK);
+    fclose(file);
+    uint64_t all[PIECES];
+    for (uint64_t p = 0; p < PIECES; p++)
+        all[p] = p;
+    CHECK_INT(peer_offer_coming(b, cid, all, PIECES), PEER_OK);
+    uint64_t beyond = PIECES;
+    CHECK_INT(peer_offer_coming(b, (const uint8_t *)"not offered, not offered, not of", all, 1),
+              PEER_EINVAL);
+    CHECK_INT(peer_offer_coming(b, cid, &beyond, 1), PEER_EINVAL);
+    CHECK_INT(peer_offer_coming(b, cid, all, PIECES), PEER_OK);
+
+    peer_node *a = open_node(group, NULL, url, 0);
+    fetch f = {0};
+    peer_swarm_ops ops = ops_for(&f);
+    CHECK_INT(peer_swarm_open(a, cid, SIZE, PIECE, &ops, &origin_swarm), PEER_OK);
+    /* Once b has answered, a leaves every piece to it: even its own share. */
+    CHECK(run_until(a, b, swarm_ready, origin_swarm, 5000));
+    CHECK(origin_may_none(NULL));
+    /* When nothing is coming any more, a's share is a's again; b's stays b's. */
+    CHECK_INT(peer_offer_coming(b, cid, NULL, 0), PEER_OK);
+    CHECK(run_until(a, b, origin_may_some, NULL, 3000));
+    uint64_t start = peer_swarm_share_start(origin_swarm);
+    CHECK(start == 0 || start == PIECES / 2);
+    for (uint64_t p = 0; p < PIECES; p++)
+        CHECK_INT(peer_swarm_origin_may(origin_swarm, p), p >= start && p < start + PIECES / 2);
+    /* A piece b then holds is no longer coming: it is b's to send. */
+    CHECK_INT(peer_offer_coming(b, cid, all, 1), PEER_OK);
+    peer_offer_piece(b, cid, 0);
+    CHECK(run_until(a, b, has_sources, origin_swarm, 3000));
+    CHECK_INT(peer_swarm_holders(origin_swarm, 0), 1);
+    CHECK(!peer_swarm_origin_may(origin_swarm, 0));
+    peer_swarm_close(origin_swarm);
+    peer_node_close(a);
+    peer_node_close(b);
+}
+
 static void test_a_node_with_another_key_gets_nothing(void)
 {
     char url[64];
@@ -566,6 +640,7 @@ int main(int argc, char **argv)
                          CASE(test_a_peer_that_refuses_stops_holding_back_the_origin),
                          CASE(test_a_stalling_peer_is_routed_around),
                          CASE(test_one_connection_gets_busy_beyond_its_share),
+                         CASE(test_pieces_coming_to_a_member_are_left_to_it),
                          CASE(test_a_node_with_another_key_gets_nothing),
                          {0},
                      });

@@ -42,7 +42,7 @@ static const uint8_t kat_piece_rep[150] = {
 
 static uint8_t buf[BUF_MAX], copy[BUF_MAX];
 static peer_wire_key wire;
-static uint8_t held[PEER_MAX_PIECES / 8];
+static uint8_t held[PEER_MAX_PIECES / 8], coming[PEER_MAX_PIECES / 8];
 static const uint8_t piece_bytes[] = "the bytes of one piece of public content";
 
 static void use_kat_key(void)
@@ -71,6 +71,7 @@ enum example {
     EX_HAVE_NONE,
     EX_HAVE_SOME,
     EX_HAVE_ALL,
+    EX_HAVE_COMING,
     EX_PIECE_REQ,
     EX_PIECE_OK,
     EX_PIECE_NOT_HELD,
@@ -99,18 +100,26 @@ static peer_msg example(enum example which)
     case EX_HAVE_NONE:
     case EX_HAVE_SOME:
     case EX_HAVE_ALL:
+    case EX_HAVE_COMING:
         m.head.type = PEER_MSG_HAVE_REP;
-        m.have_status = which == EX_HAVE_NONE   ? PEER_HAVE_NONE
-                        : which == EX_HAVE_SOME ? PEER_HAVE_SOME
-                                                : PEER_HAVE_ALL;
+        m.have_status = which == EX_HAVE_NONE  ? PEER_HAVE_NONE
+                        : which == EX_HAVE_ALL ? PEER_HAVE_ALL
+                                               : PEER_HAVE_SOME;
         m.role = PEER_ROLE_DOWNLOADING;
         m.piece_count = which == EX_HAVE_NONE ? 0 : 13;
-        if (which == EX_HAVE_SOME) {
+        if (m.have_status == PEER_HAVE_SOME) {
             memset(held, 0, sizeof held);
             peer_bit_set(held, 0);
             peer_bit_set(held, 7);
             peer_bit_set(held, 12);
             m.bitfield = held;
+        }
+        if (which == EX_HAVE_COMING) { /* held 0, 7, 12; coming 1, 8 */
+            m.role |= PEER_ROLE_COMING;
+            memset(coming, 0, sizeof coming);
+            peer_bit_set(coming, 1);
+            peer_bit_set(coming, 8);
+            m.coming = coming;
         }
         break;
     case EX_PIECE_REQ:
@@ -210,6 +219,9 @@ static void check_same(const peer_msg *a, const peer_msg *b)
         CHECK((b->bitfield != NULL) == (a->have_status == PEER_HAVE_SOME));
         if (b->bitfield != NULL)
             CHECK(memcmp(a->bitfield, b->bitfield, (a->piece_count + 7) / 8) == 0);
+        CHECK((b->coming != NULL) == ((a->role & PEER_ROLE_COMING) != 0));
+        if (b->coming != NULL)
+            CHECK(memcmp(a->coming, b->coming, (a->piece_count + 7) / 8) == 0);
         break;
     case PEER_MSG_PIECE_REQ:
         CHECK(memcmp(a->cid, b->cid, PEER_CID_BYTES) == 0);
@@ -337,6 +349,15 @@ static void test_largest_messages_round_trip(void)
     memset(held, 0xaa, sizeof held);
     size_t len = seal_ok(&m);
     CHECK_INT(len, PEER_PREFIX_BYTES + 71 + PEER_MAX_PIECES / 8 + PEER_MAC_BYTES);
+    CHECK(len - PEER_PREFIX_BYTES - PEER_MAC_BYTES <= PEER_HEADER_MAX);
+    CHECK_INT(peer_wire_open(&wire, buf, len, &back), PEER_OK);
+    check_same(&m, &back);
+    /* And the other half on its way: the largest HAVE_REP. */
+    m.role |= PEER_ROLE_COMING;
+    memset(coming, 0x55, sizeof coming);
+    m.coming = coming;
+    len = seal_ok(&m);
+    CHECK_INT(len, PEER_PREFIX_BYTES + 71 + 2 * (PEER_MAX_PIECES / 8) + PEER_MAC_BYTES);
     CHECK(len - PEER_PREFIX_BYTES - PEER_MAC_BYTES <= PEER_HEADER_MAX);
     CHECK_INT(peer_wire_open(&wire, buf, len, &back), PEER_OK);
     check_same(&m, &back);
@@ -571,7 +592,7 @@ static void test_have_reply_fields_are_checked(void)
     h[65] = 3; /* no such status */
     CHECK_INT(open_raw(PEER_MSG_HAVE_REP, h, h_len, NULL, 0), PEER_ERESERVED);
     h_len = plain_header(&m, h);
-    h[66] = 0x04; /* no such role */
+    h[66] = 0x08; /* no such role */
     CHECK_INT(open_raw(PEER_MSG_HAVE_REP, h, h_len, NULL, 0), PEER_ERESERVED);
     /* A bitfield one byte short or long for its count. */
     h_len = plain_header(&m, h);
@@ -608,6 +629,48 @@ static void test_have_reply_fields_are_checked(void)
     h_len = plain_header(&m, h);
     h[h_len] = 0xff;
     CHECK_INT(open_raw(PEER_MSG_HAVE_REP, h, h_len + 1, NULL, 0), PEER_ETOOBIG);
+
+    /* COMING: a second bitfield (bytes 73-74 after SOME's 71-72), whose
+     * bits past the count are 0 too. */
+    m = example(EX_HAVE_COMING);
+    h_len = plain_header(&m, h);
+    CHECK_INT(h_len, 75);
+    CHECK_INT(open_raw(PEER_MSG_HAVE_REP, h, h_len, NULL, 0), PEER_OK);
+    for (int bit = 13; bit < 16; bit++) {
+        h_len = plain_header(&m, h);
+        h[73 + 1] |= (uint8_t)(0x80u >> (bit - 8));
+        CHECK_INT(open_raw(PEER_MSG_HAVE_REP, h, h_len, NULL, 0), PEER_ERESERVED);
+    }
+    h_len = plain_header(&m, h);
+    CHECK_INT(open_raw(PEER_MSG_HAVE_REP, h, h_len - 1, NULL, 0), PEER_ETRUNCATED);
+    CHECK_INT(open_raw(PEER_MSG_HAVE_REP, h, h_len - 2, NULL, 0), PEER_ETRUNCATED);
+    h[h_len] = 0;
+    CHECK_INT(open_raw(PEER_MSG_HAVE_REP, h, h_len + 1, NULL, 0), PEER_ETOOBIG);
+    /* Nothing comes to an agent holding it all; NONE with pieces coming
+     * gives their count (and one bitfield), never 0. */
+    h[65] = PEER_HAVE_ALL;
+    CHECK_INT(open_raw(PEER_MSG_HAVE_REP, h, 71, NULL, 0), PEER_ERESERVED);
+    h_len = plain_header(&m, h);
+    h[65] = PEER_HAVE_NONE;
+    memmove(h + 71, h + 73, 2); /* the coming bitfield alone */
+    CHECK_INT(open_raw(PEER_MSG_HAVE_REP, h, 73, NULL, 0), PEER_OK);
+    put_le32(h + 67, 0);
+    CHECK_INT(open_raw(PEER_MSG_HAVE_REP, h, 71, NULL, 0), PEER_ERESERVED);
+    /* Seal keeps the same rules. */
+    size_t len;
+    m = example(EX_HAVE_COMING);
+    m.coming = NULL;
+    CHECK_INT(peer_wire_seal(&wire, &m, buf, sizeof buf, &len), PEER_EINVAL);
+    m = example(EX_HAVE_COMING);
+    m.have_status = PEER_HAVE_ALL;
+    CHECK_INT(peer_wire_seal(&wire, &m, buf, sizeof buf, &len), PEER_ERESERVED);
+    m = example(EX_HAVE_COMING);
+    m.have_status = PEER_HAVE_NONE;
+    m.piece_count = 0;
+    CHECK_INT(peer_wire_seal(&wire, &m, buf, sizeof buf, &len), PEER_ERESERVED);
+    m.piece_count = 13;
+    CHECK_INT(peer_wire_seal(&wire, &m, buf, sizeof buf, &len), PEER_OK);
+    CHECK_INT(len, PEER_PREFIX_BYTES + 73 + PEER_MAC_BYTES);
 }
 
 static void test_piece_fields_are_checked(void)
@@ -760,6 +823,11 @@ static void test_whatever_seal_accepts_open_accepts(void)
         if (m.piece_count % 8 != 0 && m.piece_count <= PEER_MAX_PIECES && rng() % 2)
             held[m.piece_count / 8] &= (uint8_t)(0xff00u >> (m.piece_count % 8));
         m.bitfield = rng() % 8 ? held : NULL;
+        for (size_t i = 0; i < sizeof coming; i++)
+            coming[i] = (uint8_t)rng();
+        if (m.piece_count % 8 != 0 && m.piece_count <= PEER_MAX_PIECES && rng() % 2)
+            coming[m.piece_count / 8] &= (uint8_t)(0xff00u >> (m.piece_count % 8));
+        m.coming = rng() % 8 ? coming : NULL;
         m.piece = pick(pieces, sizeof pieces / sizeof pieces[0]);
         m.piece_status = (uint8_t)pick(small, 7);
         m.data_len = (uint32_t)pick(lens, sizeof lens / sizeof lens[0]);
