@@ -11,13 +11,14 @@
 #include <nng/protocol/reqrep0/req.h>
 #include <pwd.h>
 #include <signal.h>
-#include <sqlite3.h>
+#include <stdarg.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <time.h>
 
 #include "../check.h"
 #include "../support/daemon.h"
+#include "../support/db.h"
 #include "../support/nginx.h"
 #include "../support/proc.h"
 #include "dopa.h"
@@ -85,22 +86,14 @@ static void url(char *out, size_t len, const char *path)
 
 static void check_content(const char *path, unsigned seed, uint64_t len)
 {
-    FILE *f = fopen(path, "rb");
-    CHECK(f != NULL);
-    static unsigned char buf[1 << 16];
-    uint64_t off = 0;
-    size_t n;
-    while ((n = fread(buf, 1, sizeof buf, f)) > 0) {
-        for (size_t i = 0; i < n; i++)
-            if (buf[i] != test_pattern_byte(seed, (size_t)(off + i))) {
-                fprintf(stderr, "  %s: byte %llu differs\n", path, (unsigned long long)(off + i));
-                fclose(f);
-                CHECK(0);
-            }
-        off += n;
-    }
-    fclose(f);
-    CHECK_INT(off, len);
+    struct stat st;
+    uint64_t at = 0;
+    CHECK(stat(path, &st) == 0);
+    int differs = test_pattern_differs(path, seed, 0, len, &at);
+    if (differs > 0)
+        fprintf(stderr, "  %s: byte %llu differs\n", path, (unsigned long long)at);
+    CHECK_INT(differs, 0);
+    CHECK_INT(st.st_size, len);
 }
 
 /* The first line of out, trimmed, into id. */
@@ -234,20 +227,6 @@ static void test_job_commands(void)
     CHECK_HAS(out, "start dopad");
 }
 
-static int integrity_ok(const char *db_path)
-{
-    sqlite3 *db = NULL;
-    sqlite3_stmt *st = NULL;
-    int ok = 0;
-    if (sqlite3_open_v2(db_path, &db, SQLITE_OPEN_READONLY, NULL) == SQLITE_OK &&
-        sqlite3_prepare_v2(db, "PRAGMA integrity_check", -1, &st, NULL) == SQLITE_OK &&
-        sqlite3_step(st) == SQLITE_ROW)
-        ok = strcmp((const char *)sqlite3_column_text(st, 0), "ok") == 0;
-    sqlite3_finalize(st);
-    sqlite3_close(db);
-    return ok;
-}
-
 static void test_kill_9_at_random_moments_loses_nothing(void)
 {
     const char *env = getenv("DOPA_KILL_ROUNDS");
@@ -270,7 +249,7 @@ static void test_kill_9_at_random_moments_loses_nothing(void)
         sleep_ms(100 + rand() % 500);
         stop_dopad(SIGKILL);
         kills++;
-        CHECK(integrity_ok(db));
+        CHECK(test_db_integrity_ok(db));
         start_dopad();
         CHECK_INT(cli(out, sizeof out, "--json", "info", id), 0);
         if (strstr(out, "\"state\":\"TRANSFERRED\"") != NULL)
@@ -282,7 +261,7 @@ static void test_kill_9_at_random_moments_loses_nothing(void)
     CHECK_INT(cli(out, sizeof out, "complete", id), 0);
     check_content(check_path("k.bin"), 17, size);
     stop_dopad(SIGTERM);
-    CHECK(integrity_ok(db));
+    CHECK(test_db_integrity_ok(db));
     sleep_ms(100);
     long long sent = test_nginx_bytes_sent(&web, "/slow/k.bin") - before;
     /* Each kill may cost what was in flight: the pieces since the last

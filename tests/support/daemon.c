@@ -11,6 +11,13 @@
 
 int test_dopad_start(test_dopad *d, const char *program, const char *dir, const char *settings)
 {
+    if (test_dopad_spawn(d, program, dir, settings) != 0)
+        return -1;
+    return test_dopad_ready(d);
+}
+
+int test_dopad_spawn(test_dopad *d, const char *program, const char *dir, const char *settings)
+{
     char conf[4300];
     snprintf(d->sock, sizeof d->sock, "%.4000s/run/control.sock", dir);
     snprintf(d->state, sizeof d->state, "%.4000s/state", dir);
@@ -27,8 +34,11 @@ int test_dopad_start(test_dopad *d, const char *program, const char *dir, const 
         fclose(f);
     }
     d->pid = test_spawn(argv, d->log, TEST_AS_ME, 0);
-    if (d->pid <= 0)
-        return -1;
+    return d->pid > 0 ? 0 : -1;
+}
+
+int test_dopad_ready(test_dopad *d)
+{
     for (int i = 0; i < 1000; i++) {
         dopa_manager *m = NULL;
         if (dopa_connect(d->sock, &m) == DOPA_OK) {

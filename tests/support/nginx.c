@@ -34,6 +34,47 @@ void test_pattern_fill(unsigned seed, size_t offset, unsigned char *buf, size_t 
         buf[i] = test_pattern_byte(seed, offset + i);
 }
 
+int test_pattern_differs(const char *path, unsigned seed, uint64_t offset, uint64_t len,
+                         uint64_t *at)
+{
+    const size_t size = 1 << 16;
+    unsigned char *buf = malloc(size);
+    int fd = buf != NULL ? open(path, O_RDONLY | O_CLOEXEC) : -1;
+    if (fd < 0) {
+        free(buf);
+        return -1;
+    }
+    uint64_t done = 0;
+    int result = 0;
+    while (done < len) {
+        size_t want = len - done < size ? (size_t)(len - done) : size;
+        ssize_t n = pread(fd, buf, want, (off_t)(offset + done));
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n < 0) {
+            result = -1;
+            break;
+        }
+        for (size_t i = 0; i < (size_t)n && result == 0; i++)
+            if (buf[i] != test_pattern_byte(seed, (size_t)(offset + done + i))) {
+                result = 1;
+                done += i;
+            }
+        if (result != 0)
+            break;
+        if (n == 0) {
+            result = 1; /* the file ends first */
+            break;
+        }
+        done += (uint64_t)n;
+    }
+    close(fd);
+    free(buf);
+    if (result == 1 && at != NULL)
+        *at = offset + done;
+    return result;
+}
+
 int test_free_port(void)
 {
     int fd = socket(AF_INET, SOCK_STREAM, 0);

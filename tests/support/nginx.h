@@ -6,6 +6,8 @@
 #ifndef DOPA_TEST_NGINX_H
 #define DOPA_TEST_NGINX_H
 
+#include <stddef.h>
+#include <stdint.h>
 #include <sys/types.h>
 
 typedef struct test_nginx {
@@ -52,6 +54,13 @@ unsigned char test_pattern_byte(unsigned seed, size_t offset);
 
 /* Fills buf with the pattern bytes [offset, offset + len). */
 void test_pattern_fill(unsigned seed, size_t offset, unsigned char *buf, size_t len);
+
+/* Compares bytes [offset, offset + len) of the file at path with the
+ * pattern of `seed`. Returns 0 when they are equal; 1 when one differs or
+ * the file ends first, with *at (if not NULL) the first such offset; -1
+ * when the file cannot be read. */
+int test_pattern_differs(const char *path, unsigned seed, uint64_t offset, uint64_t len,
+                         uint64_t *at);
 
 /* A free TCP port on 127.0.0.1 (free when asked; may be taken later). */
 int test_free_port(void);
