@@ -893,11 +893,19 @@ static void finish_batch(agent_engine *e, sync_batch *b)
         agent_file *f = entry_file(e, en);
         if (f == NULL || en->err == 0)
             continue;
-        /* A piece whose bytes may not be on disk is dropped. */
+        /* A piece whose bytes may not be on disk is dropped. That is every
+         * piece written since the file's last good fdatasync, not only the
+         * batch's: the failed writeback may have covered the pieces written
+         * meanwhile too, and Linux reports its error once, so the next
+         * fdatasync would succeed without their bytes. Peer pieces still
+         * being written are void as well (write_gen). */
         char msg[512];
         snprintf(msg, sizeof msg, "syncing %s: %s", f->tmp_path, strerror(en->err));
         f->n_syncing = 0;
         f->syncing_bytes = 0;
+        f->n_pending = 0;
+        f->pending_bytes = 0;
+        f->write_gen++;
         engine_fail_job(e, f->job, 1, DOPA_CONTEXT_LOCAL_FILE, en->err, (int)f->index, 0, msg);
     }
     int failed = store_begin(e->db) != DOPA_OK;
