@@ -38,7 +38,14 @@ struct test_faultsrv {
         char path[64];
         int hits;
         char if_range[128];
-    } counts[48];
+        unsigned long long bytes; /* body bytes sent, counted when a response ends */
+    } counts[64];
+};
+
+/* One response under way: where it goes and the body bytes sent so far. */
+struct out {
+    int fd;
+    uint64_t sent;
 };
 
 static int send_all(int fd, const void *buf, size_t len)
@@ -56,18 +63,25 @@ static int send_all(int fd, const void *buf, size_t len)
     return 0;
 }
 
-static int send_pattern(int fd, uint64_t from, uint64_t len)
+/* Sends bytes [from, from + len) of the version made with `seed`. */
+static int send_version(struct out *o, unsigned seed, uint64_t from, uint64_t len)
 {
     unsigned char buf[16384];
     while (len > 0) {
         size_t k = len < sizeof buf ? (size_t)len : sizeof buf;
-        test_pattern_fill(FAULT_SEED, (size_t)from, buf, k);
-        if (send_all(fd, buf, k) != 0)
+        test_pattern_fill(seed, (size_t)from, buf, k);
+        if (send_all(o->fd, buf, k) != 0)
             return -1;
+        o->sent += k;
         from += k;
         len -= k;
     }
     return 0;
+}
+
+static int send_pattern(struct out *o, uint64_t from, uint64_t len)
+{
+    return send_version(o, FAULT_SEED, from, len);
 }
 
 static int count_hit(test_faultsrv *s, const char *path, const char *if_range)
@@ -160,14 +174,12 @@ static int read_request(int fd, char *path, size_t path_len, uint64_t *from, uin
     return 0;
 }
 
-static void respond(test_faultsrv *s, int fd)
+/* The fixed paths: the one file, misbehaving as the path says. */
+static void answer(test_faultsrv *s, struct out *o, const char *path, uint64_t from, uint64_t to,
+                   int hit)
 {
-    char path[64], head[1024], if_range[128];
-    uint64_t from, to;
-    int has_range;
-    if (read_request(fd, path, sizeof path, &from, &to, &has_range, if_range, sizeof if_range) != 0)
-        return;
-    int hit = count_hit(s, path, if_range);
+    int fd = o->fd;
+    char head[1024];
     const uint64_t size = FAULT_SIZE;
     if (to >= size)
         to = size - 1;
@@ -203,7 +215,7 @@ static void respond(test_faultsrv *s, int fd)
         for (uint64_t off = 0; off < size; off += 4096) {
             char line[32];
             snprintf(line, sizeof line, "%x\r\n", 4096);
-            if (send_all(fd, line, strlen(line)) != 0 || send_pattern(fd, off, 4096) != 0 ||
+            if (send_all(fd, line, strlen(line)) != 0 || send_pattern(o, off, 4096) != 0 ||
                 send_all(fd, "\r\n", 2) != 0)
                 return;
         }
@@ -229,7 +241,7 @@ static void respond(test_faultsrv *s, int fd)
         snprintf(head, sizeof head, "HTTP/1.1 200 OK\r\n%s%s%s%sConnection: close\r\n\r\n", length,
                  with_etag ? "ETag: " : "", with_etag ? etag : "", with_etag ? "\r\n" : "");
         if (send_all(fd, head, strlen(head)) == 0)
-            send_pattern(fd, 0, endless ? ENDLESS_CAP : size);
+            send_pattern(o, 0, endless ? ENDLESS_CAP : size);
         return;
     }
     if (from >= size) {
@@ -291,24 +303,24 @@ static void respond(test_faultsrv *s, int fd)
         return;
 
     if (strcmp(path, "/close-mid") == 0) {
-        send_pattern(fd, from, len / 2);
+        send_pattern(o, from, len / 2);
     } else if (strcmp(path, "/overlong") == 0) {
-        send_pattern(fd, from, len > 100 ? 200 : len);
+        send_pattern(o, from, len > 100 ? 200 : len);
     } else if (endless) {
-        send_pattern(fd, from, ENDLESS_CAP);
+        send_pattern(o, from, ENDLESS_CAP);
     } else if (chunked) {
         for (uint64_t off = from; off <= to; off += 1000) {
             uint64_t k = to + 1 - off < 1000 ? to + 1 - off : 1000;
             char line[32];
             snprintf(line, sizeof line, "%llx\r\n", (unsigned long long)k);
-            if (send_all(fd, line, strlen(line)) != 0 || send_pattern(fd, off, k) != 0 ||
+            if (send_all(fd, line, strlen(line)) != 0 || send_pattern(o, off, k) != 0 ||
                 send_all(fd, "\r\n", 2) != 0)
                 return;
         }
         send_all(fd, "0\r\n\r\n", 5);
     } else if (strcmp(path, "/stall") == 0) {
         for (uint64_t off = from; off <= to; off++) {
-            if (send_pattern(fd, off, 1) != 0)
+            if (send_pattern(o, off, 1) != 0)
                 return;
             for (int i = 0; i < 20; i++) {
                 pthread_mutex_lock(&s->lock);
@@ -321,8 +333,111 @@ static void respond(test_faultsrv *s, int fd)
             }
         }
     } else {
-        send_pattern(fd, cr_from, body);
+        send_pattern(o, cr_from, body);
     }
+}
+
+/* Body bytes sent so far for a path (responses that have ended). */
+static uint64_t path_bytes(test_faultsrv *s, const char *path)
+{
+    pthread_mutex_lock(&s->lock);
+    uint64_t n = 0;
+    for (size_t i = 0; i < sizeof s->counts / sizeof s->counts[0]; i++)
+        if (strcmp(s->counts[i].path, path) == 0)
+            n = s->counts[i].bytes;
+    pthread_mutex_unlock(&s->lock);
+    return n;
+}
+
+unsigned long long test_faultsrv_bytes(test_faultsrv *s, const char *path)
+{
+    return path_bytes(s, path);
+}
+
+static void add_bytes(test_faultsrv *s, const char *path, uint64_t n)
+{
+    pthread_mutex_lock(&s->lock);
+    for (size_t i = 0; i < sizeof s->counts / sizeof s->counts[0]; i++)
+        if (strcmp(s->counts[i].path, path) == 0)
+            s->counts[i].bytes += n;
+    pthread_mutex_unlock(&s->lock);
+}
+
+/* The /flip-MODE/TAG paths: a file that becomes version 2 once
+ * FAULT_FLIP_AFTER body bytes have been sent for the path (see faultsrv.h). */
+static void answer_flip(test_faultsrv *s, struct out *o, const char *path, uint64_t from,
+                        uint64_t to, int has_range, const char *if_range)
+{
+    const char *mode = path + strlen("/flip-");
+    int mid = strncmp(mode, "mid/", 4) == 0;
+    int quiet = strncmp(mode, "quiet/", 6) == 0;
+    int grow = strncmp(mode, "grow/", 5) == 0;
+    uint64_t before = path_bytes(s, path);
+    int v2 = before >= FAULT_FLIP_AFTER;
+    uint64_t size = v2 && grow ? FAULT_SIZE2 : FAULT_SIZE;
+    unsigned seed = v2 ? FAULT_SEED2 : FAULT_SEED;
+    /* Only the honest modes say that the content changed. */
+    const char *etag = v2 && !quiet && !mid ? "\"v2\"" : "\"v1\"";
+    char head[512];
+
+    if (!has_range || (if_range[0] != '\0' && strcmp(if_range, etag) != 0)) {
+        /* What a server does when the If-Range no longer holds: the whole
+         * current version. */
+        snprintf(head, sizeof head,
+                 "HTTP/1.1 200 OK\r\nContent-Length: %llu\r\nETag: %s\r\n"
+                 "Connection: close\r\n\r\n",
+                 (unsigned long long)size, etag);
+        if (send_all(o->fd, head, strlen(head)) == 0)
+            send_version(o, seed, 0, size);
+        return;
+    }
+    if (from >= size) {
+        snprintf(head, sizeof head,
+                 "HTTP/1.1 416 Range Not Satisfiable\r\nContent-Range: bytes */%llu\r\n"
+                 "Content-Length: 0\r\nConnection: close\r\n\r\n",
+                 (unsigned long long)size);
+        send_all(o->fd, head, strlen(head));
+        return;
+    }
+    if (to >= size)
+        to = size - 1;
+    if (!mid && to - from >= 65536)
+        to = from + 65535; /* short responses: many requests, so the change falls among them */
+    snprintf(head, sizeof head,
+             "HTTP/1.1 206 Partial Content\r\nContent-Range: bytes %llu-%llu/%llu\r\n"
+             "Content-Length: %llu\r\nETag: %s\r\nConnection: close\r\n\r\n",
+             (unsigned long long)from, (unsigned long long)to, (unsigned long long)size,
+             (unsigned long long)(to - from + 1), etag);
+    if (send_all(o->fd, head, strlen(head)) != 0)
+        return;
+    uint64_t len = to - from + 1;
+    if (mid) {
+        /* The file is rewritten while this response runs: version 1 up to
+         * the flip, version 2 after it, under the same ETag. */
+        uint64_t old = before < FAULT_FLIP_AFTER ? FAULT_FLIP_AFTER - before : 0;
+        if (old > len)
+            old = len;
+        if (send_version(o, FAULT_SEED, from, old) == 0)
+            send_version(o, FAULT_SEED2, from + old, len - old);
+        return;
+    }
+    send_version(o, seed, from, len);
+}
+
+static void respond(test_faultsrv *s, int fd)
+{
+    char path[64], if_range[128];
+    uint64_t from, to;
+    int has_range;
+    if (read_request(fd, path, sizeof path, &from, &to, &has_range, if_range, sizeof if_range) != 0)
+        return;
+    int hit = count_hit(s, path, if_range);
+    struct out o = {.fd = fd};
+    if (strncmp(path, "/flip-", 6) == 0)
+        answer_flip(s, &o, path, from, to, has_range, if_range);
+    else
+        answer(s, &o, path, from, to, hit);
+    add_bytes(s, path, o.sent);
 }
 
 static void *serve(void *arg)

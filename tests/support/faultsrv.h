@@ -28,6 +28,23 @@
  *   /empty416      an empty file: 416 with "bytes * /0" (no blank) for any range
  *   /star          206 with "bytes a-b/ *" (no blank): the size is not given
  *
+ * Under /flip-MODE/TAG (any TAG, so that each test has a file of its own)
+ * the file is replaced while a job fetches it: version 1 is the file above;
+ * once FAULT_FLIP_AFTER body bytes have been sent for the path, version 2
+ * (pattern bytes with seed FAULT_SEED2) takes its place. Ranges are served
+ * at most 64 KiB at a time, so that a job makes many requests:
+ *
+ *   /flip-etag/..  version 2 has ETag "v2" (version 1 "v1"); a request whose
+ *                  If-Range no longer matches gets a 200 with the whole new
+ *                  version, as from a correct server
+ *   /flip-grow/..  the same, and version 2 has FAULT_SIZE2 bytes
+ *   /flip-quiet/.. version 2 keeps version 1's ETag and size: nothing says
+ *                  that the content changed
+ *   /flip-mid/..   not short: the file is rewritten in place during the
+ *                  response that crosses FAULT_FLIP_AFTER, which carries
+ *                  version 1 up to there and version 2 after; the ETag
+ *                  stays "v1"
+ *
  * Every connection is closed after one response.
  */
 #ifndef DOPA_TEST_FAULTSRV_H
@@ -36,8 +53,11 @@
 #include <pthread.h>
 #include <stddef.h>
 
-#define FAULT_SIZE (1024 * 1024)
-#define FAULT_SEED 77u
+#define FAULT_SIZE       (1024 * 1024)
+#define FAULT_SEED       77u
+#define FAULT_SEED2      78u
+#define FAULT_SIZE2      (FAULT_SIZE + 70000)
+#define FAULT_FLIP_AFTER 300000u
 
 typedef struct test_faultsrv test_faultsrv;
 
@@ -46,6 +66,9 @@ test_faultsrv *test_faultsrv_start(void);
 int test_faultsrv_port(const test_faultsrv *s);
 /* Requests served so far for a path (e.g. "/short"). */
 int test_faultsrv_hits(test_faultsrv *s, const char *path);
+/* Body bytes sent for a path so far, counted as each response ends (bytes
+ * the kernel took: a client that hangs up early may not have read them). */
+unsigned long long test_faultsrv_bytes(test_faultsrv *s, const char *path);
 /* The If-Range header of the last request for a path ("" if none). */
 void test_faultsrv_if_range(test_faultsrv *s, const char *path, char *out, size_t len);
 /* Closes every connection, joins every thread, frees. */
