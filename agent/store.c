@@ -122,6 +122,13 @@ static int migrate(store *s, char *why, size_t why_len)
                  STORE_SCHEMA_VERSION);
         return DOPA_EINTERNAL;
     }
+    if (version < 0) {
+        /* Not ours (user_version is any 32-bit number), and it would
+         * index the migrations from before their start. */
+        snprintf(why, why_len, "the database has schema version %d, which no dopad writes",
+                 version);
+        return DOPA_EINTERNAL;
+    }
     while (version < STORE_SCHEMA_VERSION) {
         char sql[64];
         snprintf(sql, sizeof sql, "PRAGMA user_version = %d", version + 1);
