@@ -73,9 +73,12 @@ static int same(const peer_msg *a, const peer_msg *b)
         a->role != b->role || a->piece_count != b->piece_count || a->piece != b->piece ||
         a->piece_status != b->piece_status || a->data_len != b->data_len)
         return 0;
-    if ((a->bitfield == NULL) != (b->bitfield == NULL) || (a->data == NULL) != (b->data == NULL))
+    if ((a->bitfield == NULL) != (b->bitfield == NULL) ||
+        (a->coming == NULL) != (b->coming == NULL) || (a->data == NULL) != (b->data == NULL))
         return 0;
     if (a->bitfield != NULL && memcmp(a->bitfield, b->bitfield, (a->piece_count + 7) / 8) != 0)
+        return 0;
+    if (a->coming != NULL && memcmp(a->coming, b->coming, (a->piece_count + 7) / 8) != 0)
         return 0;
     return a->data == NULL || memcmp(a->data, b->data, a->data_len) == 0;
 }
@@ -85,7 +88,11 @@ static void check_accepted(const uint8_t *buf, size_t len, const peer_msg *m)
 {
     if (peer_wire_sealed_size(m) != len)
         abort();
-    if (m->bitfield != NULL && (m->bitfield < buf || m->bitfield >= buf + len))
+    /* Bitfields point into the message, whole. */
+    size_t field = (m->piece_count + 7) / 8;
+    if (m->bitfield != NULL && (m->bitfield < buf || field > (size_t)(buf + len - m->bitfield)))
+        abort();
+    if (m->coming != NULL && (m->coming < buf || field > (size_t)(buf + len - m->coming)))
         abort();
     if (m->data != NULL && m->data != buf + PEER_PREFIX_BYTES)
         abort();
