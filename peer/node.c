@@ -94,6 +94,7 @@ typedef struct swarm_peer {
     int counted;     /* its bits are in holders */
     uint64_t count;
     int64_t asked, answered, progress_at;
+    int member;                /* a member at the last update_members */
     int64_t sent, answer_sent; /* when the HAVE_REQ now asked / last answered went out */
     int asking;
     int contributed;     /* sent pieces judged LATER */
@@ -1301,16 +1302,22 @@ static void update_members(peer_swarm *s, int64_t now)
     s->members[m++] = NULL;
     pthread_mutex_lock(&s->n->catalog_lock);
     for (size_t i = 0; i < s->n_sp && m < MAX_MEMBERS; i++) {
-        if (!is_member(s, &s->sp[i], now) || id_cmp(s->sp[i].p->id, s->n->id) == 0)
+        swarm_peer *sp = &s->sp[i];
+        int was = sp->member;
+        sp->member = 0;
+        if (!is_member(s, sp, now) || id_cmp(sp->p->id, s->n->id) == 0)
             continue;
         int seen = 0; /* one agent reached at two addresses counts once */
         for (size_t k = 1; k < m && !seen; k++)
-            seen = id_cmp(s->members[k]->p->id, s->sp[i].p->id) == 0;
+            seen = id_cmp(s->members[k]->p->id, sp->p->id) == 0;
         if (seen)
             continue;
-        if (s->sp[i].progress_at == 0)
-            s->sp[i].progress_at = now; /* its stall is counted from when it joined */
-        s->members[m++] = &s->sp[i];
+        /* Its stall is counted from when it joined, not from an answer it
+         * gave before it fetched the content. */
+        if (!was)
+            sp->progress_at = now;
+        sp->member = 1;
+        s->members[m++] = sp;
     }
     pthread_mutex_unlock(&s->n->catalog_lock);
     /* Insertion sort: a few dozen members at most. */

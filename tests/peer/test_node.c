@@ -343,6 +343,11 @@ static int origin_may_some(void *ctx)
     return !origin_may_none(ctx);
 }
 
+static int origin_may_some_not(void *ctx)
+{
+    return !origin_may_all(ctx);
+}
+
 static int swarm_ready(void *ctx)
 {
     return peer_swarm_ready(ctx);
@@ -587,6 +592,50 @@ static void test_pieces_coming_to_a_member_are_left_to_it(void)
     peer_node_close(b);
 }
 
+static int never(void *ctx)
+{
+    (void)ctx;
+    return 0;
+}
+
+static void test_a_peer_that_starts_fetching_late_gets_its_share(void)
+{
+    /* b answers for a while that it has nothing and fetches nothing, then
+     * starts fetching: its share is its own from then on, not taken over
+     * as if it had stalled since its first answer. */
+    char url[64], path[4200];
+    snprintf(url, sizeof url, "tcp://127.0.0.1:%d", test_free_port());
+    peer_node *b = open_node(group, url, NULL, 0);
+    peer_node *a = open_node(group, NULL, url, 0);
+    fetch f = {0};
+    peer_swarm_ops ops = ops_for(&f);
+    CHECK_INT(peer_swarm_open(a, cid, SIZE, PIECE, &ops, &origin_swarm), PEER_OK);
+    CHECK(run_until(a, b, swarm_ready, origin_swarm, 5000));
+    CHECK(origin_may_all(NULL));
+    run_until(a, b, never, NULL, 5500); /* longer than a member may stall */
+    snprintf(path, sizeof path, "%s/content", check_tmpdir());
+    FILE *file = fopen(path, "w+b");
+    CHECK(file != NULL);
+    uint8_t none[(PIECES + 7) / 8] = {0};
+    peer_offer_info info = {.fd = fileno(file),
+                            .size = SIZE,
+                            .piece_size = PIECE,
+                            .piece_hashes = hashes,
+                            .held = none,
+                            .downloading = 1};
+    CHECK_INT(peer_offer(b, cid, &info), PEER_OK);
+    fclose(file);
+    CHECK(run_until(a, b, origin_may_some_not, NULL, 3000));
+    run_until(a, b, never, NULL, 300);
+    uint64_t start = peer_swarm_share_start(origin_swarm);
+    CHECK(start == 0 || start == PIECES / 2);
+    for (uint64_t p = 0; p < PIECES; p++)
+        CHECK_INT(peer_swarm_origin_may(origin_swarm, p), p >= start && p < start + PIECES / 2);
+    peer_swarm_close(origin_swarm);
+    peer_node_close(a);
+    peer_node_close(b);
+}
+
 static void test_a_node_with_another_key_gets_nothing(void)
 {
     char url[64];
@@ -641,6 +690,7 @@ int main(int argc, char **argv)
                          CASE(test_a_stalling_peer_is_routed_around),
                          CASE(test_one_connection_gets_busy_beyond_its_share),
                          CASE(test_pieces_coming_to_a_member_are_left_to_it),
+                         CASE(test_a_peer_that_starts_fetching_late_gets_its_share),
                          CASE(test_a_node_with_another_key_gets_nothing),
                          {0},
                      });
