@@ -1513,8 +1513,12 @@ static void take_piece(peer_node *n, peer_swarm *s, request *r, const peer_msg *
     if (p->in_flight > 0)
         p->in_flight--;
     if (m == NULL || m->piece_status != PEER_PIECE_OK) {
-        if (m == NULL && r->result == NNG_ETIMEDOUT) {
-            atomic_fetch_add(&n->timeouts, 1);
+        /* No answer in time, or none that opened (a connection the peer
+         * breaks, a reply nng refuses as too long): the peer gets fewer
+         * requests, and none for a while after a few such in a row. */
+        if (m == NULL) {
+            if (r->result == NNG_ETIMEDOUT)
+                atomic_fetch_add(&n->timeouts, 1);
             if (p->slow++ == 0)
                 p->slow_since = mono_ms();
         }

@@ -5,9 +5,12 @@
  * another group's key. The test plays the agent: its swarm callbacks check
  * each piece against its hash, as the engine does.
  */
+#include <arpa/inet.h>
+#include <netinet/in.h>
 #include <signal.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -27,6 +30,7 @@
 #define SIZE   (PIECE * PIECES - 1000) /* the last piece is short */
 
 static uint8_t content[SIZE], hashes[PIECES * 32], cid[PEER_CID_BYTES];
+static uint8_t content_seed[randombytes_SEEDBYTES]; /* content is made from it */
 static uint8_t group[PEER_GROUP_KEY_BYTES], other_group[PEER_GROUP_KEY_BYTES];
 static pid_t rogue_pid;
 
@@ -172,7 +176,15 @@ static int has_sources(void *ctx)
 /* ------------------------------------------------------------------ */
 /* Rogue peers                                                        */
 
-enum rogue_mode { ROGUE_LIAR, ROGUE_REFUSER, ROGUE_SILENT };
+enum rogue_mode {
+    ROGUE_LIAR,     /* pieces of the right length and the wrong bytes */
+    ROGUE_REFUSER,  /* NOT_HELD for every piece it claims */
+    ROGUE_SILENT,   /* never answers a piece request */
+    ROGUE_OVERLONG, /* a piece with one byte more than asked */
+    /* Raw TCP, below nng's framing: */
+    ROGUE_ENDLESS, /* a reply whose length says 2^62 bytes, then bytes without end */
+    ROGUE_TRICKLE, /* a reply of a piece's length, one byte a second */
+};
 
 /* A child answering HAVE_REQ with HAVE_ALL and PIECE_REQ as the mode says. */
 static void rogue_main(const char *url, enum rogue_mode mode)
@@ -182,7 +194,7 @@ static void rogue_main(const char *url, enum rogue_mode mode)
     nng_socket s;
     if (nng_rep0_open(&s) != 0 || nng_listen(s, url, NULL, 0) != 0)
         _exit(3);
-    static uint8_t garbage[PIECE];
+    static uint8_t garbage[PIECE + 1];
     randombytes_buf(garbage, sizeof garbage);
     for (;;) {
         nng_msg *msg;
@@ -212,10 +224,14 @@ static void rogue_main(const char *url, enum rogue_mode mode)
                 for (;;)
                     pause();
             }
-            rep.piece_status = mode == ROGUE_LIAR ? PEER_PIECE_OK : PEER_PIECE_NOT_HELD;
+            rep.piece_status = mode == ROGUE_REFUSER ? PEER_PIECE_NOT_HELD : PEER_PIECE_OK;
             if (mode == ROGUE_LIAR) {
                 rep.data = garbage;
                 rep.data_len = piece_len(req.piece);
+            } else if (mode == ROGUE_OVERLONG) { /* the real piece, and one byte more */
+                memcpy(garbage, content + req.piece * PIECE, piece_len(req.piece));
+                rep.data = garbage;
+                rep.data_len = piece_len(req.piece) + 1;
             }
         }
         nng_msg_free(msg);
@@ -228,9 +244,101 @@ static void rogue_main(const char *url, enum rogue_mode mode)
     }
 }
 
+static int read_full(int fd, uint8_t *p, size_t n)
+{
+    while (n > 0) {
+        ssize_t r = read(fd, p, n);
+        if (r <= 0)
+            return -1;
+        p += r;
+        n -= (size_t)r;
+    }
+    return 0;
+}
+
+static void put_be64(uint8_t *p, uint64_t v)
+{
+    for (int i = 0; i < 8; i++)
+        p[i] = (uint8_t)(v >> (56 - 8 * i));
+}
+
+/* A child speaking nng's TCP framing itself (SP header, 64-bit lengths,
+ * REQ/REP's request id), so that it can send what nng never would: it
+ * answers HAVE_REQ with HAVE_ALL, then breaks the first piece reply as the
+ * mode says and never sends another byte of anything else. */
+static void raw_rogue_main(int port, enum rogue_mode mode)
+{
+    peer_wire_key key;
+    peer_wire_key_derive(group, &key);
+    int ls = socket(AF_INET, SOCK_STREAM, 0), one = 1;
+    struct sockaddr_in sa = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port)};
+    sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    setsockopt(ls, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+    if (ls < 0 || bind(ls, (struct sockaddr *)&sa, sizeof sa) != 0 || listen(ls, 8) != 0)
+        _exit(3);
+    for (;;) {
+        int c = accept(ls, NULL, NULL);
+        if (c < 0)
+            _exit(4);
+        static const uint8_t rep_header[8] = {0, 'S', 'P', 0, 0, 0x31, 0, 0}; /* REP v0 */
+        uint8_t hello[8];
+        if (write(c, rep_header, 8) != 8 || read_full(c, hello, 8) != 0) {
+            close(c);
+            continue;
+        }
+        for (;;) {
+            uint8_t len8[8], body[PEER_REQUEST_MAX + 8];
+            if (read_full(c, len8, 8) != 0)
+                break;
+            uint64_t len = 0;
+            for (int i = 0; i < 8; i++)
+                len = len << 8 | len8[i];
+            if (len < 4 || len > sizeof body || read_full(c, body, (size_t)len) != 0)
+                break;
+            peer_msg req, rep;
+            if (peer_wire_open(&key, body + 4, (size_t)len - 4, &req) != PEER_OK)
+                continue;
+            if (req.head.type == PEER_MSG_PIECE_REQ) {
+                /* The request id, then the broken reply. */
+                uint8_t out[12];
+                put_be64(out, mode == ROGUE_ENDLESS ? (uint64_t)1 << 62 : PIECE + 200);
+                memcpy(out + 8, body, 4);
+                if (write(c, out, 12) != 12)
+                    break;
+                uint8_t junk[4096];
+                memset(junk, 0x5a, sizeof junk);
+                for (;;) {
+                    if (write(c, junk, mode == ROGUE_ENDLESS ? sizeof junk : 1) < 0)
+                        break;
+                    if (mode == ROGUE_TRICKLE)
+                        sleep(1);
+                }
+                break;
+            }
+            memset(&rep, 0, sizeof rep);
+            randombytes_buf(rep.head.sender, sizeof rep.head.sender);
+            rep.head.type = PEER_MSG_HAVE_REP;
+            rep.head.time_ms = (int64_t)time(NULL) * 1000;
+            rep.head.request_id = req.head.request_id;
+            memcpy(rep.cid, req.cid, sizeof rep.cid);
+            rep.have_status = PEER_HAVE_ALL;
+            rep.piece_count = PIECES;
+            uint8_t out[8 + 4 + 256];
+            size_t sealed;
+            if (peer_wire_seal(&key, &rep, out + 12, sizeof out - 12, &sealed) != PEER_OK)
+                _exit(5);
+            put_be64(out, sealed + 4);
+            memcpy(out + 8, body, 4);
+            if (write(c, out, 12 + sealed) != (ssize_t)(12 + sealed))
+                break;
+        }
+        close(c);
+    }
+}
+
 /* A child that sends n PIECE_REQs at once on one connection and prints
  * how many answers were OK, BUSY or anything else. */
-static void flood_main(const char *url, int n)
+static void flood_main(const char *url, int n, int rounds, int out_of_range)
 {
     peer_wire_key key;
     peer_wire_key_derive(group, &key);
@@ -241,44 +349,56 @@ static void flood_main(const char *url, int n)
         nng_socket_set_ms(s, NNG_OPT_REQ_RESENDTIME, NNG_DURATION_INFINITE) != 0 ||
         nng_socket_set_size(s, NNG_OPT_RECVMAXSZ, PEER_MSG_MAX) != 0 || nng_dial(s, url, NULL, 0))
         _exit(3);
-    for (int i = 0; i < n; i++) {
-        peer_msg m = {0};
-        m.head.type = PEER_MSG_PIECE_REQ;
-        randombytes_buf(m.head.sender, sizeof m.head.sender);
-        m.head.time_ms = (int64_t)time(NULL) * 1000;
-        m.head.request_id = (uint64_t)i + 1;
-        memcpy(m.cid, cid, sizeof m.cid);
-        m.piece = (uint64_t)(i % PIECES);
-        nng_msg *msg;
-        size_t size = peer_wire_sealed_size(&m), len;
-        if (nng_ctx_open(&ctx[i], s) != 0 || nng_aio_alloc(&aio[i], NULL, NULL) != 0 ||
-            nng_msg_alloc(&msg, size) != 0 ||
-            peer_wire_seal(&key, &m, nng_msg_body(msg), size, &len) != PEER_OK)
+    for (int i = 0; i < n; i++)
+        if (nng_ctx_open(&ctx[i], s) != 0 || nng_aio_alloc(&aio[i], NULL, NULL) != 0)
             _exit(4);
-        nng_aio_set_msg(aio[i], msg);
-        nng_aio_set_timeout(aio[i], 20000);
-        nng_ctx_send(ctx[i], aio[i]);
+    int ok = 0, busy = 0, not_held = 0, other = 0;
+    for (int r = 0; r < rounds; r++) {
+        for (int i = 0; i < n; i++) {
+            peer_msg m = {0};
+            m.head.type = PEER_MSG_PIECE_REQ;
+            randombytes_buf(m.head.sender, sizeof m.head.sender);
+            m.head.time_ms = (int64_t)time(NULL) * 1000;
+            m.head.request_id = (uint64_t)(r * n + i) + 1;
+            memcpy(m.cid, cid, sizeof m.cid);
+            m.piece = (uint64_t)(i % PIECES);
+            /* Past the content: just past it, and at the protocol's limit
+             * (past the limit, the wire format refuses: test_wire.c). */
+            if (out_of_range)
+                m.piece = i % 2 ? PIECES + (uint64_t)(r * n + i) : PEER_MAX_PIECES - 1;
+            nng_msg *msg;
+            size_t size = peer_wire_sealed_size(&m), len;
+            if (nng_msg_alloc(&msg, size) != 0 ||
+                peer_wire_seal(&key, &m, nng_msg_body(msg), size, &len) != PEER_OK)
+                _exit(4);
+            nng_aio_set_msg(aio[i], msg);
+            nng_aio_set_timeout(aio[i], out_of_range ? 2000 : 20000);
+            nng_ctx_send(ctx[i], aio[i]);
+        }
+        for (int i = 0; i < n; i++) {
+            nng_aio_wait(aio[i]);
+            if (nng_aio_result(aio[i]) == 0)
+                nng_ctx_recv(ctx[i], aio[i]);
+        }
+        for (int i = 0; i < n; i++) {
+            nng_aio_wait(aio[i]);
+            peer_msg rep;
+            nng_msg *msg = nng_aio_result(aio[i]) == 0 ? nng_aio_get_msg(aio[i]) : NULL;
+            int opened = msg != NULL &&
+                         peer_wire_open(&key, nng_msg_body(msg), nng_msg_len(msg), &rep) == PEER_OK;
+            if (opened && rep.piece_status == PEER_PIECE_OK)
+                ok++;
+            else if (opened && rep.piece_status == PEER_PIECE_BUSY)
+                busy++;
+            else if (opened && rep.piece_status == PEER_PIECE_NOT_HELD)
+                not_held++;
+            else
+                other++;
+            if (msg != NULL)
+                nng_msg_free(msg);
+        }
     }
-    for (int i = 0; i < n; i++) {
-        nng_aio_wait(aio[i]);
-        if (nng_aio_result(aio[i]) == 0)
-            nng_ctx_recv(ctx[i], aio[i]);
-    }
-    int ok = 0, busy = 0, other = 0;
-    for (int i = 0; i < n; i++) {
-        nng_aio_wait(aio[i]);
-        peer_msg rep;
-        nng_msg *msg = nng_aio_result(aio[i]) == 0 ? nng_aio_get_msg(aio[i]) : NULL;
-        if (msg != NULL &&
-            peer_wire_open(&key, nng_msg_body(msg), nng_msg_len(msg), &rep) == PEER_OK &&
-            rep.piece_status == PEER_PIECE_OK)
-            ok++;
-        else if (msg != NULL && rep.piece_status == PEER_PIECE_BUSY)
-            busy++;
-        else
-            other++;
-    }
-    printf("%d %d %d\n", ok, busy, other);
+    printf("%d %d %d %d\n", ok, busy, not_held, other);
     fflush(stdout);
     _exit(0); /* never close a socket with messages in flight */
 }
@@ -286,13 +406,14 @@ static void flood_main(const char *url, int n)
 /* nng cannot be used across fork(): the rogue is this program run again. */
 static void start_rogue(const char *url, enum rogue_mode mode)
 {
-    char hex[2 * PEER_GROUP_KEY_BYTES + 1], m[8];
+    char hex[2 * PEER_GROUP_KEY_BYTES + 1], seed_hex[2 * randombytes_SEEDBYTES + 1], m[8];
     validate_hex(group, sizeof group, hex);
+    validate_hex(content_seed, sizeof content_seed, seed_hex); /* overlong pieces are real */
     snprintf(m, sizeof m, "%d", (int)mode);
     rogue_pid = fork();
     CHECK(rogue_pid >= 0);
     if (rogue_pid == 0) {
-        execl("/proc/self/exe", "test_peer_node", "--rogue", url, m, hex, (char *)NULL);
+        execl("/proc/self/exe", "test_peer_node", "--rogue", url, m, hex, seed_hex, (char *)NULL);
         _exit(127);
     }
     sleep_ms(200);
@@ -490,6 +611,57 @@ static void test_a_stalling_peer_is_routed_around(void)
     peer_node_close(a);
 }
 
+typedef struct flood_result {
+    int ok, busy, not_held, other;
+} flood_result;
+
+/* Runs the flooding child against url: rounds of n requests at once on one
+ * connection, in range or not. */
+static flood_result flood(const char *url, int n, int rounds, int out_of_range)
+{
+    char key_hex[65], cid_hex[65], n_s[16], rounds_s[16], out[4200];
+    validate_hex(group, sizeof group, key_hex);
+    validate_hex(cid, sizeof cid, cid_hex);
+    snprintf(n_s, sizeof n_s, "%d", n);
+    snprintf(rounds_s, sizeof rounds_s, "%d", rounds);
+    snprintf(out, sizeof out, "%s/flood.out", check_tmpdir());
+    pid_t pid = fork();
+    CHECK(pid >= 0);
+    if (pid == 0) {
+        if (freopen(out, "w", stdout) == NULL)
+            _exit(5);
+        execl("/proc/self/exe", "test_peer_node", "--flood", url, n_s, key_hex, cid_hex, rounds_s,
+              out_of_range ? "1" : "0", (char *)NULL);
+        _exit(127);
+    }
+    rogue_pid = pid; /* stopped by after_case if it hangs */
+    int status = 0;
+    int64_t end = now_ms() + 60000;
+    while (waitpid(pid, &status, WNOHANG) == 0 && now_ms() < end)
+        sleep_ms(50);
+    CHECK(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+    rogue_pid = 0;
+    flood_result r = {-1, -1, -1, -1};
+    FILE *f = fopen(out, "r");
+    CHECK(f != NULL && fscanf(f, "%d %d %d %d", &r.ok, &r.busy, &r.not_held, &r.other) == 4);
+    fclose(f);
+    return r;
+}
+
+/* This process's resident memory, in KiB. */
+static long rss_kib(void)
+{
+    FILE *f = fopen("/proc/self/status", "r");
+    char line[256];
+    long kib = -1;
+    while (f != NULL && fgets(line, sizeof line, f) != NULL)
+        if (sscanf(line, "VmRSS: %ld", &kib) == 1)
+            break;
+    if (f != NULL)
+        fclose(f);
+    return kib;
+}
+
 static void test_one_connection_gets_busy_beyond_its_share(void)
 {
     /* A slow upload budget holds replies back, so that requests of one
@@ -504,30 +676,8 @@ static void test_one_connection_gets_busy_beyond_its_share(void)
     CHECK_INT(peer_node_open(&cfg, &b, why, sizeof why), PEER_OK);
     offer_content(b);
 
-    char key_hex[65], cid_hex[65], out[4200];
-    validate_hex(group, sizeof group, key_hex);
-    validate_hex(cid, sizeof cid, cid_hex);
-    snprintf(out, sizeof out, "%s/flood.out", check_tmpdir());
-    pid_t pid = fork();
-    CHECK(pid >= 0);
-    if (pid == 0) {
-        if (freopen(out, "w", stdout) == NULL)
-            _exit(5);
-        execl("/proc/self/exe", "test_peer_node", "--flood", url, "16", key_hex, cid_hex,
-              (char *)NULL);
-        _exit(127);
-    }
-    rogue_pid = pid; /* stopped by after_case if it hangs */
-    int status = 0;
-    int64_t end = now_ms() + 30000;
-    while (waitpid(pid, &status, WNOHANG) == 0 && now_ms() < end)
-        sleep_ms(50);
-    CHECK(WIFEXITED(status) && WEXITSTATUS(status) == 0);
-    rogue_pid = 0;
-    int ok = -1, busy = -1, other = -1;
-    FILE *f = fopen(out, "r");
-    CHECK(f != NULL && fscanf(f, "%d %d %d", &ok, &busy, &other) == 3);
-    fclose(f);
+    flood_result r = flood(url, 16, 1, 0);
+    int ok = r.ok, busy = r.busy;
     printf("  16 requests at once on one connection: %d served, %d busy\n", ok, busy);
     CHECK(ok >= 1);
     CHECK(busy >= 1);
@@ -535,6 +685,124 @@ static void test_one_connection_gets_busy_beyond_its_share(void)
     peer_stats sb;
     peer_node_stats(b, &sb);
     CHECK_INT(sb.uploaded, (uint64_t)ok * PIECE);
+    peer_node_close(b);
+}
+
+static void test_a_peer_sending_more_than_asked_is_banned(void)
+{
+    fetch f = {0};
+    peer_node *a;
+    peer_swarm *s = against_rogue(ROGUE_OVERLONG, 0, &f, &a);
+    stats_node = a;
+    CHECK(run_until(a, NULL, banned_once, NULL, 10000));
+    peer_stats st;
+    peer_node_stats(a, &st);
+    printf("  banned after %llu pieces longer than asked\n", (unsigned long long)st.bad_pieces);
+    CHECK_INT(st.banned, 1);
+    CHECK_INT(f.good + f.bad, 0); /* none reached the agent */
+    peer_swarm_close(s);
+    peer_node_close(a);
+}
+
+static void test_broken_framing_is_routed_around_in_bounded_memory(void)
+{
+    /* Below the wire format: a reply that says it is 2^62 bytes long, and
+     * one that comes a byte a second. nng refuses the first before reading
+     * it (NNG_OPT_RECVMAXSZ); the second takes no more than its length. */
+    const enum rogue_mode modes[] = {ROGUE_ENDLESS, ROGUE_TRICKLE};
+    const char *names[] = {"endless reply", "a byte a second"};
+    for (int i = 0; i < 2; i++) {
+        long before = rss_kib();
+        fetch f = {0};
+        peer_node *a;
+        peer_swarm *s = against_rogue(modes[i], 1000, &f, &a);
+        origin_swarm = s;
+        int64_t t0 = now_ms();
+        /* Well before SWARM_STALL_MS, the safety net for peers that send nothing. */
+        CHECK(run_until(a, NULL, origin_may_all, NULL, 5000));
+        long grown = rss_kib() - before;
+        peer_stats st;
+        peer_node_stats(a, &st);
+        printf("  %s: routed around after %lld ms (%llu requests timed out); memory grew by "
+               "%ld KiB\n",
+               names[i], (long long)(now_ms() - t0), (unsigned long long)st.timeouts, grown);
+        CHECK_INT(f.good + f.bad, 0);
+        CHECK_INT(st.bans, 0); /* slow or broken is not lying */
+        CHECK(grown < 16 * 1024);
+        peer_swarm_close(s);
+        peer_node_close(a);
+        stop_rogue();
+    }
+}
+
+static void test_hostile_peers_beside_an_honest_one_change_nothing(void)
+{
+    /* With an honest peer beside each kind of hostile one, every piece
+     * arrives checked, and the honest peer is never banned. */
+    const enum rogue_mode modes[] = {ROGUE_LIAR,   ROGUE_OVERLONG, ROGUE_REFUSER,
+                                     ROGUE_SILENT, ROGUE_ENDLESS,  ROGUE_TRICKLE};
+    const char *names[] = {"bad bytes", "overlong", "refuses", "silent", "endless", "trickle"};
+    for (size_t i = 0; i < sizeof modes / sizeof modes[0]; i++) {
+        char hostile[64], good[64], why[256];
+        snprintf(hostile, sizeof hostile, "tcp://127.0.0.1:%d", test_free_port());
+        start_rogue(hostile, modes[i]);
+        peer_node *b = honest(group, good, sizeof good);
+        const char *peers[2] = {hostile, good};
+        peer_node_config cfg = {
+            .group_key = group, .peers = peers, .n_peers = 2, .piece_timeout_ms = 1000};
+        peer_node *a;
+        CHECK_INT(peer_node_open(&cfg, &a, why, sizeof why), PEER_OK);
+        fetch f = {0};
+        peer_swarm_ops ops = ops_for(&f);
+        peer_swarm *s;
+        CHECK_INT(peer_swarm_open(a, cid, SIZE, PIECE, &ops, &s), PEER_OK);
+        int64_t t0 = now_ms();
+        CHECK(run_until(a, b, all_done, &f, 20000));
+        peer_stats st, sb;
+        peer_node_stats(a, &st);
+        peer_node_stats(b, &sb);
+        printf("  beside a peer that %s: all %d pieces in %lld ms, %d bad refused, %llu "
+               "timeouts, %llu banned\n",
+               names[i], f.good, (long long)(now_ms() - t0), f.bad, (unsigned long long)st.timeouts,
+               (unsigned long long)st.banned);
+        CHECK_INT(f.good, PIECES);
+        CHECK(st.banned <= 1); /* at most the hostile one */
+        CHECK_INT(st.bans, st.bad_pieces >= 4 ? 1 : 0);
+        CHECK(sb.uploaded > 0);
+        peer_swarm_close(s);
+        peer_node_close(a);
+        peer_node_close(b);
+        stop_rogue();
+    }
+}
+
+static void test_a_flood_of_requests_out_of_range_gets_nothing(void)
+{
+    /* 640 requests, 64 at a time on one connection, for pieces past the
+     * content (up to the protocol's limit). Nothing is served, memory stays
+     * flat, and an honest fetcher is served afterwards. */
+    char url[64];
+    peer_node *b = honest(group, url, sizeof url);
+    long before = rss_kib();
+    flood_result r = flood(url, 64, 10, 1);
+    long grown = rss_kib() - before;
+    peer_stats sb;
+    peer_node_stats(b, &sb);
+    printf("  640 requests out of range: %d served, %d not held, %d busy, %d unanswered; "
+           "memory grew by %ld KiB\n",
+           r.ok, r.not_held, r.busy, r.other, grown);
+    CHECK_INT(r.ok, 0);
+    CHECK_INT(sb.uploaded, 0);
+    CHECK(r.not_held + r.busy >= 1);
+    CHECK(grown < 16 * 1024);
+    peer_node *a = open_node(group, NULL, url, 0);
+    fetch f = {0};
+    peer_swarm_ops ops = ops_for(&f);
+    peer_swarm *s;
+    CHECK_INT(peer_swarm_open(a, cid, SIZE, PIECE, &ops, &s), PEER_OK);
+    CHECK(run_until(a, b, all_done, &f, 10000));
+    peer_swarm_close(s);
+    peer_node_close(a);
     peer_node_close(b);
 }
 
@@ -663,18 +931,25 @@ int main(int argc, char **argv)
     signal(SIGPIPE, SIG_IGN);
     if (sodium_init() < 0)
         return 1;
-    if (argc == 6 && strcmp(argv[1], "--flood") == 0) {
+    if (argc == 8 && strcmp(argv[1], "--flood") == 0) {
         if (validate_unhex(argv[4], group, sizeof group) != 0 ||
             validate_unhex(argv[5], cid, sizeof cid) != 0)
             return 2;
-        flood_main(argv[2], atoi(argv[3]));
+        flood_main(argv[2], atoi(argv[3]), atoi(argv[6]), atoi(argv[7]));
     }
-    if (argc == 5 && strcmp(argv[1], "--rogue") == 0) {
-        if (validate_unhex(argv[4], group, sizeof group) != 0)
+    if (argc == 6 && strcmp(argv[1], "--rogue") == 0) {
+        if (validate_unhex(argv[4], group, sizeof group) != 0 ||
+            validate_unhex(argv[5], content_seed, sizeof content_seed) != 0)
             return 2;
-        rogue_main(argv[2], (enum rogue_mode)atoi(argv[3]));
+        randombytes_buf_deterministic(content, sizeof content, content_seed);
+        enum rogue_mode mode = (enum rogue_mode)atoi(argv[3]);
+        const char *port = strrchr(argv[2], ':');
+        if (mode >= ROGUE_ENDLESS && port != NULL)
+            raw_rogue_main(atoi(port + 1), mode);
+        rogue_main(argv[2], mode);
     }
-    randombytes_buf(content, sizeof content);
+    randombytes_buf(content_seed, sizeof content_seed);
+    randombytes_buf_deterministic(content, sizeof content, content_seed);
     for (int i = 0; i < PIECES; i++)
         validate_blake2b(content + i * PIECE, piece_len((uint64_t)i), hashes + i * 32);
     randombytes_buf(cid, sizeof cid);
@@ -689,6 +964,10 @@ int main(int argc, char **argv)
                          CASE(test_a_peer_that_refuses_stops_holding_back_the_origin),
                          CASE(test_a_stalling_peer_is_routed_around),
                          CASE(test_one_connection_gets_busy_beyond_its_share),
+                         CASE(test_a_peer_sending_more_than_asked_is_banned),
+                         CASE(test_broken_framing_is_routed_around_in_bounded_memory),
+                         CASE(test_hostile_peers_beside_an_honest_one_change_nothing),
+                         CASE(test_a_flood_of_requests_out_of_range_gets_nothing),
                          CASE(test_pieces_coming_to_a_member_are_left_to_it),
                          CASE(test_a_peer_that_starts_fetching_late_gets_its_share),
                          CASE(test_a_node_with_another_key_gets_nothing),
