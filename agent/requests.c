@@ -129,10 +129,13 @@ static int do_list(agent_engine *e, uint32_t uid, const proto_request *req, prot
         return refuse(reply, DOPA_EACCESS, "only root may list every user's jobs");
     size_t start = 0;
     if (req->has_cursor) {
+        /* The cursor is the last job of a page the caller was shown: a job
+         * it may not see is as unknown as one that never was, or the
+         * answer would tell that someone's job exists. */
         size_t i = 0;
         while (i < e->n_jobs && memcmp(e->jobs[i]->id.bytes, req->cursor.bytes, 16) != 0)
             i++;
-        if (i == e->n_jobs)
+        if (i == e->n_jobs || (uid != 0 && e->jobs[i]->owner != uid))
             return refuse(reply, DOPA_EINVAL, "the listing changed under the cursor; list again");
         start = i + 1;
     }
