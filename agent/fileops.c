@@ -13,10 +13,12 @@
  *
  * Identity: when a temporary file is made, the device and inode of its
  * directory and of the file are recorded (fileops_ident). Every later
- * operation checks them: a directory swapped for a symlink or for another
- * directory, or a temporary file swapped for anything else, is refused with
- * EXDEV or EPERM instead of being written, moved or removed. This holds for
- * root's own jobs too, where the identity switch protects nothing.
+ * operation checks them, and that the file still belongs to the identity
+ * that made it (an inode number is given again as soon as its file is
+ * deleted): a directory swapped for a symlink or for another directory, or
+ * a temporary file swapped for anything else, is refused with EXDEV or
+ * EPERM instead of being written, moved or removed. This holds for root's
+ * own jobs too, where the identity switch protects nothing.
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -72,15 +74,24 @@ static int same(const struct stat *st, uint64_t dev, uint64_t ino)
     return (uint64_t)st->st_dev == dev && (uint64_t)st->st_ino == ino;
 }
 
-/* Checks an opened temporary file: a regular file with one link, of the
- * identity that opened it (root's own jobs excepted), the one recorded. */
+/* Whether an opened file may be the temporary file we made: a regular
+ * file of the identity that made it (root too: a file someone else made
+ * where ours was deleted may get its inode number again, so the number
+ * alone does not tell) with the recorded device and inode. */
+static int is_ours(const struct stat *st, const fileops_ident *expect)
+{
+    return S_ISREG(st->st_mode) && st->st_uid == geteuid() &&
+           same(st, expect->file_dev, expect->file_ino);
+}
+
+/* Checks an opened temporary file: ours, and with one link (a second
+ * name would see every byte written). */
 static int check_temp(int fd, const fileops_ident *expect)
 {
     struct stat st;
     if (fstat(fd, &st) != 0)
         return errno;
-    if (!S_ISREG(st.st_mode) || st.st_nlink != 1 || (geteuid() != 0 && st.st_uid != geteuid()) ||
-        !same(&st, expect->file_dev, expect->file_ino))
+    if (!is_ours(&st, expect) || st.st_nlink != 1)
         return EPERM; /* not the file we made */
     return 0;
 }
@@ -145,7 +156,7 @@ static int perform(const struct request *rq, int *fd_out, fileops_ident *ident)
                 err = errno;
         } else if (fd < 0) {
             err = errno == ENOENT ? 0 : errno;
-        } else if (fstat(fd, &st) == 0 && same(&st, rq->expect.file_dev, rq->expect.file_ino)) {
+        } else if (fstat(fd, &st) == 0 && is_ours(&st, &rq->expect)) {
             if (unlinkat(dfd, base, 0) != 0 && errno != ENOENT)
                 err = errno;
         } else {
@@ -167,8 +178,7 @@ static int perform(const struct request *rq, int *fd_out, fileops_ident *ident)
         if (fd < 0 && errno == ENOENT) {
             /* Moved already, by a Complete that did not live to record it:
              * done if the destination is that very file. */
-            if (fstatat(dfd, dest_base, &st, AT_SYMLINK_NOFOLLOW) == 0 && S_ISREG(st.st_mode) &&
-                same(&st, rq->expect.file_dev, rq->expect.file_ino))
+            if (fstatat(dfd, dest_base, &st, AT_SYMLINK_NOFOLLOW) == 0 && is_ours(&st, &rq->expect))
                 err = 0;
             else
                 err = ENOENT;
@@ -188,8 +198,17 @@ static int perform(const struct request *rq, int *fd_out, fileops_ident *ident)
             err = errno;
         else if (renameat(dfd, base, dfd, dest_base) != 0)
             err = errno;
-        else if (fsync(dfd) != 0)
+        else if (fstatat(dfd, dest_base, &st, AT_SYMLINK_NOFOLLOW) != 0 ||
+                 !is_ours(&st, &rq->expect)) {
+            /* In a directory others may write, the temporary name can be
+             * swapped (for a link, say) between the check above and the
+             * rename, which then moved their thing into place. It must not
+             * stay there as if it were the job's file. */
+            unlinkat(dfd, dest_base, 0);
+            err = EPERM;
+        } else if (fsync(dfd) != 0) {
             err = errno;
+        }
         close(fd);
         fd = -1;
         break;
