@@ -31,8 +31,8 @@
  * call wait before it starts, as a sync queued behind a slow one does:
  * what the program writes meanwhile is written before the sync.
  *
- * The log has one line per injected fault: "OP ERRNO PATH", and after a
- * lost writeback "lost BYTES PATH".
+ * The log has one line per injected fault: "OP ERRNO PATH", after a lost
+ * writeback "lost BYTES PATH", and for a delay "OP delay MS PATH".
  */
 #include <dlfcn.h>
 #include <errno.h>
@@ -354,6 +354,7 @@ static int rule_for(enum op op, const char *path, const char *path2, struct rule
 static int apply(const struct rule *r, enum op op, const char *path)
 {
     if (r->kind == RULE_DELAY) {
+        log_line("%s delay %ld %s\n", op_name(op), r->ms, path);
         sleep_ms(r->ms);
         return 0;
     }

@@ -1,5 +1,6 @@
 /* What the fault tests share; see fixture.h. */
 #include <errno.h>
+#include <signal.h>
 #include <sqlite3.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -69,6 +70,25 @@ int faults_dopad_start(test_dopad *d, const char *dir, const char *ctl, const ch
     if (err != 0)
         return -1;
     return wait ? test_dopad_ready(d) : 0;
+}
+
+int faults_dopad_stop(test_dopad *d)
+{
+    test_dopad_stop(d, SIGTERM);
+    static const char *const reports[] = {"ERROR: AddressSanitizer", "ERROR: LeakSanitizer",
+                                          "runtime error:"};
+    FILE *f = fopen(d->log, "r");
+    char line[4500];
+    int found = 0;
+    while (f != NULL && fgets(line, sizeof line, f) != NULL)
+        for (size_t i = 0; i < sizeof reports / sizeof reports[0]; i++)
+            if (strstr(line, reports[i]) != NULL) {
+                fprintf(stderr, "  dopad: %s", line);
+                found = 1;
+            }
+    if (f != NULL)
+        fclose(f);
+    return found ? -1 : 0;
 }
 
 int faults_rules(const char *ctl, const char *rules)
@@ -162,7 +182,7 @@ int faults_store_read(const char *db_path, const dopa_id *id, faults_stored *out
     }
     if (sqlite3_prepare_v2(db,
                            "SELECT transferred, completed, size, piece_size, tmp_path,"
-                           " (SELECT count(*) FROM pieces WHERE job = ?1 AND file = 0)"
+                           " (SELECT count(*) FROM pieces WHERE job = ?1 AND file = 0), path"
                            " FROM files WHERE job = ?1 AND idx = 0",
                            -1, &st, NULL) != SQLITE_OK)
         goto done;
@@ -175,10 +195,21 @@ int faults_store_read(const char *db_path, const dopa_id *id, faults_stored *out
         const unsigned char *tmp = sqlite3_column_text(st, 4);
         snprintf(out->tmp_path, sizeof out->tmp_path, "%s", tmp ? (const char *)tmp : "");
         out->pieces = (uint64_t)sqlite3_column_int64(st, 5);
+        const unsigned char *path = sqlite3_column_text(st, 6);
+        snprintf(out->path, sizeof out->path, "%s", path ? (const char *)path : "");
         /* The last piece may be short. */
         uint64_t full = out->pieces * out->piece_size;
         out->bytes = out->size >= 0 && full > (uint64_t)out->size ? (uint64_t)out->size : full;
     }
+    sqlite3_finalize(st);
+    st = NULL;
+    /* (1: JobTransferred, as the notifications table stores it.) */
+    if (sqlite3_prepare_v2(db, "SELECT count(*) FROM notifications WHERE job = ?1 AND kind = 1", -1,
+                           &st, NULL) != SQLITE_OK)
+        goto done;
+    sqlite3_bind_blob(st, 1, id->bytes, 16, SQLITE_STATIC);
+    if (sqlite3_step(st) == SQLITE_ROW)
+        out->undelivered = sqlite3_column_int(st, 0);
     err = 0;
 done:
     if (err != 0)
@@ -194,8 +225,10 @@ long long faults_check_committed(const char *db_path, const dopa_id *id, unsigne
     faults_stored s;
     if (faults_store_read(db_path, id, &s) != 0)
         return -1;
-    if (!s.found || s.pieces == 0 || s.file_completed)
-        return 0; /* nothing to look at (a completed file is compared whole) */
+    if (!s.found || s.pieces == 0)
+        return 0;
+    /* A Complete that did not live to record it may have moved the file. */
+    const char *file = access(s.tmp_path, F_OK) == 0 ? s.tmp_path : s.path;
     uint64_t *list = malloc(s.pieces * sizeof *list);
     sqlite3 *db = list != NULL ? open_store(db_path) : NULL;
     sqlite3_stmt *st = NULL;
@@ -216,10 +249,10 @@ long long faults_check_committed(const char *db_path, const dopa_id *id, unsigne
         if (s.size >= 0 && off + len > (uint64_t)s.size)
             len = (uint64_t)s.size - off;
         uint64_t at;
-        int d = test_pattern_differs(s.tmp_path, seed, off, len, &at);
+        int d = test_pattern_differs(file, seed, off, len, &at);
         if (d < 0) {
             bad = -1;
-            fprintf(stderr, "  cannot read %s\n", s.tmp_path);
+            fprintf(stderr, "  cannot read %s\n", file);
             break;
         }
         if (d > 0) {

@@ -28,6 +28,11 @@ void faults_url(const test_nginx *web, const char *path, char *out, size_t len);
  * as soon as the process runs (test_dopad_spawn). */
 int faults_dopad_start(test_dopad *d, const char *dir, const char *ctl, const char *log, int wait);
 
+/* Stops dopad with SIGTERM; -1 (with the lines on stderr) when its log
+ * has a sanitizer's report (ASan, LSan at exit, UBSan) from any of its
+ * runs. */
+int faults_dopad_stop(test_dopad *d);
+
 /* Writes the faultfs rules (replacing the file at once: dopad never reads
  * half of it), then waits long enough for dopad to have seen them. */
 int faults_rules(const char *ctl, const char *rules);
@@ -47,14 +52,17 @@ typedef struct faults_stored {
     uint64_t pieces; /* file 0's committed pieces */
     uint64_t bytes;  /* their bytes */
     char tmp_path[4200];
+    char path[4200]; /* its destination */
+    int undelivered; /* JobTransferred events not yet answered by a client */
 } faults_stored;
 
 int faults_store_read(const char *db_path, const dopa_id *id, faults_stored *out);
 
 /* Compares committed pieces of file 0 with the pattern of `seed`: every
- * one when samples is 0, else that many chosen at random. Returns how many
- * differ (the first in *bad_piece), or -1 when the store or the file
- * cannot be read. */
+ * one when samples is 0, else that many chosen at random. They are read
+ * from the temporary file, or from the destination once a Complete moved
+ * it there. Returns how many differ (the first in *bad_piece), or -1 when
+ * the store or the file cannot be read. */
 long long faults_check_committed(const char *db_path, const dopa_id *id, unsigned seed,
                                  unsigned samples, uint64_t *bad_piece);
 

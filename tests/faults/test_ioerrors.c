@@ -112,6 +112,14 @@ static void complete_and_compare(const dopa_id *id, const char *name, unsigned s
     CHECK_INT(faults_file_is(dest, seed, size), 0);
 }
 
+/* Stops dopad; it must have said nothing a sanitizer says. */
+static void stop(void)
+{
+    dopa_disconnect(mgr);
+    mgr = NULL;
+    CHECK_INT(faults_dopad_stop(&daemon_), 0);
+}
+
 /* Seconds from now until the store holds more than `bytes` of the job. */
 static double time_to_progress(const dopa_id *id, uint64_t bytes, double limit)
 {
@@ -161,6 +169,7 @@ static void test_a_failed_fdatasync_never_counts_its_pieces(void)
     CHECK_INT(faults_check_committed(db, &id, 31, 0, NULL), 0);
     complete_and_compare(&id, "once.bin", 31, size);
     printf("  recovered %.2f s after the failure (retry delay 1 s); output identical\n", recovered);
+    stop();
 }
 
 static void test_a_failing_disk_commits_nothing_until_it_recovers(void)
@@ -196,6 +205,7 @@ static void test_a_failing_disk_commits_nothing_until_it_recovers(void)
            "%.1f MiB; committing again %.2f s after the fault cleared, done in %.2f s; output "
            "identical\n",
            failures, info.error_count, (double)first.bytes / MIB, progress, done);
+    stop();
 }
 
 static void test_a_failed_write_is_retried_once_the_fault_clears(void)
@@ -222,6 +232,7 @@ static void test_a_failed_write_is_retried_once_the_fault_clears(void)
     printf("  writes failed %lld times; committing again %.2f s after the fault cleared; "
            "output identical\n",
            faults_log_count(flog, "write EIO", NULL), progress);
+    stop();
 }
 
 static void test_complete_survives_a_failed_fsync_or_rename(void)
@@ -271,6 +282,7 @@ static void test_complete_survives_a_failed_fsync_or_rename(void)
     printf("  Complete refused after %lld failed fsyncs and 1 failed rename, then done in "
            "%.3f s; output identical\n",
            fsyncs, took);
+    stop();
 }
 
 /* ------------------------------------------------------------------ */
