@@ -919,17 +919,25 @@ static void finish_batch(agent_engine *e, sync_batch *b)
                  store_put_file(e->db, f) != DOPA_OK || store_put_job(e->db, j) != DOPA_OK;
     }
     if (failed || store_commit(e->db) != DOPA_OK) {
+        char msg[512];
+        snprintf(msg, sizeof msg, "cannot record progress in the store: %s", store_error(e->db));
         agent_log("error", "commit: %s", store_error(e->db));
         store_rollback(e->db);
-        /* The pieces wait again; the next commit tries again. */
+        /* The pieces wait again; the next commit tries again. Their jobs
+         * stop meanwhile (a transient error, retried as any other): what
+         * they fetch could not be recorded, a kill would lose all of it,
+         * and their clients should see why nothing counts. */
         for (size_t i = 0; i < b->n; i++) {
             agent_file *f = entry_file(e, &b->entries[i]);
-            for (size_t p = 0; f != NULL && p < f->n_syncing; p++)
+            if (f == NULL)
+                continue;
+            for (size_t p = 0; p < f->n_syncing; p++)
                 engine_add_pending(f, f->syncing[p]);
-            if (f != NULL) {
-                f->n_syncing = 0;
-                f->syncing_bytes = 0;
-            }
+            f->n_syncing = 0;
+            f->syncing_bytes = 0;
+            if (wants_to_run(f->job->state))
+                engine_fail_job(e, f->job, 1, DOPA_CONTEXT_GENERAL, DOPA_EINTERNAL, (int)f->index,
+                                0, msg);
         }
         return;
     }
