@@ -235,6 +235,51 @@ static void test_a_failed_write_is_retried_once_the_fault_clears(void)
     stop();
 }
 
+static void test_a_store_that_cannot_write_stops_the_job_until_it_can(void)
+{
+    const uint64_t size = 48 * MIB;
+    start();
+    dopa_id id = job_for("store.bin", size, 35, "r16");
+    CHECK_INT(dopa_job_resume(mgr, &id), DOPA_OK);
+    wait_committed(&id, 8 * MIB, 30);
+    /* dopad's own database cannot grow (its disk is full): the pieces'
+     * bytes are safe, their record is not. */
+    char rules[9000];
+    snprintf(rules, sizeof rules, "track %s/\nfail write ENOSPC %s/\n", dl, daemon_.state);
+    CHECK_INT(faults_rules(ctl, rules), 0);
+    dopa_job_info info;
+    CHECK_INT(faults_wait_state(mgr, &id, DOPA_STATE_TRANSIENT_ERROR, 10, &info), 0);
+    CHECK_INT(info.error.context, DOPA_CONTEXT_GENERAL);
+    CHECK_HAS(info.error.message, "cannot record progress");
+    CHECK_HAS(info.error.message, "disk is full");
+    char said[DOPA_MESSAGE_MAX + 1];
+    snprintf(said, sizeof said, "%s", info.error.message);
+    faults_stored first = stored(&id);
+    uint64_t reported = info.bytes_transferred;
+    /* It stays stopped but for its retries (a second apart), which stop
+     * again at their first commit: it does not fetch the rest of the file
+     * with nothing recorded. */
+    faults_sleep_ms(3000);
+    faults_stored later = stored(&id);
+    CHECK_INT(dopa_job_get(mgr, &id, &info), DOPA_OK);
+    CHECK_INT(later.bytes, first.bytes);
+    CHECK(info.state != DOPA_STATE_ERROR);
+    uint64_t grew = info.bytes_transferred - reported;
+    CHECK(grew < 24 * MIB); /* all the rest would be 38 */
+    long long failures = faults_log_count(flog, "write ENOSPC", NULL);
+    CHECK(failures >= 2);
+    set_fault(NULL, NULL, NULL);
+    double progress = time_to_progress(&id, later.bytes, 20);
+    CHECK_INT(faults_wait_state(mgr, &id, DOPA_STATE_TRANSFERRED, 60, &info), 0);
+    CHECK_INT(faults_check_committed(db, &id, 35, 0, NULL), 0);
+    complete_and_compare(&id, "store.bin", 35, size);
+    printf("  the store could not write for 3 s (%lld failed writes): TRANSIENT_ERROR \"%s\"; "
+           "%.1f MiB fetched by its retries meanwhile, none committed; committing again %.2f s "
+           "after it could; output identical\n",
+           failures, said, (double)grew / MIB, progress);
+    stop();
+}
+
 static void test_complete_survives_a_failed_fsync_or_rename(void)
 {
     const uint64_t size = 4 * MIB + 5;
@@ -309,6 +354,7 @@ int main(int argc, char **argv)
                          CASE(test_a_failing_disk_commits_nothing_until_it_recovers),
                          CASE(test_a_failed_write_is_retried_once_the_fault_clears),
                          CASE(test_complete_survives_a_failed_fsync_or_rename),
+                         CASE(test_a_store_that_cannot_write_stops_the_job_until_it_can),
                          {0},
                      });
 }
