@@ -1,4 +1,5 @@
 /* What the hostile-input tests share; see hostile.h. */
+#include <stdarg.h>
 #include <stdio.h>
 #include <string.h>
 #include <sys/stat.h>
@@ -17,7 +18,39 @@ int hostile_cli(const char *cli, const char *sock, uid_t uid, gid_t gid, char *o
         n++;
     }
     argv[n] = NULL;
-    return test_run(argv, out, len, timeout_s, uid, gid);
+    return test_run(argv, out, out != NULL ? len : 0, timeout_s, uid, gid);
+}
+
+int hostile_cli_list(const char *cli, const char *sock, uid_t uid, gid_t gid, char *out, size_t len,
+                     int timeout_s, ...)
+{
+    const char *args[36];
+    size_t n = 0;
+    va_list ap;
+    va_start(ap, timeout_s);
+    const char *a;
+    while ((a = va_arg(ap, const char *)) != NULL && n < sizeof args / sizeof args[0] - 1)
+        args[n++] = a;
+    va_end(ap);
+    args[n] = NULL;
+    return hostile_cli(cli, sock, uid, gid, out, len, timeout_s, args);
+}
+
+int hostile_json_text(const char *json, const char *field, char *out, size_t len)
+{
+    char key[80];
+    snprintf(key, sizeof key, "\"%.70s\":\"", field);
+    out[0] = '\0';
+    const char *v = strstr(json, key);
+    if (v == NULL)
+        return -1;
+    v += strlen(key);
+    size_t n = strcspn(v, "\"");
+    if (n >= len)
+        return -1;
+    memcpy(out, v, n);
+    out[n] = '\0';
+    return 0;
 }
 
 void hostile_first_line(const char *text, char *line, size_t len)

@@ -12,9 +12,19 @@
 
 /* Runs `cli --socket sock args...` (args ends with NULL) as uid/gid
  * (TEST_AS_ME for this process's) with a deadline; its output (stdout and
- * stderr) goes to out. Returns its exit status, -1 on timeout. */
+ * stderr) goes to out, which may be NULL. Returns its exit status, -1 on
+ * timeout. */
 int hostile_cli(const char *cli, const char *sock, uid_t uid, gid_t gid, char *out, size_t len,
                 int timeout_s, const char *const *args);
+
+/* The same, with the arguments listed up to a NULL. */
+int hostile_cli_list(const char *cli, const char *sock, uid_t uid, gid_t gid, char *out, size_t len,
+                     int timeout_s, ...);
+
+/* The value of a string field `"field":"..."` in the JSON dopa prints (no
+ * escapes expected), into out; "" when there is none. Returns 0, or -1
+ * when the field is missing or its value does not fit. */
+int hostile_json_text(const char *json, const char *field, char *out, size_t len);
 
 /* The first line of text into line (empty if it does not fit). */
 void hostile_first_line(const char *text, char *line, size_t len);

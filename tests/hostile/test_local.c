@@ -23,7 +23,6 @@
 #include <nng/protocol/reqrep0/req.h>
 #include <pwd.h>
 #include <signal.h>
-#include <stdarg.h>
 #include <sys/stat.h>
 #include <time.h>
 
@@ -56,26 +55,10 @@ static void sleep_ms(int ms)
     nanosleep(&ts, NULL);
 }
 
-/* Runs dopa as uid with the arguments (up to a NULL); its exit status. */
-static int cli_as(uid_t uid, gid_t gid, char *out, size_t len, ...)
-{
-    const char *args[32];
-    size_t n = 0;
-    va_list ap;
-    va_start(ap, len);
-    const char *a;
-    while ((a = va_arg(ap, const char *)) != NULL && n < 31)
-        args[n++] = a;
-    va_end(ap);
-    args[n] = NULL;
-    static char ignored[65536];
-    if (out == NULL) {
-        out = ignored;
-        len = sizeof ignored;
-    }
-    return hostile_cli(DOPA_CLI, dopad.sock, uid, gid, out, len, 60, args);
-}
-
+/* Runs dopa as uid with the arguments (up to a NULL): its exit status,
+ * with what it printed in out (which may be NULL). */
+#define cli_as(uid, gid, out, len, ...)                                                            \
+    hostile_cli_list(DOPA_CLI, dopad.sock, uid, gid, out, len, 60, __VA_ARGS__)
 #define as_root(out, len, ...) cli_as(TEST_AS_ME, 0, out, len, __VA_ARGS__, (char *)NULL)
 
 static void url(char *out, size_t len, const char *path)
@@ -146,13 +129,7 @@ static void temp_name(struct job *j)
 {
     char out[8192];
     CHECK_INT(JOB(j, out, sizeof out, "--json", "files", j->id), 0);
-    const char *t = strstr(out, "\"temporary_name\":\"");
-    CHECK(t != NULL);
-    t += strlen("\"temporary_name\":\"");
-    size_t n = strcspn(t, "\"");
-    CHECK(n < sizeof j->tmp);
-    memcpy(j->tmp, t, n);
-    j->tmp[n] = '\0';
+    CHECK_INT(hostile_json_text(out, "temporary_name", j->tmp, sizeof j->tmp), 0);
 }
 
 /* Creates the job and adds the file; returns add-file's exit status (out
@@ -178,21 +155,8 @@ static void job_state(const struct job *j, char *state, size_t state_len, char *
 {
     char out[8192];
     CHECK_INT(JOB(j, out, sizeof out, "--json", "info", j->id), 0);
-    const char *fields[] = {"\"state\":\"", "\"message\":\""};
-    char *dst[] = {state, message};
-    size_t lens[] = {state_len, message_len};
-    for (int i = 0; i < 2; i++) {
-        dst[i][0] = '\0';
-        const char *v = strstr(out, fields[i]);
-        if (v == NULL)
-            continue;
-        v += strlen(fields[i]);
-        size_t n = strcspn(v, "\"");
-        if (n >= lens[i])
-            n = lens[i] - 1;
-        memcpy(dst[i], v, n);
-        dst[i][n] = '\0';
-    }
+    CHECK_INT(hostile_json_text(out, "state", state, state_len), 0);
+    hostile_json_text(out, "message", message, message_len); /* only with an error */
 }
 
 /* Waits until the job is TRANSFERRED or ERROR (or 40 s pass), then says
@@ -207,11 +171,12 @@ static void settle(const struct job *j, char *state, size_t state_len, char *mes
 /* Checks a file holds the pattern of `seed` and is `size` long. */
 static void check_content(const char *path, unsigned seed, uint64_t size)
 {
-    char what[256];
-    int v = hostile_which_version(path, seed, size, seed + 1000, size, what, sizeof what);
-    if (v != 1)
-        printf("  %s holds %s\n", path, what);
-    CHECK_INT(v, 1);
+    uint64_t at = 0;
+    int differs = test_pattern_differs(path, seed, 0, size, &at);
+    if (differs != 0)
+        printf("  %s: not the download from byte %llu\n", path, (unsigned long long)at);
+    CHECK_INT(differs, 0);
+    CHECK_INT(hostile_file_size(path), size);
 }
 
 /* ------------------------------------------------------------------ */
@@ -277,9 +242,11 @@ static int raw_ops(const char *socket_path, const char *id_text, const char *pat
 }
 
 /* Checks that `uid` gets from the victim's job exactly what it gets from
- * a job that does not exist, for every command of the CLI and every op of
- * the protocol. */
-static void check_stranger_sees_nothing(const struct job *victim, uid_t uid, gid_t gid)
+ * a job that does not exist, for every op of the protocol and for the
+ * commands of the CLI (all of them with `every_command`, else the first
+ * few: they all reach dopad through the same ops). */
+static void check_stranger_sees_nothing(const struct job *victim, uid_t uid, gid_t gid,
+                                        int every_command)
 {
     const char *other = "0badc0de-0000-4000-8000-000000000000";
     char prefix[9];
@@ -314,11 +281,14 @@ static void check_stranger_sees_nothing(const struct job *victim, uid_t uid, gid
         {"add-file", NULL, u, dest},
     };
     int refused = 0;
-    for (size_t c = 0; c < sizeof commands / sizeof commands[0]; c++) {
+    size_t n_commands = every_command ? sizeof commands / sizeof commands[0] : 4;
+    for (size_t c = 0; c < n_commands; c++) {
         char answers[3][4096];
-        int codes[3];
-        const char *ids[3] = {victim->id, prefix, other};
-        for (int k = 0; k < 3; k++) {
+        int codes[3] = {0};
+        /* A prefix is resolved by the CLI from the user's own listing, the
+         * same for every command: the first one shows it. */
+        const char *ids[3] = {victim->id, other, c == 0 ? prefix : NULL};
+        for (int k = 0; k < 3 && ids[k] != NULL; k++) {
             const char *args[8];
             size_t n = 0;
             args[n++] = commands[c][0];
@@ -333,13 +303,13 @@ static void check_stranger_sees_nothing(const struct job *victim, uid_t uid, gid
             if (at != NULL)
                 memset(at, '*', strlen(ids[k]));
         }
-        if (codes[0] != 4 || codes[2] != 4 || strcmp(answers[0], answers[2]) != 0 ||
-            strstr(answers[0], "no such job") == NULL || codes[1] != 4 ||
-            strstr(answers[1], "no such job") == NULL) {
-            printf("  dopa %s: %d \"%s\" for the job, %d \"%s\" for its prefix, %d \"%s\" for "
-                   "none\n",
-                   commands[c][0], codes[0], answers[0], codes[1], answers[1], codes[2],
-                   answers[2]);
+        if (codes[0] != 4 || codes[1] != 4 || strcmp(answers[0], answers[1]) != 0 ||
+            strstr(answers[0], "no such job") == NULL ||
+            (c == 0 && (codes[2] != 4 || strstr(answers[2], "no such job") == NULL))) {
+            printf("  dopa %s: %d \"%s\" for the job, %d \"%s\" for none, %d \"%s\" for its "
+                   "prefix\n",
+                   commands[c][0], codes[0], answers[0], codes[1], answers[1],
+                   c == 0 ? codes[2] : 4, c == 0 ? answers[2] : "-");
             CHECK(0);
         }
         refused++;
@@ -376,8 +346,7 @@ static void check_stranger_sees_nothing(const struct job *victim, uid_t uid, gid
     for (const char *p = theirs; (p = strstr(p, "op ")) != NULL; p++)
         ops++;
     CHECK_INT(ops, PROTO_OP_END - 1);
-    printf("  uid %u about uid %u's job: %d commands (with the id and a prefix) and %d raw ops "
-           "answered as for no job\n",
+    printf("  uid %u about uid %u's job: %d commands and %d raw ops answered as for no job\n",
            (unsigned)uid, victim->uid == TEST_AS_ME ? 0u : (unsigned)victim->uid, refused, ops);
 }
 
@@ -395,9 +364,9 @@ static void test_another_user_can_neither_touch_nor_see_my_jobs(void)
     CHECK_INT(JOB(&users, before, sizeof before, "--json", "info", users.id), 0);
 
     /* A user's job, against another user; root's, against both. */
-    check_stranger_sees_nothing(&users, other_uid, other_gid);
-    check_stranger_sees_nothing(&roots, other_uid, other_gid);
-    check_stranger_sees_nothing(&roots, user_uid, user_gid);
+    check_stranger_sees_nothing(&users, other_uid, other_gid, 1);
+    check_stranger_sees_nothing(&roots, other_uid, other_gid, 0);
+    check_stranger_sees_nothing(&roots, user_uid, user_gid, 0);
 
     /* Nothing changed: not a field, not the version. */
     CHECK_INT(JOB(&users, after, sizeof after, "--json", "info", users.id), 0);
@@ -760,7 +729,7 @@ static void test_another_user_cannot_redirect_roots_job_in_a_shared_directory(vo
      * over: each try moves root's file into place or refuses; what lands
      * at the destination is never the link. (Many jobs, since a Complete
      * is over in a moment.) */
-    enum { COMPLETES = 24 };
+    enum { COMPLETES = 12 };
     static struct job done[COMPLETES];
     static char done_dest[COMPLETES][1300];
     for (int i = 0; i < COMPLETES; i++) {

@@ -11,7 +11,6 @@
  * DOPAD, DOPA_CLI and DOPA_MANIFEST name the binaries.
  */
 #include <signal.h>
-#include <stdarg.h>
 #include <sys/stat.h>
 #include <time.h>
 
@@ -28,27 +27,10 @@ static const char *scratch;
 static char manifest_v1[4300], manifest_v2[4300], key_pub[4300];
 static char sha_v1[65];
 
-/* Runs dopa with the arguments (up to a NULL) as this process; its exit
- * status, with what it printed in out. */
-static int cli_args(char *out, size_t len, int timeout_s, ...)
-{
-    const char *args[32];
-    size_t n = 0;
-    va_list ap;
-    va_start(ap, timeout_s);
-    const char *a;
-    while ((a = va_arg(ap, const char *)) != NULL && n < 31)
-        args[n++] = a;
-    va_end(ap);
-    args[n] = NULL;
-    static char ignored[65536];
-    if (out == NULL) {
-        out = ignored;
-        len = sizeof ignored;
-    }
-    return hostile_cli(DOPA_CLI, dopad.sock, TEST_AS_ME, 0, out, len, timeout_s, args);
-}
-
+/* Runs dopa with the arguments as this process: its exit status, with
+ * what it printed in out (which may be NULL). */
+#define cli_args(out, len, timeout_s, ...)                                                         \
+    hostile_cli_list(DOPA_CLI, dopad.sock, TEST_AS_ME, 0, out, len, timeout_s, __VA_ARGS__)
 #define cli(out, len, ...) cli_args(out, len, 60, __VA_ARGS__, (char *)NULL)
 
 static void url(char *out, size_t len, const char *path)
@@ -97,13 +79,7 @@ static void start_job(struct job *j)
     CHECK_INT(cli(out, sizeof out, "set-min-retry-delay", j->id, "1"), 0);
     CHECK_INT(cli(out, sizeof out, "set-no-progress-timeout", j->id, "5"), 0);
     CHECK_INT(cli(out, sizeof out, "--json", "files", j->id), 0);
-    const char *t = strstr(out, "\"temporary_name\":\"");
-    CHECK(t != NULL);
-    t += strlen("\"temporary_name\":\"");
-    size_t n = strcspn(t, "\"");
-    CHECK(n < sizeof j->tmp);
-    memcpy(j->tmp, t, n);
-    j->tmp[n] = '\0';
+    CHECK_INT(hostile_json_text(out, "temporary_name", j->tmp, sizeof j->tmp), 0);
     CHECK_INT(cli(out, sizeof out, "resume", j->id), 0);
 }
 
@@ -116,23 +92,6 @@ struct outcome {
     long long tmp_size;
     long long bytes_total;
 };
-
-/* The text of a JSON string field (no escapes expected), or "". */
-static void json_text(const char *json, const char *field, char *out, size_t len)
-{
-    char key[64];
-    snprintf(key, sizeof key, "\"%s\":\"", field);
-    const char *v = strstr(json, key);
-    out[0] = '\0';
-    if (v == NULL)
-        return;
-    v += strlen(key);
-    size_t n = strcspn(v, "\"");
-    if (n >= len)
-        n = len - 1;
-    memcpy(out, v, n);
-    out[n] = '\0';
-}
 
 /* What the job's destination holds: 1 or 2 for exactly that version. */
 static int content_of(const struct job *j, char *what, size_t len)
@@ -150,8 +109,8 @@ static struct outcome settle_job(struct job *j, int timeout_s)
     snprintf(secs, sizeof secs, "%d", timeout_s);
     cli_args(out, sizeof out, timeout_s + 10, "wait", j->id, "--timeout", secs, (char *)NULL);
     CHECK_INT(cli(o.json, sizeof o.json, "--json", "info", j->id), 0);
-    json_text(o.json, "state", o.state, sizeof o.state);
-    json_text(o.json, "message", o.message, sizeof o.message);
+    hostile_json_text(o.json, "state", o.state, sizeof o.state);
+    hostile_json_text(o.json, "message", o.message, sizeof o.message);
     const char *t = strstr(o.json, "\"bytes_total\":");
     o.bytes_total = t != NULL ? atoll(t + strlen("\"bytes_total\":")) : -1;
     o.tmp_size = hostile_file_size(j->tmp);

@@ -34,7 +34,7 @@ struct test_faultsrv {
     pthread_mutex_t lock;
     int stopping;
     struct conn conns[MAX_CONNS];
-    struct {
+    struct path_count {
         char path[64];
         int hits;
         char if_range[128];
@@ -84,18 +84,28 @@ static int send_pattern(struct out *o, uint64_t from, uint64_t len)
     return send_version(o, FAULT_SEED, from, len);
 }
 
+/* The counters of a path (the lock held); with `add`, a free slot is
+ * taken for a path not seen yet. NULL when there is none (or no room). */
+static struct path_count *count_of(test_faultsrv *s, const char *path, int add)
+{
+    for (size_t i = 0; i < sizeof s->counts / sizeof s->counts[0]; i++) {
+        struct path_count *c = &s->counts[i];
+        if (c->path[0] == '\0' && add)
+            snprintf(c->path, sizeof c->path, "%s", path);
+        if (strcmp(c->path, path) == 0)
+            return c;
+    }
+    return NULL;
+}
+
 static int count_hit(test_faultsrv *s, const char *path, const char *if_range)
 {
     pthread_mutex_lock(&s->lock);
     int n = 0;
-    for (size_t i = 0; i < sizeof s->counts / sizeof s->counts[0]; i++) {
-        if (s->counts[i].path[0] == '\0')
-            snprintf(s->counts[i].path, sizeof s->counts[i].path, "%s", path);
-        if (strcmp(s->counts[i].path, path) == 0) {
-            n = ++s->counts[i].hits;
-            snprintf(s->counts[i].if_range, sizeof s->counts[i].if_range, "%s", if_range);
-            break;
-        }
+    struct path_count *c = count_of(s, path, 1);
+    if (c != NULL) {
+        n = ++c->hits;
+        snprintf(c->if_range, sizeof c->if_range, "%s", if_range);
     }
     pthread_mutex_unlock(&s->lock);
     return n;
@@ -104,22 +114,36 @@ static int count_hit(test_faultsrv *s, const char *path, const char *if_range)
 void test_faultsrv_if_range(test_faultsrv *s, const char *path, char *out, size_t len)
 {
     pthread_mutex_lock(&s->lock);
-    snprintf(out, len, "%s", "");
-    for (size_t i = 0; i < sizeof s->counts / sizeof s->counts[0]; i++)
-        if (strcmp(s->counts[i].path, path) == 0)
-            snprintf(out, len, "%s", s->counts[i].if_range);
+    const struct path_count *c = count_of(s, path, 0);
+    snprintf(out, len, "%s", c != NULL ? c->if_range : "");
     pthread_mutex_unlock(&s->lock);
 }
 
 int test_faultsrv_hits(test_faultsrv *s, const char *path)
 {
     pthread_mutex_lock(&s->lock);
-    int n = 0;
-    for (size_t i = 0; i < sizeof s->counts / sizeof s->counts[0]; i++)
-        if (strcmp(s->counts[i].path, path) == 0)
-            n = s->counts[i].hits;
+    const struct path_count *c = count_of(s, path, 0);
+    int n = c != NULL ? c->hits : 0;
     pthread_mutex_unlock(&s->lock);
     return n;
+}
+
+unsigned long long test_faultsrv_bytes(test_faultsrv *s, const char *path)
+{
+    pthread_mutex_lock(&s->lock);
+    const struct path_count *c = count_of(s, path, 0);
+    unsigned long long n = c != NULL ? c->bytes : 0;
+    pthread_mutex_unlock(&s->lock);
+    return n;
+}
+
+static void add_bytes(test_faultsrv *s, const char *path, uint64_t n)
+{
+    pthread_mutex_lock(&s->lock);
+    struct path_count *c = count_of(s, path, 0);
+    if (c != NULL)
+        c->bytes += n;
+    pthread_mutex_unlock(&s->lock);
 }
 
 /* Reads one request head; fills path and the range (to = UINT64_MAX for
@@ -172,6 +196,17 @@ static int read_request(int fd, char *path, size_t path_len, uint64_t *from, uin
         }
     }
     return 0;
+}
+
+/* The answer to a range that starts at or past the end of a file. */
+static void send_416(int fd, uint64_t size)
+{
+    char head[256];
+    snprintf(head, sizeof head,
+             "HTTP/1.1 416 Range Not Satisfiable\r\nContent-Range: bytes */%llu\r\n"
+             "Content-Length: 0\r\nConnection: close\r\n\r\n",
+             (unsigned long long)size);
+    send_all(fd, head, strlen(head));
 }
 
 /* The fixed paths: the one file, misbehaving as the path says. */
@@ -245,11 +280,7 @@ static void answer(test_faultsrv *s, struct out *o, const char *path, uint64_t f
         return;
     }
     if (from >= size) {
-        snprintf(head, sizeof head,
-                 "HTTP/1.1 416 Range Not Satisfiable\r\nContent-Range: bytes */%llu\r\n"
-                 "Content-Length: 0\r\nConnection: close\r\n\r\n",
-                 (unsigned long long)size);
-        send_all(fd, head, strlen(head));
+        send_416(fd, size);
         return;
     }
 
@@ -337,32 +368,6 @@ static void answer(test_faultsrv *s, struct out *o, const char *path, uint64_t f
     }
 }
 
-/* Body bytes sent so far for a path (responses that have ended). */
-static uint64_t path_bytes(test_faultsrv *s, const char *path)
-{
-    pthread_mutex_lock(&s->lock);
-    uint64_t n = 0;
-    for (size_t i = 0; i < sizeof s->counts / sizeof s->counts[0]; i++)
-        if (strcmp(s->counts[i].path, path) == 0)
-            n = s->counts[i].bytes;
-    pthread_mutex_unlock(&s->lock);
-    return n;
-}
-
-unsigned long long test_faultsrv_bytes(test_faultsrv *s, const char *path)
-{
-    return path_bytes(s, path);
-}
-
-static void add_bytes(test_faultsrv *s, const char *path, uint64_t n)
-{
-    pthread_mutex_lock(&s->lock);
-    for (size_t i = 0; i < sizeof s->counts / sizeof s->counts[0]; i++)
-        if (strcmp(s->counts[i].path, path) == 0)
-            s->counts[i].bytes += n;
-    pthread_mutex_unlock(&s->lock);
-}
-
 /* The /flip-MODE/TAG paths: a file that becomes version 2 once
  * FAULT_FLIP_AFTER body bytes have been sent for the path (see faultsrv.h). */
 static void answer_flip(test_faultsrv *s, struct out *o, const char *path, uint64_t from,
@@ -372,7 +377,7 @@ static void answer_flip(test_faultsrv *s, struct out *o, const char *path, uint6
     int mid = strncmp(mode, "mid/", 4) == 0;
     int quiet = strncmp(mode, "quiet/", 6) == 0;
     int grow = strncmp(mode, "grow/", 5) == 0;
-    uint64_t before = path_bytes(s, path);
+    uint64_t before = test_faultsrv_bytes(s, path);
     int v2 = before >= FAULT_FLIP_AFTER;
     uint64_t size = v2 && grow ? FAULT_SIZE2 : FAULT_SIZE;
     unsigned seed = v2 ? FAULT_SEED2 : FAULT_SEED;
@@ -392,11 +397,7 @@ static void answer_flip(test_faultsrv *s, struct out *o, const char *path, uint6
         return;
     }
     if (from >= size) {
-        snprintf(head, sizeof head,
-                 "HTTP/1.1 416 Range Not Satisfiable\r\nContent-Range: bytes */%llu\r\n"
-                 "Content-Length: 0\r\nConnection: close\r\n\r\n",
-                 (unsigned long long)size);
-        send_all(o->fd, head, strlen(head));
+        send_416(o->fd, size);
         return;
     }
     if (to >= size)
