@@ -144,11 +144,10 @@ static struct outcome finish_job(struct job *j, int timeout_s)
 /* Prints a case's figure: what the origin sent and how the job ended. */
 static void report(const struct job *j, const struct outcome *o, const char *content)
 {
-    printf("  %-20s %-9s origin sent %9llu B; %s, %s%s%s\n", j->path,
-           j->check   ? j->check + 2
-           : j->range ? "range"
-                      : "-",
-           test_faultsrv_bytes(srv, j->path), o->state, content, o->message[0] ? ": " : "",
+    const char *how = j->check ? j->check + 2 : j->range ? "range" : "-";
+    printf("  %-20s %-9s origin sent %9llu B; %s, output: %s%s%s\n", j->path, how,
+           test_faultsrv_bytes(srv, j->path), o->state,
+           strcmp(content, "missing") == 0 ? "none" : content, o->message[0] ? "; " : "",
            o->message);
     fflush(stdout);
 }
@@ -306,7 +305,7 @@ static void test_an_origin_that_never_stops_lying_ends_in_error(void)
      * run side by side, so the second has had its 30 s by the first's end. */
     for (size_t i = 0; i < 2; i++) {
         o[i] = settle_job(&jobs[i], i == 0 ? 30 : 1);
-        report(&jobs[i], &o[i], "after 30 s");
+        report(&jobs[i], &o[i], "unknown yet, after 30 s");
     }
     for (size_t i = 0; i < 2; i++)
         CHECK_STR(o[i].state, "ERROR");
