@@ -27,6 +27,7 @@ enum exit_code {
     EXIT_USAGE = 2,     /* bad command line */
     EXIT_NO_DAEMON = 3, /* dopad cannot be reached */
     EXIT_REFUSED = 4,   /* dopad refused the request, or another error */
+    EXIT_TIMEOUT = 5,   /* wait --timeout: the job had not finished */
     EXIT_INTERRUPTED = 130,
 };
 
@@ -48,7 +49,7 @@ static const char usage_text[] =
     "  get-error JOB                 its error, if any\n"
     "  list [--all]                  your jobs (--all: everyone's, root only)\n"
     "  monitor [JOB]                 refresh the list (or one job) until interrupted\n"
-    "  wait JOB [--timeout SECS]     until TRANSFERRED (0), ERROR (1) or the timeout\n"
+    "  wait JOB [--timeout SECS]     until TRANSFERRED (0), ERROR (1) or the timeout (5)\n"
     "  set-priority JOB foreground|high|normal|low\n"
     "  set-name JOB NAME\n"
     "  set-description JOB TEXT\n"
@@ -86,7 +87,8 @@ static const char usage_text[] =
     "\n"
     "--json prints one JSON document instead of text.\n"
     "exit codes: 0 success; 1 the job failed; 2 usage error; 3 dopad not reachable;\n"
-    "4 request refused or other error; 130 interrupted.\n";
+    "4 request refused or other error; 5 wait timed out before the job finished;\n"
+    "130 interrupted.\n";
 
 static int json;
 static const char *socket_path;
@@ -673,7 +675,8 @@ static int is_done(int state)
 }
 
 /* Waits for a job to finish, drawing progress if asked. Returns the last
- * info in *out; EXIT_INTERRUPTED on a signal. */
+ * info in *out; EXIT_INTERRUPTED on a signal, EXIT_TIMEOUT when timeout_s
+ * (if not 0) passed first. */
 static int follow(dopa_manager *m, const dopa_id *id, int show, int timeout_s, dopa_job_info *out)
 {
     dopa_job_info j;
@@ -725,8 +728,10 @@ static int follow(dopa_manager *m, const dopa_id *id, int show, int timeout_s, d
             *out = j;
             return EXIT_INTERRUPTED;
         }
-        if (timeout_s > 0 && now.tv_sec - t0.tv_sec >= timeout_s)
-            break;
+        if (timeout_s > 0 && now.tv_sec - t0.tv_sec >= timeout_s) {
+            *out = j;
+            return EXIT_TIMEOUT;
+        }
     }
     if (show)
         fputc('\n', stderr);
@@ -1275,14 +1280,15 @@ int main(int argc, char **argv)
         signal(SIGINT, on_interrupt);
         dopa_job_info j;
         rc = follow(m, &id, 0, (int)timeout, &j);
-        if (rc == EXIT_OK) {
+        if (rc == EXIT_OK || rc == EXIT_TIMEOUT) {
             if (json) {
                 print_job_json(&j);
                 putchar('\n');
             } else {
                 printf("%s\n", dopa_state_name(j.state));
             }
-            rc = j.state == DOPA_STATE_ERROR ? EXIT_FAILED : EXIT_OK;
+            if (rc == EXIT_OK)
+                rc = j.state == DOPA_STATE_ERROR ? EXIT_FAILED : EXIT_OK;
         }
     } else if (strcmp(cmd, "set-priority") == 0 && argc == 3) {
         int p;

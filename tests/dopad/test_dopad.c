@@ -186,6 +186,9 @@ static void test_job_commands(void)
     CHECK_HAS(out, "priority:     HIGH");
     CHECK_HAS(out, "retry delay:  30 s");
     CHECK_HAS(out, "no progress:  90 s");
+    /* Suspended, it does not finish: a wait with a timeout says so. */
+    CHECK_INT(cli(out, sizeof out, "wait", id, "--timeout", "1"), 5);
+    CHECK_HAS(out, "SUSPENDED");
     CHECK_INT(cli(out, sizeof out, "resume", id), 0);
     CHECK_INT(cli(out, sizeof out, "wait", id, "--timeout", "30"), 0);
     CHECK_HAS(out, "TRANSFERRED");
