@@ -10,6 +10,7 @@
 #include <unistd.h>
 
 #include "fixture.h"
+#include "proc.h"
 
 double faults_now(void)
 {
@@ -41,6 +42,25 @@ int faults_nginx_start(test_nginx *web, const char *dir)
         if (mkdir(where, 0755) != 0 && errno != EEXIST)
             return -1;
     }
+    return 0;
+}
+
+static test_nginx *the_nginx;
+
+static void stop_nginx(void)
+{
+    test_nginx_stop(the_nginx);
+}
+
+int faults_setup(test_nginx *web, const char *tag)
+{
+    const char *dir = test_scratch_dir(tag);
+    if (dir == NULL || faults_nginx_start(web, dir) != 0) {
+        fprintf(stderr, "fixture failed to start\n");
+        return -1;
+    }
+    the_nginx = web;
+    atexit(stop_nginx); /* before the scratch directory goes */
     return 0;
 }
 

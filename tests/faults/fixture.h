@@ -16,6 +16,11 @@
 #include "dopa.h"
 #include "nginx.h"
 
+/* The scratch directory of a test program (test_scratch_dir) with nginx
+ * in it (faults_nginx_start), both gone when the program exits. 0, or -1
+ * with a line on stderr. */
+int faults_setup(test_nginx *web, const char *tag);
+
 /* nginx under dir/nginx, serving dir/nginx/www with rate limits by folder:
  * /r4/ at 4 MB/s, /r8/ at 8 MB/s, /r16/ at 16 MB/s, /r32/ at 32 MB/s. */
 int faults_nginx_start(test_nginx *web, const char *dir);

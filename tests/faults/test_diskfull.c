@@ -157,12 +157,6 @@ static void test_a_full_disk_is_a_transient_error_until_space_returns(void)
 
 /* ------------------------------------------------------------------ */
 
-static void teardown(void)
-{
-    after_case();
-    test_nginx_stop(&web);
-}
-
 int main(int argc, char **argv)
 {
     if (geteuid() != 0) {
@@ -176,12 +170,9 @@ int main(int argc, char **argv)
         return 1;
     }
     signal(SIGPIPE, SIG_IGN);
-    const char *dir = test_scratch_dir("faults-disk");
-    if (dir == NULL || faults_nginx_start(&web, dir) != 0) {
-        fprintf(stderr, "fixture failed to start\n");
+    if (faults_setup(&web, "faults-disk") != 0)
         return 1;
-    }
-    atexit(teardown);
+    atexit(after_case); /* dopad goes before nginx */
     check_cleanup = after_case;
     return check_run(argc, argv,
                      (struct check_case[]){

@@ -61,7 +61,7 @@ static void set_fault(const char *head, const char *suffix, const char *options)
     CHECK_INT(faults_rules(ctl, rules), 0);
 }
 
-/* A job for /r16/<name> (size bytes of pattern `seed`) into dl/<name>,
+/* A job for /<folder>/<name> (size bytes of pattern `seed`) into dl/<name>,
  * retried a second after a transient error. */
 static dopa_id job_for(const char *name, uint64_t size, unsigned seed, const char *folder)
 {
@@ -103,13 +103,29 @@ static faults_stored wait_committed(const dopa_id *id, uint64_t bytes, double li
     }
 }
 
-/* Completes the job and compares what landed with the pattern. */
-static void complete_and_compare(const dopa_id *id, const char *name, unsigned seed, uint64_t size)
+/* Waits for the job to be TRANSFERRED, checks every committed piece,
+ * completes it and compares what landed with the pattern. */
+static void finish_and_compare(const dopa_id *id, const char *name, unsigned seed, uint64_t size)
 {
     char dest[4400];
     snprintf(dest, sizeof dest, "%s/%s", dl, name);
+    CHECK_INT(faults_wait_state(mgr, id, DOPA_STATE_TRANSFERRED, 60, NULL), 0);
+    CHECK_INT(faults_check_committed(db, id, seed, 0, NULL), 0);
     CHECK_INT(dopa_job_complete(mgr, id, NULL), DOPA_OK);
     CHECK_INT(faults_file_is(dest, seed, size), 0);
+}
+
+/* Waits for the fault to put the job in TRANSIENT_ERROR, in `context`,
+ * with both texts in its message. */
+static dopa_job_info wait_transient(const dopa_id *id, int context, const char *text,
+                                    const char *text2)
+{
+    dopa_job_info info;
+    CHECK_INT(faults_wait_state(mgr, id, DOPA_STATE_TRANSIENT_ERROR, 10, &info), 0);
+    CHECK_INT(info.error.context, context);
+    CHECK_HAS(info.error.message, text);
+    CHECK_HAS(info.error.message, text2);
+    return info;
 }
 
 /* Stops dopad; it must have said nothing a sanitizer says. */
@@ -128,15 +144,24 @@ static double time_to_progress(const dopa_id *id, uint64_t bytes, double limit)
     return faults_now() - t0;
 }
 
+#define SIZE (48 * MIB) /* of the jobs the faults strike mid-transfer */
+
+/* dopad (with faultfs) and a job of SIZE bytes from /r16/<name>, with a
+ * few MiB committed already. */
+static dopa_id transferring_job(const char *name, unsigned seed)
+{
+    start();
+    dopa_id id = job_for(name, SIZE, seed, "r16");
+    CHECK_INT(dopa_job_resume(mgr, &id), DOPA_OK);
+    wait_committed(&id, 8 * MIB, 30);
+    return id;
+}
+
 /* ------------------------------------------------------------------ */
 
 static void test_a_failed_fdatasync_never_counts_its_pieces(void)
 {
-    const uint64_t size = 48 * MIB;
-    start();
-    dopa_id id = job_for("once.bin", size, 31, "r16");
-    CHECK_INT(dopa_job_resume(mgr, &id), DOPA_OK);
-    wait_committed(&id, 8 * MIB, 30);
+    dopa_id id = transferring_job("once.bin", 31);
     /* One failed writeback, reported once, as Linux does; the bytes it
      * held are gone. It starts late (as behind another file's sync), so
      * pieces written meanwhile, after the commit took its pieces, are lost
@@ -152,11 +177,8 @@ static void test_a_failed_fdatasync_never_counts_its_pieces(void)
     CHECK_INT(faults_log_count(flog, "fdatasync EIO", NULL), 1);
     CHECK_INT(faults_log_count(flog, "lost", &lost), 1);
     CHECK(lost > 0);
-    dopa_job_info info;
-    CHECK_INT(faults_wait_state(mgr, &id, DOPA_STATE_TRANSIENT_ERROR, 10, &info), 0);
-    CHECK_INT(info.error.context, DOPA_CONTEXT_LOCAL_FILE);
-    CHECK_HAS(info.error.message, "syncing");
-    CHECK_HAS(info.error.message, "Input/output error");
+    dopa_job_info info =
+        wait_transient(&id, DOPA_CONTEXT_LOCAL_FILE, "syncing", "Input/output error");
     /* What it reports is what is committed: nothing of the lost writes. */
     faults_stored at_error = stored(&id);
     printf("  fdatasync failed once, %.1f MiB of writes lost; reported %.1f MiB, committed "
@@ -165,23 +187,16 @@ static void test_a_failed_fdatasync_never_counts_its_pieces(void)
     CHECK_INT(info.bytes_transferred, at_error.bytes);
     CHECK_INT(faults_check_committed(db, &id, 31, 0, NULL), 0);
     double recovered = time_to_progress(&id, at_error.bytes, 20);
-    CHECK_INT(faults_wait_state(mgr, &id, DOPA_STATE_TRANSFERRED, 60, &info), 0);
-    CHECK_INT(faults_check_committed(db, &id, 31, 0, NULL), 0);
-    complete_and_compare(&id, "once.bin", 31, size);
+    finish_and_compare(&id, "once.bin", 31, SIZE);
     printf("  recovered %.2f s after the failure (retry delay 1 s); output identical\n", recovered);
     stop();
 }
 
 static void test_a_failing_disk_commits_nothing_until_it_recovers(void)
 {
-    const uint64_t size = 48 * MIB;
-    start();
-    dopa_id id = job_for("stuck.bin", size, 32, "r16");
-    CHECK_INT(dopa_job_resume(mgr, &id), DOPA_OK);
-    wait_committed(&id, 8 * MIB, 30);
+    dopa_id id = transferring_job("stuck.bin", 32);
     set_fault("fail fdatasync EIO", "/", "lose");
-    dopa_job_info info;
-    CHECK_INT(faults_wait_state(mgr, &id, DOPA_STATE_TRANSIENT_ERROR, 10, &info), 0);
+    wait_transient(&id, DOPA_CONTEXT_LOCAL_FILE, "syncing", "Input/output error");
     faults_stored first = stored(&id);
     /* It keeps failing for a while: retries (a second apart) fetch again
      * and fail again at their first commit, committing nothing. */
@@ -191,44 +206,33 @@ static void test_a_failing_disk_commits_nothing_until_it_recovers(void)
     CHECK_INT(later.bytes, first.bytes);
     CHECK(failures >= 2);
     CHECK_INT(faults_check_committed(db, &id, 32, 0, NULL), 0);
+    dopa_job_info info;
     CHECK_INT(dopa_job_get(mgr, &id, &info), DOPA_OK);
     CHECK(info.state != DOPA_STATE_ERROR && info.state != DOPA_STATE_TRANSFERRED);
     CHECK(info.error_count >= 2);
     set_fault(NULL, NULL, NULL);
     double t0 = faults_now();
     double progress = time_to_progress(&id, later.bytes, 20);
-    CHECK_INT(faults_wait_state(mgr, &id, DOPA_STATE_TRANSFERRED, 60, &info), 0);
-    double done = faults_now() - t0;
-    CHECK_INT(faults_check_committed(db, &id, 32, 0, NULL), 0);
-    complete_and_compare(&id, "stuck.bin", 32, size);
+    finish_and_compare(&id, "stuck.bin", 32, SIZE);
     printf("  fdatasync failed %lld times in 3.5 s (%u transient errors), committed stayed at "
-           "%.1f MiB; committing again %.2f s after the fault cleared, done in %.2f s; output "
-           "identical\n",
-           failures, info.error_count, (double)first.bytes / MIB, progress, done);
+           "%.1f MiB; committing again %.2f s after the fault cleared, done %.2f s after; "
+           "output identical\n",
+           failures, info.error_count, (double)first.bytes / MIB, progress, faults_now() - t0);
     stop();
 }
 
 static void test_a_failed_write_is_retried_once_the_fault_clears(void)
 {
-    const uint64_t size = 48 * MIB;
-    start();
-    dopa_id id = job_for("write.bin", size, 33, "r16");
-    CHECK_INT(dopa_job_resume(mgr, &id), DOPA_OK);
-    wait_committed(&id, 8 * MIB, 30);
+    dopa_id id = transferring_job("write.bin", 33);
     set_fault("fail write EIO", "/", "");
-    dopa_job_info info;
-    CHECK_INT(faults_wait_state(mgr, &id, DOPA_STATE_TRANSIENT_ERROR, 10, &info), 0);
-    CHECK_INT(info.error.context, DOPA_CONTEXT_LOCAL_FILE);
-    CHECK_HAS(info.error.message, "writing");
-    CHECK_HAS(info.error.message, "Input/output error");
+    wait_transient(&id, DOPA_CONTEXT_LOCAL_FILE, "writing", "Input/output error");
     faults_sleep_ms(2500);
     CHECK(faults_log_count(flog, "write EIO", NULL) >= 2); /* it tried again, and failed */
     faults_stored before = stored(&id);
     CHECK_INT(faults_check_committed(db, &id, 33, 0, NULL), 0);
     set_fault(NULL, NULL, NULL);
     double progress = time_to_progress(&id, before.bytes, 20);
-    CHECK_INT(faults_wait_state(mgr, &id, DOPA_STATE_TRANSFERRED, 60, &info), 0);
-    complete_and_compare(&id, "write.bin", 33, size);
+    finish_and_compare(&id, "write.bin", 33, SIZE);
     printf("  writes failed %lld times; committing again %.2f s after the fault cleared; "
            "output identical\n",
            faults_log_count(flog, "write EIO", NULL), progress);
@@ -237,21 +241,14 @@ static void test_a_failed_write_is_retried_once_the_fault_clears(void)
 
 static void test_a_store_that_cannot_write_stops_the_job_until_it_can(void)
 {
-    const uint64_t size = 48 * MIB;
-    start();
-    dopa_id id = job_for("store.bin", size, 35, "r16");
-    CHECK_INT(dopa_job_resume(mgr, &id), DOPA_OK);
-    wait_committed(&id, 8 * MIB, 30);
+    dopa_id id = transferring_job("store.bin", 35);
     /* dopad's own database cannot grow (its disk is full): the pieces'
      * bytes are safe, their record is not. */
     char rules[9000];
     snprintf(rules, sizeof rules, "track %s/\nfail write ENOSPC %s/\n", dl, daemon_.state);
     CHECK_INT(faults_rules(ctl, rules), 0);
-    dopa_job_info info;
-    CHECK_INT(faults_wait_state(mgr, &id, DOPA_STATE_TRANSIENT_ERROR, 10, &info), 0);
-    CHECK_INT(info.error.context, DOPA_CONTEXT_GENERAL);
-    CHECK_HAS(info.error.message, "cannot record progress");
-    CHECK_HAS(info.error.message, "disk is full");
+    dopa_job_info info =
+        wait_transient(&id, DOPA_CONTEXT_GENERAL, "cannot record progress", "disk is full");
     char said[DOPA_MESSAGE_MAX + 1];
     snprintf(said, sizeof said, "%s", info.error.message);
     faults_stored first = stored(&id);
@@ -270,9 +267,7 @@ static void test_a_store_that_cannot_write_stops_the_job_until_it_can(void)
     CHECK(failures >= 2);
     set_fault(NULL, NULL, NULL);
     double progress = time_to_progress(&id, later.bytes, 20);
-    CHECK_INT(faults_wait_state(mgr, &id, DOPA_STATE_TRANSFERRED, 60, &info), 0);
-    CHECK_INT(faults_check_committed(db, &id, 35, 0, NULL), 0);
-    complete_and_compare(&id, "store.bin", 35, size);
+    finish_and_compare(&id, "store.bin", 35, SIZE);
     printf("  the store could not write for 3 s (%lld failed writes): TRANSIENT_ERROR \"%s\"; "
            "%.1f MiB fetched by its retries meanwhile, none committed; committing again %.2f s "
            "after it could; output identical\n",
@@ -332,21 +327,12 @@ static void test_complete_survives_a_failed_fsync_or_rename(void)
 
 /* ------------------------------------------------------------------ */
 
-static void teardown(void)
-{
-    after_case();
-    test_nginx_stop(&web);
-}
-
 int main(int argc, char **argv)
 {
     signal(SIGPIPE, SIG_IGN);
-    const char *dir = test_scratch_dir("faults-io");
-    if (dir == NULL || faults_nginx_start(&web, dir) != 0) {
-        fprintf(stderr, "fixture failed to start\n");
+    if (faults_setup(&web, "faults-io") != 0)
         return 1;
-    }
-    atexit(teardown);
+    atexit(after_case); /* dopad goes before nginx */
     check_cleanup = after_case;
     return check_run(argc, argv,
                      (struct check_case[]){

@@ -138,6 +138,7 @@ static struct {
     uint64_t in_flight;    /* summed over the kills */
     uint64_t committed;    /* after the last kill */
     int was_transferred;   /* the job was seen TRANSFERRED */
+    int client_stalled;    /* the registered client heard nothing; a new one had to */
 } run;
 
 /* Starts dopad (with faultfs stretching Complete); waits for it when asked. */
@@ -322,16 +323,21 @@ static void test_kill_9_at_random_moments_even_during_complete_loses_nothing(voi
     for (int i = 0; i < 200 && told_events() == 0; i++)
         faults_sleep_ms(50);
     if (told_events() == 0) {
-        /* Whose fault: is the event stored, does a new client hear it? */
+        /* libdopa's manager can be left with no connection after dopad
+         * restarts in quick succession (nng's dialer gives up; its call
+         * waits to send, for ever). That is libdopa's to fix; here a new
+         * client must hear the event, stored and still to be delivered,
+         * and it must be as durable. */
         faults_stored now;
         CHECK_INT(faults_store_read(db, &job, &now), 0);
+        CHECK_INT(now.undelivered, 1);
+        run.client_stalled = 1;
         dopa_manager *second = NULL;
         CHECK_INT(dopa_connect(daemon_.sock, &second), DOPA_OK);
         CHECK_INT(dopa_job_set_callbacks(second, &job, &cb), DOPA_OK);
-        faults_sleep_ms(3000);
+        for (int i = 0; i < 200 && told_events() == 0; i++)
+            faults_sleep_ms(50);
         dopa_disconnect(second);
-        fprintf(stderr, "  no JobTransferred in 10 s; %d stored; a new client heard %d\n",
-                now.undelivered, told_events());
     }
     CHECK(told_events() > 0);
     k = kill_dopad(1);
@@ -379,8 +385,9 @@ static void test_kill_9_at_random_moments_even_during_complete_loses_nothing(voi
     pthread_mutex_lock(&told.lock);
     int events = told.events, bad = told.not_durable;
     pthread_mutex_unlock(&told.lock);
-    printf("  JobTransferred delivered %d times, %d of them before the state was durable%s%s\n",
-           events, bad, bad ? ": " : "", bad ? told.why : "");
+    printf("  JobTransferred delivered %d times, %d of them before the state was durable%s%s%s\n",
+           events, bad, bad ? ": " : "", bad ? told.why : "",
+           run.client_stalled ? " (the long-lived client had lost dopad; a new one heard it)" : "");
     CHECK_INT(bad, 0);
     CHECK(refetched >= 0);
     CHECK(refetched <= (long long)run.in_flight);
@@ -399,12 +406,6 @@ static void after_case(void)
         test_dopad_stop(&daemon_, SIGKILL);
 }
 
-static void teardown(void)
-{
-    after_case();
-    test_nginx_stop(&web);
-}
-
 int main(int argc, char **argv)
 {
     /* --long: the full campaign; the rest names cases, as usual. */
@@ -417,12 +418,9 @@ int main(int argc, char **argv)
     }
     argc = n;
     signal(SIGPIPE, SIG_IGN);
-    const char *dir = test_scratch_dir("faults-kill9");
-    if (dir == NULL || faults_nginx_start(&web, dir) != 0) {
-        fprintf(stderr, "fixture failed to start\n");
+    if (faults_setup(&web, "faults-kill9") != 0)
         return 1;
-    }
-    atexit(teardown);
+    atexit(after_case); /* dopad goes before nginx */
     check_cleanup = after_case;
     return check_run(argc, argv,
                      (struct check_case[]){
