@@ -302,6 +302,8 @@ void engine_add_pending(agent_file *f, uint64_t piece)
 /* Why on_data refused a request, kept in the file for its on_done. */
 enum abort_reason { ABORT_NONE, ABORT_WRITE, ABORT_BAD_PIECE };
 
+static void data_arrived(agent_job *j);
+
 static int on_data(void *ctx, origin_file *of, uint64_t id, uint64_t offset, const void *data,
                    size_t len)
 {
@@ -348,19 +350,34 @@ static int on_data(void *ctx, origin_file *of, uint64_t id, uint64_t offset, con
     j->from_origin += len;
     f->from_origin += len;
     engine_of(f)->got_origin += len;
-    engine_progress(j);
+    /* Bytes fetched again (after a restart, or the same range over and
+     * over from an origin that keeps breaking its responses) are not
+     * progress: the no-progress timeout must still end such a job. */
+    uint64_t held = f->done_bytes + f->pending_bytes + f->syncing_bytes + f->fill;
+    if (held > f->progress_mark) {
+        f->progress_mark = held;
+        engine_progress(j);
+    } else {
+        data_arrived(j);
+    }
     return 0;
 }
 
-void engine_progress(agent_job *j)
+/* Bytes are flowing: the job is transferring, and in use. */
+static void data_arrived(agent_job *j)
 {
-    j->no_progress_since = 0; /* bytes arriving are progress */
-    j->no_progress_wall = 0;
     j->touched = engine_mono(the_engine);
     if (j->state == DOPA_STATE_CONNECTING) {
         j->state = DOPA_STATE_TRANSFERRING;
         engine_touch(the_engine, j);
     }
+}
+
+void engine_progress(agent_job *j)
+{
+    j->no_progress_since = 0; /* new bytes are progress */
+    j->no_progress_wall = 0;
+    data_arrived(j);
 }
 
 static void on_done(void *ctx, origin_file *of, uint64_t id, const origin_error *err)
