@@ -1796,6 +1796,65 @@ const char *peer_node_listen_url(const peer_node *n)
     return n->listen_url;
 }
 
+/* Whether url is one of cfg's configured peers (cache_only: cache hosts). */
+static int configured_in(const peer_node_config *cfg, const char *url, int cache_only)
+{
+    for (size_t i = cache_only ? cfg->n_peers : 0; i < cfg->n_peers + cfg->n_cache_hosts; i++)
+        if (strcmp(i < cfg->n_peers ? cfg->peers[i] : cfg->cache_hosts[i - cfg->n_peers], url) == 0)
+            return 1;
+    return 0;
+}
+
+int peer_node_reconfigure(peer_node *n, const peer_node_config *cfg, char *why, size_t why_len)
+{
+    for (size_t i = 0; i < cfg->n_peers + cfg->n_cache_hosts; i++) {
+        const char *url = i < cfg->n_peers ? cfg->peers[i] : cfg->cache_hosts[i - cfg->n_peers];
+        if (!url_ok(url)) {
+            snprintf(why, why_len, "%s: not a tcp:// or tls+tcp:// address", url);
+            return PEER_EADDRESS;
+        }
+    }
+    /* The server's workers read these under catalog_lock. */
+    pthread_mutex_lock(&n->catalog_lock);
+    if (cfg->upload_rate != n->cfg.upload_rate) {
+        n->cfg.upload_rate = cfg->upload_rate;
+        n->tokens = (double)cfg->upload_rate; /* a fresh budget at the new rate */
+        n->tokens_at = mono_ms();
+    }
+    n->cfg.max_queued = cfg->max_queued;
+    pthread_mutex_unlock(&n->catalog_lock);
+    /* The owner's thread alone reads these. */
+    n->cfg.in_flight = cfg->in_flight;
+    n->cfg.piece_timeout_ms = cfg->piece_timeout_ms;
+    n->cfg.ban_after = cfg->ban_after;
+    n->cfg.ban_seconds = cfg->ban_seconds;
+
+    /* Peers no longer named become like discovered ones long unheard of:
+     * forget_peers drops them once nothing uses them. */
+    int64_t now = mono_ms();
+    for (peer_entry *p = n->peers; p != NULL; p = p->next)
+        if (p->configured && !configured_in(cfg, p->url, 0)) {
+            p->configured = 0;
+            p->last_seen = now - FORGET_MS;
+        }
+    int err = PEER_OK;
+    for (size_t i = 0; i < cfg->n_peers + cfg->n_cache_hosts; i++) {
+        int cache = i >= cfg->n_peers;
+        const char *url = cache ? cfg->cache_hosts[i - cfg->n_peers] : cfg->peers[i];
+        peer_entry *p = add_peer(n, url, 1, cache);
+        if (p == NULL) {
+            if (err == PEER_OK)
+                snprintf(why, why_len, "%s: cannot dial", url);
+            err = PEER_ENNG;
+            continue;
+        }
+        p->configured = 1; /* it may have been found by a beacon first */
+        if (configured_in(cfg, url, 1))
+            p->cache_host = 1;
+    }
+    return err;
+}
+
 void peer_node_stats(const peer_node *n, peer_stats *out)
 {
     memset(out, 0, sizeof *out);

@@ -236,6 +236,16 @@ void peer_node_close(peer_node *n);
 int64_t peer_node_step(peer_node *n);
 /* The address it listens on, with the port it got ("" when not serving). */
 const char *peer_node_listen_url(const peer_node *n);
+/* Changes what may change while the node runs, from the owner's thread:
+ * of cfg, upload_rate, max_queued, in_flight, piece_timeout_ms, ban_after
+ * and ban_seconds take effect for the next requests; the configured peers
+ * and cache hosts become cfg's (the new ones are dialled; one no longer
+ * named is forgotten once no request uses it, unless beacons find it
+ * again). The rest of cfg (group key, listener, TLS, beacons,
+ * max_connections, cache_host) is ignored: it needs a new node.
+ * PEER_EADDRESS, with nothing changed, when an address is not acceptable;
+ * PEER_ENNG when one cannot be dialled (the others are taken). */
+int peer_node_reconfigure(peer_node *n, const peer_node_config *cfg, char *why, size_t why_len);
 
 typedef struct peer_stats {
     uint64_t uploaded;   /* piece bytes sent */
