@@ -568,6 +568,25 @@ void cache_stats(agent_engine *e, uint64_t *entries, uint64_t *bytes, uint64_t *
     *limit = e->cache->limit;
 }
 
+int cache_set_limits(agent_engine *e, uint64_t bytes, uint64_t age_ms, char *why, size_t why_len)
+{
+    e->cfg.cache_bytes = bytes;
+    e->cfg.cache_age_ms = age_ms;
+    agent_cache *c = e->cache;
+    if (c == NULL) {
+        /* No cache yet (it was 0): one now, with what an earlier one left. */
+        int err = cache_open(e, why, why_len);
+        if (err != DOPA_OK)
+            cache_close(e);
+        return err;
+    }
+    c->limit = bytes;
+    c->max_age_ms = age_ms ? (int64_t)age_ms : 14ll * 24 * 3600 * 1000;
+    make_room(e, 0);   /* a smaller limit: least recently used out first */
+    c->last_sweep = 0; /* a shorter age: the next cache_step sweeps */
+    return DOPA_OK;
+}
+
 void cache_close(agent_engine *e)
 {
     agent_cache *c = e->cache;

@@ -1422,6 +1422,45 @@ void engine_close(agent_engine *e)
     free(e);
 }
 
+int engine_reconfigure(agent_engine *e, const engine_config *cfg, char *why, size_t why_len)
+{
+    validate_public_key *keys = NULL;
+    if (cfg->n_trusted_keys > 0) {
+        keys = calloc(cfg->n_trusted_keys, sizeof *keys);
+        if (keys == NULL) {
+            snprintf(why, why_len, "out of memory");
+            return DOPA_ENOMEM;
+        }
+        memcpy(keys, cfg->trusted_keys, cfg->n_trusted_keys * sizeof *keys);
+    }
+    /* Manifests are checked against the keys when a file is added: the
+     * jobs that have theirs keep them. */
+    free(e->keys);
+    e->cfg.trusted_keys = e->keys = keys;
+    e->cfg.n_trusted_keys = e->n_keys = cfg->n_trusted_keys;
+    /* schedule() stops the jobs beyond a smaller max_running. */
+    e->cfg.max_running = cfg->max_running ? cfg->max_running : DEFAULT_MAX_RUNNING;
+    e->cfg.inactivity_ms = cfg->inactivity_ms ? cfg->inactivity_ms : DEFAULT_INACTIVITY_MS;
+    e->cfg.plugin_timeout_ms = cfg->plugin_timeout_ms;
+    int err = DOPA_OK;
+    if (why_len > 0)
+        why[0] = '\0';
+    if (e->peers != NULL && cfg->peer != NULL &&
+        peer_node_reconfigure(e->peers, cfg->peer, why, why_len) != PEER_OK)
+        err = DOPA_EINVAL;
+    if (cfg->cache_bytes != e->cfg.cache_bytes || cfg->cache_age_ms != e->cfg.cache_age_ms) {
+        char cache_why[512];
+        int cache_err =
+            cache_set_limits(e, cfg->cache_bytes, cfg->cache_age_ms, cache_why, sizeof cache_why);
+        if (cache_err != DOPA_OK && err == DOPA_OK) {
+            snprintf(why, why_len, "%s", cache_why);
+            err = cache_err;
+        }
+    }
+    engine_wakeup(e);
+    return err;
+}
+
 /* The next timer, in ms from now, capped at `limit`. */
 static int next_timer_ms(agent_engine *e, int limit)
 {

@@ -165,6 +165,16 @@ void engine_release_fd(agent_file *f);
 /* The agent's counters (peers.c). */
 void engine_stats(agent_engine *e, dopa_agent_stats *out);
 
+/* Settings changed while the engine runs (dopad's SIGHUP), on the engine
+ * thread. Of cfg it applies max_running, inactivity_ms and
+ * plugin_timeout_ms (0: the defaults, as for engine_open), the trusted keys
+ * (for the files added from now on), cache_bytes and cache_age_ms, and
+ * through peer_node_reconfigure what may change of cfg->peer; the rest of
+ * cfg needs a new engine and is ignored. What could be applied is, even
+ * when it fails (a peer that cannot be dialled, a cache directory that
+ * cannot be made): then why says what did not. */
+int engine_reconfigure(agent_engine *e, const engine_config *cfg, char *why, size_t why_len);
+
 /* Peers (peers.c). */
 int peers_open(agent_engine *e, char *why, size_t why_len);
 void peers_close(agent_engine *e);
@@ -204,5 +214,9 @@ void cache_step(agent_engine *e);
 void cache_add(agent_engine *e, agent_file *f);
 int cache_has(agent_engine *e, const uint8_t cid[VALIDATE_CONTENT_ID_BYTES]);
 void cache_stats(agent_engine *e, uint64_t *entries, uint64_t *bytes, uint64_t *limit);
+/* New size and age limits (0: none kept, 0: 14 days) while the engine runs:
+ * entries beyond them leave now (or at the next cache_step); a cache that
+ * was 0 starts (with peers only). A failure to start it leaves none. */
+int cache_set_limits(agent_engine *e, uint64_t bytes, uint64_t age_ms, char *why, size_t why_len);
 
 #endif
