@@ -474,6 +474,24 @@ static int swarm_ready(void *ctx)
     return peer_swarm_ready(ctx);
 }
 
+/* The node fetches the content too and holds none of it yet. */
+static void offer_fetching(peer_node *b)
+{
+    char path[4200];
+    snprintf(path, sizeof path, "%s/content", check_tmpdir());
+    FILE *file = fopen(path, "w+b");
+    CHECK(file != NULL);
+    uint8_t none[(PIECES + 7) / 8] = {0};
+    peer_offer_info info = {.fd = fileno(file),
+                            .size = SIZE,
+                            .piece_size = PIECE,
+                            .piece_hashes = hashes,
+                            .held = none,
+                            .downloading = 1};
+    CHECK_INT(peer_offer(b, cid, &info), PEER_OK);
+    fclose(file); /* the node keeps its own descriptor */
+}
+
 /* An honest node serving the content. */
 static peer_node *honest(const uint8_t *key, char *url, size_t len)
 {
@@ -810,21 +828,10 @@ static void test_pieces_coming_to_a_member_are_left_to_it(void)
 {
     /* b fetches the content too, holds nothing yet, and says every piece
      * is on its way to it. */
-    char url[64], path[4200];
+    char url[64];
     snprintf(url, sizeof url, "tcp://127.0.0.1:%d", test_free_port());
     peer_node *b = open_node(group, url, NULL, 0);
-    snprintf(path, sizeof path, "%s/content", check_tmpdir());
-    FILE *file = fopen(path, "w+b");
-    CHECK(file != NULL);
-    uint8_t none[(PIECES + 7) / 8] = {0};
-    peer_offer_info info = {.fd = fileno(file),
-                            .size = SIZE,
-                            .piece_size = PIECE,
-                            .piece_hashes = hashes,
-                            .held = none,
-                            .downloading = 1};
-    CHECK_INT(peer_offer(b, cid, &info), PEER_OK);
-    fclose(file);
+    offer_fetching(b);
     uint64_t all[PIECES];
     for (uint64_t p = 0; p < PIECES; p++)
         all[p] = p;
@@ -871,7 +878,7 @@ static void test_a_peer_that_starts_fetching_late_gets_its_share(void)
     /* b answers for a while that it has nothing and fetches nothing, then
      * starts fetching: its share is its own from then on, not taken over
      * as if it had stalled since its first answer. */
-    char url[64], path[4200];
+    char url[64];
     snprintf(url, sizeof url, "tcp://127.0.0.1:%d", test_free_port());
     peer_node *b = open_node(group, url, NULL, 0);
     peer_node *a = open_node(group, NULL, url, 0);
@@ -881,18 +888,7 @@ static void test_a_peer_that_starts_fetching_late_gets_its_share(void)
     CHECK(run_until(a, b, swarm_ready, origin_swarm, 5000));
     CHECK(origin_may_all(NULL));
     run_until(a, b, never, NULL, 5500); /* longer than a member may stall */
-    snprintf(path, sizeof path, "%s/content", check_tmpdir());
-    FILE *file = fopen(path, "w+b");
-    CHECK(file != NULL);
-    uint8_t none[(PIECES + 7) / 8] = {0};
-    peer_offer_info info = {.fd = fileno(file),
-                            .size = SIZE,
-                            .piece_size = PIECE,
-                            .piece_hashes = hashes,
-                            .held = none,
-                            .downloading = 1};
-    CHECK_INT(peer_offer(b, cid, &info), PEER_OK);
-    fclose(file);
+    offer_fetching(b);
     CHECK(run_until(a, b, origin_may_some_not, NULL, 3000));
     run_until(a, b, never, NULL, 300);
     uint64_t start = peer_swarm_share_start(origin_swarm);
