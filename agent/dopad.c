@@ -3,13 +3,21 @@
  * jobs under a state directory and listens on a control socket. As root it
  * is the system instance (/run/dopa/control.sock, /var/lib/dopa); as
  * another user, a per-user instance ($XDG_RUNTIME_DIR/dopa/control.sock,
- * $XDG_STATE_HOME/dopa). SIGTERM and SIGINT stop it cleanly.
+ * $XDG_STATE_HOME/dopa). SIGTERM and SIGINT stop it cleanly; SIGHUP reads
+ * the configuration again.
  *
  * Settings come from the command line, else from the configuration file
  * (--config, or /etc/dopa/dopa.conf for the system instance and
  * $XDG_CONFIG_HOME/dopa/dopa.conf for a user's, when they exist), else
  * from the defaults. The file is INI, read with inih; a bad line stops
- * dopad with the file name and line number.
+ * dopad with the file name and line number. On SIGHUP the same file is
+ * read and checked whole before anything changes: a bad one is logged with
+ * its file and line and the running settings stay; from a good one, the
+ * settings that can change at run time apply, and the others are logged as
+ * needing a restart and keep their value.
+ *
+ * Under systemd (Type=notify) dopad tells the service manager when it is
+ * ready, reloading and stopping, with a status line of its jobs and peers.
  */
 #include <arpa/inet.h>
 #include <errno.h>
@@ -20,20 +28,34 @@
 #include <math.h>
 #include <pthread.h>
 #include <signal.h>
+#include <stdarg.h>
 #include <stdatomic.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/file.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/un.h>
+#include <time.h>
 #include <unistd.h>
 
-#include "agent.h"
+/* The engine's run-time setters and counters (engine_reconfigure,
+ * engine_stats) are dopad's alone, so they live in the internal header. */
+#include "engine_internal.h"
 
 #define MAX_KEYS  32
 #define MAX_PEERS 64
 
-static atomic_int stopping;
+/* dopad's exit statuses, as dopad(8) and --help list them. */
+enum exit_code {
+    EXIT_OK = 0,    /* stopped by SIGTERM or SIGINT */
+    EXIT_START = 1, /* could not start: state directory, lock, database, socket */
+    EXIT_USAGE = 2, /* a bad option or setting, an unreadable configuration or group key */
+};
+
+static atomic_int stopping, reload_wanted;
 static agent_engine *engine;
 
 /* What the command line or the configuration file set. */
@@ -64,7 +86,8 @@ struct settings {
     int has_cache_size;
     int64_t cache_age_ms;
     unsigned long max_connections, max_queued, in_flight, ban_after;
-    char error[600]; /* the first bad setting */
+    char peer_keys[512]; /* the [peers] keys given, "a, b": named when they do nothing */
+    char error[600];     /* the first bad setting */
 };
 
 static int set_max_running(struct settings *s, const char *v)
@@ -269,16 +292,51 @@ static int peer_setting(struct settings *s, const char *name, const char *v)
     return -1;
 }
 
+/* The value without a trailing comment. inih ends a value at a ";" that
+ * follows a blank, but not at a "#" (as the library is built, and it
+ * cannot be told at run time everywhere): a "#" that starts the value or
+ * follows a blank starts a comment too, as it does at the start of a line.
+ * A "#" inside a word ("tcp://h:1#x") is part of the value. */
+static const char *without_comment(const char *value, char *buf, size_t len)
+{
+    snprintf(buf, len, "%s", value);
+    for (char *p = buf; *p != '\0'; p++)
+        if (*p == '#' && (p == buf || p[-1] == ' ' || p[-1] == '\t')) {
+            *p = '\0';
+            break;
+        }
+    size_t n = strlen(buf);
+    while (n > 0 && (buf[n - 1] == ' ' || buf[n - 1] == '\t'))
+        buf[--n] = '\0';
+    return buf;
+}
+
+/* Remembers that a [peers] key was given (once each). */
+static void note_peer_key(struct settings *s, const char *name)
+{
+    size_t n = strlen(s->peer_keys), k = strlen(name);
+    for (const char *p = s->peer_keys; (p = strstr(p, name)) != NULL; p += k)
+        if ((p == s->peer_keys || p[-1] == ' ') && (p[k] == ',' || p[k] == '\0'))
+            return;
+    snprintf(s->peer_keys + n, sizeof s->peer_keys - n, "%s%s", n ? ", " : "", name);
+}
+
 /* inih's callback: one "name = value" of a section. Returns 0 to mark
  * the line as bad (the first bad line's message is kept). */
-static int on_setting(void *user, const char *section, const char *name, const char *value)
+static int on_setting(void *user, const char *section, const char *name, const char *raw)
 {
     struct settings *s = user;
-    char saved[sizeof s->error];
+    char saved[sizeof s->error], buf[4200];
     snprintf(saved, sizeof saved, "%s", s->error);
+    const char *value = without_comment(raw, buf, sizeof buf);
     int rc;
-    if (strcmp(section, "peers") == 0) {
+    if (value[0] == '\0') {
+        snprintf(s->error, sizeof s->error, "%s: no value", name);
+        rc = -1;
+    } else if (strcmp(section, "peers") == 0) {
         rc = peer_setting(s, name, value);
+        if (rc == 0)
+            note_peer_key(s, name);
     } else if (strcmp(section, "dopad") != 0) {
         snprintf(s->error, sizeof s->error, "unknown section [%s]", section);
         rc = -1;
@@ -313,24 +371,25 @@ static int on_setting(void *user, const char *section, const char *name, const c
     return rc == 0;
 }
 
-/* Reads the configuration file; explicit says a missing file is an error. */
-static int read_config(const char *path, int explicit, struct settings *s)
+/* Reads the configuration file into s; explicit says a missing file is an
+ * error. On failure msg says what is wrong, with the file and line. */
+static int read_config(const char *path, int explicit, struct settings *s, char *msg, size_t len)
 {
     struct stat st;
     if (!explicit && stat(path, &st) != 0)
         return 0;
     int line = ini_parse(path, on_setting, s);
     if (line == -1) {
-        fprintf(stderr, "dopad: %s: %s\n", path, strerror(errno));
+        snprintf(msg, len, "%s: %s", path, strerror(errno));
         return -1;
     }
     if (line == -2) {
-        fprintf(stderr, "dopad: %s: out of memory\n", path);
+        snprintf(msg, len, "%s: out of memory", path);
         return -1;
     }
     if (line > 0) {
-        fprintf(stderr, "dopad: %s:%d: %s\n", path, line,
-                s->error[0] ? s->error : "not a \"name = value\" line");
+        snprintf(msg, len, "%s:%d: %s", path, line,
+                 s->error[0] ? s->error : "not a \"name = value\" line");
         return -1;
     }
     return 0;
@@ -351,29 +410,105 @@ static const char usage_text[] =
     "                             plugin-dir, plugin-timeout, validate-helper, notify-retry,\n"
     "                             notify-retry-max, notify-command-timeout; section\n"
     "                             [peers]: group-key, listen, peer, cache-host, ...;\n"
-    "                             see README.md);\n"
+    "                             every key is in dopa.conf(5));\n"
     "                             default /etc/dopa/dopa.conf as root, else\n"
     "                             $XDG_CONFIG_HOME/dopa/dopa.conf, when it exists\n"
-    "  --help                     this text\n";
+    "  --help                     this text\n"
+    "\n"
+    "signals: SIGTERM or SIGINT stop dopad; SIGHUP reads the configuration file again.\n"
+    "exit status: 0 stopped by a signal; 1 could not start (state directory, lock,\n"
+    "database, socket); 2 bad option, setting, configuration file or group key.\n";
 
-/* Waits for a stop signal on its own thread (the others block them). */
-static void *signal_thread(void *arg)
+/* ------------------------------------------------------------------ */
+/* The service manager (sd_notify(3))                                  */
+
+/* systemd's notification socket, taken from NOTIFY_SOCKET at start ("":
+ * none). The protocol is one datagram of "NAME=value" lines to that
+ * AF_UNIX socket (a path, or an abstract name written with "@"), stable
+ * and documented for implementations without libsystemd; this sender is
+ * all dopad needs of the library. */
+static char notify_path[sizeof((struct sockaddr_un *)0)->sun_path];
+
+static void notify_take_socket(void)
 {
-    sigset_t *set = arg;
-    for (;;) {
-        int sig;
-        if (sigwait(set, &sig) != 0)
-            continue;
-        if (sig == SIGTERM || sig == SIGINT) {
-            atomic_store(&stopping, 1);
-            if (engine != NULL)
-                engine_wakeup(engine);
-            return NULL;
-        }
-    }
+    const char *path = getenv("NOTIFY_SOCKET");
+    if (path != NULL && (path[0] == '/' || path[0] == '@') && strlen(path) < sizeof notify_path)
+        snprintf(notify_path, sizeof notify_path, "%s", path);
+    /* Not handed down to the plugin helper and notify commands. */
+    unsetenv("NOTIFY_SOCKET");
 }
 
-static int default_paths(char *socket_path, size_t socket_len, char *state_dir, size_t state_len)
+__attribute__((format(printf, 1, 2))) static void notify_manager(const char *fmt, ...)
+{
+    if (notify_path[0] == '\0')
+        return;
+    char text[512];
+    va_list ap;
+    va_start(ap, fmt);
+    int n = vsnprintf(text, sizeof text, fmt, ap);
+    va_end(ap);
+    if (n < 0 || (size_t)n >= sizeof text)
+        return;
+    struct sockaddr_un sa = {.sun_family = AF_UNIX};
+    size_t len = strlen(notify_path);
+    memcpy(sa.sun_path, notify_path, len);
+    if (sa.sun_path[0] == '@')
+        sa.sun_path[0] = '\0'; /* abstract: no NUL at the end, the length says */
+    int fd = socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+    if (fd < 0)
+        return;
+    if (sendto(fd, text, (size_t)n, MSG_NOSIGNAL, (struct sockaddr *)&sa,
+               (socklen_t)(offsetof(struct sockaddr_un, sun_path) + len)) < 0)
+        agent_log("warning", "cannot tell the service manager %s: %s", text, strerror(errno));
+    close(fd);
+}
+
+static int64_t mono_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+/* STATUS= for `systemctl status`: the jobs and peers, when they changed,
+ * at most once a second. */
+static void notify_status(int now)
+{
+    static char last[200];
+    static int64_t last_at;
+    if (notify_path[0] == '\0' || (!now && mono_ms() - last_at < 1000))
+        return;
+    last_at = mono_ms();
+    dopa_agent_stats st;
+    engine_stats(engine, &st);
+    char text[200];
+    if (st.peer_url[0] == '\0')
+        snprintf(text, sizeof text, "%llu jobs; origin only (no group key)",
+                 (unsigned long long)st.jobs);
+    else
+        snprintf(text, sizeof text, "%llu jobs; %llu peers (%llu banned); serving on %s",
+                 (unsigned long long)st.jobs, (unsigned long long)st.peers,
+                 (unsigned long long)st.banned, st.peer_url);
+    if (!now && strcmp(text, last) == 0)
+        return;
+    snprintf(last, sizeof last, "%s", text);
+    notify_manager("STATUS=%s", text);
+}
+
+/* ------------------------------------------------------------------ */
+/* Settings: from the file and the command line to the engine          */
+
+static struct settings cli;     /* the command line's */
+static struct settings running; /* in force: what the engine was given */
+static char config_path[4096];  /* "" when there is none to read */
+static int config_explicit;     /* --config: it must exist */
+static uint8_t group_key[PEER_GROUP_KEY_BYTES];
+static const char *peer_urls[MAX_PEERS], *cache_urls[MAX_PEERS];
+static peer_node_config peer_cfg;
+static engine_config engine_cfg;
+
+static int default_paths(char *socket_path, size_t socket_len, char *state_dir, size_t state_len,
+                         char *msg, size_t msg_len)
 {
     if (geteuid() == 0) {
         snprintf(socket_path, socket_len, "/run/dopa/control.sock");
@@ -382,7 +517,7 @@ static int default_paths(char *socket_path, size_t socket_len, char *state_dir, 
     }
     const char *runtime = getenv("XDG_RUNTIME_DIR");
     if (runtime == NULL || runtime[0] != '/') {
-        fprintf(stderr, "dopad: XDG_RUNTIME_DIR is not set; give --socket PATH\n");
+        snprintf(msg, msg_len, "XDG_RUNTIME_DIR is not set; give --socket PATH");
         return -1;
     }
     snprintf(socket_path, socket_len, "%s/dopa/control.sock", runtime);
@@ -392,10 +527,336 @@ static int default_paths(char *socket_path, size_t socket_len, char *state_dir, 
     else if (home != NULL && home[0] == '/')
         snprintf(state_dir, state_len, "%s/.local/state/dopa", home);
     else {
-        fprintf(stderr, "dopad: neither XDG_STATE_HOME nor HOME is set; give --state-dir DIR\n");
+        snprintf(msg, msg_len, "neither XDG_STATE_HOME nor HOME is set; give --state-dir DIR");
         return -1;
     }
     return 0;
+}
+
+/* What the file said, completed: the command line over it, the defaults
+ * that depend on the machine, and the checks across keys. The same at
+ * start and on SIGHUP. */
+static int complete_settings(struct settings *s, char *msg, size_t len)
+{
+    if (cli.socket[0])
+        snprintf(s->socket, sizeof s->socket, "%s", cli.socket);
+    if (cli.state_dir[0])
+        snprintf(s->state_dir, sizeof s->state_dir, "%s", cli.state_dir);
+    if (cli.max_running)
+        s->max_running = cli.max_running;
+    if (cli.inactivity_ms)
+        s->inactivity_ms = cli.inactivity_ms;
+    for (size_t i = 0; i < cli.n_keys; i++) {
+        if (s->n_keys == MAX_KEYS) {
+            snprintf(msg, len, "at most %d trusted keys", MAX_KEYS);
+            return -1;
+        }
+        s->keys[s->n_keys++] = cli.keys[i];
+    }
+    char def_socket[4096], def_state[4096];
+    if ((s->socket[0] == '\0' || s->state_dir[0] == '\0') &&
+        default_paths(def_socket, sizeof def_socket, def_state, sizeof def_state, msg, len) != 0)
+        return -1;
+    if (s->socket[0] == '\0')
+        snprintf(s->socket, sizeof s->socket, "%s", def_socket);
+    if (s->state_dir[0] == '\0')
+        snprintf(s->state_dir, sizeof s->state_dir, "%s", def_state);
+    if (s->plugin_dir[0] != '\0' && s->validate_helper[0] == '\0') {
+        /* dopa-validate is installed beside dopad. */
+        char self[4096];
+        ssize_t n = readlink("/proc/self/exe", self, sizeof self - 1);
+        if (n <= 0) {
+            snprintf(msg, len, "cannot find dopa-validate; set validate-helper");
+            return -1;
+        }
+        self[n] = '\0';
+        snprintf(s->validate_helper, sizeof s->validate_helper, "%.4000s/dopa-validate",
+                 dirname(self));
+    }
+    if (!s->has_cache_size)
+        s->cache_bytes = 4000000000ull;
+    s->beacons = s->beacons == 2 ? 2 : 1; /* unset is on */
+    if (s->group_key[0] == '\0' &&
+        (s->n_peers > 0 || s->n_cache_hosts > 0 || s->listen[0] != '\0')) {
+        snprintf(msg, len, "[peers] needs group-key (make one with `dopa group-key FILE`)");
+        return -1;
+    }
+    return 0;
+}
+
+/* [peers] keys without a group key do nothing: said, not silently dropped. */
+static void warn_ignored_peer_keys(const struct settings *s)
+{
+    if (s->group_key[0] == '\0' && s->peer_keys[0] != '\0')
+        agent_log("warning", "%s: [peers] %s: no effect without group-key (peers are off)",
+                  config_path, s->peer_keys);
+}
+
+/* The engine's and the peer node's configurations from s (which must
+ * outlive them: they point into it). */
+static void make_configs(struct settings *s)
+{
+    for (size_t i = 0; i < s->n_peers; i++)
+        peer_urls[i] = s->peers[i];
+    for (size_t i = 0; i < s->n_cache_hosts; i++)
+        cache_urls[i] = s->cache_hosts[i];
+    peer_cfg = (peer_node_config){
+        .group_key = group_key,
+        .listen = s->listen[0] ? s->listen : "tcp://0.0.0.0:7880",
+        .peers = peer_urls,
+        .n_peers = s->n_peers,
+        .cache_hosts = cache_urls,
+        .n_cache_hosts = s->n_cache_hosts,
+        .cache_host = s->is_cache_host,
+        .beacons = s->beacons != 2,
+        .beacon_group = s->beacon_group[0] ? s->beacon_group : NULL,
+        .beacon_port = (uint16_t)s->beacon_port,
+        .beacon_interval_ms = (uint32_t)s->beacon_interval_ms,
+        .upload_rate = s->upload_rate,
+        .max_connections = (unsigned)s->max_connections,
+        .max_queued = (unsigned)s->max_queued,
+        .in_flight = (unsigned)s->in_flight,
+        .piece_timeout_ms = (uint32_t)s->piece_timeout_ms,
+        .ban_after = (unsigned)s->ban_after,
+        .ban_seconds = (uint32_t)(s->ban_ms / 1000),
+        .tls_cert = s->tls_cert[0] ? s->tls_cert : NULL,
+        .tls_key = s->tls_key[0] ? s->tls_key : NULL,
+        .tls_ca = s->tls_ca[0] ? s->tls_ca : NULL,
+    };
+    engine_cfg = (engine_config){.origin = origin_config_default(),
+                                 .peer = s->group_key[0] ? &peer_cfg : NULL,
+                                 .cache_bytes = s->cache_bytes,
+                                 .cache_age_ms = (uint64_t)s->cache_age_ms,
+                                 .state_dir = s->state_dir,
+                                 .max_running = s->max_running,
+                                 .inactivity_ms = s->inactivity_ms,
+                                 .trusted_keys = s->keys,
+                                 .n_trusted_keys = s->n_keys,
+                                 .plugin_dir = s->plugin_dir[0] ? s->plugin_dir : NULL,
+                                 .validate_helper = s->validate_helper,
+                                 .plugin_timeout_ms = (uint32_t)s->plugin_timeout_ms,
+                                 .notify = {.retry_first_ms = s->notify_retry_ms,
+                                            .retry_max_ms = s->notify_retry_max_ms,
+                                            .command_timeout_ms = s->notify_command_timeout_ms}};
+}
+
+/* ------------------------------------------------------------------ */
+/* SIGHUP                                                             */
+
+/* One setting as SIGHUP sees it: where it lives in struct settings, how
+ * to show it, and whether it can change while dopad runs. The keys not
+ * here (trusted-key, peer, cache-host) are lists, compared apart. */
+enum field_kind { F_TEXT, F_UINT, F_ULONG, F_BYTES, F_MS, F_MS_U64, F_BOOL, F_ON_OFF };
+struct field {
+    const char *key;
+    size_t offset, size;
+    enum field_kind kind;
+    int is_peers; /* a [peers] key: nothing runs it without a group key */
+    int reloads;  /* applied on SIGHUP; else it needs a restart */
+};
+#define FIELD(key, member, kind, is_peers, reloads)                                                \
+    {                                                                                              \
+        key, offsetof(struct settings, member), sizeof(((struct settings *)0)->member), kind,      \
+            is_peers, reloads                                                                      \
+    }
+static const struct field fields[] = {
+    FIELD("socket", socket, F_TEXT, 0, 0),
+    FIELD("state-dir", state_dir, F_TEXT, 0, 0),
+    FIELD("max-running", max_running, F_UINT, 0, 1),
+    FIELD("inactivity-timeout", inactivity_ms, F_MS_U64, 0, 1),
+    /* A running helper or notification keeps what it started with. */
+    FIELD("plugin-dir", plugin_dir, F_TEXT, 0, 0),
+    FIELD("validate-helper", validate_helper, F_TEXT, 0, 0),
+    FIELD("plugin-timeout", plugin_timeout_ms, F_MS, 0, 1),
+    FIELD("notify-retry", notify_retry_ms, F_MS, 0, 0),
+    FIELD("notify-retry-max", notify_retry_max_ms, F_MS, 0, 0),
+    FIELD("notify-command-timeout", notify_command_timeout_ms, F_MS, 0, 0),
+    /* The node's identity, listener, TLS and beacons are made when it opens. */
+    FIELD("group-key", group_key, F_TEXT, 1, 0),
+    FIELD("tls-cert", tls_cert, F_TEXT, 1, 0),
+    FIELD("tls-key", tls_key, F_TEXT, 1, 0),
+    FIELD("tls-ca", tls_ca, F_TEXT, 1, 0),
+    FIELD("listen", listen, F_TEXT, 1, 0),
+    FIELD("is-cache-host", is_cache_host, F_BOOL, 1, 0),
+    FIELD("beacons", beacons, F_ON_OFF, 1, 0),
+    FIELD("beacon-group", beacon_group, F_TEXT, 1, 0),
+    FIELD("beacon-port", beacon_port, F_ULONG, 1, 0),
+    FIELD("beacon-interval", beacon_interval_ms, F_MS, 1, 0),
+    FIELD("max-connections", max_connections, F_ULONG, 1, 0),
+    FIELD("upload-rate", upload_rate, F_BYTES, 1, 1),
+    FIELD("cache-size", cache_bytes, F_BYTES, 1, 1),
+    FIELD("cache-age", cache_age_ms, F_MS, 1, 1),
+    FIELD("max-queued", max_queued, F_ULONG, 1, 1),
+    FIELD("requests-in-flight", in_flight, F_ULONG, 1, 1),
+    FIELD("piece-timeout", piece_timeout_ms, F_MS, 1, 1),
+    FIELD("ban-after", ban_after, F_ULONG, 1, 1),
+    FIELD("ban-time", ban_ms, F_MS, 1, 1),
+};
+
+/* The field's value in s, for the log ("default" for an unset number). */
+static void field_text(const struct field *f, const struct settings *s, char *out, size_t len)
+{
+    const char *p = (const char *)s + f->offset;
+    unsigned long long n = 0;
+    switch (f->kind) {
+    case F_TEXT:
+        snprintf(out, len, "%s", p[0] ? p : "(none)");
+        return;
+    case F_BOOL:
+        snprintf(out, len, "%s", *(const int *)(const void *)p ? "yes" : "no");
+        return;
+    case F_ON_OFF:
+        snprintf(out, len, "%s", *(const int *)(const void *)p == 2 ? "no" : "yes");
+        return;
+    case F_BYTES:
+        snprintf(out, len, "%llu", (unsigned long long)*(const uint64_t *)(const void *)p);
+        return;
+    case F_UINT:
+        n = *(const unsigned *)(const void *)p;
+        break;
+    case F_ULONG:
+        n = *(const unsigned long *)(const void *)p;
+        break;
+    case F_MS:
+        n = (unsigned long long)*(const int64_t *)(const void *)p;
+        break;
+    case F_MS_U64:
+        n = *(const uint64_t *)(const void *)p;
+        break;
+    }
+    if (n == 0)
+        snprintf(out, len, "the default");
+    else if (f->kind == F_MS || f->kind == F_MS_U64)
+        snprintf(out, len, "%g s", (double)n / 1000);
+    else
+        snprintf(out, len, "%llu", n);
+}
+
+static int field_differs(const struct field *f, const struct settings *a, const struct settings *b)
+{
+    const char *x = (const char *)a + f->offset, *y = (const char *)b + f->offset;
+    return f->kind == F_TEXT ? strcmp(x, y) != 0 : memcmp(x, y, f->size) != 0;
+}
+
+/* A list key: applied (copied into running) when it changed. */
+static int list_changed(const char *key, int changed, size_t n, size_t was, int *applied)
+{
+    if (changed) {
+        agent_log("info", "reload: %s: %zu given (was %zu)", key, n, was);
+        (*applied)++;
+    }
+    return changed;
+}
+
+/* SIGHUP, on the engine's thread: the file again, checked whole, then
+ * what can change applied and the rest named. */
+static void reload(void)
+{
+    notify_manager("RELOADING=1\nMONOTONIC_USEC=%llu", (unsigned long long)mono_ms() * 1000);
+    static struct settings next;
+    memset(&next, 0, sizeof next);
+    char msg[5000];
+    uint8_t key[PEER_GROUP_KEY_BYTES];
+    int applied = 0, kept = 0;
+    if (config_path[0] == '\0') {
+        agent_log("warning", "reload: no configuration file to read (neither "
+                             "XDG_CONFIG_HOME nor HOME is set)");
+        goto done;
+    }
+    struct stat st;
+    if (config_explicit || stat(config_path, &st) == 0)
+        agent_log("info", "reload: reading %s", config_path);
+    else
+        agent_log("info", "reload: %s does not exist: the defaults apply", config_path);
+    if (read_config(config_path, config_explicit, &next, msg, sizeof msg) != 0 ||
+        complete_settings(&next, msg, sizeof msg) != 0) {
+        agent_log("error", "reload: %s; nothing changed", msg);
+        goto done;
+    }
+    if (next.group_key[0] != '\0' &&
+        peer_group_key_load(next.group_key, key, msg, sizeof msg) != PEER_OK) {
+        agent_log("error", "reload: group-key %s: %s; nothing changed", next.group_key, msg);
+        goto done;
+    }
+    warn_ignored_peer_keys(&next);
+    if (next.group_key[0] != '\0' && strcmp(next.group_key, running.group_key) == 0 &&
+        sodium_memcmp(key, group_key, sizeof key) != 0) {
+        agent_log("warning",
+                  "reload: the key in group-key %s changed: it needs a restart of "
+                  "dopad; the group stays the one it joined",
+                  next.group_key);
+        kept++;
+    }
+    sodium_memzero(key, sizeof key);
+    /* Without a group key running, the other [peers] keys wait for the
+     * restart that group-key's change asks for. */
+    int peers_run = running.group_key[0] != '\0';
+    for (size_t i = 0; i < sizeof fields / sizeof fields[0]; i++) {
+        const struct field *f = &fields[i];
+        if (!field_differs(f, &running, &next) ||
+            (f->is_peers && !peers_run && strcmp(f->key, "group-key") != 0))
+            continue;
+        char was[4200], now[4200];
+        field_text(f, &running, was, sizeof was);
+        field_text(f, &next, now, sizeof now);
+        if (f->reloads) {
+            memcpy((char *)&running + f->offset, (const char *)&next + f->offset, f->size);
+            agent_log("info", "reload: %s: %s (was %s)", f->key, now, was);
+            applied++;
+        } else {
+            agent_log("warning", "reload: %s: %s needs a restart of dopad; %s stays in force",
+                      f->key, now, was);
+            kept++;
+        }
+    }
+    if (list_changed("trusted-key",
+                     next.n_keys != running.n_keys ||
+                         memcmp(next.keys, running.keys, next.n_keys * sizeof next.keys[0]) != 0,
+                     next.n_keys, running.n_keys, &applied)) {
+        memcpy(running.keys, next.keys, sizeof next.keys);
+        running.n_keys = next.n_keys;
+    }
+    if (peers_run && list_changed("peer",
+                                  next.n_peers != running.n_peers ||
+                                      memcmp(next.peers, running.peers, sizeof next.peers) != 0,
+                                  next.n_peers, running.n_peers, &applied)) {
+        memcpy(running.peers, next.peers, sizeof next.peers);
+        running.n_peers = next.n_peers;
+    }
+    if (peers_run && list_changed("cache-host",
+                                  next.n_cache_hosts != running.n_cache_hosts ||
+                                      memcmp(next.cache_hosts, running.cache_hosts,
+                                             sizeof next.cache_hosts) != 0,
+                                  next.n_cache_hosts, running.n_cache_hosts, &applied)) {
+        memcpy(running.cache_hosts, next.cache_hosts, sizeof next.cache_hosts);
+        running.n_cache_hosts = next.n_cache_hosts;
+    }
+    make_configs(&running);
+    if (engine_reconfigure(engine, &engine_cfg, msg, sizeof msg) != DOPA_OK)
+        agent_log("warning", "reload: %s", msg);
+    agent_log("info", "reload: %d settings changed, %d wait for a restart", applied, kept);
+done:
+    notify_manager("READY=1");
+    notify_status(1);
+}
+
+/* Waits for the signals on its own thread (the others block them). */
+static void *signal_thread(void *arg)
+{
+    sigset_t *set = arg;
+    for (;;) {
+        int sig;
+        if (sigwait(set, &sig) != 0)
+            continue;
+        if (sig == SIGHUP) {
+            atomic_store(&reload_wanted, 1);
+            engine_wakeup(engine);
+        } else if (sig == SIGTERM || sig == SIGINT) {
+            atomic_store(&stopping, 1);
+            engine_wakeup(engine);
+            return NULL;
+        }
+    }
 }
 
 /* mkdir -p for the state directory's parents (the last gets mode 0700). */
@@ -426,9 +887,9 @@ int main(int argc, char **argv)
         {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0},
     };
-    static struct settings cli, file;
+    notify_take_socket(); /* before any thread: it changes the environment */
     const char *config = NULL;
-    char why[1024];
+    char why[5000];
     int c, rc = 0;
     while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1 && rc == 0) {
         switch (c) {
@@ -452,126 +913,47 @@ int main(int argc, char **argv)
             break;
         case 'h':
             fputs(usage_text, stdout);
-            return 0;
+            return EXIT_OK;
         default:
             fputs(usage_text, stderr);
-            return 2;
+            return EXIT_USAGE;
         }
     }
     if (rc != 0) {
         fprintf(stderr, "dopad: %s\n", cli.error);
-        return 2;
+        return EXIT_USAGE;
     }
     if (optind != argc) {
         fprintf(stderr, "dopad: unexpected argument %s\n", argv[optind]);
-        return 2;
+        return EXIT_USAGE;
     }
     /* The file first; the command line wins where both say something. */
-    char default_config[4096] = "";
-    if (config == NULL) {
-        const char *xdg = getenv("XDG_CONFIG_HOME"), *home = getenv("HOME");
-        if (geteuid() == 0)
-            snprintf(default_config, sizeof default_config, "/etc/dopa/dopa.conf");
-        else if (xdg != NULL && xdg[0] == '/')
-            snprintf(default_config, sizeof default_config, "%s/dopa/dopa.conf", xdg);
-        else if (home != NULL && home[0] == '/')
-            snprintf(default_config, sizeof default_config, "%s/.config/dopa/dopa.conf", home);
-    }
-    if (config != NULL ? read_config(config, 1, &file) != 0
-                       : default_config[0] != '\0' && read_config(default_config, 0, &file) != 0)
-        return 2;
-    struct settings *s = &file;
-    if (cli.socket[0])
-        snprintf(s->socket, sizeof s->socket, "%s", cli.socket);
-    if (cli.state_dir[0])
-        snprintf(s->state_dir, sizeof s->state_dir, "%s", cli.state_dir);
-    if (cli.max_running)
-        s->max_running = cli.max_running;
-    if (cli.inactivity_ms)
-        s->inactivity_ms = cli.inactivity_ms;
-    for (size_t i = 0; i < cli.n_keys; i++) {
-        if (s->n_keys == MAX_KEYS) {
-            fprintf(stderr, "dopad: at most %d trusted keys\n", MAX_KEYS);
-            return 2;
-        }
-        s->keys[s->n_keys++] = cli.keys[i];
-    }
-    char def_socket[4096], def_state[4096];
-    if ((s->socket[0] == '\0' || s->state_dir[0] == '\0') &&
-        default_paths(def_socket, sizeof def_socket, def_state, sizeof def_state) != 0)
-        return 2;
-    if (s->socket[0] == '\0')
-        snprintf(s->socket, sizeof s->socket, "%s", def_socket);
-    if (s->state_dir[0] == '\0')
-        snprintf(s->state_dir, sizeof s->state_dir, "%s", def_state);
-    char *socket_path = s->socket, *state_dir = s->state_dir;
-    if (s->plugin_dir[0] != '\0' && s->validate_helper[0] == '\0') {
-        /* dopa-validate is installed beside dopad. */
-        char self[4096];
-        ssize_t n = readlink("/proc/self/exe", self, sizeof self - 1);
-        if (n <= 0) {
-            fprintf(stderr, "dopad: cannot find dopa-validate; set validate-helper\n");
-            return 2;
-        }
-        self[n] = '\0';
-        snprintf(s->validate_helper, sizeof s->validate_helper, "%.4000s/dopa-validate",
-                 dirname(self));
+    const char *xdg = getenv("XDG_CONFIG_HOME"), *home = getenv("HOME");
+    config_explicit = config != NULL;
+    if (config != NULL)
+        snprintf(config_path, sizeof config_path, "%s", config);
+    else if (geteuid() == 0)
+        snprintf(config_path, sizeof config_path, "/etc/dopa/dopa.conf");
+    else if (xdg != NULL && xdg[0] == '/')
+        snprintf(config_path, sizeof config_path, "%s/dopa/dopa.conf", xdg);
+    else if (home != NULL && home[0] == '/')
+        snprintf(config_path, sizeof config_path, "%s/.config/dopa/dopa.conf", home);
+    struct settings *s = &running;
+    if ((config_path[0] != '\0' &&
+         read_config(config_path, config_explicit, s, why, sizeof why) != 0) ||
+        complete_settings(s, why, sizeof why) != 0) {
+        fprintf(stderr, "dopad: %s\n", why);
+        return EXIT_USAGE;
     }
     /* Peers: only with a group key. */
-    static uint8_t group_key[PEER_GROUP_KEY_BYTES];
-    static const char *peer_urls[MAX_PEERS], *cache_urls[MAX_PEERS];
-    peer_node_config peer_cfg = {0};
-    if (s->group_key[0] != '\0') {
-        if (peer_group_key_load(s->group_key, group_key, why, sizeof why) != PEER_OK) {
-            fprintf(stderr, "dopad: group-key %s: %s\n", s->group_key, why);
-            return 2;
-        }
-        for (size_t i = 0; i < s->n_peers; i++)
-            peer_urls[i] = s->peers[i];
-        for (size_t i = 0; i < s->n_cache_hosts; i++)
-            cache_urls[i] = s->cache_hosts[i];
-        peer_cfg = (peer_node_config){
-            .group_key = group_key,
-            .listen = s->listen[0] ? s->listen : "tcp://0.0.0.0:7880",
-            .peers = peer_urls,
-            .n_peers = s->n_peers,
-            .cache_hosts = cache_urls,
-            .n_cache_hosts = s->n_cache_hosts,
-            .cache_host = s->is_cache_host,
-            .beacons = s->beacons != 2,
-            .beacon_group = s->beacon_group[0] ? s->beacon_group : NULL,
-            .beacon_port = (uint16_t)s->beacon_port,
-            .beacon_interval_ms = (uint32_t)s->beacon_interval_ms,
-            .upload_rate = s->upload_rate,
-            .max_connections = (unsigned)s->max_connections,
-            .max_queued = (unsigned)s->max_queued,
-            .in_flight = (unsigned)s->in_flight,
-            .piece_timeout_ms = (uint32_t)s->piece_timeout_ms,
-            .ban_after = (unsigned)s->ban_after,
-            .ban_seconds = (uint32_t)(s->ban_ms / 1000),
-            .tls_cert = s->tls_cert[0] ? s->tls_cert : NULL,
-            .tls_key = s->tls_key[0] ? s->tls_key : NULL,
-            .tls_ca = s->tls_ca[0] ? s->tls_ca : NULL,
-        };
-    } else if (s->n_peers > 0 || s->n_cache_hosts > 0 || s->listen[0] != '\0') {
-        fprintf(stderr, "dopad: [peers] needs group-key (make one with `dopa group-key FILE`)\n");
-        return 2;
+    if (s->group_key[0] != '\0' &&
+        peer_group_key_load(s->group_key, group_key, why, sizeof why) != PEER_OK) {
+        fprintf(stderr, "dopad: group-key %s: %s\n", s->group_key, why);
+        return EXIT_USAGE;
     }
-    engine_config cfg = {.origin = origin_config_default(),
-                         .peer = s->group_key[0] ? &peer_cfg : NULL,
-                         .cache_bytes = s->has_cache_size ? s->cache_bytes : 4000000000ull,
-                         .cache_age_ms = (uint64_t)s->cache_age_ms,
-                         .state_dir = state_dir,
-                         .max_running = s->max_running,
-                         .inactivity_ms = s->inactivity_ms,
-                         .trusted_keys = s->keys,
-                         .n_trusted_keys = s->n_keys,
-                         .plugin_dir = s->plugin_dir[0] ? s->plugin_dir : NULL,
-                         .validate_helper = s->validate_helper,
-                         .plugin_timeout_ms = (uint32_t)s->plugin_timeout_ms,
-                         .notify = {.retry_first_ms = s->notify_retry_ms,
-                                    .retry_max_ms = s->notify_retry_max_ms,
-                                    .command_timeout_ms = s->notify_command_timeout_ms}};
+    make_configs(s);
+    warn_ignored_peer_keys(s);
+    const char *socket_path = s->socket, *state_dir = s->state_dir;
 
     /* Signals go to one thread; every thread made after this inherits the
      * blocked mask. */
@@ -586,7 +968,7 @@ int main(int argc, char **argv)
 
     if (make_parents(state_dir) != 0) {
         fprintf(stderr, "dopad: %s: %s\n", state_dir, strerror(errno));
-        return 1;
+        return EXIT_START;
     }
     char lock_path[8300];
     snprintf(lock_path, sizeof lock_path, "%.4095s/dopad.lock", state_dir);
@@ -594,11 +976,11 @@ int main(int argc, char **argv)
     if (lock < 0 || flock(lock, LOCK_EX | LOCK_NB) != 0) {
         fprintf(stderr, "dopad: %s: %s\n", lock_path,
                 lock < 0 ? strerror(errno) : "another dopad uses this state directory");
-        return 1;
+        return EXIT_START;
     }
-    if (engine_open(&cfg, &engine, why, sizeof why) != DOPA_OK) {
+    if (engine_open(&engine_cfg, &engine, why, sizeof why) != DOPA_OK) {
         fprintf(stderr, "dopad: %s\n", why);
-        return 1;
+        return EXIT_START;
     }
     int system_instance = geteuid() == 0;
     control *ctl = NULL;
@@ -606,25 +988,32 @@ int main(int argc, char **argv)
                      system_instance ? 0666 : 0600, &ctl, why, sizeof why) != DOPA_OK) {
         fprintf(stderr, "dopad: %s\n", why);
         engine_close(engine);
-        return 1;
+        return EXIT_START;
     }
     pthread_t sig_thread;
     pthread_create(&sig_thread, NULL, signal_thread, &set);
     agent_log("info", "dopad %s: %zu jobs, listening on %s, state in %s", AGENT_VERSION,
               engine_job_count(engine), socket_path, state_dir);
-    if (cfg.peer != NULL)
+    if (engine_cfg.peer != NULL)
         agent_log("info", "peers: serving on %s, %zu configured peers, %zu cache hosts, beacons %s",
                   engine_peer_url(engine), s->n_peers, s->n_cache_hosts,
-                  cfg.peer->beacons ? "on" : "off");
+                  engine_cfg.peer->beacons ? "on" : "off");
+    notify_manager("READY=1");
+    notify_status(1);
 
-    while (!atomic_load(&stopping))
+    while (!atomic_load(&stopping)) {
         engine_step(engine, 1000);
+        if (atomic_exchange(&reload_wanted, 0))
+            reload();
+        notify_status(0);
+    }
 
     agent_log("info", "stopping");
+    notify_manager("STOPPING=1");
     control_close(ctl);
     engine_close(engine);
     pthread_kill(sig_thread, SIGTERM);
     pthread_join(sig_thread, NULL);
     close(lock);
-    return 0;
+    return EXIT_OK;
 }
