@@ -129,28 +129,30 @@ static void reload(void)
     CHECK(wait_notify("READY=1", NULL, 0));
 }
 
-/* A number from `dopa --json stats`. */
-static unsigned long long stat_value(const char *name)
+/* The text after "name": in `dopa --json stats` (the rest of the document
+ * follows it). */
+static const char *stat_field(const char *name)
 {
-    char out[4096], key[64];
+    static char out[4096];
+    char key[64];
     const char *argv[] = {DOPA_CLI, "--socket", dopad.sock, "--json", "stats", NULL};
     CHECK_INT(test_run(argv, out, sizeof out, 30, TEST_AS_ME, 0), 0);
     snprintf(key, sizeof key, "\"%s\":", name);
     const char *at = strstr(out, key);
     CHECK(at != NULL);
-    return strtoull(at + strlen(key), NULL, 10);
+    return at + strlen(key);
+}
+
+static unsigned long long stat_value(const char *name)
+{
+    return strtoull(stat_field(name), NULL, 10);
 }
 
 static void stat_text(const char *name, char *value, size_t len)
 {
-    char out[4096], key[64];
-    const char *argv[] = {DOPA_CLI, "--socket", dopad.sock, "--json", "stats", NULL};
-    CHECK_INT(test_run(argv, out, sizeof out, 30, TEST_AS_ME, 0), 0);
-    snprintf(key, sizeof key, "\"%s\":\"", name);
-    const char *at = strstr(out, key);
-    CHECK(at != NULL);
-    at += strlen(key);
-    size_t n = strcspn(at, "\"");
+    const char *at = stat_field(name);
+    CHECK(*at == '"');
+    size_t n = strcspn(++at, "\"");
     CHECK(n < len);
     memcpy(value, at, n);
     value[n] = '\0';
