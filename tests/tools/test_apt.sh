@@ -366,16 +366,24 @@ else
     fail "apt did not send Last-Modified for Release"
 fi
 
+# download_fails NAME PACKAGE PATTERN [APT-ARGS...]: installing PACKAGE
+# in root1 must fail with apt's "E: Failed to fetch" naming it and PATTERN.
+download_fails() {
+    name=$1 package=$2 pattern=$3
+    shift 3
+    if run_apt root1 1 "$work/logs/$name.log" "$@" install --download-only "$package"; then
+        fail "$name: apt succeeded"
+        show "$work/logs/$name.log"
+    elif grep -q "^E: Failed to fetch .*$package.* $pattern" "$work/logs/$name.log"; then
+        ok "apt-get fails: $(grep -m1 "^E: Failed to fetch" "$work/logs/$name.log" | cut -c1-160)"
+    else
+        fail "$name: apt did not fail with \"$pattern\""
+        show "$work/logs/$name.log"
+    fi
+}
+
 echo "== a package changed on the server after its index was built"
-if run_apt root1 1 "$work/logs/corrupt.log" install --download-only dopa-test-corrupt; then
-    fail "apt accepted a package that does not match its index"
-    show "$work/logs/corrupt.log"
-elif grep -q "^E: Failed to fetch .*dopa-test-corrupt.* Hash Sum mismatch" "$work/logs/corrupt.log"; then
-    ok "apt-get fails: $(grep -m1 "^E: Failed to fetch" "$work/logs/corrupt.log")"
-else
-    fail "the corrupt package failed without a hash mismatch"
-    show "$work/logs/corrupt.log"
-fi
+download_fails corrupt dopa-test-corrupt "Hash Sum mismatch"
 [ -e "$work/root1/var/cache/apt/archives/dopa-test-corrupt_1.0_all.deb" ] &&
     fail "the corrupt package is in the archive"
 line=$(jobs_of 1 | grep '"name":"apt dopa-test-corrupt_1.0_all.deb"' | tail -1)
@@ -385,22 +393,12 @@ case $line in
 esac
 
 echo "== a package missing on the server"
-if run_apt root1 1 "$work/logs/missing.log" install --download-only dopa-test-missing; then
-    fail "apt succeeded without the package"
-elif grep -q "^E: Failed to fetch .*dopa-test-missing.* 404 *Not Found" "$work/logs/missing.log"; then
-    ok "apt-get fails: $(grep -m1 "^E: Failed to fetch" "$work/logs/missing.log" | cut -c1-160)..."
-else
-    fail "the missing package did not give a 404"
-    show "$work/logs/missing.log"
-fi
+download_fails missing dopa-test-missing "404 *Not Found"
 
 echo "== no dopad at the configured socket"
-if APT_CONFIG=$work/root1/apt.conf apt-get -q -y -o Dir="$work/root1" \
-    -o Dir::State::status="$work/root1/var/lib/dpkg/status" \
-    -o Dir::Etc::sourcelist="$work/root1/sources.list" -o Dir::Etc::sourceparts=- \
-    -o Dir::Bin::Methods="$work/methods" -o APT::Sandbox::User="$sandbox" \
-    -o Acquire::dopa::Socket="$work/nowhere/control.sock" \
-    update >"$work/logs/nodopad.log" 2>&1; then
+# apt takes the last of two -o for one option.
+if run_apt root1 1 "$work/logs/nodopad.log" \
+    -o Acquire::dopa::Socket="$work/nowhere/control.sock" update; then
     fail "apt-get update succeeded without dopad"
     show "$work/logs/nodopad.log"
 elif grep -q "cannot reach dopad at $work/nowhere/control.sock: start dopad" "$work/logs/nodopad.log"; then
@@ -435,8 +433,10 @@ talk "$work/direct/huge"
 printf '600 URI Acquire\nURI: dopa+http://127.0.0.1/%s\nFilename: %s/direct/x\n\n' \
     "$(head -c 9000 /dev/zero | tr '\0' a)" "$work" >"$work/direct/longuri"
 talk "$work/direct/longuri"
+# The socket as APT quotes configuration values (%XX), here a %2f for its
+# last slash.
 printf '601 Configuration\nConfig-Item: Acquire::dopa::Socket=%s\nConfig-Item: Acquire::dopa::Timeout=soon\n\n600 URI Acquire\nURI: dopa+http://127.0.0.1:%s/debian/Release\nFilename: %s/direct/Release\nExpected-SHA256: not-hex\n\n' \
-    "$sock1" "$port" "$work" >"$work/direct/release"
+    "$work/agent1/run%2fcontrol.sock" "$port" "$work" >"$work/direct/release"
 talk "$work/direct/release" "^20[1]\|^40[01]"
 # An origin that refuses connections: a file known by no hash fails at
 # once (apt retries it); one with a SHA-256 waits for peers until

@@ -2,8 +2,6 @@
  * aptmsg: framing, field lookup and writing of APT method messages (see
  * aptmsg.h for the format).
  */
-#include "aptmsg.h"
-
 #include <errno.h>
 #include <poll.h>
 #include <stdarg.h>
@@ -13,6 +11,9 @@
 #include <string.h>
 #include <strings.h>
 #include <unistd.h>
+
+#include "aptmsg.h"
+#include "validate.h"
 
 int aptmsg_reader_feed(aptmsg_reader *r, const char *data, size_t n)
 {
@@ -118,17 +119,6 @@ int aptmsg_field(const char *msg, const char *name, char *out, size_t out_len)
     return -1;
 }
 
-static int hex_value(char c)
-{
-    if (c >= '0' && c <= '9')
-        return c - '0';
-    if (c >= 'a' && c <= 'f')
-        return c - 'a' + 10;
-    if (c >= 'A' && c <= 'F')
-        return c - 'A' + 10;
-    return -1;
-}
-
 /* Decodes APT's QuoteString (%XX for unsafe bytes) of in[0..n) into out;
  * -1 when it does not fit. A '%' not followed by two hex digits stays. */
 static int dequote(const char *in, size_t n, char *out, size_t out_len)
@@ -136,10 +126,10 @@ static int dequote(const char *in, size_t n, char *out, size_t out_len)
     size_t o = 0;
     for (size_t i = 0; i < n; i++) {
         char c = in[i];
-        int hi, lo;
-        if (c == '%' && i + 2 < n && (hi = hex_value(in[i + 1])) >= 0 &&
-            (lo = hex_value(in[i + 2])) >= 0) {
-            c = (char)(hi * 16 + lo);
+        uint8_t byte;
+        if (c == '%' && i + 2 < n &&
+            validate_unhex((const char[]){in[i + 1], in[i + 2], '\0'}, &byte, 1) == VALIDATE_OK) {
+            c = (char)byte;
             i += 2;
         }
         if (o + 1 >= out_len)
