@@ -261,6 +261,16 @@ for p in a b; do
     fi
 done
 
+# When the method answered, each file was at apt's Filename, the sandbox
+# user's and readable by all.
+for p in a b; do
+    if grep -q "dopa-apt-method: done: .*/partial/dopa-test-${p}_1.0_all.deb .*owner uid $(id -u "$sandbox"), mode 644)" \
+        "$work/logs/install1.log"; then
+        ok "dopa-test-$p was handed to apt as $sandbox's, mode 644"
+    else
+        fail "dopa-test-$p was not handed over as $sandbox's, mode 644"
+    fi
+done
 # Pipelined: both jobs were made before the first of them was done.
 first_done=$(grep -n "dopa-apt-method: done:" "$work/logs/install1.log" | head -1 | cut -d: -f1)
 second_job=$(grep -n "dopa-apt-method: job .*pool/dopa-test-" "$work/logs/install1.log" | sed -n 2p | cut -d: -f1)

@@ -615,9 +615,10 @@ nomem:
     return;
 }
 
-/* The size and hashes of the file APT will get, read from the file. */
-static int hash_file(const char *path, uint64_t *size, char sha256[65], char sha512[129], char *why,
-                     size_t why_len)
+/* The size and hashes of the file APT will get, read from the file, and
+ * (for the debug log) who owns it with which mode. */
+static int hash_file(const char *path, uint64_t *size, char sha256[65], char sha512[129],
+                     struct stat *st_out, char *why, size_t why_len)
 {
     int fd = open(path, O_RDONLY | O_NOFOLLOW | O_CLOEXEC);
     struct stat st;
@@ -649,6 +650,7 @@ static int hash_file(const char *path, uint64_t *size, char sha256[65], char sha
         total += (uint64_t)n;
     }
     close(fd);
+    *st_out = st;
     uint8_t d256[32], d512[64];
     validate_sha256_final(&h256, d256);
     crypto_hash_sha512_final(&h512, d512);
@@ -689,7 +691,8 @@ static void finish(size_t i, const dopa_job_info *j)
         item_fail(i, why, NULL, 0);
         return;
     }
-    if (hash_file(it->filename, &size, sha256, sha512, why, sizeof why) != 0) {
+    struct stat st;
+    if (hash_file(it->filename, &size, sha256, sha512, &st, why, sizeof why) != 0) {
         uri_failure(it->uri, why, NULL, 0);
         item_drop(i);
         return;
@@ -719,8 +722,9 @@ static void finish(size_t i, const dopa_job_info *j)
     }
     send_or_exit(&o);
     debugf("done: %s (%" PRIu64 " bytes: %" PRIu64 " from the origin, %" PRIu64
-           " from peers, %" PRIu64 " from a cache host)",
-           it->filename, size, j->bytes_from_origin, j->bytes_from_peers, j->bytes_from_cache);
+           " from peers, %" PRIu64 " from a cache host; owner uid %u, mode %03o)",
+           it->filename, size, j->bytes_from_origin, j->bytes_from_peers, j->bytes_from_cache,
+           (unsigned)st.st_uid, (unsigned)(st.st_mode & 07777));
     item_drop(i);
 }
 
