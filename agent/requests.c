@@ -107,6 +107,7 @@ static int do_create(agent_engine *e, uint32_t uid, const proto_request *req, pr
     j->type = (int)req->type;
     snprintf(j->name, sizeof j->name, "%s", req->name);
     j->created = j->modified = engine_now(e);
+    j->touched = engine_mono(e); /* its inactivity counts from now */
     j->seq = e->next_seq;
     j->version = 1;
     if (store_put_job(e->db, j) != DOPA_OK) {

@@ -482,6 +482,12 @@ static void test_inactive_jobs_are_cancelled(void)
     CHECK_INT(info(&idle).state, DOPA_STATE_CANCELLED);
     CHECK(!exists(tmp));
     CHECK_INT(info(&busy).state, DOPA_STATE_SUSPENDED);
+    /* A job just made, with nothing added yet, is not inactive, however
+     * long the machine has been up. */
+    skew_ms += 100 * 3600 * 1000;
+    dopa_id fresh = create(0, "fresh");
+    step(2);
+    CHECK_INT(info(&fresh).state, DOPA_STATE_SUSPENDED);
     close_engine();
 }
 
