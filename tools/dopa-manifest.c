@@ -29,40 +29,90 @@ enum exit_code {
 
 #define MAX_PUBKEYS 32
 
-static const char usage_text[] =
-    "usage: dopa-manifest <command> [options]\n"
-    "\n"
-    "commands:\n"
-    "  keygen [-o KEY] [--force]\n"
-    "      create a publisher key pair: KEY (secret, mode 0600; default\n"
-    "      publisher.key) and KEY.pub (public, for the agents to trust)\n"
-    "  create FILE --key KEY [--piece-size SIZE] [--version N] [--expires WHEN]\n"
-    "         [-o MANIFEST]\n"
-    "      sign a manifest for FILE (default output FILE.dopa-manifest)\n"
-    "      SIZE: a power of two from 64K to 16M (default 1M, raised as the\n"
-    "            file needs); N: content version (default: the unix time);\n"
-    "      WHEN: never, @UNIXTIME, YYYY-MM-DD[THH:MM:SSZ] (UTC) or a duration\n"
-    "            from now in d, h, m or s such as 90d or 12h (default 90d)\n"
-    "  verify FILE MANIFEST --pubkey KEY [--pubkey KEY ...]\n"
-    "      check the manifest's signature and expiry, then every byte of FILE\n"
-    "  show MANIFEST [--pubkey KEY ...] [--pieces] [--json]\n"
-    "      print what the manifest says; with --pubkey also check its signature\n"
-    "\n"
+static const char usage_head[] = "usage: dopa-manifest [--json] <command> [options]\n"
+                                 "       dopa-manifest <command> --help\n"
+                                 "       dopa-manifest --help | --version\n";
+
+static const char usage_foot[] =
     "KEY for --pubkey is a public key file or the key text \"dopa-pub1:...\".\n"
+    "--json (one JSON document on standard output instead of text) and -h/--help\n"
+    "may also follow the command.\n"
     "\n"
     "exit codes: 0 success; 1 the file does not match the manifest; 2 usage\n"
     "error; 3 manifest rejected (malformed, untrusted key, bad signature,\n"
     "expired); 4 I/O or other error.\n";
+
+static int json;                 /* --json, before or after the command */
+static const char *command_name; /* for messages; NULL before the command */
+
+static void print_usage(FILE *out, const char *command);
 
 __attribute__((format(printf, 1, 2))) static int usage_error(const char *fmt, ...)
 {
     va_list ap;
     va_start(ap, fmt);
     fprintf(stderr, "dopa-manifest: ");
+    if (command_name != NULL)
+        fprintf(stderr, "%s: ", command_name);
     vfprintf(stderr, fmt, ap);
-    fprintf(stderr, "\nRun `dopa-manifest --help` for usage.\n");
     va_end(ap);
+    if (command_name != NULL)
+        fprintf(stderr, "\nRun `dopa-manifest %s --help` for its usage.\n", command_name);
+    else
+        fprintf(stderr, "\nRun `dopa-manifest --help` for usage.\n");
     return EXIT_USAGE;
+}
+
+/* Reports an option getopt refused (opterr is 0: the message is ours). */
+static int bad_option(int c, char **argv, const struct option *opts)
+{
+    const char *word = argv[optind - 1];
+    char name[64];
+    /* optopt: a long option's val when it needs or refuses a value, 0 for
+     * an unknown long option, else the short option. */
+    int is_long = strncmp(word, "--", 2) == 0;
+    if (is_long && c != ':' && optopt != 0) {
+        is_long = 0;
+        for (const struct option *o = opts; o->name != NULL; o++)
+            is_long |= o->val == optopt;
+    }
+    if (is_long)
+        snprintf(name, sizeof name, "%.*s", (int)strcspn(word, "="), word);
+    else
+        snprintf(name, sizeof name, "-%c", optopt);
+    if (c == ':')
+        return usage_error("%s needs a value", name);
+    if (is_long && optopt != 0)
+        return usage_error("%s takes no value", name);
+    return usage_error("unknown option %s", name);
+}
+
+/* Not an exit status: what the option helpers return when the command is
+ * to go on. */
+#define GO_ON (-1)
+
+/* The options every command takes besides its own (getopt's c): --json,
+ * --help, and those getopt refused. GO_ON, or the exit status. */
+static int common_option(int c, char **argv, const struct option *opts)
+{
+    if (c == 'j') {
+        json = 1;
+        return GO_ON;
+    }
+    if (c == 'h') {
+        print_usage(stdout, command_name);
+        return EXIT_OK;
+    }
+    return bad_option(c, argv, opts);
+}
+
+/* Writes value as a JSON member: ,"key":"value" (first: no comma). */
+static void json_member(int first, const char *key, const char *value)
+{
+    printf("%s", first ? "" : ",");
+    json_string(key);
+    putchar(':');
+    json_string(value);
 }
 
 /* The exit code for a validate error. */
@@ -207,20 +257,22 @@ static int cmd_keygen(int argc, char **argv)
     static const struct option opts[] = {
         {"output", required_argument, NULL, 'o'},
         {"force", no_argument, NULL, 'f'},
+        {"json", no_argument, NULL, 'j'},
+        {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0},
     };
     const char *path = "publisher.key";
-    int force = 0, c;
-    while ((c = getopt_long(argc, argv, "o:f", opts, NULL)) != -1) {
+    int force = 0, c, rc;
+    while ((c = getopt_long(argc, argv, ":o:fh", opts, NULL)) != -1) {
         if (c == 'o')
             path = optarg;
         else if (c == 'f')
             force = 1;
-        else
-            return usage_error("keygen: bad option");
+        else if ((rc = common_option(c, argv, opts)) != GO_ON)
+            return rc;
     }
     if (optind != argc)
-        return usage_error("keygen: unexpected argument %s", argv[optind]);
+        return usage_error("unexpected argument %s", argv[optind]);
 
     validate_secret_key *sk = NULL;
     char why[512];
@@ -233,8 +285,19 @@ static int cmd_keygen(int argc, char **argv)
         const validate_public_key *pk = validate_secret_key_public(sk);
         validate_public_key_text(pk, text);
         validate_hex(pk->id, sizeof pk->id, id);
-        printf("secret key: %s (keep it private)\npublic key: %s.pub\nkey id:     %s\n%s\n", path,
-               path, id, text);
+        if (json) {
+            char pub[4200];
+            snprintf(pub, sizeof pub, "%s.pub", path);
+            putchar('{');
+            json_member(1, "secret_key", path);
+            json_member(0, "public_key", pub);
+            json_member(0, "key_id", id);
+            json_member(0, "public_key_text", text);
+            printf("}\n");
+        } else {
+            printf("secret key: %s (keep it private)\npublic key: %s.pub\nkey id:     %s\n%s\n",
+                   path, path, id, text);
+        }
     }
     validate_secret_key_free(sk);
     if (err == VALIDATE_EEXISTS)
@@ -247,13 +310,14 @@ static int cmd_create(int argc, char **argv)
     static const struct option opts[] = {
         {"key", required_argument, NULL, 'k'},     {"piece-size", required_argument, NULL, 'p'},
         {"version", required_argument, NULL, 'v'}, {"expires", required_argument, NULL, 'e'},
-        {"output", required_argument, NULL, 'o'},  {NULL, 0, NULL, 0},
+        {"output", required_argument, NULL, 'o'},  {"json", no_argument, NULL, 'j'},
+        {"help", no_argument, NULL, 'h'},          {NULL, 0, NULL, 0},
     };
     const char *key_path = NULL, *out_path = NULL;
     uint64_t now = (uint64_t)time(NULL);
     uint64_t piece_size = 0, version = now, expires = now + 90 * 86400ull;
-    int c;
-    while ((c = getopt_long(argc, argv, "k:o:", opts, NULL)) != -1) {
+    int c, taken;
+    while ((c = getopt_long(argc, argv, ":k:o:h", opts, NULL)) != -1) {
         switch (c) {
         case 'k':
             key_path = optarg;
@@ -279,13 +343,14 @@ static int cmd_create(int argc, char **argv)
                 return usage_error("--expires %s: that time has passed", optarg);
             break;
         default:
-            return usage_error("create: bad option");
+            if ((taken = common_option(c, argv, opts)) != GO_ON)
+                return taken;
         }
     }
     if (optind + 1 != argc)
-        return usage_error("create: need exactly one FILE");
+        return usage_error("need exactly one FILE");
     if (key_path == NULL)
-        return usage_error("create: --key KEY is required (make one with keygen)");
+        return usage_error("--key KEY is required (make one with dopa-manifest keygen)");
     const char *file = argv[optind];
     char default_out[4096];
     if (out_path == NULL) {
@@ -358,9 +423,22 @@ static int cmd_create(int argc, char **argv)
     char cid[2 * VALIDATE_CONTENT_ID_BYTES + 1], when[32];
     validate_hex(m->content_id, sizeof m->content_id, cid);
     format_time(m->expires_at, when, sizeof when);
-    printf("%s: %" PRIu64 " bytes, %" PRIu64 " pieces of %u, version %" PRIu64
-           ", expires %s\ncontent id %s\n",
-           out_path, m->file_size, m->piece_count, m->piece_size, m->content_version, when, cid);
+    if (json) {
+        putchar('{');
+        json_member(1, "manifest", out_path);
+        json_member(0, "file", file);
+        printf(",\"file_size\":%" PRIu64 ",\"piece_size\":%u,\"piece_count\":%" PRIu64
+               ",\"content_version\":%" PRIu64 ",\"expires_at\":%" PRIu64,
+               m->file_size, m->piece_size, m->piece_count, m->content_version, m->expires_at);
+        json_member(0, "expires", when);
+        json_member(0, "content_id", cid);
+        printf("}\n");
+    } else {
+        printf("%s: %" PRIu64 " bytes, %" PRIu64 " pieces of %u, version %" PRIu64
+               ", expires %s\ncontent id %s\n",
+               out_path, m->file_size, m->piece_count, m->piece_size, m->content_version, when,
+               cid);
+    }
 done:
     if (fd >= 0)
         close(fd);
@@ -377,23 +455,18 @@ done:
     return EXIT_OK;
 }
 
-/* Collects --pubkey options (and, for show, --pieces and --json). */
+/* What verify and show are given: --pubkey keys (and, for show, --pieces). */
 struct common_opts {
     validate_public_key keys[MAX_PUBKEYS];
     size_t n_keys;
-    int pieces, json;
+    int pieces;
 };
 
-static int parse_common(int argc, char **argv, int allow_show_flags, struct common_opts *o)
+/* Parses verify's or show's options, as their table opts has them. */
+static int parse_common(int argc, char **argv, const struct option *opts, struct common_opts *o)
 {
-    static const struct option opts[] = {
-        {"pubkey", required_argument, NULL, 'k'},
-        {"pieces", no_argument, NULL, 'p'},
-        {"json", no_argument, NULL, 'j'},
-        {NULL, 0, NULL, 0},
-    };
     int c;
-    while ((c = getopt_long(argc, argv, "k:", opts, NULL)) != -1) {
+    while ((c = getopt_long(argc, argv, ":k:h", opts, NULL)) != -1) {
         if (c == 'k') {
             if (o->n_keys == MAX_PUBKEYS)
                 return usage_error("at most %d --pubkey options", MAX_PUBKEYS);
@@ -401,27 +474,52 @@ static int parse_common(int argc, char **argv, int allow_show_flags, struct comm
             if (rc != EXIT_OK)
                 return rc;
             o->n_keys++;
-        } else if (c == 'p' && allow_show_flags) {
+        } else if (c == 'p') {
             o->pieces = 1;
-        } else if (c == 'j' && allow_show_flags) {
-            o->json = 1;
         } else {
-            return usage_error("bad option");
+            int rc = common_option(c, argv, opts);
+            if (rc != GO_ON)
+                return rc;
         }
     }
-    return EXIT_OK;
+    return GO_ON;
+}
+
+/* The verdict of verify as JSON: ok, or the reason it is not. */
+static void print_verdict_json(const char *file, const char *manifest, const validate_manifest *m,
+                               const char *error)
+{
+    putchar('{');
+    json_member(1, "file", file);
+    json_member(0, "manifest", manifest);
+    printf(",\"ok\":%s", error == NULL ? "true" : "false");
+    if (error == NULL) {
+        char sha[2 * VALIDATE_HASH_BYTES + 1];
+        validate_hex(m->sha256, sizeof m->sha256, sha);
+        printf(",\"file_size\":%" PRIu64 ",\"piece_count\":%" PRIu64, m->file_size, m->piece_count);
+        json_member(0, "sha256", sha);
+    } else {
+        json_member(0, "error", error);
+    }
+    printf("}\n");
 }
 
 static int cmd_verify(int argc, char **argv)
 {
+    static const struct option opts[] = {
+        {"pubkey", required_argument, NULL, 'k'},
+        {"json", no_argument, NULL, 'j'},
+        {"help", no_argument, NULL, 'h'},
+        {NULL, 0, NULL, 0},
+    };
     struct common_opts o = {0};
-    int rc = parse_common(argc, argv, 0, &o);
-    if (rc != EXIT_OK)
+    int rc = parse_common(argc, argv, opts, &o);
+    if (rc != GO_ON)
         return rc;
     if (optind + 2 != argc)
-        return usage_error("verify: need FILE and MANIFEST");
+        return usage_error("need FILE and MANIFEST");
     if (o.n_keys == 0)
-        return usage_error("verify: --pubkey KEY is required: the publisher's public key");
+        return usage_error("--pubkey KEY is required: the publisher's public key");
     const char *file = argv[optind], *manifest = argv[optind + 1];
 
     validate_manifest *m = NULL;
@@ -451,25 +549,40 @@ static int cmd_verify(int argc, char **argv)
             snprintf(why, sizeof why, "%s: %s", file, detail);
         goto done;
     }
-    char sha[2 * VALIDATE_HASH_BYTES + 1];
-    validate_hex(m->sha256, sizeof m->sha256, sha);
-    printf("OK %s: %" PRIu64 " bytes, %" PRIu64 " pieces match, sha256 %s\n", file, m->file_size,
-           m->piece_count, sha);
+    if (json) {
+        print_verdict_json(file, manifest, m, NULL);
+    } else {
+        char sha[2 * VALIDATE_HASH_BYTES + 1];
+        validate_hex(m->sha256, sizeof m->sha256, sha);
+        printf("OK %s: %" PRIu64 " bytes, %" PRIu64 " pieces match, sha256 %s\n", file,
+               m->file_size, m->piece_count, sha);
+    }
 done:
     if (fd >= 0)
         close(fd);
+    /* A mismatch or a rejected manifest is a verdict too: JSON says so. */
+    rc = exit_for(err);
+    if (json && (rc == EXIT_MISMATCH || rc == EXIT_REJECTED))
+        print_verdict_json(file, manifest, m, why);
     validate_manifest_free(m);
     return err == VALIDATE_OK ? EXIT_OK : fail(err, why);
 }
 
 static int cmd_show(int argc, char **argv)
 {
+    static const struct option opts[] = {
+        {"pubkey", required_argument, NULL, 'k'},
+        {"pieces", no_argument, NULL, 'p'},
+        {"json", no_argument, NULL, 'j'},
+        {"help", no_argument, NULL, 'h'},
+        {NULL, 0, NULL, 0},
+    };
     struct common_opts o = {0};
-    int rc = parse_common(argc, argv, 1, &o);
-    if (rc != EXIT_OK)
+    int rc = parse_common(argc, argv, opts, &o);
+    if (rc != GO_ON)
         return rc;
     if (optind + 1 != argc)
-        return usage_error("show: need exactly one MANIFEST");
+        return usage_error("need exactly one MANIFEST");
     const char *path = argv[optind];
 
     validate_manifest *m = NULL;
@@ -492,22 +605,28 @@ static int cmd_show(int argc, char **argv)
     validate_hex(m->key_id, sizeof m->key_id, kid);
     format_time(m->expires_at, when, sizeof when);
 
-    if (o.json) {
-        printf("{\"manifest\":");
-        json_string(path);
-        printf(",\"format\":%d,\"content_id\":\"%s\",\"content_version\":%" PRIu64
-               ",\"expires_at\":%" PRIu64 ",\"expires\":\"%s\",\"file_size\":%" PRIu64
-               ",\"piece_size\":%u,\"piece_count\":%" PRIu64
-               ",\"sha256\":\"%s\",\"blake2b\":\"%s\",\"key_id\":\"%s\",\"signature\":",
-               VALIDATE_MANIFEST_FORMAT, cid, m->content_version, m->expires_at, when, m->file_size,
-               m->piece_size, m->piece_count, sha, b2, kid);
-        json_string(signature);
+    if (json) {
+        putchar('{');
+        json_member(1, "manifest", path);
+        printf(",\"format\":%d", VALIDATE_MANIFEST_FORMAT);
+        json_member(0, "content_id", cid);
+        printf(",\"content_version\":%" PRIu64 ",\"expires_at\":%" PRIu64, m->content_version,
+               m->expires_at);
+        json_member(0, "expires", when);
+        printf(",\"file_size\":%" PRIu64 ",\"piece_size\":%u,\"piece_count\":%" PRIu64,
+               m->file_size, m->piece_size, m->piece_count);
+        json_member(0, "sha256", sha);
+        json_member(0, "blake2b", b2);
+        json_member(0, "key_id", kid);
+        json_member(0, "signature", signature);
         if (o.pieces) {
             printf(",\"pieces\":[");
             for (uint64_t i = 0; i < m->piece_count; i++) {
                 char h[2 * VALIDATE_HASH_BYTES + 1];
                 validate_hex(validate_manifest_piece_hash(m, i), VALIDATE_HASH_BYTES, h);
-                printf("%s\"%s\"", i ? "," : "", h);
+                if (i)
+                    putchar(',');
+                json_string(h);
             }
             putchar(']');
         }
@@ -543,27 +662,114 @@ static int cmd_show(int argc, char **argv)
     return EXIT_OK;
 }
 
+/* The commands and their usage: the first line is the synopsis, the
+ * others say what it does. help has no run: main answers it. */
+static const struct command {
+    const char *name, *usage;
+    int (*run)(int argc, char **argv);
+} commands[] = {
+    {"keygen",
+     "keygen [-o|--output KEY] [-f|--force] [--json]\n"
+     "    create a publisher key pair: KEY (secret, mode 0600; default\n"
+     "    publisher.key) and KEY.pub (public, for the agents to trust)\n",
+     cmd_keygen},
+    {"create",
+     "create FILE -k|--key KEY [--piece-size SIZE] [--version N]\n"
+     "       [--expires WHEN] [-o|--output MANIFEST] [--json]\n"
+     "    sign a manifest for FILE (default output FILE.dopa-manifest)\n"
+     "    SIZE: a power of two from 64K to 16M (default 1M, raised as the\n"
+     "          file needs); N: content version (default: the unix time);\n"
+     "    WHEN: never, @UNIXTIME, YYYY-MM-DD[THH:MM:SSZ] (UTC) or a duration\n"
+     "          from now in d, h, m or s such as 90d or 12h (default 90d)\n",
+     cmd_create},
+    {"verify",
+     "verify FILE MANIFEST -k|--pubkey KEY [-k|--pubkey KEY ...] [--json]\n"
+     "    check the manifest's signature and expiry, then every byte of FILE\n",
+     cmd_verify},
+    {"show",
+     "show MANIFEST [-k|--pubkey KEY ...] [--pieces] [--json]\n"
+     "    print what the manifest says; with --pubkey also check its signature\n",
+     cmd_show},
+    {"help", "help [COMMAND]\n    this text, or one command's usage\n", NULL},
+};
+#define N_COMMANDS (sizeof commands / sizeof commands[0])
+
+static const struct command *find_command(const char *name)
+{
+    for (size_t i = 0; name != NULL && i < N_COMMANDS; i++)
+        if (strcmp(commands[i].name, name) == 0)
+            return &commands[i];
+    return NULL;
+}
+
+/* The usage of dopa-manifest (command NULL), or of one command. */
+static void print_usage(FILE *out, const char *command)
+{
+    const struct command *c = find_command(command);
+    if (c != NULL) {
+        fprintf(out, "usage: dopa-manifest %s\n%s", c->usage, usage_foot);
+        return;
+    }
+    fprintf(out, "%s\ncommands:\n", usage_head);
+    for (size_t i = 0; i < N_COMMANDS; i++)
+        for (const char *p = commands[i].usage; *p;) {
+            size_t n = strcspn(p, "\n");
+            fprintf(out, "  %.*s\n", (int)n, p);
+            p += n + (p[n] == '\n');
+        }
+    fprintf(out, "\n%s", usage_foot);
+}
+
 int main(int argc, char **argv)
 {
-    if (argc < 2)
+    static const struct option opts[] = {
+        {"json", no_argument, NULL, 'j'},
+        {"help", no_argument, NULL, 'h'},
+        {"version", no_argument, NULL, 'V'},
+        {NULL, 0, NULL, 0},
+    };
+    /* The options before the command: "+" stops at the command's name,
+     * which then starts the command's own vector. */
+    static const char before_command[] = "+:h";
+    int c, rc, version = 0;
+    opterr = 0;
+    while ((c = getopt_long(argc, argv, before_command, opts, NULL)) != -1) {
+        if (c == 'V')
+            version = 1;
+        else if ((rc = common_option(c, argv, opts)) != GO_ON)
+            return rc;
+    }
+    if (version) {
+        if (json) {
+            putchar('{');
+            json_member(1, "version", DOPA_VERSION);
+            printf("}\n");
+        } else {
+            printf("dopa-manifest %s\n", DOPA_VERSION);
+        }
+        return EXIT_OK;
+    }
+    if (optind == argc)
         return usage_error("missing command");
-    const char *cmd = argv[1];
-    if (strcmp(cmd, "--help") == 0 || strcmp(cmd, "-h") == 0 || strcmp(cmd, "help") == 0) {
-        fputs(usage_text, stdout);
+    const struct command *cmd = find_command(argv[optind]);
+    if (cmd == NULL)
+        return usage_error("unknown command %s", argv[optind]);
+    if (cmd->run == NULL) { /* help [COMMAND], help --help */
+        const char *topic = optind + 1 < argc ? argv[optind + 1] : NULL;
+        command_name = cmd->name;
+        if (topic != NULL && (strcmp(topic, "--help") == 0 || strcmp(topic, "-h") == 0))
+            topic = cmd->name;
+        if (optind + 2 < argc || (topic != NULL && find_command(topic) == NULL))
+            return usage_error("need nothing, or a command");
+        print_usage(stdout, topic);
         return EXIT_OK;
     }
     if (validate_init() != VALIDATE_OK)
         return fail(VALIDATE_ECRYPTO, validate_strerror(VALIDATE_ECRYPTO));
-    /* getopt starts at argv[1] of the sub-command's own vector. */
-    argc--;
-    argv++;
-    if (strcmp(cmd, "keygen") == 0)
-        return cmd_keygen(argc, argv);
-    if (strcmp(cmd, "create") == 0)
-        return cmd_create(argc, argv);
-    if (strcmp(cmd, "verify") == 0)
-        return cmd_verify(argc, argv);
-    if (strcmp(cmd, "show") == 0)
-        return cmd_show(argc, argv);
-    return usage_error("unknown command %s", cmd);
+    command_name = cmd->name;
+    /* getopt starts afresh at argv[1] of the command's own vector. */
+    argc -= optind;
+    argv += optind;
+    optind = 0;
+    return cmd->run(argc, argv);
 }
