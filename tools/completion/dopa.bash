@@ -28,23 +28,21 @@ _dopa_words()
 }
 
 # The ids of the caller's jobs, from the dopad the command line names
-# (--socket) or the default one; nothing, quickly, when none answers.
+# (--socket PATH or --socket=PATH, before or after the command) or the
+# default one; nothing, quickly, when none answers.
 _dopa_job_ids()
 {
-    local prog=${COMP_WORDS[0]} i
+    local prog=${COMP_WORDS[0]} i path
     local -a argv
     [[ $prog == */* && -x $prog ]] || prog=dopa
     type -P "$prog" >/dev/null 2>&1 || [[ -x $prog ]] || return 0
     argv=("$prog")
     for ((i = 1; i < COMP_CWORD; i++)); do
-        case ${COMP_WORDS[i]} in
-        --socket)
-            [[ -n ${COMP_WORDS[i + 1]} && $((i + 1)) -lt $COMP_CWORD ]] &&
-                argv+=(--socket "${COMP_WORDS[i + 1]}")
-            ;;
-        -*) ;;
-        *) break ;;
-        esac
+        [[ ${COMP_WORDS[i]} == -- ]] && break
+        [[ ${COMP_WORDS[i]} == --socket ]] || continue
+        path=${COMP_WORDS[i + 1]}
+        [[ $path == = ]] && path=${COMP_WORDS[i + 2]}
+        [[ -n $path ]] && argv+=(--socket "$path")
     done
     argv+=(--json list)
     if type -P timeout >/dev/null 2>&1; then
@@ -120,10 +118,17 @@ _dopa()
         set-proxy get-proxy whoami set-notify-flags set-notify-cmdline
         get-notify validate set-validation-policy stats group-key help"
 
-    # The command: the first word that is not a global option.
+    # The options every command takes, before or after it.
+    local global="--socket --json --help -h"
+
+    # The command: the first word that is not a global option (nor the
+    # path of --socket, typed as "--socket PATH" or "--socket=PATH").
     for ((i = 1; i < COMP_CWORD; i++)); do
         case ${COMP_WORDS[i]} in
-        --socket) ((i++)) ;;
+        --socket)
+            ((i++))
+            [[ ${COMP_WORDS[i]} == = ]] && ((i++))
+            ;;
         -*) ;;
         *)
             cmd=${COMP_WORDS[i]}
@@ -133,15 +138,13 @@ _dopa()
         esac
     done
 
+    if [[ $prev == --socket ]]; then
+        _dopa_files
+        return
+    fi
     if [[ -z $cmd ]]; then
-        case $prev in
-        --socket)
-            _dopa_files
-            return
-            ;;
-        esac
         if [[ $cur == -* ]]; then
-            _dopa_words --socket --json --help -h
+            _dopa_words "$global" --version
         else
             _dopa_words "$commands"
         fi
@@ -165,7 +168,7 @@ _dopa()
         --sha256 | --retry-delay | --no-progress-timeout) return ;;
         esac
         [[ $cur == -* ]] && _dopa_words -o --output --sha256 --manifest \
-            --priority --retry-delay --no-progress-timeout -q --quiet
+            --priority --retry-delay --no-progress-timeout -q --quiet "$global"
         ;;
     add-file)
         case $prev in
@@ -176,38 +179,46 @@ _dopa()
         --range | --sha256) return ;;
         esac
         if [[ $cur == -* ]]; then
-            _dopa_words --range --sha256 --manifest
+            _dopa_words --range --sha256 --manifest "$global"
             return
         fi
-        _dopa_count_args "$first" --range --sha256 --manifest
+        _dopa_count_args "$first" --range --sha256 --manifest --socket
         case $nargs in
         0) _dopa_complete_jobs ;;
         2) _dopa_files ;;
         esac
         ;;
     resume | suspend | cancel | complete | take-ownership | info | files | \
-        get-error | get-notify | monitor)
-        _dopa_count_args "$first"
-        ((nargs == 0)) && [[ $cur != -* ]] && _dopa_complete_jobs
+        get-error | get-notify | get-proxy | monitor)
+        if [[ $cur == -* ]]; then
+            _dopa_words "$global"
+            return
+        fi
+        _dopa_count_args "$first" --socket
+        ((nargs == 0)) && _dopa_complete_jobs
         ;;
     list)
-        _dopa_words --all
+        _dopa_words --all "$global"
         ;;
     wait)
         [[ $prev == --timeout ]] && return
         if [[ $cur == -* ]]; then
-            _dopa_words --timeout
+            _dopa_words --timeout -q --quiet "$global"
             return
         fi
-        _dopa_count_args "$first" --timeout
+        _dopa_count_args "$first" --timeout --socket
         ((nargs == 0)) && _dopa_complete_jobs
         ;;
     set-priority | set-name | set-description | set-min-retry-delay | \
         set-no-progress-timeout | set-proxy | set-notify-flags | \
         set-notify-cmdline | validate | set-validation-policy)
-        _dopa_count_args "$first"
+        _dopa_count_args "$first" --socket
         if ((nargs == 0)); then
-            [[ $cur != -* ]] && _dopa_complete_jobs
+            if [[ $cur == -* ]]; then
+                _dopa_words "$global"
+            else
+                _dopa_complete_jobs
+            fi
             return
         fi
         case $cmd,$nargs in
@@ -229,26 +240,48 @@ _dopa()
         ;;
     group-key)
         if [[ $cur == -* ]]; then
-            _dopa_words --force
+            _dopa_words --force "$global"
         else
-            _dopa_count_args "$first"
+            _dopa_count_args "$first" --socket
             ((nargs == 0)) && _dopa_files
         fi
+        ;;
+    help)
+        if [[ $cur == -* ]]; then
+            _dopa_words "$global"
+        else
+            _dopa_count_args "$first" --socket
+            ((nargs == 0)) && _dopa_words "$commands"
+        fi
+        ;;
+    *)
+        [[ $cur == -* ]] && _dopa_words "$global"
         ;;
     esac
 }
 
 _dopa_manifest()
 {
-    local cur prev nargs cmd
+    local cur prev nargs cmd='' first i
     COMPREPLY=()
     _dopa_split_equals
 
-    if ((COMP_CWORD == 1)); then
-        _dopa_words keygen create verify show help --help -h
+    # The command: the first word that is not an option.
+    for ((i = 1; i < COMP_CWORD; i++)); do
+        if [[ ${COMP_WORDS[i]} != -* ]]; then
+            cmd=${COMP_WORDS[i]}
+            first=$((i + 1))
+            break
+        fi
+    done
+    if [[ -z $cmd ]]; then
+        if [[ $cur == -* ]]; then
+            _dopa_words --json --help -h --version
+        else
+            _dopa_words keygen create verify show help
+        fi
         return
     fi
-    cmd=${COMP_WORDS[1]}
     case $prev in
     -o | --output | -k | --key | --pubkey)
         _dopa_files
@@ -266,31 +299,35 @@ _dopa_manifest()
     esac
     case $cmd in
     keygen)
-        _dopa_words -o --output -f --force
+        _dopa_words -o --output -f --force --json --help -h
         ;;
     create)
         if [[ $cur == -* ]]; then
-            _dopa_words -k --key -o --output --piece-size --version --expires
+            _dopa_words -k --key -o --output --piece-size --version --expires --json \
+                --help -h
         else
-            _dopa_count_args 2 -k --key -o --output --piece-size --version --expires
+            _dopa_count_args "$first" -k --key -o --output --piece-size --version --expires
             ((nargs == 0)) && _dopa_files
         fi
         ;;
     verify)
         if [[ $cur == -* ]]; then
-            _dopa_words -k --pubkey
+            _dopa_words -k --pubkey --json --help -h
         else
-            _dopa_count_args 2 -k --pubkey
+            _dopa_count_args "$first" -k --pubkey
             ((nargs < 2)) && _dopa_files
         fi
         ;;
     show)
         if [[ $cur == -* ]]; then
-            _dopa_words -k --pubkey --pieces --json
+            _dopa_words -k --pubkey --pieces --json --help -h
         else
-            _dopa_count_args 2 -k --pubkey
+            _dopa_count_args "$first" -k --pubkey
             ((nargs == 0)) && _dopa_files
         fi
+        ;;
+    help)
+        ((COMP_CWORD == first)) && _dopa_words keygen create verify show
         ;;
     esac
 }
