@@ -1041,6 +1041,38 @@ static int open_job(const char *job, dopa_manager **m, dopa_id *id)
     return rc;
 }
 
+/* Walks the words of a command of JOB and more, without options of its
+ * own: from min to max words, the first a job id or prefix. GO_ON, or
+ * the exit status. */
+static int words_job(struct words *w, int argc, char **argv, int min, int max)
+{
+    int rc = words_plain(w, argc, argv, min, max);
+    return rc != GO_ON ? rc : check_job_word(w->args[0]);
+}
+
+/* Walks the words of a command whose own options are flags: *seen gets the
+ * val of each given. GO_ON, or the exit status. */
+static int words_flags(struct words *w, int argc, char **argv, const struct option *opts, int *seen,
+                       int min, int max)
+{
+    int c, rc = GO_ON;
+    words_start(w, argc, argv, "", opts);
+    while (rc == GO_ON && (c = words_next(w, &rc)) != WORDS_END)
+        if (c != WORDS_EXIT)
+            *seen = c;
+    return rc != GO_ON ? rc : words_count(w, min, max);
+}
+
+/* Ends a command that made one call, err, on m: reports a failure (before
+ * the disconnect, while the library still holds dopad's words) and
+ * disconnects. The exit status. */
+static int finish(dopa_manager *m, int err)
+{
+    int rc = err == DOPA_OK ? EXIT_OK : failed(command_name, err);
+    dopa_disconnect(m);
+    return rc;
+}
+
 /* ------------------------------------------------------------------ */
 /* Commands: each parses all of its words, then talks to dopad.       */
 
@@ -1339,18 +1371,15 @@ static int cmd_list(int argc, char **argv)
         {"all", no_argument, NULL, 'a'},
         {NULL, 0, NULL, 0},
     };
-    int all = 0, c, rc = GO_ON;
+    int all = 0;
     struct words w;
-    words_start(&w, argc, argv, "", opts);
-    while (rc == GO_ON && (c = words_next(&w, &rc)) != WORDS_END)
-        if (c == 'a')
-            all = 1;
-    if (rc != GO_ON || (rc = words_count(&w, 0, 0)) != GO_ON)
+    int rc = words_flags(&w, argc, argv, opts, &all, 0, 0);
+    if (rc != GO_ON)
         return rc;
     dopa_manager *m;
     if ((rc = connect_or_fail(&m)) != EXIT_OK)
         return rc;
-    rc = show_list(m, all);
+    rc = show_list(m, all != 0);
     dopa_disconnect(m);
     return rc;
 }
@@ -1437,8 +1466,8 @@ static int cmd_wait(int argc, char **argv)
 static int cmd_set_priority(int argc, char **argv)
 {
     struct words w;
-    int p, rc = words_plain(&w, argc, argv, 2, 2);
-    if (rc != GO_ON || (rc = check_job_word(w.args[0])) != GO_ON)
+    int p, rc = words_job(&w, argc, argv, 2, 2);
+    if (rc != GO_ON)
         return rc;
     if (parse_priority(w.args[1], &p) != 0)
         return usage_error("%s: foreground, high, normal or low", w.args[1]);
@@ -1446,28 +1475,23 @@ static int cmd_set_priority(int argc, char **argv)
     dopa_id id;
     if ((rc = open_job(w.args[0], &m, &id)) != EXIT_OK)
         return rc;
-    int err = dopa_job_set_priority(m, &id, p);
-    rc = err == DOPA_OK ? EXIT_OK : failed(command_name, err);
-    dopa_disconnect(m);
-    return rc;
+    return finish(m, dopa_job_set_priority(m, &id, p));
 }
 
 /* set-name and set-description. */
 static int cmd_set_text(int argc, char **argv)
 {
     struct words w;
-    int rc = words_plain(&w, argc, argv, 2, 2);
-    if (rc != GO_ON || (rc = check_job_word(w.args[0])) != GO_ON)
+    int rc = words_job(&w, argc, argv, 2, 2);
+    if (rc != GO_ON)
         return rc;
     dopa_manager *m;
     dopa_id id;
     if ((rc = open_job(w.args[0], &m, &id)) != EXIT_OK)
         return rc;
-    int err = strcmp(command_name, "set-name") == 0 ? dopa_job_set_display_name(m, &id, w.args[1])
-                                                    : dopa_job_set_description(m, &id, w.args[1]);
-    rc = err == DOPA_OK ? EXIT_OK : failed(command_name, err);
-    dopa_disconnect(m);
-    return rc;
+    return finish(m, strcmp(command_name, "set-name") == 0
+                         ? dopa_job_set_display_name(m, &id, w.args[1])
+                         : dopa_job_set_description(m, &id, w.args[1]));
 }
 
 /* set-min-retry-delay and set-no-progress-timeout. */
@@ -1475,8 +1499,8 @@ static int cmd_set_seconds(int argc, char **argv)
 {
     struct words w;
     uint32_t s;
-    int rc = words_plain(&w, argc, argv, 2, 2);
-    if (rc != GO_ON || (rc = check_job_word(w.args[0])) != GO_ON)
+    int rc = words_job(&w, argc, argv, 2, 2);
+    if (rc != GO_ON)
         return rc;
     if (parse_seconds(w.args[1], &s) != 0)
         return usage_error("%s: need seconds (a whole number, at least 1)", w.args[1]);
@@ -1484,19 +1508,16 @@ static int cmd_set_seconds(int argc, char **argv)
     dopa_id id;
     if ((rc = open_job(w.args[0], &m, &id)) != EXIT_OK)
         return rc;
-    int err = strcmp(command_name, "set-min-retry-delay") == 0
-                  ? dopa_job_set_minimum_retry_delay(m, &id, s)
-                  : dopa_job_set_no_progress_timeout(m, &id, s);
-    rc = err == DOPA_OK ? EXIT_OK : failed(command_name, err);
-    dopa_disconnect(m);
-    return rc;
+    return finish(m, strcmp(command_name, "set-min-retry-delay") == 0
+                         ? dopa_job_set_minimum_retry_delay(m, &id, s)
+                         : dopa_job_set_no_progress_timeout(m, &id, s));
 }
 
 static int cmd_set_proxy(int argc, char **argv)
 {
     struct words w;
-    int usage = -1, rc = words_plain(&w, argc, argv, 2, 4);
-    if (rc != GO_ON || (rc = check_job_word(w.args[0])) != GO_ON)
+    int usage = -1, rc = words_job(&w, argc, argv, 2, 4);
+    if (rc != GO_ON)
         return rc;
     for (int i = 0; i < 3; i++)
         if (strcmp(w.args[1], proxy_names[i]) == 0)
@@ -1507,18 +1528,15 @@ static int cmd_set_proxy(int argc, char **argv)
     dopa_id id;
     if ((rc = open_job(w.args[0], &m, &id)) != EXIT_OK)
         return rc;
-    int err = dopa_job_set_proxy(m, &id, usage, w.n_args > 2 ? w.args[2] : NULL,
-                                 w.n_args > 3 ? w.args[3] : NULL);
-    rc = err == DOPA_OK ? EXIT_OK : failed(command_name, err);
-    dopa_disconnect(m);
-    return rc;
+    return finish(m, dopa_job_set_proxy(m, &id, usage, w.n_args > 2 ? w.args[2] : NULL,
+                                        w.n_args > 3 ? w.args[3] : NULL));
 }
 
 static int cmd_set_notify_flags(int argc, char **argv)
 {
     struct words w;
-    int rc = words_plain(&w, argc, argv, 2, WORDS_MAX);
-    if (rc != GO_ON || (rc = check_job_word(w.args[0])) != GO_ON)
+    int rc = words_job(&w, argc, argv, 2, WORDS_MAX);
+    if (rc != GO_ON)
         return rc;
     uint32_t flags = 0;
     for (int i = 1; i < w.n_args; i++) {
@@ -1533,10 +1551,7 @@ static int cmd_set_notify_flags(int argc, char **argv)
     dopa_id id;
     if ((rc = open_job(w.args[0], &m, &id)) != EXIT_OK)
         return rc;
-    int err = dopa_job_set_notify_flags(m, &id, flags);
-    rc = err == DOPA_OK ? EXIT_OK : failed("set-notify-flags", err);
-    dopa_disconnect(m);
-    return rc;
+    return finish(m, dopa_job_set_notify_flags(m, &id, flags));
 }
 
 /* The program is checked here, before dopad sees it, so that a relative
@@ -1582,19 +1597,16 @@ static int cmd_set_notify_cmdline(int argc, char **argv)
     if ((rc = open_job(w.args[0], &m, &id)) != EXIT_OK)
         return rc;
     /* w.args[n_args] is NULL, as the library wants; --clear passes NULL. */
-    int err = dopa_job_set_notify_cmdline(
-        m, &id, first < w.n_args ? (const char *const *)&w.args[first] : NULL);
-    rc = err == DOPA_OK ? EXIT_OK : failed("set-notify-cmdline", err);
-    dopa_disconnect(m);
-    return rc;
+    return finish(m, dopa_job_set_notify_cmdline(
+                         m, &id, first < w.n_args ? (const char *const *)&w.args[first] : NULL));
 }
 
 static int cmd_validate(int argc, char **argv)
 {
     struct words w;
     uint64_t index;
-    int valid, rc = words_plain(&w, argc, argv, 3, 3);
-    if (rc != GO_ON || (rc = check_job_word(w.args[0])) != GO_ON)
+    int valid, rc = words_job(&w, argc, argv, 3, 3);
+    if (rc != GO_ON)
         return rc;
     if (parse_u64(w.args[1], &index) != 0 || index > UINT32_MAX)
         return usage_error("%s: need a file index, as `dopa files` numbers them", w.args[1]);
@@ -1604,18 +1616,15 @@ static int cmd_validate(int argc, char **argv)
     dopa_id id;
     if ((rc = open_job(w.args[0], &m, &id)) != EXIT_OK)
         return rc;
-    int err = dopa_file_set_validation_state(m, &id, (uint32_t)index, valid);
-    rc = err == DOPA_OK ? EXIT_OK : failed("validate", err);
-    dopa_disconnect(m);
-    return rc;
+    return finish(m, dopa_file_set_validation_state(m, &id, (uint32_t)index, valid));
 }
 
 static int cmd_set_validation_policy(int argc, char **argv)
 {
     struct words w;
     uint32_t seconds;
-    int valid, rc = words_plain(&w, argc, argv, 3, 3);
-    if (rc != GO_ON || (rc = check_job_word(w.args[0])) != GO_ON)
+    int valid, rc = words_job(&w, argc, argv, 3, 3);
+    if (rc != GO_ON)
         return rc;
     if (parse_seconds(w.args[1], &seconds) != 0)
         return usage_error("%s: need seconds", w.args[1]);
@@ -1625,10 +1634,7 @@ static int cmd_set_validation_policy(int argc, char **argv)
     dopa_id id;
     if ((rc = open_job(w.args[0], &m, &id)) != EXIT_OK)
         return rc;
-    int err = dopa_job_set_validation_policy(m, &id, seconds, valid);
-    rc = err == DOPA_OK ? EXIT_OK : failed("set-validation-policy", err);
-    dopa_disconnect(m);
-    return rc;
+    return finish(m, dopa_job_set_validation_policy(m, &id, seconds, valid));
 }
 
 static int cmd_whoami(int argc, char **argv)
@@ -1718,19 +1724,16 @@ static int cmd_group_key(int argc, char **argv)
         {"force", no_argument, NULL, 'f'},
         {NULL, 0, NULL, 0},
     };
-    int force = 0, c, rc = GO_ON;
+    int force = 0;
     struct words w;
-    words_start(&w, argc, argv, "", opts);
-    while (rc == GO_ON && (c = words_next(&w, &rc)) != WORDS_END)
-        if (c == 'f')
-            force = 1;
-    if (rc != GO_ON || (rc = words_count(&w, 1, 1)) != GO_ON)
+    int rc = words_flags(&w, argc, argv, opts, &force, 1, 1);
+    if (rc != GO_ON)
         return rc;
     const char *path = w.args[0];
     uint8_t key[PEER_GROUP_KEY_BYTES];
     char why[512];
     peer_group_key_generate(key);
-    int err = peer_group_key_save(key, path, force, why, sizeof why);
+    int err = peer_group_key_save(key, path, force != 0, why, sizeof why);
     sodium_memzero(key, sizeof key);
     if (err != PEER_OK) {
         fprintf(stderr, "dopa: group-key: %s\n", why);
@@ -2083,19 +2086,16 @@ static void print_usage(FILE *out, const char *command)
 static int cmd_job(const struct command *c, int argc, char **argv)
 {
     struct words w;
-    int rc = words_plain(&w, argc, argv, 1, 1);
-    if (rc != GO_ON || (rc = check_job_word(w.args[0])) != GO_ON)
+    int rc = words_job(&w, argc, argv, 1, 1);
+    if (rc != GO_ON)
         return rc;
     dopa_manager *m;
     dopa_id id;
     if ((rc = open_job(w.args[0], &m, &id)) != EXIT_OK)
         return rc;
-    if (c->show != NULL) {
-        rc = c->show(m, &id);
-    } else {
-        int err = c->act(m, &id);
-        rc = err == DOPA_OK ? EXIT_OK : failed(c->name, err);
-    }
+    if (c->act != NULL)
+        return finish(m, c->act(m, &id));
+    rc = c->show(m, &id);
     dopa_disconnect(m);
     return rc;
 }
