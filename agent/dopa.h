@@ -10,6 +10,12 @@
  * Connections: dopa_connect() talks to dopad over its control socket. A
  * caller sees and changes only the jobs of its own user, except root, which
  * sees all. Every function returns 0 or a DOPA_E* code (dopa_strerror()).
+ * A manager outlives dopad: when dopad restarts, the manager connects
+ * again by itself (and registers its callbacks again). While dopad cannot
+ * be reached, a call waits a few seconds for it and then fails with
+ * DOPA_ECONNECT; the next call on the same manager works once dopad is
+ * back. A call that reached dopad and lost it before the answer fails
+ * with DOPA_ECONNECT too, and may have been carried out.
  *
  * Threads: a dopa_manager may be used by several threads at once; each call
  * is an independent request. Results are written only to the caller's own
@@ -218,7 +224,8 @@ typedef struct dopa_manager dopa_manager;
  * $DOPA_SOCKET overrides both. Writes at most len bytes. */
 void dopa_default_socket(char *out, size_t len);
 
-/* Connects to dopad (socket_path NULL: the default). */
+/* Connects to dopad (socket_path NULL: the default); DOPA_ECONNECT when
+ * nothing listens there. */
 int dopa_connect(const char *socket_path, dopa_manager **out);
 void dopa_disconnect(dopa_manager *m);
 

@@ -3,6 +3,18 @@
  * opens its own nng context on the manager's req0 socket, so calls from
  * several threads run side by side; replies are parsed as strictly as
  * dopad parses requests.
+ *
+ * Reconnecting: the socket's dialer connects again by itself when dopad
+ * restarts, except in one case it never recovers from: nng 1.5 takes a
+ * connection that closes during its handshake with a write failing with
+ * EPIPE (which it reports as NNG_ECLOSED) for its own close, and that
+ * dialer never dials again. A dopad killed between accept() and the
+ * handshake leaves exactly that, and its requests then waited in the send
+ * for the whole call timeout, for ever after. So the manager counts its
+ * connections (nng's pipe notifications); a request waits at most
+ * SEND_TIMEOUT_MS for one (wait_for_connection), and meanwhile a dialer
+ * that has had none for REDIAL_AFTER_MS is replaced (redial_if_stuck), at
+ * most once per redial_delay.
  */
 #include <errno.h>
 #include <nng/nng.h>
@@ -20,9 +32,18 @@
 #include "proto.h"
 
 #define CALL_TIMEOUT_MS 120000
+#define SEND_TIMEOUT_MS 3000 /* a request waits this long for a connection to dopad */
 #define SYSTEM_SOCKET   "/run/dopa/control.sock"
 #define EVENTS_POLL_MS  25000 /* how long one poll for events waits in dopad */
 #define RETRY_MS        1000  /* after dopad could not be reached */
+/* A dialer that is alive connects within a tenth of a second of dopad
+ * listening; one without a connection for REDIAL_AFTER_MS may be dead.
+ * Replacing it is cheap, but not more often than every REDIAL_MIN_MS,
+ * doubling up to REDIAL_MAX_MS while no connection comes (dopad is down). */
+#define REDIAL_AFTER_MS 1000
+#define REDIAL_MIN_MS   500
+#define REDIAL_MAX_MS   2000
+#define DIALER_CHECK_MS 100 /* how often a request that waits looks at the dialer */
 
 /* Callbacks registered for a job. */
 typedef struct registration {
@@ -32,6 +53,18 @@ typedef struct registration {
 
 struct dopa_manager {
     nng_socket sock;
+    char url[4200]; /* to dial again */
+    /* The connection to dopad. conn_lock guards the fields below it; nng's
+     * pipe callbacks take it, so no nng call waits while it is held. */
+    pthread_mutex_t conn_lock;
+    nng_dialer dialer;
+    int n_pipes;            /* connections up now */
+    int64_t pipeless_since; /* monotonic ms, when n_pipes became 0 */
+    int64_t next_redial;    /* monotonic ms, no new dialer before */
+    int redial_delay;       /* ms */
+    int is_redialing;       /* a thread replaces the dialer now */
+    int is_closing;         /* dopa_disconnect() runs: wait for nothing */
+    pthread_cond_t conn_changed;
     /* Notifications: the thread that polls for events and runs the
      * callbacks, and what it needs. lock guards the fields below it. */
     uint8_t client[16]; /* who we are to dopad */
@@ -49,6 +82,8 @@ static void free_manager(dopa_manager *m)
 {
     pthread_cond_destroy(&m->wake);
     pthread_mutex_destroy(&m->lock);
+    pthread_cond_destroy(&m->conn_changed);
+    pthread_mutex_destroy(&m->conn_lock);
     free(m->regs);
     free(m);
 }
@@ -80,9 +115,89 @@ void dopa_default_socket(char *out, size_t len)
     snprintf(out, len, "%s", SYSTEM_SOCKET);
 }
 
+static int64_t now_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+/* nng's thread: a connection came up (after its handshake) or went. Every
+ * pipe that had ADD_PRE gets REM_POST, so the count balances. */
+static void on_pipe(nng_pipe pipe, nng_pipe_ev ev, void *arg)
+{
+    dopa_manager *m = arg;
+    (void)pipe;
+    pthread_mutex_lock(&m->conn_lock);
+    if (ev == NNG_PIPE_EV_ADD_PRE) {
+        m->n_pipes++;
+        m->redial_delay = REDIAL_MIN_MS;
+        m->next_redial = 0;
+        pthread_cond_broadcast(&m->conn_changed);
+    } else if (ev == NNG_PIPE_EV_REM_POST && --m->n_pipes == 0) {
+        m->pipeless_since = now_ms();
+    }
+    pthread_mutex_unlock(&m->conn_lock);
+}
+
+/* Replaces the dialer of a manager that has had no connection for
+ * REDIAL_AFTER_MS (see the top of the file). The old one has no pipe to
+ * lose: closing it ends no request. If dopad is down, the new one keeps
+ * dialling as the old one did. */
+static void redial_if_stuck(dopa_manager *m)
+{
+    int64_t now = now_ms();
+    pthread_mutex_lock(&m->conn_lock);
+    if (m->n_pipes > 0 || m->is_redialing || m->is_closing ||
+        now - m->pipeless_since < REDIAL_AFTER_MS || now < m->next_redial) {
+        pthread_mutex_unlock(&m->conn_lock);
+        return;
+    }
+    m->is_redialing = 1;
+    nng_dialer old = m->dialer;
+    m->next_redial = now + m->redial_delay;
+    m->redial_delay = m->redial_delay * 2 > REDIAL_MAX_MS ? REDIAL_MAX_MS : m->redial_delay * 2;
+    pthread_mutex_unlock(&m->conn_lock);
+
+    nng_dialer_close(old);
+    nng_dialer d = NNG_DIALER_INITIALIZER;
+    if (nng_dialer_create(&d, m->sock, m->url) != 0 ||
+        nng_dialer_start(d, NNG_FLAG_NONBLOCK) != 0) {
+        nng_dialer_close(d); /* the next call tries again */
+        d = (nng_dialer)NNG_DIALER_INITIALIZER;
+    }
+    pthread_mutex_lock(&m->conn_lock);
+    m->dialer = d;
+    m->is_redialing = 0;
+    pthread_mutex_unlock(&m->conn_lock);
+}
+
+/* Waits up to ms for a connection to dopad; 1 when there is one. Requests
+ * wait here rather than in nng's send, which would not notice a dead
+ * dialer, nor a replaced one. */
+static int wait_for_connection(dopa_manager *m, int ms)
+{
+    int64_t end = now_ms() + ms;
+    for (;;) {
+        redial_if_stuck(m);
+        int64_t now = now_ms(), until = now + DIALER_CHECK_MS < end ? now + DIALER_CHECK_MS : end;
+        struct timespec at = {(time_t)(until / 1000), (long)(until % 1000) * 1000000};
+        pthread_mutex_lock(&m->conn_lock);
+        while (m->n_pipes == 0 && !m->is_closing &&
+               pthread_cond_timedwait(&m->conn_changed, &m->conn_lock, &at) == 0)
+            ;
+        int connected = m->n_pipes > 0, closing = m->is_closing;
+        pthread_mutex_unlock(&m->conn_lock);
+        if (connected)
+            return 1;
+        if (closing || now_ms() >= end)
+            return 0;
+    }
+}
+
 int dopa_connect(const char *socket_path, dopa_manager **out)
 {
-    char path[4096], url[4200];
+    char path[4096];
     if (out == NULL)
         return DOPA_EINVAL;
     if (socket_path == NULL) {
@@ -92,23 +207,38 @@ int dopa_connect(const char *socket_path, dopa_manager **out)
     dopa_manager *m = calloc(1, sizeof *m);
     if (m == NULL)
         return DOPA_ENOMEM;
-    snprintf(url, sizeof url, "ipc://%s", socket_path);
+    snprintf(m->url, sizeof m->url, "ipc://%s", socket_path);
     if (getrandom(m->client, sizeof m->client, 0) != (ssize_t)sizeof m->client) {
         free(m);
         return DOPA_EINTERNAL;
     }
     pthread_mutex_init(&m->lock, NULL);
     pthread_cond_init(&m->wake, NULL);
+    pthread_mutex_init(&m->conn_lock, NULL);
+    pthread_condattr_t monotonic;
+    pthread_condattr_init(&monotonic);
+    pthread_condattr_setclock(&monotonic, CLOCK_MONOTONIC); /* now_ms()'s clock */
+    pthread_cond_init(&m->conn_changed, &monotonic);
+    pthread_condattr_destroy(&monotonic);
+    m->redial_delay = REDIAL_MIN_MS;
+    m->pipeless_since = now_ms();
     if (nng_req0_open(&m->sock) != 0) {
-        free(m);
+        free_manager(m);
         return DOPA_ENOMEM;
     }
     /* A request is never sent twice: a resend could create a second job. */
     nng_socket_set_ms(m->sock, NNG_OPT_REQ_RESENDTIME, NNG_DURATION_INFINITE);
     nng_socket_set_size(m->sock, NNG_OPT_RECVMAXSZ, PROTO_MAX_REPLY);
-    if (nng_dial(m->sock, url, NULL, 0) != 0) {
+    if (nng_pipe_notify(m->sock, NNG_PIPE_EV_ADD_PRE, on_pipe, m) != 0 ||
+        nng_pipe_notify(m->sock, NNG_PIPE_EV_REM_POST, on_pipe, m) != 0) {
         nng_close(m->sock);
-        free(m);
+        free_manager(m);
+        return DOPA_ENOMEM;
+    }
+    /* The first dial waits: no dopad there is an error for the caller. */
+    if (nng_dial(m->sock, m->url, &m->dialer, 0) != 0) {
+        nng_close(m->sock);
+        free_manager(m);
         return DOPA_ECONNECT;
     }
     *out = m;
@@ -127,6 +257,10 @@ void dopa_disconnect(dopa_manager *m)
     int joined = m->has_thread;
     pthread_cond_broadcast(&m->wake);
     pthread_mutex_unlock(&m->lock);
+    pthread_mutex_lock(&m->conn_lock);
+    m->is_closing = 1; /* ends a wait for a connection */
+    pthread_cond_broadcast(&m->conn_changed);
+    pthread_mutex_unlock(&m->conn_lock);
     nng_close(m->sock); /* ends the poll that is waiting */
     if (joined && pthread_equal(m->thread, pthread_self())) {
         /* From a callback: the thread ends when it returns, and frees. */
@@ -157,6 +291,11 @@ static int call(dopa_manager *m, const proto_request *req, proto_reply *reply, i
         proto_buf_free(&buf);
         return err;
     }
+    int send_ms = timeout_ms < SEND_TIMEOUT_MS ? timeout_ms : SEND_TIMEOUT_MS;
+    if (!wait_for_connection(m, send_ms)) {
+        proto_buf_free(&buf);
+        return DOPA_ECONNECT; /* dopad is down, or not accepting */
+    }
     if (nng_ctx_open(&ctx, m->sock) != 0) {
         proto_buf_free(&buf);
         return DOPA_ECONNECT;
@@ -167,12 +306,14 @@ static int call(dopa_manager *m, const proto_request *req, proto_reply *reply, i
         goto done;
     }
     proto_buf_free(&buf);
-    nng_aio_set_timeout(aio, timeout_ms);
+    /* The send ends when the request is on a connection, at once unless
+     * the one just seen went away; then it is not sent at all. */
+    nng_aio_set_timeout(aio, send_ms);
     nng_aio_set_msg(aio, msg);
     nng_ctx_send(ctx, aio);
     nng_aio_wait(aio);
     if (nng_aio_result(aio) != 0) {
-        err = nng_aio_result(aio) == NNG_ETIMEDOUT ? DOPA_ETIMEOUT : DOPA_ECONNECT;
+        err = DOPA_ECONNECT;
         goto done; /* msg is still ours */
     }
     msg = NULL;
@@ -923,6 +1064,10 @@ static void *events_main(void *arg)
             continue;
         }
         if (err != DOPA_OK) {
+            /* dopad is down, or went during the poll: the next call waits
+             * for it again (and replaces a dialer that gave up), and once
+             * back dopad answers ENOTFOUND, so the jobs are registered
+             * again above. */
             if (pause_unless_stopping(m, RETRY_MS))
                 break;
             continue;
