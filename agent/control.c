@@ -10,10 +10,19 @@
  * PER_PIPE requests in the server at once (more closes it), and a reply
  * that cannot be sent within SEND_TIMEOUT_MS (a client that does not read)
  * closes its connection, which frees the contexts waiting behind it.
+ *
+ * nng 1.5.2 (Debian 12) stops accepting for good when a client closes its
+ * connection during the SP handshake (its EPIPE is taken for the listener's
+ * own close; nng issue #1518): any local process could cut every client
+ * off. A watchdog thread asks dopad "whoami" through the socket every
+ * WATCH_MS; when two in a row get no answer it makes the listener anew.
  */
 #include <errno.h>
+
 #include <nng/nng.h>
 #include <nng/protocol/reqrep0/rep.h>
+#include <nng/protocol/reqrep0/req.h>
+
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -26,6 +35,7 @@
 #include "agent.h"
 
 #define CALLS           128
+#define WATCH_MS        1000
 #define PER_PIPE        8
 #define SEND_TIMEOUT_MS 5000
 
@@ -50,6 +60,11 @@ struct control {
     engine_call *queue_head, *queue_tail;
     int closing;
     char *path;
+    unsigned sock_mode;
+    pthread_t watchdog;
+    int watching;
+    pthread_cond_t stop; /* wakes the watchdog when closing (with lock) */
+    unsigned long restarts;
 };
 
 static void set_state(engine_call *call, enum call_state state)
@@ -227,6 +242,79 @@ void control_run_queued(control *c)
     }
 }
 
+/* Creates and starts the listener on c->path. */
+static int start_listener(control *c)
+{
+    char url[4200];
+    snprintf(url, sizeof url, "ipc://%s", c->path);
+    int rv;
+    if ((rv = nng_listener_create(&c->listener, c->sock, url)) != 0)
+        return rv;
+    if ((rv = nng_listener_set_int(c->listener, NNG_OPT_IPC_PERMISSIONS, (int)c->sock_mode)) != 0 ||
+        (rv = nng_listener_start(c->listener, 0)) != 0)
+        nng_listener_close(c->listener);
+    return rv;
+}
+
+/* Whether dopad answers a whoami through its socket within WATCH_MS, on
+ * a connection of its own made for the probe. */
+static int listener_answers(const char *path)
+{
+    char url[4200];
+    snprintf(url, sizeof url, "ipc://%s", path);
+    proto_request r = {.op = PROTO_WHOAMI};
+    proto_buf b;
+    proto_buf_init(&b, PROTO_MAX_REQUEST);
+    nng_socket s;
+    nng_msg *reply = NULL;
+    int ok = 0;
+    if (proto_encode_request(&r, &b) != 0 || nng_req0_open(&s) != 0) {
+        proto_buf_free(&b);
+        return 1; /* nothing to test with: say nothing of the listener */
+    }
+    if (nng_socket_set_ms(s, NNG_OPT_SENDTIMEO, WATCH_MS) == 0 &&
+        nng_socket_set_ms(s, NNG_OPT_RECVTIMEO, WATCH_MS) == 0 && nng_dial(s, url, NULL, 0) == 0 &&
+        nng_send(s, b.data, b.len, 0) == 0 && nng_recvmsg(s, &reply, 0) == 0)
+        ok = 1;
+    if (reply != NULL)
+        nng_msg_free(reply);
+    nng_close(s);
+    proto_buf_free(&b);
+    return ok;
+}
+
+static void *watchdog_main(void *arg)
+{
+    control *c = arg;
+    int failures = 0;
+    pthread_mutex_lock(&c->lock);
+    while (!c->closing) {
+        struct timespec until;
+        clock_gettime(CLOCK_REALTIME, &until);
+        until.tv_sec += WATCH_MS / 1000;
+        pthread_cond_timedwait(&c->stop, &c->lock, &until);
+        if (c->closing)
+            break;
+        pthread_mutex_unlock(&c->lock);
+        failures = listener_answers(c->path) ? 0 : failures + 1;
+        if (failures >= 2) {
+            /* Closing the listener removes its socket file; a file left
+             * behind would make the new one fail. */
+            nng_listener_close(c->listener);
+            unlink(c->path);
+            int rv = start_listener(c);
+            agent_log(rv == 0 ? "warning" : "error",
+                      "control socket %s stopped accepting; listening anew: %s", c->path,
+                      rv == 0 ? "done" : nng_strerror(rv));
+            c->restarts++;
+            failures = 0;
+        }
+        pthread_mutex_lock(&c->lock);
+    }
+    pthread_mutex_unlock(&c->lock);
+    return NULL;
+}
+
 /* Makes the socket's directory; refuses a path where a live dopad listens,
  * removes a socket left by a dead one. */
 static int prepare_path(const char *path, unsigned dir_mode, char *why, size_t why_len)
@@ -290,17 +378,16 @@ int control_open(agent_engine *e, const char *socket_path, unsigned dir_mode, un
         return err;
     }
     c->path = strdup(socket_path);
-    char url[4200];
-    snprintf(url, sizeof url, "ipc://%s", socket_path);
+    c->sock_mode = sock_mode;
+    pthread_cond_init(&c->stop, NULL);
     int rv;
     if ((rv = nng_rep0_open(&c->sock)) != 0 ||
         (rv = nng_socket_set_size(c->sock, NNG_OPT_RECVMAXSZ, PROTO_MAX_REQUEST)) != 0 ||
-        (rv = nng_listener_create(&c->listener, c->sock, url)) != 0 ||
-        (rv = nng_listener_set_int(c->listener, NNG_OPT_IPC_PERMISSIONS, (int)sock_mode)) != 0 ||
-        (rv = nng_listener_start(c->listener, 0)) != 0) {
+        (rv = start_listener(c)) != 0) {
         snprintf(why, why_len, "%s: %s", socket_path, nng_strerror(rv));
         nng_close(c->sock);
         free(c->path);
+        pthread_cond_destroy(&c->stop);
         pthread_mutex_destroy(&c->lock);
         free(c);
         return DOPA_EIO;
@@ -317,6 +404,7 @@ int control_open(agent_engine *e, const char *socket_path, unsigned dir_mode, un
     }
     for (int i = 0; i < CALLS; i++)
         receive(&c->calls[i]);
+    c->watching = pthread_create(&c->watchdog, NULL, watchdog_main, c) == 0;
     engine_set_control(e, c);
     *out = c;
     return DOPA_OK;
@@ -328,7 +416,10 @@ void control_close(control *c)
         return;
     pthread_mutex_lock(&c->lock);
     c->closing = 1;
+    pthread_cond_signal(&c->stop);
     pthread_mutex_unlock(&c->lock);
+    if (c->watching)
+        pthread_join(c->watchdog, NULL);
     engine_set_control(c->e, NULL);
     for (int i = 0; i < CALLS; i++) {
         engine_call *call = &c->calls[i];
@@ -348,6 +439,7 @@ void control_close(control *c)
     if (c->path != NULL)
         unlink(c->path);
     free(c->path);
+    pthread_cond_destroy(&c->stop);
     pthread_mutex_destroy(&c->lock);
     free(c);
 }

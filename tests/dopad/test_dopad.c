@@ -12,7 +12,9 @@
 #include <pwd.h>
 #include <signal.h>
 #include <stdarg.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/un.h>
 #include <sys/wait.h>
 #include <time.h>
 
@@ -273,6 +275,38 @@ static void test_kill_9_at_random_moments_loses_nothing(void)
     printf("  kill -9: %d kills (seed %u); nginx sent %.2f x the file (bound %.2f)\n", kills, seed,
            (double)sent / (double)size, (double)bound / (double)size);
     CHECK(sent <= bound);
+}
+
+static void test_clients_hanging_up_mid_handshake_do_not_cut_dopad_off(void)
+{
+    /* nng 1.5.2 stops accepting when a client closes during the SP
+     * handshake; any local user can do that. dopad must be reachable again
+     * within seconds, every time. */
+    fresh_daemon();
+    struct sockaddr_un sa = {.sun_family = AF_UNIX};
+    CHECK(strlen(sock) < sizeof sa.sun_path);
+    memcpy(sa.sun_path, sock, strlen(sock) + 1);
+    double worst = 0;
+    for (int round = 0; round < 5; round++) {
+        for (int i = 0; i < 50; i++) {
+            int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+            CHECK(fd >= 0);
+            CHECK(connect(fd, (struct sockaddr *)&sa, sizeof sa) == 0);
+            close(fd);
+        }
+        struct timespec t0, t1;
+        clock_gettime(CLOCK_MONOTONIC, &t0);
+        int rc = -1;
+        for (int tries = 0; tries < 8 && rc != 0; tries++)
+            rc = cli_as(TEST_AS_ME, 0, NULL, 0, 2, "whoami", (char *)NULL);
+        clock_gettime(CLOCK_MONOTONIC, &t1);
+        CHECK_INT(rc, 0);
+        double took = (double)(t1.tv_sec - t0.tv_sec) + (double)(t1.tv_nsec - t0.tv_nsec) / 1e9;
+        worst = took > worst ? took : worst;
+    }
+    printf("  5 rounds of 50 clients hanging up mid-handshake: answering again within %.1f s\n",
+           worst);
+    stop_dopad(SIGTERM);
 }
 
 static void test_malformed_control_messages_change_nothing(void)
@@ -623,6 +657,7 @@ int main(int argc, char **argv)
                          CASE(test_job_commands),
                          CASE(test_kill_9_at_random_moments_loses_nothing),
                          CASE(test_malformed_control_messages_change_nothing),
+                         CASE(test_clients_hanging_up_mid_handshake_do_not_cut_dopad_off),
                          CASE(test_a_flooding_client_does_not_starve_others),
                          CASE(test_configuration_file),
                          CASE(test_another_user_cannot_touch_my_jobs),
