@@ -15,7 +15,8 @@
  * connection during the SP handshake (its EPIPE is taken for the listener's
  * own close; nng issue #1518): any local process could cut every client
  * off. A watchdog thread asks dopad "whoami" through the socket every
- * WATCH_MS; when two in a row get no answer it makes the listener anew.
+ * WATCH_MS; when three in a row get no answer it makes the listener anew
+ * (a busy engine answers late, but not three seconds late three times).
  */
 #include <errno.h>
 
@@ -297,7 +298,7 @@ static void *watchdog_main(void *arg)
             break;
         pthread_mutex_unlock(&c->lock);
         failures = listener_answers(c->path) ? 0 : failures + 1;
-        if (failures >= 2) {
+        if (failures >= 3) {
             /* Closing the listener removes its socket file; a file left
              * behind would make the new one fail. */
             nng_listener_close(c->listener);
