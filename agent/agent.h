@@ -114,6 +114,7 @@ typedef struct agent_file {
     unsigned in_writer;           /* of those, still being checked or written (writers' lock) */
     uint64_t write_gen;           /* bumped when the file starts over: older results are void */
     uint64_t upload_seen;         /* bytes its offer had sent at the last look */
+    unsigned changes;             /* times the origin's file changed under it (this run) */
     uint64_t progress_mark;       /* the most bytes it has held since dopad started: only
                                    * bytes beyond it are progress (not those fetched again) */
 } agent_file;

@@ -29,6 +29,7 @@
 #define SWARM_REQUEST_PIECES      2      /* the same, for a file fetched from peers too */
 #define FINAL_JOB_KEEP_MS         300000 /* final jobs stay visible this long */
 #define MAX_BAD_PIECES            3      /* hash failures from the origin before ERROR */
+#define MAX_CHANGES               4      /* the remote file changing, before ERROR */
 #define DEFAULT_MAX_RUNNING       4
 #define DEFAULT_INACTIVITY_MS     (90ull * 24 * 3600 * 1000)
 #define DEFAULT_MAX_JOBS_PER_USER 10000
@@ -455,6 +456,15 @@ static void on_done(void *ctx, origin_file *of, uint64_t id, const origin_error 
         if (f->fd >= 0 && ftruncate(f->fd, 0) != 0)
             agent_log("warning", "truncating %s: %s", f->tmp_path, strerror(errno));
         engine_reset_file(e, f);
+        /* An origin whose file changes at every look (a size that flips,
+         * validators that never hold) would be fetched again for ever. */
+        if (++f->changes > MAX_CHANGES) {
+            snprintf(msg, sizeof msg, "changed on the server %u times during the download: %.400s",
+                     f->changes, err->message);
+            engine_fail_job(e, j, 0, DOPA_CONTEXT_REMOTE_FILE, err->code, (int)f->index,
+                            err->http_status, msg);
+            return;
+        }
         engine_fail_job(e, j, 1, DOPA_CONTEXT_REMOTE_FILE, err->code, (int)f->index,
                         err->http_status, err->message);
         return;
