@@ -532,9 +532,11 @@ static void announce_coming(agent_engine *e, agent_file *f)
         list[n++] = f->req_first + k;
     if (f->fill > 0)
         list[n++] = f->fill_piece;
-    memcpy(list + n, f->pending, f->n_pending * sizeof *list);
+    if (f->n_pending > 0) /* (pending may be NULL when empty) */
+        memcpy(list + n, f->pending, f->n_pending * sizeof *list);
     n += f->n_pending;
-    memcpy(list + n, f->syncing, f->n_syncing * sizeof *list);
+    if (f->n_syncing > 0)
+        memcpy(list + n, f->syncing, f->n_syncing * sizeof *list);
     n += f->n_syncing;
     peer_offer_coming(e->peers, f->cid, list, n);
     if (list != small)
