@@ -15,8 +15,9 @@
  * connection during the SP handshake (its EPIPE is taken for the listener's
  * own close; nng issue #1518): any local process could cut every client
  * off. A watchdog thread asks dopad "whoami" through the socket every
- * WATCH_MS; when three in a row get no answer it makes the listener anew
- * (a busy engine answers late, but not three seconds late three times).
+ * WATCH_MS; when WATCH_FAILURES in a row get no answer it makes the
+ * listener anew (the engine answers them: a busy or slow one answers
+ * late, but not five times in a row).
  */
 #include <errno.h>
 
@@ -36,7 +37,8 @@
 #include "agent.h"
 
 #define CALLS           128
-#define WATCH_MS        1000
+#define WATCH_MS        1000 /* a probe's period and its time to answer */
+#define WATCH_FAILURES  5    /* unanswered probes in a row before the listener is remade */
 #define PER_PIPE        8
 #define SEND_TIMEOUT_MS 5000
 
@@ -298,7 +300,7 @@ static void *watchdog_main(void *arg)
             break;
         pthread_mutex_unlock(&c->lock);
         failures = listener_answers(c->path) ? 0 : failures + 1;
-        if (failures >= 3) {
+        if (failures >= WATCH_FAILURES) {
             /* Closing the listener removes its socket file; a file left
              * behind would make the new one fail. */
             nng_listener_close(c->listener);
