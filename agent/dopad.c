@@ -1010,10 +1010,11 @@ int main(int argc, char **argv)
 
     agent_log("info", "stopping");
     notify_manager("STOPPING=1");
-    control_close(ctl);
-    engine_close(engine);
+    /* The signal thread wakes the engine: it goes first. */
     pthread_kill(sig_thread, SIGTERM);
     pthread_join(sig_thread, NULL);
+    control_close(ctl);
+    engine_close(engine);
     close(lock);
     return EXIT_OK;
 }

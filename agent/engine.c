@@ -806,7 +806,8 @@ static void start_whole_file_check(agent_engine *e, agent_file *f)
     memcpy(t->want, f->sha256, 32);
     t->result.job = f->job->id;
     t->result.file = f->index;
-    t->result.generation = ++e->generation;
+    uint64_t generation = ++e->generation; /* t is the thread's once it starts */
+    t->result.generation = generation;
     /* Joinable: engine_close waits for it, since it uses the engine. */
     if (t->fd < 0 || pthread_create(&e->threads[e->n_threads], NULL, hash_main, t) != 0) {
         if (t->fd >= 0)
@@ -816,7 +817,7 @@ static void start_whole_file_check(agent_engine *e, agent_file *f)
     }
     e->n_threads++;
     f->hashing = 1;
-    f->hash_generation = t->result.generation;
+    f->hash_generation = generation;
 }
 
 /* Joins a finished check's thread. */
