@@ -31,6 +31,9 @@
 
 static uint8_t content[SIZE], hashes[PIECES * 32], cid[PEER_CID_BYTES];
 static uint8_t content_seed[randombytes_SEEDBYTES]; /* content is made from it */
+/* This program, for the child peers that run it again (nng cannot cross a
+ * fork); read at start, since /proc/self/exe names valgrind under valgrind. */
+static char self_path[4096];
 static uint8_t group[PEER_GROUP_KEY_BYTES], other_group[PEER_GROUP_KEY_BYTES];
 static pid_t rogue_pid;
 
@@ -413,7 +416,7 @@ static void start_rogue(const char *url, enum rogue_mode mode)
     rogue_pid = fork();
     CHECK(rogue_pid >= 0);
     if (rogue_pid == 0) {
-        execl("/proc/self/exe", "test_peer_node", "--rogue", url, m, hex, seed_hex, (char *)NULL);
+        execl(self_path, "test_peer_node", "--rogue", url, m, hex, seed_hex, (char *)NULL);
         _exit(127);
     }
     sleep_ms(200);
@@ -648,7 +651,7 @@ static flood_result flood(const char *url, int n, int rounds, int out_of_range)
     if (pid == 0) {
         if (freopen(out, "w", stdout) == NULL)
             _exit(5);
-        execl("/proc/self/exe", "test_peer_node", "--flood", url, n_s, key_hex, cid_hex, rounds_s,
+        execl(self_path, "test_peer_node", "--flood", url, n_s, key_hex, cid_hex, rounds_s,
               out_of_range ? "1" : "0", (char *)NULL);
         _exit(127);
     }
@@ -944,6 +947,10 @@ int main(int argc, char **argv)
             raw_rogue_main(atoi(port + 1), mode);
         rogue_main(argv[2], mode);
     }
+    ssize_t n = readlink("/proc/self/exe", self_path, sizeof self_path - 1);
+    if (n <= 0)
+        return 1;
+    self_path[n] = '\0';
     randombytes_buf(content_seed, sizeof content_seed);
     randombytes_buf_deterministic(content, sizeof content, content_seed);
     for (int i = 0; i < PIECES; i++)
