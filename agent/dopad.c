@@ -562,16 +562,29 @@ static int complete_settings(struct settings *s, char *msg, size_t len)
     if (s->state_dir[0] == '\0')
         snprintf(s->state_dir, sizeof s->state_dir, "%s", def_state);
     if (s->plugin_dir[0] != '\0' && s->validate_helper[0] == '\0') {
-        /* dopa-validate is installed beside dopad. */
+        /* dopa-validate: beside dopad (a build tree), else where it is
+         * installed, DOPA_VALIDATE_HELPER from dopad's directory. */
         char self[4096];
         ssize_t n = readlink("/proc/self/exe", self, sizeof self - 1);
         if (n <= 0) {
-            snprintf(msg, len, "cannot find dopa-validate; set validate-helper");
+            snprintf(msg, len, "cannot find dopa-validate: %s; set validate-helper",
+                     n < 0 ? strerror(errno) : "no path to dopad");
             return -1;
         }
         self[n] = '\0';
-        snprintf(s->validate_helper, sizeof s->validate_helper, "%.4000s/dopa-validate",
-                 dirname(self));
+        const char *dir = dirname(self);
+        snprintf(s->validate_helper, sizeof s->validate_helper, "%.4000s/dopa-validate", dir);
+        if (access(s->validate_helper, X_OK) != 0) {
+            snprintf(s->validate_helper, sizeof s->validate_helper, "%.3000s/%s", dir,
+                     DOPA_VALIDATE_HELPER);
+            if (access(s->validate_helper, X_OK) != 0) {
+                snprintf(msg, len,
+                         "plugin-dir is set but dopa-validate is neither beside dopad nor at "
+                         "%.3000s; set validate-helper",
+                         s->validate_helper);
+                return -1;
+            }
+        }
     }
     if (!s->has_cache_size)
         s->cache_bytes = 4000000000ull;

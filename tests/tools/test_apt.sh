@@ -22,10 +22,8 @@
 set -u
 method=$1 dopad=$2 dopa=$3
 
-skip() {
-    echo "SKIP: $*"
-    exit 77
-}
+# shellcheck source=tests/tools/common.sh
+. "$(dirname "$0")/common.sh"
 [ "$(id -u)" -eq 0 ] || skip "needs root (apt-get drops to its sandbox user, dopad writes as it)"
 for tool in apt-get dpkg-deb dpkg-scanpackages gzip sha256sum; do
     command -v "$tool" >/dev/null 2>&1 || skip "$tool is missing (tools/install-deps test)"
@@ -46,19 +44,6 @@ cleanup() {
 }
 trap cleanup EXIT
 trap 'exit 1' INT TERM
-failures=0
-fail() {
-    echo "FAIL: $*"
-    failures=$((failures + 1))
-}
-ok() {
-    echo "ok   $*"
-}
-# show FILE: indented, for a failure's context.
-show() {
-    sed 's/^/    /' "$1"
-}
-
 sandbox=_apt
 getent passwd _apt >/dev/null 2>&1 || sandbox=root
 echo "apt's sandbox user: $sandbox"
@@ -109,49 +94,7 @@ corrupt=$work/www/debian/pool/dopa-test-corrupt_1.0_all.deb
 printf 'XXXXXXXX' | dd of="$corrupt" bs=1 seek=2000 conv=notrunc 2>/dev/null
 
 # ---------------------------------------------------------------- origin
-start_nginx() {
-    port=$(shuf -i 20000-60000 -n 1)
-    cat >"$work/nginx.conf" <<CONF
-daemon off;
-master_process off;
-error_log $work/logs/nginx-error.log;
-pid $work/nginx.pid;
-events { worker_connections 64; }
-http {
-  log_format plain '\$request_uri \$status \$body_bytes_sent';
-  access_log $work/logs/access.log plain;
-  client_body_temp_path $work/tmp;
-  proxy_temp_path $work/tmp;
-  fastcgi_temp_path $work/tmp;
-  uwsgi_temp_path $work/tmp;
-  scgi_temp_path $work/tmp;
-  server { listen 127.0.0.1:$port; root $work/www; location /slow/ { limit_rate 20k; } }
-}
-CONF
-    /usr/sbin/nginx -p "$work" -c "$work/nginx.conf" -e "$work/logs/nginx-error.log" \
-        >/dev/null 2>&1 </dev/null &
-    nginx_pid=$!
-    for _ in $(seq 100); do
-        if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then return 0; fi
-        kill -0 "$nginx_pid" 2>/dev/null || {
-            nginx_pid=""
-            return 1
-        }
-        sleep 0.05
-    done
-    kill "$nginx_pid" 2>/dev/null
-    wait "$nginx_pid" 2>/dev/null
-    nginx_pid=""
-    return 1
-}
-tries=0
-until start_nginx; do
-    tries=$((tries + 1))
-    [ "$tries" -lt 5 ] || {
-        echo "nginx did not start"
-        exit 1
-    }
-done
+start_nginx "$work/www" "$work" || exit 1
 origin=http://127.0.0.1:$port
 echo "origin: $origin/debian"
 

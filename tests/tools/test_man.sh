@@ -248,33 +248,67 @@ if command -v openssl >/dev/null 2>&1 &&
 fi
 awk -v dir="$dir" '/^\.EX/ { n++; on = 1; next } /^\.EE/ { on = 0; next }
     on { print > (dir "/conf-example" n) }' "$man/dopa.conf.5"
+# Moves an example's paths into the scratch directory and its peers to
+# loopback: to_scratch IN OUT
+to_scratch() {
+    sed -e 's/\\-/-/g' -e "s|/etc/dopa/|$ex/|g" -e "s|dopa-pub1:\.\.\.|$(grep '^dopa-pub1:' "$ex/publisher.key.pub")|" \
+        -e 's|//[a-z0-9.]*:7880|//127.0.0.1:0|' -e 's/^beacons *=.*//' "$1" >"$2"
+    grep -q '^\[peers\]' "$2" && echo "beacons = no" >>"$2"
+}
+# Whether dopad starts with a settings file, saying nothing on stderr but
+# its start: starts NAME FILE (the log is $dir/NAME.log)
+starts() {
+    "$dopad" --config "$2" --socket "$dir/$1.sock" --state-dir "$dir/$1.state" >"$dir/$1.log" 2>&1 &
+    pid=$!
+    for _ in $(seq 50); do
+        [ -S "$dir/$1.sock" ] || ! kill -0 "$pid" 2>/dev/null && break
+        sleep 0.1
+    done
+    up=
+    [ -S "$dir/$1.sock" ] && up=1
+    kill "$pid" 2>/dev/null
+    wait "$pid" 2>/dev/null
+    [ -n "$up" ] && ! grep -qi 'warning' "$dir/$1.log"
+}
 tried=0
 for f in "$dir"/conf-example*; do
     head -n 1 "$f" | grep -q '^[[;]' || continue # a file, not a fragment or a command
     grep -q '/etc/dopa/tls/' "$f" && [ -z "$has_tls" ] && continue
-    n=${f##*conf-example}
-    sed -e 's/\\-/-/g' -e "s|/etc/dopa/|$ex/|g" -e "s|dopa-pub1:\.\.\.|$(grep '^dopa-pub1:' "$ex/publisher.key.pub")|" \
-        -e 's|//[a-z0-9.]*:7880|//127.0.0.1:0|' -e 's/^beacons *=.*//' "$f" >"$dir/example$n.conf"
-    grep -q '^\[peers\]' "$dir/example$n.conf" && echo "beacons = no" >>"$dir/example$n.conf"
-    "$dopad" --config "$dir/example$n.conf" --socket "$dir/example$n.sock" \
-        --state-dir "$dir/example$n.state" >"$dir/example$n.log" 2>&1 &
-    pid=$!
-    for _ in $(seq 50); do
-        [ -S "$dir/example$n.sock" ] || ! kill -0 "$pid" 2>/dev/null && break
-        sleep 0.1
-    done
-    if [ -S "$dir/example$n.sock" ]; then
-        kill "$pid"
-    else
-        fail "dopa.conf.5: dopad does not start with example $n:"
+        n=${f##*conf-example}
+    to_scratch "$f" "$dir/example$n.conf"
+    if ! starts "example$n" "$dir/example$n.conf"; then
+        fail "dopa.conf.5: dopad does not start cleanly with example $n:"
         sed 's/^/    /' "$dir/example$n.log"
-        kill "$pid" 2>/dev/null
     fi
-    wait "$pid" 2>/dev/null
     tried=$((tried + 1))
 done
 [ "$tried" -gt 0 ] || fail "dopa.conf.5: no example file was tried"
 echo "ok   dopa.conf.5: dopad starts with its $tried example files"
+
+# --- The settings file the package installs (tools/pkg/dopa.conf). -------
+# It names every key of every section, commented out, and dopad starts
+# with it as it is and with every line that holds a value put in force.
+shipped=$src/tools/pkg/dopa.conf
+awk '/^\[[a-z]+\]/ { sec = substr($0, 2, length($0) - 2); next }
+    match($0, /^#[a-z0-9-]+ =/) { print sec, substr($0, 2, RLENGTH - 3) }' "$shipped" | sort -u >"$dir/keys.shipped"
+if ! cmp -s "$dir/keys.source" "$dir/keys.shipped"; then
+    fail "tools/pkg/dopa.conf's keys differ from those dopad reads (< dopad, > the file):"
+    diff "$dir/keys.source" "$dir/keys.shipped" | grep '^[<>]' | sed 's/^/    /'
+fi
+if ! starts shipped "$shipped"; then
+    fail "dopad does not start cleanly with tools/pkg/dopa.conf:"
+    sed 's/^/    /' "$dir/shipped.log"
+fi
+sed -n 's/^#\([a-z0-9-]* = .\)/\1/p; /^\[/p' "$shipped" >"$dir/shipped-live.in"
+to_scratch "$dir/shipped-live.in" "$dir/shipped-live.conf"
+live=$(grep -c ' = ' "$dir/shipped-live.conf")
+[ "$live" -ge 20 ] || fail "only $live settings of tools/pkg/dopa.conf were put in force"
+if ! starts shipped-live "$dir/shipped-live.conf"; then
+    fail "dopad does not start cleanly with tools/pkg/dopa.conf's $live settings in force:"
+    sed 's/^/    /' "$dir/shipped-live.log"
+fi
+echo "ok   tools/pkg/dopa.conf: $(wc -l <"$dir/keys.shipped") keys, dopad starts with it and with $live of its settings in force"
+
 
 # --- libdopa(3) covers dopa.h. --------------------------------------------
 header=$src/agent/dopa.h
