@@ -414,6 +414,7 @@ static const char usage_text[] =
     "                             default /etc/dopa/dopa.conf as root, else\n"
     "                             $XDG_CONFIG_HOME/dopa/dopa.conf, when it exists\n"
     "  --help                     this text\n"
+    "  --version                  print dopad's version\n"
     "\n"
     "signals: SIGTERM or SIGINT stop dopad; SIGHUP reads the configuration file again.\n"
     "exit status: 0 stopped by a signal; 1 could not start (state directory, lock,\n"
@@ -898,6 +899,7 @@ int main(int argc, char **argv)
         {"trusted-key", required_argument, NULL, 'k'},
         {"config", required_argument, NULL, 'c'},
         {"help", no_argument, NULL, 'h'},
+        {"version", no_argument, NULL, 'V'},
         {NULL, 0, NULL, 0},
     };
     notify_take_socket(); /* before any thread: it changes the environment */
@@ -926,6 +928,9 @@ int main(int argc, char **argv)
             break;
         case 'h':
             fputs(usage_text, stdout);
+            return EXIT_OK;
+        case 'V':
+            printf("dopad %s\n", DOPA_VERSION);
             return EXIT_OK;
         default:
             fputs(usage_text, stderr);
