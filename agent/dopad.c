@@ -70,6 +70,7 @@ struct settings {
     char validate_helper[4096];
     int64_t plugin_timeout_ms;
     int64_t notify_retry_ms, notify_retry_max_ms, notify_command_timeout_ms;
+    uint64_t origin_rate;
     /* [peers] */
     char group_key[4096];
     char tls_cert[4096], tls_key[4096], tls_ca[4096];
@@ -362,6 +363,8 @@ static int on_setting(void *user, const char *section, const char *name, const c
         rc = set_seconds(s, name, value, 10, 7 * 24 * 3600 * 1000ll, &s->notify_retry_max_ms);
     } else if (strcmp(name, "notify-command-timeout") == 0) {
         rc = set_seconds(s, name, value, 100, 24 * 3600 * 1000, &s->notify_command_timeout_ms);
+    } else if (strcmp(name, "origin-rate") == 0) {
+        rc = set_bytes(s, name, value, "bytes per second (0: no limit)", &s->origin_rate);
     } else {
         snprintf(s->error, sizeof s->error, "unknown setting %s in [dopad]", name);
         rc = -1;
@@ -652,6 +655,7 @@ static void make_configs(struct settings *s)
                                  .notify = {.retry_first_ms = s->notify_retry_ms,
                                             .retry_max_ms = s->notify_retry_max_ms,
                                             .command_timeout_ms = s->notify_command_timeout_ms}};
+    engine_cfg.origin.max_rate = s->origin_rate;
 }
 
 /* ------------------------------------------------------------------ */
@@ -682,6 +686,7 @@ static const struct field fields[] = {
     FIELD("plugin-dir", plugin_dir, F_TEXT, 0, 0),
     FIELD("validate-helper", validate_helper, F_TEXT, 0, 0),
     FIELD("plugin-timeout", plugin_timeout_ms, F_MS, 0, 1),
+    FIELD("origin-rate", origin_rate, F_BYTES, 0, 1),
     FIELD("notify-retry", notify_retry_ms, F_MS, 0, 0),
     FIELD("notify-retry-max", notify_retry_max_ms, F_MS, 0, 0),
     FIELD("notify-command-timeout", notify_command_timeout_ms, F_MS, 0, 0),

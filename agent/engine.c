@@ -1453,6 +1453,8 @@ int engine_reconfigure(agent_engine *e, const engine_config *cfg, char *why, siz
     e->cfg.max_running = cfg->max_running ? cfg->max_running : DEFAULT_MAX_RUNNING;
     e->cfg.inactivity_ms = cfg->inactivity_ms ? cfg->inactivity_ms : DEFAULT_INACTIVITY_MS;
     e->cfg.plugin_timeout_ms = cfg->plugin_timeout_ms;
+    e->cfg.origin.max_rate = cfg->origin.max_rate;
+    origin_set_max_rate(e->origin, cfg->origin.max_rate);
     int err = DOPA_OK;
     if (why_len > 0)
         why[0] = '\0';

@@ -167,7 +167,8 @@ void engine_stats(agent_engine *e, dopa_agent_stats *out);
 
 /* Settings changed while the engine runs (dopad's SIGHUP), on the engine
  * thread. Of cfg it applies max_running, inactivity_ms and
- * plugin_timeout_ms (0: the defaults, as for engine_open), the trusted keys
+ * plugin_timeout_ms (0: the defaults, as for engine_open), the origin's
+ * overall rate limit (cfg->origin.max_rate), the trusted keys
  * (for the files added from now on), cache_bytes and cache_age_ms, and
  * through peer_node_reconfigure what may change of cfg->peer; the rest of
  * cfg needs a new engine and is ignored. What could be applied is, even

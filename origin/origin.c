@@ -1149,6 +1149,16 @@ static int perform(origin *o, int *finished)
     return mc == CURLM_OK ? ORIGIN_OK : ORIGIN_ETRANSFER;
 }
 
+void origin_set_max_rate(origin *o, uint64_t rate)
+{
+    if (rate == o->cfg.max_rate)
+        return;
+    o->cfg.max_rate = rate;
+    /* Paused transfers go on at the next origin_poll if the new bucket
+     * has tokens. */
+    bucket_init(&o->limit, rate);
+}
+
 int origin_poll(origin *o, int timeout_ms)
 {
     if (o->depth > 0)

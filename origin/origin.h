@@ -157,6 +157,12 @@ void origin_wakeup(origin *o);
 /* Transfers running now (all files). */
 unsigned origin_active(const origin *o);
 
+/* Sets the overall rate limit (bytes/s over all transfers; 0: none) from
+ * now on, for the transfers running and those to come; a running transfer
+ * keeps the low-speed limit and receive buffer it started with. From the
+ * origin's thread, callbacks included. */
+void origin_set_max_rate(origin *o, uint64_t rate);
+
 int origin_file_open(origin *o, const origin_file_options *opts, const origin_sink *sink,
                      origin_file **out);
 /* Cancels the file's requests (without callbacks) and frees it. */

@@ -25,10 +25,12 @@
 
 #include "../check.h"
 #include "../support/daemon.h"
+#include "../support/nginx.h"
 #include "../support/proc.h"
 #include "peer.h"
 
 static test_dopad dopad = {.pid = -1};
+static test_nginx web = {.pid = -1};
 static int notify_fd = -1;
 
 static void sleep_ms(int ms)
@@ -181,6 +183,8 @@ static void after_case(void)
 {
     if (dopad.pid > 0)
         test_dopad_stop(&dopad, SIGKILL);
+    if (web.pid > 0)
+        test_nginx_stop(&web);
     if (notify_fd >= 0)
         close(notify_fd);
     notify_fd = -1;
@@ -305,6 +309,58 @@ static void test_comments_and_keys_that_do_nothing_are_told(void)
     }
 }
 
+static double seconds(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
+/* dopa get of `name` from the test's nginx; returns the seconds it took. */
+static double timed_get(const char *name)
+{
+    char url[300], out[4096];
+    snprintf(url, sizeof url, "http://127.0.0.1:%d/%s", web.port, name);
+    const char *argv[] = {DOPA_CLI, "--socket", dopad.sock,       "get",
+                          url,      "-o",       check_path(name), NULL};
+    double t0 = seconds();
+    int rc = test_run(argv, out, sizeof out, 60, TEST_AS_ME, 0);
+    double took = seconds() - t0;
+    if (rc != 0)
+        fprintf(stderr, "  dopa get: %s  dopad said:\n%s", out, log_text());
+    CHECK_INT(rc, 0);
+    CHECK_INT(test_pattern_differs(check_path(name), (unsigned)name[0], 0, 1000000, NULL), 0);
+    fprintf(stderr, "  %s: %.2f s\n", name, took);
+    return took;
+}
+
+/* origin-rate holds every job's downloads from origins to its rate, from
+ * the start and after a reload, and a reload lifts it. */
+static void test_origin_rate_limits_downloads_and_changes_on_reload(void)
+{
+    char dir[4200];
+    snprintf(dir, sizeof dir, "%s/web", check_tmpdir());
+    CHECK_INT(test_nginx_start(&web, dir, NULL), 0);
+    const char *names[] = {"a", "b", "c"};
+    for (int i = 0; i < 3; i++)
+        CHECK_INT(test_nginx_put(&web, names[i], 1000000, (unsigned)names[i][0]), 0);
+
+    hold_notify_socket(0);
+    start("origin-rate = 250K\n");
+    CHECK(wait_notify("READY=1", NULL, 0));
+    CHECK(timed_get("a") > 3.0); /* 1 MB at 250 kB/s: 4 s */
+
+    rewrite("origin-rate = 0\n");
+    reload();
+    CHECK_HAS(log_text(), "reload: origin-rate: 0 (was 250000)");
+    CHECK(timed_get("b") < 3.0);
+
+    rewrite("origin-rate = 250000\n");
+    reload();
+    CHECK_HAS(log_text(), "reload: origin-rate: 250000 (was 0)");
+    CHECK(timed_get("c") > 3.0);
+}
+
 int main(int argc, char **argv)
 {
     check_cleanup = after_case;
@@ -312,6 +368,7 @@ int main(int argc, char **argv)
                      (struct check_case[]){
                          CASE(test_sighup_applies_what_can_change_and_keeps_the_rest),
                          CASE(test_comments_and_keys_that_do_nothing_are_told),
+                         CASE(test_origin_rate_limits_downloads_and_changes_on_reload),
                          {0},
                      });
 }

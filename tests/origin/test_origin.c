@@ -883,6 +883,45 @@ static void test_rate_limits_per_transfer_and_overall(void)
     free_collector(&c);
 }
 
+/* The overall limit changes while transfers run: lifted, a crawling
+ * transfer finishes at once; set, a fast one slows down. */
+static void test_the_overall_rate_limit_changes_under_way(void)
+{
+    char u[256];
+    url(u, sizeof u, "/data/a.bin");
+    struct collector c = {0};
+    origin_config cfg = origin_config_default();
+    cfg.max_rate = 64 * 1024; /* 1 MiB would take 16 s */
+    origin *o = NULL;
+    CHECK_INT(origin_new(&cfg, &o), ORIGIN_OK);
+    origin_file *f = open_url(o, u, &c);
+    c.o = o;
+    double t0 = seconds();
+    struct fetch *x = fetch(&c, f, 0, 1024 * 1024);
+    while (x->got < 32 * 1024 && seconds() < t0 + 10)
+        CHECK_INT(origin_poll(o, 50), ORIGIN_OK);
+    CHECK(x->got >= 32 * 1024);
+    CHECK(x->got < 256 * 1024);
+    origin_set_max_rate(o, 0);
+    run(o, &c, 10);
+    double took = seconds() - t0;
+    check_bytes(x, SEED_A, 1024 * 1024);
+    fprintf(stderr, "  lifted after %.2f s in all\n", took);
+    CHECK(took < 8);
+
+    /* Set on a loop that had none: 512 KiB at 128 KiB/s, about 4 s. */
+    origin_set_max_rate(o, 128 * 1024);
+    t0 = seconds();
+    x = fetch(&c, f, 0, 512 * 1024);
+    run(o, &c, 20);
+    took = seconds() - t0;
+    check_bytes(x, SEED_A, 512 * 1024);
+    fprintf(stderr, "  set took %.2f s\n", took);
+    CHECK(took > 3.0);
+    origin_free(o);
+    free_collector(&c);
+}
+
 static void test_cancel_stops_every_callback(void)
 {
     CHECK(test_nginx_put(&web, "slow/k.bin", 600 * 1024, 4) == 0);
@@ -1408,6 +1447,7 @@ int main(int argc, char **argv)
                          CASE(test_proxy_modes),
                          CASE(test_custom_headers_are_sent),
                          CASE(test_rate_limits_per_transfer_and_overall),
+                         CASE(test_the_overall_rate_limit_changes_under_way),
                          CASE(test_cancel_stops_every_callback),
                          CASE(test_sink_can_abort),
                          CASE(test_empty_file),
