@@ -13,9 +13,10 @@
 #     path from its own directory, and each of the four programs talks to
 #     it through the installed library.
 # It starts one dopad of its own and stops it by pid.
-# usage: test_install.sh BUILD_DIR VERSION PREFIX LIBDIR
+# usage: test_install.sh BUILD_DIR VERSION PREFIX LIBDIR [SANITIZER_FLAGS]
+# (the flags a sanitizer build's library needs its programs built with)
 set -u
-build=$1 version=$2 prefix=$3 libdir=$4
+build=$1 version=$2 prefix=$3 libdir=$4 sanitize=${5:-}
 # shellcheck source=tests/tools/common.sh
 . "$(dirname "$0")/common.sh"
 for tool in cc pkg-config nm readelf cmake; do
@@ -110,7 +111,7 @@ C
 export PKG_CONFIG_PATH=$top/$libdir/pkgconfig PKG_CONFIG_SYSROOT_DIR=$root
 [ "$(pkg-config --modversion libdopa)" = "$version" ] ||
     fail "pkg-config --modversion libdopa: $(pkg-config --modversion libdopa 2>&1), not $version"
-cflags="-std=c11 -Wall -Wextra -Wpedantic -Werror"
+cflags="-std=c11 -Wall -Wextra -Wpedantic -Werror $sanitize"
 # shellcheck disable=SC2046,SC2086 # pkg-config's words are the flags
 cc $cflags $(pkg-config --cflags libdopa) -o "$dir/app/pc-shared" "$dir/app/main.c" \
     $(pkg-config --libs libdopa) >"$dir/cc.log" 2>&1 || {
@@ -135,7 +136,8 @@ target_link_libraries(cm-shared PRIVATE dopa::dopa)
 add_executable(cm-static main.c)
 target_link_libraries(cm-static PRIVATE dopa::dopa_static)
 CM
-if cmake -S "$dir/app" -B "$dir/app/build" -DCMAKE_PREFIX_PATH="$top" >"$dir/cmake.log" 2>&1 &&
+if cmake -S "$dir/app" -B "$dir/app/build" -DCMAKE_PREFIX_PATH="$top" -DCMAKE_C_FLAGS="$sanitize" \
+    -DCMAKE_EXE_LINKER_FLAGS="$sanitize" >"$dir/cmake.log" 2>&1 &&
     cmake --build "$dir/app/build" >>"$dir/cmake.log" 2>&1; then
     cp "$dir/app/build/cm-shared" "$dir/app/build/cm-static" "$dir/app/"
     grep -q "$top/$libdir/cmake/dopa" "$dir/app/build/CMakeCache.txt" ||
