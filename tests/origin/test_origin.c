@@ -883,8 +883,8 @@ static void test_rate_limits_per_transfer_and_overall(void)
     free_collector(&c);
 }
 
-/* The overall limit changes while transfers run: lifted, a crawling
- * transfer finishes at once; set, a fast one slows down. */
+/* The overall limit changes: lifted, a crawling transfer under way
+ * finishes at once; set on a loop that had none, transfers slow down. */
 static void test_the_overall_rate_limit_changes_under_way(void)
 {
     char u[256];

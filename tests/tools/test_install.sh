@@ -46,8 +46,9 @@ for f in bin/dopa bin/dopa-manifest sbin/dopad libexec/dopa/dopa-validate \
     "$libdir/pkgconfig/libdopa.pc" "$libdir/cmake/dopa/dopa-config.cmake" \
     "$libdir/cmake/dopa/dopa-config-version.cmake" "$libdir/cmake/dopa/dopa-targets.cmake" \
     lib/systemd/system/dopad.service lib/systemd/user/dopad.service \
-    share/man/man1/dopa.1 share/man/man1/dopa-manifest.1 share/man/man3/libdopa.3 \
-    share/man/man5/dopa.conf.5 share/man/man8/dopad.8 \
+        share/man/man1/dopa.1.gz share/man/man1/dopa-manifest.1.gz share/man/man3/libdopa.3.gz \
+    share/man/man5/dopa.conf.5.gz share/man/man8/dopad.8.gz share/doc/dopa/copyright \
+    share/doc/libdopa0/copyright share/doc/libdopa-dev/copyright share/doc/dopa/changelog.gz \
     share/bash-completion/completions/dopa share/bash-completion/completions/dopad \
     share/bash-completion/completions/dopa-manifest \
     lib/apt/methods/dopa+http lib/apt/methods/dopa+https share/doc/dopa/examples/dopa.conf; do
@@ -63,8 +64,9 @@ done
     fail "libdopa.so.0 -> $(readlink "$top/$libdir/libdopa.so.0"), not libdopa.so.$version"
 grep -qx "ExecStart=$prefix/sbin/dopad" "$top/lib/systemd/system/dopad.service" ||
     fail "the system unit does not start $prefix/sbin/dopad: $(grep ExecStart= "$top/lib/systemd/system/dopad.service")"
-# Nothing outside the prefix.
-outside=$(cd "$root" && find . -mindepth 1 \( -type f -o -type l \) | sed 's|^\.||' | grep -v "^$prefix/")
+# Nothing outside the prefix (but the settings file of a /usr install).
+outside=$(cd "$root" && find . -mindepth 1 \( -type f -o -type l \) | sed 's|^\.||' | grep -v "^$prefix/" |
+    grep -vx /etc/dopa/dopa.conf)
 [ -z "$outside" ] || fail "installed outside $prefix: $outside"
 [ "$missing" -eq 0 ] && ok "$(cd "$root" && find . -type f -o -type l | wc -l) files under $prefix, all in place"
 
@@ -118,10 +120,13 @@ cc $cflags $(pkg-config --cflags libdopa) -o "$dir/app/pc-shared" "$dir/app/main
     fail "cannot build against libdopa with pkg-config:"
     show "$dir/cc.log"
 }
-# Static: the archive and pkg-config's private libraries, nothing more.
+# Static: the archive and pkg-config's private libraries, nothing more, and
+# those static too where they can be (all but the C library's), so that a
+# library nng's archive needs and the .pc lacks fails the link.
+private=$(pkg-config --static --libs-only-l libdopa | tr ' ' '\n' | grep -v -e '^-ldopa$' -e '^-lpthread$' -e '^$')
 # shellcheck disable=SC2046,SC2086
 cc $cflags $(pkg-config --cflags libdopa) -o "$dir/app/pc-static" "$dir/app/main.c" \
-    "$top/$libdir/libdopa.a" $(pkg-config --static --libs-only-l libdopa | sed 's/-ldopa//') \
+    "$top/$libdir/libdopa.a" -Wl,-Bstatic $private -Wl,-Bdynamic -lpthread \
     >"$dir/cc.log" 2>&1 || {
     fail "cannot link libdopa.a with pkg-config --static's libraries:"
     show "$dir/cc.log"
@@ -150,6 +155,9 @@ for app in pc-static cm-static; do
     [ -x "$dir/app/$app" ] || continue
     readelf -d "$dir/app/$app" | grep -q 'NEEDED.*libdopa' && fail "$app needs libdopa.so"
 done
+[ -x "$dir/app/pc-static" ] && readelf -d "$dir/app/pc-static" | grep -q 'NEEDED.*libnng' &&
+    fail "pc-static needs libnng.so: the static link did not take nng's archive"
+
 
 # --- The installed dopad, and the programs through the installed library.
 mkdir -p "$dir/plugins" "$dir/state"
@@ -172,10 +180,13 @@ fi
 mkdir -p "$dir/alone"
 cp "$top/sbin/dopad" "$dir/alone/"
 "$dir/alone/dopad" --config "$dir/dopa.conf" --socket "$dir/alone.sock" --state-dir "$dir/alone" \
-    >"$dir/alone.log" 2>&1 </dev/null &
+        >"$dir/alone.log" 2>&1 </dev/null &
 pid=$!
-sleep 0.5
-kill "$pid" 2>/dev/null
+for _ in $(seq 100); do
+    kill -0 "$pid" 2>/dev/null || break
+    sleep 0.1
+done
+kill "$pid" 2>/dev/null && fail "a dopad without dopa-validate started"
 wait "$pid" 2>/dev/null
 grep -q "dopa-validate is neither beside dopad nor at $dir/alone/\.\./libexec/dopa/dopa-validate" "$dir/alone.log" ||
     fail "a dopad without dopa-validate does not say where it looked:" "$(cat "$dir/alone.log")"
