@@ -189,9 +189,11 @@ done
 echo "ok   exit codes"
 
 # --- dopa.conf(5) documents exactly the keys dopad's parser reads. --------
-# The parser: on_setting() holds [dopad]'s keys, peer_setting() [peers]'s.
+# The parser: on_setting() holds [dopad]'s keys, peer_setting() [peers]'s,
+# metrics_setting() [metrics]'s.
 awk '
     /^static int peer_setting\(/ { sec = "peers" }
+    /^static int metrics_setting\(/ { sec = "metrics" }
     /^static int on_setting\(/ { sec = "dopad" }
     /^}/ { sec = "" }
     sec != "" {
@@ -254,7 +256,8 @@ for f in "$dir"/conf-example*; do
     grep -q '/etc/dopa/tls/' "$f" && [ -z "$has_tls" ] && continue
     n=${f##*conf-example}
     sed -e 's/\\-/-/g' -e "s|/etc/dopa/|$ex/|g" -e "s|dopa-pub1:\.\.\.|$(grep '^dopa-pub1:' "$ex/publisher.key.pub")|" \
-        -e 's|//[a-z0-9.]*:7880|//127.0.0.1:0|' -e 's/^beacons *=.*//' "$f" >"$dir/example$n.conf"
+        -e 's|//[a-z0-9.]*:7880|//127.0.0.1:0|' -e 's/^beacons *=.*//' \
+        -e 's/^listen = 127\.0\.0\.1:9464/listen = 127.0.0.1:0/' "$f" >"$dir/example$n.conf"
     grep -q '^\[peers\]' "$dir/example$n.conf" && echo "beacons = no" >>"$dir/example$n.conf"
     "$dopad" --config "$dir/example$n.conf" --socket "$dir/example$n.sock" \
         --state-dir "$dir/example$n.state" >"$dir/example$n.log" 2>&1 &
