@@ -7,7 +7,9 @@
  *  - the engine: one thread that owns the jobs, the store and the origin
  *    loop, runs the transfers, the timers and the control requests
  *    (engine_*);
- *  - the control server on an nng ipc socket (control_*).
+ *  - the control server on an nng ipc socket (control_*);
+ *  - the metrics endpoint, Prometheus text over nng's HTTP server
+ *    (metrics_*).
  *
  * libdopa (dopa.h) is the client side; proto.h is the wire format both use.
  * Everything here runs on the engine thread unless it says otherwise.
@@ -32,6 +34,8 @@
 /* The job model                                                      */
 
 typedef struct agent_job agent_job;
+
+#define AGENT_JOB_STATES (DOPA_STATE_CANCELLED + 1) /* the values of enum dopa_state */
 
 /* The identity of a temporary file and its directory (fileops_*). */
 typedef struct fileops_ident {
@@ -315,6 +319,42 @@ void control_close(control *c);
 /* Set by engine_open's caller so engine_step drains the control queue. */
 void engine_set_control(agent_engine *e, control *c);
 void control_run_queued(control *c);
+
+/* ------------------------------------------------------------------ */
+/* The metrics endpoint                                               */
+
+typedef struct metrics metrics;
+
+#define METRICS_LISTEN_MAX 63 /* the longest "ADDRESS:PORT" */
+
+/* Checks a listen address: "ADDRESS:PORT", the address numeric (IPv4, or
+ * IPv6 in brackets), the port from 0 (any free one) to 65535. Fills host
+ * (the address as written, brackets kept), *port and *is_loopback; -1 when
+ * it is not such an address. */
+int metrics_parse_listen(const char *listen, char *host, size_t host_len, unsigned *port,
+                         int *is_loopback);
+
+/* Serves the agent's counters at http://LISTEN/metrics (Prometheus text;
+ * other paths get 404). Requests come on nng's threads and are answered by
+ * the engine thread in metrics_run_queued, which must be called after each
+ * engine_step. started_ms is when dopad started (wall clock). With
+ * retry_in_use, an address in use is tried again for a moment (a server
+ * just closed on it lets go of it a little later). Fails with why set when
+ * the address cannot be listened on. */
+int metrics_open(agent_engine *e, const char *listen, int64_t started_ms, int retry_in_use,
+                 metrics **out, char *why, size_t why_len);
+/* Stops serving: requests still waiting are dropped (their connections
+ * close). Engine thread. */
+void metrics_close(metrics *m);
+/* "ADDRESS:PORT" as it listens (the port found when 0 was asked). */
+const char *metrics_address(const metrics *m);
+/* Answers the requests that came since the last call (NULL: none). */
+void metrics_run_queued(metrics *m);
+/* The text it serves, for these counters and jobs in each state (indexed
+ * by enum dopa_state), into buf: its length, or 0 when it does not fit in
+ * len bytes. */
+size_t metrics_render(const dopa_agent_stats *st, const uint64_t states[AGENT_JOB_STATES],
+                      int64_t started_ms, char *buf, size_t len);
 
 /* Logging: one line to stderr with a timestamp and level. */
 void agent_log(const char *level, const char *fmt, ...) __attribute__((format(printf, 2, 3)));

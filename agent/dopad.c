@@ -18,6 +18,10 @@
  *
  * Under systemd (Type=notify) dopad tells the service manager when it is
  * ready, reloading and stopping, with a status line of its jobs and peers.
+ *
+ * With [metrics] listen it also serves its counters to Prometheus over HTTP
+ * (agent/metrics.c); its main loop answers those requests after each
+ * engine turn.
  */
 #include <arpa/inet.h>
 #include <errno.h>
@@ -57,6 +61,8 @@ enum exit_code {
 
 static atomic_int stopping, reload_wanted;
 static agent_engine *engine;
+static metrics *metrics_server; /* the metrics endpoint, NULL when off */
+static int64_t started_ms;      /* wall clock */
 
 /* What the command line or the configuration file set. */
 struct settings {
@@ -88,7 +94,9 @@ struct settings {
     int64_t cache_age_ms;
     unsigned long max_connections, max_queued, in_flight, ban_after;
     char peer_keys[512]; /* the [peers] keys given, "a, b": named when they do nothing */
-    char error[600];     /* the first bad setting */
+    /* [metrics] */
+    char metrics_listen[METRICS_LISTEN_MAX + 1]; /* "" when off */
+    char error[600];                             /* the first bad setting */
 };
 
 static int set_max_running(struct settings *s, const char *v)
@@ -293,6 +301,27 @@ static int peer_setting(struct settings *s, const char *name, const char *v)
     return -1;
 }
 
+/* One "name = value" of [metrics]. */
+static int metrics_setting(struct settings *s, const char *name, const char *v)
+{
+    if (strcmp(name, "listen") == 0) {
+        char host[METRICS_LISTEN_MAX + 1];
+        unsigned port;
+        int loopback;
+        if (metrics_parse_listen(v, host, sizeof host, &port, &loopback) != 0) {
+            snprintf(s->error, sizeof s->error,
+                     "%s %s: need ADDRESS:PORT with a numeric address, such as 127.0.0.1:9464 "
+                     "or [::1]:9464",
+                     name, v);
+            return -1;
+        }
+        snprintf(s->metrics_listen, sizeof s->metrics_listen, "%s", v);
+        return 0;
+    }
+    snprintf(s->error, sizeof s->error, "unknown setting %s in [metrics]", name);
+    return -1;
+}
+
 /* The value without a trailing comment. inih ends a value at a ";" that
  * follows a blank, but not at a "#" (as the library is built, and it
  * cannot be told at run time everywhere): a "#" that starts the value or
@@ -338,6 +367,8 @@ static int on_setting(void *user, const char *section, const char *name, const c
         rc = peer_setting(s, name, value);
         if (rc == 0)
             note_peer_key(s, name);
+    } else if (strcmp(section, "metrics") == 0) {
+        rc = metrics_setting(s, name, value);
     } else if (strcmp(section, "dopad") != 0) {
         snprintf(s->error, sizeof s->error, "unknown section [%s]", section);
         rc = -1;
@@ -413,6 +444,8 @@ static const char usage_text[] =
     "                             plugin-dir, plugin-timeout, validate-helper, notify-retry,\n"
     "                             notify-retry-max, notify-command-timeout; section\n"
     "                             [peers]: group-key, listen, peer, cache-host, ...;\n"
+    "                             section [metrics]: listen (ADDRESS:PORT of the\n"
+    "                             Prometheus endpoint, off by default);\n"
     "                             every key is in dopa.conf(5));\n"
     "                             default /etc/dopa/dopa.conf as root, else\n"
     "                             $XDG_CONFIG_HOME/dopa/dopa.conf, when it exists\n"
@@ -767,6 +800,69 @@ static int list_changed(const char *key, int changed, size_t n, size_t was, int 
     return changed;
 }
 
+/* ------------------------------------------------------------------ */
+/* The metrics endpoint                                               */
+
+static void log_metrics(const char *listen)
+{
+    char host[METRICS_LISTEN_MAX + 1];
+    unsigned port;
+    int loopback = 1;
+    metrics_parse_listen(listen, host, sizeof host, &port, &loopback);
+    agent_log("info", "metrics: serving http://%s/metrics", metrics_address(metrics_server));
+    if (!loopback)
+        agent_log("warning",
+                  "metrics: %s is not a loopback address: whoever reaches it can read the "
+                  "counters (the endpoint has no authentication)",
+                  listen);
+}
+
+static unsigned listen_port(const char *listen)
+{
+    char host[METRICS_LISTEN_MAX + 1];
+    unsigned port = 0;
+    int loopback;
+    metrics_parse_listen(listen, host, sizeof host, &port, &loopback);
+    return port;
+}
+
+/* [metrics] listen changed on SIGHUP: applied at once. The old endpoint
+ * stays until the new one listens, unless they share a port (or the new
+ * one is none): then it goes first, and comes back if the new one fails.
+ * Returns 1 when the change applied. */
+static int reload_metrics(const char *want)
+{
+    char why[600], was[METRICS_LISTEN_MAX + 10];
+    const char *now = want[0] ? want : "(none)";
+    snprintf(was, sizeof was, "%s", running.metrics_listen[0] ? running.metrics_listen : "(none)");
+    int same_port = want[0] != '\0' && running.metrics_listen[0] != '\0' &&
+                    listen_port(want) != 0 && listen_port(want) == listen_port(was);
+    if (want[0] == '\0' || same_port) {
+        metrics_close(metrics_server);
+        metrics_server = NULL;
+    }
+    metrics *next = NULL;
+    if (want[0] != '\0' &&
+        metrics_open(engine, want, started_ms, same_port, &next, why, sizeof why) != DOPA_OK) {
+        agent_log("error", "reload: [metrics] listen %s: %s; %s stays in force", now, why, was);
+        if (metrics_server == NULL && running.metrics_listen[0] != '\0' &&
+            metrics_open(engine, running.metrics_listen, started_ms, 1, &metrics_server, why,
+                         sizeof why) != DOPA_OK) {
+            agent_log("error", "reload: [metrics] listen %s again: %s; the metrics endpoint is off",
+                      was, why);
+            running.metrics_listen[0] = '\0';
+        }
+        return 0;
+    }
+    metrics_close(metrics_server);
+    metrics_server = next;
+    snprintf(running.metrics_listen, sizeof running.metrics_listen, "%s", want);
+    agent_log("info", "reload: [metrics] listen: %s (was %s)", now, was);
+    if (metrics_server != NULL)
+        log_metrics(want);
+    return 1;
+}
+
 /* SIGHUP, on the engine's thread: the file again, checked whole, then
  * what can change applied and the rest named. */
 static void reload(void)
@@ -850,6 +946,8 @@ static void reload(void)
         memcpy(running.cache_hosts, next.cache_hosts, sizeof next.cache_hosts);
         running.n_cache_hosts = next.n_cache_hosts;
     }
+    if (strcmp(next.metrics_listen, running.metrics_listen) != 0)
+        applied += reload_metrics(next.metrics_listen);
     make_configs(&running);
     if (engine_reconfigure(engine, &engine_cfg, msg, sizeof msg) != DOPA_OK)
         agent_log("warning", "reload: %s", msg);
@@ -908,6 +1006,9 @@ int main(int argc, char **argv)
         {NULL, 0, NULL, 0},
     };
     notify_take_socket(); /* before any thread: it changes the environment */
+    struct timespec now;
+    clock_gettime(CLOCK_REALTIME, &now);
+    started_ms = (int64_t)now.tv_sec * 1000 + now.tv_nsec / 1000000;
     const char *config = NULL;
     char why[5000];
     int c, rc = 0;
@@ -1013,6 +1114,13 @@ int main(int argc, char **argv)
         engine_close(engine);
         return EXIT_START;
     }
+    if (s->metrics_listen[0] != '\0' && metrics_open(engine, s->metrics_listen, started_ms, 0,
+                                                     &metrics_server, why, sizeof why) != DOPA_OK) {
+        fprintf(stderr, "dopad: metrics endpoint: %s\n", why);
+        control_close(ctl);
+        engine_close(engine);
+        return EXIT_START;
+    }
     pthread_t sig_thread;
     pthread_create(&sig_thread, NULL, signal_thread, &set);
     agent_log("info", "dopad %s: %zu jobs, listening on %s, state in %s", AGENT_VERSION,
@@ -1021,11 +1129,14 @@ int main(int argc, char **argv)
         agent_log("info", "peers: serving on %s, %zu configured peers, %zu cache hosts, beacons %s",
                   engine_peer_url(engine), s->n_peers, s->n_cache_hosts,
                   engine_cfg.peer->beacons ? "on" : "off");
+    if (metrics_server != NULL)
+        log_metrics(s->metrics_listen);
     notify_manager("READY=1");
     notify_status(1);
 
     while (!atomic_load(&stopping)) {
         engine_step(engine, 1000);
+        metrics_run_queued(metrics_server);
         if (atomic_exchange(&reload_wanted, 0))
             reload();
         notify_status(0);
@@ -1036,6 +1147,7 @@ int main(int argc, char **argv)
     /* The signal thread wakes the engine: it goes first. */
     pthread_kill(sig_thread, SIGTERM);
     pthread_join(sig_thread, NULL);
+    metrics_close(metrics_server);
     control_close(ctl);
     engine_close(engine);
     close(lock);

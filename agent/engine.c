@@ -1265,6 +1265,14 @@ size_t engine_job_count(const agent_engine *e)
     return e->n_jobs;
 }
 
+void engine_state_counts(const agent_engine *e, uint64_t out[AGENT_JOB_STATES])
+{
+    memset(out, 0, AGENT_JOB_STATES * sizeof out[0]);
+    for (size_t i = 0; i < e->n_jobs; i++)
+        if (e->jobs[i]->state >= 0 && e->jobs[i]->state < AGENT_JOB_STATES)
+            out[e->jobs[i]->state]++;
+}
+
 void engine_set_control(agent_engine *e, control *c)
 {
     e->control = c;

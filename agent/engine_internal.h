@@ -164,6 +164,9 @@ void engine_release_fd(agent_file *f);
 
 /* The agent's counters (peers.c). */
 void engine_stats(agent_engine *e, dopa_agent_stats *out);
+/* How many of the jobs engine_stats counts are in each state, indexed by
+ * enum dopa_state (engine.c). Final jobs count while they stay visible. */
+void engine_state_counts(const agent_engine *e, uint64_t out[AGENT_JOB_STATES]);
 
 /* Settings changed while the engine runs (dopad's SIGHUP), on the engine
  * thread. Of cfg it applies max_running, inactivity_ms and

@@ -189,9 +189,11 @@ done
 echo "ok   exit codes"
 
 # --- dopa.conf(5) documents exactly the keys dopad's parser reads. --------
-# The parser: on_setting() holds [dopad]'s keys, peer_setting() [peers]'s.
+# The parser: on_setting() holds [dopad]'s keys, peer_setting() [peers]'s,
+# metrics_setting() [metrics]'s.
 awk '
     /^static int peer_setting\(/ { sec = "peers" }
+    /^static int metrics_setting\(/ { sec = "metrics" }
     /^static int on_setting\(/ { sec = "dopad" }
     /^}/ { sec = "" }
     sec != "" {
@@ -252,8 +254,9 @@ awk -v dir="$dir" '/^\.EX/ { n++; on = 1; next } /^\.EE/ { on = 0; next }
 # loopback: to_scratch IN OUT
 to_scratch() {
     sed -e 's/\\-/-/g' -e "s|/etc/dopa/|$ex/|g" -e "s|dopa-pub1:\.\.\.|$(grep '^dopa-pub1:' "$ex/publisher.key.pub")|" \
-        -e 's|//[a-z0-9.]*:7880|//127.0.0.1:0|' -e 's/^beacons *=.*//' "$1" >"$2"
-    grep -q '^\[peers\]' "$2" && echo "beacons = no" >>"$2"
+        -e 's|//[a-z0-9.]*:7880|//127.0.0.1:0|' -e 's/^beacons *=.*//' \
+        -e 's/^listen = 127\.0\.0\.1:9464/listen = 127.0.0.1:0/' "$1" >"$2"
+        sed -i '/^\[peers\]/a beacons = no' "$2"
 }
 # Whether dopad starts with a settings file, saying nothing on stderr but
 # its start: starts NAME FILE (the log is $dir/NAME.log)
@@ -274,7 +277,7 @@ tried=0
 for f in "$dir"/conf-example*; do
     head -n 1 "$f" | grep -q '^[[;]' || continue # a file, not a fragment or a command
     grep -q '/etc/dopa/tls/' "$f" && [ -z "$has_tls" ] && continue
-        n=${f##*conf-example}
+    n=${f##*conf-example}
     to_scratch "$f" "$dir/example$n.conf"
     if ! starts "example$n" "$dir/example$n.conf"; then
         fail "dopa.conf.5: dopad does not start cleanly with example $n:"
