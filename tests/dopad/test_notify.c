@@ -525,7 +525,7 @@ static void test_a_crashing_or_hanging_plugin_leaves_dopad_running(void)
             CHECK_HAS(j.error.message, cases[i].said);
         /* dopad goes on, with nothing left running, and the job keeps
          * its bytes for another try. */
-                uint32_t uid;
+        uint32_t uid;
         CHECK_INT(dopa_whoami(mgr, &uid, NULL, 0), DOPA_OK);
         /* The killed helper is reaped on a later turn, within a second or
          * two even on a loaded machine. */
