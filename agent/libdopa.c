@@ -169,6 +169,7 @@ static void redial_if_stuck(dopa_manager *m)
     pthread_mutex_lock(&m->conn_lock);
     m->dialer = d;
     m->is_redialing = 0;
+    pthread_cond_broadcast(&m->conn_changed); /* dopa_disconnect may wait for it */
     pthread_mutex_unlock(&m->conn_lock);
 }
 
@@ -258,8 +259,12 @@ void dopa_disconnect(dopa_manager *m)
     pthread_cond_broadcast(&m->wake);
     pthread_mutex_unlock(&m->lock);
     pthread_mutex_lock(&m->conn_lock);
-    m->is_closing = 1; /* ends a wait for a connection */
+    m->is_closing = 1; /* ends a wait for a connection, and stops new redials */
     pthread_cond_broadcast(&m->conn_changed);
+    /* A dialer made while nng closes the socket can be left unfreed (seen
+     * under ASan in faults.kill9): a redial under way ends first. */
+    while (m->is_redialing)
+        pthread_cond_wait(&m->conn_changed, &m->conn_lock);
     pthread_mutex_unlock(&m->conn_lock);
     nng_close(m->sock); /* ends the poll that is waiting */
     if (joined && pthread_equal(m->thread, pthread_self())) {

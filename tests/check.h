@@ -24,6 +24,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 
 struct check_case {
@@ -127,6 +128,30 @@ static inline const char *check_path(const char *name)
     memcpy(b + d + 1, name, n + 1);
     check_paths[check_n_paths++] = b;
     return b;
+}
+
+/* Monotonic seconds, for the cases that bound or measure a time. */
+static inline double check_now(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
+static inline void check_sleep_ms(int ms)
+{
+    struct timespec ts = {ms / 1000, (long)(ms % 1000) * 1000000};
+    nanosleep(&ts, NULL);
+}
+
+/* Writes text to the file at path (made or emptied); the case fails if it
+ * cannot. */
+static inline void check_write_text(const char *path, const char *text)
+{
+    FILE *f = fopen(path, "w");
+    CHECK(f != NULL);
+    fputs(text, f);
+    CHECK(fclose(f) == 0);
 }
 
 static inline int check_run(int argc, char **argv, const struct check_case *cases)

@@ -164,22 +164,15 @@ static void step(int times)
         CHECK_INT(engine_step(E, 20), DOPA_OK);
 }
 
-static double seconds(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
-}
-
 /* Runs the engine until the job reaches `state`; fails after `limit` s. */
 static dopa_job_info run_until(const dopa_id *id, int state, double limit)
 {
-    double end = seconds() + limit;
+    double end = check_now() + limit;
     for (;;) {
         dopa_job_info j = info(id);
         if (j.state == state)
             return j;
-        if (seconds() > end) {
+        if (check_now() > end) {
             fprintf(stderr, "  job is %s, waited for %s; error: %s\n", dopa_state_name(j.state),
                     dopa_state_name(state), j.has_error ? j.error.message : "none");
             CHECK(0);
@@ -627,8 +620,8 @@ static void test_restart_resumes_with_the_pieces_it_had(void)
     CHECK_INT(add_file(&id, u, check_path("r")), DOPA_OK);
     CHECK_INT(op(0, PROTO_RESUME, &id), DOPA_OK);
     run_until(&id, DOPA_STATE_TRANSFERRING, 10);
-    double end = seconds() + 20;
-    while (info(&id).bytes_transferred < 3 * 1024 * 1024 && seconds() < end)
+    double end = check_now() + 20;
+    while (info(&id).bytes_transferred < 3 * 1024 * 1024 && check_now() < end)
         step(1);
     uint64_t had = info(&id).bytes_transferred;
     CHECK(had >= 3 * 1024 * 1024);
@@ -834,8 +827,8 @@ static void test_a_file_changed_on_the_server_is_fetched_anew(void)
     CHECK_INT(add_file(&id, u, check_path("c")), DOPA_OK);
     CHECK_INT(set_seconds(&id, PROTO_SET_RETRY_DELAY, 1), DOPA_OK);
     CHECK_INT(op(0, PROTO_RESUME, &id), DOPA_OK);
-    double end = seconds() + 20;
-    while (info(&id).bytes_transferred < 2 * 1024 * 1024 && seconds() < end)
+    double end = check_now() + 20;
+    while (info(&id).bytes_transferred < 2 * 1024 * 1024 && check_now() < end)
         step(1);
     /* The publisher replaces it with a smaller, different file, and the
      * job's next request (after a pause) finds out. The request under way
@@ -900,9 +893,9 @@ static void test_whole_file_check_is_void_after_suspend_or_cancel(void)
         CHECK_INT(op(0, PROTO_RESUME, ids[i]), DOPA_OK);
     /* Wait until every byte is in: the check runs, the state is not yet
      * TRANSFERRED. */
-    double end = seconds() + 30;
+    double end = check_now() + 30;
     for (int i = 0; i < 3; i++)
-        while (info(ids[i]).bytes_transferred < 96u * 1024 * 1024 && seconds() < end)
+        while (info(ids[i]).bytes_transferred < 96u * 1024 * 1024 && check_now() < end)
             step(1);
     CHECK_INT(op(0, PROTO_SUSPEND, &a), DOPA_OK);
     CHECK_INT(op(0, PROTO_CANCEL, &b), DOPA_OK);
@@ -1086,14 +1079,14 @@ static const proto_event *find_event(const proto_event *ev, size_t n, int kind, 
 static uint64_t await_event(uint32_t uid, const uint8_t client[16], int kind, const dopa_id *job,
                             double limit)
 {
-    double end = seconds() + limit;
+    double end = check_now() + limit;
     proto_event ev[PROTO_EVENT_PAGE];
     for (;;) {
         size_t n = poll_events(uid, client, ev, PROTO_EVENT_PAGE);
         const proto_event *e = find_event(ev, n, kind, job);
         if (e != NULL)
             return e->id;
-        if (seconds() > end)
+        if (check_now() > end)
             return 0;
         step(1);
     }
@@ -1241,8 +1234,8 @@ static void other_user(uid_t *uid, gid_t *gid, int *created)
 
 static int wait_for_file(const char *path, char *out, size_t len, double limit)
 {
-    double end = seconds() + limit;
-    while (seconds() < end) {
+    double end = check_now() + limit;
+    while (check_now() < end) {
         FILE *f = fopen(path, "r");
         if (f != NULL) {
             size_t n = fread(out, 1, len - 1, f);
@@ -1413,9 +1406,9 @@ static dopa_file_info file_info(const dopa_id *id, uint64_t index)
  * reached the client. */
 static void until_pending(const dopa_id *id)
 {
-    double end = seconds() + 20;
+    double end = check_now() + 20;
     while (file_info(id, 0).validation != DOPA_VALIDATION_PENDING) {
-        CHECK(seconds() < end);
+        CHECK(check_now() < end);
         step(1);
     }
     CHECK_INT(info(id).state, DOPA_STATE_TRANSFERRING);
@@ -1516,8 +1509,8 @@ static void test_no_verdict_in_time_takes_the_default(void)
         CHECK_INT(info(&id).validation_timeout, 30);
         CHECK_INT(info(&id).validation_default_valid, valid);
         CHECK_INT(op(0, PROTO_RESUME, &id), DOPA_OK);
-        double end = seconds() + 20;
-        while (file_info(&id, 0).validation != DOPA_VALIDATION_PENDING && seconds() < end)
+        double end = check_now() + 20;
+        while (file_info(&id, 0).validation != DOPA_VALIDATION_PENDING && check_now() < end)
             step(1);
         skew_ms += 29000;
         step(2);
@@ -1536,8 +1529,8 @@ static void test_files_awaiting_verdicts_take_no_running_slot(void)
     dopa_id judged = started_job(0, "judged", check_path("judged"));
     CHECK_INT(set_flags(&judged, DOPA_NOTIFY_FILE_TRANSFERRED), DOPA_OK);
     CHECK_INT(op(0, PROTO_RESUME, &judged), DOPA_OK);
-    double end = seconds() + 20;
-    while (file_info(&judged, 0).validation != DOPA_VALIDATION_PENDING && seconds() < end)
+    double end = check_now() + 20;
+    while (file_info(&judged, 0).validation != DOPA_VALIDATION_PENDING && check_now() < end)
         step(1);
     /* ...and with one running slot, another job still goes through. */
     dopa_id next = started_job(0, "next", check_path("next"));

@@ -31,12 +31,6 @@ static char sock[4200], state[4200];
 static char self_path[4096]; /* this program, to run it as a helper */
 static pid_t dopad = -1;
 
-static void sleep_ms(int ms)
-{
-    struct timespec ts = {ms / 1000, (long)(ms % 1000) * 1000000};
-    nanosleep(&ts, NULL);
-}
-
 /* Starts dopad on this case's socket and state; waits until it answers. */
 static void start_dopad(void)
 {
@@ -141,7 +135,7 @@ static void test_interrupted_get_resumes_when_run_again(void)
     const char *log = check_path("get.out");
     const char *argv[] = {DOPA_CLI, "--socket", sock, "get", u, "-o", dest, NULL};
     pid_t get = test_spawn(argv, log, TEST_AS_ME, 0);
-    sleep_ms(1500);
+    check_sleep_ms(1500);
     kill(get, SIGINT);
     CHECK_INT(test_wait(get, 10), 130);
     CHECK(access(dest, F_OK) != 0);
@@ -251,7 +245,7 @@ static void test_kill_9_at_random_moments_loses_nothing(void)
     srand(seed);
     int kills = 0;
     for (int r = 0; r < rounds; r++) {
-        sleep_ms(100 + rand() % 500);
+        check_sleep_ms(100 + rand() % 500);
         stop_dopad(SIGKILL);
         kills++;
         CHECK(test_db_integrity_ok(db));
@@ -267,7 +261,7 @@ static void test_kill_9_at_random_moments_loses_nothing(void)
     check_content(check_path("k.bin"), 17, size);
     stop_dopad(SIGTERM);
     CHECK(test_db_integrity_ok(db));
-    sleep_ms(100);
+    check_sleep_ms(100);
     long long sent = test_nginx_bytes_sent(&web, "/slow/k.bin") - before;
     /* Each kill may cost what was in flight: the pieces since the last
      * commit (200 ms at 16 MB/s), the piece being filled, socket buffers. */
@@ -392,7 +386,7 @@ static void test_a_flooding_client_does_not_starve_others(void)
             fclose(f);
         }
         if (sent == 0)
-            sleep_ms(20);
+            check_sleep_ms(20);
     }
     CHECK(sent > 20);
     /* Someone else is still served, promptly: the flooding connection is
@@ -410,14 +404,6 @@ static void test_a_flooding_client_does_not_starve_others(void)
     stop_dopad(SIGTERM);
 }
 
-static void write_text(const char *path, const char *text)
-{
-    FILE *f = fopen(path, "w");
-    CHECK(f != NULL);
-    fputs(text, f);
-    fclose(f);
-}
-
 static void test_configuration_file(void)
 {
     char conf[8800], out[4096];
@@ -427,11 +413,11 @@ static void test_configuration_file(void)
              "# dopad settings\n[dopad]\nsocket = %s\nstate-dir = %s\nmax-running = 2\n"
              "inactivity-timeout = 86400\n",
              sock, state);
-    write_text(check_path("good.conf"), conf);
+    check_write_text(check_path("good.conf"), conf);
     const char *argv[] = {DOPAD, "--config", check_path("good.conf"), NULL};
     dopad = test_spawn(argv, check_path("dopad.log"), TEST_AS_ME, 0);
     for (int i = 0; i < 500 && cli(out, sizeof out, "whoami") != 0; i++)
-        sleep_ms(10);
+        check_sleep_ms(10);
     CHECK_INT(cli(out, sizeof out, "whoami"), 0); /* it listens where the file said */
     stop_dopad(SIGTERM);
 
@@ -448,7 +434,7 @@ static void test_configuration_file(void)
         {"not an ini line\n", "bad.conf:1:"},
     };
     for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
-        write_text(check_path("bad.conf"), bad[i].text);
+        check_write_text(check_path("bad.conf"), bad[i].text);
         const char *bargv[] = {DOPAD, "--config", check_path("bad.conf"), NULL};
         CHECK_INT(test_run(bargv, out, sizeof out, 10, TEST_AS_ME, 0), 2);
         CHECK_HAS(out, bad[i].said);

@@ -47,27 +47,6 @@ typedef struct agent {
 } agent;
 static agent agents[AGENTS] = {{.d.pid = -1}, {.d.pid = -1}};
 
-static double now_s(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
-}
-
-static void sleep_ms(int ms)
-{
-    struct timespec ts = {ms / 1000, (long)(ms % 1000) * 1000000};
-    nanosleep(&ts, NULL);
-}
-
-static void write_text(const char *path, const char *text)
-{
-    FILE *f = fopen(path, "w");
-    CHECK(f != NULL);
-    fputs(text, f);
-    CHECK(fclose(f) == 0);
-}
-
 /* What agent i has logged so far. */
 static const char *log_text(int i)
 {
@@ -298,7 +277,7 @@ static void check_matches_stats(int i, dopa_agent_stats *out)
         if (memcmp(&a, &b, sizeof a) == 0)
             break;
         CHECK(tries < 50);
-        sleep_ms(100);
+        check_sleep_ms(100);
     }
     CHECK_INT(sample_u64(text, "dopa_received_bytes_total{source=\"origin\"}"), a.from_origin);
     CHECK_INT(sample_u64(text, "dopa_received_bytes_total{source=\"peers\"}"), a.from_peers);
@@ -378,17 +357,17 @@ static dopa_id add_job(int i, const char *path, const char *out, const dopa_file
 static dopa_job_info wait_state(int i, const dopa_id *id, int state, double limit)
 {
     dopa_job_info j;
-    double end = now_s() + limit;
+    double end = check_now() + limit;
     for (;;) {
         CHECK_INT(dopa_job_get(agents[i].m, id, &j), DOPA_OK);
         if (j.state == state && (state != DOPA_STATE_TRANSFERRING || j.bytes_transferred > 0))
             return j;
-        if (now_s() > end) {
+        if (check_now() > end) {
             fprintf(stderr, "  job is %s, waited for %s (%s)\n", dopa_state_name(j.state),
                     dopa_state_name(state), j.has_error ? j.error.message : "no error");
             CHECK(0);
         }
-        sleep_ms(20);
+        check_sleep_ms(20);
     }
 }
 
@@ -517,10 +496,10 @@ static void test_peer_and_cache_counters_are_those_dopad_reports(void)
     CHECK_INT(j.bytes_from_peers, SIZE_A);
     /* The first agent's cache takes its copy in the background. */
     dopa_agent_stats s[AGENTS];
-    double end = now_s() + 30;
+    double end = check_now() + 30;
     do {
-        sleep_ms(50);
-        CHECK(now_s() < end);
+        check_sleep_ms(50);
+        CHECK(check_now() < end);
         CHECK_INT(dopa_agent_stats_get(agents[0].m, &s[0]), DOPA_OK);
     } while (s[0].cache_entries == 0);
     for (int i = 0; i < AGENTS; i++)
@@ -608,9 +587,9 @@ static void test_clients_that_hang_up_do_not_stop_the_endpoint(void)
         if (k % 2 == 1)
             CHECK(write(idle[k], "GET /met", 8) == 8);
     }
-    double t0 = now_s();
+    double t0 = check_now();
     check_matches_stats(0, NULL);
-    CHECK(now_s() - t0 < 5);
+    CHECK(check_now() - t0 < 5);
     for (int k = 0; k < 20; k++)
         close(idle[k]);
     /* dopad's own work goes on. */
@@ -650,7 +629,7 @@ static void test_bad_addresses_are_refused_with_file_and_line(void)
     };
     char out[4096];
     for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
-        write_text(check_path("bad.conf"), bad[i].text);
+        check_write_text(check_path("bad.conf"), bad[i].text);
         const char *argv[] = {DOPAD,
                               "--config",
                               check_path("bad.conf"),
@@ -675,7 +654,7 @@ static void test_a_port_in_use_stops_dopad_with_a_clear_error(void)
     int port = ntohs(a.sin_port);
     char conf[256], out[4096], said[256];
     snprintf(conf, sizeof conf, "[metrics]\nlisten = 127.0.0.1:%d\n", port);
-    write_text(check_path("taken.conf"), conf);
+    check_write_text(check_path("taken.conf"), conf);
     const char *argv[] = {DOPAD,
                           "--config",
                           check_path("taken.conf"),
@@ -711,7 +690,8 @@ static void reload_until(const char *end)
 {
     int before = count_in_log(end), logged = before;
     CHECK(kill(agents[0].d.pid, SIGHUP) == 0);
-    for (double limit = now_s() + 20; logged == before && now_s() < limit; sleep_ms(20))
+    for (double limit = check_now() + 20; logged == before && check_now() < limit;
+         check_sleep_ms(20))
         logged = count_in_log(end);
     CHECK_INT(logged, before + 1);
 }
@@ -726,7 +706,7 @@ static void rewrite(const char *settings)
 {
     char text[4096];
     snprintf(text, sizeof text, "[dopad]\n%s\n", settings);
-    write_text(check_path("agent0/dopad.conf"), text);
+    check_write_text(check_path("agent0/dopad.conf"), text);
 }
 
 static void test_sighup_moves_stops_and_starts_the_endpoint(void)

@@ -27,19 +27,6 @@ static dopa_manager *mgr;
 
 #define SIZE_A (1024 * 1024 + 77)
 
-static double now_s(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
-}
-
-static void sleep_ms(int ms)
-{
-    struct timespec ts = {ms / 1000, (long)(ms % 1000) * 1000000};
-    nanosleep(&ts, NULL);
-}
-
 static void start(const char *settings)
 {
     CHECK_INT(test_dopad_start(&daemon_, DOPAD, check_tmpdir(), settings), 0);
@@ -90,17 +77,17 @@ static dopa_id job_for(const char *name, const char *path)
 static dopa_job_info wait_state(const dopa_id *id, int state, double limit)
 {
     dopa_job_info j;
-    double end = now_s() + limit;
+    double end = check_now() + limit;
     for (;;) {
         CHECK_INT(dopa_job_get(mgr, id, &j), DOPA_OK);
         if (j.state == state)
             return j;
-        if (now_s() > end) {
+        if (check_now() > end) {
             fprintf(stderr, "  job is %s, waited for %s (%s)\n", dopa_state_name(j.state),
                     dopa_state_name(state), j.has_error ? j.error.message : "no error");
             CHECK(0);
         }
-        sleep_ms(20);
+        check_sleep_ms(20);
     }
 }
 
@@ -137,7 +124,7 @@ static void record(int kind, const dopa_id *job)
     if (seen.n < MAX_SEEN) {
         seen.kind[seen.n] = kind;
         seen.job[seen.n] = *job;
-        seen.at[seen.n] = now_s();
+        seen.at[seen.n] = check_now();
         seen.n++;
     }
     pthread_cond_broadcast(&seen.changed);
@@ -157,9 +144,9 @@ static int count(int kind, const dopa_id *job)
 /* Waits until the callbacks saw `n` events of a kind for the job. */
 static int await_count(int kind, const dopa_id *job, int n, double limit)
 {
-    double end = now_s() + limit;
-    while (count(kind, job) < n && now_s() < end)
-        sleep_ms(20);
+    double end = check_now() + limit;
+    while (count(kind, job) < n && check_now() < end)
+        check_sleep_ms(20);
     return count(kind, job);
 }
 
@@ -241,7 +228,7 @@ static void test_each_event_reaches_the_callback_once(void)
     CHECK_INT(dopa_job_resume(mgr, &bad), DOPA_OK);
     CHECK_INT(await_count(ERROR, &bad, 1, 20), 1);
     /* Once each: nothing more comes. */
-    sleep_ms(2500);
+    check_sleep_ms(2500);
     CHECK_INT(count(TRANSFERRED, &id), 1);
     CHECK_INT(count(ERROR, &bad), 1);
     CHECK_INT(count(TRANSFERRED, &bad), 0);
@@ -259,7 +246,7 @@ static void test_a_callback_failing_three_times_sees_transferred_four_times(void
     CHECK_INT(dopa_job_set_callbacks(mgr, &id, &callbacks), DOPA_OK);
     CHECK_INT(dopa_job_resume(mgr, &id), DOPA_OK);
     CHECK_INT(await_count(TRANSFERRED, &id, 4, 30), 4);
-    sleep_ms(2500);
+    check_sleep_ms(2500);
     CHECK_INT(count(TRANSFERRED, &id), 4);
     /* The interval grew: about 0.25, 0.5 and 1 s between the calls. */
     double gaps[3];
@@ -287,7 +274,7 @@ static void test_unanswered_events_come_again_after_a_kill(void)
     CHECK_INT(dopa_job_set_callbacks(mgr, &held, &callbacks), DOPA_OK);
     CHECK_INT(dopa_job_resume(mgr, &held), DOPA_OK);
     wait_state(&held, DOPA_STATE_TRANSFERRED, 20);
-    sleep_ms(500); /* handed to the callback, which waits */
+    check_sleep_ms(500); /* handed to the callback, which waits */
     test_dopad_stop(&daemon_, SIGKILL);
     CHECK_INT(test_dopad_start(&daemon_, DOPAD, check_tmpdir(), NULL), 0);
     /* The callback ends; its answer finds a dopad that never heard of this
@@ -297,7 +284,7 @@ static void test_unanswered_events_come_again_after_a_kill(void)
     pthread_cond_broadcast(&seen.changed);
     pthread_mutex_unlock(&seen.lock);
     CHECK_INT(await_count(TRANSFERRED, &held, 2, 20), 2);
-    sleep_ms(2000);
+    check_sleep_ms(2000);
     CHECK_INT(count(TRANSFERRED, &held), 2);
     CHECK_INT(count(TRANSFERRED, &told), 1); /* answered before the kill: not again */
     stop(SIGTERM);
@@ -336,9 +323,9 @@ static void test_a_client_whose_jobs_are_gone_rests(void)
      * then neither it nor dopad spins. */
     test_dopad_stop(&daemon_, SIGTERM);
     CHECK_INT(test_dopad_start(&daemon_, DOPAD, check_tmpdir(), NULL), 0);
-    sleep_ms(1500);
+    check_sleep_ms(1500);
     double before = cpu_of(daemon_.pid);
-    sleep_ms(3000);
+    check_sleep_ms(3000);
     double used = cpu_of(daemon_.pid) - before;
     printf("  dopad used %.2f s of CPU in 3 s\n", used);
     CHECK(before >= 0 && used < 0.3);
@@ -432,15 +419,15 @@ static void test_the_command_line_runs_as_the_owner_when_no_client_listens(void)
     CHECK_INT(cli_as(uid, gid, out, sizeof out, "resume", id, (char *)NULL), 0);
     char want[256];
     snprintf(want, sizeof want, "%u JobTransferred %s\n", (unsigned)uid, id);
-    double end = now_s() + 20;
+    double end = check_now() + 20;
     char got[1024] = "";
-    while (now_s() < end && strstr(got, want) == NULL) {
+    while (check_now() < end && strstr(got, want) == NULL) {
         FILE *f = fopen(said, "r");
         if (f != NULL) {
             got[fread(got, 1, sizeof got - 1, f)] = '\0';
             fclose(f);
         }
-        sleep_ms(50);
+        check_sleep_ms(50);
     }
     if (strcmp(got, want) != 0)
         show_log();
@@ -529,9 +516,9 @@ static void test_a_crashing_or_hanging_plugin_leaves_dopad_running(void)
         CHECK_INT(dopa_whoami(mgr, &uid, NULL, 0), DOPA_OK);
         /* The killed helper is reaped on a later turn, within a second or
          * two even on a loaded machine. */
-        double end = now_s() + 5;
-        while (children_of(daemon_.pid) != 0 && now_s() < end)
-            sleep_ms(50);
+        double end = check_now() + 5;
+        while (children_of(daemon_.pid) != 0 && check_now() < end)
+            check_sleep_ms(50);
         CHECK_INT(children_of(daemon_.pid), 0);
         CHECK_INT(j.bytes_transferred, SIZE_A);
         stop(SIGTERM);

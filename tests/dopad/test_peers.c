@@ -39,19 +39,6 @@ typedef struct agent {
 } agent;
 static agent agents[AGENTS];
 
-static double now_s(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
-}
-
-static void sleep_ms(int ms)
-{
-    struct timespec ts = {ms / 1000, (long)(ms % 1000) * 1000000};
-    nanosleep(&ts, NULL);
-}
-
 static void show_log(int i)
 {
     FILE *f = fopen(agents[i].d.log, "r");
@@ -129,19 +116,19 @@ static dopa_id fetch(int i, const char *name, const char *out, int with_manifest
 static dopa_job_info wait_state(int i, const dopa_id *id, int state, double limit)
 {
     dopa_job_info j;
-    double end = now_s() + limit;
+    double end = check_now() + limit;
     for (;;) {
         CHECK_INT(dopa_job_get(agents[i].m, id, &j), DOPA_OK);
         if (j.state == state)
             return j;
-        if (now_s() > end) {
+        if (check_now() > end) {
             fprintf(stderr, "  agent %d: job is %s, waited for %s (%s)\n", i,
                     dopa_state_name(j.state), dopa_state_name(state),
                     j.has_error ? j.error.message : "no error");
             show_log(i);
             CHECK(0);
         }
-        sleep_ms(20);
+        check_sleep_ms(20);
     }
 }
 
@@ -235,12 +222,12 @@ static void test_agents_joining_a_swarm_under_way_share_the_origin(void)
     /* Each joins while the ones before it hold part of the file. */
     for (int i = 0; i < 3; i++) {
         CHECK_INT(dopa_job_resume(agents[i].m, &ids[i]), DOPA_OK);
-        double end = now_s() + 10;
+        double end = check_now() + 10;
         dopa_job_info j;
         do {
-            sleep_ms(20);
+            check_sleep_ms(20);
             CHECK_INT(dopa_job_get(agents[i].m, &ids[i], &j), DOPA_OK);
-        } while (i < 2 && j.bytes_transferred < SIZE_BIG / 4 && now_s() < end);
+        } while (i < 2 && j.bytes_transferred < SIZE_BIG / 4 && check_now() < end);
     }
     for (int i = 0; i < 3; i++) {
         wait_state(i, &ids[i], DOPA_STATE_TRANSFERRED, 60);
@@ -291,7 +278,7 @@ static void test_a_rejected_peer_file_is_fetched_again_from_the_origin(void)
     /* The file waits for a verdict with every byte from the peer. */
     dopa_file_info *files = NULL;
     size_t n = 0;
-    double end = now_s() + 30;
+    double end = check_now() + 30;
     for (;;) {
         CHECK_INT(dopa_job_list_files(agents[1].m, &b, &files, &n), DOPA_OK);
         int waiting = files[0].validation == DOPA_VALIDATION_PENDING;
@@ -301,12 +288,12 @@ static void test_a_rejected_peer_file_is_fetched_again_from_the_origin(void)
             CHECK_INT(from_peers, SIZE_SMALL);
             break;
         }
-        CHECK(now_s() < end);
-        sleep_ms(20);
+        CHECK(check_now() < end);
+        check_sleep_ms(20);
     }
     CHECK_INT(dopa_file_set_validation_state(agents[1].m, &b, 0, 0), DOPA_OK);
     /* Thrown away and fetched again from the origin alone. */
-    end = now_s() + 30;
+    end = check_now() + 30;
     for (;;) {
         CHECK_INT(dopa_job_list_files(agents[1].m, &b, &files, &n), DOPA_OK);
         dopa_file_info f = files[0];
@@ -316,8 +303,8 @@ static void test_a_rejected_peer_file_is_fetched_again_from_the_origin(void)
             CHECK_INT(f.bytes_from_peers, 0);
             break;
         }
-        CHECK(now_s() < end);
-        sleep_ms(20);
+        CHECK(check_now() < end);
+        check_sleep_ms(20);
     }
     CHECK_INT(test_nginx_bytes_sent(&web, "/small.bin") - before, SIZE_SMALL);
     CHECK_INT(dopa_file_set_validation_state(agents[1].m, &b, 0, 1), DOPA_OK);
@@ -378,20 +365,20 @@ static void test_the_cache_keeps_what_fits_and_forgets_the_least_recently_used(v
     dopa_id a = fetch(0, "small.bin", "small.bin", 1);
     CHECK_INT(dopa_job_resume(agents[0].m, &a), DOPA_OK);
     wait_state(0, &a, DOPA_STATE_TRANSFERRED, 30);
-    double end = now_s() + 10;
-    while (cache_entries(0) != 1 && now_s() < end)
-        sleep_ms(20);
+    double end = check_now() + 10;
+    while (cache_entries(0) != 1 && check_now() < end)
+        check_sleep_ms(20);
     CHECK_INT(cache_entries(0), 1);
     dopa_id b = fetch(0, "big.bin", "big.bin", 1);
     CHECK_INT(dopa_job_resume(agents[0].m, &b), DOPA_OK);
     wait_state(0, &b, DOPA_STATE_TRANSFERRED, 60);
     /* The big one pushed the small one out. */
     dopa_agent_stats s;
-    end = now_s() + 10;
+    end = check_now() + 10;
     do {
-        sleep_ms(20);
+        check_sleep_ms(20);
         CHECK_INT(dopa_agent_stats_get(agents[0].m, &s), DOPA_OK);
-    } while (s.cache_bytes != SIZE_BIG && now_s() < end);
+    } while (s.cache_bytes != SIZE_BIG && check_now() < end);
     CHECK_INT(s.cache_entries, 1);
     CHECK_INT(s.cache_bytes, SIZE_BIG);
     CHECK(s.cache_bytes <= s.cache_limit);
@@ -409,9 +396,9 @@ static void test_the_cache_keeps_what_fits_and_forgets_the_least_recently_used(v
     /* And it ages out. */
     stop_agent(0);
     start_agent_with(0, group_key, "cache-age = 1\n");
-    end = now_s() + 10;
-    while (cache_entries(0) != 0 && now_s() < end)
-        sleep_ms(50);
+    end = check_now() + 10;
+    while (cache_entries(0) != 0 && check_now() < end)
+        check_sleep_ms(50);
     CHECK_INT(cache_entries(0), 0);
 }
 
@@ -440,12 +427,12 @@ static void test_uploads_keep_to_the_rate_limit(void)
     CHECK_INT(dopa_job_resume(agents[0].m, &a), DOPA_OK);
     wait_state(0, &a, DOPA_STATE_TRANSFERRED, 60);
     start_agent(1, group_key);
-    double t0 = now_s();
+    double t0 = check_now();
     dopa_id b = fetch(1, "big.bin", "slow.bin", 1);
     CHECK_INT(dopa_job_resume(agents[1].m, &b), DOPA_OK);
     /* 24 MiB at 4 MB/s, one second's worth up front: about 5.3 s. */
     dopa_job_info j = wait_state(1, &b, DOPA_STATE_TRANSFERRED, 60);
-    double took = now_s() - t0;
+    double took = check_now() - t0;
     printf("  24 MiB from a peer limited to 4 MB/s took %.1f s (%.1f MB/s)\n", took,
            SIZE_BIG / took / 1e6);
     CHECK_INT(j.bytes_from_peers, SIZE_BIG);

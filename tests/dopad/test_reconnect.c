@@ -50,19 +50,6 @@ static test_dopad daemon_ = {.pid = -1};
 static pid_t client_pid = -1;
 static int to_client = -1, from_client = -1;
 
-static double now_s(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
-}
-
-static void sleep_ms(int ms)
-{
-    struct timespec ts = {ms / 1000, (long)(ms % 1000) * 1000000};
-    nanosleep(&ts, NULL);
-}
-
 static double uniform(void)
 {
     return (double)rand() / ((double)RAND_MAX + 1.0);
@@ -149,23 +136,23 @@ static void client_main(int in, int out, const char *sock, const char *url, cons
     say(out, "ready");
 
     hear_parent(in); /* the storm is over: dopad answers again */
-    double t0 = now_s();
+    double t0 = check_now();
     dopa_job_info info;
-    while ((err = dopa_job_get(m, &job, &info)) != DOPA_OK && now_s() - t0 < ANSWER_LIMIT_S)
-        sleep_ms(50);
-    say(out, "answered %.3f %d", now_s() - t0, err);
-    while ((err = dopa_job_resume(m, &job)) != DOPA_OK && now_s() - t0 < EVENT_LIMIT_S)
-        sleep_ms(50);
+    while ((err = dopa_job_get(m, &job, &info)) != DOPA_OK && check_now() - t0 < ANSWER_LIMIT_S)
+        check_sleep_ms(50);
+    say(out, "answered %.3f %d", check_now() - t0, err);
+    while ((err = dopa_job_resume(m, &job)) != DOPA_OK && check_now() - t0 < EVENT_LIMIT_S)
+        check_sleep_ms(50);
     if (err != DOPA_OK) {
         say(out, "failed to resume: %s", dopa_strerror(err));
         _exit(1);
     }
-    double left = EVENT_LIMIT_S - (now_s() - t0);
+    double left = EVENT_LIMIT_S - (check_now() - t0);
     if (!wait_transferred(left > 1 ? left : 1)) {
-        say(out, "failed: no JobTransferred %.1f s after the last start", now_s() - t0);
+        say(out, "failed: no JobTransferred %.1f s after the last start", check_now() - t0);
         _exit(1);
     }
-    say(out, "event %.3f", now_s() - t0);
+    say(out, "event %.3f", check_now() - t0);
     dopa_disconnect(m);
     _exit(0); /* not exit(): the parent's atexit handlers are the parent's */
 }
@@ -178,11 +165,11 @@ static void client_main(int in, int out, const char *sock, const char *url, cons
 static void hear_client(char *line, size_t len, double limit_s)
 {
     size_t n = 0;
-    double end = now_s() + limit_s;
+    double end = check_now() + limit_s;
     line[0] = '\0';
     while (n + 1 < len) {
         struct pollfd p = {.fd = from_client, .events = POLLIN};
-        int ms = (int)((end - now_s()) * 1000);
+        int ms = (int)((end - check_now()) * 1000);
         if (ms <= 0 || poll(&p, 1, ms) != 1)
             break;
         char c;
@@ -291,7 +278,7 @@ static void test_a_manager_answers_and_hears_events_after_a_storm_of_restarts(vo
 
     /* The storm. */
     int closing = 0, closed = 0;
-    double storm = now_s();
+    double storm = check_now();
     for (int i = 0; i < RESTARTS; i++) {
         test_dopad_stop(&daemon_, SIGKILL);
         if (i % CLOSING_EVERY == CLOSING_EVERY - 1 || i == RESTARTS - 1) {
@@ -301,10 +288,10 @@ static void test_a_manager_answers_and_hears_events_after_a_storm_of_restarts(vo
         CHECK_INT(test_dopad_spawn(&daemon_, DOPAD, dir, NULL), 0);
         if (i == RESTARTS - 1)
             break;
-        sleep_ms(50 + (int)(uniform() * 250));
+        check_sleep_ms(50 + (int)(uniform() * 250));
     }
     CHECK_INT(test_dopad_ready(&daemon_), 0);
-    double storm_s = now_s() - storm;
+    double storm_s = check_now() - storm;
 
     /* After the last start: the manager answers, and hears its job end. */
     tell_client();

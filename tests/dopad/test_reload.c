@@ -33,20 +33,6 @@ static test_dopad dopad = {.pid = -1};
 static test_nginx web = {.pid = -1};
 static int notify_fd = -1;
 
-static void sleep_ms(int ms)
-{
-    struct timespec ts = {ms / 1000, (long)(ms % 1000) * 1000000};
-    nanosleep(&ts, NULL);
-}
-
-static void write_text(const char *path, const char *text)
-{
-    FILE *f = fopen(path, "w");
-    CHECK(f != NULL);
-    fputs(text, f);
-    CHECK(fclose(f) == 0);
-}
-
 /* What dopad has logged so far. */
 static const char *log_text(void)
 {
@@ -120,7 +106,7 @@ static void rewrite(const char *settings)
 {
     char text[4096];
     snprintf(text, sizeof text, "[dopad]\n%s\n", settings);
-    write_text(check_path("dopad.conf"), text);
+    check_write_text(check_path("dopad.conf"), text);
 }
 
 /* SIGHUP, then wait for dopad to say it is done: READY=1 after RELOADING=1. */
@@ -166,7 +152,7 @@ static void check_serves_a_job(const char *name)
     char src[4200], url[4300], out[4096];
     const char *text = "the bytes of a job that runs across a reload\n";
     snprintf(src, sizeof src, "%s/%s.src", check_tmpdir(), name);
-    write_text(src, text);
+    check_write_text(src, text);
     snprintf(url, sizeof url, "file://%s", src);
     const char *dest = check_path(name);
     const char *argv[] = {DOPA_CLI, "--socket", dopad.sock, "get", url, "-o", dest, NULL};
@@ -261,7 +247,7 @@ static void test_sighup_applies_what_can_change_and_keeps_the_rest(void)
     CHECK_INT(stat_value("cache_limit"), 0);
     int peers = 1;
     for (int i = 0; i < 50 && (peers = (int)stat_value("peers")) != 0; i++)
-        sleep_ms(100);
+        check_sleep_ms(100);
     CHECK_INT(peers, 0);
     CHECK_HAS(log_text(), "reload: max-running: the default (was 2)");
 
@@ -300,20 +286,13 @@ static void test_comments_and_keys_that_do_nothing_are_told(void)
     };
     for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
         char out[4096];
-        write_text(check_path("bad.conf"), bad[i].text);
+        check_write_text(check_path("bad.conf"), bad[i].text);
         const char *argv[] = {DOPAD,       "--config", check_path("bad.conf"),
                               "--socket",  dopad.sock, "--state-dir",
                               dopad.state, NULL};
         CHECK_INT(test_run(argv, out, sizeof out, 10, TEST_AS_ME, 0), 2);
         CHECK_HAS(out, bad[i].said);
     }
-}
-
-static double seconds(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
 }
 
 /* dopa get of `name` from the test's nginx; returns the seconds it took. */
@@ -323,9 +302,9 @@ static double timed_get(const char *name)
     snprintf(url, sizeof url, "http://127.0.0.1:%d/%s", web.port, name);
     const char *argv[] = {DOPA_CLI, "--socket", dopad.sock,       "get",
                           url,      "-o",       check_path(name), NULL};
-    double t0 = seconds();
+    double t0 = check_now();
     int rc = test_run(argv, out, sizeof out, 60, TEST_AS_ME, 0);
-    double took = seconds() - t0;
+    double took = check_now() - t0;
     if (rc != 0)
         fprintf(stderr, "  dopa get: %s  dopad said:\n%s", out, log_text());
     CHECK_INT(rc, 0);

@@ -49,12 +49,6 @@ static int user_created;
 static char etc_dir[1024], shadow[1024], private_dir[1024];
 static struct stat shadow_was;
 
-static void sleep_ms(int ms)
-{
-    struct timespec ts = {ms / 1000, (long)(ms % 1000) * 1000000};
-    nanosleep(&ts, NULL);
-}
-
 /* Runs dopa as uid with the arguments (up to a NULL): its exit status,
  * with what it printed in out (which may be NULL). */
 #define cli_as(uid, gid, out, len, ...)                                                            \
@@ -519,7 +513,7 @@ static void start_racers(struct racer *r, size_t n, uid_t uid, gid_t gid)
                 fclose(f);
             }
             if (!ready)
-                sleep_ms(10);
+                check_sleep_ms(10);
         }
         CHECK(ready);
     }
@@ -572,7 +566,7 @@ static struct race_result race_job(struct job *j, struct racer *r, size_t n, uid
     do {
         JOB(j, out, sizeof out, "suspend", j->id);
         JOB(j, out, sizeof out, "resume", j->id);
-        sleep_ms(100);
+        check_sleep_ms(100);
         job_state(j, state, sizeof state, message, sizeof message);
         if (strcmp(state, "ERROR") == 0) {
             if (res.refused++ == 0)

@@ -143,24 +143,17 @@ static struct fetch *probe(struct collector *c, origin_file *f)
     return x;
 }
 
-static double seconds(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
-}
-
 /* Polls until every fetch is done; fails the case after `limit` seconds. */
 static void run(origin *o, struct collector *c, double limit)
 {
-    double end = seconds() + limit;
+    double end = check_now() + limit;
     for (;;) {
         int pending = 0;
         for (int i = 0; i < c->n; i++)
             pending += !c->fetches[i].done;
         if (pending == 0)
             return;
-        CHECK(seconds() < end);
+        CHECK(check_now() < end);
         CHECK_INT(origin_poll(o, 50), ORIGIN_OK);
     }
 }
@@ -460,11 +453,11 @@ static void test_slow_server_completes(void)
     url(u, sizeof u, "/slow/s.bin");
     origin *o = new_origin();
     origin_file *f = open_url(o, u, &c);
-    double t0 = seconds();
+    double t0 = check_now();
     struct fetch *x = fetch(&c, f, 0, ORIGIN_TO_END);
     run(o, &c, 20);
     check_bytes(x, 9, 600 * 1024);
-    CHECK(seconds() - t0 > 1.0); /* nginx really was slow: limit_rate 256k */
+    CHECK(check_now() - t0 > 1.0); /* nginx really was slow: limit_rate 256k */
     origin_free(o);
     free_collector(&c);
 }
@@ -801,13 +794,13 @@ static void test_proxy_modes(void)
         check_bytes(x, SEED_A, 1000);
         /* nginx writes its log line when the request ends: wait for it (or,
          * when none is due, long enough that one would have come). */
-        double until = seconds() + (cases[i].via_proxy ? 5 : 0.3);
-        while (count_lines(log) - before < cases[i].via_proxy && seconds() < until) {
+        double until = check_now() + (cases[i].via_proxy ? 5 : 0.3);
+        while (count_lines(log) - before < cases[i].via_proxy && check_now() < until) {
             struct timespec ts = {0, 10 * 1000 * 1000};
             nanosleep(&ts, NULL);
         }
         if (!cases[i].via_proxy)
-            while (seconds() < until) {
+            while (check_now() < until) {
                 struct timespec ts = {0, 10 * 1000 * 1000};
                 nanosleep(&ts, NULL);
             }
@@ -849,10 +842,10 @@ static void test_rate_limits_per_transfer_and_overall(void)
     origin_sink s = sink_for(&c);
     origin_file *f = NULL;
     CHECK_INT(origin_file_open(o, &opts, &s, &f), ORIGIN_OK);
-    double t0 = seconds();
+    double t0 = check_now();
     struct fetch *x = fetch(&c, f, 0, 1024 * 1024);
     run(o, &c, 20);
-    double took = seconds() - t0;
+    double took = check_now() - t0;
     check_bytes(x, SEED_A, 1024 * 1024);
     fprintf(stderr, "  per transfer took %.2f s\n", took);
     CHECK(took > 1.4);
@@ -869,11 +862,11 @@ static void test_rate_limits_per_transfer_and_overall(void)
     CHECK_INT(origin_file_open(o, &opts, &s, &f), ORIGIN_OK);
     CHECK_INT(origin_file_open(o, &opts, &s, &g), ORIGIN_OK);
     c.o = o;
-    t0 = seconds();
+    t0 = check_now();
     struct fetch *a = fetch(&c, f, 0, 512 * 1024);
     struct fetch *b = fetch(&c, g, 512 * 1024, 512 * 1024);
     run(o, &c, 20);
-    took = seconds() - t0;
+    took = check_now() - t0;
     check_bytes(a, SEED_A, 512 * 1024);
     check_bytes(b, SEED_A, 512 * 1024);
     fprintf(stderr, "  overall took %.2f s\n", took);
@@ -896,25 +889,25 @@ static void test_the_overall_rate_limit_changes_under_way(void)
     CHECK_INT(origin_new(&cfg, &o), ORIGIN_OK);
     origin_file *f = open_url(o, u, &c);
     c.o = o;
-    double t0 = seconds();
+    double t0 = check_now();
     struct fetch *x = fetch(&c, f, 0, 1024 * 1024);
-    while (x->got < 32 * 1024 && seconds() < t0 + 10)
+    while (x->got < 32 * 1024 && check_now() < t0 + 10)
         CHECK_INT(origin_poll(o, 50), ORIGIN_OK);
     CHECK(x->got >= 32 * 1024);
     CHECK(x->got < 256 * 1024);
     origin_set_max_rate(o, 0);
     run(o, &c, 10);
-    double took = seconds() - t0;
+    double took = check_now() - t0;
     check_bytes(x, SEED_A, 1024 * 1024);
     fprintf(stderr, "  lifted after %.2f s in all\n", took);
     CHECK(took < 8);
 
     /* Set on a loop that had none: 512 KiB at 128 KiB/s, about 4 s. */
     origin_set_max_rate(o, 128 * 1024);
-    t0 = seconds();
+    t0 = check_now();
     x = fetch(&c, f, 0, 512 * 1024);
     run(o, &c, 20);
-    took = seconds() - t0;
+    took = check_now() - t0;
     check_bytes(x, SEED_A, 512 * 1024);
     fprintf(stderr, "  set took %.2f s\n", took);
     CHECK(took > 3.0);
@@ -932,8 +925,8 @@ static void test_cancel_stops_every_callback(void)
     origin_file *f = open_url(o, u, &c);
     struct fetch *x = fetch(&c, f, 0, ORIGIN_TO_END);
     struct fetch *queued = fetch(&c, f, 0, 1000); /* waits behind x: one connection */
-    double end = seconds() + 10;
-    while (x->got == 0 && seconds() < end)
+    double end = check_now() + 10;
+    while (x->got == 0 && check_now() < end)
         CHECK_INT(origin_poll(o, 50), ORIGIN_OK);
     CHECK(x->got > 0);
     origin_cancel(f, x->id);
@@ -1354,9 +1347,9 @@ static void test_wakeup_ends_a_poll_early(void)
     pthread_t th;
     wake_target = o;
     CHECK(pthread_create(&th, NULL, wake_later, NULL) == 0);
-    double t0 = seconds();
+    double t0 = check_now();
     CHECK_INT(origin_poll(o, 5000), ORIGIN_OK);
-    double took = seconds() - t0;
+    double took = check_now() - t0;
     pthread_join(th, NULL);
     CHECK(took < 2.0);
     origin_free(o);

@@ -44,12 +44,6 @@ static int64_t now_ms(void)
     return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 
-static void sleep_ms(int ms)
-{
-    struct timespec ts = {ms / 1000, (long)(ms % 1000) * 1000000};
-    nanosleep(&ts, NULL);
-}
-
 static uint32_t piece_len(uint64_t i)
 {
     return i + 1 < PIECES ? PIECE : SIZE - PIECE * (PIECES - 1);
@@ -133,7 +127,7 @@ static int run_until(peer_node *a, peer_node *b, int (*cond)(void *), void *ctx,
         peer_node_step(a);
         if (b != NULL)
             peer_node_step(b);
-        sleep_ms(5);
+        check_sleep_ms(5);
     }
     return 1;
 }
@@ -419,7 +413,7 @@ static void start_rogue(const char *url, enum rogue_mode mode)
         execl(self_path, "test_peer_node", "--rogue", url, m, hex, seed_hex, (char *)NULL);
         _exit(127);
     }
-    sleep_ms(200);
+    check_sleep_ms(200);
 }
 
 static void stop_rogue(void)
@@ -659,7 +653,7 @@ static flood_result flood(const char *url, int n, int rounds, int out_of_range)
     int status = 0;
     int64_t end = now_ms() + 60000;
     while (waitpid(pid, &status, WNOHANG) == 0 && now_ms() < end)
-        sleep_ms(50);
+        check_sleep_ms(50);
     CHECK(WIFEXITED(status) && WEXITSTATUS(status) == 0);
     rogue_pid = 0;
     flood_result r = {-1, -1, -1, -1};

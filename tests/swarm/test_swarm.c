@@ -80,19 +80,6 @@ static int f1_held; /* agents[0..N_TOGETHER) hold f1 */
 static pid_t case_pids[16];
 static int unclean_stops; /* dopads that did not end with 0 when told to stop */
 
-static void sleep_ms(int ms)
-{
-    struct timespec ts = {ms / 1000, (long)(ms % 1000) * 1000000};
-    nanosleep(&ts, NULL);
-}
-
-static double now_s(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
-}
-
 static void fmt(char *out, size_t len, const char *f, ...) __attribute__((format(printf, 3, 4)));
 static void fmt(char *out, size_t len, const char *f, ...)
 {
@@ -208,7 +195,7 @@ static void origin_up(void)
             return;
         if (waitpid(nginx_pid, NULL, WNOHANG) == nginx_pid)
             break;
-        sleep_ms(100);
+        check_sleep_ms(100);
     }
     fprintf(stderr, "  nginx did not start; see %s\n", err);
     scene_stop(&world, nginx_pid, SIGKILL);
@@ -226,7 +213,7 @@ static void origin_down(void)
  * response ends: give it a moment). */
 static long long origin_sent(const content *c)
 {
-    sleep_ms(300);
+    check_sleep_ms(300);
     return test_nginx_bytes_sent(&origin, c->uri);
 }
 
@@ -302,7 +289,7 @@ static void agent_start(agent *a, const char *label, const char *key, const char
             fprintf(stderr, "  dopad %s died at start; see %s\n", copy, log);
             CHECK(0);
         }
-        sleep_ms(50);
+        check_sleep_ms(50);
     }
     fprintf(stderr, "  dopad %s did not answer in 10 s; see %s\n", copy, log);
     CHECK(0);
@@ -330,7 +317,7 @@ static void wait_peers(const agent *a, long long count)
     for (int i = 0; i < 150; i++) {
         if ((known = stat_of(a, "peers")) >= count)
             return;
-        sleep_ms(100);
+        check_sleep_ms(100);
     }
     fprintf(stderr, "  %s knows %lld peers after 15 s, expected %lld (multicast beacons?)\n",
             a->label, known, count);
@@ -437,7 +424,7 @@ static void rogue_serve(const char *mode, const content *c, const char *report)
     for (int i = 0; i < 100; i++) {
         if (scene_can_connect(agents[0].node, rogue_node->ip, PEER_PORT))
             return;
-        sleep_ms(50);
+        check_sleep_ms(50);
     }
     fprintf(stderr, "  the rogue does not listen; see %s\n", log);
     CHECK(0);
@@ -495,9 +482,9 @@ static void test_agents_fetching_together_ask_the_origin_for_about_one_copy(void
     }
     f1_held = 0;
     fetch fs[N_TOGETHER];
-    double t0 = now_s();
+    double t0 = check_now();
     fetch_together(&f1, "together", N_TOGETHER, fs, GET_TIMEOUT_S);
-    double took = now_s() - t0;
+    double took = check_now() - t0;
     f1_held = 1;
     long long sent = origin_sent(&f1) - before;
     double ratio = (double)sent / (double)f1.size;
@@ -574,12 +561,12 @@ static void test_stalling_peer_times_out_and_download_completes(void)
     for (size_t i = 0; i < N_TOGETHER; i++)
         wait_peers(&agents[i], N_TOGETHER);
     fetch fs[N_TOGETHER];
-    double t0 = now_s();
+    double t0 = check_now();
     for (size_t i = 0; i < N_TOGETHER; i++)
         fetch_start(&fs[i], &agents[i], &f3, "stall");
     for (size_t i = 0; i < N_TOGETHER; i++)
         fetch_finish(&fs[i], &f3, 60);
-    double took = now_s() - t0;
+    double took = check_now() - t0;
     long long timeouts = 0, requests = rogue_stop(report);
     for (size_t i = 0; i < N_TOGETHER; i++)
         timeouts += stat_of(&agents[i], "timeouts");
@@ -631,7 +618,7 @@ static void test_outsiders_and_replayed_messages_get_no_answer(void)
     for (size_t i = 0; i < N_TOGETHER; i++) {
         long long r = 0;
         for (int k = 0; k < 50 && (r = stat_of(&agents[i], "refused")) < 1; k++)
-            sleep_ms(100);
+            check_sleep_ms(100);
         printf("    %s: %lld messages refused\n", agents[i].label, r);
         CHECK(r >= 1);
     }
@@ -650,14 +637,14 @@ static void test_members_serve_each_other_when_the_origin_is_gone(void)
     wait_peers(b, N_TOGETHER + 1);
     wait_peers(c, N_TOGETHER + 1);
     fetch fb, fc;
-    double t0 = now_s();
+    double t0 = check_now();
     fetch_start(&fb, b, &f1, "no-origin");
     fetch_start(&fc, c, &f1, "no-origin");
     fetch_finish(&fb, &f1, 90);
     fetch_finish(&fc, &f1, 90);
     printf("  origin gone: 2 agents fetched %zu MiB from peers in %.1f s "
            "(%lld + %lld bytes from peers, %lld + %lld from the origin)\n",
-           f1.size / MIB, now_s() - t0, fb.from_peers, fc.from_peers, fb.from_origin,
+           f1.size / MIB, check_now() - t0, fb.from_peers, fc.from_peers, fb.from_origin,
            fc.from_origin);
     CHECK_INT(fb.from_origin, 0);
     CHECK_INT(fc.from_origin, 0);
@@ -864,12 +851,12 @@ int main(int argc, char **argv)
     sigaction(SIGINT, &sa, NULL);
     sigaction(SIGTERM, &sa, NULL);
     sigaction(SIGHUP, &sa, NULL);
-    double t0 = now_s();
+    double t0 = check_now();
     if (build_scene() != 0) {
         fprintf(stderr, "could not build the scene\n");
         return 1;
     }
-    printf("  scene built in %.1f s\n", now_s() - t0);
+    printf("  scene built in %.1f s\n", check_now() - t0);
     check_cleanup = case_cleanup;
     int rc = check_run(
         argc, argv,
@@ -883,6 +870,6 @@ int main(int argc, char **argv)
                               {0}});
     if (rc != 0)
         show_logs();
-    printf("  %.1f s in all\n", now_s() - t0);
+    printf("  %.1f s in all\n", check_now() - t0);
     return rc;
 }
