@@ -417,7 +417,7 @@ static void check_same_job(const agent_job *want, const agent_job *got)
     CHECK_STR(got->bypass, want->bypass);
     CHECK_INT(got->from_origin, want->from_origin);
     CHECK_INT(got->from_peers, want->from_peers);
-        CHECK_INT(got->from_cache, want->from_cache);
+    CHECK_INT(got->from_cache, want->from_cache);
     CHECK_INT(got->uploaded, want->uploaded);
     CHECK_INT(got->file_user, want->file_user);
     CHECK_INT(got->no_progress_wall, want->no_progress_wall);
@@ -482,7 +482,7 @@ static void test_every_field_survives_a_reopen_in_creation_order(void)
     memcpy(a->proxy, "http://proxy.test:3128", 22);
     snprintf(a->bypass, sizeof a->bypass, "localhost;*.internal;10.0.0.0/8");
     a->from_origin = 5000000000123ull;
-        a->from_peers = 77;
+    a->from_peers = 77;
     a->from_cache = (uint64_t)INT64_MAX;
     a->uploaded = 31337;
     a->file_user = 4242; /* its creator, after root took the job over */
@@ -813,7 +813,7 @@ static const struct damage damages[] = {
     {"an error count beyond 32 bits", "UPDATE jobs SET error_count = 4294967296 WHERE id = $V"},
     {"a retry delay beyond 32 bits", "UPDATE jobs SET retry_delay = 4294967296 WHERE id = $V"},
     {"a proxy usage of 3", "UPDATE jobs SET proxy_usage = 3 WHERE id = $V"},
-        {"a negative byte counter", "UPDATE jobs SET from_peers = -1 WHERE id = $V"},
+    {"a negative byte counter", "UPDATE jobs SET from_peers = -1 WHERE id = $V"},
     {"a negative upload counter", "UPDATE jobs SET uploaded = -1 WHERE id = $V"},
     {"a negative creation time", "UPDATE jobs SET created = -1 WHERE id = $V"},
     {"a name longer than DOPA_NAME_MAX",

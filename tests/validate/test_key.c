@@ -164,10 +164,10 @@ static void test_malformed_key_texts_are_rejected(void)
     snprintf(bad, sizeof bad, "%s x", text); /* trailing word */
     CHECK_INT(validate_public_key_parse(bad, &pk), VALIDATE_EKEY_FORMAT);
     snprintf(bad, sizeof bad, "%s", text);
-        bad[20] = '*';
+    bad[20] = '*';
     CHECK_INT(validate_public_key_parse(bad, &pk), VALIDATE_EKEY_FORMAT);
     /* libsodium itself takes bytes past 0x7f for digits: none may pass. */
-        for (size_t at = 10; at < strlen(text); at++)
+    for (size_t at = 10; at < strlen(text); at++)
         for (int c = 0x80; c <= 0xff; c++) {
             snprintf(bad, sizeof bad, "%s", text);
             bad[at] = (char)c;
