@@ -1539,6 +1539,12 @@ static void take_piece(peer_node *n, peer_swarm *s, request *r, const peer_msg *
         return;
     }
     p->slow = 0;
+    if (p->banned_until > mono_ms()) {
+        /* Asked before its ban, come since: dropped unread, the bytes of
+         * a peer known to lie are not worth checking. */
+        s->ops.lost(s->ops.ctx, r->piece);
+        return;
+    }
     swarm_peer *from = swarm_find(s, p);
     if (from != NULL)
         from->refused = 0;
