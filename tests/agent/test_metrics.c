@@ -11,20 +11,8 @@
 #include <string.h>
 
 #include "../check.h"
+#include "../support/prom.h"
 #include "agent.h"
-
-/* The value of one series ("name" or "name{labels}", as written). */
-static double sample(const char *text, const char *series)
-{
-    size_t n = strlen(series);
-    for (const char *p = text; (p = strstr(p, series)) != NULL; p += n)
-        if ((p == text || p[-1] == '\n') && p[n] == ' ')
-            return strtod(p + n + 1, NULL);
-    char msg[256];
-    snprintf(msg, sizeof msg, "no sample %s in the text", series);
-    check_failed(__FILE__, __LINE__, msg);
-    return -1;
-}
 
 static void test_each_counter_has_its_own_series(void)
 {
@@ -49,29 +37,29 @@ static void test_each_counter_has_its_own_series(void)
     size_t len = metrics_render(&st, states, 1700000000123, text, sizeof text);
     CHECK(len > 0 && len == strlen(text));
     CHECK(text[len - 1] == '\n');
-    CHECK_INT(sample(text, "dopa_received_bytes_total{source=\"origin\"}"), 1000);
-    CHECK_INT(sample(text, "dopa_received_bytes_total{source=\"peers\"}"), 2000);
-    CHECK_INT(sample(text, "dopa_received_bytes_total{source=\"cache\"}"), 1000);
-    CHECK(sample(text, "dopa_peer_share_ratio") == 0.75);
-    CHECK_INT(sample(text, "dopa_uploaded_bytes_total"), 4);
-    CHECK_INT(sample(text, "dopa_peers"), 5);
-    CHECK_INT(sample(text, "dopa_peers_banned"), 6);
-    CHECK_INT(sample(text, "dopa_peer_bans_total"), 7);
-    CHECK_INT(sample(text, "dopa_peer_bad_pieces_total"), 8);
-    CHECK_INT(sample(text, "dopa_peer_timeouts_total"), 9);
-    CHECK_INT(sample(text, "dopa_peer_messages_refused_total"), 10);
-    CHECK_INT(sample(text, "dopa_cache_entries"), 11);
-    CHECK_INT(sample(text, "dopa_cache_bytes"), 12);
-    CHECK_INT(sample(text, "dopa_cache_limit_bytes"), 13);
-    CHECK(sample(text, "dopa_start_time_seconds") == 1700000000.123);
-    CHECK_INT(sample(text, "dopa_build_info{version=\"" AGENT_VERSION "\"}"), 1);
+    CHECK_INT(prom_sample(text, "dopa_received_bytes_total{source=\"origin\"}"), 1000);
+    CHECK_INT(prom_sample(text, "dopa_received_bytes_total{source=\"peers\"}"), 2000);
+    CHECK_INT(prom_sample(text, "dopa_received_bytes_total{source=\"cache\"}"), 1000);
+    CHECK(prom_sample(text, "dopa_peer_share_ratio") == 0.75);
+    CHECK_INT(prom_sample(text, "dopa_uploaded_bytes_total"), 4);
+    CHECK_INT(prom_sample(text, "dopa_peers"), 5);
+    CHECK_INT(prom_sample(text, "dopa_peers_banned"), 6);
+    CHECK_INT(prom_sample(text, "dopa_peer_bans_total"), 7);
+    CHECK_INT(prom_sample(text, "dopa_peer_bad_pieces_total"), 8);
+    CHECK_INT(prom_sample(text, "dopa_peer_timeouts_total"), 9);
+    CHECK_INT(prom_sample(text, "dopa_peer_messages_refused_total"), 10);
+    CHECK_INT(prom_sample(text, "dopa_cache_entries"), 11);
+    CHECK_INT(prom_sample(text, "dopa_cache_bytes"), 12);
+    CHECK_INT(prom_sample(text, "dopa_cache_limit_bytes"), 13);
+    CHECK(prom_sample(text, "dopa_start_time_seconds") == 1700000000.123);
+    CHECK_INT(prom_sample(text, "dopa_build_info{version=\"" AGENT_VERSION "\"}"), 1);
     const char *names[] = {"queued",          "connecting",  "transferring", "suspended", "error",
                            "transient_error", "transferred", "acknowledged", "cancelled"};
     CHECK_INT(sizeof names / sizeof names[0], AGENT_JOB_STATES);
     for (int s = 0; s < AGENT_JOB_STATES; s++) {
         char series[64];
         snprintf(series, sizeof series, "dopa_jobs{state=\"%s\"}", names[s]);
-        CHECK_INT(sample(text, series), 100 + s);
+        CHECK_INT(prom_sample(text, series), 100 + s);
     }
     /* Every family says what it is, and its type, once. */
     const char *families[] = {"dopa_build_info gauge",
@@ -108,8 +96,8 @@ static void test_nothing_received_is_a_share_of_zero(void)
     uint64_t states[AGENT_JOB_STATES] = {0};
     char text[8192];
     CHECK(metrics_render(&st, states, 0, text, sizeof text) > 0);
-    CHECK(sample(text, "dopa_peer_share_ratio") == 0);
-    CHECK(sample(text, "dopa_jobs{state=\"cancelled\"}") == 0);
+    CHECK(prom_sample(text, "dopa_peer_share_ratio") == 0);
+    CHECK(prom_sample(text, "dopa_jobs{state=\"cancelled\"}") == 0);
 }
 
 static void test_the_text_never_outgrows_its_buffer(void)

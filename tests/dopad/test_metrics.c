@@ -27,6 +27,7 @@
 #include "../support/daemon.h"
 #include "../support/nginx.h"
 #include "../support/proc.h"
+#include "../support/prom.h"
 #include "dopa.h"
 #include "peer.h"
 #include "validate.h"
@@ -227,22 +228,9 @@ static void check_format(const char *text)
     }
 }
 
-/* The value of one series ("name" or "name{labels}", as written). */
-static double sample(const char *text, const char *series)
-{
-    size_t n = strlen(series);
-    for (const char *p = text; (p = strstr(p, series)) != NULL; p += n)
-        if ((p == text || p[-1] == '\n') && p[n] == ' ')
-            return strtod(p + n + 1, NULL);
-    char msg[256];
-    snprintf(msg, sizeof msg, "no sample %s in the metrics", series);
-    check_failed(__FILE__, __LINE__, msg);
-    return -1;
-}
-
 static uint64_t sample_u64(const char *text, const char *series)
 {
-    double v = sample(text, series);
+    double v = prom_sample(text, series);
     CHECK(v >= 0 && v < 9007199254740992.0 && v == (double)(uint64_t)v);
     return (uint64_t)v;
 }
@@ -294,7 +282,7 @@ static void check_matches_stats(int i, dopa_agent_stats *out)
     CHECK_INT(sample_u64(text, "dopa_cache_limit_bytes"), a.cache_limit);
     uint64_t all = a.from_origin + a.from_peers + a.from_cache;
     double share = all ? (double)(a.from_peers + a.from_cache) / (double)all : 0;
-    double got = sample(text, "dopa_peer_share_ratio");
+    double got = prom_sample(text, "dopa_peer_share_ratio");
     CHECK(got > share - 1e-6 && got < share + 1e-6);
     uint64_t jobs = 0;
     for (size_t s = 0; s < sizeof state_labels / sizeof state_labels[0]; s++) {
@@ -307,7 +295,7 @@ static void check_matches_stats(int i, dopa_agent_stats *out)
     CHECK_INT(dopa_whoami(agents[i].m, NULL, version, sizeof version), DOPA_OK);
     snprintf(build, sizeof build, "dopa_build_info{version=\"%s\"}", version);
     CHECK_INT(sample_u64(text, build), 1);
-    double started = sample(text, "dopa_start_time_seconds");
+    double started = prom_sample(text, "dopa_start_time_seconds");
     CHECK(started > (double)time(NULL) - 600 && started <= (double)time(NULL) + 1);
     if (out != NULL)
         *out = a;
@@ -511,8 +499,8 @@ static void test_peer_and_cache_counters_are_those_dopad_reports(void)
     CHECK_INT(s[0].cache_limit, 50000000);
     for (int i = 0; i < AGENTS; i++)
         CHECK_INT(s[i].peers, 1);
-    CHECK(sample(scrape(1), "dopa_peer_share_ratio") > 0.99);
-    CHECK(sample(scrape(0), "dopa_peer_share_ratio") == 0);
+    CHECK(prom_sample(scrape(1), "dopa_peer_share_ratio") > 0.99);
+    CHECK(prom_sample(scrape(0), "dopa_peer_share_ratio") == 0);
     for (int i = 0; i < AGENTS; i++)
         stop_agent_cleanly(i);
 }
