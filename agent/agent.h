@@ -277,6 +277,11 @@ typedef struct engine_config {
 
 int engine_open(const engine_config *cfg, agent_engine **out, char *why, size_t why_len);
 void engine_close(agent_engine *e);
+/* Makes durable what the engine has written (the pieces on disk are
+ * synced and committed) and waits for it: after it, a process that stops
+ * at once loses nothing. dopad calls it first when it stops, before
+ * anything that could hang. */
+void engine_flush(agent_engine *e);
 
 /* One turn of the loop: waits up to timeout_ms for network activity or a
  * wakeup, then moves transfers, timers and queued control requests on. */

@@ -17,7 +17,12 @@
  * off. A watchdog thread asks dopad "whoami" through the socket every
  * WATCH_MS; when WATCH_FAILURES in a row get no answer it makes the
  * listener anew (the engine answers them: a busy or slow one answers
- * late, but not five times in a row).
+ * late, but not five times in a row). The probe uses a plain socket, not
+ * nng, so that the watchdog never blocks in nng_close.
+ *
+ * No pipe is closed from one of nng's callbacks here either: a connection
+ * to cut off (one that does not read its replies) is marked, and the
+ * engine thread closes it on its next turn.
  */
 #include <errno.h>
 
@@ -31,6 +36,7 @@
 #include <string.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/time.h>
 #include <sys/un.h>
 #include <unistd.h>
 
@@ -68,6 +74,8 @@ struct control {
     int watching;
     pthread_cond_t stop; /* wakes the watchdog when closing (with lock) */
     unsigned long restarts;
+    nng_pipe cut[CALLS]; /* connections to close on the engine's turn */
+    size_t n_cut;
 };
 
 static void set_state(engine_call *call, enum call_state state)
@@ -81,6 +89,16 @@ static void receive(engine_call *call)
 {
     set_state(call, CALL_RECEIVING);
     nng_ctx_recv(call->ctx, call->aio);
+}
+
+/* nng's thread: the engine closes the pipe on its next turn. */
+static void cut_off_later(control *c, nng_pipe pipe)
+{
+    pthread_mutex_lock(&c->lock);
+    if (c->n_cut < CALLS)
+        c->cut[c->n_cut++] = pipe; /* (a call dooms one pipe at a time) */
+    pthread_mutex_unlock(&c->lock);
+    engine_wakeup(c->e);
 }
 
 /* nng's thread: a receive or a send finished. */
@@ -97,7 +115,7 @@ static void on_aio(void *arg)
         if (rv != 0) {
             nng_msg_free(nng_aio_get_msg(call->aio));
             if (rv == NNG_ETIMEDOUT)
-                nng_pipe_close(call->pipe); /* it does not read its replies */
+                cut_off_later(c, call->pipe); /* it does not read its replies */
         }
         if (!closing)
             receive(call);
@@ -230,6 +248,14 @@ static void handle(control *c, engine_call *call)
 
 void control_run_queued(control *c)
 {
+    pthread_mutex_lock(&c->lock);
+    nng_pipe cut[CALLS];
+    size_t n_cut = c->n_cut;
+    memcpy(cut, c->cut, n_cut * sizeof cut[0]);
+    c->n_cut = 0;
+    pthread_mutex_unlock(&c->lock);
+    for (size_t i = 0; i < n_cut; i++)
+        nng_pipe_close(cut[i]);
     for (;;) {
         pthread_mutex_lock(&c->lock);
         engine_call *call = c->queue_head;
@@ -259,30 +285,76 @@ static int start_listener(control *c)
     return rv;
 }
 
-/* Whether dopad answers a whoami through its socket within WATCH_MS, on
- * a connection of its own made for the probe. */
+/* Reads or writes all of buf on a socket whose timeouts are set. */
+static int full_io(int fd, void *data, size_t len, int writing)
+{
+    uint8_t *buf = data;
+    while (len > 0) {
+        ssize_t r = writing ? write(fd, buf, len) : read(fd, buf, len);
+        if (r < 0 && errno == EINTR)
+            continue;
+        if (r <= 0)
+            return -1;
+        buf += r;
+        len -= (size_t)r;
+    }
+    return 0;
+}
+
+/* Whether dopad answers a whoami through its socket within about WATCH_MS,
+ * on a connection of its own made for the probe. The probe speaks nng's
+ * IPC framing itself over a plain socket (the SP header, then a type byte
+ * and a 64-bit length before each message, REQ's request id first): a
+ * probe made with nng would end in nng_close, which blocks for good when
+ * nng itself is wedged, and the watchdog must never wait on what it
+ * watches. */
 static int listener_answers(const char *path)
 {
-    char url[4200];
-    snprintf(url, sizeof url, "ipc://%s", path);
+    uint8_t hello[8] = {0, 'S', 'P', 0, 0, 0x30, 0, 0}; /* REQ v0 */
+    uint8_t msg[9 + 4 + 64];
     proto_request r = {.op = PROTO_WHOAMI};
     proto_buf b;
     proto_buf_init(&b, PROTO_MAX_REQUEST);
-    nng_socket s;
-    nng_msg *reply = NULL;
-    int ok = 0;
-    if (proto_encode_request(&r, &b) != 0 || nng_req0_open(&s) != 0) {
+    if (proto_encode_request(&r, &b) != 0 || b.failed || b.len > sizeof msg - 13) {
         proto_buf_free(&b);
         return 1; /* nothing to test with: say nothing of the listener */
     }
-    if (nng_socket_set_ms(s, NNG_OPT_SENDTIMEO, WATCH_MS) == 0 &&
-        nng_socket_set_ms(s, NNG_OPT_RECVTIMEO, WATCH_MS) == 0 && nng_dial(s, url, NULL, 0) == 0 &&
-        nng_send(s, b.data, b.len, 0) == 0 && nng_recvmsg(s, &reply, 0) == 0)
-        ok = 1;
-    if (reply != NULL)
-        nng_msg_free(reply);
-    nng_close(s);
+    uint64_t len = 4 + b.len;
+    msg[0] = 1;
+    for (int i = 0; i < 8; i++)
+        msg[1 + i] = (uint8_t)(len >> (56 - 8 * i));
+    uint32_t id = 0x80000000u | (uint32_t)(random() & 0x7fffffff);
+    for (int i = 0; i < 4; i++)
+        msg[9 + i] = (uint8_t)(id >> (24 - 8 * i));
+    memcpy(msg + 13, b.data, b.len);
+    size_t msg_len = 13 + b.len;
     proto_buf_free(&b);
+
+    struct sockaddr_un sa = {.sun_family = AF_UNIX};
+    if (strlen(path) >= sizeof sa.sun_path)
+        return 1;
+    strcpy(sa.sun_path, path);
+    int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (fd < 0)
+        return 1; /* no descriptor to test with: not the listener's fault */
+    struct timeval tv = {.tv_sec = WATCH_MS / 1000, .tv_usec = (WATCH_MS % 1000) * 1000};
+    uint8_t head[9], peer_hello[8];
+    int ok = setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv) == 0 &&
+             setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv) == 0 &&
+             connect(fd, (struct sockaddr *)&sa, sizeof sa) == 0 &&
+             full_io(fd, hello, sizeof hello, 1) == 0 &&
+             full_io(fd, peer_hello, sizeof peer_hello, 0) == 0 && peer_hello[1] == 'S' &&
+             peer_hello[5] == 0x31 && full_io(fd, msg, msg_len, 1) == 0 &&
+             full_io(fd, head, sizeof head, 0) == 0 && head[0] == 1;
+    uint64_t reply_len = 0;
+    for (int i = 0; ok && i < 8; i++)
+        reply_len = reply_len << 8 | head[1 + i];
+    uint8_t reply_id[4];
+    ok = ok && reply_len >= 4 && reply_len <= PROTO_MAX_REPLY &&
+         full_io(fd, reply_id, sizeof reply_id, 0) == 0 &&
+         ((uint32_t)reply_id[0] << 24 | (uint32_t)reply_id[1] << 16 |
+          (uint32_t)reply_id[2] << 8 | reply_id[3]) == id;
+    close(fd); /* the rest of the reply is not read: dopad drops it */
     return ok;
 }
 

@@ -39,6 +39,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/file.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/un.h>
@@ -976,6 +977,42 @@ static void *signal_thread(void *arg)
     }
 }
 
+/* The open-files limit goes up to the hard one: a peer port serves many
+ * connections, and the soft default of 1024 is soon used up. The peer node
+ * keeps a reserve of its own below whatever limit this leaves. */
+static void raise_open_files(void)
+{
+    struct rlimit rl;
+    if (getrlimit(RLIMIT_NOFILE, &rl) != 0 || rl.rlim_cur >= rl.rlim_max)
+        return;
+    rlim_t was = rl.rlim_cur;
+    rl.rlim_cur = rl.rlim_max;
+    if (setrlimit(RLIMIT_NOFILE, &rl) != 0)
+        agent_log("warning", "open files stay limited to %llu: %s", (unsigned long long)was,
+                  strerror(errno));
+}
+
+/* Stopping is bounded: once SIGTERM has come, dopad is gone within
+ * STOP_BOUND_MS even when a library call never returns (nng's close of a
+ * wedged socket). The engine's writes are durable before anything that
+ * could hang (engine_flush, with the store in WAL and synchronous=FULL), so
+ * what is abandoned here is only the tidying. */
+#define STOP_BOUND_MS 4000
+static void *stop_deadline(void *arg)
+{
+    (void)arg;
+    struct timespec until;
+    clock_gettime(CLOCK_MONOTONIC, &until);
+    until.tv_sec += STOP_BOUND_MS / 1000;
+    while (clock_nanosleep(CLOCK_MONOTONIC, TIMER_ABSTIME, &until, NULL) == EINTR)
+        ;
+    agent_log("error", "stopping took over %d s (a socket that does not close): leaving now; "
+                       "the jobs are stored",
+              STOP_BOUND_MS / 1000);
+    _exit(EXIT_OK);
+    return NULL;
+}
+
 /* mkdir -p for the state directory's parents (the last gets mode 0700). */
 static int make_parents(const char *path)
 {
@@ -1089,6 +1126,7 @@ int main(int argc, char **argv)
     pthread_sigmask(SIG_BLOCK, &set, NULL);
     signal(SIGPIPE, SIG_IGN);
     umask(022);
+    raise_open_files();
 
     if (make_parents(state_dir) != 0) {
         fprintf(stderr, "dopad: %s: %s\n", state_dir, strerror(errno));
@@ -1144,6 +1182,9 @@ int main(int argc, char **argv)
 
     agent_log("info", "stopping");
     notify_manager("STOPPING=1");
+    pthread_t deadline;
+    pthread_create(&deadline, NULL, stop_deadline, NULL);
+    engine_flush(engine);
     /* The signal thread wakes the engine: it goes first. */
     pthread_kill(sig_thread, SIGTERM);
     pthread_join(sig_thread, NULL);

@@ -1401,6 +1401,14 @@ fail:
     return err;
 }
 
+void engine_flush(agent_engine *e)
+{
+    if (e->db == NULL || e->origin == NULL)
+        return;
+    commit_pending(e, 1);
+    reap_batch(e, 1);
+}
+
 void engine_close(agent_engine *e)
 {
     if (e == NULL)

@@ -147,6 +147,12 @@ static void wakeup(void *ctx)
     engine_wakeup(ctx);
 }
 
+static void peer_log(void *ctx, const char *level, const char *msg)
+{
+    (void)ctx;
+    agent_log(level, "%s", msg);
+}
+
 int peers_open(agent_engine *e, char *why, size_t why_len)
 {
     if (e->cfg.peer == NULL)
@@ -154,6 +160,7 @@ int peers_open(agent_engine *e, char *why, size_t why_len)
     peer_node_config cfg = *e->cfg.peer;
     cfg.wakeup = wakeup;
     cfg.wakeup_ctx = e;
+    cfg.log = peer_log;
     peers_engine = e;
     int err = peer_node_open(&cfg, &e->peers, why, why_len);
     if (err != PEER_OK)

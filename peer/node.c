@@ -11,17 +11,21 @@
  * guards the catalog and the server's counters.
  */
 #include <arpa/inet.h>
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <ifaddrs.h>
+#include <limits.h>
 #include <net/if.h>
 #include <netinet/in.h>
 #include <poll.h>
 #include <pthread.h>
+#include <stdarg.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <time.h>
@@ -60,6 +64,12 @@
 #define MAX_MEMBERS        256  /* agents sharing the origin's work for one content */
 #define SETTLE_LAG_MS      300  /* a member hears of a change within a turn (250 ms) */
 #define SETTLE_MAX_MS      1500 /* pieces new to this agent's share wait at most this */
+#define CLOSER_TICK_MS     250   /* the closer's sweep of strangers and descriptors */
+#define IDLE_EVICT_MS      10000 /* a full server lets a newcomer in for a connection this idle */
+#define OVER_CAP_MAX       256   /* connections past the cap awaiting their close, at most */
+#define SHORT_PIPE_MS      1000  /* a connection of ours the peer closes this soon: refused */
+#define REFUSED_BACKOFF_MS 60000 /* the longest wait before dialling a peer that refuses */
+#define FD_RESERVE_MIN     64    /* descriptors kept free for the agent itself, at least */
 
 /* ------------------------------------------------------------------ */
 /* Types                                                              */
@@ -74,7 +84,10 @@ typedef struct peer_entry {
     int configured;
     int self; /* it answered with our own id: never asked again */
     nng_socket sock;
+    nng_dialer dialer;
     int open;
+    unsigned dial_slot;       /* its entry in the node's dial notes */
+    int64_t backoff_ms;       /* the dialer's wait now (it refused us), 0: nng's default */
     int64_t last_seen; /* mono ms */
     unsigned strikes;  /* bad pieces */
     int64_t banned_until;
@@ -176,6 +189,26 @@ typedef struct worker {
     uint32_t pipe; /* the connection whose request it serves */
 } worker;
 
+/* A connection to the server. nng's pipe callbacks add and remove them and
+ * mark the ones to close; the closer thread closes them. */
+typedef struct conn {
+    nng_pipe pipe;
+    int64_t since; /* mono ms: when it came */
+    int64_t last;  /* mono ms: its last request that opened */
+    int good;      /* it sent a request that opened with the group key */
+    int doomed;    /* to be closed: over the cap, or an idle one let go */
+    int closed;    /* nng_pipe_close called: only REM_POST is awaited */
+} conn;
+
+/* What nng's pipe callbacks of a peer's socket tell the owner (under
+ * `lock`): how its connections end. */
+typedef struct dial_note {
+    uint32_t sock; /* nng_socket_id of the peer's socket, 0: a free note */
+    int64_t added; /* mono ms: the current connection came up */
+    unsigned cut_short; /* connections in a row it closed within SHORT_PIPE_MS */
+    unsigned lasted;    /* connections that lasted, since the owner last looked */
+} dial_note;
+
 typedef struct found {
     char url[PEER_URL_MAX + 32];
     uint8_t id[PEER_ID_BYTES];
@@ -216,12 +249,8 @@ struct peer_node {
         uint32_t pipe;
         unsigned busy;
     } pipes[SERVER_WORKERS];
-    struct {
-        nng_pipe pipe;
-        int64_t since;
-        int good;
-    } * conns; /* max_connections entries */
-    size_t n_conns;
+    conn *conns; /* every connection of the server, doomed ones too */
+    size_t n_conns, cap_conns, n_live;
     unsigned piece_workers; /* workers holding a piece reply (HAVE requests keep the rest) */
     struct {
         uint8_t cid[PEER_CID_BYTES];
@@ -231,6 +260,20 @@ struct peer_node {
     double tokens;              /* upload budget, bytes */
     int64_t tokens_at;
     int closing;
+
+    /* The closer thread: every nng close happens there, none on nng's own
+     * threads (under catalog_lock). */
+    pthread_t closer_thread;
+    int closer_running, closer_stop, closer_wake_made;
+    pthread_cond_t closer_wake;
+    nng_socket *dead_socks; /* sockets of forgotten peers, to close */
+    size_t n_dead_socks, cap_dead_socks;
+    int paused;       /* the listener is closed: descriptors ran short */
+    int64_t fd_limit; /* RLIMIT_NOFILE when opened */
+    uint64_t evicted, over_cap, pauses;
+
+    /* Dial notes, one per peer (guarded by `lock`). */
+    dial_note notes[MAX_PEERS];
 
     /* Beacons. */
     int beacon_fd;
@@ -590,7 +633,7 @@ static int pipe_take(peer_node *n, uint32_t pipe)
     return 0;
 }
 
-static void conn_mark_good(peer_node *n, uint32_t pipe);
+static int conn_take_request(peer_node *n, uint32_t pipe, int64_t now);
 
 /* A worker is done with a piece request (catalog_lock held). */
 static void piece_done(peer_node *n, uint32_t pipe)
@@ -830,9 +873,11 @@ static void on_worker(void *arg)
         err = PEER_ETYPE;
     if (err == PEER_OK) {
         pthread_mutex_lock(&n->catalog_lock);
-        err = peer_replay_check(n->replay, peer_wire_nonce(body), req.head.time_ms, wall_ms());
-        if (err == PEER_OK)
-            conn_mark_good(n, pipe);
+        /* A connection on its way out gets nothing more. */
+        if (!conn_take_request(n, pipe, mono_ms()))
+            err = PEER_ENNG;
+        else
+            err = peer_replay_check(n->replay, peer_wire_nonce(body), req.head.time_ms, wall_ms());
         pthread_mutex_unlock(&n->catalog_lock);
     }
     if (err != PEER_OK) {
@@ -870,57 +915,309 @@ static void on_worker(void *arg)
     worker_send(w);
 }
 
-/* Connections: at most max_connections, and each must send a request that
- * opens with the group key within AUTH_GRACE_MS, or it is closed (so that
- * outsiders cannot hold the slots). catalog_lock held. */
-static void conn_mark_good(peer_node *n, uint32_t pipe)
+/* ------------------------------------------------------------------ */
+/* Connections and the closer thread                                  */
+/*
+ * The server keeps at most max_connections live connections, and each must
+ * send a request that opens with the group key within AUTH_GRACE_MS, or it
+ * is closed (so that outsiders cannot hold the slots). A newcomer to a full
+ * server takes the place of a stranger there for more than a second or of
+ * a member idle for IDLE_EVICT_MS (a site may have more agents than its
+ * cache host's cap: they take turns); otherwise it is closed at once.
+ *
+ * No close happens on nng's threads. With libnng 1.5.2 a pipe closed
+ * inside its own pipe-event callback while a message arrives on it never
+ * reaches REM_POST: nng's reaper waits for it for ever, and every nng_close
+ * after that, of any socket of the process, blocks. So the callbacks only
+ * note connections (from ADD_PRE, before any message can arrive) and mark
+ * those to close; the closer thread closes them, and the sockets of
+ * forgotten peers too, so that the owner never waits in nng_close. It also
+ * watches descriptors: when they run short, the listener closes (and its
+ * connections with it) until they are back, so that the control socket,
+ * the store and the files being written keep theirs whatever the peer
+ * port is sent. Connections still in the SP handshake are no pipes yet
+ * and only this bounds them. */
+
+static conn *conn_find(peer_node *n, uint32_t pipe)
 {
     for (size_t i = 0; i < n->n_conns; i++)
         if ((uint32_t)nng_pipe_id(n->conns[i].pipe) == pipe)
-            n->conns[i].good = 1;
+            return &n->conns[i];
+    return NULL;
 }
 
+/* Whether a request that came on the pipe may be served: its connection
+ * is known and not on its way out (catalog_lock held). */
+static int conn_take_request(peer_node *n, uint32_t pipe, int64_t now)
+{
+    conn *c = conn_find(n, pipe);
+    if (c == NULL || c->doomed)
+        return 0;
+    c->good = 1;
+    c->last = now;
+    return 1;
+}
+
+static int pipe_busy(const peer_node *n, uint32_t pipe)
+{
+    for (int i = 0; i < SERVER_WORKERS; i++)
+        if (n->pipes[i].busy > 0 && n->pipes[i].pipe == pipe)
+            return 1;
+    return 0;
+}
+
+/* A live connection a newcomer may replace: the oldest stranger of more
+ * than a second, else the member idle longest past IDLE_EVICT_MS. */
+static conn *conn_victim(peer_node *n, int64_t now)
+{
+    conn *stranger = NULL, *idle = NULL;
+    for (size_t i = 0; i < n->n_conns; i++) {
+        conn *c = &n->conns[i];
+        if (c->doomed)
+            continue;
+        if (!c->good && now - c->since > 1000 && (stranger == NULL || c->since < stranger->since))
+            stranger = c;
+        if (c->good && now - c->last > IDLE_EVICT_MS && (idle == NULL || c->last < idle->last) &&
+            !pipe_busy(n, (uint32_t)nng_pipe_id(c->pipe)))
+            idle = c;
+    }
+    return stranger != NULL ? stranger : idle;
+}
+
+static void conn_doom(peer_node *n, conn *c)
+{
+    c->doomed = 1;
+    n->n_live--;
+}
+
+/* A new connection (catalog_lock held). */
+static void conn_add(peer_node *n, nng_pipe pipe, int64_t now)
+{
+    unsigned max = n->cfg.max_connections ? n->cfg.max_connections : 64;
+    if (n->n_conns == n->cap_conns) {
+        size_t cap = n->cap_conns ? 2 * n->cap_conns : max + 16;
+        conn *grown = realloc(n->conns, cap * sizeof *grown);
+        if (grown == NULL)
+            return; /* unknown to us, its requests get no answer */
+        n->conns = grown;
+        n->cap_conns = cap;
+    }
+    conn *c = &n->conns[n->n_conns++];
+    *c = (conn){.pipe = pipe, .since = now, .last = now};
+    n->n_live++;
+    if (n->n_live > max) {
+        conn *victim = conn_victim(n, now);
+        conn_doom(n, victim != NULL ? victim : c);
+        if (victim != NULL)
+            n->evicted++;
+        else
+            n->over_cap++;
+        pthread_cond_signal(&n->closer_wake);
+    }
+}
+
+static void conn_remove(peer_node *n, nng_pipe pipe)
+{
+    conn *c = conn_find(n, (uint32_t)nng_pipe_id(pipe));
+    if (c == NULL)
+        return;
+    if (!c->doomed)
+        n->n_live--;
+    *c = n->conns[--n->n_conns];
+}
+
+/* nng's threads: never closes anything (see above). */
 static void on_pipe(nng_pipe pipe, nng_pipe_ev ev, void *arg)
 {
     peer_node *n = arg;
-    unsigned max = n->cfg.max_connections ? n->cfg.max_connections : 64;
     pthread_mutex_lock(&n->catalog_lock);
-    int drop = 0;
-    if (ev == NNG_PIPE_EV_ADD_POST) {
-        if (n->n_conns >= max || n->conns == NULL) {
-            drop = 1;
-        } else {
-            n->conns[n->n_conns].pipe = pipe;
-            n->conns[n->n_conns].since = mono_ms();
-            n->conns[n->n_conns].good = 0;
-            n->n_conns++;
-        }
-    } else if (ev == NNG_PIPE_EV_REM_POST) {
-        for (size_t i = 0; i < n->n_conns; i++)
-            if (nng_pipe_id(n->conns[i].pipe) == nng_pipe_id(pipe)) {
-                n->conns[i] = n->conns[--n->n_conns];
-                break;
-            }
-    }
+    if (ev == NNG_PIPE_EV_ADD_PRE)
+        conn_add(n, pipe, mono_ms());
+    else if (ev == NNG_PIPE_EV_REM_POST)
+        conn_remove(n, pipe);
     pthread_mutex_unlock(&n->catalog_lock);
-    if (drop)
-        nng_pipe_close(pipe);
 }
 
-/* Closes connections that never sent a request we could open. */
-static void close_idle_strangers(peer_node *n, int64_t now)
+/* The owner: a forgotten peer's socket is closed by the closer. */
+static void close_later(peer_node *n, nng_socket sock)
 {
-    nng_pipe close[16];
-    size_t k = 0;
     pthread_mutex_lock(&n->catalog_lock);
-    for (size_t i = 0; i < n->n_conns && k < 16; i++)
-        if (!n->conns[i].good && now - n->conns[i].since > AUTH_GRACE_MS) {
-            close[k++] = n->conns[i].pipe;
-            n->conns[i].since = now; /* once; REM_POST removes it */
+    if (n->n_dead_socks == n->cap_dead_socks) {
+        size_t cap = n->cap_dead_socks ? 2 * n->cap_dead_socks : 16;
+        nng_socket *grown = realloc(n->dead_socks, cap * sizeof *grown);
+        if (grown == NULL) {
+            pthread_mutex_unlock(&n->catalog_lock);
+            nng_close(sock); /* no room to hand it over: closed here */
+            return;
         }
+        n->dead_socks = grown;
+        n->cap_dead_socks = cap;
+    }
+    n->dead_socks[n->n_dead_socks++] = sock;
+    pthread_cond_signal(&n->closer_wake);
     pthread_mutex_unlock(&n->catalog_lock);
-    for (size_t i = 0; i < k; i++)
-        nng_pipe_close(close[i]);
+}
+
+static void node_log(peer_node *n, const char *level, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+static void node_log(peer_node *n, const char *level, const char *fmt, ...)
+{
+    if (n->cfg.log == NULL)
+        return;
+    char msg[512];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof msg, fmt, ap);
+    va_end(ap);
+    n->cfg.log(n->cfg.log_ctx, level, msg);
+}
+
+/* Descriptors open in the process, or -1. */
+static long open_descriptors(void)
+{
+    DIR *d = opendir("/proc/self/fd");
+    if (d == NULL)
+        return -1;
+    long k = 0;
+    while (readdir(d) != NULL)
+        k++;
+    closedir(d);
+    return k - 3; /* ".", ".." and the directory's own */
+}
+
+/* The lowest free descriptor: under a flood, holes fill first, so this is
+ * about the number in use; a cheap look taken every tick. */
+static long lowest_free_descriptor(void)
+{
+    int fd = fcntl(0, F_DUPFD_CLOEXEC, 0);
+    if (fd < 0)
+        return errno == EMFILE ? LONG_MAX : -1;
+    close(fd);
+    return fd;
+}
+
+static int listener_start(peer_node *n, const char *url, char *why, size_t why_len);
+
+/* Closer thread: closes the listener when descriptors run short, opens it
+ * again once they are back (catalog_lock not held). */
+static void watch_descriptors(peer_node *n)
+{
+    if (!n->serving || n->fd_limit <= 0)
+        return;
+    long reserve = n->fd_limit / 8 > FD_RESERVE_MIN ? (long)(n->fd_limit / 8) : FD_RESERVE_MIN;
+    if (!n->paused) {
+        long low = lowest_free_descriptor();
+        if (low < n->fd_limit - reserve)
+            return;
+        nng_listener_close(n->listener);
+        n->paused = 1;
+        n->pauses++;
+        node_log(n, "warning",
+                 "peer port %s closed: %ld of %lld descriptors in use; it opens again below %ld",
+                 n->listen_url, low, (long long)n->fd_limit, (long)n->fd_limit - 2 * reserve);
+        return;
+    }
+    long used = open_descriptors();
+    if (used < 0 || used >= n->fd_limit - 2 * reserve)
+        return;
+    char why[256];
+    if (listener_start(n, n->listen_url, why, sizeof why) != PEER_OK) {
+        node_log(n, "warning", "peer port: %s (tried again shortly)", why);
+        return;
+    }
+    n->paused = 0;
+    node_log(n, "info", "peer port %s open again: %ld descriptors in use", n->listen_url, used);
+}
+
+static void *closer_main(void *arg)
+{
+    peer_node *n = arg;
+    int64_t ticked = 0;
+    pthread_mutex_lock(&n->catalog_lock);
+    for (;;) {
+        int64_t now = mono_ms();
+        nng_pipe batch[64];
+        size_t k = 0;
+        for (size_t i = 0; i < n->n_conns && k < 64; i++) {
+            conn *c = &n->conns[i];
+            if (!c->doomed && !c->good && now - c->since > AUTH_GRACE_MS)
+                conn_doom(n, c);
+            if (c->doomed && !c->closed) {
+                c->closed = 1;
+                batch[k++] = c->pipe;
+            }
+        }
+        nng_socket *socks = n->dead_socks;
+        size_t n_socks = n->n_dead_socks;
+        n->dead_socks = NULL;
+        n->n_dead_socks = n->cap_dead_socks = 0;
+        int stop = n->closer_stop;
+        pthread_mutex_unlock(&n->catalog_lock);
+        for (size_t i = 0; i < k; i++)
+            nng_pipe_close(batch[i]);
+        for (size_t i = 0; i < n_socks; i++)
+            nng_close(socks[i]);
+        free(socks);
+        if (now - ticked >= CLOSER_TICK_MS) {
+            ticked = now;
+            watch_descriptors(n);
+        }
+        pthread_mutex_lock(&n->catalog_lock);
+        if (k == 64)
+            continue; /* more to close */
+        if (stop && n->n_dead_socks == 0)
+            break;
+        struct timespec until;
+        clock_gettime(CLOCK_MONOTONIC, &until);
+        until.tv_nsec += (long)CLOSER_TICK_MS * 1000000;
+        if (until.tv_nsec >= 1000000000) {
+            until.tv_sec++;
+            until.tv_nsec -= 1000000000;
+        }
+        if (!n->closer_stop && n->n_dead_socks == 0)
+            pthread_cond_timedwait(&n->closer_wake, &n->catalog_lock, &until);
+    }
+    pthread_mutex_unlock(&n->catalog_lock);
+    return NULL;
+}
+
+/* Starts the closer once the node is set up (its wake-up exists from the
+ * start: pipe callbacks signal it). */
+static int closer_open(peer_node *n)
+{
+    struct rlimit rl;
+    if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur != RLIM_INFINITY)
+        n->fd_limit = (int64_t)rl.rlim_cur;
+    n->closer_running = pthread_create(&n->closer_thread, NULL, closer_main, n) == 0;
+    return n->closer_running ? PEER_OK : PEER_ENOMEM;
+}
+
+/* Closes what is left to close, then stops the closer. */
+static void closer_close(peer_node *n)
+{
+    if (!n->closer_running)
+        return;
+    pthread_mutex_lock(&n->catalog_lock);
+    n->closer_stop = 1;
+    pthread_cond_signal(&n->closer_wake);
+    pthread_mutex_unlock(&n->catalog_lock);
+    pthread_join(n->closer_thread, NULL);
+    n->closer_running = 0;
+}
+
+static int listener_start(peer_node *n, const char *url, char *why, size_t why_len)
+{
+    int rv = nng_listener_create(&n->listener, n->server, url);
+    if (rv == 0 &&
+        ((n->tls_server != NULL &&
+          (rv = nng_listener_set_ptr(n->listener, NNG_OPT_TLS_CONFIG, n->tls_server)) != 0) ||
+         (rv = nng_listener_start(n->listener, 0)) != 0))
+        nng_listener_close(n->listener);
+    if (rv != 0) {
+        snprintf(why, why_len, "listening on %s: %s", url, nng_strerror(rv));
+        return PEER_ENNG;
+    }
+    return PEER_OK;
 }
 
 static int server_open(peer_node *n, char *why, size_t why_len)
@@ -929,26 +1226,19 @@ static int server_open(peer_node *n, char *why, size_t why_len)
     if (is_tls(n->cfg.listen) &&
         tls_config(n, NNG_TLS_MODE_SERVER, &n->tls_server, why, why_len) != PEER_OK)
         return PEER_EINVAL;
-    n->conns = calloc(n->cfg.max_connections ? n->cfg.max_connections : 64, sizeof *n->conns);
-    if (n->conns == NULL) {
-        snprintf(why, why_len, "out of memory");
-        return PEER_ENOMEM;
-    }
     if ((rv = nng_rep0_open(&n->server)) != 0) {
         snprintf(why, why_len, "peer server: %s", nng_strerror(rv));
         return PEER_ENNG;
     }
     n->serving = 1; /* from here on, closing closes the socket */
     if ((rv = nng_socket_set_size(n->server, NNG_OPT_RECVMAXSZ, PEER_REQUEST_MAX)) != 0 ||
-        (rv = nng_pipe_notify(n->server, NNG_PIPE_EV_ADD_POST, on_pipe, n)) != 0 ||
-        (rv = nng_pipe_notify(n->server, NNG_PIPE_EV_REM_POST, on_pipe, n)) != 0 ||
-        (rv = nng_listener_create(&n->listener, n->server, n->cfg.listen)) != 0 ||
-        (n->tls_server != NULL &&
-         (rv = nng_listener_set_ptr(n->listener, NNG_OPT_TLS_CONFIG, n->tls_server)) != 0) ||
-        (rv = nng_listener_start(n->listener, 0)) != 0) {
-        snprintf(why, why_len, "listening on %s: %s", n->cfg.listen, nng_strerror(rv));
+        (rv = nng_pipe_notify(n->server, NNG_PIPE_EV_ADD_PRE, on_pipe, n)) != 0 ||
+        (rv = nng_pipe_notify(n->server, NNG_PIPE_EV_REM_POST, on_pipe, n)) != 0) {
+        snprintf(why, why_len, "peer server: %s", nng_strerror(rv));
         return PEER_ENNG;
     }
+    if (listener_start(n, n->cfg.listen, why, why_len) != PEER_OK)
+        return PEER_ENNG;
     snprintf(n->listen_url, sizeof n->listen_url, "%s", n->cfg.listen);
     int port = 0;
     if (nng_listener_get_int(n->listener, NNG_OPT_TCP_BOUND_PORT, &port) == 0) {
@@ -985,6 +1275,89 @@ static int banned(peer_node *n, const char *host, int64_t now)
 
 static void swarm_add_peer(peer_swarm *s, peer_entry *p);
 
+/* Dial notes. A peer whose server is full (or refuses us) closes each
+ * connection we make as soon as it comes; nng dials again 100 ms later
+ * each time (a connection that came up resets its back-off), for ever.
+ * The notes tell the owner, which stretches the dialer's wait, doubling
+ * up to REFUSED_BACKOFF_MS, until a connection lasts again. */
+static void dial_note_take(peer_node *n, peer_entry *p)
+{
+    pthread_mutex_lock(&n->lock);
+    p->dial_slot = MAX_PEERS;
+    for (unsigned i = 0; i < MAX_PEERS; i++)
+        if (n->notes[i].sock == 0) {
+            n->notes[i] = (dial_note){.sock = (uint32_t)nng_socket_id(p->sock)};
+            p->dial_slot = i;
+            break;
+        }
+    pthread_mutex_unlock(&n->lock);
+}
+
+static void dial_note_free(peer_node *n, peer_entry *p)
+{
+    pthread_mutex_lock(&n->lock);
+    if (p->dial_slot < MAX_PEERS)
+        n->notes[p->dial_slot].sock = 0;
+    pthread_mutex_unlock(&n->lock);
+    p->dial_slot = MAX_PEERS;
+}
+
+/* nng's threads: a connection of ours came or went (notes only). */
+static void on_dial_pipe(nng_pipe pipe, nng_pipe_ev ev, void *arg)
+{
+    peer_node *n = arg;
+    uint32_t sock = (uint32_t)nng_socket_id(nng_pipe_socket(pipe));
+    int64_t now = mono_ms();
+    pthread_mutex_lock(&n->lock);
+    for (unsigned i = 0; i < MAX_PEERS; i++) {
+        dial_note *d = &n->notes[i];
+        if (d->sock != sock)
+            continue;
+        if (ev == NNG_PIPE_EV_ADD_POST) {
+            d->added = now;
+        } else if (d->added != 0) {
+            if (now - d->added < SHORT_PIPE_MS) {
+                d->cut_short++;
+            } else {
+                d->cut_short = 0;
+                d->lasted++;
+            }
+            d->added = 0;
+        }
+        break;
+    }
+    pthread_mutex_unlock(&n->lock);
+}
+
+/* The owner: the dialer's wait follows what the notes say. */
+static void pace_dialer(peer_node *n, peer_entry *p)
+{
+    if (p->dial_slot >= MAX_PEERS)
+        return;
+    pthread_mutex_lock(&n->lock);
+    dial_note *d = &n->notes[p->dial_slot];
+    unsigned cut = d->cut_short, lasted = d->lasted;
+    d->lasted = 0;
+    pthread_mutex_unlock(&n->lock);
+    int64_t want = p->backoff_ms;
+    if (cut >= 2) /* refused twice in a row */
+        want = p->backoff_ms == 0 ? 1000 : p->backoff_ms * 2;
+    else if (lasted > 0 && cut == 0)
+        want = 0;
+    if (want > REFUSED_BACKOFF_MS)
+        want = REFUSED_BACKOFF_MS;
+    if (want == p->backoff_ms)
+        return;
+    if (cut >= 2) {
+        pthread_mutex_lock(&n->lock);
+        d->cut_short = 0; /* the next two refusals double it again */
+        pthread_mutex_unlock(&n->lock);
+    }
+    p->backoff_ms = want;
+    nng_dialer_set_ms(p->dialer, NNG_OPT_RECONNMAXT, want ? (nng_duration)want : 2000);
+    nng_dialer_set_ms(p->dialer, NNG_OPT_RECONNMINT, want ? (nng_duration)want : 100);
+}
+
 static peer_entry *add_peer(peer_node *n, const char *url, int configured, int cache_host)
 {
     for (peer_entry *p = n->peers; p != NULL; p = p->next)
@@ -1004,11 +1377,11 @@ static peer_entry *add_peer(peer_node *n, const char *url, int configured, int c
     p->configured = configured;
     p->cache_host = cache_host;
     p->last_seen = mono_ms();
-    nng_dialer d;
     if (nng_req0_open(&p->sock) != 0) {
         free(p);
         return NULL;
     }
+    dial_note_take(n, p);
     nng_socket_set_size(p->sock, NNG_OPT_RECVMAXSZ, PEER_MSG_MAX);
     nng_socket_set_ms(p->sock, NNG_OPT_REQ_RESENDTIME, NNG_DURATION_INFINITE);
     nng_socket_set_ms(p->sock, NNG_OPT_RECONNMINT, 100);
@@ -1016,9 +1389,12 @@ static peer_entry *add_peer(peer_node *n, const char *url, int configured, int c
     char why[256];
     if ((is_tls(url) && n->tls_client == NULL &&
          tls_config(n, NNG_TLS_MODE_CLIENT, &n->tls_client, why, sizeof why) != PEER_OK) ||
-        nng_dialer_create(&d, p->sock, url) != 0 ||
-        (is_tls(url) && nng_dialer_set_ptr(d, NNG_OPT_TLS_CONFIG, n->tls_client) != 0) ||
-        nng_dialer_start(d, NNG_FLAG_NONBLOCK) != 0) {
+        nng_pipe_notify(p->sock, NNG_PIPE_EV_ADD_POST, on_dial_pipe, n) != 0 ||
+        nng_pipe_notify(p->sock, NNG_PIPE_EV_REM_POST, on_dial_pipe, n) != 0 ||
+        nng_dialer_create(&p->dialer, p->sock, url) != 0 ||
+        (is_tls(url) && nng_dialer_set_ptr(p->dialer, NNG_OPT_TLS_CONFIG, n->tls_client) != 0) ||
+        nng_dialer_start(p->dialer, NNG_FLAG_NONBLOCK) != 0) {
+        dial_note_free(n, p);
         nng_close(p->sock);
         free(p);
         return NULL;
@@ -1745,7 +2121,8 @@ static void forget_peers(peer_node *n, int64_t now)
             *sp = s->sp[--s->n_sp];
         }
         *pp = p->next;
-        nng_close(p->sock);
+        dial_note_free(n, p);
+        close_later(n, p->sock);
         free(p);
         n->n_peers--;
     }
@@ -1787,8 +2164,8 @@ int64_t peer_node_step(peer_node *n)
     if (now - n->last_forget > 1000) {
         n->last_forget = now;
         forget_peers(n, now);
-        if (n->serving)
-            close_idle_strangers(n, now);
+        for (peer_entry *p = n->peers; p != NULL; p = p->next)
+            pace_dialer(n, p);
     }
     for (peer_swarm *s = n->swarms; s != NULL; s = s->next) {
         schedule_swarm(n, s, now);
@@ -2045,6 +2422,16 @@ int peer_node_open(const peer_node_config *cfg, peer_node **out, char *why, size
     n->beacon_pipe[0] = n->beacon_pipe[1] = -1;
     pthread_mutex_init(&n->lock, NULL);
     pthread_mutex_init(&n->catalog_lock, NULL);
+    pthread_condattr_t attr;
+    pthread_condattr_init(&attr);
+    pthread_condattr_setclock(&attr, CLOCK_MONOTONIC);
+    n->closer_wake_made = pthread_cond_init(&n->closer_wake, &attr) == 0;
+    pthread_condattr_destroy(&attr);
+    if (!n->closer_wake_made) {
+        snprintf(why, why_len, "out of memory");
+        peer_node_close(n);
+        return PEER_ENOMEM;
+    }
     peer_wire_key_derive(cfg->group_key, &n->key);
     randombytes_buf(n->id, sizeof n->id);
     n->tokens_at = mono_ms();
@@ -2088,6 +2475,11 @@ int peer_node_open(const peer_node_config *cfg, peer_node **out, char *why, size
             return err;
         }
     }
+    if (closer_open(n) != PEER_OK) {
+        snprintf(why, why_len, "cannot start the peer closer thread");
+        peer_node_close(n);
+        return PEER_ENOMEM;
+    }
     *out = n;
     return PEER_OK;
 }
@@ -2111,6 +2503,7 @@ void peer_node_close(peer_node *n)
     for (int i = 0; i < SERVER_WORKERS; i++)
         if (n->workers[i].aio != NULL)
             nng_aio_stop(n->workers[i].aio);
+    closer_close(n);
     if (n->serving)
         nng_close(n->server);
     for (int i = 0; i < SERVER_WORKERS; i++) {
@@ -2122,8 +2515,10 @@ void peer_node_close(peer_node *n)
     }
     for (peer_entry *p = n->peers, *next; p != NULL; p = next) {
         next = p->next;
-        if (p->open)
+        if (p->open) {
+            dial_note_free(n, p);
             nng_close(p->sock);
+        }
         free(p);
     }
     for (found *f = n->found_head, *next; f != NULL; f = next) {
@@ -2143,6 +2538,9 @@ void peer_node_close(peer_node *n)
     peer_replay_free(n->replay);
     peer_replay_free(n->beacon_replay);
     free(n->conns);
+    free(n->dead_socks);
+    if (n->closer_wake_made)
+        pthread_cond_destroy(&n->closer_wake);
     if (n->tls_server != NULL)
         nng_tls_config_free(n->tls_server);
     if (n->tls_client != NULL)

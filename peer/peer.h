@@ -221,6 +221,10 @@ typedef struct peer_node_config {
     const char *tls_cert, *tls_key, *tls_ca;
     void (*wakeup)(void *ctx); /* from any thread: peer_node_step has work */
     void *wakeup_ctx;
+    /* From any thread, or NULL: what an operator should hear of (the peer
+     * port closing while descriptors run short). level: "info", "warning". */
+    void (*log)(void *ctx, const char *level, const char *msg);
+    void *log_ctx;
 } peer_node_config;
 
 #define PEER_BEACON_GROUP "239.192.77.77"
