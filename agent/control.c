@@ -352,8 +352,8 @@ static int listener_answers(const char *path)
     uint8_t reply_id[4];
     ok = ok && reply_len >= 4 && reply_len <= PROTO_MAX_REPLY &&
          full_io(fd, reply_id, sizeof reply_id, 0) == 0 &&
-         ((uint32_t)reply_id[0] << 24 | (uint32_t)reply_id[1] << 16 |
-          (uint32_t)reply_id[2] << 8 | reply_id[3]) == id;
+         ((uint32_t)reply_id[0] << 24 | (uint32_t)reply_id[1] << 16 | (uint32_t)reply_id[2] << 8 |
+          reply_id[3]) == id;
     close(fd); /* the rest of the reply is not read: dopad drops it */
     return ok;
 }

@@ -1006,8 +1006,9 @@ static void *stop_deadline(void *arg)
     until.tv_sec += STOP_BOUND_MS / 1000;
     while (clock_nanosleep(CLOCK_MONOTONIC, TIMER_ABSTIME, &until, NULL) == EINTR)
         ;
-    agent_log("error", "stopping took over %d s (a socket that does not close): leaving now; "
-                       "the jobs are stored",
+    agent_log("error",
+              "stopping took over %d s (a socket that does not close): leaving now; "
+              "the jobs are stored",
               STOP_BOUND_MS / 1000);
     _exit(EXIT_OK);
     return NULL;

@@ -61,11 +61,13 @@
 #define HAVE_TIMEOUT_MS    3000
 #define REPLAY_SLOTS       131072 /* ~5 MiB: a minute of requests from hundreds of peers */
 #define MAX_PEERS          1024
-#define MAX_MEMBERS        256  /* agents sharing the origin's work for one content */
-#define SETTLE_LAG_MS      300  /* a member hears of a change within a turn (250 ms) */
-#define SETTLE_MAX_MS      1500 /* pieces new to this agent's share wait at most this */
+#define MAX_MEMBERS        256   /* agents sharing the origin's work for one content */
+#define SETTLE_LAG_MS      300   /* a member hears of a change within a turn (250 ms) */
+#define SETTLE_MAX_MS      1500  /* pieces new to this agent's share wait at most this */
 #define CLOSER_TICK_MS     250   /* the closer's sweep of strangers and descriptors */
-#define IDLE_EVICT_MS      10000 /* a full server lets a newcomer in for a connection this idle */
+#define IDLE_EVICT_MS      5000  /* a full server lets a newcomer in for a connection this idle */
+#define TURN_MS            5000  /* or for one connected this long (agents beyond the cap) */
+#define PAUSE_MIN_MS       1000  /* the listener, closed for want of descriptors, stays so */
 #define OVER_CAP_MAX       256   /* connections past the cap awaiting their close, at most */
 #define SHORT_PIPE_MS      1000  /* a connection of ours the peer closes this soon: refused */
 #define REFUSED_BACKOFF_MS 60000 /* the longest wait before dialling a peer that refuses */
@@ -86,10 +88,10 @@ typedef struct peer_entry {
     nng_socket sock;
     nng_dialer dialer;
     int open;
-    unsigned dial_slot;       /* its entry in the node's dial notes */
-    int64_t backoff_ms;       /* the dialer's wait now (it refused us), 0: nng's default */
-    int64_t last_seen; /* mono ms */
-    unsigned strikes;  /* bad pieces */
+    unsigned dial_slot; /* its entry in the node's dial notes */
+    int64_t backoff_ms; /* the dialer's wait now (it refused us), 0: nng's default */
+    int64_t last_seen;  /* mono ms */
+    unsigned strikes;   /* bad pieces */
     int64_t banned_until;
     unsigned in_flight; /* piece requests */
     unsigned judging;   /* pieces it sent whose verdict is PENDING */
@@ -203,8 +205,8 @@ typedef struct conn {
 /* What nng's pipe callbacks of a peer's socket tell the owner (under
  * `lock`): how its connections end. */
 typedef struct dial_note {
-    uint32_t sock; /* nng_socket_id of the peer's socket, 0: a free note */
-    int64_t added; /* mono ms: the current connection came up */
+    uint32_t sock;      /* nng_socket_id of the peer's socket, 0: a free note */
+    int64_t added;      /* mono ms: the current connection came up */
     unsigned cut_short; /* connections in a row it closed within SHORT_PIPE_MS */
     unsigned lasted;    /* connections that lasted, since the owner last looked */
 } dial_note;
@@ -250,7 +252,8 @@ struct peer_node {
         unsigned busy;
     } pipes[SERVER_WORKERS];
     conn *conns; /* every connection of the server, doomed ones too */
-    size_t n_conns, cap_conns, n_live;
+    size_t n_conns, cap_conns;
+    _Atomic size_t n_live;  /* not doomed (changed under catalog_lock) */
     unsigned piece_workers; /* workers holding a piece reply (HAVE requests keep the rest) */
     struct {
         uint8_t cid[PEER_CID_BYTES];
@@ -268,9 +271,9 @@ struct peer_node {
     pthread_cond_t closer_wake;
     nng_socket *dead_socks; /* sockets of forgotten peers, to close */
     size_t n_dead_socks, cap_dead_socks;
-    int paused;       /* the listener is closed: descriptors ran short */
+    int64_t paused;   /* mono ms: the listener closed (descriptors ran short), 0: open */
     int64_t fd_limit; /* RLIMIT_NOFILE when opened */
-    uint64_t evicted, over_cap, pauses;
+    _Atomic uint64_t evicted, over_cap, pauses;
 
     /* Dial notes, one per peer (guarded by `lock`). */
     dial_note notes[MAX_PEERS];
@@ -958,30 +961,25 @@ static int conn_take_request(peer_node *n, uint32_t pipe, int64_t now)
     return 1;
 }
 
-static int pipe_busy(const peer_node *n, uint32_t pipe)
-{
-    for (int i = 0; i < SERVER_WORKERS; i++)
-        if (n->pipes[i].busy > 0 && n->pipes[i].pipe == pipe)
-            return 1;
-    return 0;
-}
-
 /* A live connection a newcomer may replace: the oldest stranger of more
- * than a second, else the member idle longest past IDLE_EVICT_MS. */
+ * than a second, else the member idle longest past IDLE_EVICT_MS, else the
+ * one connected longest past TURN_MS (its requests in flight are asked
+ * again when it dials back). */
 static conn *conn_victim(peer_node *n, int64_t now)
 {
-    conn *stranger = NULL, *idle = NULL;
+    conn *stranger = NULL, *idle = NULL, *turn = NULL;
     for (size_t i = 0; i < n->n_conns; i++) {
         conn *c = &n->conns[i];
         if (c->doomed)
             continue;
         if (!c->good && now - c->since > 1000 && (stranger == NULL || c->since < stranger->since))
             stranger = c;
-        if (c->good && now - c->last > IDLE_EVICT_MS && (idle == NULL || c->last < idle->last) &&
-            !pipe_busy(n, (uint32_t)nng_pipe_id(c->pipe)))
+        if (c->good && now - c->last > IDLE_EVICT_MS && (idle == NULL || c->last < idle->last))
             idle = c;
+        if (c->good && now - c->since > TURN_MS && (turn == NULL || c->since < turn->since))
+            turn = c;
     }
-    return stranger != NULL ? stranger : idle;
+    return stranger != NULL ? stranger : idle != NULL ? idle : turn;
 }
 
 static void conn_doom(peer_node *n, conn *c)
@@ -1110,13 +1108,15 @@ static void watch_descriptors(peer_node *n)
         if (low < n->fd_limit - reserve)
             return;
         nng_listener_close(n->listener);
-        n->paused = 1;
+        n->paused = mono_ms();
         n->pauses++;
         node_log(n, "warning",
                  "peer port %s closed: %ld of %lld descriptors in use; it opens again below %ld",
                  n->listen_url, low, (long long)n->fd_limit, (long)n->fd_limit - 2 * reserve);
         return;
     }
+    if (mono_ms() - n->paused < PAUSE_MIN_MS)
+        return;
     long used = open_descriptors();
     if (used < 0 || used >= n->fd_limit - 2 * reserve)
         return;
@@ -2164,9 +2164,9 @@ int64_t peer_node_step(peer_node *n)
     if (now - n->last_forget > 1000) {
         n->last_forget = now;
         forget_peers(n, now);
-        for (peer_entry *p = n->peers; p != NULL; p = p->next)
-            pace_dialer(n, p);
     }
+    for (peer_entry *p = n->peers; p != NULL; p = p->next)
+        pace_dialer(n, p);
     for (peer_swarm *s = n->swarms; s != NULL; s = s->next) {
         schedule_swarm(n, s, now);
         update_members(s, now);
@@ -2247,6 +2247,10 @@ void peer_node_stats(const peer_node *n, peer_stats *out)
     out->bans = atomic_load(&n->bans);
     out->refused = atomic_load(&n->refused);
     out->timeouts = atomic_load(&n->timeouts);
+    out->connections = (unsigned)atomic_load(&n->n_live);
+    out->over_cap = atomic_load(&n->over_cap);
+    out->evicted = atomic_load(&n->evicted);
+    out->port_pauses = atomic_load(&n->pauses);
     int64_t now = mono_ms();
     for (const peer_entry *p = n->peers; p != NULL; p = p->next) {
         if (p->self)

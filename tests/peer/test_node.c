@@ -6,10 +6,14 @@
  * each piece against its hash, as the engine does.
  */
 #include <arpa/inet.h>
+#include <dirent.h>
+#include <fcntl.h>
 #include <netinet/in.h>
+#include <pthread.h>
 #include <signal.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/wait.h>
 #include <time.h>
@@ -924,6 +928,223 @@ static void test_a_node_with_another_key_gets_nothing(void)
     peer_node_close(b);
 }
 
+/* ------------------------------------------------------------------ */
+/* The listener against outsiders and crowds                          */
+
+static int port_of(const char *url)
+{
+    return atoi(strrchr(url, ':') + 1);
+}
+
+/* A TCP connection to the port that sends the SP hello of a REQ socket
+ * (what nng needs to make it a pipe), or nothing at all; -1 on failure. */
+static int sp_connect(int port, int hello)
+{
+    static const uint8_t req_hello[8] = {0, 'S', 'P', 0, 0, 0x30, 0, 0};
+    int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    struct sockaddr_in sa = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port)};
+    sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    if (fd >= 0 && connect(fd, (struct sockaddr *)&sa, sizeof sa) == 0 &&
+        (!hello || write(fd, req_hello, sizeof req_hello) == (ssize_t)sizeof req_hello))
+        return fd;
+    if (fd >= 0)
+        close(fd);
+    return -1;
+}
+
+static int open_descriptors(void)
+{
+    int k = 0;
+    DIR *d = opendir("/proc/self/fd");
+    while (d != NULL && readdir(d) != NULL)
+        k++;
+    if (d != NULL)
+        closedir(d);
+    return k - 3;
+}
+
+static void *close_node(void *arg)
+{
+    peer_node_close(arg);
+    return NULL;
+}
+
+/* peer_node_close, which must return within limit_ms (a wedged nng never
+ * returns: the thread is left behind and the case fails). */
+static int closes_within(peer_node *n, int limit_ms)
+{
+    pthread_t t;
+    if (pthread_create(&t, NULL, close_node, n) != 0)
+        return 0;
+    struct timespec until;
+    clock_gettime(CLOCK_REALTIME, &until);
+    until.tv_sec += limit_ms / 1000;
+    until.tv_nsec += (long)(limit_ms % 1000) * 1000000;
+    if (until.tv_nsec >= 1000000000) {
+        until.tv_sec++;
+        until.tv_nsec -= 1000000000;
+    }
+    return pthread_timedjoin_np(t, NULL, &until) == 0;
+}
+
+static peer_node *server_with_cap(char *url, size_t len, unsigned max_connections)
+{
+    snprintf(url, len, "tcp://127.0.0.1:%d", test_free_port());
+    peer_node_config cfg = {.group_key = group, .listen = url, .max_connections = max_connections};
+    peer_node *b = NULL;
+    char why[256];
+    CHECK_INT(peer_node_open(&cfg, &b, why, sizeof why), PEER_OK);
+    offer_content(b);
+    return b;
+}
+
+/* The whole content, fetched by a from b. */
+static void fetch_all(peer_node *a, peer_node *b, int limit_ms)
+{
+    fetch f = {0};
+    peer_swarm_ops ops = ops_for(&f);
+    peer_swarm *s;
+    CHECK_INT(peer_swarm_open(a, cid, SIZE, PIECE, &ops, &s), PEER_OK);
+    int done = run_until(a, b, all_done, &f, limit_ms);
+    peer_swarm_close(s);
+    CHECK(done);
+    CHECK_INT(f.bad, 0);
+}
+
+static void test_outsiders_filling_the_cap_do_not_wedge_the_listener(void)
+{
+    /* 64 connections that say the SP hello and nothing else fill the cap;
+     * four more each send one message of junk. With nng 1.5.2, closing
+     * those four inside nng's pipe callback wedged its reaper: the slots
+     * were never freed, honest peers never got in, and closing the node
+     * blocked for ever. */
+    char url[64];
+    peer_node *b = server_with_cap(url, sizeof url, 64);
+    int port = port_of(url), held[68], k = 0;
+    for (int i = 0; i < 64; i++)
+        held[k++] = sp_connect(port, 1);
+    check_sleep_ms(300);
+    for (int i = 0; i < 4; i++) {
+        uint8_t junk[8 + 16];
+        put_be64(junk, 16);
+        memset(junk + 8, 0xa5, 16);
+        int fd = sp_connect(port, 1);
+        CHECK(fd >= 0 && write(fd, junk, sizeof junk) == (ssize_t)sizeof junk);
+        held[k++] = fd;
+    }
+    check_sleep_ms(300);
+    peer_stats st;
+    peer_node_stats(b, &st);
+    CHECK(st.over_cap >= 4);
+    CHECK_INT(st.connections, 64);
+    for (int i = 0; i < k; i++)
+        CHECK(held[i] >= 0 && close(held[i]) == 0);
+
+    peer_node *a = open_node(group, NULL, url, 0);
+    fetch_all(a, b, 10000);
+    CHECK(closes_within(a, 5000));
+    CHECK(closes_within(b, 5000));
+}
+
+static void test_more_agents_than_the_cap_take_turns_and_back_off(void)
+{
+    /* Three agents fetch through a server that takes two connections: the
+     * third gets in once one of the others is idle, and meanwhile it dials
+     * ever more slowly, not ten times a second; the server's descriptors
+     * stay as they are. */
+    char url[64];
+    peer_node *b = server_with_cap(url, sizeof url, 2);
+    int fds0 = open_descriptors();
+    peer_node *a[3];
+    fetch f[3];
+    memset(f, 0, sizeof f);
+    peer_swarm *s[3];
+    for (int i = 0; i < 3; i++) {
+        a[i] = open_node(group, NULL, url, 2000);
+        peer_swarm_ops ops = ops_for(&f[i]);
+        CHECK_INT(peer_swarm_open(a[i], cid, SIZE, PIECE, &ops, &s[i]), PEER_OK);
+    }
+    int fds_max = 0;
+    int64_t end = now_ms() + 30000;
+    while (now_ms() < end && !(f[0].good == PIECES && f[1].good == PIECES && f[2].good == PIECES)) {
+        for (int i = 0; i < 3; i++)
+            peer_node_step(a[i]);
+        peer_node_step(b);
+        int fds = open_descriptors();
+        fds_max = fds > fds_max ? fds : fds_max;
+        check_sleep_ms(5);
+    }
+    peer_stats st;
+    peer_node_stats(b, &st);
+    fprintf(stderr,
+            "  3 agents, cap 2: %d/%d/%d pieces; %llu refused at once, %llu evicted; "
+            "descriptors %d -> at most %d\n",
+            f[0].good, f[1].good, f[2].good, (unsigned long long)st.over_cap,
+            (unsigned long long)st.evicted, fds0, fds_max);
+    for (int i = 0; i < 3; i++) {
+        CHECK_INT(f[i].good, PIECES);
+        CHECK_INT(f[i].bad, 0);
+        peer_swarm_close(s[i]);
+    }
+    CHECK(st.evicted >= 1);
+    CHECK(st.over_cap < 30); /* at 100 ms a redial, over 60 in this time */
+    CHECK(fds_max <= fds0 + 16);
+    for (int i = 0; i < 3; i++)
+        CHECK(closes_within(a[i], 5000));
+    CHECK(closes_within(b, 5000));
+}
+
+static void test_a_flood_of_handshakeless_connections_leaves_descriptors_free(void)
+{
+    /* With 256 descriptors, a child opens 400 connections that never say
+     * the SP hello (nng holds each for 10 s). The node closes its port
+     * before they are all used: the process can still open files (the
+     * control socket and the store of an agent), and once the flood is
+     * over the port opens again and serves. */
+    struct rlimit was, low;
+    CHECK(getrlimit(RLIMIT_NOFILE, &was) == 0);
+    low = was;
+    low.rlim_cur = 256;
+    CHECK(setrlimit(RLIMIT_NOFILE, &low) == 0);
+    char url[64];
+    peer_node *b = server_with_cap(url, sizeof url, 64);
+    pid_t pid = fork();
+    if (pid == 0) {
+        struct rlimit high = was;
+        setrlimit(RLIMIT_NOFILE, &high);
+        for (int i = 0; i < 400; i++)
+            sp_connect(port_of(url), 0);
+        sleep(3);
+        _exit(0);
+    }
+    CHECK(pid > 0);
+    rogue_pid = pid;
+    check_sleep_ms(1500);
+    int fds[32], opened = 0;
+    for (int i = 0; i < 32; i++)
+        if ((fds[i] = open("/dev/null", O_RDONLY | O_CLOEXEC)) >= 0)
+            opened++;
+    for (int i = 0; i < 32; i++)
+        if (fds[i] >= 0)
+            close(fds[i]);
+    waitpid(pid, NULL, 0);
+    rogue_pid = 0;
+    peer_stats st;
+    peer_node_stats(b, &st);
+    fprintf(stderr,
+            "  400 connections without a hello, 256 descriptors: %d of 32 opened, "
+            "port closed %llu times\n",
+            opened, (unsigned long long)st.port_pauses);
+    CHECK_INT(opened, 32);
+    CHECK(st.port_pauses >= 1);
+    check_sleep_ms(500); /* the port opens again within a tick */
+    peer_node *a = open_node(group, NULL, url, 0);
+    fetch_all(a, b, 10000);
+    CHECK(closes_within(a, 5000));
+    CHECK(closes_within(b, 5000));
+    setrlimit(RLIMIT_NOFILE, &was);
+}
+
 int main(int argc, char **argv)
 {
     signal(SIGPIPE, SIG_IGN);
@@ -973,6 +1194,9 @@ int main(int argc, char **argv)
                          CASE(test_pieces_coming_to_a_member_are_left_to_it),
                          CASE(test_a_peer_that_starts_fetching_late_gets_its_share),
                          CASE(test_a_node_with_another_key_gets_nothing),
+                         CASE(test_outsiders_filling_the_cap_do_not_wedge_the_listener),
+                         CASE(test_more_agents_than_the_cap_take_turns_and_back_off),
+                         CASE(test_a_flood_of_handshakeless_connections_leaves_descriptors_free),
                          {0},
                      });
 }
