@@ -6,6 +6,9 @@
 # the project's version; an unreachable dopad, an unknown job and an
 # ambiguous prefix say what to do; progress is drawn on a terminal only.
 # It starts a dopad of its own on a scratch socket and stops it by pid.
+# Every command names that dopad, or a socket in the scratch directory
+# where none listens: never one the machine runs (DOPA_SOCKET names the
+# latter when a command names none).
 # usage: test_cli.sh VERSION PATH/TO/dopa PATH/TO/dopa-manifest PATH/TO/dopad
 set -u
 version=$1 dopa=$2 manifest=$3 dopad=$4
@@ -21,7 +24,7 @@ cd "$dir" || exit 1
 failures=0
 none=$dir/none.sock # no dopad there
 sock=$dir/dopad.sock
-unset DOPA_SOCKET
+export DOPA_SOCKET="$none"
 
 fail() {
     echo "FAIL: $*"
@@ -168,9 +171,27 @@ usage "bogus: unknown command" $D help bogus
 expect 3 "cannot reach dopad at $none (no socket there)" $D list
 grep -qF "start dopad there (\`dopad --socket $none\`)" err || fail "no way to start dopad: $(cat err)"
 expect 3 "cannot reach dopad at $none" env DOPA_SOCKET="$none" "$dopa" whoami
-expect 3 "start dopad" env DOPA_SOCKET= XDG_RUNTIME_DIR="$dir/run" "$dopa" list
-if [ "$(id -u)" = 0 ]; then
+
+# Naming no socket, with no dopad of the user's own: the system dopad's,
+# /run/dopa/control.sock. Where the machine runs one, it must not answer:
+# as root, the command runs in a mount namespace of its own with a tmpfs
+# over /run; otherwise only when nothing is there.
+default="cannot reach dopad at /run/dopa/control.sock (no socket there)"
+if [ "$(id -u)" = 0 ] && unshare --mount true 2>/dev/null; then
+    # shellcheck disable=SC2016 # "$@" is the inner shell's
+    expect 3 "$default" unshare --mount sh -c 'mount -t tmpfs dopa-test /run && exec "$@"' sh \
+        env DOPA_SOCKET= XDG_RUNTIME_DIR="$dir/run" "$dopa" list
     grep -qF 'systemctl start dopad' err || fail "no systemctl for the system instance: $(cat err)"
+elif [ -e /run/dopa/control.sock ] || [ -L /run/dopa/control.sock ]; then
+    echo "SKIP: dopa naming no socket: not tried, since /run/dopa/control.sock is there and" \
+        "only root can hide it"
+else
+    expect 3 "$default" env DOPA_SOCKET= XDG_RUNTIME_DIR="$dir/run" "$dopa" list
+    if [ "$(id -u)" = 0 ]; then
+        grep -qF 'systemctl start dopad' err || fail "no systemctl for the system instance: $(cat err)"
+    else
+        grep -qF 'or your own' err || fail "no word of a dopad of one's own: $(cat err)"
+    fi
 fi
 
 # --- Help and version. -----------------------------------------------------
