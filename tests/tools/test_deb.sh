@@ -62,6 +62,11 @@ inside() {
     fi
     mkdir "$root/tmp/debs"
     cp "$work"/build/*.deb "$root/tmp/debs/"
+    # The installed programs find the installed dopad where a system
+    # dopad listens, /run/dopa/control.sock of the overlay root (its /run
+    # a tmpfs of this namespace): nothing of the caller's may send them
+    # elsewhere.
+    unset DOPA_SOCKET
     in_root() {
         chroot "$root" "$@"
     }
