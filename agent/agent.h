@@ -195,7 +195,8 @@ int store_open(const char *path, store **out, char *why, size_t why_len);
 void store_close(store *s);
 
 /* Loads every job with its files, ranges and done pieces. Rows that fail
- * their checks are skipped and counted in *damaged. */
+ * their checks are skipped and counted in *damaged; running out of memory
+ * fails the whole load (DOPA_ENOMEM), never leaves a job out. */
 int store_load(store *s, agent_job ***jobs, size_t *n, size_t *damaged, char *why, size_t why_len);
 
 int store_begin(store *s);

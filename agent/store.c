@@ -405,14 +405,18 @@ static int column_text(sqlite3_stmt *st, int col, char *out, size_t max)
     return 0;
 }
 
-static char *column_strdup(sqlite3_stmt *st, int col, size_t max)
+/* column_text into a new buffer: 0, -1 for a bad column, DOPA_ENOMEM. */
+static int column_strdup(sqlite3_stmt *st, int col, size_t max, char **out)
 {
     char *buf = malloc(max + 1);
-    if (buf != NULL && column_text(st, col, buf, max) != 0) {
+    if (buf == NULL)
+        return DOPA_ENOMEM;
+    if (column_text(st, col, buf, max) != 0) {
         free(buf);
-        return NULL;
+        return -1;
     }
-    return buf;
+    *out = buf;
+    return 0;
 }
 
 static int column_int(sqlite3_stmt *st, int col, int64_t lo, int64_t hi, int64_t *out)
@@ -434,6 +438,8 @@ static int column_id(sqlite3_stmt *st, int col, dopa_id *id)
     return 0;
 }
 
+/* The loaders of one row: 0, -1 when the row fails its checks, or
+ * DOPA_ENOMEM, which must fail the load rather than count as damage. */
 static int load_job_row(sqlite3_stmt *st, agent_job *j)
 {
     /* Integer columns: index, smallest and largest value. */
@@ -509,8 +515,10 @@ static int load_job_row(sqlite3_stmt *st, agent_job *j)
     int t = sqlite3_column_type(st, 29);
     if (t == SQLITE_BLOB) {
         size_t n = (size_t)sqlite3_column_bytes(st, 29);
-        if (n == 0 || (j->notify_cmd = malloc(n)) == NULL)
+        if (n == 0)
             return -1;
+        if ((j->notify_cmd = malloc(n)) == NULL)
+            return DOPA_ENOMEM;
         memcpy(j->notify_cmd, sqlite3_column_blob(st, 29), n);
         j->notify_cmd_len = n;
         if (agent_notify_cmd_count(j->notify_cmd, n) == 0)
@@ -549,11 +557,15 @@ static int load_file_row(sqlite3_stmt *st, agent_file *f)
         return -1;
     f->validation = (int)validation;
     f->origin_only = (int)origin_only;
-    f->url = column_strdup(st, 2, DOPA_URL_MAX);
-    f->path = column_strdup(st, 3, DOPA_PATH_MAX);
-    f->tmp_path = column_strdup(st, 4, DOPA_PATH_MAX);
-    if (f->url == NULL || f->path == NULL || f->tmp_path == NULL || f->path[0] != '/' ||
-        f->tmp_path[0] != '/' || column_text(st, 6, f->etag, sizeof f->etag - 1) != 0 ||
+    int err = column_strdup(st, 2, DOPA_URL_MAX, &f->url);
+    if (err == 0)
+        err = column_strdup(st, 3, DOPA_PATH_MAX, &f->path);
+    if (err == 0)
+        err = column_strdup(st, 4, DOPA_PATH_MAX, &f->tmp_path);
+    if (err != 0)
+        return err;
+    if (f->path[0] != '/' || f->tmp_path[0] != '/' ||
+        column_text(st, 6, f->etag, sizeof f->etag - 1) != 0 ||
         column_text(st, 7, f->last_modified, sizeof f->last_modified - 1) != 0)
         return -1;
     f->remote_size = remote_size;
@@ -570,16 +582,20 @@ static int load_file_row(sqlite3_stmt *st, agent_file *f)
             return -1; /* (SQLite gives no pointer for an empty blob) */
         f->manifest_bytes = malloc(n);
         if (f->manifest_bytes == NULL)
-            return -1;
+            return DOPA_ENOMEM;
         memcpy(f->manifest_bytes, sqlite3_column_blob(st, 9), n);
         f->manifest_len = n;
-        if (validate_manifest_parse(f->manifest_bytes, n, &f->manifest, NULL, 0) != VALIDATE_OK)
-            return -1;
+        err = validate_manifest_parse(f->manifest_bytes, n, &f->manifest, NULL, 0);
+        if (err != VALIDATE_OK)
+            return err == VALIDATE_ENOMEM ? DOPA_ENOMEM : -1;
     } else if (t9 != SQLITE_NULL) {
         return -1;
     }
     if (size >= 0) {
-        if (agent_file_set_size(f, (uint64_t)size) != DOPA_OK || f->piece_size != piece_size)
+        err = agent_file_set_size(f, (uint64_t)size);
+        if (err == DOPA_ENOMEM)
+            return err;
+        if (err != DOPA_OK || f->piece_size != piece_size)
             return -1;
         if (f->manifest != NULL && f->manifest->file_size != (uint64_t)size)
             return -1;
@@ -651,7 +667,13 @@ int store_load(store *s, agent_job ***jobs_out, size_t *n_out, size_t *damaged, 
             err = DOPA_ENOMEM;
             goto fail;
         }
-        if (load_job_row(st, j) != 0) {
+        int bad = load_job_row(st, j);
+        if (bad == DOPA_ENOMEM) {
+            agent_job_free(j);
+            err = bad;
+            goto fail;
+        }
+        if (bad != 0) {
             (*damaged)++;
             agent_job_free(j);
             continue;
@@ -707,7 +729,12 @@ int store_load(store *s, agent_job ***jobs_out, size_t *n_out, size_t *damaged, 
         f->job = j;
         f->index = (uint32_t)idx;
         j->files[j->n_files++] = f;
-        if (load_file_row(st, f) != 0)
+        int bad = load_file_row(st, f);
+        if (bad == DOPA_ENOMEM) {
+            err = bad;
+            goto fail;
+        }
+        if (bad != 0)
             j->has_error = -1;
     }
     if (rc != SQLITE_DONE)
