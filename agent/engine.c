@@ -1381,7 +1381,15 @@ int engine_open(const engine_config *cfg, agent_engine **out, char *why, size_t 
         if (j->state == DOPA_STATE_TRANSIENT_ERROR)
             j->retry_at = mono; /* the network may be another after a restart */
         j->version = 1;
-        engine_add_job(e, loaded[i]);
+        if (engine_add_job(e, j) != DOPA_OK) {
+            /* Not one job may be left out: no engine rather than less. */
+            while (i < n)
+                agent_job_free(loaded[i++]);
+            free(loaded);
+            snprintf(why, why_len, "out of memory for the stored jobs");
+            err = DOPA_ENOMEM;
+            goto fail;
+        }
     }
     free(loaded);
     err = notify_open(e, why, why_len);
