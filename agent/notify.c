@@ -137,6 +137,7 @@ void notify_cancel(agent_engine *e, agent_job *j, int kind, int32_t file)
 struct restore {
     agent_engine *e;
     size_t dropped;
+    int err; /* out of memory: the rest stays stored for the next start */
 };
 
 static void restore_one(void *ctx, uint64_t id, const dopa_id *job, int kind, int32_t file)
@@ -148,10 +149,11 @@ static void restore_one(void *ctx, uint64_t id, const dopa_id *job, int kind, in
         e->next_event_id = id + 1;
     cb_event ev = {.id = id, .kind = kind, .file = file, .user = j != NULL ? j->owner : 0};
     memcpy(ev.job, job->bytes, 16);
-    if (j == NULL || (file >= 0 && (size_t)file >= j->n_files) ||
-        cb_restore(e->cb, &ev, RESTORE_GRACE_MS) != 0) {
+    if (j == NULL || (file >= 0 && (size_t)file >= j->n_files)) {
         r->dropped++;
         store_delete_notification(e->db, id);
+    } else if (r->err == DOPA_OK && cb_restore(e->cb, &ev, RESTORE_GRACE_MS) != 0) {
+        r->err = DOPA_ENOMEM;
     }
 }
 
@@ -170,6 +172,10 @@ int notify_open(agent_engine *e, char *why, size_t why_len)
     int err = store_load_notifications(e->db, restore_one, &r, why, why_len);
     if (r.dropped > 0)
         agent_log("warning", "%zu stored notifications had no job and were dropped", r.dropped);
+    if (err == DOPA_OK && r.err != DOPA_OK) {
+        snprintf(why, why_len, "out of memory for the stored notifications");
+        err = r.err;
+    }
     return err;
 }
 
