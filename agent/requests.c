@@ -273,20 +273,30 @@ static int do_add_file(agent_engine *e, uint32_t uid, const proto_request *req, 
         goto fail;
     }
     j->files = grown;
-    if (store_begin(e->db) != DOPA_OK || store_put_file(e->db, f) != DOPA_OK ||
-        store_commit(e->db) != DOPA_OK) {
-        store_rollback(e->db);
-        fileops_remove_temp(j->file_user, f->tmp_path, &f->ident, why, sizeof why);
-        agent_file_free(f);
-        return store_failed(e, reply);
-    }
+    /* The file and the job it changes are recorded in one transaction; if
+     * that fails, neither the store nor the job has the file. */
+    int was_state = j->state;
+    int64_t was_completed = j->completed, was_modified = j->modified;
+    uint64_t was_version = j->version;
     j->files[j->n_files++] = f;
     if (j->state == DOPA_STATE_TRANSFERRED) {
         /* A new file: there is work again. */
         j->state = DOPA_STATE_QUEUED;
         j->completed = 0;
     }
-    return touched(e, j, reply);
+    if (store_begin(e->db) != DOPA_OK || store_put_file(e->db, f) != DOPA_OK ||
+        engine_touch(e, j) != DOPA_OK || store_commit(e->db) != DOPA_OK) {
+        store_rollback(e->db);
+        j->n_files--;
+        j->state = was_state;
+        j->completed = was_completed;
+        j->modified = was_modified;
+        j->version = was_version;
+        fileops_remove_temp(j->file_user, f->tmp_path, &f->ident, why, sizeof why);
+        agent_file_free(f);
+        return store_failed(e, reply);
+    }
+    return 0;
 fail:
     agent_file_free(f);
     return refuse(reply, DOPA_ENOMEM, "out of memory");
