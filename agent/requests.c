@@ -338,6 +338,8 @@ static int do_resume(agent_engine *e, agent_job *j, proto_reply *reply)
     if (j->state == DOPA_STATE_QUEUED || j->state == DOPA_STATE_CONNECTING ||
         j->state == DOPA_STATE_TRANSFERRING || j->state == DOPA_STATE_TRANSFERRED)
         return 0; /* already going, or done */
+    /* What a store that refuses the change must get back. */
+    agent_job was = *j;
     /* A new attempt: the error object described the last one. */
     j->retry_at = 0;
     j->no_progress_since = 0;
@@ -349,7 +351,17 @@ static int do_resume(agent_engine *e, agent_job *j, proto_reply *reply)
     } else {
         j->state = DOPA_STATE_QUEUED;
     }
-    return touched(e, j, reply);
+    if (engine_touch(e, j) != DOPA_OK) {
+        j->retry_at = was.retry_at;
+        j->no_progress_since = was.no_progress_since;
+        j->has_error = was.has_error;
+        j->state = was.state;
+        j->completed = was.completed;
+        j->modified = was.modified;
+        j->version = was.version;
+        return refuse(reply, DOPA_EINTERNAL, "dopad could not record the change");
+    }
+    return 0;
 }
 
 static int do_cancel(agent_engine *e, agent_job *j, proto_reply *reply)
