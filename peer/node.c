@@ -59,7 +59,8 @@
 #define FORGET_MS          30000 /* a discovered peer not heard from is forgotten */
 #define SLOW_RESET_MS      30000 /* a stalled peer is tried again after this */
 #define HAVE_TIMEOUT_MS    3000
-#define REPLAY_SLOTS       131072 /* ~5 MiB: a minute of requests from hundreds of peers */
+#define REPLAY_SLOTS       131072 /* ~6 MiB: a minute of requests from hundreds of peers */
+#define REPLAY_SOURCES     64     /* addresses with a share of it: 1024 requests each */
 #define MAX_PEERS          1024
 #define MAX_MEMBERS        256   /* agents sharing the origin's work for one content */
 #define SETTLE_LAG_MS      300   /* a member hears of a change within a turn (250 ms) */
@@ -875,12 +876,23 @@ static void on_worker(void *arg)
     if (err == PEER_OK && req.head.type != PEER_MSG_HAVE_REQ && req.head.type != PEER_MSG_PIECE_REQ)
         err = PEER_ETYPE;
     if (err == PEER_OK) {
+        /* Filter shares are per address: a member cannot multiply those
+         * as it can sender ids or connections (PROTOCOL.md). */
+        uint8_t source[PEER_SOURCE_BYTES] = {0};
+        nng_sockaddr sa;
+        if (nng_pipe_get_addr(nng_msg_get_pipe(msg), NNG_OPT_REMADDR, &sa) == 0) {
+            if (sa.s_family == NNG_AF_INET)
+                peer_replay_source_ipv4((const uint8_t *)&sa.s_in.sa_addr, source);
+            else if (sa.s_family == NNG_AF_INET6)
+                memcpy(source, sa.s_in6.sa_addr, sizeof source);
+        }
         pthread_mutex_lock(&n->catalog_lock);
         /* A connection on its way out gets nothing more. */
         if (!conn_take_request(n, pipe, mono_ms()))
             err = PEER_ENNG;
         else
-            err = peer_replay_check(n->replay, peer_wire_nonce(body), req.head.time_ms, wall_ms());
+            err = peer_replay_check(n->replay, source, peer_wire_nonce(body), req.head.time_ms,
+                                    wall_ms());
         pthread_mutex_unlock(&n->catalog_lock);
     }
     if (err != PEER_OK) {
@@ -2312,8 +2324,11 @@ static void hear_beacon(peer_node *n)
         err = PEER_ETYPE;
     if (err == PEER_OK && memcmp(m.head.sender, n->id, PEER_ID_BYTES) == 0)
         return; /* our own */
+    uint8_t source[PEER_SOURCE_BYTES];
+    peer_replay_source_ipv4((const uint8_t *)&from.sin_addr.s_addr, source);
     if (err == PEER_OK)
-        err = peer_replay_check(n->beacon_replay, peer_wire_nonce(buf), m.head.time_ms, wall_ms());
+        err = peer_replay_check(n->beacon_replay, source, peer_wire_nonce(buf), m.head.time_ms,
+                                wall_ms());
     if (err != PEER_OK) {
         atomic_fetch_add(&n->refused, 1);
         return;
@@ -2392,7 +2407,7 @@ static int beacons_open(peer_node *n, char *why, size_t why_len)
                  strerror(errno));
         return PEER_EIO;
     }
-    if (peer_replay_new(4096, &n->beacon_replay) != PEER_OK) {
+    if (peer_replay_new(4096, 64, &n->beacon_replay) != PEER_OK) {
         snprintf(why, why_len, "out of memory");
         return PEER_ENOMEM;
     }
@@ -2440,7 +2455,7 @@ int peer_node_open(const peer_node_config *cfg, peer_node **out, char *why, size
     randombytes_buf(n->id, sizeof n->id);
     n->tokens_at = mono_ms();
     n->tokens = (double)cfg->upload_rate;
-    int err = peer_replay_new(REPLAY_SLOTS, &n->replay);
+    int err = peer_replay_new(REPLAY_SLOTS, REPLAY_SOURCES, &n->replay);
     if (err != PEER_OK) {
         snprintf(why, why_len, "out of memory");
         peer_node_close(n);

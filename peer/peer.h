@@ -171,13 +171,25 @@ int peer_wire_open(const peer_wire_key *key, uint8_t *buf, size_t len, peer_msg 
 
 /* Checks a message's time against `now_ms` (PEER_ESTALE outside
  * PEER_TIME_WINDOW_MS) and, for requests and beacons, that its nonce was not
- * seen within the window (PEER_EREPLAY). The filter has a fixed size; when
- * it is full of live entries it refuses (PEER_EREPLAY) rather than forget. */
+ * seen within the window (PEER_EREPLAY, whichever source sent it first).
+ * Every accepted nonce is remembered until its time leaves the window. The
+ * filter holds at most `slots` of them: half the slots are shared out
+ * equally between `sources` accounts, one per source (who delivered the
+ * message: its address, see PEER_SOURCE_BYTES), the rest is common. A
+ * source that has filled its share and finds the common half full is
+ * refused (PEER_EREPLAY) rather than anything forgotten: a flood from one
+ * source never takes another's share (PROTOCOL.md, Replay protection).
+ * PEER_EINVAL for sources == 0 or sources > slots. */
 typedef struct peer_replay peer_replay;
-int peer_replay_new(size_t slots, peer_replay **out);
+int peer_replay_new(size_t slots, unsigned sources, peer_replay **out);
 void peer_replay_free(peer_replay *r);
-int peer_replay_check(peer_replay *r, const uint8_t nonce[PEER_NONCE_BYTES], int64_t msg_time_ms,
-                      int64_t now_ms);
+/* A source: the IPv6 address a message came from, an IPv4 one as
+ * ::ffff:a.b.c.d (peer_replay_source_ipv4). */
+#define PEER_SOURCE_BYTES 16
+int peer_replay_check(peer_replay *r, const uint8_t source[PEER_SOURCE_BYTES],
+                      const uint8_t nonce[PEER_NONCE_BYTES], int64_t msg_time_ms, int64_t now_ms);
+/* The source of an IPv4 address (4 bytes, network order). */
+void peer_replay_source_ipv4(const uint8_t addr[4], uint8_t source[PEER_SOURCE_BYTES]);
 /* The nonce of a sealed message (the caller checked len >= PEER_PREFIX_BYTES). */
 const uint8_t *peer_wire_nonce(const uint8_t *buf);
 

@@ -457,37 +457,91 @@ int peer_wire_open(const peer_wire_key *key, uint8_t *buf, size_t len, peer_msg 
 /* ------------------------------------------------------------------ */
 /* The replay filter                                                  */
 
-/* How far a lookup probes from a nonce's home slot. A full window of live
- * entries refuses the message: a bounded cost per message, whatever the
- * table holds. */
-#define REPLAY_PROBES 32
+/*
+ * Exact for its window: every nonce accepted is remembered until its
+ * message's time + PEER_TIME_WINDOW_MS, never forgotten earlier, so a
+ * replay is always refused while its time would be accepted. Memory is a
+ * fixed pool of `slots` entries, found through a chained hash table (keyed
+ * SipHash: nobody can choose nonces that share a chain) and expired from a
+ * min-heap of expiry times. A message costs one hash, a walk of its chain
+ * (about one entry), an O(log slots) heap step, a scan of the accounts, and
+ * the expiries it pops (each entry is popped once).
+ *
+ * A group member can seal as many fresh messages as it likes, so the pool
+ * is shared out rather than first come, first served (issue 15: one
+ * member's flood of future-dated messages filled the old table and every
+ * other member's requests were refused as replays). Every source (the
+ * address a message came from, which a member cannot multiply as it can
+ * sender ids or connections) has an account, and half the pool is split
+ * into equal shares, one for each of the `sources` accounts, that only the
+ * account's owner may fill; the other half is borrowed by whoever needs it
+ * first. A source with an account can therefore always hold `share`
+ * entries, whatever the others send: a flood fills its own share and the
+ * common half, and is refused from then on, without touching anyone
+ * else's. An account lives while it holds entries, so a member sending
+ * regularly keeps its share; a source that finds every account taken has
+ * only the common half.
+ */
 
-struct replay_slot {
+#define REPLAY_NIL UINT32_MAX
+
+struct replay_entry {
     uint8_t nonce[PEER_NONCE_BYTES];
-    uint8_t is_used; /* ever used: probing stops at a never-used slot */
-    int64_t expiry;  /* live while expiry >= now */
+    int64_t expiry;   /* remembered while expiry >= now */
+    uint32_t next;    /* in its hash chain; in the free list when unused */
+    uint32_t account; /* REPLAY_NIL: the source had no account */
+};
+
+struct replay_account {
+    uint8_t source[PEER_SOURCE_BYTES];
+    uint32_t live; /* entries it holds; 0: the account is free */
 };
 
 /* Not thread-safe: its owner serialises the calls. */
 struct peer_replay {
-    size_t slots;
+    uint32_t slots, n_buckets;    /* n_buckets: a power of two >= slots */
+    uint32_t share;               /* what each account may always hold */
+    uint32_t common, common_used; /* the rest of the pool, and what is borrowed */
+    uint32_t n_accounts;
+    uint32_t n_live, free_head;
     uint8_t hash_key[crypto_shorthash_KEYBYTES];
-    struct replay_slot table[];
+    struct replay_account *accounts;
+    struct replay_entry *entries;
+    uint32_t *buckets; /* chain heads */
+    uint32_t *heap;    /* live entries, the earliest expiry first */
 };
 
-int peer_replay_new(size_t slots, peer_replay **out)
+int peer_replay_new(size_t slots, unsigned sources, peer_replay **out)
 {
-    if (out == NULL || slots == 0 ||
-        slots > (SIZE_MAX - sizeof(peer_replay)) / sizeof(struct replay_slot))
+    if (out == NULL || slots == 0 || slots >= UINT32_MAX / 2 || sources == 0 || sources > slots)
         return PEER_EINVAL;
     if (validate_init() != VALIDATE_OK)
         return PEER_ECRYPTO;
-    peer_replay *r = calloc(1, sizeof *r + slots * sizeof r->table[0]);
+    peer_replay *r = calloc(1, sizeof *r);
     if (r == NULL)
         return PEER_ENOMEM;
-    r->slots = slots;
+    r->slots = (uint32_t)slots;
+    r->n_buckets = 1;
+    while (r->n_buckets < r->slots)
+        r->n_buckets <<= 1;
+    r->n_accounts = sources;
+    r->share = r->slots / 2 / sources;
+    r->common = r->slots - r->share * sources;
+    r->accounts = calloc(sources, sizeof *r->accounts);
+    r->entries = calloc(slots, sizeof *r->entries);
+    r->buckets = malloc(r->n_buckets * sizeof *r->buckets);
+    r->heap = malloc(slots * sizeof *r->heap);
+    if (r->accounts == NULL || r->entries == NULL || r->buckets == NULL || r->heap == NULL) {
+        peer_replay_free(r);
+        return PEER_ENOMEM;
+    }
+    for (uint32_t i = 0; i < r->n_buckets; i++)
+        r->buckets[i] = REPLAY_NIL;
+    for (uint32_t i = 0; i < r->slots; i++)
+        r->entries[i].next = i + 1 < r->slots ? i + 1 : REPLAY_NIL;
+    r->free_head = 0;
     /* A secret per filter, so that nobody can choose nonces that share a
-     * slot (the nonces are in the clear). */
+     * chain (the nonces are in the clear). */
     crypto_shorthash_keygen(r->hash_key);
     *out = r;
     return PEER_OK;
@@ -495,13 +549,113 @@ int peer_replay_new(size_t slots, peer_replay **out)
 
 void peer_replay_free(peer_replay *r)
 {
+    if (r == NULL)
+        return;
+    free(r->accounts);
+    free(r->entries);
+    free(r->buckets);
+    free(r->heap);
     free(r);
 }
 
-int peer_replay_check(peer_replay *r, const uint8_t nonce[PEER_NONCE_BYTES], int64_t msg_time_ms,
-                      int64_t now_ms)
+static uint32_t replay_bucket(const peer_replay *r, const uint8_t nonce[PEER_NONCE_BYTES])
 {
-    if (r == NULL || nonce == NULL)
+    uint8_t hash[crypto_shorthash_BYTES];
+    crypto_shorthash(hash, nonce, PEER_NONCE_BYTES, r->hash_key);
+    uint64_t h = 0;
+    for (int i = 7; i >= 0; i--)
+        h = (h << 8) | hash[i];
+    return (uint32_t)(h & (r->n_buckets - 1));
+}
+
+static int64_t heap_expiry(const peer_replay *r, uint32_t at)
+{
+    return r->entries[r->heap[at]].expiry;
+}
+
+static void heap_push(peer_replay *r, uint32_t e)
+{
+    uint32_t at = r->n_live++;
+    r->heap[at] = e;
+    while (at > 0 && heap_expiry(r, (at - 1) / 2) > heap_expiry(r, at)) {
+        uint32_t up = (at - 1) / 2, t = r->heap[up];
+        r->heap[up] = r->heap[at];
+        r->heap[at] = t;
+        at = up;
+    }
+}
+
+static void heap_pop(peer_replay *r)
+{
+    r->heap[0] = r->heap[--r->n_live];
+    uint32_t at = 0;
+    for (;;) {
+        uint32_t least = at, l = 2 * at + 1, rt = 2 * at + 2;
+        if (l < r->n_live && heap_expiry(r, l) < heap_expiry(r, least))
+            least = l;
+        if (rt < r->n_live && heap_expiry(r, rt) < heap_expiry(r, least))
+            least = rt;
+        if (least == at)
+            return;
+        uint32_t t = r->heap[least];
+        r->heap[least] = r->heap[at];
+        r->heap[at] = t;
+        at = least;
+    }
+}
+
+/* An entry's holder gives it up: borrowed entries go back to the common
+ * half first. */
+static void account_release(peer_replay *r, uint32_t account)
+{
+    if (account == REPLAY_NIL) {
+        r->common_used--;
+        return;
+    }
+    struct replay_account *a = &r->accounts[account];
+    if (a->live > r->share)
+        r->common_used--;
+    a->live--;
+}
+
+/* Forgets the entries whose time is no longer accepted. */
+static void replay_expire(peer_replay *r, int64_t now_ms)
+{
+    while (r->n_live > 0 && heap_expiry(r, 0) < now_ms) {
+        uint32_t e = r->heap[0];
+        heap_pop(r);
+        uint32_t *link = &r->buckets[replay_bucket(r, r->entries[e].nonce)];
+        while (*link != e)
+            link = &r->entries[*link].next;
+        *link = r->entries[e].next;
+        account_release(r, r->entries[e].account);
+        r->entries[e].next = r->free_head;
+        r->free_head = e;
+    }
+}
+
+/* The account of `source`, a free one taken for it, or REPLAY_NIL. */
+static uint32_t account_of(peer_replay *r, const uint8_t source[PEER_SOURCE_BYTES])
+{
+    uint32_t free_one = REPLAY_NIL;
+    for (uint32_t i = 0; i < r->n_accounts; i++) {
+        struct replay_account *a = &r->accounts[i];
+        if (a->live == 0) {
+            if (free_one == REPLAY_NIL)
+                free_one = i;
+        } else if (memcmp(a->source, source, PEER_SOURCE_BYTES) == 0) {
+            return i;
+        }
+    }
+    if (free_one != REPLAY_NIL)
+        memcpy(r->accounts[free_one].source, source, PEER_SOURCE_BYTES);
+    return free_one;
+}
+
+int peer_replay_check(peer_replay *r, const uint8_t source[PEER_SOURCE_BYTES],
+                      const uint8_t nonce[PEER_NONCE_BYTES], int64_t msg_time_ms, int64_t now_ms)
+{
+    if (r == NULL || source == NULL || nonce == NULL)
         return PEER_EINVAL;
     /* |msg - now| in unsigned arithmetic: exact for any two int64 values. */
     uint64_t skew = msg_time_ms > now_ms ? (uint64_t)msg_time_ms - (uint64_t)now_ms
@@ -513,36 +667,37 @@ int peer_replay_check(peer_replay *r, const uint8_t nonce[PEER_NONCE_BYTES], int
                          ? INT64_MAX
                          : msg_time_ms + PEER_TIME_WINDOW_MS;
 
-    uint8_t hash[crypto_shorthash_BYTES];
-    crypto_shorthash(hash, nonce, PEER_NONCE_BYTES, r->hash_key);
-    uint64_t home = 0;
-    for (int i = 7; i >= 0; i--)
-        home = (home << 8) | hash[i];
-    size_t i = (size_t)(home % r->slots);
-    size_t probes = r->slots < REPLAY_PROBES ? r->slots : REPLAY_PROBES;
-    struct replay_slot *free_slot = NULL;
-    for (size_t n = 0; n < probes; n++, i = i + 1 == r->slots ? 0 : i + 1) {
-        struct replay_slot *s = &r->table[i];
-        if (!s->is_used) {
-            /* Entries are placed at the first reusable slot of their
-             * probe sequence, and a used slot never becomes unused: the
-             * nonce is not further on. */
-            if (free_slot == NULL)
-                free_slot = s;
-            break;
-        }
-        if (s->expiry < now_ms) {
-            if (free_slot == NULL)
-                free_slot = s;
-            continue;
-        }
-        if (memcmp(s->nonce, nonce, PEER_NONCE_BYTES) == 0)
+    replay_expire(r, now_ms);
+    uint32_t bucket = replay_bucket(r, nonce);
+    for (uint32_t e = r->buckets[bucket]; e != REPLAY_NIL; e = r->entries[e].next)
+        if (memcmp(r->entries[e].nonce, nonce, PEER_NONCE_BYTES) == 0)
             return PEER_EREPLAY;
-    }
-    if (free_slot == NULL)
-        return PEER_EREPLAY; /* full of live entries: refuse rather than forget */
-    memcpy(free_slot->nonce, nonce, PEER_NONCE_BYTES);
-    free_slot->is_used = 1;
-    free_slot->expiry = expiry;
+
+    /* Its source's share, else the common half; when both are full the
+     * message is refused rather than anything forgotten. */
+    uint32_t account = account_of(r, source);
+    int borrows = account == REPLAY_NIL || r->accounts[account].live >= r->share;
+    if (borrows && r->common_used >= r->common)
+        return PEER_EREPLAY;
+    /* The shares and the common half add up to the pool: an entry is free. */
+    uint32_t e = r->free_head;
+    r->free_head = r->entries[e].next;
+    memcpy(r->entries[e].nonce, nonce, PEER_NONCE_BYTES);
+    r->entries[e].expiry = expiry;
+    r->entries[e].account = account;
+    r->entries[e].next = r->buckets[bucket];
+    r->buckets[bucket] = e;
+    heap_push(r, e);
+    if (borrows)
+        r->common_used++;
+    if (account != REPLAY_NIL)
+        r->accounts[account].live++;
     return PEER_OK;
+}
+
+void peer_replay_source_ipv4(const uint8_t addr[4], uint8_t source[PEER_SOURCE_BYTES])
+{
+    static const uint8_t mapped[12] = {0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff};
+    memcpy(source, mapped, sizeof mapped);
+    memcpy(source + sizeof mapped, addr, 4);
 }

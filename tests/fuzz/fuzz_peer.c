@@ -29,7 +29,7 @@ static void setup(void)
     for (int i = 0; i < PEER_GROUP_KEY_BYTES; i++)
         group[i] = (uint8_t)i;
     peer_wire_key_derive(group, &key);
-    if (peer_replay_new(256, &replay) != PEER_OK)
+    if (peer_replay_new(256, 4, &replay) != PEER_OK)
         abort();
 }
 
@@ -106,7 +106,8 @@ static void check_accepted(const uint8_t *buf, size_t len, const peer_msg *m)
         abort();
     free(again);
     /* The replay filter takes any time the sender claims. */
-    int err = peer_replay_check(replay, peer_wire_nonce(buf), m->head.time_ms,
+    uint8_t source[PEER_SOURCE_BYTES] = {(uint8_t)(len % 5)};
+    int err = peer_replay_check(replay, source, peer_wire_nonce(buf), m->head.time_ms,
                                 1700000000000 + (int64_t)(len % 7) * 20000);
     if (err != PEER_OK && err != PEER_ESTALE && err != PEER_EREPLAY)
         abort();

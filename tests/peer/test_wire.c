@@ -848,22 +848,45 @@ static void test_whatever_seal_accepts_open_accepts(void)
     CHECK(refused > 100);
 }
 
+/* Sources (PEER_SOURCE_BYTES): 10.0.0.k. */
+static const uint8_t *source_k(unsigned k)
+{
+    static uint8_t sources[8][PEER_SOURCE_BYTES];
+    uint8_t addr[4] = {10, 0, 0, (uint8_t)k};
+    peer_replay_source_ipv4(addr, sources[k % 8]);
+    return sources[k % 8];
+}
+
 static void test_replayed_nonce_is_refused_while_its_time_is_accepted(void)
 {
     peer_replay *r = NULL;
     uint8_t a[PEER_NONCE_BYTES] = {1}, b[PEER_NONCE_BYTES] = {2};
+    const uint8_t *s = source_k(1);
     int64_t t = 1700000000000;
-    CHECK_INT(peer_replay_new(64, &r), PEER_OK);
-    CHECK_INT(peer_replay_check(r, a, t, t), PEER_OK);
-    CHECK_INT(peer_replay_check(r, a, t, t), PEER_EREPLAY);
-    CHECK_INT(peer_replay_check(r, b, t, t), PEER_OK);
+    CHECK_INT(peer_replay_new(64, 1, &r), PEER_OK);
+    CHECK_INT(peer_replay_check(r, s, a, t, t), PEER_OK);
+    CHECK_INT(peer_replay_check(r, s, a, t, t), PEER_EREPLAY);
+    CHECK_INT(peer_replay_check(r, s, b, t, t), PEER_OK);
     /* Still refused at the very end of the window, stale just after. */
-    CHECK_INT(peer_replay_check(r, a, t, t + PEER_TIME_WINDOW_MS), PEER_EREPLAY);
-    CHECK_INT(peer_replay_check(r, a, t, t + PEER_TIME_WINDOW_MS + 1), PEER_ESTALE);
+    CHECK_INT(peer_replay_check(r, s, a, t, t + PEER_TIME_WINDOW_MS), PEER_EREPLAY);
+    CHECK_INT(peer_replay_check(r, s, a, t, t + PEER_TIME_WINDOW_MS + 1), PEER_ESTALE);
     /* A refused message is not remembered as a new one. */
     uint8_t c[PEER_NONCE_BYTES] = {3};
-    CHECK_INT(peer_replay_check(r, c, t - PEER_TIME_WINDOW_MS - 1, t), PEER_ESTALE);
-    CHECK_INT(peer_replay_check(r, c, t, t), PEER_OK);
+    CHECK_INT(peer_replay_check(r, s, c, t - PEER_TIME_WINDOW_MS - 1, t), PEER_ESTALE);
+    CHECK_INT(peer_replay_check(r, s, c, t, t), PEER_OK);
+    peer_replay_free(r);
+}
+
+static void test_a_replay_from_another_source_is_refused(void)
+{
+    peer_replay *r = NULL;
+    uint8_t a[PEER_NONCE_BYTES];
+    randombytes_buf(a, sizeof a);
+    int64_t t = 1700000000000;
+    CHECK_INT(peer_replay_new(64, 4, &r), PEER_OK);
+    CHECK_INT(peer_replay_check(r, source_k(1), a, t, t), PEER_OK);
+    for (unsigned k = 0; k < 8; k++)
+        CHECK_INT(peer_replay_check(r, source_k(k), a, t, t + 1000), PEER_EREPLAY);
     peer_replay_free(r);
 }
 
@@ -871,26 +894,27 @@ static void test_messages_outside_the_time_window_are_stale(void)
 {
     peer_replay *r = NULL;
     uint8_t n[PEER_NONCE_BYTES];
+    const uint8_t *s = source_k(1);
     int64_t t = 1700000000000;
-    CHECK_INT(peer_replay_new(64, &r), PEER_OK);
+    CHECK_INT(peer_replay_new(64, 1, &r), PEER_OK);
     const int64_t times[] = {t - PEER_TIME_WINDOW_MS - 1, t + PEER_TIME_WINDOW_MS + 1, 0, INT64_MIN,
                              INT64_MAX};
     for (size_t i = 0; i < sizeof times / sizeof times[0]; i++) {
         randombytes_buf(n, sizeof n);
-        CHECK_INT(peer_replay_check(r, n, times[i], t), PEER_ESTALE);
+        CHECK_INT(peer_replay_check(r, s, n, times[i], t), PEER_ESTALE);
     }
     randombytes_buf(n, sizeof n);
-    CHECK_INT(peer_replay_check(r, n, t - PEER_TIME_WINDOW_MS, t), PEER_OK);
+    CHECK_INT(peer_replay_check(r, s, n, t - PEER_TIME_WINDOW_MS, t), PEER_OK);
     randombytes_buf(n, sizeof n);
-    CHECK_INT(peer_replay_check(r, n, t + PEER_TIME_WINDOW_MS, t), PEER_OK);
+    CHECK_INT(peer_replay_check(r, s, n, t + PEER_TIME_WINDOW_MS, t), PEER_OK);
     /* The extremes of the clock: no overflow. */
     randombytes_buf(n, sizeof n);
-    CHECK_INT(peer_replay_check(r, n, INT64_MAX, INT64_MAX), PEER_OK);
-    CHECK_INT(peer_replay_check(r, n, INT64_MAX, INT64_MAX), PEER_EREPLAY);
-    CHECK_INT(peer_replay_check(r, n, INT64_MIN, INT64_MAX), PEER_ESTALE);
+    CHECK_INT(peer_replay_check(r, s, n, INT64_MAX, INT64_MAX), PEER_OK);
+    CHECK_INT(peer_replay_check(r, s, n, INT64_MAX, INT64_MAX), PEER_EREPLAY);
+    CHECK_INT(peer_replay_check(r, s, n, INT64_MIN, INT64_MAX), PEER_ESTALE);
     randombytes_buf(n, sizeof n);
-    CHECK_INT(peer_replay_check(r, n, INT64_MIN, INT64_MIN), PEER_OK);
-    CHECK_INT(peer_replay_check(r, n, INT64_MIN + 5, INT64_MIN), PEER_EREPLAY);
+    CHECK_INT(peer_replay_check(r, s, n, INT64_MIN, INT64_MIN), PEER_OK);
+    CHECK_INT(peer_replay_check(r, s, n, INT64_MIN + 5, INT64_MIN), PEER_EREPLAY);
     peer_replay_free(r);
 }
 
@@ -898,58 +922,199 @@ static void test_full_replay_filter_refuses_rather_than_forgets(void)
 {
     peer_replay *r = NULL;
     uint8_t n[8][PEER_NONCE_BYTES];
+    const uint8_t *s = source_k(1);
     int64_t t = 1700000000000;
-    CHECK_INT(peer_replay_new(4, &r), PEER_OK);
+    CHECK_INT(peer_replay_new(4, 1, &r), PEER_OK);
     for (int i = 0; i < 8; i++)
         randombytes_buf(n[i], sizeof n[i]);
     for (int i = 0; i < 4; i++)
-        CHECK_INT(peer_replay_check(r, n[i], t, t), PEER_OK);
-    CHECK_INT(peer_replay_check(r, n[4], t, t), PEER_EREPLAY);
+        CHECK_INT(peer_replay_check(r, s, n[i], t, t), PEER_OK);
+    CHECK_INT(peer_replay_check(r, s, n[4], t, t), PEER_EREPLAY);
     for (int i = 0; i < 4; i++)
-        CHECK_INT(peer_replay_check(r, n[i], t, t + 1000), PEER_EREPLAY);
+        CHECK_INT(peer_replay_check(r, s, n[i], t, t + 1000), PEER_EREPLAY);
     /* Once those expire their slots are reused. */
     int64_t later = t + PEER_TIME_WINDOW_MS + 1;
     for (int i = 4; i < 8; i++)
-        CHECK_INT(peer_replay_check(r, n[i], later, later), PEER_OK);
-    CHECK_INT(peer_replay_check(r, n[0], later, later), PEER_EREPLAY); /* full again */
-    CHECK_INT(peer_replay_check(r, n[0], t, later), PEER_ESTALE);
+        CHECK_INT(peer_replay_check(r, s, n[i], later, later), PEER_OK);
+    CHECK_INT(peer_replay_check(r, s, n[0], later, later), PEER_EREPLAY); /* full again */
+    CHECK_INT(peer_replay_check(r, s, n[0], t, later), PEER_ESTALE);
     peer_replay_free(r);
 }
 
 static void test_live_nonce_behind_an_expired_slot_is_still_found(void)
 {
     int64_t t = 1700000000000;
+    const uint8_t *s = source_k(1);
     for (int round = 0; round < 50; round++) {
         peer_replay *r = NULL;
         uint8_t a[PEER_NONCE_BYTES], b[PEER_NONCE_BYTES], c[PEER_NONCE_BYTES];
         randombytes_buf(a, sizeof a);
         randombytes_buf(b, sizeof b);
         randombytes_buf(c, sizeof c);
-        CHECK_INT(peer_replay_new(2, &r), PEER_OK);
-        CHECK_INT(peer_replay_check(r, a, t, t), PEER_OK);
-        CHECK_INT(peer_replay_check(r, b, t + 30000, t + 30000), PEER_OK);
-        /* a has expired, b has not: whichever slot is b's home, b is found. */
+        CHECK_INT(peer_replay_new(2, 1, &r), PEER_OK);
+        CHECK_INT(peer_replay_check(r, s, a, t, t), PEER_OK);
+        CHECK_INT(peer_replay_check(r, s, b, t + 30000, t + 30000), PEER_OK);
+        /* a has expired, b has not: b is still found, and c takes a's place. */
         int64_t now = t + PEER_TIME_WINDOW_MS + 1;
-        CHECK_INT(peer_replay_check(r, b, t + 30000, now), PEER_EREPLAY);
-        CHECK_INT(peer_replay_check(r, c, now, now), PEER_OK); /* takes a's slot */
-        CHECK_INT(peer_replay_check(r, b, t + 30000, now), PEER_EREPLAY);
-        CHECK_INT(peer_replay_check(r, c, now, now), PEER_EREPLAY);
+        CHECK_INT(peer_replay_check(r, s, b, t + 30000, now), PEER_EREPLAY);
+        CHECK_INT(peer_replay_check(r, s, c, now, now), PEER_OK);
+        CHECK_INT(peer_replay_check(r, s, b, t + 30000, now), PEER_EREPLAY);
+        CHECK_INT(peer_replay_check(r, s, c, now, now), PEER_EREPLAY);
         peer_replay_free(r);
     }
+}
+
+/* What was accepted, to replay it later. */
+typedef struct sent {
+    uint8_t nonce[PEER_NONCE_BYTES];
+    int64_t time_ms;
+} sent;
+
+static void test_a_flood_never_makes_another_sources_message_replayed(void)
+{
+    /* The filter as the node sizes it. Four flooding sources send 40000
+     * fresh messages each, interleaved, dated anywhere in the window and
+     * most a second short of its future end (they live longest), while the
+     * clock moves on a millisecond every 4 messages. Between every 200
+     * comes a fresh message from an honest source (12 a second, within the
+     * 1024 a minute its share holds): it is never refused. Accepted
+     * messages replayed, from any source and as long as their time is
+     * accepted, are always refused. */
+    enum { SLOTS = 131072, SOURCES = 64, FLOOD = 4 * 40000, SAMPLES = 4096 };
+    peer_replay *r = NULL;
+    CHECK_INT(peer_replay_new(SLOTS, SOURCES, &r), PEER_OK);
+    static sent kept[SAMPLES];
+    size_t n_kept = 0;
+    int64_t now = 1700000000000;
+    unsigned flood_ok = 0, honest_ok = 0, honest = 0, replays = 0;
+    uint8_t nonce[PEER_NONCE_BYTES];
+    for (unsigned i = 0; i < FLOOD; i++) {
+        if (i % 4 == 0)
+            now++;
+        int64_t t = rng() % 4
+                        ? now + PEER_TIME_WINDOW_MS - 1000
+                        : now - PEER_TIME_WINDOW_MS + (int64_t)(rng() % (2 * PEER_TIME_WINDOW_MS));
+        randombytes_buf(nonce, sizeof nonce);
+        int err = peer_replay_check(r, source_k(1 + i % 4), nonce, t, now);
+        CHECK(err == PEER_OK || err == PEER_EREPLAY);
+        if (err == PEER_OK) {
+            flood_ok++;
+            if (rng() % 32 == 0) {
+                memcpy(kept[n_kept % SAMPLES].nonce, nonce, sizeof nonce);
+                kept[n_kept++ % SAMPLES].time_ms = t;
+            }
+        }
+        if (i % 200 == 0) {
+            randombytes_buf(nonce, sizeof nonce);
+            honest++;
+            int64_t ht = now - (int64_t)(rng() % 2000); /* a little late */
+            err = peer_replay_check(r, source_k(7), nonce, ht, now);
+            if (err == PEER_OK)
+                honest_ok++;
+            else
+                CHECK_INT(err, PEER_OK);
+            if (err == PEER_OK && rng() % 4 == 0) {
+                memcpy(kept[n_kept % SAMPLES].nonce, nonce, sizeof nonce);
+                kept[n_kept++ % SAMPLES].time_ms = ht;
+            }
+        }
+        if (i % 50 == 0 && n_kept > 0) {
+            const sent *k = &kept[rng() % (n_kept < SAMPLES ? n_kept : SAMPLES)];
+            err = peer_replay_check(r, source_k((unsigned)rng() % 8), k->nonce, k->time_ms, now);
+            if (err != PEER_ESTALE) {
+                CHECK_INT(err, PEER_EREPLAY);
+                replays++;
+            }
+        }
+    }
+    printf("  %u flood messages from 4 sources, %u accepted; %u of %u honest ones accepted; "
+           "%u replays refused\n",
+           FLOOD, flood_ok, honest_ok, honest, replays);
+    CHECK_INT(honest_ok, honest);
+    CHECK(flood_ok < FLOOD); /* the flood did reach the limit */
+    CHECK(replays > 1000);
+    peer_replay_free(r);
+}
+
+static void test_each_source_keeps_its_share_of_a_full_filter(void)
+{
+    /* 16 slots, 2 accounts: shares of 4, 8 common. */
+    peer_replay *r = NULL;
+    uint8_t n[PEER_NONCE_BYTES];
+    int64_t t = 1700000000000;
+    CHECK_INT(peer_replay_new(16, 2, &r), PEER_OK);
+    /* Source 1 takes its share and the common half, then is refused. */
+    int ok = 0;
+    for (int i = 0; i < 40; i++) {
+        randombytes_buf(n, sizeof n);
+        ok += peer_replay_check(r, source_k(1), n, t, t) == PEER_OK;
+    }
+    CHECK_INT(ok, 12);
+    /* Source 2 still has its whole share, and no more. */
+    for (int i = 0; i < 4; i++) {
+        randombytes_buf(n, sizeof n);
+        CHECK_INT(peer_replay_check(r, source_k(2), n, t, t), PEER_OK);
+    }
+    randombytes_buf(n, sizeof n);
+    CHECK_INT(peer_replay_check(r, source_k(2), n, t, t), PEER_EREPLAY);
+    /* A third source finds both accounts taken: only the common half,
+     * which is full. */
+    CHECK_INT(peer_replay_check(r, source_k(3), n, t, t), PEER_EREPLAY);
+    /* When source 1's entries expire, its account is free again. */
+    int64_t later = t + PEER_TIME_WINDOW_MS + 1;
+    randombytes_buf(n, sizeof n);
+    CHECK_INT(peer_replay_check(r, source_k(3), n, later, later), PEER_OK);
+    peer_replay_free(r);
+}
+
+static void test_the_filter_is_exact_below_its_capacity(void)
+{
+    /* Against a plain list of what was accepted, over several windows: a
+     * nonce is refused exactly when it was accepted before and its first
+     * message's time is still in the window. Nonces come from a small
+     * pool so that they repeat. */
+    enum { POOL = 512, STEPS = 60000 };
+    static uint8_t pool[POOL][PEER_NONCE_BYTES];
+    static int64_t expiry[POOL]; /* 0: not remembered */
+    for (int i = 0; i < POOL; i++)
+        randombytes_buf(pool[i], sizeof pool[i]);
+    peer_replay *r = NULL;
+    CHECK_INT(peer_replay_new(2 * POOL, 1, &r), PEER_OK); /* never full */
+    int64_t now = 1700000000000;
+    int refused = 0, accepted = 0;
+    for (int step = 0; step < STEPS; step++) {
+        now += (int64_t)(rng() % 16);
+        int i = (int)(rng() % POOL);
+        int64_t t = now - PEER_TIME_WINDOW_MS + (int64_t)(rng() % (2 * PEER_TIME_WINDOW_MS + 1));
+        int remembered = expiry[i] != 0 && expiry[i] >= now;
+        int err = peer_replay_check(r, source_k(1), pool[i], t, now);
+        CHECK_INT(err, remembered ? PEER_EREPLAY : PEER_OK);
+        if (err == PEER_OK) {
+            expiry[i] = t + PEER_TIME_WINDOW_MS;
+            accepted++;
+        } else {
+            refused++;
+        }
+    }
+    CHECK(accepted > 1000 && refused > 1000);
+    peer_replay_free(r);
 }
 
 static void test_replay_filter_arguments(void)
 {
     peer_replay *r = NULL;
     uint8_t n[PEER_NONCE_BYTES] = {0};
-    CHECK_INT(peer_replay_new(0, &r), PEER_EINVAL);
-    CHECK_INT(peer_replay_new(SIZE_MAX, &r), PEER_EINVAL);
-    CHECK_INT(peer_replay_new(1, NULL), PEER_EINVAL);
+    CHECK_INT(peer_replay_new(0, 1, &r), PEER_EINVAL);
+    CHECK_INT(peer_replay_new(SIZE_MAX, 1, &r), PEER_EINVAL);
+    CHECK_INT(peer_replay_new(1, 0, &r), PEER_EINVAL);
+    CHECK_INT(peer_replay_new(4, 5, &r), PEER_EINVAL);
+    CHECK_INT(peer_replay_new(1, 1, NULL), PEER_EINVAL);
     CHECK(r == NULL);
-    CHECK_INT(peer_replay_new(1, &r), PEER_OK);
-    CHECK_INT(peer_replay_check(r, NULL, 0, 0), PEER_EINVAL);
-    CHECK_INT(peer_replay_check(NULL, n, 0, 0), PEER_EINVAL);
-    CHECK_INT(peer_replay_check(r, n, 0, 0), PEER_OK);
+    CHECK_INT(peer_replay_new(1, 1, &r), PEER_OK);
+    CHECK_INT(peer_replay_check(r, source_k(1), NULL, 0, 0), PEER_EINVAL);
+    CHECK_INT(peer_replay_check(r, NULL, n, 0, 0), PEER_EINVAL);
+    CHECK_INT(peer_replay_check(NULL, source_k(1), n, 0, 0), PEER_EINVAL);
+    CHECK_INT(peer_replay_check(r, source_k(1), n, 0, 0), PEER_OK);
     peer_replay_free(r);
     peer_replay_free(NULL);
 }
@@ -992,9 +1157,13 @@ int main(int argc, char **argv)
                          CASE(test_seal_refuses_what_open_would_reject),
                          CASE(test_whatever_seal_accepts_open_accepts),
                          CASE(test_replayed_nonce_is_refused_while_its_time_is_accepted),
+                         CASE(test_a_replay_from_another_source_is_refused),
                          CASE(test_messages_outside_the_time_window_are_stale),
                          CASE(test_full_replay_filter_refuses_rather_than_forgets),
                          CASE(test_live_nonce_behind_an_expired_slot_is_still_found),
+                         CASE(test_a_flood_never_makes_another_sources_message_replayed),
+                         CASE(test_each_source_keeps_its_share_of_a_full_filter),
+                         CASE(test_the_filter_is_exact_below_its_capacity),
                          CASE(test_replay_filter_arguments),
                          CASE(test_every_error_code_has_a_name),
                          {0},
