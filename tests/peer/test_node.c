@@ -146,17 +146,17 @@ static int all_done(void *ctx)
 }
 
 static peer_node *stats_node;
-static uint64_t stat_bans(void)
+static peer_stats stats_now(void)
 {
     peer_stats s;
     peer_node_stats(stats_node, &s);
-    return s.bans;
+    return s;
 }
 
 static int banned_once(void *ctx)
 {
     (void)ctx;
-    return stat_bans() >= 1;
+    return stats_now().bans >= 1;
 }
 
 static peer_swarm *origin_swarm;
@@ -404,6 +404,86 @@ static void flood_main(const char *url, int n, int rounds, int out_of_range)
     printf("%d %d %d %d %llu\n", ok, busy, not_held, other, bytes);
     fflush(stdout);
     _exit(0); /* never close a socket with messages in flight */
+}
+
+/* A member of the group flooding a server with fresh HAVE_REQs, from
+ * 127.0.0.2 (another address than the honest nodes') on FLOOD_CONNS
+ * connections with FLOOD_CTX requests in flight on each: random sender ids
+ * and content ids, dated 59 s ahead (the longest a nonce is remembered).
+ * A request not answered within 100 ms was refused. Until SIGTERM; then it
+ * prints how many were answered and how many were not. */
+#define FLOOD_CONNS 4
+#define FLOOD_CTX   48
+static volatile sig_atomic_t member_flood_stop;
+static void on_member_flood_stop(int sig)
+{
+    (void)sig;
+    member_flood_stop = 1;
+}
+
+static void member_flood_main(const char *url)
+{
+    signal(SIGTERM, on_member_flood_stop);
+    peer_wire_key key;
+    peer_wire_key_derive(group, &key);
+    nng_socket s[FLOOD_CONNS];
+    nng_ctx ctx[FLOOD_CONNS * FLOOD_CTX];
+    nng_aio *aio[FLOOD_CONNS * FLOOD_CTX];
+    nng_sockaddr local = {.s_in = {.sa_family = NNG_AF_INET}};
+    local.s_in.sa_addr = htonl(0x7f000002); /* 127.0.0.2 */
+    for (int c = 0; c < FLOOD_CONNS; c++) {
+        nng_dialer d;
+        if (nng_req0_open(&s[c]) != 0 ||
+            nng_socket_set_ms(s[c], NNG_OPT_REQ_RESENDTIME, NNG_DURATION_INFINITE) != 0 ||
+            nng_dialer_create(&d, s[c], url) != 0 ||
+            nng_dialer_set_addr(d, NNG_OPT_LOCADDR, &local) != 0 || nng_dialer_start(d, 0) != 0)
+            _exit(3);
+        for (int i = 0; i < FLOOD_CTX; i++)
+            if (nng_ctx_open(&ctx[c * FLOOD_CTX + i], s[c]) != 0 ||
+                nng_aio_alloc(&aio[c * FLOOD_CTX + i], NULL, NULL) != 0)
+                _exit(4);
+    }
+    unsigned long long answered = 0, unanswered = 0;
+    const int n = FLOOD_CONNS * FLOOD_CTX;
+    while (!member_flood_stop) {
+        struct timespec ts;
+        clock_gettime(CLOCK_REALTIME, &ts);
+        for (int i = 0; i < n; i++) {
+            peer_msg m = {0};
+            m.head.type = PEER_MSG_HAVE_REQ;
+            randombytes_buf(m.head.sender, sizeof m.head.sender);
+            m.head.time_ms = (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000 + 59000;
+            randombytes_buf(&m.head.request_id, sizeof m.head.request_id);
+            randombytes_buf(m.cid, sizeof m.cid);
+            nng_msg *msg;
+            size_t size = peer_wire_sealed_size(&m), len;
+            if (nng_msg_alloc(&msg, size) != 0 ||
+                peer_wire_seal(&key, &m, nng_msg_body(msg), size, &len) != PEER_OK)
+                _exit(5);
+            nng_aio_set_msg(aio[i], msg);
+            nng_aio_set_timeout(aio[i], 100);
+            nng_ctx_send(ctx[i], aio[i]);
+        }
+        for (int i = 0; i < n; i++) {
+            nng_aio_wait(aio[i]);
+            if (nng_aio_result(aio[i]) == 0)
+                nng_ctx_recv(ctx[i], aio[i]);
+            else
+                nng_msg_free(nng_aio_get_msg(aio[i]));
+        }
+        for (int i = 0; i < n; i++) {
+            nng_aio_wait(aio[i]);
+            if (nng_aio_result(aio[i]) == 0) {
+                nng_msg_free(nng_aio_get_msg(aio[i]));
+                answered++;
+            } else {
+                unanswered++;
+            }
+        }
+    }
+    printf("%llu %llu\n", answered, unanswered);
+    fflush(stdout);
+    _exit(0);
 }
 
 /* nng cannot be used across fork(): the rogue is this program run again. */
@@ -906,6 +986,73 @@ static void test_a_peer_that_starts_fetching_late_gets_its_share(void)
     peer_node_close(b);
 }
 
+static int flood_refused(void *ctx)
+{
+    (void)ctx;
+    return stats_now().refused >= 2000;
+}
+
+static void test_a_members_flood_never_makes_another_members_requests_replayed(void)
+{
+    /* A member floods b from another address until b refuses it (its share
+     * of the replay filter and the common half are full: about 66000
+     * requests, dated 59 s ahead so that none expires), and goes on; an
+     * honest node fetching from b meanwhile gets every piece at once. */
+    char url[64], out[4200];
+    peer_node *b = honest(group, url, sizeof url);
+    stats_node = b;
+    char hex[2 * PEER_GROUP_KEY_BYTES + 1];
+    validate_hex(group, sizeof group, hex);
+    snprintf(out, sizeof out, "%s/member-flood.out", check_tmpdir());
+    pid_t pid = fork();
+    CHECK(pid >= 0);
+    if (pid == 0) {
+        if (freopen(out, "w", stdout) == NULL)
+            _exit(5);
+        execl(self_path, "test_peer_node", "--member-flood", url, hex, (char *)NULL);
+        _exit(127);
+    }
+    rogue_pid = pid; /* stopped by after_case if the test fails */
+    int64_t t0 = now_ms();
+    CHECK(run_until(b, NULL, flood_refused, NULL, 60000));
+    int64_t filled = now_ms() - t0;
+    uint64_t refused_before = stats_now().refused;
+
+    peer_node *a = open_node(group, NULL, url, 0);
+    fetch f = {0};
+    peer_swarm_ops ops = ops_for(&f);
+    peer_swarm *s;
+    CHECK_INT(peer_swarm_open(a, cid, SIZE, PIECE, &ops, &s), PEER_OK);
+    int64_t t1 = now_ms();
+    int done = run_until(a, b, all_done, &f, 5000);
+    int64_t took = now_ms() - t1;
+    run_until(a, b, never, NULL, 500); /* the flood goes on, refused */
+    uint64_t refused_during = stats_now().refused - refused_before;
+
+    kill(pid, SIGTERM);
+    int status = 0;
+    CHECK(waitpid(pid, &status, 0) == pid);
+    rogue_pid = 0;
+    unsigned long long answered = 0, unanswered = 0;
+    FILE *file = fopen(out, "r");
+    CHECK(file != NULL && fscanf(file, "%llu %llu", &answered, &unanswered) == 2);
+    fclose(file);
+    printf(
+        "  a member's flood: refused after %lld ms; %llu requests answered, %llu not (%llu "
+        "while the honest node fetched and after); the honest node: %d of %d pieces in %lld ms\n",
+        (long long)filled, answered, unanswered, (unsigned long long)refused_during, f.good, PIECES,
+        (long long)took);
+    CHECK(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+    CHECK(done);
+    CHECK_INT(f.good, PIECES);
+    CHECK(refused_during > 0); /* the flood went on while it fetched */
+    /* The flooder had its share and the common half: 1024 + 65536. */
+    CHECK(answered >= 66560 && answered < 66560 + 2048);
+    peer_swarm_close(s);
+    peer_node_close(a);
+    peer_node_close(b);
+}
+
 static void test_a_node_with_another_key_gets_nothing(void)
 {
     char url[64];
@@ -1156,6 +1303,11 @@ int main(int argc, char **argv)
             return 2;
         flood_main(argv[2], atoi(argv[3]), atoi(argv[6]), atoi(argv[7]));
     }
+    if (argc == 4 && strcmp(argv[1], "--member-flood") == 0) {
+        if (validate_unhex(argv[3], group, sizeof group) != 0)
+            return 2;
+        member_flood_main(argv[2]);
+    }
     if (argc == 6 && strcmp(argv[1], "--rogue") == 0) {
         if (validate_unhex(argv[4], group, sizeof group) != 0 ||
             validate_unhex(argv[5], content_seed, sizeof content_seed) != 0)
@@ -1197,6 +1349,7 @@ int main(int argc, char **argv)
                          CASE(test_outsiders_filling_the_cap_do_not_wedge_the_listener),
                          CASE(test_more_agents_than_the_cap_take_turns_and_back_off),
                          CASE(test_a_flood_of_handshakeless_connections_leaves_descriptors_free),
+                         CASE(test_a_members_flood_never_makes_another_members_requests_replayed),
                          {0},
                      });
 }
