@@ -637,7 +637,7 @@ static int pipe_take(peer_node *n, uint32_t pipe)
     return 0;
 }
 
-static int conn_take_request(peer_node *n, uint32_t pipe, int64_t now);
+static conn *conn_serving(peer_node *n, uint32_t pipe);
 
 /* A worker is done with a piece request (catalog_lock held). */
 static void piece_done(peer_node *n, uint32_t pipe)
@@ -888,11 +888,14 @@ static void on_worker(void *arg)
         }
         pthread_mutex_lock(&n->catalog_lock);
         /* A connection on its way out gets nothing more. */
-        if (!conn_take_request(n, pipe, mono_ms()))
-            err = PEER_ENNG;
-        else
-            err = peer_replay_check(n->replay, source, peer_wire_nonce(body), req.head.time_ms,
-                                    wall_ms());
+        conn *c = conn_serving(n, pipe);
+        err = c == NULL ? PEER_ENNG
+                        : peer_replay_check(n->replay, source, peer_wire_nonce(body),
+                                            req.head.time_ms, wall_ms());
+        if (err == PEER_OK) {
+            c->good = 1;
+            c->last = mono_ms();
+        }
         pthread_mutex_unlock(&n->catalog_lock);
     }
     if (err != PEER_OK) {
@@ -963,14 +966,10 @@ static conn *conn_find(peer_node *n, uint32_t pipe)
 
 /* Whether a request that came on the pipe may be served: its connection
  * is known and not on its way out (catalog_lock held). */
-static int conn_take_request(peer_node *n, uint32_t pipe, int64_t now)
+static conn *conn_serving(peer_node *n, uint32_t pipe)
 {
     conn *c = conn_find(n, pipe);
-    if (c == NULL || c->doomed)
-        return 0;
-    c->good = 1;
-    c->last = now;
-    return 1;
+    return c != NULL && !c->doomed ? c : NULL;
 }
 
 /* A live connection a newcomer may replace: the oldest stranger of more
