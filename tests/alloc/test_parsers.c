@@ -323,7 +323,7 @@ static void test_every_allocation_of_the_control_messages_fails_in_turn(void)
 
 static int replay_op(void *arg)
 {
-    return peer_replay_new(64, arg);
+    return peer_replay_new(64, 4, arg);
 }
 
 static void replay_check(void *arg, int result, int struck)
