@@ -65,13 +65,14 @@
 #define MAX_MEMBERS        256   /* agents sharing the origin's work for one content */
 #define SETTLE_LAG_MS      300   /* a member hears of a change within a turn (250 ms) */
 #define SETTLE_MAX_MS      1500  /* pieces new to this agent's share wait at most this */
-#define CLOSER_TICK_MS     250   /* the closer's sweep of strangers and descriptors */
+#define CLOSER_TICK_MS     100   /* the closer's sweep of strangers and descriptors */
 #define IDLE_EVICT_MS      5000  /* a full server lets a newcomer in for a connection this idle */
 #define TURN_MS            5000  /* or for one connected this long (agents beyond the cap) */
 #define PAUSE_MIN_MS       1000  /* the listener, closed for want of descriptors, stays so */
-#define OVER_CAP_MAX       256   /* connections past the cap awaiting their close, at most */
+#define REFUSE_DELAY_MS    200   /* a newcomer turned away is closed once this old */
 #define SHORT_PIPE_MS      1000  /* a connection of ours the peer closes this soon: refused */
-#define REFUSED_BACKOFF_MS 60000 /* the longest wait before dialling a peer that refuses */
+#define REFUSED_BACKOFF_MS 30000 /* the longest wait before dialling a peer that refuses */
+#define REDIAL_AFTER_MS    3000  /* a peer without a connection this long gets a new dialer */
 #define FD_RESERVE_MIN     64    /* descriptors kept free for the agent itself, at least */
 
 /* ------------------------------------------------------------------ */
@@ -89,10 +90,12 @@ typedef struct peer_entry {
     nng_socket sock;
     nng_dialer dialer;
     int open;
-    unsigned dial_slot; /* its entry in the node's dial notes */
-    int64_t backoff_ms; /* the dialer's wait now (it refused us), 0: nng's default */
-    int64_t last_seen;  /* mono ms */
-    unsigned strikes;   /* bad pieces */
+    unsigned dial_slot;  /* its entry in the node's dial notes */
+    int64_t backoff_ms;  /* the dialer's wait now (it refused us), 0: nng's default */
+    int64_t backoff_at;  /* mono ms: when it last changed */
+    int64_t next_redial; /* mono ms: no new dialer before */
+    int64_t last_seen;   /* mono ms */
+    unsigned strikes;    /* bad pieces */
     int64_t banned_until;
     unsigned in_flight; /* piece requests */
     unsigned judging;   /* pieces it sent whose verdict is PENDING */
@@ -196,20 +199,22 @@ typedef struct worker {
  * mark the ones to close; the closer thread closes them. */
 typedef struct conn {
     nng_pipe pipe;
-    int64_t since; /* mono ms: when it came */
-    int64_t last;  /* mono ms: its last request that opened */
-    int good;      /* it sent a request that opened with the group key */
-    int doomed;    /* to be closed: over the cap, or an idle one let go */
-    int closed;    /* nng_pipe_close called: only REM_POST is awaited */
+    int64_t since;  /* mono ms: when it came */
+    int64_t last;   /* mono ms: its last request that opened */
+    int good;       /* it sent a request that opened with the group key */
+    int64_t doomed; /* mono ms: when it was marked to close (over the cap, an idle or a
+                     * stranger let go), 0: live */
+    int closed;     /* nng_pipe_close called: only REM_POST is awaited */
 } conn;
 
 /* What nng's pipe callbacks of a peer's socket tell the owner (under
  * `lock`): how its connections end. */
 typedef struct dial_note {
-    uint32_t sock;      /* nng_socket_id of the peer's socket, 0: a free note */
-    int64_t added;      /* mono ms: the current connection came up */
-    unsigned cut_short; /* connections in a row it closed within SHORT_PIPE_MS */
-    unsigned lasted;    /* connections that lasted, since the owner last looked */
+    uint32_t sock;          /* nng_socket_id of the peer's socket, 0: a free note */
+    int64_t added;          /* mono ms: the current connection came up */
+    int64_t pipeless_since; /* mono ms: no connection since, 0: it has one */
+    unsigned cut_short;     /* connections in a row it closed within SHORT_PIPE_MS */
+    unsigned lasted;        /* connections that lasted, since the owner last looked */
 } dial_note;
 
 typedef struct found {
@@ -993,9 +998,9 @@ static conn *conn_victim(peer_node *n, int64_t now)
     return stranger != NULL ? stranger : idle != NULL ? idle : turn;
 }
 
-static void conn_doom(peer_node *n, conn *c)
+static void conn_doom(peer_node *n, conn *c, int64_t now)
 {
-    c->doomed = 1;
+    c->doomed = now;
     n->n_live--;
 }
 
@@ -1016,7 +1021,7 @@ static void conn_add(peer_node *n, nng_pipe pipe, int64_t now)
     n->n_live++;
     if (n->n_live > max) {
         conn *victim = conn_victim(n, now);
-        conn_doom(n, victim != NULL ? victim : c);
+        conn_doom(n, victim != NULL ? victim : c, now);
         if (victim != NULL)
             n->evicted++;
         else
@@ -1149,11 +1154,15 @@ static void *closer_main(void *arg)
         int64_t now = mono_ms();
         nng_pipe batch[64];
         size_t k = 0;
+        int stop = n->closer_stop;
         for (size_t i = 0; i < n->n_conns && k < 64; i++) {
             conn *c = &n->conns[i];
             if (!c->doomed && !c->good && now - c->since > AUTH_GRACE_MS)
-                conn_doom(n, c);
-            if (c->doomed && !c->closed) {
+                conn_doom(n, c, now);
+            /* A newcomer turned away is closed once its dialer has taken
+             * it: nng 1.5.2's dialer neither dials again nor sees the close
+             * of a connection closed while it was still setting it up. */
+            if (c->doomed && !c->closed && (now - c->since >= REFUSE_DELAY_MS || stop)) {
                 c->closed = 1;
                 batch[k++] = c->pipe;
             }
@@ -1162,7 +1171,6 @@ static void *closer_main(void *arg)
         size_t n_socks = n->n_dead_socks;
         n->dead_socks = NULL;
         n->n_dead_socks = n->cap_dead_socks = 0;
-        int stop = n->closer_stop;
         pthread_mutex_unlock(&n->catalog_lock);
         for (size_t i = 0; i < k; i++)
             nng_pipe_close(batch[i]);
@@ -1289,15 +1297,17 @@ static void swarm_add_peer(peer_swarm *s, peer_entry *p);
 /* Dial notes. A peer whose server is full (or refuses us) closes each
  * connection we make as soon as it comes; nng dials again 100 ms later
  * each time (a connection that came up resets its back-off), for ever.
- * The notes tell the owner, which stretches the dialer's wait, doubling
- * up to REFUSED_BACKOFF_MS, until a connection lasts again. */
+ * The notes tell the owner, which stretches the dialer's wait from 250 ms,
+ * doubling at each refusal up to REFUSED_BACKOFF_MS, until a connection
+ * lasts again (nng waits a random time below it). */
 static void dial_note_take(peer_node *n, peer_entry *p)
 {
     pthread_mutex_lock(&n->lock);
     p->dial_slot = MAX_PEERS;
     for (unsigned i = 0; i < MAX_PEERS; i++)
         if (n->notes[i].sock == 0) {
-            n->notes[i] = (dial_note){.sock = (uint32_t)nng_socket_id(p->sock)};
+            n->notes[i] =
+                (dial_note){.sock = (uint32_t)nng_socket_id(p->sock), .pipeless_since = mono_ms()};
             p->dial_slot = i;
             break;
         }
@@ -1326,7 +1336,9 @@ static void on_dial_pipe(nng_pipe pipe, nng_pipe_ev ev, void *arg)
             continue;
         if (ev == NNG_PIPE_EV_ADD_POST) {
             d->added = now;
+            d->pipeless_since = 0;
         } else if (d->added != 0) {
+            d->pipeless_since = now;
             if (now - d->added < SHORT_PIPE_MS) {
                 d->cut_short++;
             } else {
@@ -1340,31 +1352,62 @@ static void on_dial_pipe(nng_pipe pipe, nng_pipe_ev ev, void *arg)
     pthread_mutex_unlock(&n->lock);
 }
 
-/* The owner: the dialer's wait follows what the notes say. */
-static void pace_dialer(peer_node *n, peer_entry *p)
+/* Starts the peer's dialer, with its back-off. */
+static int dial(peer_node *n, peer_entry *p)
+{
+    nng_duration backoff = (nng_duration)p->backoff_ms;
+    if (nng_dialer_create(&p->dialer, p->sock, p->url) != 0)
+        return -1;
+    if ((is_tls(p->url) && nng_dialer_set_ptr(p->dialer, NNG_OPT_TLS_CONFIG, n->tls_client) != 0) ||
+        (backoff > 0 && (nng_dialer_set_ms(p->dialer, NNG_OPT_RECONNMAXT, backoff) != 0 ||
+                         nng_dialer_set_ms(p->dialer, NNG_OPT_RECONNMINT, backoff) != 0)) ||
+        nng_dialer_start(p->dialer, NNG_FLAG_NONBLOCK) != 0) {
+        nng_dialer_close(p->dialer);
+        return -1;
+    }
+    return 0;
+}
+
+/* The owner: the dialer's wait follows what the notes say, and a dialer
+ * that gave up is replaced. nng 1.5.2's dialer never dials again when the
+ * server closes a connection before the dialer has taken it as its own (a
+ * full server does): a peer without a connection for REDIAL_AFTER_MS past
+ * its back-off gets a new dialer, at most once in that time. */
+static void pace_dialer(peer_node *n, peer_entry *p, int64_t now)
 {
     if (p->dial_slot >= MAX_PEERS)
         return;
     pthread_mutex_lock(&n->lock);
     dial_note *d = &n->notes[p->dial_slot];
     unsigned cut = d->cut_short, lasted = d->lasted;
+    int64_t pipeless = d->pipeless_since;
     d->lasted = 0;
     pthread_mutex_unlock(&n->lock);
+    int64_t stuck = REDIAL_AFTER_MS + p->backoff_ms;
+    if (pipeless != 0 && now - pipeless > stuck && now >= p->next_redial) {
+        p->next_redial = now + stuck;
+        nng_dialer_close(p->dialer);
+        if (dial(n, p) != 0)
+            p->next_redial = now + 1000; /* tried again soon */
+    }
     int64_t want = p->backoff_ms;
-    if (cut >= 2) /* refused twice in a row */
-        want = p->backoff_ms == 0 ? 1000 : p->backoff_ms * 2;
+    /* Refused again: doubled, once for each wait (refusals of dials made
+     * before the last change count once). */
+    if (cut > 0 && now - p->backoff_at >= p->backoff_ms / 2)
+        want = p->backoff_ms == 0 ? 250 : p->backoff_ms * 2;
     else if (lasted > 0 && cut == 0)
         want = 0;
     if (want > REFUSED_BACKOFF_MS)
         want = REFUSED_BACKOFF_MS;
     if (want == p->backoff_ms)
         return;
-    if (cut >= 2) {
+    if (cut > 0) {
         pthread_mutex_lock(&n->lock);
-        d->cut_short = 0; /* the next two refusals double it again */
+        d->cut_short = 0; /* the next refusal doubles it again */
         pthread_mutex_unlock(&n->lock);
     }
     p->backoff_ms = want;
+    p->backoff_at = now;
     nng_dialer_set_ms(p->dialer, NNG_OPT_RECONNMAXT, want ? (nng_duration)want : 2000);
     nng_dialer_set_ms(p->dialer, NNG_OPT_RECONNMINT, want ? (nng_duration)want : 100);
 }
@@ -1401,10 +1444,7 @@ static peer_entry *add_peer(peer_node *n, const char *url, int configured, int c
     if ((is_tls(url) && n->tls_client == NULL &&
          tls_config(n, NNG_TLS_MODE_CLIENT, &n->tls_client, why, sizeof why) != PEER_OK) ||
         nng_pipe_notify(p->sock, NNG_PIPE_EV_ADD_POST, on_dial_pipe, n) != 0 ||
-        nng_pipe_notify(p->sock, NNG_PIPE_EV_REM_POST, on_dial_pipe, n) != 0 ||
-        nng_dialer_create(&p->dialer, p->sock, url) != 0 ||
-        (is_tls(url) && nng_dialer_set_ptr(p->dialer, NNG_OPT_TLS_CONFIG, n->tls_client) != 0) ||
-        nng_dialer_start(p->dialer, NNG_FLAG_NONBLOCK) != 0) {
+        nng_pipe_notify(p->sock, NNG_PIPE_EV_REM_POST, on_dial_pipe, n) != 0 || dial(n, p) != 0) {
         dial_note_free(n, p);
         nng_close(p->sock);
         free(p);
@@ -2177,7 +2217,7 @@ int64_t peer_node_step(peer_node *n)
         forget_peers(n, now);
     }
     for (peer_entry *p = n->peers; p != NULL; p = p->next)
-        pace_dialer(n, p);
+        pace_dialer(n, p, now);
     for (peer_swarm *s = n->swarms; s != NULL; s = s->next) {
         schedule_swarm(n, s, now);
         update_members(s, now);
