@@ -54,7 +54,7 @@
 #define QUIET_MS           10000
 #define SCAN_PIECES        2048 /* pieces one pick looks at, at most */
 #define AUTH_GRACE_MS      5000 /* a connection must send a valid request within this */
-#define UPLOAD_WAIT_MAX_MS 2000 /* a reply the upload limit would hold longer is BUSY */
+#define UPLOAD_WAIT_MAX_MS 4000 /* a reply the upload limit would hold longer is BUSY */
 #define INTEREST_SLOTS     256
 #define FORGET_MS          30000 /* a discovered peer not heard from is forgotten */
 #define SLOW_RESET_MS      30000 /* a stalled peer is tried again after this */
@@ -62,18 +62,19 @@
 #define REPLAY_SLOTS       131072 /* ~6 MiB: a minute of requests from hundreds of peers */
 #define REPLAY_SOURCES     64     /* addresses with a share of it: 1024 requests each */
 #define MAX_PEERS          1024
-#define MAX_MEMBERS        256   /* agents sharing the origin's work for one content */
-#define SETTLE_LAG_MS      300   /* a member hears of a change within a turn (250 ms) */
-#define SETTLE_MAX_MS      1500  /* pieces new to this agent's share wait at most this */
-#define CLOSER_TICK_MS     100   /* the closer's sweep of strangers and descriptors */
-#define IDLE_EVICT_MS      5000  /* a full server lets a newcomer in for a connection this idle */
-#define TURN_MS            5000  /* or for one connected this long (agents beyond the cap) */
-#define PAUSE_MIN_MS       1000  /* the listener, closed for want of descriptors, stays so */
-#define REFUSE_DELAY_MS    200   /* a newcomer turned away is closed once this old */
-#define SHORT_PIPE_MS      1000  /* a connection of ours the peer closes this soon: refused */
-#define REFUSED_BACKOFF_MS 30000 /* the longest wait before dialling a peer that refuses */
-#define REDIAL_AFTER_MS    3000  /* a peer without a connection this long gets a new dialer */
-#define FD_RESERVE_MIN     64    /* descriptors kept free for the agent itself, at least */
+#define MAX_MEMBERS        256    /* agents sharing the origin's work for one content */
+#define SETTLE_LAG_MS      300    /* a member hears of a change within a turn (250 ms) */
+#define SETTLE_MAX_MS      1500   /* pieces new to this agent's share wait at most this */
+#define CLOSER_TICK_MS     100    /* the closer's sweep of strangers and descriptors */
+#define IDLE_EVICT_MS      5000   /* a full server lets a newcomer in for a connection this idle */
+#define TURN_MS            5000   /* or for one connected this long (agents beyond the cap) */
+#define PAUSE_MIN_MS       1000   /* the listener, closed for want of descriptors, stays so */
+#define REFUSE_DELAY_MS    200    /* a newcomer turned away is closed once this old */
+#define SHORT_PIPE_MS      1000   /* a connection of ours the peer closes this soon: refused */
+#define REFUSED_BACKOFF_MS 30000  /* the longest wait before dialling a peer that refuses */
+#define BROKEN_WINDOW_MS   600000 /* broken claims count towards a ban within this */
+#define REDIAL_AFTER_MS    3000   /* a peer without a connection this long gets a new dialer */
+#define FD_RESERVE_MIN     64     /* descriptors kept free for the agent itself, at least */
 
 /* ------------------------------------------------------------------ */
 /* Types                                                              */
@@ -96,6 +97,8 @@ typedef struct peer_entry {
     int64_t next_redial; /* mono ms: no new dialer before */
     int64_t last_seen;   /* mono ms */
     unsigned strikes;    /* bad pieces */
+    unsigned broken;     /* claims it did not honour, since broken_since */
+    int64_t broken_since;
     int64_t banned_until;
     unsigned in_flight; /* piece requests */
     unsigned judging;   /* pieces it sent whose verdict is PENDING */
@@ -117,6 +120,7 @@ typedef struct swarm_peer {
     int64_t sent, answer_sent; /* when the HAVE_REQ now asked / last answered went out */
     int asking;
     int contributed;     /* sent pieces judged LATER */
+    int claim_broken;    /* it refused a piece its last answer claimed */
     unsigned refused;    /* NOT_HELD or BUSY answers in a row */
     int64_t quiet_until; /* its holdings do not count until then (it refuses) */
 } swarm_peer;
@@ -253,9 +257,13 @@ struct peer_node {
     pthread_mutex_t catalog_lock;
     offer *offers;
     peer_replay *replay;
+    /* The connections with piece requests in service, each with its own
+     * upload budget: the upload rate is shared equally among them. */
     struct {
         uint32_t pipe;
         unsigned busy;
+        double tokens; /* bytes */
+        int64_t tokens_at;
     } pipes[SERVER_WORKERS];
     conn *conns; /* every connection of the server, doomed ones too */
     size_t n_conns, cap_conns;
@@ -266,8 +274,6 @@ struct peer_node {
         uint8_t sender[PEER_ID_BYTES];
         int64_t at;             /* mono ms */
     } interest[INTEREST_SLOTS]; /* who asked what we hold of which content, lately */
-    double tokens;              /* upload budget, bytes */
-    int64_t tokens_at;
     int closing;
 
     /* The closer thread: every nng close happens there, none on nng's own
@@ -291,7 +297,7 @@ struct peer_node {
     int beacon_running;
     peer_replay *beacon_replay;
 
-    _Atomic uint64_t uploaded, downloaded, bad_pieces, bans, refused, timeouts;
+    _Atomic uint64_t uploaded, downloaded, bad_pieces, bans, refused, timeouts, broken_claims;
 };
 
 /* ------------------------------------------------------------------ */
@@ -619,27 +625,27 @@ static void worker_send(worker *w)
     nng_ctx_send(w->ctx, w->aio);
 }
 
-/* How many requests of this connection are being served; takes a slot
- * unless it has max_queued already (catalog_lock held). */
-static int pipe_take(peer_node *n, uint32_t pipe)
+/* The slot of a connection with requests in service, else a free one,
+ * else -1 (catalog_lock held). */
+static int pipe_slot(peer_node *n, uint32_t pipe)
 {
-    unsigned max = n->cfg.max_queued ? n->cfg.max_queued : 8;
     int free_slot = -1;
     for (int i = 0; i < SERVER_WORKERS; i++) {
-        if (n->pipes[i].busy > 0 && n->pipes[i].pipe == pipe) {
-            if (n->pipes[i].busy >= max)
-                return -1;
-            n->pipes[i].busy++;
-            return 0;
-        }
+        if (n->pipes[i].busy > 0 && n->pipes[i].pipe == pipe)
+            return i;
         if (n->pipes[i].busy == 0 && free_slot < 0)
             free_slot = i;
     }
-    if (free_slot < 0)
-        return -1;
-    n->pipes[free_slot].pipe = pipe;
-    n->pipes[free_slot].busy = 1;
-    return 0;
+    return free_slot;
+}
+
+/* Connections with piece requests in service (catalog_lock held). */
+static unsigned pipes_active(const peer_node *n)
+{
+    unsigned k = 0;
+    for (int i = 0; i < SERVER_WORKERS; i++)
+        k += n->pipes[i].busy > 0;
+    return k;
 }
 
 static conn *conn_serving(peer_node *n, uint32_t pipe);
@@ -649,11 +655,9 @@ static void piece_done(peer_node *n, uint32_t pipe)
 {
     if (n->piece_workers > 0)
         n->piece_workers--;
-    for (int i = 0; i < SERVER_WORKERS; i++)
-        if (n->pipes[i].busy > 0 && n->pipes[i].pipe == pipe) {
-            n->pipes[i].busy--;
-            return;
-        }
+    int i = pipe_slot(n, pipe);
+    if (i >= 0 && n->pipes[i].busy > 0 && n->pipes[i].pipe == pipe)
+        n->pipes[i].busy--;
 }
 
 static int read_piece(int fd, uint8_t *buf, uint32_t len, uint64_t offset)
@@ -689,28 +693,44 @@ static int64_t answer_piece(peer_node *n, const peer_msg *req, uint32_t pipe, nn
     uint32_t len = held ? piece_len(o->size, o->piece_size, req->piece) : 0;
     int64_t wait = 0;
     if (held) {
-        /* BUSY, rather than a reply that would come too late: when the
-         * connection has its share of requests in service, when every
-         * worker but those kept for HAVE requests holds a piece, or when
-         * the upload budget would make it wait too long. */
-        double rate = (double)n->cfg.upload_rate;
-        if (rate > 0) {
-            int64_t now = mono_ms();
-            n->tokens += rate * (double)(now - n->tokens_at) / 1000.0;
-            n->tokens_at = now;
-            if (n->tokens > rate)
-                n->tokens = rate;
+        /* BUSY, rather than a reply that would come too late: when every
+         * worker but those kept for HAVE requests holds a piece, when the
+         * connection has its share of them or max_queued requests in
+         * service, or when its share of the upload budget would make it
+         * wait too long. The budget is shared as fair queueing would: each
+         * connection asking gets rate / (connections asking) of it, so one
+         * that asks for everything leaves the others theirs. A connection
+         * gets at least one piece at a time. */
+        int slot = pipe_slot(n, pipe);
+        unsigned busy = slot >= 0 ? n->pipes[slot].busy : 0;
+        unsigned active = pipes_active(n) + (busy == 0);
+        unsigned max = n->cfg.max_queued ? n->cfg.max_queued : 8;
+        unsigned share = (SERVER_WORKERS - 2) / active;
+        double rate = (double)n->cfg.upload_rate / active;
+        int64_t now = mono_ms();
+        int refuse = slot < 0 || n->piece_workers >= SERVER_WORKERS - 2 || busy >= max ||
+                     (busy > 0 && busy >= share);
+        if (!refuse && rate > 0) {
+            if (busy == 0) {
+                n->pipes[slot].tokens = 0; /* a connection starts with no credit */
+            } else {
+                n->pipes[slot].tokens += rate * (double)(now - n->pipes[slot].tokens_at) / 1000.0;
+                if (n->pipes[slot].tokens > rate)
+                    n->pipes[slot].tokens = rate;
+            }
+            n->pipes[slot].tokens_at = now;
+            refuse = busy > 0 && n->pipes[slot].tokens - len < -rate * UPLOAD_WAIT_MAX_MS / 1000.0;
         }
-        if (n->piece_workers >= SERVER_WORKERS - 2 ||
-            (rate > 0 && n->tokens - len < -rate * UPLOAD_WAIT_MAX_MS / 1000.0) ||
-            pipe_take(n, pipe) != 0) {
+        if (refuse) {
             held = 0;
             rep.piece_status = PEER_PIECE_BUSY;
         } else {
+            n->pipes[slot].pipe = pipe;
+            n->pipes[slot].busy++;
             if (rate > 0) {
-                n->tokens -= len;
-                if (n->tokens < 0)
-                    wait = (int64_t)(-n->tokens * 1000.0 / rate) + 1;
+                n->pipes[slot].tokens -= len;
+                if (n->pipes[slot].tokens < 0)
+                    wait = (int64_t)(-n->pipes[slot].tokens * 1000.0 / rate) + 1;
             }
             n->piece_workers++;
             *took = 1;
@@ -749,7 +769,9 @@ static int64_t answer_piece(peer_node *n, const peer_msg *req, uint32_t pipe, nn
         o->n_held = 0;
     }
     if (!ok) {
-        n->tokens += len; /* nothing is sent */
+        int slot = pipe_slot(n, pipe);
+        if (slot >= 0 && n->pipes[slot].pipe == pipe)
+            n->pipes[slot].tokens += len; /* nothing is sent */
         wait = 0;
     }
     if (ok) {
@@ -1605,7 +1627,8 @@ static void count_holdings(peer_swarm *s, swarm_peer *sp, int add)
 /* Whether a peer's holdings count now: usable and not stalled. */
 static int holdings_count(const swarm_peer *sp, int64_t now)
 {
-    return usable(sp->p, now) && sp->p->slow < 3 && sp->answered > 0 && sp->quiet_until <= now;
+    return usable(sp->p, now) && sp->p->slow < 3 && sp->answered > 0 && sp->quiet_until <= now &&
+           !sp->claim_broken;
 }
 
 int peer_swarm_open(peer_node *n, const uint8_t cid[PEER_CID_BYTES], uint64_t size,
@@ -1807,7 +1830,7 @@ int peer_swarm_origin_may(const peer_swarm *s, uint64_t piece)
     int64_t stall = STALL_MS + (int64_t)(s->piece_size / 1000);
     for (size_t i = 0; i < s->n_members; i++) {
         const swarm_peer *m = s->members[i];
-        if (m != NULL && m->coming != NULL && peer_bit_get(m->coming, piece) &&
+        if (m != NULL && m->coming != NULL && !m->claim_broken && peer_bit_get(m->coming, piece) &&
             now - m->progress_at <= stall)
             return 0; /* on its way to that member, who will hold it */
     }
@@ -1842,6 +1865,8 @@ uint64_t peer_swarm_share_start(const peer_swarm *s)
 }
 
 static void strike(peer_node *n, peer_entry *p);
+static int sp_holds(const peer_swarm *s, const swarm_peer *sp, uint64_t i);
+static void broke_claim(peer_node *n, peer_entry *p);
 static void judge(peer_node *n, peer_entry *p, int verdict, size_t len);
 
 void peer_swarm_blame(peer_swarm *s)
@@ -1872,24 +1897,49 @@ unsigned peer_swarm_sources(const peer_swarm *s)
     return k;
 }
 
+static void ban(peer_node *n, peer_entry *p, int64_t now)
+{
+    uint32_t ban_s = n->cfg.ban_seconds ? n->cfg.ban_seconds : 3600;
+    if (p->banned_until > now)
+        return;
+    p->banned_until = now + (int64_t)ban_s * 1000;
+    atomic_fetch_add(&n->bans, 1);
+    /* Several agents may share an address (a NAT, containers on one host),
+     * so one ban is for the peer alone; a second one at the same address
+     * bans the address (a liar opening port after port). */
+    if (banned(n, p->host, now))
+        for (peer_entry *q = n->peers; q != NULL; q = q->next)
+            if (strcmp(q->host, p->host) == 0 && q->banned_until < p->banned_until)
+                q->banned_until = p->banned_until;
+}
+
 /* A peer sent a bad piece: a strike, and after enough of them a ban. */
 static void strike(peer_node *n, peer_entry *p)
 {
     unsigned ban_after = n->cfg.ban_after ? n->cfg.ban_after : 4;
-    uint32_t ban_s = n->cfg.ban_seconds ? n->cfg.ban_seconds : 3600;
-    int64_t now = mono_ms();
     atomic_fetch_add(&n->bad_pieces, 1);
-    if (++p->strikes >= ban_after && p->banned_until <= now) {
-        p->banned_until = now + (int64_t)ban_s * 1000;
-        atomic_fetch_add(&n->bans, 1);
-        /* Several agents may share an address (a NAT, containers on one
-         * host), so one ban is for the peer alone; a second one at the same
-         * address bans the address (a liar opening port after port). */
-        if (banned(n, p->host, now))
-            for (peer_entry *q = n->peers; q != NULL; q = q->next)
-                if (strcmp(q->host, p->host) == 0 && q->banned_until < p->banned_until)
-                    q->banned_until = p->banned_until;
+    if (++p->strikes >= ban_after)
+        ban(n, p, mono_ms());
+}
+
+/* A peer refused a piece it said it held. It costs trust as a bad piece
+ * does: a peer that claims what it does not send holds the others back
+ * (they leave the piece to it, and to the members it names) without
+ * sending a bad byte. An honest peer breaks a claim only when its content
+ * goes (a job cancelled, a cache emptied, a file changed on disk): at most
+ * once per answer, which is all that counts, and the count starts again
+ * after BROKEN_WINDOW_MS. */
+static void broke_claim(peer_node *n, peer_entry *p)
+{
+    unsigned ban_after = n->cfg.ban_after ? n->cfg.ban_after : 4;
+    int64_t now = mono_ms();
+    atomic_fetch_add(&n->broken_claims, 1);
+    if (now - p->broken_since > BROKEN_WINDOW_MS) {
+        p->broken = 0;
+        p->broken_since = now;
     }
+    if (++p->broken >= ban_after)
+        ban(n, p, now);
 }
 
 /* A reply arrived (or failed) for a request of this swarm. */
@@ -1926,6 +1976,7 @@ static void take_have(peer_swarm *s, request *r, const peer_msg *m)
     if ((m->role & PEER_ROLE_COMING) && (sp->coming = malloc((size_t)(s->pieces + 7) / 8)) != NULL)
         memcpy(sp->coming, m->coming, (size_t)(s->pieces + 7) / 8);
     sp->answer_sent = sp->sent;
+    sp->claim_broken = 0; /* its claims are taken at their word again */
     if (sp->answered == 0 || count > sp->count)
         sp->progress_at = now;
     sp->count = count;
@@ -1954,9 +2005,20 @@ static void take_piece(peer_node *n, peer_swarm *s, request *r, const peer_msg *
             /* NOT_HELD: ask what it holds now. Refusing again and again
              * (whatever it claims to hold): its holdings stop counting for
              * a while, so that the origin or others send those pieces. */
-            if (m->piece_status == PEER_PIECE_NOT_HELD)
+            int broken = 0;
+            if (m->piece_status == PEER_PIECE_NOT_HELD) {
                 sp->asked = 0;
-            if (++sp->refused >= REFUSALS) {
+                /* Its claim broken: nothing it claims counts until it
+                 * answers again, and it loses trust (broke_claim). Its
+                 * other replies under the same claim are no news. */
+                broken = sp_holds(s, sp, r->piece) || sp->claim_broken;
+                if (!sp->claim_broken && broken) {
+                    sp->claim_broken = 1;
+                    count_holdings(s, sp, 0);
+                    broke_claim(n, p);
+                }
+            }
+            if (!broken && ++sp->refused >= REFUSALS) {
                 sp->refused = 0;
                 sp->quiet_until = mono_ms() + QUIET_MS;
                 count_holdings(s, sp, 0);
@@ -2252,8 +2314,8 @@ int peer_node_reconfigure(peer_node *n, const peer_node_config *cfg, char *why, 
     pthread_mutex_lock(&n->catalog_lock);
     if (cfg->upload_rate != n->cfg.upload_rate) {
         n->cfg.upload_rate = cfg->upload_rate;
-        n->tokens = (double)cfg->upload_rate; /* a fresh budget at the new rate */
-        n->tokens_at = mono_ms();
+        for (int i = 0; i < SERVER_WORKERS; i++)
+            n->pipes[i].tokens = 0; /* the new rate from now on */
     }
     n->cfg.max_queued = cfg->max_queued;
     pthread_mutex_unlock(&n->catalog_lock);
@@ -2298,6 +2360,7 @@ void peer_node_stats(const peer_node *n, peer_stats *out)
     out->bans = atomic_load(&n->bans);
     out->refused = atomic_load(&n->refused);
     out->timeouts = atomic_load(&n->timeouts);
+    out->broken_claims = atomic_load(&n->broken_claims);
     out->connections = (unsigned)atomic_load(&n->n_live);
     out->over_cap = atomic_load(&n->over_cap);
     out->evicted = atomic_load(&n->evicted);
@@ -2492,8 +2555,6 @@ int peer_node_open(const peer_node_config *cfg, peer_node **out, char *why, size
     }
     peer_wire_key_derive(cfg->group_key, &n->key);
     randombytes_buf(n->id, sizeof n->id);
-    n->tokens_at = mono_ms();
-    n->tokens = (double)cfg->upload_rate;
     int err = peer_replay_new(REPLAY_SLOTS, REPLAY_SOURCES, &n->replay);
     if (err != PEER_OK) {
         snprintf(why, why_len, "out of memory");

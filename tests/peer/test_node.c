@@ -182,6 +182,8 @@ enum rogue_mode {
     ROGUE_REFUSER,  /* NOT_HELD for every piece it claims */
     ROGUE_SILENT,   /* never answers a piece request */
     ROGUE_OVERLONG, /* a piece with one byte more than asked */
+    ROGUE_CLAIMER,  /* fetching, it says: one more piece held every 300 ms, the rest coming;
+                     * NOT_HELD for every piece asked */
     /* Raw TCP, below nng's framing: */
     ROGUE_ENDLESS, /* a reply whose length says 2^62 bytes, then bytes without end */
     ROGUE_TRICKLE, /* a reply of a piece's length, one byte a second */
@@ -197,6 +199,7 @@ static void rogue_main(const char *url, enum rogue_mode mode)
         _exit(3);
     static uint8_t garbage[PIECE + 1];
     randombytes_buf(garbage, sizeof garbage);
+    int64_t started = now_ms();
     for (;;) {
         nng_msg *msg;
         if (nng_recvmsg(s, &msg, 0) != 0)
@@ -211,10 +214,20 @@ static void rogue_main(const char *url, enum rogue_mode mode)
         rep.head.time_ms = (int64_t)time(NULL) * 1000;
         rep.head.request_id = req.head.request_id;
         memcpy(rep.cid, req.cid, sizeof rep.cid);
+        uint8_t held[(PIECES + 7) / 8] = {0}, coming[(PIECES + 7) / 8] = {0};
         if (req.head.type == PEER_MSG_HAVE_REQ) {
             rep.head.type = PEER_MSG_HAVE_REP;
             rep.have_status = PEER_HAVE_ALL;
             rep.piece_count = PIECES;
+            if (mode == ROGUE_CLAIMER) {
+                int64_t k = 1 + (now_ms() - started) / 300;
+                for (int64_t i = 0; i < PIECES; i++)
+                    peer_bit_set(i < k ? held : coming, (uint64_t)i);
+                rep.have_status = k < PIECES ? PEER_HAVE_SOME : PEER_HAVE_ALL;
+                rep.bitfield = held;
+                rep.role = PEER_ROLE_DOWNLOADING | PEER_ROLE_COMING;
+                rep.coming = coming;
+            }
         } else {
             rep.head.type = PEER_MSG_PIECE_REP;
             rep.piece = req.piece;
@@ -225,7 +238,8 @@ static void rogue_main(const char *url, enum rogue_mode mode)
                 for (;;)
                     pause();
             }
-            rep.piece_status = mode == ROGUE_REFUSER ? PEER_PIECE_NOT_HELD : PEER_PIECE_OK;
+            rep.piece_status = mode == ROGUE_REFUSER || mode == ROGUE_CLAIMER ? PEER_PIECE_NOT_HELD
+                                                                              : PEER_PIECE_OK;
             if (mode == ROGUE_LIAR) {
                 rep.data = garbage;
                 rep.data_len = piece_len(req.piece);
@@ -600,6 +614,19 @@ static peer_swarm *against_rogue(enum rogue_mode mode, uint32_t piece_timeout_ms
     return s;
 }
 
+/* The whole content, fetched by a from b. */
+static void fetch_all(peer_node *a, peer_node *b, int limit_ms)
+{
+    fetch f = {0};
+    peer_swarm_ops ops = ops_for(&f);
+    peer_swarm *s;
+    CHECK_INT(peer_swarm_open(a, cid, SIZE, PIECE, &ops, &s), PEER_OK);
+    int done = run_until(a, b, all_done, &f, limit_ms);
+    peer_swarm_close(s);
+    CHECK(done);
+    CHECK_INT(f.bad, 0);
+}
+
 /* ------------------------------------------------------------------ */
 
 static void test_pieces_come_from_an_honest_peer(void)
@@ -695,6 +722,34 @@ static void test_a_peer_that_refuses_stops_holding_back_the_origin(void)
     peer_node_close(a);
 }
 
+static void test_a_member_claiming_pieces_it_never_sends_is_banned(void)
+{
+    /* It says it fetches the content, claims one more piece every 300 ms
+     * with the rest on its way, and refuses every piece asked: without a
+     * bad byte, it held the others back (they left its pieces to it) for
+     * as long as it liked. Each answer whose claim it breaks counts as a
+     * bad piece would: banned after four, and the origin takes its pieces. */
+    fetch f = {0};
+    peer_node *a;
+    peer_swarm *s = against_rogue(ROGUE_CLAIMER, 0, &f, &a);
+    stats_node = a;
+    origin_swarm = s;
+    int64_t t0 = now_ms();
+    CHECK(run_until(a, NULL, banned_once, NULL, 5000));
+    int64_t banned_ms = now_ms() - t0;
+    CHECK(run_until(a, NULL, origin_may_all, NULL, 5000));
+    peer_stats st = stats_now();
+    printf("  a member claiming what it never sends: banned after %lld ms (%llu broken "
+           "claims), the origin may take every piece after %lld ms\n",
+           (long long)banned_ms, (unsigned long long)st.broken_claims, (long long)(now_ms() - t0));
+    CHECK_INT(st.bans, 1);
+    CHECK_INT(st.bad_pieces, 0);
+    CHECK(st.broken_claims >= 4);
+    CHECK_INT(f.good, 0);
+    peer_swarm_close(s);
+    peer_node_close(a);
+}
+
 static void test_a_stalling_peer_is_routed_around(void)
 {
     fetch f = {0};
@@ -719,7 +774,8 @@ typedef struct flood_result {
 
 /* Runs the flooding child against url: rounds of n requests at once on one
  * connection, in range or not. */
-static flood_result flood(const char *url, int n, int rounds, int out_of_range)
+/* Starts a flooding child (flood_main); flood_wait reads its result. */
+static pid_t flood_start(const char *url, int n, int rounds, int out_of_range)
 {
     char key_hex[65], cid_hex[65], n_s[16], rounds_s[16], out[4200];
     validate_hex(group, sizeof group, key_hex);
@@ -737,6 +793,13 @@ static flood_result flood(const char *url, int n, int rounds, int out_of_range)
         _exit(127);
     }
     rogue_pid = pid; /* stopped by after_case if it hangs */
+    return pid;
+}
+
+static flood_result flood_wait(pid_t pid)
+{
+    char out[4200];
+    snprintf(out, sizeof out, "%s/flood.out", check_tmpdir());
     int status = 0;
     int64_t end = now_ms() + 60000;
     while (waitpid(pid, &status, WNOHANG) == 0 && now_ms() < end)
@@ -749,6 +812,11 @@ static flood_result flood(const char *url, int n, int rounds, int out_of_range)
           fscanf(f, "%d %d %d %d %llu", &r.ok, &r.busy, &r.not_held, &r.other, &r.bytes) == 5);
     fclose(f);
     return r;
+}
+
+static flood_result flood(const char *url, int n, int rounds, int out_of_range)
+{
+    return flood_wait(flood_start(url, n, rounds, out_of_range));
 }
 
 /* This process's resident memory, in KiB. */
@@ -789,6 +857,42 @@ static void test_one_connection_gets_busy_beyond_its_share(void)
     peer_node_stats(b, &sb);
     CHECK_INT(sb.uploaded, r.bytes); /* every byte served, the short last piece as it is */
     CHECK(r.bytes > (uint64_t)(ok - 1) * PIECE);
+    peer_node_close(b);
+}
+
+static void test_a_greedy_peer_leaves_the_others_their_share_of_the_upload_rate(void)
+{
+    /* A member asks for everything at once, again and again, from a server
+     * whose upload rate is 250 kB/s; an honest node fetches the content
+     * beside it. The budget is shared per connection asking: the honest
+     * node gets about half while both ask (before, the greedy one took it
+     * all and the honest node got 1.6 % of its bytes from peers). */
+    char url[64];
+    snprintf(url, sizeof url, "tcp://127.0.0.1:%d", test_free_port());
+    peer_node_config cfg = {.group_key = group, .listen = url, .upload_rate = 250000};
+    peer_node *b;
+    char why[256];
+    CHECK_INT(peer_node_open(&cfg, &b, why, sizeof why), PEER_OK);
+    offer_content(b);
+    pid_t greedy = flood_start(url, 16, 10, 0);
+    check_sleep_ms(500); /* it has the whole budget to itself first */
+    peer_stats before;
+    peer_node_stats(b, &before);
+    peer_node *a = open_node(group, NULL, url, 8000);
+    int64_t t0 = now_ms();
+    fetch_all(a, b, 20000);
+    int64_t took = now_ms() - t0;
+    peer_stats after;
+    peer_node_stats(b, &after);
+    uint64_t sent = after.uploaded - before.uploaded;
+    double honest = (double)SIZE / (double)sent;
+    flood_result r = flood_wait(greedy);
+    printf("  beside a greedy peer (%d served, %d busy): the honest node fetched %d KiB in %lld "
+           "ms, %.0f %% of the bytes sent meanwhile\n",
+           r.ok, r.busy, SIZE / 1024, (long long)took, 100.0 * honest);
+    CHECK(honest >= 0.40);
+    CHECK(r.ok > 0);
+    peer_node_close(a);
     peer_node_close(b);
 }
 
@@ -871,7 +975,7 @@ static void test_hostile_peers_beside_an_honest_one_change_nothing(void)
                (unsigned long long)st.banned);
         CHECK_INT(f.good, PIECES);
         CHECK(st.banned <= 1); /* at most the hostile one */
-        CHECK_INT(st.bans, st.bad_pieces >= 4 ? 1 : 0);
+        CHECK_INT(st.bans, st.bad_pieces >= 4 || st.broken_claims >= 4 ? 1 : 0);
         CHECK(sb.uploaded > 0);
         peer_swarm_close(s);
         peer_node_close(a);
@@ -1145,19 +1249,6 @@ static peer_node *server_with_cap(char *url, size_t len, unsigned max_connection
     return b;
 }
 
-/* The whole content, fetched by a from b. */
-static void fetch_all(peer_node *a, peer_node *b, int limit_ms)
-{
-    fetch f = {0};
-    peer_swarm_ops ops = ops_for(&f);
-    peer_swarm *s;
-    CHECK_INT(peer_swarm_open(a, cid, SIZE, PIECE, &ops, &s), PEER_OK);
-    int done = run_until(a, b, all_done, &f, limit_ms);
-    peer_swarm_close(s);
-    CHECK(done);
-    CHECK_INT(f.bad, 0);
-}
-
 static void test_outsiders_filling_the_cap_do_not_wedge_the_listener(void)
 {
     /* 64 connections that say the SP hello and nothing else fill the cap;
@@ -1337,8 +1428,10 @@ int main(int argc, char **argv)
                          CASE(test_a_peer_sending_bad_pieces_is_banned),
                          CASE(test_an_honest_peer_is_not_banned_for_another),
                          CASE(test_a_peer_that_refuses_stops_holding_back_the_origin),
+                         CASE(test_a_member_claiming_pieces_it_never_sends_is_banned),
                          CASE(test_a_stalling_peer_is_routed_around),
                          CASE(test_one_connection_gets_busy_beyond_its_share),
+                         CASE(test_a_greedy_peer_leaves_the_others_their_share_of_the_upload_rate),
                          CASE(test_a_peer_sending_more_than_asked_is_banned),
                          CASE(test_broken_framing_is_routed_around_in_bounded_memory),
                          CASE(test_hostile_peers_beside_an_honest_one_change_nothing),
