@@ -284,7 +284,7 @@ struct peer_node {
     nng_socket *dead_socks; /* sockets of forgotten peers, to close */
     size_t n_dead_socks, cap_dead_socks;
     int64_t paused;   /* mono ms: the listener closed (descriptors ran short), 0: open */
-    int64_t fd_limit; /* RLIMIT_NOFILE when opened */
+    int64_t fd_limit; /* RLIMIT_NOFILE's soft limit, 0: none (the closer's) */
     _Atomic uint64_t evicted, over_cap, pauses;
 
     /* Dial notes, one per peer (guarded by `lock`). */
@@ -1138,6 +1138,9 @@ static int listener_start(peer_node *n, const char *url, char *why, size_t why_l
  * again once they are back (catalog_lock not held). */
 static void watch_descriptors(peer_node *n)
 {
+    struct rlimit rl; /* read each time: prlimit may change it */
+    if (getrlimit(RLIMIT_NOFILE, &rl) == 0)
+        n->fd_limit = rl.rlim_cur == RLIM_INFINITY ? 0 : (int64_t)rl.rlim_cur;
     if (!n->serving || n->fd_limit <= 0)
         return;
     long reserve = n->fd_limit / 8 > FD_RESERVE_MIN ? (long)(n->fd_limit / 8) : FD_RESERVE_MIN;
@@ -1226,9 +1229,6 @@ static void *closer_main(void *arg)
  * start: pipe callbacks signal it). */
 static int closer_open(peer_node *n)
 {
-    struct rlimit rl;
-    if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur != RLIM_INFINITY)
-        n->fd_limit = (int64_t)rl.rlim_cur;
     n->closer_running = pthread_create(&n->closer_thread, NULL, closer_main, n) == 0;
     return n->closer_running ? PEER_OK : PEER_ENOMEM;
 }

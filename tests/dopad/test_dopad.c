@@ -7,11 +7,13 @@
  */
 #include <dirent.h>
 #include <fcntl.h>
+#include <netinet/in.h>
 #include <nng/nng.h>
 #include <nng/protocol/reqrep0/req.h>
 #include <pwd.h>
 #include <signal.h>
 #include <stdarg.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/un.h>
@@ -300,6 +302,88 @@ static void test_clients_hanging_up_mid_handshake_do_not_cut_dopad_off(void)
     }
     printf("  5 rounds of 50 clients hanging up mid-handshake: answering again within %.1f s\n",
            worst);
+    stop_dopad(SIGTERM);
+}
+
+/* The soft and hard open-files limits of a process, from /proc. */
+static int open_files_limits(pid_t pid, long long *soft, long long *hard)
+{
+    char path[64], line[256];
+    snprintf(path, sizeof path, "/proc/%d/limits", (int)pid);
+    FILE *f = fopen(path, "r");
+    int found = 0;
+    while (f != NULL && !found && fgets(line, sizeof line, f) != NULL)
+        found = sscanf(line, "Max open files %lld %lld", soft, hard) == 2;
+    if (f != NULL)
+        fclose(f);
+    return found ? 0 : -1;
+}
+
+static void test_a_flood_on_the_peer_port_never_cuts_the_control_socket_off(void)
+{
+    /* dopad raises its open-files limit to the hard one. Then, with only
+     * 1024 descriptors (set from outside, as prlimit does), 1,100
+     * connections to its peer port that never say the SP hello (nng keeps
+     * each for 10 s) must not take those of its control socket: `dopa
+     * whoami` keeps answering throughout. Before, dopa could not reach
+     * dopad for about 10 s ("Out of files"). */
+    char key[4300], settings[4600], out[256];
+    snprintf(key, sizeof key, "%s/group.key", check_tmpdir());
+    const char *keygen[] = {DOPA_CLI, "group-key", key, NULL};
+    CHECK_INT(test_run(keygen, out, sizeof out, 10, TEST_AS_ME, 0), 0);
+    int port = test_free_port();
+    snprintf(settings, sizeof settings,
+             "[peers]\ngroup-key = %s\nlisten = tcp://127.0.0.1:%d\nbeacons = no\n", key, port);
+    snprintf(sock, sizeof sock, "%s/run/control.sock", check_tmpdir());
+    snprintf(state, sizeof state, "%s/state", check_tmpdir());
+    struct rlimit mine, low;
+    CHECK(getrlimit(RLIMIT_NOFILE, &mine) == 0);
+    CHECK(mine.rlim_max >= 2048);
+    low = mine;
+    low.rlim_cur = 1024;
+    CHECK(setrlimit(RLIMIT_NOFILE, &low) == 0); /* what dopad is started with */
+    test_dopad d;
+    int started = test_dopad_start(&d, DOPAD, check_tmpdir(), settings);
+    CHECK(setrlimit(RLIMIT_NOFILE, &mine) == 0);
+    CHECK_INT(started, 0);
+    dopad = d.pid;
+    long long soft = 0, hard = 0;
+    CHECK_INT(open_files_limits(dopad, &soft, &hard), 0);
+    printf("  started with 1024 open files: dopad's limit is %lld (hard %lld)\n", soft, hard);
+    CHECK_INT(soft, (long long)mine.rlim_max);
+
+    struct rlimit tight = {1024, 1024};
+    CHECK(prlimit(dopad, RLIMIT_NOFILE, &tight, NULL) == 0);
+    int held[1100], k = 0;
+    struct sockaddr_in sa = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port)};
+    sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    for (int i = 0; i < 1100; i++) {
+        int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+        CHECK(fd >= 0);
+        held[k++] = fd;
+        if (connect(fd, (struct sockaddr *)&sa, sizeof sa) != 0)
+            break; /* the port closed: dopad ran short and stopped taking them */
+    }
+    double t0 = check_now(), worst = 0, last_ok = t0;
+    int probes = 0, failed = 0;
+    while (check_now() - t0 < 4) {
+        int rc = cli_as(TEST_AS_ME, 0, NULL, 0, 2, "whoami", (char *)NULL);
+        double now = check_now();
+        probes++;
+        if (rc != 0) {
+            failed++;
+            worst = now - last_ok > worst ? now - last_ok : worst;
+        } else {
+            last_ok = now;
+        }
+        check_sleep_ms(50);
+    }
+    for (int i = 0; i < k; i++)
+        close(held[i]);
+    printf("  %d connections to the peer port without a hello, 1024 descriptors: %d of %d "
+           "whoami failed, the longest without an answer %.1f s\n",
+           k, failed, probes, worst);
+    CHECK_INT(failed, 0);
     stop_dopad(SIGTERM);
 }
 
@@ -644,6 +728,7 @@ int main(int argc, char **argv)
                          CASE(test_kill_9_at_random_moments_loses_nothing),
                          CASE(test_malformed_control_messages_change_nothing),
                          CASE(test_clients_hanging_up_mid_handshake_do_not_cut_dopad_off),
+                         CASE(test_a_flood_on_the_peer_port_never_cuts_the_control_socket_off),
                          CASE(test_a_flooding_client_does_not_starve_others),
                          CASE(test_configuration_file),
                          CASE(test_another_user_cannot_touch_my_jobs),
