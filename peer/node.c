@@ -1125,9 +1125,9 @@ static long open_descriptors(void)
  * about the number in use; a cheap look taken every tick. */
 static long lowest_free_descriptor(void)
 {
-    int fd = fcntl(0, F_DUPFD_CLOEXEC, 0);
+    int fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
     if (fd < 0)
-        return errno == EMFILE ? LONG_MAX : -1;
+        return errno == EMFILE || errno == ENFILE ? LONG_MAX : -1;
     close(fd);
     return fd;
 }
