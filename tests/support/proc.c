@@ -16,6 +16,20 @@
 
 #include "proc.h"
 
+/* In a child: runs argv[0] with argv, or exits 127. */
+static _Noreturn void exec_argv(const char *const argv[])
+{
+    char *args[64];
+    size_t n = 0;
+    while (argv[n] != NULL && n < 63) {
+        memcpy(&args[n], &argv[n], sizeof args[n]); /* execv's prototype lacks const */
+        n++;
+    }
+    args[n] = NULL;
+    execv(args[0], args);
+    _exit(127);
+}
+
 pid_t test_spawn(const char *const argv[], const char *out_path, uid_t uid, gid_t gid)
 {
     pid_t pid = fork();
@@ -33,15 +47,7 @@ pid_t test_spawn(const char *const argv[], const char *out_path, uid_t uid, gid_
         dup2(in, 0);
     if (uid != TEST_AS_ME && (setgroups(0, NULL) != 0 || setgid(gid) != 0 || setuid(uid) != 0))
         _exit(126);
-    char *args[64];
-    size_t n = 0;
-    while (argv[n] != NULL && n < 63) {
-        memcpy(&args[n], &argv[n], sizeof args[n]); /* execv's prototype lacks const */
-        n++;
-    }
-    args[n] = NULL;
-    execv(args[0], args);
-    _exit(127);
+    exec_argv(argv);
 }
 
 int test_wait(pid_t pid, int timeout_s)
@@ -64,6 +70,35 @@ int test_wait(pid_t pid, int timeout_s)
         struct timespec ts = {0, 10 * 1000 * 1000};
         nanosleep(&ts, NULL);
     }
+}
+
+void test_print_stacks(pid_t pid)
+{
+    char id[24];
+    snprintf(id, sizeof id, "%d", (int)pid);
+    const char *gdb[] = {"/usr/bin/gdb",        "-p", id, "-batch", "-nx", "-ex",
+                         "thread apply all bt", NULL};
+    const char *eu_stack[] = {"/usr/bin/eu-stack", "-p", id, NULL};
+    const char *const *argv = access(gdb[0], X_OK) == 0        ? gdb
+                              : access(eu_stack[0], X_OK) == 0 ? eu_stack
+                                                               : NULL;
+    if (argv == NULL) {
+        fprintf(stderr, "  (no gdb or eu-stack here to show the stacks of %d)\n", (int)pid);
+        return;
+    }
+    fprintf(stderr, "  the stacks of %d:\n", (int)pid);
+    fflush(stderr);
+    pid_t tracer = fork();
+    if (tracer == 0) {
+        prctl(PR_SET_PDEATHSIG, SIGKILL);
+        dup2(2, 1);
+        int in = open("/dev/null", O_RDONLY);
+        if (in >= 0)
+            dup2(in, 0);
+        exec_argv(argv);
+    }
+    if (tracer > 0)
+        test_wait(tracer, 60);
 }
 
 int test_run(const char *const argv[], char *out, size_t len, int timeout_s, uid_t uid, gid_t gid)

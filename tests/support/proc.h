@@ -21,6 +21,11 @@ pid_t test_spawn(const char *const argv[], const char *out_path, uid_t uid, gid_
  * killed), or -1 on timeout (the child is then killed and reaped). */
 int test_wait(pid_t pid, int timeout_s);
 
+/* Prints the stack of every thread of pid to stderr (gdb, else eu-stack;
+ * a line saying so when neither is on the machine), pid left running: what
+ * a child that should have ended waits on, before it is killed. */
+void test_print_stacks(pid_t pid);
+
 /* test_spawn + test_wait, with the output (stdout and stderr) in out. */
 int test_run(const char *const argv[], char *out, size_t len, int timeout_s, uid_t uid, gid_t gid);
 
