@@ -10,6 +10,13 @@
  * seconds. DOPAD names the daemon the build made; DOPA_RECONNECT_SEED
  * replays a run.
  *
+ * Then the manager ends: dopa_disconnect returns within seconds. The second
+ * case makes that moment as hard as it gets, many times over: a manager
+ * disconnects right after its JobTransferred, while its events thread
+ * still answers the event (nng 1.5.2 hung in nng_close when a reply
+ * arrived as it closed the connection). A client stuck there has its
+ * stacks printed before it is killed.
+ *
  * The manager lives in a child process: a manager without a connection
  * blocks in its calls, and only a process can be ended at a bound without
  * its help.
@@ -32,13 +39,16 @@
 #include "../support/proc.h"
 #include "dopa.h"
 
-#define RESTARTS       30
-#define CLOSING_EVERY  5    /* every 5th restart, and before the last, the closing listener */
-#define ANSWER_LIMIT_S 10.0 /* after the last start: the manager answers ... */
-#define EVENT_LIMIT_S  20.0 /* ... and hears its job's JobTransferred */
-#define FILE_SIZE      (256 * 1024 + 13)
-#define FILE_SEED      7u
-#define CHILD_LIMIT_S  30 /* the client's first steps, before the storm */
+#define RESTARTS         30
+#define ROUNDS           60   /* of the second case: managers that disconnect after an event */
+#define ROUNDS_PER_DOPAD 15   /* dopad keeps 16 clients of a user for a minute */
+#define CLOSING_EVERY    5    /* every 5th restart, and before the last, the closing listener */
+#define ANSWER_LIMIT_S   10.0 /* after the last start: the manager answers ... */
+#define EVENT_LIMIT_S    20.0 /* ... and hears its job's JobTransferred */
+#define CLOSE_LIMIT_S    10.0 /* dopa_disconnect: an unregistration and the calls under way */
+#define FILE_SIZE        (256 * 1024 + 13)
+#define FILE_SEED        7u
+#define CHILD_LIMIT_S    30 /* the client's first steps, before the storm */
 /* A dialer that still works tries again well within a second, failed
  * handshakes included; one quiet for longer has stopped dialling. */
 #define LISTENER_QUIET  1000 /* ms */
@@ -64,11 +74,13 @@ static struct {
     int transferred;
 } heard = {PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER, 0};
 
+/* With a non-NULL ctx, the callback also cancels its registration, so that
+ * dopa_disconnect has none to send and closes at once, while the events
+ * thread still answers the event. */
 static int on_transferred(void *ctx, dopa_manager *m, const dopa_id *job)
 {
-    (void)ctx;
-    (void)m;
-    (void)job;
+    if (ctx != NULL)
+        dopa_job_set_callbacks(m, job, NULL);
     pthread_mutex_lock(&heard.lock);
     heard.transferred++;
     pthread_cond_broadcast(&heard.changed);
@@ -117,8 +129,9 @@ static void hear_parent(int in)
 }
 
 /* The child: a manager registered for a job's callbacks before the storm,
- * asked after it. Says "ready", then "answered <s> <err>" and "event <s>"
- * (seconds from the go-ahead), or "failed <why>". Never returns. */
+ * asked after it. Says "ready", then "answered <s> <err>", "event <s>"
+ * (seconds from the go-ahead) and "disconnected <s>" (seconds dopa_disconnect
+ * took), or "failed <why>". Never returns. */
 static void client_main(int in, int out, const char *sock, const char *url, const char *dest)
 {
     dopa_manager *m = NULL;
@@ -153,8 +166,57 @@ static void client_main(int in, int out, const char *sock, const char *url, cons
         _exit(1);
     }
     say(out, "event %.3f", check_now() - t0);
+    double t1 = check_now();
     dopa_disconnect(m);
+    say(out, "disconnected %.3f", check_now() - t1);
     _exit(0); /* not exit(): the parent's atexit handlers are the parent's */
+}
+
+/* The child of the second case: ROUNDS times a new manager hears a job's
+ * JobTransferred and disconnects at once, while its events thread answers
+ * the event. Says "disconnecting <round>" and "disconnected <s>" each
+ * round, "done" at the end, or "failed <why>"; after every
+ * ROUNDS_PER_DOPAD rounds it waits for the go-ahead of a new dopad. Never
+ * returns. */
+static void rounds_main(int in, int out, const char *sock, const char *url, const char *dir)
+{
+    dopa_id last;
+    int has_last = 0, err = DOPA_OK, round;
+    for (round = 0; round < ROUNDS; round++) {
+        dopa_manager *m = NULL;
+        dopa_id job;
+        char name[32], dest[4200];
+        snprintf(name, sizeof name, "round-%d.bin", round);
+        snprintf(dest, sizeof dest, "%.4000s/%s", dir, name);
+        dopa_callbacks cb = {.job_transferred = on_transferred,
+                             .ctx = round % 2 ? (void *)name : NULL};
+        heard.transferred = 0;
+        if ((err = dopa_connect(sock, &m)) != DOPA_OK ||
+            (has_last && (err = dopa_job_cancel(m, &last)) != DOPA_OK) ||
+            (err = dopa_job_create(m, name, DOPA_JOB_DOWNLOAD, &job)) != DOPA_OK ||
+            (err = dopa_job_add_file(m, &job, url, dest, NULL)) != DOPA_OK ||
+            (err = dopa_job_set_callbacks(m, &job, &cb)) != DOPA_OK ||
+            (err = dopa_job_resume(m, &job)) != DOPA_OK)
+            break;
+        if (!wait_transferred(EVENT_LIMIT_S)) {
+            say(out, "failed: no JobTransferred in round %d", round);
+            _exit(1);
+        }
+        say(out, "disconnecting %d", round);
+        double t = check_now();
+        dopa_disconnect(m);
+        say(out, "disconnected %.3f", check_now() - t);
+        last = job;
+        has_last = 1;
+        if (round % ROUNDS_PER_DOPAD == ROUNDS_PER_DOPAD - 1)
+            hear_parent(in);
+    }
+    if (err != DOPA_OK) {
+        say(out, "failed in round %d: %s (%s)", round, dopa_strerror(err), dopa_last_message());
+        _exit(1);
+    }
+    say(out, "done");
+    _exit(0);
 }
 
 /* ------------------------------------------------------------------ */
@@ -220,6 +282,52 @@ static int close_at_accept(const char *path)
     return closed;
 }
 
+/* Forks the client, with a pipe each way: 0 in the child, with the ends it
+ * reads and writes in *in and *out; 1 in the parent (to_client,
+ * from_client and client_pid set). nng's threads do not cross a fork: a
+ * child forked after the parent used libdopa must exec before it does. */
+static int fork_client(int *in, int *out)
+{
+    int down[2], up[2];
+    CHECK(pipe(down) == 0);
+    if (pipe(up) != 0) {
+        close(down[0]);
+        close(down[1]);
+        CHECK(0);
+    }
+    client_pid = fork();
+    if (client_pid == 0) {
+        close(down[1]);
+        close(up[0]);
+        *in = down[0];
+        *out = up[1];
+        return 0;
+    }
+    close(down[0]);
+    close(up[1]);
+    to_client = down[1];
+    from_client = up[0];
+    CHECK(client_pid > 0);
+    return 1;
+}
+
+/* Hears "disconnected <s>" from the client within CLOSE_LIMIT_S; when
+ * it does not come, the client's stacks are shown (it is still there). The
+ * seconds dopa_disconnect took, or -1. */
+static double hear_disconnected(void)
+{
+    char line[512];
+    double s = -1;
+    hear_client(line, sizeof line, CLOSE_LIMIT_S);
+    if (sscanf(line, "disconnected %lf", &s) != 1) {
+        fprintf(stderr, "  dopa_disconnect did not return within %.0f s (the client said \"%s\")\n",
+                CLOSE_LIMIT_S, line);
+        test_print_stacks(client_pid);
+        return -1;
+    }
+    return s;
+}
+
 static void after_case(void)
 {
     if (client_pid > 0)
@@ -248,27 +356,9 @@ static void test_a_manager_answers_and_hears_events_after_a_storm_of_restarts(vo
     snprintf(sock, sizeof sock, "%.4000s/run/control.sock", dir); /* where daemon.c puts it */
     snprintf(url, sizeof url, "http://127.0.0.1:%d/storm.bin", web.port);
 
-    /* The child before any libdopa call here: nng's threads do not cross
-     * a fork. */
-    int down[2], up[2];
-    CHECK(pipe(down) == 0);
-    if (pipe(up) != 0) {
-        close(down[0]);
-        close(down[1]);
-        CHECK(0);
-    }
-    client_pid = fork();
-    if (client_pid == 0) {
-        close(down[1]);
-        close(up[0]);
-        client_main(down[0], up[1], sock, url, dest);
-    }
-    close(down[0]);
-    close(up[1]);
-    to_client = down[1];
-    from_client = up[0];
-    CHECK(client_pid > 0);
-
+    int in, out;
+    if (fork_client(&in, &out) == 0)
+        client_main(in, out, sock, url, dest);
     CHECK_INT(test_dopad_start(&daemon_, DOPAD, dir, NULL), 0);
     tell_client();
     hear_client(line, sizeof line, CHILD_LIMIT_S);
@@ -320,6 +410,53 @@ static void test_a_manager_answers_and_hears_events_after_a_storm_of_restarts(vo
     CHECK_INT(err, DOPA_OK);
     CHECK(answered < ANSWER_LIMIT_S);
     CHECK(event >= 0 && event < EVENT_LIMIT_S);
+
+    /* dopa_disconnect returns, and the client ends. */
+    double disconnected = hear_disconnected();
+    CHECK(disconnected >= 0);
+    printf("  dopa_disconnect took %.3f s\n", disconnected);
+    CHECK_INT(test_wait(client_pid, 10), 0);
+    client_pid = -1;
+}
+
+static void test_dopa_disconnect_returns_at_once_after_a_job_transferred(void)
+{
+    const char *dir = check_tmpdir();
+    char sock[4200], url[256], line[512];
+    snprintf(sock, sizeof sock, "%.4000s/run/control.sock", dir);
+    snprintf(url, sizeof url, "http://127.0.0.1:%d/storm.bin", web.port);
+    CHECK_INT(test_dopad_start(&daemon_, DOPAD, dir, NULL), 0);
+    /* The first case used libdopa here, and nng refuses to run in a child
+     * forked after that: the child starts this program afresh. */
+    int in, out;
+    if (fork_client(&in, &out) == 0) {
+        dup2(in, STDIN_FILENO);
+        dup2(out, STDOUT_FILENO);
+        execl("/proc/self/exe", "test_dopad_reconnect", "--rounds", sock, url, dir, (char *)NULL);
+        _exit(127);
+    }
+
+    double slowest = 0;
+    for (int round = 0; round < ROUNDS; round++) {
+        char expected[32];
+        snprintf(expected, sizeof expected, "disconnecting %d", round);
+        hear_client(line, sizeof line, EVENT_LIMIT_S + 5);
+        if (strcmp(line, expected) != 0)
+            fprintf(stderr, "  the client said \"%s\"\n", line);
+        CHECK_STR(line, expected);
+        double s = hear_disconnected();
+        CHECK(s >= 0);
+        slowest = s > slowest ? s : slowest;
+        if (round % ROUNDS_PER_DOPAD == ROUNDS_PER_DOPAD - 1) {
+            test_dopad_stop(&daemon_, SIGKILL);
+            CHECK_INT(test_dopad_start(&daemon_, DOPAD, dir, NULL), 0);
+            tell_client();
+        }
+    }
+    hear_client(line, sizeof line, 5);
+    CHECK_STR(line, "done");
+    printf("  %d managers disconnected right after a JobTransferred, the slowest in %.3f s\n",
+           ROUNDS, slowest);
     CHECK_INT(test_wait(client_pid, 10), 0);
     client_pid = -1;
 }
@@ -344,6 +481,8 @@ static int setup(void)
 int main(int argc, char **argv)
 {
     signal(SIGPIPE, SIG_IGN);
+    if (argc == 5 && strcmp(argv[1], "--rounds") == 0)
+        rounds_main(STDIN_FILENO, STDOUT_FILENO, argv[2], argv[3], argv[4]);
     if (setup() != 0) {
         fprintf(stderr, "fixture failed to start\n");
         return 1;
@@ -352,6 +491,7 @@ int main(int argc, char **argv)
     return check_run(argc, argv,
                      (struct check_case[]){
                          CASE(test_a_manager_answers_and_hears_events_after_a_storm_of_restarts),
+                         CASE(test_dopa_disconnect_returns_at_once_after_a_job_transferred),
                          {0},
                      });
 }
