@@ -15,6 +15,17 @@
  * SEND_TIMEOUT_MS for one (wait_for_connection), and meanwhile a dialer
  * that has had none for REDIAL_AFTER_MS is replaced (redial_if_stuck), at
  * most once per redial_delay.
+ *
+ * Closing: nng 1.5.2 can hang in nng_close when a message is arriving as
+ * it closes the connection (the IPC transport reads the body of a reply
+ * on an aio that the close has stopped, and the receive it owes the
+ * protocol is never finished, so the pipe is never freed); and an
+ * nng_ctx_open while nng_close runs leaves a context that nng_close then
+ * waits for for ever. dopad sends nothing but replies, so dopa_disconnect
+ * closes the socket only once no call is in nng: it stops new calls, ends
+ * the events thread's poll with one of its own that dopad answers at once,
+ * waits for the calls under way (end_calls), joins the events thread, and
+ * only then calls nng_close.
  */
 #include <errno.h>
 #include <nng/nng.h>
@@ -43,7 +54,19 @@
 #define REDIAL_AFTER_MS 1000
 #define REDIAL_MIN_MS   500
 #define REDIAL_MAX_MS   2000
-#define DIALER_CHECK_MS 100 /* how often a request that waits looks at the dialer */
+#define DIALER_CHECK_MS 100  /* how often a request that waits looks at the dialer */
+#define CLOSE_WAIT_MS   2000 /* dopa_disconnect waits this long for calls to end by themselves */
+#define POLL_END_MS     100  /* ... asking dopad this often to answer the events poll */
+
+/* A call that is in nng (between its registration and its end), so that
+ * dopa_disconnect can wait for it and, past CLOSE_WAIT_MS, stop it. The
+ * caller owns aio and unlinks the entry (under conn_lock) before it frees
+ * it. */
+typedef struct in_flight {
+    nng_aio *aio;
+    int is_poll; /* the events thread's long poll */
+    struct in_flight *next;
+} in_flight;
 
 /* Callbacks registered for a job. */
 typedef struct registration {
@@ -63,7 +86,8 @@ struct dopa_manager {
     int64_t next_redial;    /* monotonic ms, no new dialer before */
     int redial_delay;       /* ms */
     int is_redialing;       /* a thread replaces the dialer now */
-    int is_closing;         /* dopa_disconnect() runs: wait for nothing */
+    int is_closing;         /* dopa_disconnect() runs: wait for nothing, start no call */
+    in_flight *calls;       /* calls in nng now */
     pthread_cond_t conn_changed;
     /* Notifications: the thread that polls for events and runs the
      * callbacks, and what it needs. lock guards the fields below it. */
@@ -247,6 +271,55 @@ int dopa_connect(const char *socket_path, dopa_manager **out)
 }
 
 static void unregister_all(dopa_manager *m);
+static proto_request *new_request(int op, const dopa_id *id);
+static int exchange(dopa_manager *m, const proto_request *req, proto_reply *reply, int timeout_ms,
+                    int is_closing_call);
+
+/* Waits until no call is in nng (see the top of the file); is_closing is
+ * set, so none begins but the polls sent here. While the events thread
+ * polls, dopad is asked to answer that poll (a newer poll of a client
+ * answers its older one at once), again every POLL_END_MS, since the
+ * thread's poll may reach dopad after ours. Calls still under way after
+ * CLOSE_WAIT_MS (dopad does not answer) are stopped. */
+static void end_calls(dopa_manager *m)
+{
+    proto_request *end_poll = new_request(PROTO_EVENTS, NULL);
+    if (end_poll != NULL)
+        memcpy(end_poll->client, m->client, sizeof end_poll->client);
+    int64_t give_up = now_ms() + CLOSE_WAIT_MS, next_end_poll = 0;
+    int has_stopped = 0;
+    pthread_mutex_lock(&m->conn_lock);
+    while (m->calls != NULL) {
+        int64_t now = now_ms();
+        int is_polling = 0;
+        for (const in_flight *c = m->calls; c != NULL; c = c->next)
+            is_polling |= c->is_poll;
+        if (is_polling && end_poll != NULL && now >= next_end_poll && now < give_up) {
+            pthread_mutex_unlock(&m->conn_lock);
+            proto_reply reply;
+            if (exchange(m, end_poll, &reply, (int)(give_up - now), 1) == DOPA_OK)
+                proto_reply_clear(&reply);
+            pthread_mutex_lock(&m->conn_lock);
+            next_end_poll = now_ms() + POLL_END_MS;
+            continue;
+        }
+        if (now >= give_up && !has_stopped) {
+            /* Their aios end at once, now and at every later use. This
+             * waits for nothing of ours: the aios have no callback, and
+             * nng runs on_pipe under none of the locks it takes. */
+            for (const in_flight *c = m->calls; c != NULL; c = c->next)
+                nng_aio_stop(c->aio);
+            has_stopped = 1;
+        }
+        int64_t until = has_stopped ? now + DIALER_CHECK_MS : give_up;
+        if (is_polling && !has_stopped && next_end_poll < until)
+            until = next_end_poll;
+        struct timespec at = {(time_t)(until / 1000), (long)(until % 1000) * 1000000};
+        pthread_cond_timedwait(&m->conn_changed, &m->conn_lock, &at);
+    }
+    pthread_mutex_unlock(&m->conn_lock);
+    free(end_poll);
+}
 
 void dopa_disconnect(dopa_manager *m)
 {
@@ -255,58 +328,101 @@ void dopa_disconnect(dopa_manager *m)
     unregister_all(m); /* dopad gives what this one holds to others at once */
     pthread_mutex_lock(&m->lock);
     m->stopping = 1;
-    int joined = m->has_thread;
+    int joined = m->has_thread,
+        is_events_thread = joined && pthread_equal(m->thread, pthread_self());
     pthread_cond_broadcast(&m->wake);
     pthread_mutex_unlock(&m->lock);
     pthread_mutex_lock(&m->conn_lock);
-    m->is_closing = 1; /* ends a wait for a connection, and stops new redials */
+    m->is_closing = 1; /* ends a wait for a connection, stops new redials and calls */
     pthread_cond_broadcast(&m->conn_changed);
+    pthread_mutex_unlock(&m->conn_lock);
+    end_calls(m);
+    pthread_mutex_lock(&m->conn_lock);
     /* A dialer made while nng closes the socket can be left unfreed (seen
      * under ASan in faults.kill9): a redial under way ends first. */
     while (m->is_redialing)
         pthread_cond_wait(&m->conn_changed, &m->conn_lock);
     pthread_mutex_unlock(&m->conn_lock);
-    nng_close(m->sock); /* ends the poll that is waiting */
-    if (joined && pthread_equal(m->thread, pthread_self())) {
-        /* From a callback: the thread ends when it returns, and frees. */
+    if (joined && !is_events_thread)
+        pthread_join(m->thread, NULL); /* no call of it outlives the socket */
+    nng_close(m->sock);
+    if (is_events_thread) {
+        /* From a callback: the thread ends when it returns (its calls are
+         * refused now), and frees. */
         m->free_on_exit = 1;
         pthread_detach(m->thread);
         return;
     }
-    if (joined)
-        pthread_join(m->thread, NULL);
     free_manager(m);
+}
+
+/* A call enters nng: 0 (and nothing done) when the manager is closing,
+ * unless it is one of dopa_disconnect's own. */
+static int call_begin(dopa_manager *m, in_flight *self, int is_closing_call)
+{
+    pthread_mutex_lock(&m->conn_lock);
+    int may = !m->is_closing || is_closing_call;
+    if (may) {
+        self->next = m->calls;
+        m->calls = self;
+    }
+    pthread_mutex_unlock(&m->conn_lock);
+    return may;
+}
+
+/* The call is out of nng: dopa_disconnect may go on. */
+static void call_end(dopa_manager *m, in_flight *self)
+{
+    pthread_mutex_lock(&m->conn_lock);
+    for (in_flight **p = &m->calls; *p != NULL; p = &(*p)->next) {
+        if (*p == self) {
+            *p = self->next;
+            break;
+        }
+    }
+    pthread_cond_broadcast(&m->conn_changed);
+    pthread_mutex_unlock(&m->conn_lock);
 }
 
 /* Sends a request and waits for its reply. */
 static int call(dopa_manager *m, const proto_request *req, proto_reply *reply, int timeout_ms)
 {
+    return exchange(m, req, reply, timeout_ms, 0);
+}
+
+/* call(), and with is_closing_call also while dopa_disconnect runs. */
+static int exchange(dopa_manager *m, const proto_request *req, proto_reply *reply, int timeout_ms,
+                    int is_closing_call)
+{
     proto_buf buf;
     nng_ctx ctx;
-    nng_aio *aio = NULL;
     nng_msg *msg = NULL;
-    int err;
+    in_flight self = {.is_poll = req->op == PROTO_EVENTS && !is_closing_call};
+    int err, has_begun = 0, has_ctx = 0;
     memset(reply, 0, sizeof *reply);
     last_message[0] = '\0';
     if (m == NULL)
         return DOPA_EINVAL;
     proto_buf_init(&buf, PROTO_MAX_REQUEST);
     err = proto_encode_request(req, &buf);
-    if (err != DOPA_OK) {
-        proto_buf_free(&buf);
-        return err;
-    }
+    if (err != DOPA_OK)
+        goto done;
     int send_ms = timeout_ms < SEND_TIMEOUT_MS ? timeout_ms : SEND_TIMEOUT_MS;
     if (!wait_for_connection(m, send_ms)) {
-        proto_buf_free(&buf);
-        return DOPA_ECONNECT; /* dopad is down, or not accepting */
+        err = DOPA_ECONNECT; /* dopad is down, or not accepting */
+        goto done;
     }
-    if (nng_ctx_open(&ctx, m->sock) != 0) {
-        proto_buf_free(&buf);
-        return DOPA_ECONNECT;
+    if (nng_aio_alloc(&self.aio, NULL, NULL) != 0) {
+        err = DOPA_ENOMEM;
+        goto done;
     }
-    if (nng_aio_alloc(&aio, NULL, NULL) != 0 || nng_msg_alloc(&msg, 0) != 0 ||
-        nng_msg_append(msg, buf.data, buf.len) != 0) {
+    if (!(has_begun = call_begin(m, &self, is_closing_call)) ||
+        !(has_ctx = nng_ctx_open(&ctx, m->sock) == 0)) {
+        err = DOPA_ECONNECT;
+        goto done;
+    }
+    nng_aio *aio = self.aio;
+    if (nng_msg_alloc(&msg, 0) != 0 || nng_msg_append(msg, buf.data, buf.len) != 0) {
         err = DOPA_ENOMEM;
         goto done;
     }
@@ -345,9 +461,12 @@ done:
     proto_buf_free(&buf);
     if (msg != NULL)
         nng_msg_free(msg);
-    if (aio != NULL)
-        nng_aio_free(aio);
-    nng_ctx_close(ctx);
+    if (has_ctx)
+        nng_ctx_close(ctx);
+    if (has_begun)
+        call_end(m, &self);
+    if (self.aio != NULL)
+        nng_aio_free(self.aio);
     return err;
 }
 
