@@ -227,6 +227,10 @@ void dopa_default_socket(char *out, size_t len);
 /* Connects to dopad (socket_path NULL: the default); DOPA_ECONNECT when
  * nothing listens there. */
 int dopa_connect(const char *socket_path, dopa_manager **out);
+/* Unregisters the manager's callbacks, lets the calls under way end (dopad
+ * answers them; after 2 s they are stopped), ends the callback thread and
+ * the connection, and frees m. Within a few seconds even when dopad does
+ * not answer. */
 void dopa_disconnect(dopa_manager *m);
 
 /* Who dopad thinks the caller is, and dopad's version. */
