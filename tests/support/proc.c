@@ -16,8 +16,7 @@
 
 #include "proc.h"
 
-/* In a child: runs argv[0] with argv, or exits 127. */
-static _Noreturn void exec_argv(const char *const argv[])
+_Noreturn void test_exec(const char *const argv[])
 {
     char *args[64];
     size_t n = 0;
@@ -27,6 +26,7 @@ static _Noreturn void exec_argv(const char *const argv[])
     }
     args[n] = NULL;
     execv(args[0], args);
+    fprintf(stderr, "cannot run %s\n", args[0]);
     _exit(127);
 }
 
@@ -47,7 +47,7 @@ pid_t test_spawn(const char *const argv[], const char *out_path, uid_t uid, gid_
         dup2(in, 0);
     if (uid != TEST_AS_ME && (setgroups(0, NULL) != 0 || setgid(gid) != 0 || setuid(uid) != 0))
         _exit(126);
-    exec_argv(argv);
+    test_exec(argv);
 }
 
 int test_wait(pid_t pid, int timeout_s)
@@ -95,7 +95,7 @@ void test_print_stacks(pid_t pid)
         int in = open("/dev/null", O_RDONLY);
         if (in >= 0)
             dup2(in, 0);
-        exec_argv(argv);
+        test_exec(argv);
     }
     if (tracer > 0)
         test_wait(tracer, 60);

@@ -17,6 +17,10 @@
  * other groups) first. Returns the pid, or -1. */
 pid_t test_spawn(const char *const argv[], const char *out_path, uid_t uid, gid_t gid);
 
+/* In a child: runs argv[0] with argv; when it cannot, says so on stderr
+ * and exits 127. */
+_Noreturn void test_exec(const char *const argv[]);
+
 /* Waits for pid up to timeout_s; returns its exit status (128+signal when
  * killed), or -1 on timeout (the child is then killed and reaped). */
 int test_wait(pid_t pid, int timeout_s);
