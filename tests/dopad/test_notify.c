@@ -106,6 +106,7 @@ static struct {
     int fail_transferred; /* JobTransferred fails this many more times */
     int hold;             /* JobTransferred waits while this is set */
     int reject;           /* file_transferred judges the file invalid */
+    int disconnect;       /* JobTransferred disconnects its manager first */
     char temp[DOPA_PATH_MAX + 1];
 } seen = {.lock = PTHREAD_MUTEX_INITIALIZER, .changed = PTHREAD_COND_INITIALIZER};
 
@@ -113,7 +114,7 @@ static void reset_seen(void)
 {
     pthread_mutex_lock(&seen.lock);
     seen.n = 0;
-    seen.fail_transferred = seen.hold = seen.reject = 0;
+    seen.fail_transferred = seen.hold = seen.reject = seen.disconnect = 0;
     seen.temp[0] = '\0';
     pthread_mutex_unlock(&seen.lock);
 }
@@ -155,14 +156,16 @@ enum { TRANSFERRED = 1, ERROR = 2, MODIFICATION = 3, FILE_TRANSFERRED = 4 };
 static int on_transferred(void *ctx, dopa_manager *m, const dopa_id *job)
 {
     (void)ctx;
-    (void)m;
     pthread_mutex_lock(&seen.lock);
     while (seen.hold)
         pthread_cond_wait(&seen.changed, &seen.lock);
     int fail = seen.fail_transferred > 0;
     if (fail)
         seen.fail_transferred--;
+    int disconnect = seen.disconnect;
     pthread_mutex_unlock(&seen.lock);
+    if (disconnect)
+        dopa_disconnect(m);
     record(TRANSFERRED, job);
     return fail ? -1 : 0;
 }
@@ -329,6 +332,26 @@ static void test_a_client_whose_jobs_are_gone_rests(void)
     double used = cpu_of(daemon_.pid) - before;
     printf("  dopad used %.2f s of CPU in 3 s\n", used);
     CHECK(before >= 0 && used < 0.3);
+    stop(SIGTERM);
+}
+
+static void test_a_callback_may_disconnect_its_manager(void)
+{
+    reset_seen();
+    start(NULL);
+    dopa_id id = job_for("farewell", "/data/a.bin");
+    dopa_manager *own = NULL;
+    CHECK_INT(dopa_connect(daemon_.sock, &own), DOPA_OK);
+    pthread_mutex_lock(&seen.lock);
+    seen.disconnect = 1;
+    pthread_mutex_unlock(&seen.lock);
+    CHECK_INT(dopa_job_set_callbacks(own, &id, &callbacks), DOPA_OK);
+    CHECK_INT(dopa_job_resume(mgr, &id), DOPA_OK);
+    /* dopa_disconnect returns in the callback; the manager's thread then
+     * ends and frees it (the sanitizer builds see a leak otherwise). */
+    CHECK_INT(await_count(TRANSFERRED, &id, 1, 20), 1);
+    wait_state(&id, DOPA_STATE_TRANSFERRED, 5);
+    CHECK_INT(dopa_job_complete(mgr, &id, NULL), DOPA_OK);
     stop(SIGTERM);
 }
 
@@ -608,6 +631,7 @@ int main(int argc, char **argv)
                          CASE(test_a_callback_failing_three_times_sees_transferred_four_times),
                          CASE(test_unanswered_events_come_again_after_a_kill),
                          CASE(test_a_client_judges_each_file),
+                         CASE(test_a_callback_may_disconnect_its_manager),
                          CASE(test_a_client_whose_jobs_are_gone_rests),
                          CASE(test_the_command_line_runs_as_the_owner_when_no_client_listens),
                          CASE(test_a_crashing_or_hanging_plugin_leaves_dopad_running),
