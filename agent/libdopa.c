@@ -396,6 +396,7 @@ static int exchange(dopa_manager *m, const proto_request *req, proto_reply *repl
 {
     proto_buf buf;
     nng_ctx ctx;
+    nng_aio *aio = NULL;
     nng_msg *msg = NULL;
     in_flight self = {.is_poll = req->op == PROTO_EVENTS && !is_closing_call};
     int err, has_begun = 0, has_ctx = 0;
@@ -412,16 +413,16 @@ static int exchange(dopa_manager *m, const proto_request *req, proto_reply *repl
         err = DOPA_ECONNECT; /* dopad is down, or not accepting */
         goto done;
     }
-    if (nng_aio_alloc(&self.aio, NULL, NULL) != 0) {
+    if (nng_aio_alloc(&aio, NULL, NULL) != 0) {
         err = DOPA_ENOMEM;
         goto done;
     }
+    self.aio = aio;
     if (!(has_begun = call_begin(m, &self, is_closing_call)) ||
         !(has_ctx = nng_ctx_open(&ctx, m->sock) == 0)) {
         err = DOPA_ECONNECT;
         goto done;
     }
-    nng_aio *aio = self.aio;
     if (nng_msg_alloc(&msg, 0) != 0 || nng_msg_append(msg, buf.data, buf.len) != 0) {
         err = DOPA_ENOMEM;
         goto done;
@@ -465,8 +466,8 @@ done:
         nng_ctx_close(ctx);
     if (has_begun)
         call_end(m, &self);
-    if (self.aio != NULL)
-        nng_aio_free(self.aio);
+    if (aio != NULL)
+        nng_aio_free(aio);
     return err;
 }
 
