@@ -145,10 +145,15 @@ static int add_key(struct settings *s, const char *v)
         snprintf(s->error, sizeof s->error, "at most %d trusted keys", MAX_KEYS);
         return -1;
     }
-    if (strncmp(v, "dopa-pub1:", 10) == 0
-            ? validate_public_key_parse(v, &s->keys[s->n_keys]) != VALIDATE_OK
-            : validate_public_key_load(v, &s->keys[s->n_keys], why, sizeof why) != VALIDATE_OK) {
-        snprintf(s->error, sizeof s->error, "trusted-key %s: not a dopa public key", v);
+    if (strncmp(v, "dopa-pub1:", 10) == 0) {
+        if (validate_public_key_parse(v, &s->keys[s->n_keys]) != VALIDATE_OK) {
+            snprintf(s->error, sizeof s->error, "trusted-key %s: not a dopa public key", v);
+            return -1;
+        }
+    } else if (validate_public_key_load(v, &s->keys[s->n_keys], why, sizeof why) != VALIDATE_OK) {
+        /* The loader's own words: a file that is missing, unreadable or too
+         * big, memory that ran out, or not a key. */
+        snprintf(s->error, sizeof s->error, "trusted-key: %s", why);
         return -1;
     }
     s->n_keys++;
@@ -450,6 +455,8 @@ static const char usage_text[] =
     "                             every key is in dopa.conf(5));\n"
     "                             default /etc/dopa/dopa.conf as root, else\n"
     "                             $XDG_CONFIG_HOME/dopa/dopa.conf, when it exists\n"
+    "  --check                    read the configuration (and the keys it names), say\n"
+    "                             whether it is good, and exit (status 0 or 2)\n"
     "  --help                     this text\n"
     "  --version                  print dopad's version\n"
     "\n"
@@ -1039,6 +1046,7 @@ int main(int argc, char **argv)
         {"inactivity-timeout", required_argument, NULL, 'i'},
         {"trusted-key", required_argument, NULL, 'k'},
         {"config", required_argument, NULL, 'c'},
+        {"check", no_argument, NULL, 'C'},
         {"help", no_argument, NULL, 'h'},
         {"version", no_argument, NULL, 'V'},
         {NULL, 0, NULL, 0},
@@ -1048,6 +1056,7 @@ int main(int argc, char **argv)
     clock_gettime(CLOCK_REALTIME, &now);
     started_ms = (int64_t)now.tv_sec * 1000 + now.tv_nsec / 1000000;
     const char *config = NULL;
+    int check_only = 0;
     char why[5000];
     int c, rc = 0;
     while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1 && rc == 0) {
@@ -1069,6 +1078,9 @@ int main(int argc, char **argv)
             break;
         case 'c':
             config = optarg;
+            break;
+        case 'C':
+            check_only = 1;
             break;
         case 'h':
             fputs(usage_text, stdout);
@@ -1115,6 +1127,10 @@ int main(int argc, char **argv)
     }
     make_configs(s);
     warn_ignored_peer_keys(s);
+    if (check_only) {
+        printf("dopad: %s: good\n", config_path[0] != '\0' ? config_path : "no configuration file");
+        return EXIT_OK;
+    }
     const char *socket_path = s->socket, *state_dir = s->state_dir;
 
     /* Signals go to one thread; every thread made after this inherits the
