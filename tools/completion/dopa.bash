@@ -350,7 +350,7 @@ _dopad()
     --max-running | --inactivity-timeout) return ;;
     esac
     _dopa_words --config --socket --state-dir --max-running \
-        --inactivity-timeout --trusted-key --help -h --version
+        --inactivity-timeout --trusted-key --check --help -h --version
 }
 
 complete -F _dopa dopa
