@@ -8,9 +8,8 @@
  * caller's memory) are pinned at zero allocations.
  *
  * dopad's settings file is read by static functions of agent/dopad.c
- * (read_config, on_setting, around inih's ini_parse), which no test can
- * call; of what they do, only validate_public_key_load allocates, and it is
- * covered here.
+ * (read_config, on_setting, around inih's ini_parse): alloc.config runs
+ * dopad --check under an interposer instead (test_config.c).
  */
 #include <sodium.h>
 #include <sys/stat.h>
