@@ -966,9 +966,10 @@ static void on_worker(void *arg)
  * The server keeps at most max_connections live connections, and each must
  * send a request that opens with the group key within AUTH_GRACE_MS, or it
  * is closed (so that outsiders cannot hold the slots). A newcomer to a full
- * server takes the place of a stranger there for more than a second or of
- * a member idle for IDLE_EVICT_MS (a site may have more agents than its
- * cache host's cap: they take turns); otherwise it is closed at once.
+ * server takes the place of a stranger there for more than a second, of a
+ * member idle for IDLE_EVICT_MS, or of one connected for over TURN_MS (a
+ * site may have more agents than its cache host's cap: they take turns);
+ * otherwise it is closed REFUSE_DELAY_MS after it came.
  *
  * No close happens on nng's threads. With libnng 1.5.2 a pipe closed
  * inside its own pipe-event callback while a message arrives on it never
