@@ -456,6 +456,21 @@ static int seal_msg(peer_node *n, const peer_msg *m, nng_msg **out)
     return PEER_OK;
 }
 
+#if defined(__SANITIZE_ADDRESS__)
+/* libnng before 1.7.0 (Debian 12 has 1.5.2) loses a message handed to a
+ * connection at the moment that connection closes: req0 and rep0 close
+ * the pipe's send aio before taking the socket lock, a send that slips in
+ * between finds the aio stopped, and the transport returns without
+ * freeing the message (nng issue #1713, fixed by 759a2e9d). A message
+ * per connection lost; LeakSanitizer is told about the three places that
+ * hand sealed messages to nng, and nothing else. */
+const char *__lsan_default_suppressions(void);
+const char *__lsan_default_suppressions(void)
+{
+    return "leak:send_request\nleak:answer_piece\nleak:answer_have\n";
+}
+#endif
+
 /* ------------------------------------------------------------------ */
 /* The catalog (serving side)                                         */
 
