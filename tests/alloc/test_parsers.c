@@ -7,7 +7,7 @@
  * result. Parsers that must not allocate at all (they decode into the
  * caller's memory) are pinned at zero allocations.
  *
- * dopad's settings file is read by static functions of agent/dopad.c
+ * dopad's settings file is read by static functions of agent/daemon/dopad.c
  * (read_config, on_setting, around inih's ini_parse): alloc.config runs
  * dopad --check under an interposer instead (test_config.c).
  */

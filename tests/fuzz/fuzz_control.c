@@ -1,5 +1,5 @@
 /*
- * Fuzz target: the control protocol's decoders (agent/proto.c), both
+ * Fuzz target: the control protocol's decoders (agent/proto/proto.c), both
  * directions, on arbitrary bytes. What decodes must encode again and decode
  * to the same thing.
  */

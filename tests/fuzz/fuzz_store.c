@@ -1,6 +1,6 @@
 /*
  * Fuzz target: the store read back from SQLite (store_open, store_load,
- * store_load_notifications in agent/store.c). The input is SQL, run
+ * store_load_notifications in agent/daemon/store.c). The input is SQL, run
  * statement by statement (a failing one is skipped) on a fresh database of
  * the current schema, behind the store's back, as a damaged disk, an older
  * or newer dopad or a careless admin could leave it: hostile values in any

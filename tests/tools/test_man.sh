@@ -123,7 +123,7 @@ commands "$dopa" "$src/tools/dopa.c" | sort -u >"$dir/dopa.commands"
 commands "$manifest" "$src/tools/dopa-manifest.c" | sort -u >"$dir/dopa-manifest.commands"
 options "$dopa" "$src/tools/dopa.c" >"$dir/dopa.options"
 options "$manifest" "$src/tools/dopa-manifest.c" >"$dir/dopa-manifest.options"
-options "$dopad" "$src/agent/dopad.c" >"$dir/dopad.options"
+options "$dopad" "$src/agent/daemon/dopad.c" >"$dir/dopad.options"
 cat "$dir"/*.options | grep -- '^--' | sort -u >"$dir/all.long"
 for f in dopa.commands:25 dopa-manifest.commands:4 dopa.options:12 dopa-manifest.options:10 \
     dopad.options:7; do
@@ -178,7 +178,7 @@ exit_codes() {
         sed -n '/^int main/,/^}/p' "$1" | grep -o 'return [0-9]*;' | tr -dc '0-9\n'
     fi | sort -un
 }
-for pair in dopa.1:tools/dopa.c dopa-manifest.1:tools/dopa-manifest.c dopad.8:agent/dopad.c; do
+for pair in dopa.1:tools/dopa.c dopa-manifest.1:tools/dopa-manifest.c dopad.8:agent/daemon/dopad.c; do
     page=${pair%%:*} source=${pair#*:}
     exit_codes "$src/$source" >"$dir/codes.source"
     section "$man/$page" "EXIT STATUS" | tags | sort -un >"$dir/codes.page"
@@ -203,15 +203,15 @@ awk '
             print sec, key
             line = substr(line, RSTART + RLENGTH)
         }
-    }' "$src/agent/dopad.c" | sort -u >"$dir/keys.source"
-grep -o 'strcmp(section, "[a-z]*")' "$src/agent/dopad.c" | cut -d'"' -f2 | sort -u >"$dir/sections.source"
+    }' "$src/agent/daemon/dopad.c" | sort -u >"$dir/keys.source"
+grep -o 'strcmp(section, "[a-z]*")' "$src/agent/daemon/dopad.c" | cut -d'"' -f2 | sort -u >"$dir/sections.source"
 norm "$man/dopa.conf.5" | awk '
     /^\.S[HS] / { sec = ""; if (match($0, /\[[a-z]+\]/)) sec = substr($0, RSTART + 1, RLENGTH - 2); next }
     tag { tag = 0; if (sec != "" && match($0, /^\.BI? "?[a-z0-9-]+ = /)) {
               key = substr($0, RSTART, RLENGTH); sub(/^\.BI? "?/, "", key); sub(/ = $/, "", key)
               print sec, key } }
     /^\.TP/ { tag = 1 }' | sort -u >"$dir/keys.page"
-[ "$(wc -l <"$dir/keys.source")" -ge 20 ] || fail "only $(wc -l <"$dir/keys.source") keys found in agent/dopad.c's parser"
+[ "$(wc -l <"$dir/keys.source")" -ge 20 ] || fail "only $(wc -l <"$dir/keys.source") keys found in agent/daemon/dopad.c's parser"
 comm -23 "$dir/keys.source" "$dir/keys.page" | while read -r sec key; do
     echo "FAIL: dopa.conf.5: [$sec] $key is not documented"
 done >"$dir/missing"
@@ -314,7 +314,7 @@ echo "ok   tools/pkg/dopa.conf: $(wc -l <"$dir/keys.shipped") keys, dopad starts
 
 
 # --- libdopa(3) covers dopa.h. --------------------------------------------
-header=$src/agent/dopa.h
+header=$src/agent/client/dopa.h
 sed -n 's/^[a-z][a-z0-9_ ]*[ *]\(dopa_[a-z0-9_]*\)(.*/\1/p' "$header" | sort -u >"$dir/functions"
 [ "$(wc -l <"$dir/functions")" -ge 30 ] || fail "only $(wc -l <"$dir/functions") functions found in dopa.h"
 section "$man/libdopa.3" SYNOPSIS | grep -o 'dopa_[a-z0-9_]*(' | tr -d '(' | sort -u >"$dir/synopsis"

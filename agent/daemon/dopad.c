@@ -20,7 +20,7 @@
  * ready, reloading and stopping, with a status line of its jobs and peers.
  *
  * With [metrics] listen it also serves its counters to Prometheus over HTTP
- * (agent/metrics.c); its main loop answers those requests after each
+ * (agent/daemon/metrics.c); its main loop answers those requests after each
  * engine turn.
  */
 #include <arpa/inet.h>

@@ -105,7 +105,7 @@ typedef struct agent_file {
     size_t plugin_out_len;
     int64_t validation_deadline; /* monotonic ms: the default verdict applies after this */
 
-    /* Peers (not stored; agent/peers.c). */
+    /* Peers (not stored; agent/daemon/peers.c). */
     uint8_t cid[VALIDATE_CONTENT_ID_BYTES]; /* the content id, when has_cid */
     int has_cid;
     peer_swarm *swarm;            /* fetching from peers, or NULL */
