@@ -43,6 +43,53 @@ typedef struct fileops_ident {
     uint64_t file_dev, file_ino; /* the temporary file */
 } fileops_ident;
 
+struct agent_engine;
+
+/* The origin's transfer of a file (engine.c): one range request at a time,
+ * its bytes checked piece by piece as they come. Not stored. */
+typedef struct file_fetch {
+    origin_file *origin;
+    uint64_t request;                              /* running origin request, 0 if none */
+    int probing;                                   /* it only asks the file's size */
+    uint64_t req_remote, req_local, req_end_local; /* its remote and local start, local end */
+    uint64_t req_first, req_last;                  /* the pieces it covers */
+    uint64_t fill_piece;                           /* piece being filled, fill bytes of it so far */
+    uint32_t fill;
+    validate_blake2b_state piece_hash;
+    int abort_reason;   /* why on_data refused (for on_done) */
+    int abort_errno;
+    int64_t rest_until; /* monotonic ms: the origin failed, peers go on alone */
+    unsigned changes;   /* times the origin's file changed under it (this run) */
+} file_fetch;
+
+/* A file's checks once every piece is here (validation.c, and the
+ * whole-file SHA-256 in engine.c). Not stored. */
+typedef struct file_check {
+    int hashing;              /* a whole-file check runs in the background */
+    uint64_t hash_generation; /* which check is the current one */
+    int hash_passed;          /* the whole-file SHA-256 matched */
+    int plugins_passed;       /* the validator plugins said valid */
+    int plugin_pid;           /* the plugin helper judging the file, or 0 */
+    int plugin_fd;            /* its output, or -1 */
+    int64_t plugin_deadline;  /* monotonic ms: killed after this */
+    char plugin_out[512];     /* what it said so far */
+    size_t plugin_out_len;
+    int64_t verdict_deadline; /* monotonic ms: the default verdict applies after this */
+} file_check;
+
+/* A file's peering (peers.c). Not stored. */
+typedef struct file_peer {
+    struct agent_engine *engine;            /* for the swarm's callbacks, which carry the file */
+    uint8_t cid[VALIDATE_CONTENT_ID_BYTES]; /* the content id, when has_cid */
+    int has_cid;
+    peer_swarm *swarm;    /* fetching from peers, or NULL */
+    int offered;          /* its verified pieces are offered to peers */
+    uint8_t *claimed;     /* pieces asked of a peer, a bit each */
+    int write_err;        /* errno of a peer piece that could not be written */
+    unsigned writing;     /* pieces handed to the writers, results not taken */
+    uint64_t upload_seen; /* bytes its offer had sent at the last look */
+} file_peer;
+
 /* One file of a job. The local file is the remote file, or the
  * concatenation of its ranges; it is cut into pieces of piece_size bytes,
  * and a piece counts as done once its bytes are on disk (fdatasync) and its
@@ -50,6 +97,8 @@ typedef struct fileops_ident {
 typedef struct agent_file {
     agent_job *job;
     uint32_t index;
+
+    /* What the client asked for and what is known of it (stored). */
     char *url;
     char *path;     /* destination */
     char *tmp_path; /* temporary file beside it, until Complete */
@@ -74,53 +123,24 @@ typedef struct agent_file {
     fileops_ident ident; /* of the temporary file and its directory */
     uint32_t bad_pieces; /* hash failures of pieces from the origin */
     uint64_t from_origin, from_peers, from_cache; /* bytes received, by source */
-    int abort_reason;                             /* why on_data refused (for on_done) */
-    int abort_errno;
     int validation;  /* enum dopa_validation: the client's verdict */
     int origin_only; /* fetch only from the origin (peer content failed validation) */
 
-    /* Transfer state (not stored). */
+    /* The temporary file while the job runs (not stored). */
     int fd;
-    origin_file *origin;
-    uint64_t request;                              /* running origin request, 0 if none */
-    uint64_t req_remote, req_local, req_end_local; /* its remote and local start, local end */
-    uint64_t fill_piece;                           /* piece being filled, fill bytes of it so far */
-    uint32_t fill;
-    validate_blake2b_state piece_hash;
     uint64_t *pending; /* pieces written, waiting for fdatasync + commit */
     size_t n_pending, cap_pending;
     uint64_t pending_bytes;
     uint64_t *syncing; /* pieces of the commit whose fdatasync runs now */
     size_t n_syncing, cap_syncing;
     uint64_t syncing_bytes;
-    int hashing;              /* a whole-file check runs in the background */
-    uint64_t hash_generation; /* which check is the current one */
-    int probing;
-    int hash_passed;         /* the whole-file SHA-256 matched */
-    int plugins_passed;      /* the validator plugins said valid */
-    int plugin_pid;          /* the plugin helper judging the file, or 0 */
-    int plugin_fd;           /* its output, or -1 */
-    int64_t plugin_deadline; /* monotonic ms: killed after this */
-    char plugin_out[512];    /* what it said so far */
-    size_t plugin_out_len;
-    int64_t validation_deadline; /* monotonic ms: the default verdict applies after this */
+    uint64_t write_gen;     /* bumped when the file starts over: older results are void */
+    uint64_t progress_mark; /* the most bytes it has held since dopad started: only
+                             * bytes beyond it are progress (not those fetched again) */
 
-    /* Peers (not stored; agent/daemon/peers.c). */
-    uint8_t cid[VALIDATE_CONTENT_ID_BYTES]; /* the content id, when has_cid */
-    int has_cid;
-    peer_swarm *swarm;            /* fetching from peers, or NULL */
-    int offered;                  /* its verified pieces are offered to peers */
-    uint8_t *claimed;             /* pieces asked of a peer, a bit each */
-    uint64_t req_first, req_last; /* pieces the running origin request covers */
-    int peer_write_err;           /* errno of a peer piece that could not be written */
-    int64_t origin_rest_until;    /* monotonic ms: the origin failed, peers go on alone */
-    unsigned writing;             /* peer pieces handed to the writers, results not taken */
-    unsigned in_writer;           /* of those, still being checked or written (writers' lock) */
-    uint64_t write_gen;           /* bumped when the file starts over: older results are void */
-    uint64_t upload_seen;         /* bytes its offer had sent at the last look */
-    unsigned changes;             /* times the origin's file changed under it (this run) */
-    uint64_t progress_mark;       /* the most bytes it has held since dopad started: only
-                                   * bytes beyond it are progress (not those fetched again) */
+    file_fetch fetch;
+    file_check check;
+    file_peer peer;
 } agent_file;
 
 struct agent_job {

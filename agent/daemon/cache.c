@@ -286,19 +286,19 @@ static void start_next(agent_engine *e)
 void cache_add(agent_engine *e, agent_file *f)
 {
     agent_cache *c = e->cache;
-    if (c == NULL || !f->has_cid || f->fd < 0 || find_entry(c, f->cid) != NULL)
+    if (c == NULL || !f->peer.has_cid || f->fd < 0 || find_entry(c, f->peer.cid) != NULL)
         return;
     for (cache_copy *k = c->queue; k != NULL; k = k->next)
-        if (memcmp(k->cid, f->cid, 32) == 0)
+        if (memcmp(k->cid, f->peer.cid, 32) == 0)
             return;
-    if (c->running != NULL && memcmp(c->running->cid, f->cid, 32) == 0)
+    if (c->running != NULL && memcmp(c->running->cid, f->peer.cid, 32) == 0)
         return;
     if (make_room(e, f->size) != 0)
         return; /* larger than the cache, or everything else is being copied */
     cache_copy *k = calloc(1, sizeof *k);
     if (k == NULL)
         return;
-    memcpy(k->cid, f->cid, 32);
+    memcpy(k->cid, f->peer.cid, 32);
     k->size = f->size;
     k->fd = fcntl(f->fd, F_DUPFD_CLOEXEC, 3);
     if (f->manifest != NULL) {
@@ -524,8 +524,8 @@ void cache_step(agent_engine *e)
                 for (size_t i = 0; i < e->n_jobs; i++)
                     for (size_t k = 0; k < e->jobs[i]->n_files; k++) {
                         agent_file *f = e->jobs[i]->files[k];
-                        if (f->has_cid && memcmp(f->cid, en->cid, 32) == 0)
-                            f->offered = 0; /* the cache's now */
+                        if (f->peer.has_cid && memcmp(f->peer.cid, en->cid, 32) == 0)
+                            f->peer.offered = 0; /* the cache's now */
                     }
             }
         }

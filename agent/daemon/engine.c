@@ -127,20 +127,20 @@ void engine_end(agent_engine *e, int own, int ok)
 
 static void close_file_transfer(agent_file *f)
 {
-    if (f->origin != NULL) {
-        origin_file_close(f->origin);
-        f->origin = NULL;
+    if (f->fetch.origin != NULL) {
+        origin_file_close(f->fetch.origin);
+        f->fetch.origin = NULL;
     }
-    f->request = 0;
-    f->probing = 0;
-    f->fill = 0;
+    f->fetch.request = 0;
+    f->fetch.probing = 0;
+    f->fetch.fill = 0;
 }
 
 /* Closes a file's descriptor unless pieces still wait for its fdatasync or
  * for a writer. */
 void engine_release_fd(agent_file *f)
 {
-    if (f->fd >= 0 && f->n_pending == 0 && f->writing == 0) {
+    if (f->fd >= 0 && f->n_pending == 0 && f->peer.writing == 0) {
         close(f->fd);
         f->fd = -1;
     }
@@ -155,8 +155,8 @@ void engine_stop_job(agent_engine *e, agent_job *j)
         peers_stop_file(e, f);
         /* A whole-file check still running is void now: its result must
          * not move the job (it is checked again when the job runs). */
-        f->hashing = 0;
-        f->hash_generation = 0;
+        f->check.hashing = 0;
+        f->check.hash_generation = 0;
         validation_stop(e, f);
         engine_release_fd(f);
     }
@@ -311,41 +311,41 @@ static int on_data(void *ctx, origin_file *of, uint64_t id, uint64_t offset, con
     (void)of;
     agent_file *f = ctx;
     agent_job *j = f->job;
-    if (id != f->request || f->probing)
+    if (id != f->fetch.request || f->fetch.probing)
         return 0; /* a probe's data is not ours to keep */
-    uint64_t local = f->req_local + (offset - f->req_remote);
-    if (local + len > f->req_end_local)
+    uint64_t local = f->fetch.req_local + (offset - f->fetch.req_remote);
+    if (local + len > f->fetch.req_end_local)
         return -1; /* origin promises this never happens */
     int err = engine_write_all(f->fd, data, len, local);
     if (err != 0) {
-        f->abort_reason = ABORT_WRITE;
-        f->abort_errno = err;
+        f->fetch.abort_reason = ABORT_WRITE;
+        f->fetch.abort_errno = err;
         return -1;
     }
     const uint8_t *p = data;
     size_t left = len;
     while (left > 0) {
-        uint32_t plen = validate_piece_length(f->size, f->piece_size, f->fill_piece);
-        size_t take = plen - f->fill < left ? plen - f->fill : left;
+        uint32_t plen = validate_piece_length(f->size, f->piece_size, f->fetch.fill_piece);
+        size_t take = plen - f->fetch.fill < left ? plen - f->fetch.fill : left;
         if (f->manifest != NULL)
-            validate_blake2b_update(&f->piece_hash, p, take);
-        f->fill += (uint32_t)take;
+            validate_blake2b_update(&f->fetch.piece_hash, p, take);
+        f->fetch.fill += (uint32_t)take;
         p += take;
         left -= take;
-        if (f->fill == plen) {
+        if (f->fetch.fill == plen) {
             if (f->manifest != NULL) {
                 uint8_t h[32];
-                validate_blake2b_final(&f->piece_hash, h);
-                validate_blake2b_init(&f->piece_hash);
-                if (sodium_memcmp(h, validate_manifest_piece_hash(f->manifest, f->fill_piece),
+                validate_blake2b_final(&f->fetch.piece_hash, h);
+                validate_blake2b_init(&f->fetch.piece_hash);
+                if (sodium_memcmp(h, validate_manifest_piece_hash(f->manifest, f->fetch.fill_piece),
                                   32) != 0) {
-                    f->abort_reason = ABORT_BAD_PIECE;
+                    f->fetch.abort_reason = ABORT_BAD_PIECE;
                     return -1;
                 }
             }
-            engine_add_pending(f, f->fill_piece);
-            f->fill_piece++;
-            f->fill = 0;
+            engine_add_pending(f, f->fetch.fill_piece);
+            f->fetch.fill_piece++;
+            f->fetch.fill = 0;
         }
     }
     j->from_origin += len;
@@ -354,7 +354,7 @@ static int on_data(void *ctx, origin_file *of, uint64_t id, uint64_t offset, con
     /* Bytes fetched again (after a restart, or the same range over and
      * over from an origin that keeps breaking its responses) are not
      * progress: the no-progress timeout must still end such a job. */
-    uint64_t held = f->done_bytes + f->pending_bytes + f->syncing_bytes + f->fill;
+    uint64_t held = f->done_bytes + f->pending_bytes + f->syncing_bytes + f->fetch.fill;
     if (held > f->progress_mark) {
         f->progress_mark = held;
         engine_progress(j);
@@ -387,13 +387,13 @@ static void on_done(void *ctx, origin_file *of, uint64_t id, const origin_error 
     agent_file *f = ctx;
     agent_job *j = f->job;
     agent_engine *e = engine_of(f);
-    if (id != f->request)
+    if (id != f->fetch.request)
         return;
-    int was_probe = f->probing;
-    f->request = 0;
-    f->probing = 0;
-    int reason = f->abort_reason;
-    f->abort_reason = ABORT_NONE;
+    int was_probe = f->fetch.probing;
+    f->fetch.request = 0;
+    f->fetch.probing = 0;
+    int reason = f->fetch.abort_reason;
+    f->fetch.abort_reason = ABORT_NONE;
     if (err == NULL) {
         if (was_probe && f->size == DOPA_SIZE_UNKNOWN) {
             uint64_t size;
@@ -422,14 +422,14 @@ static void on_done(void *ctx, origin_file *of, uint64_t id, const origin_error 
         }
         return; /* the pump asks for the next range */
     }
-    f->fill = 0; /* a partly filled piece is fetched again */
+    f->fetch.fill = 0; /* a partly filled piece is fetched again */
     char msg[DOPA_MESSAGE_MAX + 1];
     if (err->code == ORIGIN_EABORTED && reason == ABORT_WRITE) {
-        snprintf(msg, sizeof msg, "writing %s: %s", f->tmp_path, strerror(f->abort_errno));
+        snprintf(msg, sizeof msg, "writing %s: %s", f->tmp_path, strerror(f->fetch.abort_errno));
         /* A full disk or an I/O error may pass; anything else will not. */
         int transient =
-            f->abort_errno == ENOSPC || f->abort_errno == EIO || f->abort_errno == EDQUOT;
-        engine_fail_job(e, j, transient, DOPA_CONTEXT_LOCAL_FILE, f->abort_errno, (int)f->index, 0,
+            f->fetch.abort_errno == ENOSPC || f->fetch.abort_errno == EIO || f->fetch.abort_errno == EDQUOT;
+        engine_fail_job(e, j, transient, DOPA_CONTEXT_LOCAL_FILE, f->fetch.abort_errno, (int)f->index, 0,
                         msg);
         return;
     }
@@ -437,7 +437,7 @@ static void on_done(void *ctx, origin_file *of, uint64_t id, const origin_error 
         f->bad_pieces++;
         store_put_file(e->db, f);
         snprintf(msg, sizeof msg, "%s: piece %llu from the origin does not match the manifest",
-                 f->url, (unsigned long long)f->fill_piece);
+                 f->url, (unsigned long long)f->fetch.fill_piece);
         engine_fail_job(e, j, f->bad_pieces < MAX_BAD_PIECES, DOPA_CONTEXT_VALIDATION,
                         VALIDATE_EPIECE_HASH, (int)f->index, 0, msg);
         return;
@@ -458,9 +458,9 @@ static void on_done(void *ctx, origin_file *of, uint64_t id, const origin_error 
         engine_reset_file(e, f);
         /* An origin whose file changes at every look (a size that flips,
          * validators that never hold) would be fetched again for ever. */
-        if (++f->changes > MAX_CHANGES) {
+        if (++f->fetch.changes > MAX_CHANGES) {
             snprintf(msg, sizeof msg, "changed on the server %u times during the download: %.400s",
-                     f->changes, err->message);
+                     f->fetch.changes, err->message);
             engine_fail_job(e, j, 0, DOPA_CONTEXT_REMOTE_FILE, err->code, (int)f->index,
                             err->http_status, msg);
             return;
@@ -469,12 +469,12 @@ static void on_done(void *ctx, origin_file *of, uint64_t id, const origin_error 
                         err->http_status, err->message);
         return;
     }
-    if (f->swarm != NULL && peers_hold_missing(f)) {
+    if (f->peer.swarm != NULL && peers_hold_missing(f)) {
         /* Peers hold missing pieces: they go on while the origin rests;
          * it is tried again after the retry delay, and fails the job then
          * if no peer holds anything still missing. */
         int64_t rest = (int64_t)(j->retry_delay > 0 ? j->retry_delay : 1) * 1000;
-        f->origin_rest_until = engine_mono(e) + rest;
+        f->fetch.rest_until = engine_mono(e) + rest;
         agent_log("info", "%s: %s; going on with peers", f->url, err->message);
         return;
     }
@@ -507,7 +507,7 @@ static int open_origin(agent_engine *e, agent_file *f)
         .known_last_modified = f->last_modified[0] ? f->last_modified : NULL,
     };
     origin_sink sink = {.on_info = on_info, .on_data = on_data, .on_done = on_done, .ctx = f};
-    return origin_file_open(e->origin, &opts, &sink, &f->origin);
+    return origin_file_open(e->origin, &opts, &sink, &f->fetch.origin);
 }
 
 /* Opens the temporary file for writing, making it again (in the same
@@ -558,9 +558,9 @@ static uint64_t next_missing(const agent_file *f)
  * share on, only what peers leave to the origin; piece_count if none. */
 static uint64_t next_origin_piece(const agent_file *f)
 {
-    if (f->swarm == NULL)
+    if (f->peer.swarm == NULL)
         return next_missing(f);
-    if (peers_origin_wait(f) || engine_mono(the_engine) < f->origin_rest_until)
+    if (peers_origin_wait(f) || engine_mono(the_engine) < f->fetch.rest_until)
         return f->piece_count;
     uint64_t start = peers_origin_start(f);
     for (uint64_t k = 0; k < f->piece_count; k++) {
@@ -578,20 +578,20 @@ static void start_request(agent_engine *e, agent_file *f)
 {
     agent_job *j = f->job;
     uint64_t first, local;
-    if (f->fill > 0) {
-        first = f->fill_piece;
-        local = first * f->piece_size + f->fill;
+    if (f->fetch.fill > 0) {
+        first = f->fetch.fill_piece;
+        local = first * f->piece_size + f->fetch.fill;
     } else {
         first = next_origin_piece(f);
         if (first >= f->piece_count)
             return;
         local = first * f->piece_size;
         if (f->manifest != NULL)
-            validate_blake2b_init(&f->piece_hash);
+            validate_blake2b_init(&f->fetch.piece_hash);
     }
     uint64_t last = first;
     /* In a swarm, short requests: who fetches what changes as it goes. */
-    uint64_t run = f->swarm != NULL ? SWARM_REQUEST_PIECES : REQUEST_PIECES;
+    uint64_t run = f->peer.swarm != NULL ? SWARM_REQUEST_PIECES : REQUEST_PIECES;
     while (last + 1 < f->piece_count && last + 1 - first < run &&
            engine_piece_missing(f, last + 1) && peers_origin_may(f, last + 1))
         last++;
@@ -608,18 +608,18 @@ static void start_request(agent_engine *e, agent_file *f)
         return;
     }
     uint64_t id;
-    if (origin_fetch(f->origin, remote, end - local, &id) != ORIGIN_OK) {
+    if (origin_fetch(f->fetch.origin, remote, end - local, &id) != ORIGIN_OK) {
         engine_fail_job(e, j, 1, DOPA_CONTEXT_GENERAL, DOPA_ENOMEM, (int)f->index, 0,
                         "cannot start a request");
         return;
     }
-    f->request = id;
-    f->req_local = local;
-    f->req_remote = remote;
-    f->req_end_local = end;
-    f->fill_piece = first;
-    f->req_first = first;
-    f->req_last = (end - 1) / f->piece_size;
+    f->fetch.request = id;
+    f->fetch.req_local = local;
+    f->fetch.req_remote = remote;
+    f->fetch.req_end_local = end;
+    f->fetch.fill_piece = first;
+    f->fetch.req_first = first;
+    f->fetch.req_last = (end - 1) / f->piece_size;
 }
 
 static void start_whole_file_check(agent_engine *e, agent_file *f);
@@ -663,7 +663,7 @@ static void pump_job(agent_engine *e, agent_job *j)
             waiting |= valid == 0;
             continue;
         }
-        if (f->request != 0 || f->hashing)
+        if (f->fetch.request != 0 || f->check.hashing)
             return; /* busy */
         if (f->fd < 0 && open_temp(e, f) != 0)
             return;
@@ -676,16 +676,16 @@ static void pump_job(agent_engine *e, agent_job *j)
                 return;
             }
         }
-        if (f->origin == NULL && open_origin(e, f) != ORIGIN_OK) {
+        if (f->fetch.origin == NULL && open_origin(e, f) != ORIGIN_OK) {
             engine_fail_job(e, j, 1, DOPA_CONTEXT_REMOTE_FILE, ORIGIN_EINVAL, (int)i, 0,
                             "cannot use the remote URL");
             return;
         }
         if (f->size == DOPA_SIZE_UNKNOWN) {
             uint64_t id;
-            if (origin_probe(f->origin, &id) == ORIGIN_OK) {
-                f->request = id;
-                f->probing = 1;
+            if (origin_probe(f->fetch.origin, &id) == ORIGIN_OK) {
+                f->fetch.request = id;
+                f->fetch.probing = 1;
             }
             return;
         }
@@ -699,11 +699,11 @@ static void pump_job(agent_engine *e, agent_job *j)
         }
         if (f->done_count < f->piece_count) {
             /* Whatever was judged was another content. */
-            f->hash_passed = 0;
-            f->plugins_passed = 0;
+            f->check.hash_passed = 0;
+            f->check.plugins_passed = 0;
             f->validation = DOPA_VALIDATION_NONE;
             peers_start_file(e, f);
-            if (f->fill > 0 || next_origin_piece(f) < f->piece_count)
+            if (f->fetch.fill > 0 || next_origin_piece(f) < f->piece_count)
                 start_request(e, f);
             else if (next_missing(f) >= f->piece_count)
                 e->commit_now = 1; /* only the commit stands between it and done */
@@ -713,7 +713,7 @@ static void pump_job(agent_engine *e, agent_job *j)
         /* Every piece is done: the whole-file check, if any, then the
          * validators and the client; a file that waits for them does not
          * hold up the next. */
-        if (f->has_sha256 && f->manifest == NULL && !f->hash_passed) {
+        if (f->has_sha256 && f->manifest == NULL && !f->check.hash_passed) {
             start_whole_file_check(e, f);
             return;
         }
@@ -816,8 +816,8 @@ static void start_whole_file_check(agent_engine *e, agent_file *f)
         return; /* tried again on the next turn */
     }
     e->n_threads++;
-    f->hashing = 1;
-    f->hash_generation = generation;
+    f->check.hashing = 1;
+    f->check.hash_generation = generation;
 }
 
 /* Joins a finished check's thread. */
@@ -844,8 +844,8 @@ static void take_hash_results(agent_engine *e)
         forget_thread(e, r->thread);
         agent_job *j = engine_find(e, &r->job);
         agent_file *f = j != NULL && r->file < j->n_files ? j->files[r->file] : NULL;
-        if (f != NULL && f->hashing && f->hash_generation == r->generation && j->running) {
-            f->hashing = 0;
+        if (f != NULL && f->check.hashing && f->check.hash_generation == r->generation && j->running) {
+            f->check.hashing = 0;
             if (r->err != 0) {
                 char msg[512];
                 snprintf(msg, sizeof msg, "reading %s: %s", f->tmp_path, strerror(r->err));
@@ -855,7 +855,7 @@ static void take_hash_results(agent_engine *e)
                 snprintf(msg, sizeof msg, "%s: the file's SHA-256 is not the expected one", f->url);
                 engine_reject_file(e, f, VALIDATE_EFILE_HASH, msg);
             } else {
-                f->hash_passed = 1; /* the pump goes on to the validators */
+                f->check.hash_passed = 1; /* the pump goes on to the validators */
             }
         }
         free(r);
@@ -980,7 +980,7 @@ static void finish_batch(agent_engine *e, sync_batch *b)
         }
         f->n_syncing = 0;
         f->syncing_bytes = 0;
-        if (!j->running && !f->hashing)
+        if (!j->running && !f->check.hashing)
             engine_release_fd(f);
         j->no_progress_since = 0;
         j->no_progress_wall = 0;

@@ -9,6 +9,7 @@
 
 #include "agent.h"
 #include "callback.h"
+#include "work.h"
 
 /* A PROTO_WAIT request waiting for its job to change. */
 typedef struct engine_wait {
@@ -74,6 +75,7 @@ struct agent_engine {
     uint64_t next_event_id;
     engine_client *clients;
     peer_node *peers;          /* the peer group, or NULL */
+    work_queue writers;        /* hash and write the pieces peers send (peers.c) */
     struct agent_cache *cache; /* verified content kept for peers, or NULL */
     int64_t peer_wake;         /* ms from the last peers_step until it wants to run, or -1 */
     uint64_t got_origin, got_peers, got_cache; /* bytes received since start, by source */

@@ -43,7 +43,7 @@ agent_file *agent_file_new(void)
     f->remote_size = -1;
     f->size = DOPA_SIZE_UNKNOWN;
     f->fd = -1;
-    f->plugin_fd = -1;
+    f->check.plugin_fd = -1;
     return f;
 }
 
@@ -62,9 +62,9 @@ void agent_file_free(agent_file *f)
     free(f->done);
     free(f->pending);
     free(f->syncing);
-    free(f->claimed);
-    if (f->plugin_fd >= 0)
-        close(f->plugin_fd);
+    free(f->peer.claimed);
+    if (f->check.plugin_fd >= 0)
+        close(f->check.plugin_fd);
     free(f);
 }
 

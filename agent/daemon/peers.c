@@ -15,92 +15,72 @@
  * and a result for a file that started over since is void).
  */
 #include <errno.h>
-#include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
 
 #include "engine_internal.h"
 
-/* The engine, for the swarm callbacks (which carry only the file). */
-static agent_engine *peers_engine;
-
 static void set_claimed(agent_file *f, uint64_t piece, int on);
 
-/* The writers. */
+/* A piece for the writers: hashed and written on a worker thread, from the
+ * message the node handed over (which the writer lets go of). It names
+ * everything it needs, so that the worker touches no agent_file. */
 #define WRITERS 2
 typedef struct write_job {
+    work w; /* tagged with the file */
+    agent_engine *e;
     agent_file *f;
+    int fd;              /* not closed while f->peer.writing > 0 */
+    const uint8_t *want; /* the manifest's hash of the piece */
+    uint64_t offset;
     uint64_t gen, piece, sender;
-    const uint8_t *buf; /* inside `kept`, the message the node handed over */
+    const uint8_t *buf; /* inside `kept` */
     void *kept;
     size_t len;
     int cache_host;
     int verdict; /* PEER_VERDICT_GOOD or _BAD, or UNUSED with err */
     int err;
-    struct write_job *next;
 } write_job;
 
-static struct {
-    pthread_mutex_t lock;
-    pthread_cond_t work, idle;
-    write_job *queue, *queue_tail, *done;
-    pthread_t threads[WRITERS];
-    int n_threads;
-    int stop;
-} writers = {.lock = PTHREAD_MUTEX_INITIALIZER,
-             .work = PTHREAD_COND_INITIALIZER,
-             .idle = PTHREAD_COND_INITIALIZER};
+static void take_written(agent_engine *e, write_job *w);
 
-static void *writer_main(void *arg)
+static void write_run(work *wk)
 {
-    agent_engine *e = arg;
-    pthread_mutex_lock(&writers.lock);
-    for (;;) {
-        while (writers.queue == NULL && !writers.stop)
-            pthread_cond_wait(&writers.work, &writers.lock);
-        if (writers.queue == NULL)
-            break;
-        write_job *w = writers.queue;
-        writers.queue = w->next;
-        if (writers.queue == NULL)
-            writers.queue_tail = NULL;
-        agent_file *f = w->f;
-        int fd = f->fd; /* not closed while f->writing > 0 */
-        pthread_mutex_unlock(&writers.lock);
-
-        uint8_t h[VALIDATE_HASH_BYTES];
-        validate_blake2b(w->buf, w->len, h);
-        if (sodium_memcmp(h, validate_manifest_piece_hash(f->manifest, w->piece), sizeof h) != 0) {
-            w->verdict = PEER_VERDICT_BAD; /* never written */
-        } else {
-            w->err = engine_write_all(fd, w->buf, w->len, w->piece * f->piece_size);
-            w->verdict = w->err == 0 ? PEER_VERDICT_GOOD : PEER_VERDICT_UNUSED;
-        }
-        peer_piece_release(w->kept);
-        w->kept = NULL;
-        w->buf = NULL;
-
-        pthread_mutex_lock(&writers.lock);
-        f->in_writer--;
-        w->next = writers.done;
-        writers.done = w;
-        pthread_cond_broadcast(&writers.idle);
-        pthread_mutex_unlock(&writers.lock);
-        engine_wakeup(e);
-        pthread_mutex_lock(&writers.lock);
+    write_job *w = (write_job *)wk;
+    uint8_t h[VALIDATE_HASH_BYTES];
+    validate_blake2b(w->buf, w->len, h);
+    if (sodium_memcmp(h, w->want, sizeof h) != 0) {
+        w->verdict = PEER_VERDICT_BAD; /* never written */
+    } else {
+        w->err = engine_write_all(w->fd, w->buf, w->len, w->offset);
+        w->verdict = w->err == 0 ? PEER_VERDICT_GOOD : PEER_VERDICT_UNUSED;
     }
-    pthread_mutex_unlock(&writers.lock);
-    return NULL;
+    peer_piece_release(w->kept);
+    w->kept = NULL;
+    w->buf = NULL;
+}
+
+/* Engine thread: the result is taken, or dropped (the file is forgotten,
+ * or the writers stop) and the piece fetched again some other time. */
+static void write_done(work *wk, int status)
+{
+    write_job *w = (write_job *)wk;
+    if (status == WORK_RAN) {
+        take_written(w->e, w);
+    } else {
+        w->f->peer.writing--;
+        set_claimed(w->f, w->piece, 0);
+        if (w->kept != NULL)
+            peer_piece_release(w->kept);
+    }
+    free(w);
 }
 
 void peers_drain_file(agent_engine *e, agent_file *f)
 {
-    (void)e;
-    pthread_mutex_lock(&writers.lock);
-    while (f->in_writer > 0)
-        pthread_cond_wait(&writers.idle, &writers.lock);
-    pthread_mutex_unlock(&writers.lock);
+    if (e->peers != NULL)
+        work_settle(&e->writers, f);
 }
 
 /* A piece the writers checked and wrote (or not): recorded on the engine
@@ -109,14 +89,14 @@ static void take_written(agent_engine *e, write_job *w)
 {
     agent_file *f = w->f;
     agent_job *j = f->job;
-    f->writing--;
+    f->peer.writing--;
     set_claimed(f, w->piece, 0);
     int verdict = w->verdict; /* a bad piece stays bad whatever the file did since */
     int current = w->gen == f->write_gen;
     if (verdict == PEER_VERDICT_GOOD && (!current || !engine_piece_missing(f, w->piece)))
         verdict = PEER_VERDICT_UNUSED; /* the file started over meanwhile */
     else if (verdict == PEER_VERDICT_UNUSED && w->err != 0 && current)
-        f->peer_write_err = w->err;
+        f->peer.write_err = w->err;
     if (verdict == PEER_VERDICT_GOOD) {
         engine_add_pending(f, w->piece);
         if (w->cache_host) {
@@ -134,12 +114,6 @@ static void take_written(agent_engine *e, write_job *w)
         peer_node_judge(e->peers, w->sender, verdict, w->len);
     if (!j->running)
         engine_release_fd(f);
-}
-
-static agent_engine *engine_of_file(const agent_file *f)
-{
-    (void)f;
-    return peers_engine;
 }
 
 static void wakeup(void *ctx)
@@ -161,20 +135,13 @@ int peers_open(agent_engine *e, char *why, size_t why_len)
     cfg.wakeup = wakeup;
     cfg.wakeup_ctx = e;
     cfg.log = peer_log;
-    peers_engine = e;
+    if (work_queue_init(&e->writers, WRITERS, wakeup, e) != 0) {
+        snprintf(why, why_len, "cannot start the piece writers");
+        return DOPA_ENOMEM;
+    }
     int err = peer_node_open(&cfg, &e->peers, why, why_len);
     if (err != PEER_OK)
         return DOPA_EINVAL;
-    writers.stop = 0;
-    for (int i = 0; i < WRITERS; i++) {
-        if (pthread_create(&writers.threads[i], NULL, writer_main, e) != 0)
-            break;
-        writers.n_threads++;
-    }
-    if (writers.n_threads == 0) {
-        snprintf(why, why_len, "cannot start the piece writers");
-        return DOPA_EINTERNAL;
-    }
     return DOPA_OK;
 }
 
@@ -190,48 +157,29 @@ void peers_close(agent_engine *e)
             peers_stop_file(e, e->jobs[i]->files[k]);
     /* The writers finish what they hold; their results are dropped (the
      * pieces were not committed, so they are fetched again next time). */
-    pthread_mutex_lock(&writers.lock);
-    writers.stop = 1;
-    pthread_cond_broadcast(&writers.work);
-    pthread_mutex_unlock(&writers.lock);
-    for (int i = 0; i < writers.n_threads; i++)
-        pthread_join(writers.threads[i], NULL);
-    writers.n_threads = 0;
-    for (write_job *w = writers.done, *next; w != NULL; w = next) {
-        next = w->next;
-        w->f->writing--;
-        free(w);
-    }
-    for (write_job *w = writers.queue, *next; w != NULL; w = next) {
-        next = w->next;
-        w->f->writing--;
-        w->f->in_writer--;
-        peer_piece_release(w->kept);
-        free(w);
-    }
-    writers.done = writers.queue = writers.queue_tail = NULL;
+    work_queue_destroy(&e->writers);
     peer_node_close(e->peers);
     e->peers = NULL;
 }
 
 static int claimed(const agent_file *f, uint64_t piece)
 {
-    return f->claimed != NULL && (f->claimed[piece / 8] >> (piece % 8)) & 1;
+    return f->peer.claimed != NULL && (f->peer.claimed[piece / 8] >> (piece % 8)) & 1;
 }
 
 static void set_claimed(agent_file *f, uint64_t piece, int on)
 {
-    if (f->claimed == NULL)
+    if (f->peer.claimed == NULL)
         return;
     if (on)
-        f->claimed[piece / 8] |= (uint8_t)(1u << (piece % 8));
+        f->peer.claimed[piece / 8] |= (uint8_t)(1u << (piece % 8));
     else
-        f->claimed[piece / 8] &= (uint8_t) ~(1u << (piece % 8));
+        f->peer.claimed[piece / 8] &= (uint8_t) ~(1u << (piece % 8));
 }
 
 static int in_origin_request(const agent_file *f, uint64_t piece)
 {
-    return f->request != 0 && !f->probing && piece >= f->req_first && piece <= f->req_last;
+    return f->fetch.request != 0 && !f->fetch.probing && piece >= f->fetch.req_first && piece <= f->fetch.req_last;
 }
 
 /* ------------------------------------------------------------------ */
@@ -240,7 +188,7 @@ static int in_origin_request(const agent_file *f, uint64_t piece)
 static int on_claim(void *ctx, uint64_t piece, int take)
 {
     agent_file *f = ctx;
-    if (piece >= f->piece_count || f->fd < 0 || f->peer_write_err != 0 || claimed(f, piece) ||
+    if (piece >= f->piece_count || f->fd < 0 || f->peer.write_err != 0 || claimed(f, piece) ||
         in_origin_request(f, piece) || !engine_piece_missing(f, piece))
         return 0;
     if (take)
@@ -253,12 +201,13 @@ static int on_piece(void *ctx, uint64_t piece, const uint8_t *data, size_t len, 
 {
     agent_file *f = ctx;
     agent_job *j = f->job;
-    if (f->fd < 0 || f->peer_write_err != 0 || !engine_piece_missing(f, piece) ||
+    agent_engine *e = f->peer.engine;
+    if (f->fd < 0 || f->peer.write_err != 0 || !engine_piece_missing(f, piece) ||
         len != validate_piece_length(f->size, f->piece_size, piece)) {
         set_claimed(f, piece, 0);
         return PEER_VERDICT_UNUSED;
     }
-    if (f->manifest != NULL && writers.n_threads > 0) {
+    if (f->manifest != NULL) {
         /* Checked and written by a writer, from the message itself; it
          * stays claimed until then. */
         write_job *w = calloc(1, sizeof *w);
@@ -266,7 +215,12 @@ static int on_piece(void *ctx, uint64_t piece, const uint8_t *data, size_t len, 
             set_claimed(f, piece, 0);
             return PEER_VERDICT_UNUSED;
         }
-        *w = (write_job){.f = f,
+        *w = (write_job){.w = {.run = write_run, .done = write_done, .tag = f},
+                         .e = e,
+                         .f = f,
+                         .fd = f->fd,
+                         .want = validate_manifest_piece_hash(f->manifest, piece),
+                         .offset = piece * f->piece_size,
                          .gen = f->write_gen,
                          .piece = piece,
                          .sender = sender,
@@ -275,16 +229,8 @@ static int on_piece(void *ctx, uint64_t piece, const uint8_t *data, size_t len, 
                          .len = len,
                          .cache_host = cache_host};
         *took = 1;
-        f->writing++;
-        pthread_mutex_lock(&writers.lock);
-        f->in_writer++;
-        if (writers.queue_tail != NULL)
-            writers.queue_tail->next = w;
-        else
-            writers.queue = w;
-        writers.queue_tail = w;
-        pthread_cond_signal(&writers.work);
-        pthread_mutex_unlock(&writers.lock);
+        f->peer.writing++;
+        work_submit(&e->writers, &w->w);
         return PEER_VERDICT_PENDING;
     }
     set_claimed(f, piece, 0);
@@ -296,11 +242,10 @@ static int on_piece(void *ctx, uint64_t piece, const uint8_t *data, size_t len, 
     }
     int err = engine_write_all(f->fd, data, len, piece * f->piece_size);
     if (err != 0) {
-        f->peer_write_err = err; /* peers_step fails the job, outside this callback */
+        f->peer.write_err = err; /* peers_step fails the job, outside this callback */
         return PEER_VERDICT_UNUSED;
     }
     engine_add_pending(f, piece);
-    agent_engine *e = engine_of_file(f);
     if (cache_host) {
         f->from_cache += len;
         j->from_cache += len;
@@ -328,15 +273,15 @@ static int eligible(const agent_engine *e, agent_file *f)
         f->piece_count == 0)
         return 0;
     if (f->manifest != NULL) {
-        memcpy(f->cid, f->manifest->content_id, sizeof f->cid);
-        f->has_cid = 1;
+        memcpy(f->peer.cid, f->manifest->content_id, sizeof f->peer.cid);
+        f->peer.has_cid = 1;
     } else if (f->has_sha256) {
-        validate_content_id_from_sha256(f->sha256, f->size, f->cid);
-        f->has_cid = 1;
+        validate_content_id_from_sha256(f->sha256, f->size, f->peer.cid);
+        f->peer.has_cid = 1;
     } else {
-        f->has_cid = 0;
+        f->peer.has_cid = 0;
     }
-    return f->has_cid;
+    return f->peer.has_cid;
 }
 
 /* Offers what the file holds, with a manifest: its committed pieces (each
@@ -346,7 +291,7 @@ static int eligible(const agent_engine *e, agent_file *f)
  * Content the cache holds is the cache's to offer. */
 static void offer(agent_engine *e, agent_file *f, int downloading)
 {
-    if (f->fd < 0 || cache_has(e, f->cid))
+    if (f->fd < 0 || cache_has(e, f->peer.cid))
         return;
     if (f->manifest == NULL) {
         /* Nothing to serve yet, but others should know it is fetched. */
@@ -368,32 +313,33 @@ static void offer(agent_engine *e, agent_file *f, int downloading)
         .held = held,
         .downloading = downloading,
     };
-    if (peer_offer(e->peers, f->cid, &info) == PEER_OK)
-        f->offered = 1;
+    if (peer_offer(e->peers, f->peer.cid, &info) == PEER_OK)
+        f->peer.offered = 1;
     free(held);
 }
 
 void peers_start_file(agent_engine *e, agent_file *f)
 {
-    if (f->swarm != NULL || f->transferred || !eligible(e, f) || f->fd < 0)
+    if (f->peer.swarm != NULL || f->transferred || !eligible(e, f) || f->fd < 0)
         return;
-    if (f->claimed == NULL) {
-        f->claimed = calloc((size_t)(f->piece_count + 7) / 8, 1);
-        if (f->claimed == NULL)
+    if (f->peer.claimed == NULL) {
+        f->peer.claimed = calloc((size_t)(f->piece_count + 7) / 8, 1);
+        if (f->peer.claimed == NULL)
             return;
     }
     offer(e, f, 1);
+    f->peer.engine = e;
     peer_swarm_ops ops = {.claim = on_claim, .piece = on_piece, .lost = on_lost, .ctx = f};
-    if (peer_swarm_open(e->peers, f->cid, f->size, f->piece_size, &ops, &f->swarm) != PEER_OK)
-        f->swarm = NULL;
+    if (peer_swarm_open(e->peers, f->peer.cid, f->size, f->piece_size, &ops, &f->peer.swarm) != PEER_OK)
+        f->peer.swarm = NULL;
 }
 
 void peers_stop_file(agent_engine *e, agent_file *f)
 {
     (void)e;
-    if (f->swarm != NULL) {
-        peer_swarm_close(f->swarm); /* gives back its claims */
-        f->swarm = NULL;
+    if (f->peer.swarm != NULL) {
+        peer_swarm_close(f->peer.swarm); /* gives back its claims */
+        f->peer.swarm = NULL;
     }
 }
 
@@ -401,29 +347,19 @@ void peers_forget_file(agent_engine *e, agent_file *f)
 {
     peers_stop_file(e, f);
     /* Nothing of the writers may point at it any more (it may be freed). */
-    peers_drain_file(e, f);
-    pthread_mutex_lock(&writers.lock);
-    for (write_job **pp = &writers.done; *pp != NULL;) {
-        write_job *w = *pp;
-        if (w->f != f) {
-            pp = &w->next;
-            continue;
-        }
-        *pp = w->next;
-        f->writing--;
-        set_claimed(f, w->piece, 0);
-        free(w);
+    if (e->peers != NULL) {
+        work_settle(&e->writers, f);
+        mailbox_drop(&e->writers.finished, f);
     }
-    pthread_mutex_unlock(&writers.lock);
-    if (f->offered && e->peers != NULL)
-        peer_withdraw(e->peers, f->cid);
-    f->offered = 0;
+    if (f->peer.offered && e->peers != NULL)
+        peer_withdraw(e->peers, f->peer.cid);
+    f->peer.offered = 0;
 }
 
 void peers_piece_done(agent_engine *e, agent_file *f, uint64_t piece)
 {
-    if (f->offered && f->manifest != NULL && e->peers != NULL)
-        peer_offer_piece(e->peers, f->cid, piece);
+    if (f->peer.offered && f->manifest != NULL && e->peers != NULL)
+        peer_offer_piece(e->peers, f->peer.cid, piece);
 }
 
 void peers_file_transferred(agent_engine *e, agent_file *f)
@@ -433,17 +369,17 @@ void peers_file_transferred(agent_engine *e, agent_file *f)
         return;
     if (f->manifest != NULL) {
         offer(e, f, 0);
-    } else if (f->offered) {
-        peer_withdraw(e->peers, f->cid); /* the cache offers it once copied */
-        f->offered = 0;
+    } else if (f->peer.offered) {
+        peer_withdraw(e->peers, f->peer.cid); /* the cache offers it once copied */
+        f->peer.offered = 0;
     }
 }
 
 void peers_blame(agent_engine *e, agent_file *f)
 {
     (void)e;
-    if (f->swarm != NULL)
-        peer_swarm_blame(f->swarm);
+    if (f->peer.swarm != NULL)
+        peer_swarm_blame(f->peer.swarm);
 }
 
 /* ------------------------------------------------------------------ */
@@ -451,36 +387,36 @@ void peers_blame(agent_engine *e, agent_file *f)
 
 int peers_origin_wait(const agent_file *f)
 {
-    return f->swarm != NULL && !peer_swarm_ready(f->swarm);
+    return f->peer.swarm != NULL && !peer_swarm_ready(f->peer.swarm);
 }
 
 int peers_origin_may(const agent_file *f, uint64_t piece)
 {
     if (claimed(f, piece))
         return 0;
-    if (f->swarm == NULL)
+    if (f->peer.swarm == NULL)
         return 1;
     /* Without a manifest nobody can serve pieces before the whole file
      * is checked: splitting the origin's work would only wait for
      * members that show no progress. Only what peers hold is left to them. */
     if (f->manifest == NULL)
-        return peer_swarm_holders(f->swarm, piece) == 0;
-    return peer_swarm_origin_may(f->swarm, piece);
+        return peer_swarm_holders(f->peer.swarm, piece) == 0;
+    return peer_swarm_origin_may(f->peer.swarm, piece);
 }
 
 int peers_hold_missing(const agent_file *f)
 {
-    if (f->swarm == NULL)
+    if (f->peer.swarm == NULL)
         return 0;
     for (uint64_t p = 0; p < f->piece_count; p++)
-        if (peer_swarm_holders(f->swarm, p) > 0 && engine_piece_missing(f, p))
+        if (peer_swarm_holders(f->peer.swarm, p) > 0 && engine_piece_missing(f, p))
             return 1;
     return 0;
 }
 
 uint64_t peers_origin_start(const agent_file *f)
 {
-    return f->swarm != NULL && f->manifest != NULL ? peer_swarm_share_start(f->swarm) : 0;
+    return f->peer.swarm != NULL && f->manifest != NULL ? peer_swarm_share_start(f->peer.swarm) : 0;
 }
 
 void engine_stats(agent_engine *e, dopa_agent_stats *out)
@@ -512,12 +448,12 @@ static void count_uploads(agent_engine *e)
         agent_job *j = e->jobs[i];
         for (size_t k = 0; k < j->n_files; k++) {
             agent_file *f = j->files[k];
-            if (!f->offered)
+            if (!f->peer.offered)
                 continue;
-            uint64_t up = peer_offer_uploaded(e->peers, f->cid);
-            if (up > f->upload_seen) {
-                j->uploaded += up - f->upload_seen;
-                f->upload_seen = up;
+            uint64_t up = peer_offer_uploaded(e->peers, f->peer.cid);
+            if (up > f->peer.upload_seen) {
+                j->uploaded += up - f->peer.upload_seen;
+                f->peer.upload_seen = up;
             }
         }
     }
@@ -530,22 +466,22 @@ static void count_uploads(agent_engine *e)
 static void announce_coming(agent_engine *e, agent_file *f)
 {
     uint64_t small[256], *list = small;
-    int fetching = f->request != 0 && !f->probing && f->req_last >= f->req_first;
-    size_t run = fetching ? (size_t)(f->req_last - f->req_first + 1) : 0;
+    int fetching = f->fetch.request != 0 && !f->fetch.probing && f->fetch.req_last >= f->fetch.req_first;
+    size_t run = fetching ? (size_t)(f->fetch.req_last - f->fetch.req_first + 1) : 0;
     size_t cap = run + 1 + f->n_pending + f->n_syncing, n = 0;
     if (cap > sizeof small / sizeof small[0] && (list = malloc(cap * sizeof *list)) == NULL)
         return;
     for (size_t k = 0; k < run; k++)
-        list[n++] = f->req_first + k;
-    if (f->fill > 0)
-        list[n++] = f->fill_piece;
+        list[n++] = f->fetch.req_first + k;
+    if (f->fetch.fill > 0)
+        list[n++] = f->fetch.fill_piece;
     if (f->n_pending > 0) /* (pending may be NULL when empty) */
         memcpy(list + n, f->pending, f->n_pending * sizeof *list);
     n += f->n_pending;
     if (f->n_syncing > 0)
         memcpy(list + n, f->syncing, f->n_syncing * sizeof *list);
     n += f->n_syncing;
-    peer_offer_coming(e->peers, f->cid, list, n);
+    peer_offer_coming(e->peers, f->peer.cid, list, n);
     if (list != small)
         free(list);
 }
@@ -557,29 +493,20 @@ int64_t peers_step(agent_engine *e)
     for (size_t i = 0; i < e->n_jobs; i++)
         for (size_t k = 0; k < e->jobs[i]->n_files; k++) {
             agent_file *f = e->jobs[i]->files[k];
-            if (f->swarm != NULL && f->offered && f->manifest != NULL)
+            if (f->peer.swarm != NULL && f->peer.offered && f->manifest != NULL)
                 announce_coming(e, f);
         }
     int64_t wake = peer_node_step(e->peers);
-    pthread_mutex_lock(&writers.lock);
-    write_job *done = writers.done;
-    writers.done = NULL;
-    pthread_mutex_unlock(&writers.lock);
-    while (done != NULL) {
-        write_job *next = done->next;
-        take_written(e, done);
-        free(done);
-        done = next;
-    }
+    work_reap(&e->writers);
     count_uploads(e);
     for (size_t i = 0; i < e->n_jobs; i++) {
         agent_job *j = e->jobs[i];
         for (size_t k = 0; k < j->n_files; k++) {
             agent_file *f = j->files[k];
-            if (f->peer_write_err == 0)
+            if (f->peer.write_err == 0)
                 continue;
-            int err = f->peer_write_err;
-            f->peer_write_err = 0;
+            int err = f->peer.write_err;
+            f->peer.write_err = 0;
             char msg[512];
             snprintf(msg, sizeof msg, "writing %s: %s", f->tmp_path, strerror(err));
             engine_fail_job(e, j, err == ENOSPC || err == EIO || err == EDQUOT,

@@ -47,18 +47,18 @@ void engine_reap(agent_engine *e, int wait)
 
 void validation_stop(agent_engine *e, agent_file *f)
 {
-    if (f->plugin_pid > 0) {
+    if (f->check.plugin_pid > 0) {
         /* The helper and whatever its plugins started; reaped later, so
          * that one stuck in the kernel cannot stall the engine. */
-        kill(-f->plugin_pid, SIGKILL);
-        kill(f->plugin_pid, SIGKILL);
-        engine_reap_later(e, f->plugin_pid);
+        kill(-f->check.plugin_pid, SIGKILL);
+        kill(f->check.plugin_pid, SIGKILL);
+        engine_reap_later(e, f->check.plugin_pid);
     }
-    f->plugin_pid = 0;
-    if (f->plugin_fd >= 0)
-        close(f->plugin_fd);
-    f->plugin_fd = -1;
-    f->plugin_out_len = 0;
+    f->check.plugin_pid = 0;
+    if (f->check.plugin_fd >= 0)
+        close(f->check.plugin_fd);
+    f->check.plugin_fd = -1;
+    f->check.plugin_out_len = 0;
 }
 
 /* Starts the helper on the file; 0 if it runs. */
@@ -89,11 +89,11 @@ static int start_plugins(agent_engine *e, agent_file *f)
         return -1;
     }
     fcntl(fds[0], F_SETFL, O_NONBLOCK);
-    f->plugin_pid = pid;
-    f->plugin_fd = fds[0];
-    f->plugin_out_len = 0;
+    f->check.plugin_pid = pid;
+    f->check.plugin_fd = fds[0];
+    f->check.plugin_out_len = 0;
     uint32_t ms = e->cfg.plugin_timeout_ms ? e->cfg.plugin_timeout_ms : DEFAULT_PLUGIN_TIMEOUT_MS;
-    f->plugin_deadline = engine_mono(e) + ms;
+    f->check.plugin_deadline = engine_mono(e) + ms;
     return 0;
 }
 
@@ -102,16 +102,16 @@ static void read_verdict(agent_file *f)
 {
     for (;;) {
         char buf[512];
-        ssize_t n = read(f->plugin_fd, buf, sizeof buf);
+        ssize_t n = read(f->check.plugin_fd, buf, sizeof buf);
         if (n < 0 && errno == EINTR)
             continue;
         if (n <= 0)
             return;
-        size_t room = sizeof f->plugin_out - 1 - f->plugin_out_len;
+        size_t room = sizeof f->check.plugin_out - 1 - f->check.plugin_out_len;
         size_t take = (size_t)n < room ? (size_t)n : room;
-        memcpy(f->plugin_out + f->plugin_out_len, buf, take);
-        f->plugin_out_len += take;
-        f->plugin_out[f->plugin_out_len] = '\0';
+        memcpy(f->check.plugin_out + f->check.plugin_out_len, buf, take);
+        f->check.plugin_out_len += take;
+        f->check.plugin_out[f->check.plugin_out_len] = '\0';
     }
 }
 
@@ -132,9 +132,9 @@ static int poll_plugins(agent_engine *e, agent_file *f)
     char msg[DOPA_MESSAGE_MAX + 1];
     read_verdict(f);
     siginfo_t info = {0};
-    int r = waitid(P_PID, (id_t)f->plugin_pid, &info, WEXITED | WNOHANG | WNOWAIT);
+    int r = waitid(P_PID, (id_t)f->check.plugin_pid, &info, WEXITED | WNOHANG | WNOWAIT);
     if (r == 0 && info.si_pid == 0) {
-        if (engine_mono(e) < f->plugin_deadline)
+        if (engine_mono(e) < f->check.plugin_deadline)
             return 0;
         validation_stop(e, f);
         snprintf(msg, sizeof msg, "%.200s: the validator plugins gave no verdict in %u s", f->path,
@@ -146,21 +146,21 @@ static int poll_plugins(agent_engine *e, agent_file *f)
     }
     /* It ended: what it left behind goes too, then it is reaped. */
     int status = 0;
-    kill(-f->plugin_pid, SIGKILL);
+    kill(-f->check.plugin_pid, SIGKILL);
     pid_t reaped;
-    while ((reaped = waitpid(f->plugin_pid, &status, 0)) < 0 && errno == EINTR)
+    while ((reaped = waitpid(f->check.plugin_pid, &status, 0)) < 0 && errno == EINTR)
         ;
-    f->plugin_pid = 0;
+    f->check.plugin_pid = 0;
     read_verdict(f); /* what it wrote just before it ended */
-    char out[sizeof f->plugin_out];
-    memcpy(out, f->plugin_out, sizeof out);
+    char out[sizeof f->check.plugin_out];
+    memcpy(out, f->check.plugin_out, sizeof out);
     validation_stop(e, f);
     char *nl = strchr(out, '\n');
     int answered = nl != NULL && reaped > 0 && WIFEXITED(status) && WEXITSTATUS(status) == 0;
     if (nl != NULL)
         *nl = '\0';
     if (answered && strcmp(out, "valid") == 0) {
-        f->plugins_passed = 1;
+        f->check.plugins_passed = 1;
         return 1;
     }
     if (answered && strncmp(out, "invalid", 7) == 0) {
@@ -207,9 +207,9 @@ int validation_step(agent_engine *e, agent_file *f)
 {
     agent_job *j = f->job;
     /* (A file waits for its verdict only once the plugins passed it.) */
-    if (e->cfg.plugin_dir != NULL && !f->plugins_passed &&
+    if (e->cfg.plugin_dir != NULL && !f->check.plugins_passed &&
         f->validation != DOPA_VALIDATION_PENDING) {
-        if (f->plugin_pid > 0) {
+        if (f->check.plugin_pid > 0) {
             int r = poll_plugins(e, f);
             if (r <= 0)
                 return r;
@@ -231,7 +231,7 @@ int validation_step(agent_engine *e, agent_file *f)
     if (f->validation != DOPA_VALIDATION_PENDING) {
         /* FileTransferred, and the file waits for the client's verdict. */
         f->validation = DOPA_VALIDATION_PENDING;
-        f->validation_deadline = now + (int64_t)j->validation_timeout * 1000;
+        f->check.verdict_deadline = now + (int64_t)j->validation_timeout * 1000;
         int own = engine_begin(e);
         int ok = store_put_file(e->db, f) == DOPA_OK;
         engine_notify(e, j, CB_FILE_TRANSFERRED, (int32_t)f->index);
@@ -239,9 +239,9 @@ int validation_step(agent_engine *e, agent_file *f)
         engine_end(e, own, ok);
         return 0;
     }
-    if (f->validation_deadline == 0) /* waiting since before a restart */
-        f->validation_deadline = now + (int64_t)j->validation_timeout * 1000;
-    if (now < f->validation_deadline)
+    if (f->check.verdict_deadline == 0) /* waiting since before a restart */
+        f->check.verdict_deadline = now + (int64_t)j->validation_timeout * 1000;
+    if (now < f->check.verdict_deadline)
         return 0;
     return apply_verdict(e, f, j->validation_default_valid,
                          "no verdict in time, and the default is invalid");
@@ -267,11 +267,11 @@ int64_t validation_next_ms(agent_engine *e, int64_t limit)
             continue;
         for (size_t k = 0; k < j->n_files; k++) {
             const agent_file *f = j->files[k];
-            if (f->plugin_pid > 0 && best > 20)
+            if (f->check.plugin_pid > 0 && best > 20)
                 best = 20; /* its verdict is read by polling */
-            if (f->validation == DOPA_VALIDATION_PENDING && f->validation_deadline != 0 &&
-                f->validation_deadline - now < best)
-                best = f->validation_deadline - now;
+            if (f->validation == DOPA_VALIDATION_PENDING && f->check.verdict_deadline != 0 &&
+                f->check.verdict_deadline - now < best)
+                best = f->check.verdict_deadline - now;
         }
     }
     return best < 0 ? 0 : best;
@@ -279,11 +279,11 @@ int64_t validation_next_ms(agent_engine *e, int64_t limit)
 
 /* Empties the temporary file, opening it again (as its user, checking it
  * is the file the job made) when the job is not running. */
-static void truncate_temp(agent_file *f)
+static void truncate_temp(agent_engine *e, agent_file *f)
 {
     char why[512];
     int fd = f->fd, err = 0;
-    peers_drain_file(NULL, f);
+    peers_drain_file(e, f);
     if (fd < 0)
         err = fileops_open_temp(f->job->file_user, f->tmp_path, 0, &f->ident, &fd, why, sizeof why);
     if (err == 0 && ftruncate(fd, 0) != 0) {
@@ -307,8 +307,8 @@ void engine_reject_file(agent_engine *e, agent_file *f, int code, const char *me
         peers_blame(e, f);
     /* Nothing of it may stay: the pieces, the bytes, the verdicts. */
     agent_file_clear_pieces(f);
-    truncate_temp(f);
-    f->plugins_passed = 0;
+    truncate_temp(e, f);
+    f->check.plugins_passed = 0;
     f->from_origin = f->from_peers = f->from_cache = 0;
     if (from_peers) {
         /* Peers may have lied: the origin alone, this time. */
