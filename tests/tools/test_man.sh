@@ -349,7 +349,7 @@ if command -v cc >/dev/null 2>&1; then
         fi
         found=$((found + 1))
         sed -i -e 's/\\e/\\/g' -e 's/\\-/-/g' -e 's/\\&//g' "$ex"
-        if ! cc -std=c11 -Wall -Wextra -Werror -fsyntax-only -I"$src/agent" "$ex" >"$dir/cc.out" 2>&1; then
+        if ! cc -std=c11 -Wall -Wextra -Werror -fsyntax-only -I"$src/agent/client" "$ex" >"$dir/cc.out" 2>&1; then
             fail "libdopa.3: $(basename "$ex") does not compile:"
             sed 's/^/    /' "$dir/cc.out"
         fi
