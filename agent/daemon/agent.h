@@ -24,6 +24,7 @@
 #include "dopa.h"
 #include "origin.h"
 #include "peer.h"
+#include "pieces.h"
 
 #include "proto.h"
 #include "validate.h"
@@ -84,16 +85,15 @@ typedef struct file_peer {
     int has_cid;
     peer_swarm *swarm;    /* fetching from peers, or NULL */
     int offered;          /* its verified pieces are offered to peers */
-    uint8_t *claimed;     /* pieces asked of a peer, a bit each */
     int write_err;        /* errno of a peer piece that could not be written */
     unsigned writing;     /* pieces handed to the writers, results not taken */
     uint64_t upload_seen; /* bytes its offer had sent at the last look */
 } file_peer;
 
 /* One file of a job. The local file is the remote file, or the
- * concatenation of its ranges; it is cut into pieces of piece_size bytes,
- * and a piece counts as done once its bytes are on disk (fdatasync) and its
- * row is committed. */
+ * concatenation of its ranges; it is cut into pieces (pieces.h), and a
+ * piece counts as done (DURABLE) once its bytes are on disk (fdatasync)
+ * and its row is committed. */
 typedef struct agent_file {
     agent_job *job;
     uint32_t index;
@@ -112,12 +112,8 @@ typedef struct agent_file {
     uint8_t *manifest_bytes;
     size_t manifest_len;
     validate_manifest *manifest;
-    uint64_t size; /* local size, DOPA_SIZE_UNKNOWN until known */
-    uint32_t piece_size;
-    uint64_t piece_count;
-    uint8_t *done; /* committed pieces, a bit each */
-    uint64_t done_count;
-    uint64_t done_bytes;
+    uint64_t size;     /* local size, DOPA_SIZE_UNKNOWN until known */
+    piece_map pieces;  /* once the size is known; its DURABLE pieces are stored */
     int transferred;     /* every piece done and whole-file checks passed */
     int completed;       /* moved to its destination by Complete */
     fileops_ident ident; /* of the temporary file and its directory */
@@ -128,12 +124,6 @@ typedef struct agent_file {
 
     /* The temporary file while the job runs (not stored). */
     int fd;
-    uint64_t *pending; /* pieces written, waiting for fdatasync + commit */
-    size_t n_pending, cap_pending;
-    uint64_t pending_bytes;
-    uint64_t *syncing; /* pieces of the commit whose fdatasync runs now */
-    size_t n_syncing, cap_syncing;
-    uint64_t syncing_bytes;
     uint64_t write_gen;     /* bumped when the file starts over: older results are void */
     uint64_t progress_mark; /* the most bytes it has held since dopad started: only
                              * bytes beyond it are progress (not those fetched again) */
@@ -184,11 +174,10 @@ agent_job *agent_job_new(void);
 void agent_job_free(agent_job *j);
 agent_file *agent_file_new(void);
 void agent_file_free(agent_file *f);
-/* Sets size, piece_size, piece_count and an empty done map once the local
+/* Sets the size and the piece map (every piece missing) once the local
  * size is known. */
 int agent_file_set_size(agent_file *f, uint64_t size);
-int agent_file_piece_done(const agent_file *f, uint64_t piece);
-void agent_file_mark_done(agent_file *f, uint64_t piece);
+/* The file starts over: no piece is written or done (claims stay). */
 void agent_file_clear_pieces(agent_file *f);
 /* The local size from the ranges and the remote size (-1 if unknown);
  * DOPA_EINVAL when it cannot be known yet or the ranges do not fit. */

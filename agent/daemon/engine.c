@@ -125,6 +125,15 @@ void engine_end(agent_engine *e, int own, int ok)
 /* ------------------------------------------------------------------ */
 /* Stopping and failing                                               */
 
+/* Gives back the origin's claims: every piece of its last request, but
+ * the one being filled (the next request goes on with it). */
+static void origin_release(agent_file *f)
+{
+    for (uint64_t p = f->fetch.req_first; p <= f->fetch.req_last && p < f->pieces.count; p++)
+        if (f->fetch.fill == 0 || p != f->fetch.fill_piece)
+            pieces_unclaim(&f->pieces, p, SOURCE_ORIGIN);
+}
+
 static void close_file_transfer(agent_file *f)
 {
     if (f->fetch.origin != NULL) {
@@ -134,13 +143,14 @@ static void close_file_transfer(agent_file *f)
     f->fetch.request = 0;
     f->fetch.probing = 0;
     f->fetch.fill = 0;
+    origin_release(f);
 }
 
 /* Closes a file's descriptor unless pieces still wait for its fdatasync or
  * for a writer. */
 void engine_release_fd(agent_file *f)
 {
-    if (f->fd >= 0 && f->n_pending == 0 && f->peer.writing == 0) {
+    if (f->fd >= 0 && f->pieces.n_written == 0 && f->peer.writing == 0) {
         close(f->fd);
         f->fd = -1;
     }
@@ -286,20 +296,6 @@ void engine_reset_file(agent_engine *e, agent_file *f)
                store_clear_pieces(e->db, f) == DOPA_OK && store_put_file(e->db, f) == DOPA_OK);
 }
 
-void engine_add_pending(agent_file *f, uint64_t piece)
-{
-    if (f->n_pending == f->cap_pending) {
-        size_t cap = f->cap_pending ? 2 * f->cap_pending : 64;
-        uint64_t *grown = realloc(f->pending, cap * sizeof *grown);
-        if (grown == NULL)
-            return; /* the piece is simply fetched again */
-        f->pending = grown;
-        f->cap_pending = cap;
-    }
-    f->pending[f->n_pending++] = piece;
-    f->pending_bytes += validate_piece_length(f->size, f->piece_size, piece);
-}
-
 /* Why on_data refused a request, kept in the file for its on_done. */
 enum abort_reason { ABORT_NONE, ABORT_WRITE, ABORT_BAD_PIECE };
 
@@ -325,7 +321,7 @@ static int on_data(void *ctx, origin_file *of, uint64_t id, uint64_t offset, con
     const uint8_t *p = data;
     size_t left = len;
     while (left > 0) {
-        uint32_t plen = validate_piece_length(f->size, f->piece_size, f->fetch.fill_piece);
+        uint32_t plen = validate_piece_length(f->size, f->pieces.piece_size, f->fetch.fill_piece);
         size_t take = plen - f->fetch.fill < left ? plen - f->fetch.fill : left;
         if (f->manifest != NULL)
             validate_blake2b_update(&f->fetch.piece_hash, p, take);
@@ -343,7 +339,7 @@ static int on_data(void *ctx, origin_file *of, uint64_t id, uint64_t offset, con
                     return -1;
                 }
             }
-            engine_add_pending(f, f->fetch.fill_piece);
+            pieces_written(&f->pieces, f->fetch.fill_piece, SOURCE_ORIGIN);
             f->fetch.fill_piece++;
             f->fetch.fill = 0;
         }
@@ -354,7 +350,7 @@ static int on_data(void *ctx, origin_file *of, uint64_t id, uint64_t offset, con
     /* Bytes fetched again (after a restart, or the same range over and
      * over from an origin that keeps breaking its responses) are not
      * progress: the no-progress timeout must still end such a job. */
-    uint64_t held = f->done_bytes + f->pending_bytes + f->syncing_bytes + f->fetch.fill;
+    uint64_t held = pieces_held_bytes(&f->pieces) + f->fetch.fill;
     if (held > f->progress_mark) {
         f->progress_mark = held;
         engine_progress(j);
@@ -392,6 +388,9 @@ static void on_done(void *ctx, origin_file *of, uint64_t id, const origin_error 
     int was_probe = f->fetch.probing;
     f->fetch.request = 0;
     f->fetch.probing = 0;
+    if (err != NULL)
+        f->fetch.fill = 0; /* a partly filled piece is fetched again */
+    origin_release(f);
     int reason = f->fetch.abort_reason;
     f->fetch.abort_reason = ABORT_NONE;
     if (err == NULL) {
@@ -422,7 +421,6 @@ static void on_done(void *ctx, origin_file *of, uint64_t id, const origin_error 
         }
         return; /* the pump asks for the next range */
     }
-    f->fetch.fill = 0; /* a partly filled piece is fetched again */
     char msg[DOPA_MESSAGE_MAX + 1];
     if (err->code == ORIGIN_EABORTED && reason == ABORT_WRITE) {
         snprintf(msg, sizeof msg, "writing %s: %s", f->tmp_path, strerror(f->fetch.abort_errno));
@@ -532,24 +530,12 @@ static int open_temp(agent_engine *e, agent_file *f)
     return 0;
 }
 
-int engine_piece_missing(const agent_file *f, uint64_t p)
-{
-    if (agent_file_piece_done(f, p))
-        return 0;
-    for (size_t i = 0; i < f->n_pending; i++)
-        if (f->pending[i] == p)
-            return 0;
-    for (size_t i = 0; i < f->n_syncing; i++)
-        if (f->syncing[i] == p)
-            return 0;
-    return 1;
-}
-
-/* The first piece that is neither done nor pending. */
+/* The first piece that is neither written nor done (a piece a peer was
+ * asked for is not here yet). */
 static uint64_t next_missing(const agent_file *f)
 {
     uint64_t p = 0;
-    while (p < f->piece_count && !engine_piece_missing(f, p))
+    while (p < f->pieces.count && pieces_state(&f->pieces, p) > PIECE_CLAIMED)
         p++;
     return p;
 }
@@ -561,14 +547,14 @@ static uint64_t next_origin_piece(const agent_file *f)
     if (f->peer.swarm == NULL)
         return next_missing(f);
     if (peers_origin_wait(f) || engine_mono(the_engine) < f->fetch.rest_until)
-        return f->piece_count;
+        return f->pieces.count;
     uint64_t start = peers_origin_start(f);
-    for (uint64_t k = 0; k < f->piece_count; k++) {
-        uint64_t p = (start + k) % f->piece_count;
-        if (engine_piece_missing(f, p) && peers_origin_may(f, p))
+    for (uint64_t k = 0; k < f->pieces.count; k++) {
+        uint64_t p = (start + k) % f->pieces.count;
+        if (pieces_missing(&f->pieces, p) && peers_origin_may(f, p))
             return p;
     }
-    return f->piece_count;
+    return f->pieces.count;
 }
 
 /* Asks the origin for the next run of missing pieces. A request stays
@@ -580,22 +566,22 @@ static void start_request(agent_engine *e, agent_file *f)
     uint64_t first, local;
     if (f->fetch.fill > 0) {
         first = f->fetch.fill_piece;
-        local = first * f->piece_size + f->fetch.fill;
+        local = first * f->pieces.piece_size + f->fetch.fill;
     } else {
         first = next_origin_piece(f);
-        if (first >= f->piece_count)
+        if (first >= f->pieces.count)
             return;
-        local = first * f->piece_size;
+        local = first * f->pieces.piece_size;
         if (f->manifest != NULL)
             validate_blake2b_init(&f->fetch.piece_hash);
     }
     uint64_t last = first;
     /* In a swarm, short requests: who fetches what changes as it goes. */
     uint64_t run = f->peer.swarm != NULL ? SWARM_REQUEST_PIECES : REQUEST_PIECES;
-    while (last + 1 < f->piece_count && last + 1 - first < run &&
-           engine_piece_missing(f, last + 1) && peers_origin_may(f, last + 1))
+    while (last + 1 < f->pieces.count && last + 1 - first < run &&
+           pieces_missing(&f->pieces, last + 1) && peers_origin_may(f, last + 1))
         last++;
-    uint64_t end = (last + 1) * f->piece_size;
+    uint64_t end = (last + 1) * f->pieces.piece_size;
     if (end > f->size)
         end = f->size;
     uint64_t remote, room;
@@ -619,7 +605,11 @@ static void start_request(agent_engine *e, agent_file *f)
     f->fetch.req_end_local = end;
     f->fetch.fill_piece = first;
     f->fetch.req_first = first;
-    f->fetch.req_last = (end - 1) / f->piece_size;
+    f->fetch.req_last = (end - 1) / f->pieces.piece_size;
+    /* Its pieces are the origin's until they are written or it ends (the
+     * first is its already when it goes on filling one). */
+    for (uint64_t p = first; p <= f->fetch.req_last; p++)
+        pieces_claim(&f->pieces, p, SOURCE_ORIGIN);
 }
 
 static void start_whole_file_check(agent_engine *e, agent_file *f);
@@ -697,15 +687,15 @@ static void pump_job(agent_engine *e, agent_job *j)
             engine_fail_job(e, j, 0, DOPA_CONTEXT_VALIDATION, VALIDATE_EFILE_SIZE, (int)i, 0, msg);
             return;
         }
-        if (f->done_count < f->piece_count) {
+        if (f->pieces.n[PIECE_DURABLE] < f->pieces.count) {
             /* Whatever was judged was another content. */
             f->check.hash_passed = 0;
             f->check.plugins_passed = 0;
             f->validation = DOPA_VALIDATION_NONE;
             peers_start_file(e, f);
-            if (f->fetch.fill > 0 || next_origin_piece(f) < f->piece_count)
+            if (f->fetch.fill > 0 || next_origin_piece(f) < f->pieces.count)
                 start_request(e, f);
-            else if (next_missing(f) >= f->piece_count)
+            else if (next_missing(f) >= f->pieces.count)
                 e->commit_now = 1; /* only the commit stands between it and done */
             /* else peers are sending the rest */
             return;
@@ -929,21 +919,18 @@ static void finish_batch(agent_engine *e, sync_batch *b)
          * being written are void as well (write_gen). */
         char msg[512];
         snprintf(msg, sizeof msg, "syncing %s: %s", f->tmp_path, strerror(en->err));
-        f->n_syncing = 0;
-        f->syncing_bytes = 0;
-        f->n_pending = 0;
-        f->pending_bytes = 0;
+        pieces_lose(&f->pieces, 1);
         f->write_gen++;
         engine_fail_job(e, f->job, 1, DOPA_CONTEXT_LOCAL_FILE, en->err, (int)f->index, 0, msg);
     }
     int failed = store_begin(e->db) != DOPA_OK;
     for (size_t i = 0; i < b->n && !failed; i++) {
         agent_file *f = entry_file(e, &b->entries[i]);
-        if (f == NULL || f->n_syncing == 0)
+        if (f == NULL || f->pieces.n_syncing == 0)
             continue;
         agent_job *j = f->job;
         j->modified = engine_now(e);
-        failed = store_add_pieces(e->db, f, f->syncing, f->n_syncing) != DOPA_OK ||
+        failed = store_add_pieces(e->db, f, f->pieces.syncing, f->pieces.n_syncing) != DOPA_OK ||
                  store_put_file(e->db, f) != DOPA_OK || store_put_job(e->db, j) != DOPA_OK;
     }
     if (failed || store_commit(e->db) != DOPA_OK) {
@@ -959,10 +946,7 @@ static void finish_batch(agent_engine *e, sync_batch *b)
             agent_file *f = entry_file(e, &b->entries[i]);
             if (f == NULL)
                 continue;
-            for (size_t p = 0; p < f->n_syncing; p++)
-                engine_add_pending(f, f->syncing[p]);
-            f->n_syncing = 0;
-            f->syncing_bytes = 0;
+            pieces_sync_retry(&f->pieces);
             if (wants_to_run(f->job->state))
                 engine_fail_job(e, f->job, 1, DOPA_CONTEXT_GENERAL, DOPA_EINTERNAL, (int)f->index,
                                 0, msg);
@@ -971,15 +955,12 @@ static void finish_batch(agent_engine *e, sync_batch *b)
     }
     for (size_t i = 0; i < b->n; i++) {
         agent_file *f = entry_file(e, &b->entries[i]);
-        if (f == NULL || f->n_syncing == 0)
+        if (f == NULL || f->pieces.n_syncing == 0)
             continue;
         agent_job *j = f->job;
-        for (size_t p = 0; p < f->n_syncing; p++) {
-            agent_file_mark_done(f, f->syncing[p]);
-            peers_piece_done(e, f, f->syncing[p]);
-        }
-        f->n_syncing = 0;
-        f->syncing_bytes = 0;
+        for (size_t p = 0; p < f->pieces.n_syncing; p++)
+            peers_piece_done(e, f, f->pieces.syncing[p]);
+        pieces_sync_done(&f->pieces);
         if (!j->running && !f->check.hashing)
             engine_release_fd(f);
         j->no_progress_since = 0;
@@ -1016,8 +997,8 @@ static void commit_pending(agent_engine *e, int force)
     size_t total = 0, files = 0;
     for (size_t i = 0; i < e->n_jobs; i++)
         for (size_t k = 0; k < e->jobs[i]->n_files; k++) {
-            total += e->jobs[i]->files[k]->n_pending;
-            files += e->jobs[i]->files[k]->n_pending > 0;
+            total += e->jobs[i]->files[k]->pieces.n_written;
+            files += e->jobs[i]->files[k]->pieces.n_written > 0;
         }
     if (total == 0)
         return;
@@ -1040,29 +1021,18 @@ static void commit_pending(agent_engine *e, int force)
         agent_job *j = e->jobs[i];
         for (size_t k = 0; k < j->n_files; k++) {
             agent_file *f = j->files[k];
-            if (f->n_pending == 0 || j->purge_at != 0)
+            if (f->pieces.n_written == 0 || j->purge_at != 0)
                 continue;
             int fd = f->fd >= 0 ? fcntl(f->fd, F_DUPFD_CLOEXEC, 3) : -1;
             if (fd < 0) {
                 int err = f->fd < 0 ? EBADF : errno;
                 char msg[512];
                 snprintf(msg, sizeof msg, "syncing %s: %s", f->tmp_path, strerror(err));
-                f->n_pending = 0;
-                f->pending_bytes = 0;
+                pieces_lose(&f->pieces, 0);
                 engine_fail_job(e, j, 1, DOPA_CONTEXT_LOCAL_FILE, err, (int)f->index, 0, msg);
                 continue;
             }
-            /* Its pending pieces become the batch's (the arrays swap). */
-            uint64_t *arr = f->syncing;
-            size_t cap = f->cap_syncing;
-            f->syncing = f->pending;
-            f->cap_syncing = f->cap_pending;
-            f->n_syncing = f->n_pending;
-            f->syncing_bytes = f->pending_bytes;
-            f->pending = arr;
-            f->cap_pending = cap;
-            f->n_pending = 0;
-            f->pending_bytes = 0;
+            pieces_sync_begin(&f->pieces); /* its written pieces are the batch's */
             b->entries[b->n++] =
                 (sync_entry){.job = j->id, .file = f->index, .gen = f->write_gen, .fd = fd};
         }
@@ -1094,10 +1064,7 @@ int engine_finish_job(agent_engine *e, agent_job *j, int state)
         return DOPA_EINTERNAL;
     }
     for (size_t i = 0; i < j->n_files; i++) {
-        j->files[i]->n_pending = 0; /* pieces of a finished job are never committed */
-        j->files[i]->pending_bytes = 0;
-        j->files[i]->n_syncing = 0;
-        j->files[i]->syncing_bytes = 0;
+        pieces_lose(&j->files[i]->pieces, 1); /* pieces of a finished job are never committed */
         j->files[i]->write_gen++;
     }
     engine_stop_job(e, j);
@@ -1512,7 +1479,7 @@ static int next_timer_ms(agent_engine *e, int limit)
             best = w->deadline - mono;
     for (size_t i = 0; i < e->n_jobs; i++)
         for (size_t k = 0; k < e->jobs[i]->n_files; k++)
-            if (e->jobs[i]->files[k]->n_pending > 0 && best > COMMIT_INTERVAL_MS && e->sync == NULL)
+            if (e->jobs[i]->files[k]->pieces.n_written > 0 && best > COMMIT_INTERVAL_MS && e->sync == NULL)
                 best = COMMIT_INTERVAL_MS;
     if (e->notify_wake >= 0 && e->notify_wake < best)
         best = e->notify_wake;

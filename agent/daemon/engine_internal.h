@@ -155,10 +155,6 @@ void engine_reset_file(agent_engine *e, agent_file *f);
 
 /* Transfers (engine.c), for peers.c. */
 int engine_write_all(int fd, const uint8_t *p, size_t len, uint64_t offset);
-/* A written piece waits for its fdatasync and commit. */
-void engine_add_pending(agent_file *f, uint64_t piece);
-/* Neither done nor waiting for its commit. */
-int engine_piece_missing(const agent_file *f, uint64_t piece);
 /* Bytes arrived for the job. */
 void engine_progress(agent_job *j);
 /* Closes a file's descriptor unless pieces still wait for it. */
@@ -204,7 +200,7 @@ void peers_drain_file(agent_engine *e, agent_file *f);
 void peers_blame(agent_engine *e, agent_file *f);
 /* The origin waits for the swarm's first answers. */
 int peers_origin_wait(const agent_file *f);
-/* Whether the origin should fetch this piece (not claimed, left to it). */
+/* Whether the origin should fetch this piece (missing, and left to it). */
 int peers_origin_may(const agent_file *f, uint64_t piece);
 /* Some peer holds a piece the file still misses. */
 int peers_hold_missing(const agent_file *f);

@@ -59,10 +59,7 @@ void agent_file_free(agent_file *f)
     free(f->ranges);
     free(f->manifest_bytes);
     validate_manifest_free(f->manifest);
-    free(f->done);
-    free(f->pending);
-    free(f->syncing);
-    free(f->peer.claimed);
+    pieces_free(&f->pieces);
     if (f->check.plugin_fd >= 0)
         close(f->check.plugin_fd);
     free(f);
@@ -73,44 +70,16 @@ int agent_file_set_size(agent_file *f, uint64_t size)
     uint32_t piece = f->manifest != NULL ? f->manifest->piece_size : validate_piece_size_for(size);
     if (piece == 0)
         return DOPA_ELIMIT;
-    uint64_t count = validate_piece_count(size, piece);
-    uint8_t *map = calloc(1, (size_t)(count / 8 + 1));
-    if (map == NULL)
-        return DOPA_ENOMEM;
-    free(f->done);
-    f->done = map;
+    int err = pieces_init(&f->pieces, size, piece);
+    if (err != DOPA_OK)
+        return err;
     f->size = size;
-    f->piece_size = piece;
-    f->piece_count = count;
-    f->done_count = 0;
-    f->done_bytes = 0;
     return DOPA_OK;
-}
-
-int agent_file_piece_done(const agent_file *f, uint64_t piece)
-{
-    return f->done != NULL && piece < f->piece_count && (f->done[piece / 8] >> (piece % 8)) & 1;
-}
-
-void agent_file_mark_done(agent_file *f, uint64_t piece)
-{
-    if (f->done == NULL || piece >= f->piece_count || agent_file_piece_done(f, piece))
-        return;
-    f->done[piece / 8] |= (uint8_t)(1u << (piece % 8));
-    f->done_count++;
-    f->done_bytes += validate_piece_length(f->size, f->piece_size, piece);
 }
 
 void agent_file_clear_pieces(agent_file *f)
 {
-    if (f->done != NULL)
-        memset(f->done, 0, (size_t)(f->piece_count / 8 + 1));
-    f->done_count = 0;
-    f->done_bytes = 0;
-    f->n_pending = 0;
-    f->pending_bytes = 0;
-    f->n_syncing = 0;
-    f->syncing_bytes = 0;
+    pieces_reset(&f->pieces);
     f->write_gen++; /* a commit under way for it is void */
     f->transferred = 0;
 }
@@ -193,7 +162,7 @@ void agent_job_info(const agent_job *j, dopa_job_info *out)
             out->bytes_total = DOPA_SIZE_UNKNOWN;
         else if (out->bytes_total != DOPA_SIZE_UNKNOWN)
             out->bytes_total += f->size;
-        out->bytes_transferred += f->done_bytes + f->pending_bytes + f->syncing_bytes;
+        out->bytes_transferred += pieces_held_bytes(&f->pieces);
         out->files_transferred += f->transferred ? 1u : 0u;
     }
     out->files_total = (uint32_t)j->n_files;
@@ -223,7 +192,7 @@ void agent_file_info(const agent_file *f, dopa_file_info *out)
     strncpy(out->local_name, f->path, DOPA_PATH_MAX);
     strncpy(out->temporary_name, f->tmp_path ? f->tmp_path : "", DOPA_PATH_MAX);
     out->bytes_total = f->size;
-    out->bytes_transferred = f->done_bytes + f->pending_bytes + f->syncing_bytes;
+    out->bytes_transferred = pieces_held_bytes(&f->pieces);
     out->bytes_from_origin = f->from_origin;
     out->bytes_from_peers = f->from_peers;
     out->bytes_from_cache = f->from_cache;

@@ -4,15 +4,15 @@
  *
  * A file uses peers when the agent is in a group, the file has a content id
  * (a manifest, or an expected SHA-256 of the whole file), no byte ranges,
- * and has not been put on origin_only by a failed validation. Pieces asked
- * of a peer are `claimed`; the origin request never covers a claimed piece
- * and peers are never asked for a piece the origin request covers, so every
- * piece comes whole from one source.
+ * and has not been put on origin_only by a failed validation. A piece asked
+ * of a peer is claimed by SOURCE_PEERS in the file's piece map (pieces.h),
+ * as the origin claims the pieces of its request, so every piece comes
+ * whole from one source.
  *
- * A piece checked against a manifest is copied and handed to writer
- * threads, which hash it and write it while the engine goes on; the engine
- * takes their results in peers_step (the piece stays claimed until then,
- * and a result for a file that started over since is void).
+ * A piece checked against a manifest is copied and handed to the writers
+ * (a work queue), which hash it and write it while the engine goes on; the
+ * engine takes their results in peers_step (the piece stays claimed until
+ * then, and a result for a file that started over since is void).
  */
 #include <errno.h>
 #include <stdlib.h>
@@ -20,8 +20,6 @@
 #include <unistd.h>
 
 #include "engine_internal.h"
-
-static void set_claimed(agent_file *f, uint64_t piece, int on);
 
 /* A piece for the writers: hashed and written on a worker thread, from the
  * message the node handed over (which the writer lets go of). It names
@@ -70,7 +68,7 @@ static void write_done(work *wk, int status)
         take_written(w->e, w);
     } else {
         w->f->peer.writing--;
-        set_claimed(w->f, w->piece, 0);
+        pieces_unclaim(&w->f->pieces, w->piece, SOURCE_PEERS);
         if (w->kept != NULL)
             peer_piece_release(w->kept);
     }
@@ -90,15 +88,16 @@ static void take_written(agent_engine *e, write_job *w)
     agent_file *f = w->f;
     agent_job *j = f->job;
     f->peer.writing--;
-    set_claimed(f, w->piece, 0);
     int verdict = w->verdict; /* a bad piece stays bad whatever the file did since */
     int current = w->gen == f->write_gen;
-    if (verdict == PEER_VERDICT_GOOD && (!current || !engine_piece_missing(f, w->piece)))
+    if (verdict == PEER_VERDICT_GOOD &&
+        (!current || !pieces_written(&f->pieces, w->piece, SOURCE_PEERS)))
         verdict = PEER_VERDICT_UNUSED; /* the file started over meanwhile */
     else if (verdict == PEER_VERDICT_UNUSED && w->err != 0 && current)
         f->peer.write_err = w->err;
+    if (verdict != PEER_VERDICT_GOOD)
+        pieces_unclaim(&f->pieces, w->piece, SOURCE_PEERS);
     if (verdict == PEER_VERDICT_GOOD) {
-        engine_add_pending(f, w->piece);
         if (w->cache_host) {
             f->from_cache += w->len;
             j->from_cache += w->len;
@@ -162,38 +161,17 @@ void peers_close(agent_engine *e)
     e->peers = NULL;
 }
 
-static int claimed(const agent_file *f, uint64_t piece)
-{
-    return f->peer.claimed != NULL && (f->peer.claimed[piece / 8] >> (piece % 8)) & 1;
-}
-
-static void set_claimed(agent_file *f, uint64_t piece, int on)
-{
-    if (f->peer.claimed == NULL)
-        return;
-    if (on)
-        f->peer.claimed[piece / 8] |= (uint8_t)(1u << (piece % 8));
-    else
-        f->peer.claimed[piece / 8] &= (uint8_t) ~(1u << (piece % 8));
-}
-
-static int in_origin_request(const agent_file *f, uint64_t piece)
-{
-    return f->fetch.request != 0 && !f->fetch.probing && piece >= f->fetch.req_first && piece <= f->fetch.req_last;
-}
-
 /* ------------------------------------------------------------------ */
 /* The swarm's callbacks (inside peer_node_step)                      */
 
 static int on_claim(void *ctx, uint64_t piece, int take)
 {
     agent_file *f = ctx;
-    if (piece >= f->piece_count || f->fd < 0 || f->peer.write_err != 0 || claimed(f, piece) ||
-        in_origin_request(f, piece) || !engine_piece_missing(f, piece))
+    if (f->fd < 0 || f->peer.write_err != 0)
         return 0;
-    if (take)
-        set_claimed(f, piece, 1);
-    return 1;
+    if (!take)
+        return pieces_missing(&f->pieces, piece);
+    return pieces_claim(&f->pieces, piece, SOURCE_PEERS);
 }
 
 static int on_piece(void *ctx, uint64_t piece, const uint8_t *data, size_t len, int cache_host,
@@ -202,9 +180,10 @@ static int on_piece(void *ctx, uint64_t piece, const uint8_t *data, size_t len, 
     agent_file *f = ctx;
     agent_job *j = f->job;
     agent_engine *e = f->peer.engine;
-    if (f->fd < 0 || f->peer.write_err != 0 || !engine_piece_missing(f, piece) ||
-        len != validate_piece_length(f->size, f->piece_size, piece)) {
-        set_claimed(f, piece, 0);
+    if (f->fd < 0 || f->peer.write_err != 0 ||
+        pieces_claimer(&f->pieces, piece) != SOURCE_PEERS ||
+        len != pieces_length(&f->pieces, piece)) {
+        pieces_unclaim(&f->pieces, piece, SOURCE_PEERS);
         return PEER_VERDICT_UNUSED;
     }
     if (f->manifest != NULL) {
@@ -212,7 +191,7 @@ static int on_piece(void *ctx, uint64_t piece, const uint8_t *data, size_t len, 
          * stays claimed until then. */
         write_job *w = calloc(1, sizeof *w);
         if (w == NULL) {
-            set_claimed(f, piece, 0);
+            pieces_unclaim(&f->pieces, piece, SOURCE_PEERS);
             return PEER_VERDICT_UNUSED;
         }
         *w = (write_job){.w = {.run = write_run, .done = write_done, .tag = f},
@@ -220,7 +199,7 @@ static int on_piece(void *ctx, uint64_t piece, const uint8_t *data, size_t len, 
                          .f = f,
                          .fd = f->fd,
                          .want = validate_manifest_piece_hash(f->manifest, piece),
-                         .offset = piece * f->piece_size,
+                         .offset = piece * f->pieces.piece_size,
                          .gen = f->write_gen,
                          .piece = piece,
                          .sender = sender,
@@ -233,19 +212,15 @@ static int on_piece(void *ctx, uint64_t piece, const uint8_t *data, size_t len, 
         work_submit(&e->writers, &w->w);
         return PEER_VERDICT_PENDING;
     }
-    set_claimed(f, piece, 0);
-    if (f->manifest != NULL) {
-        uint8_t h[VALIDATE_HASH_BYTES];
-        validate_blake2b(data, len, h);
-        if (sodium_memcmp(h, validate_manifest_piece_hash(f->manifest, piece), sizeof h) != 0)
-            return PEER_VERDICT_BAD; /* never written */
-    }
-    int err = engine_write_all(f->fd, data, len, piece * f->piece_size);
+    /* Without a manifest, nothing can be checked before the whole file is:
+     * written here and now. */
+    int err = engine_write_all(f->fd, data, len, piece * f->pieces.piece_size);
     if (err != 0) {
+        pieces_unclaim(&f->pieces, piece, SOURCE_PEERS);
         f->peer.write_err = err; /* peers_step fails the job, outside this callback */
         return PEER_VERDICT_UNUSED;
     }
-    engine_add_pending(f, piece);
+    pieces_written(&f->pieces, piece, SOURCE_PEERS);
     if (cache_host) {
         f->from_cache += len;
         j->from_cache += len;
@@ -256,12 +231,13 @@ static int on_piece(void *ctx, uint64_t piece, const uint8_t *data, size_t len, 
         e->got_peers += len;
     }
     engine_progress(j);
-    return f->manifest != NULL ? PEER_VERDICT_GOOD : PEER_VERDICT_LATER;
+    return PEER_VERDICT_LATER;
 }
 
 static void on_lost(void *ctx, uint64_t piece)
 {
-    set_claimed(ctx, piece, 0);
+    agent_file *f = ctx;
+    pieces_unclaim(&f->pieces, piece, SOURCE_PEERS);
 }
 
 /* ------------------------------------------------------------------ */
@@ -270,7 +246,7 @@ static void on_lost(void *ctx, uint64_t piece)
 static int eligible(const agent_engine *e, agent_file *f)
 {
     if (e->peers == NULL || f->origin_only || f->n_ranges > 0 || f->size == DOPA_SIZE_UNKNOWN ||
-        f->piece_count == 0)
+        f->pieces.count == 0)
         return 0;
     if (f->manifest != NULL) {
         memcpy(f->peer.cid, f->manifest->content_id, sizeof f->peer.cid);
@@ -298,17 +274,17 @@ static void offer(agent_engine *e, agent_file *f, int downloading)
         if (!downloading)
             return;
     }
-    size_t bytes = (size_t)(f->piece_count + 7) / 8;
+    size_t bytes = (size_t)(f->pieces.count + 7) / 8;
     uint8_t *held = calloc(bytes ? bytes : 1, 1);
     if (held == NULL)
         return;
-    for (uint64_t i = 0; i < f->piece_count; i++)
-        if (f->manifest != NULL && agent_file_piece_done(f, i))
+    for (uint64_t i = 0; i < f->pieces.count; i++)
+        if (f->manifest != NULL && pieces_state(&f->pieces, i) == PIECE_DURABLE)
             peer_bit_set(held, i);
     peer_offer_info info = {
         .fd = f->fd,
         .size = f->size,
-        .piece_size = f->piece_size,
+        .piece_size = f->pieces.piece_size,
         .piece_hashes = f->manifest != NULL ? f->manifest->piece_hashes : NULL,
         .held = held,
         .downloading = downloading,
@@ -322,15 +298,10 @@ void peers_start_file(agent_engine *e, agent_file *f)
 {
     if (f->peer.swarm != NULL || f->transferred || !eligible(e, f) || f->fd < 0)
         return;
-    if (f->peer.claimed == NULL) {
-        f->peer.claimed = calloc((size_t)(f->piece_count + 7) / 8, 1);
-        if (f->peer.claimed == NULL)
-            return;
-    }
     offer(e, f, 1);
     f->peer.engine = e;
     peer_swarm_ops ops = {.claim = on_claim, .piece = on_piece, .lost = on_lost, .ctx = f};
-    if (peer_swarm_open(e->peers, f->peer.cid, f->size, f->piece_size, &ops, &f->peer.swarm) != PEER_OK)
+    if (peer_swarm_open(e->peers, f->peer.cid, f->size, f->pieces.piece_size, &ops, &f->peer.swarm) != PEER_OK)
         f->peer.swarm = NULL;
 }
 
@@ -392,8 +363,8 @@ int peers_origin_wait(const agent_file *f)
 
 int peers_origin_may(const agent_file *f, uint64_t piece)
 {
-    if (claimed(f, piece))
-        return 0;
+    if (!pieces_missing(&f->pieces, piece))
+        return 0; /* another source's, or here */
     if (f->peer.swarm == NULL)
         return 1;
     /* Without a manifest nobody can serve pieces before the whole file
@@ -408,8 +379,9 @@ int peers_hold_missing(const agent_file *f)
 {
     if (f->peer.swarm == NULL)
         return 0;
-    for (uint64_t p = 0; p < f->piece_count; p++)
-        if (peer_swarm_holders(f->peer.swarm, p) > 0 && engine_piece_missing(f, p))
+    for (uint64_t p = 0; p < f->pieces.count; p++)
+        if (peer_swarm_holders(f->peer.swarm, p) > 0 &&
+            pieces_state(&f->pieces, p) <= PIECE_CLAIMED) /* (asked of a peer: not here yet) */
             return 1;
     return 0;
 }
@@ -468,19 +440,19 @@ static void announce_coming(agent_engine *e, agent_file *f)
     uint64_t small[256], *list = small;
     int fetching = f->fetch.request != 0 && !f->fetch.probing && f->fetch.req_last >= f->fetch.req_first;
     size_t run = fetching ? (size_t)(f->fetch.req_last - f->fetch.req_first + 1) : 0;
-    size_t cap = run + 1 + f->n_pending + f->n_syncing, n = 0;
+    size_t cap = run + 1 + f->pieces.n_written + f->pieces.n_syncing, n = 0;
     if (cap > sizeof small / sizeof small[0] && (list = malloc(cap * sizeof *list)) == NULL)
         return;
     for (size_t k = 0; k < run; k++)
         list[n++] = f->fetch.req_first + k;
     if (f->fetch.fill > 0)
         list[n++] = f->fetch.fill_piece;
-    if (f->n_pending > 0) /* (pending may be NULL when empty) */
-        memcpy(list + n, f->pending, f->n_pending * sizeof *list);
-    n += f->n_pending;
-    if (f->n_syncing > 0)
-        memcpy(list + n, f->syncing, f->n_syncing * sizeof *list);
-    n += f->n_syncing;
+    if (f->pieces.n_written > 0) /* (pending may be NULL when empty) */
+        memcpy(list + n, f->pieces.written, f->pieces.n_written * sizeof *list);
+    n += f->pieces.n_written;
+    if (f->pieces.n_syncing > 0)
+        memcpy(list + n, f->pieces.syncing, f->pieces.n_syncing * sizeof *list);
+    n += f->pieces.n_syncing;
     peer_offer_coming(e->peers, f->peer.cid, list, n);
     if (list != small)
         free(list);

@@ -324,7 +324,7 @@ int store_put_file(store *s, const agent_file *f)
     else
         sqlite3_bind_null(st, 10);
     sqlite3_bind_int64(st, 11, f->size == DOPA_SIZE_UNKNOWN ? -1 : (sqlite3_int64)f->size);
-    sqlite3_bind_int64(st, 12, f->piece_size);
+    sqlite3_bind_int64(st, 12, f->pieces.piece_size);
     sqlite3_bind_int(st, 13, f->transferred);
     sqlite3_bind_int(st, 14, f->completed);
     sqlite3_bind_int64(st, 15, f->bad_pieces);
@@ -595,7 +595,7 @@ static int load_file_row(sqlite3_stmt *st, agent_file *f)
         err = agent_file_set_size(f, (uint64_t)size);
         if (err == DOPA_ENOMEM)
             return err;
-        if (err != DOPA_OK || f->piece_size != piece_size)
+        if (err != DOPA_OK || f->pieces.piece_size != piece_size)
             return -1;
         if (f->manifest != NULL && f->manifest->file_size != (uint64_t)size)
             return -1;
@@ -618,7 +618,7 @@ static int file_consistent(const agent_job *j, const agent_file *f)
         (f->manifest != NULL && f->n_ranges > 0))
         return 0;
     if ((f->transferred || f->completed) &&
-        (f->size == DOPA_SIZE_UNKNOWN || f->done_count != f->piece_count))
+        (f->size == DOPA_SIZE_UNKNOWN || f->pieces.n[PIECE_DURABLE] != f->pieces.count))
         return 0; /* Complete would move an unchecked file into place */
     uint64_t size;
     if (f->size != DOPA_SIZE_UNKNOWN && f->n_ranges > 0 &&
@@ -783,11 +783,11 @@ int store_load(store *s, agent_job ***jobs_out, size_t *n_out, size_t *damaged, 
             continue;
         if (column_int(st, 1, 0, (int64_t)j->n_files - 1, &file) != 0 ||
             column_int(st, 2, 0, INT64_MAX, &piece) != 0 ||
-            (uint64_t)piece >= j->files[file]->piece_count) {
+            (uint64_t)piece >= j->files[file]->pieces.count) {
             j->has_error = -1;
             continue;
         }
-        agent_file_mark_done(j->files[file], (uint64_t)piece);
+        pieces_set_durable(&j->files[file]->pieces, (uint64_t)piece); /* (a second row: once) */
     }
     if (rc != SQLITE_DONE)
         goto sql_fail;

@@ -273,15 +273,15 @@ static void attach_manifest(agent_file *f, size_t len)
 static void mark(agent_file *f, const uint64_t *pieces, size_t n)
 {
     for (size_t i = 0; i < n; i++)
-        agent_file_mark_done(f, pieces[i]);
+        pieces_set_durable(&f->pieces, pieces[i]);
 }
 
 /* The done pieces of a file, as the engine hands them to the store. */
 static size_t done_pieces(const agent_file *f, uint64_t *out, size_t cap)
 {
     size_t n = 0;
-    for (uint64_t p = 0; p < f->piece_count; p++)
-        if (agent_file_piece_done(f, p)) {
+    for (uint64_t p = 0; p < f->pieces.count; p++)
+        if ((pieces_state(&f->pieces, p) == PIECE_DURABLE)) {
             CHECK(n < cap);
             out[n++] = p;
         }
@@ -362,12 +362,12 @@ static void check_same_file(const agent_file *want, const agent_file *got, const
         CHECK(got->manifest == NULL);
     }
     CHECK_INT(got->size, want->size);
-    CHECK_INT(got->piece_size, want->piece_size);
-    CHECK_INT(got->piece_count, want->piece_count);
-    CHECK_INT(got->done_count, want->done_count);
-    CHECK_INT(got->done_bytes, want->done_bytes);
-    for (uint64_t p = 0; p < want->piece_count; p++)
-        CHECK_INT(agent_file_piece_done(got, p), agent_file_piece_done(want, p));
+    CHECK_INT(got->pieces.piece_size, want->pieces.piece_size);
+    CHECK_INT(got->pieces.count, want->pieces.count);
+    CHECK_INT(got->pieces.n[PIECE_DURABLE], want->pieces.n[PIECE_DURABLE]);
+    CHECK_INT(got->pieces.bytes[PIECE_DURABLE], want->pieces.bytes[PIECE_DURABLE]);
+    for (uint64_t p = 0; p < want->pieces.count; p++)
+        CHECK_INT((pieces_state(&got->pieces, p) == PIECE_DURABLE), (pieces_state(&want->pieces, p) == PIECE_DURABLE));
     CHECK_INT(got->transferred, want->transferred);
     CHECK_INT(got->completed, want->completed);
     CHECK_INT(got->bad_pieces, want->bad_pieces);
@@ -387,7 +387,7 @@ static void check_same_file(const agent_file *want, const agent_file *got, const
     }
     /* Transfer state starts afresh. */
     CHECK_INT(got->fd, -1);
-    CHECK_INT(got->n_pending, 0);
+    CHECK_INT(got->pieces.n_written, 0);
 }
 
 static void check_same_job(const agent_job *want, const agent_job *got)
@@ -522,7 +522,7 @@ static void test_every_field_survives_a_reopen_in_creation_order(void)
     f = new_file(a, "file:///srv/origin/whole.bin");
     f->remote_size = 3 * 1048576 + 5;
     CHECK_INT(agent_file_set_size(f, (uint64_t)f->remote_size), DOPA_OK);
-    CHECK_INT(f->piece_count, 4);
+    CHECK_INT(f->pieces.count, 4);
     mark(f, (const uint64_t[]){0, 1, 2, 3}, 4);
     memset(f->sha256, 0xab, sizeof f->sha256);
     f->has_sha256 = 1;
@@ -559,7 +559,7 @@ static void test_every_field_survives_a_reopen_in_creation_order(void)
     check_same_job(c, loaded[1]);
     check_same_job(a, loaded[2]);
     CHECK_INT(loaded[2]->files[1]->ranges[1].length, DOPA_LENGTH_TO_EOF);
-    CHECK_INT(loaded[2]->files[0]->done_bytes, 65536 + (65536 - 17));
+    CHECK_INT(loaded[2]->files[0]->pieces.bytes[PIECE_DURABLE], 65536 + (65536 - 17));
 
     /* Loading twice gives the same again. */
     CHECK_INT(load_clean(), 3);
@@ -631,8 +631,8 @@ static void test_updating_a_file_keeps_its_pieces_and_replaces_its_ranges(void)
     open_store(db);
     CHECK_INT(load_clean(), 1);
     check_same_job(j, loaded[0]);
-    CHECK_INT(loaded[0]->files[0]->done_count, 2);
-    CHECK_INT(loaded[0]->files[1]->done_count, 1);
+    CHECK_INT(loaded[0]->files[0]->pieces.n[PIECE_DURABLE], 2);
+    CHECK_INT(loaded[0]->files[1]->pieces.n[PIECE_DURABLE], 1);
     CHECK_INT(loaded[0]->files[1]->n_ranges, 1);
 }
 
@@ -647,7 +647,7 @@ static void test_adding_a_piece_twice_is_harmless(void)
     mark(f0, (const uint64_t[]){2}, 1);
     CHECK_INT(load_clean(), 1);
     check_same_job(j, loaded[0]);
-    CHECK_INT(loaded[0]->files[0]->done_count, 3);
+    CHECK_INT(loaded[0]->files[0]->pieces.n[PIECE_DURABLE], 3);
 }
 
 /* ------------------------------------------------------------------ */
@@ -706,8 +706,8 @@ static void test_clearing_pieces_touches_only_that_file(void)
     CHECK_INT(load_clean(), 2);
     check_same_job(j, loaded_job(0x22));
     check_same_job(other, loaded_job(0x23));
-    CHECK_INT(loaded_job(0x22)->files[0]->done_count, 0);
-    CHECK_INT(loaded_job(0x22)->files[1]->done_count, 1);
+    CHECK_INT(loaded_job(0x22)->files[0]->pieces.n[PIECE_DURABLE], 0);
+    CHECK_INT(loaded_job(0x22)->files[1]->pieces.n[PIECE_DURABLE], 1);
 }
 
 static void test_a_rolled_back_transaction_leaves_nothing_behind(void)
@@ -1149,8 +1149,8 @@ static void test_a_version_1_database_is_brought_up_to_date(void)
     CHECK_INT(j->n_files, 1);
     CHECK_INT(j->files[0]->validation, DOPA_VALIDATION_NONE);
     CHECK_INT(j->files[0]->origin_only, 0);
-    CHECK_INT(j->files[0]->done_count, 1);
-    CHECK(agent_file_piece_done(j->files[0], 1));
+    CHECK_INT(j->files[0]->pieces.n[PIECE_DURABLE], 1);
+    CHECK((pieces_state(&j->files[0]->pieces, 1) == PIECE_DURABLE));
     /* And it takes what version 2 writes. */
     CHECK_INT(store_add_notification(S, 1, &j->id, 1, -1), DOPA_OK);
     free_loaded();

@@ -160,7 +160,7 @@ static void describe_job(const agent_job *j)
         say("  file %u %s -> %s (%s) ranges %zu size %llu pieces %llu manifest %zu "
             "transferred %d\n",
             f->index, f->url, f->path, f->tmp_path, f->n_ranges, (unsigned long long)f->size,
-            (unsigned long long)f->piece_count, f->manifest_len, f->transferred);
+            (unsigned long long)f->pieces.count, f->manifest_len, f->transferred);
         for (size_t k = 0; k < f->n_ranges; k++)
             say("    range %llu+%llu\n", (unsigned long long)f->ranges[k].offset,
                 (unsigned long long)f->ranges[k].length);

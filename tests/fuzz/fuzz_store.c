@@ -192,12 +192,21 @@ static void damage(const char *path, const char *sql)
 /* ------------------------------------------------------------------ */
 /* What a loaded job must hold                                        */
 
-static uint64_t bits_set(const uint8_t *map, uint64_t count)
+/* Pieces read back from the store are durable, the others missing. */
+static int map_consistent(const piece_map *m)
 {
-    uint64_t n = 0;
-    for (uint64_t i = 0; i < count; i++)
-        n += (map[i / 8] >> (i % 8)) & 1;
-    return n;
+    uint64_t durable = 0, bytes = 0;
+    for (uint64_t i = 0; i < m->count; i++) {
+        int state = pieces_state(m, i);
+        if (state != PIECE_DURABLE && state != PIECE_MISSING)
+            return 0;
+        if (state == PIECE_DURABLE) {
+            durable++;
+            bytes += pieces_length(m, i);
+        }
+    }
+    return durable == m->n[PIECE_DURABLE] && bytes == m->bytes[PIECE_DURABLE] &&
+           m->n[PIECE_MISSING] + durable == m->count;
 }
 
 static void check_file(const agent_job *j, const agent_file *f, uint32_t index)
@@ -221,23 +230,19 @@ static void check_file(const agent_job *j, const agent_file *f, uint32_t index)
     if (f->manifest_bytes != NULL && (f->manifest == NULL || f->n_ranges > 0))
         abort();
     if (f->size == DOPA_SIZE_UNKNOWN) {
-        if (f->done_count != 0 || f->transferred || f->completed)
+        if (f->pieces.n[PIECE_DURABLE] != 0 || f->transferred || f->completed)
             abort();
         return;
     }
-    if (!validate_piece_size_ok(f->piece_size) ||
-        f->piece_count != validate_piece_count(f->size, f->piece_size) ||
-        f->piece_count > VALIDATE_MAX_PIECES || f->done == NULL ||
-        bits_set(f->done, f->piece_count) != f->done_count || f->done_count > f->piece_count ||
-        f->done_bytes > f->size ||
+    if (!validate_piece_size_ok(f->pieces.piece_size) ||
+        f->pieces.count != validate_piece_count(f->size, f->pieces.piece_size) ||
+        f->pieces.count > VALIDATE_MAX_PIECES || f->pieces.state == NULL ||
+        !map_consistent(&f->pieces) || f->pieces.n[PIECE_DURABLE] > f->pieces.count ||
+        f->pieces.bytes[PIECE_DURABLE] > f->size ||
         (f->manifest != NULL &&
-         (f->manifest->file_size != f->size || f->manifest->piece_size != f->piece_size)))
+         (f->manifest->file_size != f->size || f->manifest->piece_size != f->pieces.piece_size)))
         abort();
-    /* No bit beyond the last piece: a peer would be offered it. */
-    for (uint64_t p = f->piece_count; p < (f->piece_count / 8 + 1) * 8; p++)
-        if ((f->done[p / 8] >> (p % 8)) & 1)
-            abort();
-    if ((f->transferred || f->completed) && f->done_count != f->piece_count)
+    if ((f->transferred || f->completed) && f->pieces.n[PIECE_DURABLE] != f->pieces.count)
         abort();
 }
 
@@ -295,8 +300,8 @@ static void store_all(store *s, agent_job **jobs, size_t n)
             const agent_file *f = j->files[k];
             if (store_put_file(s, f) != DOPA_OK || store_clear_pieces(s, f) != DOPA_OK)
                 abort();
-            for (uint64_t p = 0; p < f->piece_count; p++)
-                if (agent_file_piece_done(f, p) && store_add_pieces(s, f, &p, 1) != DOPA_OK)
+            for (uint64_t p = 0; p < f->pieces.count; p++)
+                if (pieces_state(&f->pieces, p) == PIECE_DURABLE && store_add_pieces(s, f, &p, 1) != DOPA_OK)
                     abort();
         }
     }
