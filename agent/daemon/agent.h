@@ -49,6 +49,7 @@ struct agent_engine;
 /* The origin's transfer of a file (engine.c): one range request at a time,
  * its bytes checked piece by piece as they come. Not stored. */
 typedef struct file_fetch {
+    struct agent_engine *engine; /* for the origin's callbacks, which carry the file */
     origin_file *origin;
     uint64_t request;                              /* running origin request, 0 if none */
     int probing;                                   /* it only asks the file's size */
@@ -298,6 +299,8 @@ void engine_flush(agent_engine *e);
 int engine_step(agent_engine *e, int timeout_ms);
 /* Makes engine_step return early; callable from any thread. */
 void engine_wakeup(agent_engine *e);
+/* The same, for a callback's context pointer (the engine). */
+void engine_wake(void *engine);
 
 /* A control request waiting for its reply (owned by the control server). */
 typedef struct engine_call engine_call;

@@ -43,6 +43,8 @@ typedef struct cache_entry {
 
 /* A copy to make (or made) on the helper thread. */
 typedef struct cache_copy {
+    work w;
+    agent_engine *e;
     uint8_t cid[VALIDATE_CONTENT_ID_BYTES];
     int fd; /* the source, ours */
     uint64_t size;
@@ -61,12 +63,10 @@ typedef struct agent_cache {
     uint64_t limit, used, reserved;
     int64_t max_age_ms;
     cache_entry *entries;
-    cache_copy *queue; /* waiting (owner thread) */
-    cache_copy *running;
-    pthread_t thread;
-    int thread_running;
-    cache_copy *finished; /* e->lock */
-    atomic_int cancel;    /* the copy thread stops early (closing) */
+    cache_copy *queue;   /* waiting */
+    cache_copy *running; /* handed to the copier, until its result is taken */
+    work_queue copier;
+    atomic_int cancel; /* the copier stops early (closing) */
     int64_t last_sweep;
 } agent_cache;
 
@@ -248,36 +248,26 @@ static void copy_content(agent_cache *c, cache_copy *k)
     unlink(meta_part);
 }
 
-static void *copy_main(void *arg)
+static void copy_run(work *w)
 {
-    agent_engine *e = arg;
-    agent_cache *c = e->cache;
-    cache_copy *k = c->running;
-    copy_content(c, k);
-    pthread_mutex_lock(&e->lock);
-    k->next = c->finished;
-    c->finished = k;
-    pthread_mutex_unlock(&e->lock);
-    engine_wakeup(e);
-    return NULL;
+    cache_copy *k = (cache_copy *)w;
+    copy_content(k->e->cache, k);
 }
+
+static void copy_done(work *w, int status);
 
 static void start_next(agent_engine *e)
 {
     agent_cache *c = e->cache;
-    if (c->thread_running || c->queue == NULL)
+    if (c->running != NULL || c->queue == NULL)
         return;
     cache_copy *k = c->queue;
     c->queue = k->next;
     k->next = NULL;
     c->running = k;
-    if (pthread_create(&c->thread, NULL, copy_main, e) != 0) {
-        c->running = NULL;
-        c->reserved -= k->size;
-        copy_free(k);
-        return;
-    }
-    c->thread_running = 1;
+    k->w = (work){.run = copy_run, .done = copy_done};
+    k->e = e;
+    work_submit(&c->copier, &k->w);
 }
 
 /* ------------------------------------------------------------------ */
@@ -429,7 +419,8 @@ int cache_open(agent_engine *e, char *why, size_t why_len)
         return DOPA_ENOMEM;
     size_t n = strlen(e->state_dir) + 8;
     c->dir = malloc(n);
-    if (c->dir == NULL) {
+    if (c->dir == NULL || work_queue_init(&c->copier, 1, engine_wake, e) != 0) {
+        free(c->dir);
         free(c);
         return DOPA_ENOMEM;
     }
@@ -480,58 +471,64 @@ int cache_open(agent_engine *e, char *why, size_t why_len)
     return DOPA_OK;
 }
 
+/* A copy made, or a stored entry hashed again: the entry is kept, or
+ * not. When the cache closes, it is simply dropped. */
+static void copy_done(work *w, int status)
+{
+    cache_copy *done = (cache_copy *)w;
+    agent_engine *e = done->e;
+    agent_cache *c = e->cache;
+    c->running = NULL;
+    if (status != WORK_RAN) {
+        copy_free(done);
+        return;
+    }
+    c->reserved -= done->size;
+    char hex[65];
+    validate_hex(done->cid, 32, hex);
+    if (!done->ok) {
+        agent_log("warning", "cache: not keeping %.16s: %s", hex, done->why);
+        if (done->verify_only) {
+            char path[4300];
+            hexname(c, done->cid, "meta", path, sizeof path);
+            unlink(path);
+            hexname(c, done->cid, "data", path, sizeof path);
+            unlink(path);
+        }
+    } else {
+        cache_entry *en = calloc(1, sizeof *en);
+        if (en != NULL && done->meta_len != META_SHA256_BYTES &&
+            validate_manifest_parse(done->meta, done->meta_len, &en->manifest, NULL, 0) !=
+                VALIDATE_OK) {
+            free(en);
+            en = NULL;
+        }
+        if (en != NULL) {
+            memcpy(en->cid, done->cid, 32);
+            en->size = done->size;
+            en->last_used = done->verify_only ? done->last_used : engine_now(e);
+            en->next = c->entries;
+            c->entries = en;
+            c->used += en->size;
+            offer_entry(e, en); /* replaces the job's own offer */
+            for (size_t i = 0; i < e->n_jobs; i++)
+                for (size_t k = 0; k < e->jobs[i]->n_files; k++) {
+                    agent_file *f = e->jobs[i]->files[k];
+                    if (f->peer.has_cid && memcmp(f->peer.cid, en->cid, 32) == 0)
+                        f->peer.offered = 0; /* the cache's now */
+                }
+        }
+    }
+    copy_free(done);
+    start_next(e);
+}
+
 void cache_step(agent_engine *e)
 {
     agent_cache *c = e->cache;
     if (c == NULL)
         return;
-    pthread_mutex_lock(&e->lock);
-    cache_copy *done = c->finished;
-    c->finished = NULL;
-    pthread_mutex_unlock(&e->lock);
-    if (done != NULL) {
-        pthread_join(c->thread, NULL);
-        c->thread_running = 0;
-        c->running = NULL;
-        c->reserved -= done->size;
-        char hex[65];
-        validate_hex(done->cid, 32, hex);
-        if (!done->ok) {
-            agent_log("warning", "cache: not keeping %.16s: %s", hex, done->why);
-            if (done->verify_only) {
-                char path[4300];
-                hexname(c, done->cid, "meta", path, sizeof path);
-                unlink(path);
-                hexname(c, done->cid, "data", path, sizeof path);
-                unlink(path);
-            }
-        } else {
-            cache_entry *en = calloc(1, sizeof *en);
-            if (en != NULL && done->meta_len != META_SHA256_BYTES &&
-                validate_manifest_parse(done->meta, done->meta_len, &en->manifest, NULL, 0) !=
-                    VALIDATE_OK) {
-                free(en);
-                en = NULL;
-            }
-            if (en != NULL) {
-                memcpy(en->cid, done->cid, 32);
-                en->size = done->size;
-                en->last_used = done->verify_only ? done->last_used : engine_now(e);
-                en->next = c->entries;
-                c->entries = en;
-                c->used += en->size;
-                offer_entry(e, en); /* replaces the job's own offer */
-                for (size_t i = 0; i < e->n_jobs; i++)
-                    for (size_t k = 0; k < e->jobs[i]->n_files; k++) {
-                        agent_file *f = e->jobs[i]->files[k];
-                        if (f->peer.has_cid && memcmp(f->peer.cid, en->cid, 32) == 0)
-                            f->peer.offered = 0; /* the cache's now */
-                    }
-            }
-        }
-        copy_free(done);
-        start_next(e);
-    }
+    work_reap(&c->copier);
     int64_t now = engine_now(e);
     if (now - c->last_sweep < 1000)
         return;
@@ -593,16 +590,7 @@ void cache_close(agent_engine *e)
     if (c == NULL)
         return;
     atomic_store(&c->cancel, 1);
-    if (c->thread_running)
-        pthread_join(c->thread, NULL);
-    /* A finished copy is both running and on the finished list. */
-    for (cache_copy *k = c->finished, *next; k != NULL; k = next) {
-        next = k->next;
-        if (k == c->running)
-            c->running = NULL;
-        copy_free(k);
-    }
-    copy_free(c->running);
+    work_queue_destroy(&c->copier); /* the copy it makes is dropped */
     for (cache_copy *k = c->queue, *next; k != NULL; k = next) {
         next = k->next;
         copy_free(k);

@@ -33,6 +33,7 @@
 #define DEFAULT_MAX_RUNNING       4
 #define DEFAULT_INACTIVITY_MS     (90ull * 24 * 3600 * 1000)
 #define DEFAULT_MAX_JOBS_PER_USER 10000
+#define CHECK_THREADS             4 /* whole-file checks at once */
 
 void agent_log(const char *level, const char *fmt, ...)
 {
@@ -255,10 +256,6 @@ static void map_local(const agent_file *f, uint64_t local, uint64_t *remote, uin
 /* ------------------------------------------------------------------ */
 /* Origin callbacks                                                   */
 
-/* The engine a file belongs to: kept in a global since origin callbacks
- * carry only the file. There is one engine per process. */
-static agent_engine *the_engine;
-static agent_engine *engine_of(agent_file *f);
 
 static void on_info(void *ctx, origin_file *of, const origin_file_info *info)
 {
@@ -299,7 +296,7 @@ void engine_reset_file(agent_engine *e, agent_file *f)
 /* Why on_data refused a request, kept in the file for its on_done. */
 enum abort_reason { ABORT_NONE, ABORT_WRITE, ABORT_BAD_PIECE };
 
-static void data_arrived(agent_job *j);
+static void data_arrived(agent_engine *e, agent_job *j);
 
 static int on_data(void *ctx, origin_file *of, uint64_t id, uint64_t offset, const void *data,
                    size_t len)
@@ -346,35 +343,35 @@ static int on_data(void *ctx, origin_file *of, uint64_t id, uint64_t offset, con
     }
     j->from_origin += len;
     f->from_origin += len;
-    engine_of(f)->got_origin += len;
+    f->fetch.engine->got_origin += len;
     /* Bytes fetched again (after a restart, or the same range over and
      * over from an origin that keeps breaking its responses) are not
      * progress: the no-progress timeout must still end such a job. */
     uint64_t held = pieces_held_bytes(&f->pieces) + f->fetch.fill;
     if (held > f->progress_mark) {
         f->progress_mark = held;
-        engine_progress(j);
+        engine_progress(f->fetch.engine, j);
     } else {
-        data_arrived(j);
+        data_arrived(f->fetch.engine, j);
     }
     return 0;
 }
 
 /* Bytes are flowing: the job is transferring, and in use. */
-static void data_arrived(agent_job *j)
+static void data_arrived(agent_engine *e, agent_job *j)
 {
-    j->touched = engine_mono(the_engine);
+    j->touched = engine_mono(e);
     if (j->state == DOPA_STATE_CONNECTING) {
         j->state = DOPA_STATE_TRANSFERRING;
-        engine_touch(the_engine, j);
+        engine_touch(e, j);
     }
 }
 
-void engine_progress(agent_job *j)
+void engine_progress(agent_engine *e, agent_job *j)
 {
     j->no_progress_since = 0; /* new bytes are progress */
     j->no_progress_wall = 0;
-    data_arrived(j);
+    data_arrived(e, j);
 }
 
 static void on_done(void *ctx, origin_file *of, uint64_t id, const origin_error *err)
@@ -382,7 +379,7 @@ static void on_done(void *ctx, origin_file *of, uint64_t id, const origin_error 
     (void)of;
     agent_file *f = ctx;
     agent_job *j = f->job;
-    agent_engine *e = engine_of(f);
+    agent_engine *e = f->fetch.engine;
     if (id != f->fetch.request)
         return;
     int was_probe = f->fetch.probing;
@@ -480,11 +477,6 @@ static void on_done(void *ctx, origin_file *of, uint64_t id, const origin_error 
                           (int)f->index, err->http_status, err->retry_after, err->message);
 }
 
-static agent_engine *engine_of(agent_file *f)
-{
-    (void)f;
-    return the_engine;
-}
 
 /* ------------------------------------------------------------------ */
 /* Driving a running job                                              */
@@ -504,6 +496,7 @@ static int open_origin(agent_engine *e, agent_file *f)
         .known_etag = f->etag[0] ? f->etag : NULL,
         .known_last_modified = f->last_modified[0] ? f->last_modified : NULL,
     };
+    f->fetch.engine = e;
     origin_sink sink = {.on_info = on_info, .on_data = on_data, .on_done = on_done, .ctx = f};
     return origin_file_open(e->origin, &opts, &sink, &f->fetch.origin);
 }
@@ -542,11 +535,11 @@ static uint64_t next_missing(const agent_file *f)
 
 /* The first piece the origin should send: with peers, from this agent's
  * share on, only what peers leave to the origin; piece_count if none. */
-static uint64_t next_origin_piece(const agent_file *f)
+static uint64_t next_origin_piece(const agent_engine *e, const agent_file *f)
 {
     if (f->peer.swarm == NULL)
         return next_missing(f);
-    if (peers_origin_wait(f) || engine_mono(the_engine) < f->fetch.rest_until)
+    if (peers_origin_wait(f) || engine_mono(e) < f->fetch.rest_until)
         return f->pieces.count;
     uint64_t start = peers_origin_start(f);
     for (uint64_t k = 0; k < f->pieces.count; k++) {
@@ -568,7 +561,7 @@ static void start_request(agent_engine *e, agent_file *f)
         first = f->fetch.fill_piece;
         local = first * f->pieces.piece_size + f->fetch.fill;
     } else {
-        first = next_origin_piece(f);
+        first = next_origin_piece(e, f);
         if (first >= f->pieces.count)
             return;
         local = first * f->pieces.piece_size;
@@ -693,7 +686,7 @@ static void pump_job(agent_engine *e, agent_job *j)
             f->check.plugins_passed = 0;
             f->validation = DOPA_VALIDATION_NONE;
             peers_start_file(e, f);
-            if (f->fetch.fill > 0 || next_origin_piece(f) < f->pieces.count)
+            if (f->fetch.fill > 0 || next_origin_piece(e, f) < f->pieces.count)
                 start_request(e, f);
             else if (next_missing(f) >= f->pieces.count)
                 e->commit_now = 1; /* only the commit stands between it and done */
@@ -733,17 +726,22 @@ static void pump_job(agent_engine *e, agent_job *j)
 /* ------------------------------------------------------------------ */
 /* Whole-file SHA-256 checks, on a helper thread                      */
 
-struct hash_task {
+typedef struct hash_task {
+    work w;
     agent_engine *e;
     int fd;
     uint64_t size; /* bytes to hash: what the job transferred, not what the file holds */
     uint8_t want[32];
-    hash_result result;
-};
+    dopa_id job; /* the file it checks, by job and index: it may be gone when it ends */
+    uint32_t file;
+    uint64_t generation; /* and which check of it */
+    int ok;              /* the hash matched */
+    int err;             /* errno of a read failure, 0 if none */
+} hash_task;
 
-static void *hash_main(void *arg)
+static void hash_run(work *w)
 {
-    struct hash_task *t = arg;
+    hash_task *t = (hash_task *)w;
     validate_sha256_state st;
     uint8_t buf[1 << 16], got[32];
     uint64_t off = 0;
@@ -754,7 +752,7 @@ static void *hash_main(void *arg)
         if (n < 0 && errno == EINTR)
             continue;
         if (n < 0) {
-            t->result.err = errno;
+            t->err = errno;
             break;
         }
         if (n == 0)
@@ -763,93 +761,55 @@ static void *hash_main(void *arg)
         off += (uint64_t)n;
     }
     validate_sha256_final(&st, got);
-    t->result.ok = t->result.err == 0 && off == t->size && sodium_memcmp(got, t->want, 32) == 0;
-    t->result.thread = pthread_self();
+    t->ok = t->err == 0 && off == t->size && sodium_memcmp(got, t->want, 32) == 0;
+}
+
+/* The check's result, on the engine thread (dropped when the engine
+ * closes). */
+static void hash_done(work *w, int status)
+{
+    hash_task *t = (hash_task *)w;
+    agent_engine *e = t->e;
     close(t->fd);
-    hash_result *r = malloc(sizeof *r);
-    if (r != NULL) {
-        *r = t->result;
-        pthread_mutex_lock(&t->e->lock);
-        r->next = t->e->results;
-        t->e->results = r;
-        pthread_mutex_unlock(&t->e->lock);
-        engine_wakeup(t->e);
+    agent_job *j = status == WORK_RAN ? engine_find(e, &t->job) : NULL;
+    agent_file *f = j != NULL && t->file < j->n_files ? j->files[t->file] : NULL;
+    if (f != NULL && f->check.hashing && f->check.hash_generation == t->generation && j->running) {
+        f->check.hashing = 0;
+        if (t->err != 0) {
+            char msg[512];
+            snprintf(msg, sizeof msg, "reading %s: %s", f->tmp_path, strerror(t->err));
+            engine_fail_job(e, j, 1, DOPA_CONTEXT_LOCAL_FILE, t->err, (int)f->index, 0, msg);
+        } else if (!t->ok) {
+            char msg[DOPA_MESSAGE_MAX + 1];
+            snprintf(msg, sizeof msg, "%s: the file's SHA-256 is not the expected one", f->url);
+            engine_reject_file(e, f, VALIDATE_EFILE_HASH, msg);
+        } else {
+            f->check.hash_passed = 1; /* the pump goes on to the validators */
+        }
     }
     free(t);
-    return NULL;
 }
 
 static void start_whole_file_check(agent_engine *e, agent_file *f)
 {
-    struct hash_task *t = calloc(1, sizeof *t);
+    hash_task *t = calloc(1, sizeof *t);
     if (t == NULL)
         return;
-    pthread_t *grown = realloc(e->threads, (e->n_threads + 1) * sizeof *grown);
-    if (grown == NULL) {
-        free(t);
-        return;
-    }
-    e->threads = grown;
-    t->e = e;
     t->fd = dup(f->fd);
-    t->size = f->size;
-    memcpy(t->want, f->sha256, 32);
-    t->result.job = f->job->id;
-    t->result.file = f->index;
-    uint64_t generation = ++e->generation; /* t is the thread's once it starts */
-    t->result.generation = generation;
-    /* Joinable: engine_close waits for it, since it uses the engine. */
-    if (t->fd < 0 || pthread_create(&e->threads[e->n_threads], NULL, hash_main, t) != 0) {
-        if (t->fd >= 0)
-            close(t->fd);
+    if (t->fd < 0) {
         free(t);
         return; /* tried again on the next turn */
     }
-    e->n_threads++;
+    t->w = (work){.run = hash_run, .done = hash_done};
+    t->e = e;
+    t->size = f->size;
+    memcpy(t->want, f->sha256, 32);
+    t->job = f->job->id;
+    t->file = f->index;
+    t->generation = ++e->generation;
     f->check.hashing = 1;
-    f->check.hash_generation = generation;
-}
-
-/* Joins a finished check's thread. */
-static void forget_thread(agent_engine *e, pthread_t th)
-{
-    for (size_t i = 0; i < e->n_threads; i++) {
-        if (pthread_equal(e->threads[i], th)) {
-            pthread_join(th, NULL);
-            e->threads[i] = e->threads[--e->n_threads];
-            return;
-        }
-    }
-}
-
-static void take_hash_results(agent_engine *e)
-{
-    pthread_mutex_lock(&e->lock);
-    hash_result *list = e->results;
-    e->results = NULL;
-    pthread_mutex_unlock(&e->lock);
-    while (list != NULL) {
-        hash_result *r = list;
-        list = r->next;
-        forget_thread(e, r->thread);
-        agent_job *j = engine_find(e, &r->job);
-        agent_file *f = j != NULL && r->file < j->n_files ? j->files[r->file] : NULL;
-        if (f != NULL && f->check.hashing && f->check.hash_generation == r->generation && j->running) {
-            f->check.hashing = 0;
-            if (r->err != 0) {
-                char msg[512];
-                snprintf(msg, sizeof msg, "reading %s: %s", f->tmp_path, strerror(r->err));
-                engine_fail_job(e, j, 1, DOPA_CONTEXT_LOCAL_FILE, r->err, (int)f->index, 0, msg);
-            } else if (!r->ok) {
-                char msg[DOPA_MESSAGE_MAX + 1];
-                snprintf(msg, sizeof msg, "%s: the file's SHA-256 is not the expected one", f->url);
-                engine_reject_file(e, f, VALIDATE_EFILE_HASH, msg);
-            } else {
-                f->check.hash_passed = 1; /* the pump goes on to the validators */
-            }
-        }
-        free(r);
-    }
+    f->check.hash_generation = t->generation;
+    work_submit(&e->checks, &t->w);
 }
 
 /* ------------------------------------------------------------------ */
@@ -870,27 +830,35 @@ typedef struct sync_entry {
 } sync_entry;
 
 typedef struct sync_batch {
+    work w;
     agent_engine *e;
     sync_entry *entries;
     size_t n;
-    int done; /* e->lock */
 } sync_batch;
 
-static void run_batch(sync_batch *b)
+static void run_batch(work *w)
 {
+    sync_batch *b = (sync_batch *)w;
     for (size_t i = 0; i < b->n; i++)
         b->entries[i].err = fdatasync(b->entries[i].fd) != 0 ? errno : 0;
 }
 
-static void *sync_main(void *arg)
+static void finish_batch(agent_engine *e, sync_batch *b);
+
+/* The batch is done (the engine is closing when it was dropped: it waits
+ * for it in engine_flush first, so that cannot happen to one that ran). */
+static void batch_done(work *w, int status)
 {
-    sync_batch *b = arg;
-    run_batch(b);
-    pthread_mutex_lock(&b->e->lock);
-    b->done = 1;
-    pthread_mutex_unlock(&b->e->lock);
-    engine_wakeup(b->e);
-    return NULL;
+    sync_batch *b = (sync_batch *)w;
+    b->e->sync = NULL;
+    if (status == WORK_RAN) {
+        finish_batch(b->e, b);
+    } else {
+        for (size_t i = 0; i < b->n; i++)
+            close(b->entries[i].fd);
+    }
+    free(b->entries);
+    free(b);
 }
 
 static agent_file *entry_file(agent_engine *e, const sync_entry *en)
@@ -973,19 +941,11 @@ static void finish_batch(agent_engine *e, sync_batch *b)
 /* Takes a finished batch (waiting for it when `wait`). */
 static void reap_batch(agent_engine *e, int wait)
 {
-    sync_batch *b = e->sync;
-    if (b == NULL)
+    if (e->sync == NULL)
         return;
-    pthread_mutex_lock(&e->lock);
-    int done = b->done;
-    pthread_mutex_unlock(&e->lock);
-    if (!done && !wait)
-        return;
-    pthread_join(e->sync_thread, NULL);
-    e->sync = NULL;
-    finish_batch(e, b);
-    free(b->entries);
-    free(b);
+    if (wait)
+        work_settle(&e->syncer, NULL);
+    work_reap(&e->syncer);
 }
 
 static void commit_pending(agent_engine *e, int force)
@@ -1015,6 +975,7 @@ static void commit_pending(agent_engine *e, int force)
         free(entries);
         return; /* the pieces stay pending */
     }
+    b->w = (work){.run = run_batch, .done = batch_done};
     b->e = e;
     b->entries = entries;
     for (size_t i = 0; i < e->n_jobs; i++) {
@@ -1043,13 +1004,11 @@ static void commit_pending(agent_engine *e, int force)
         return;
     }
     e->sync = b;
-    if (force || pthread_create(&e->sync_thread, NULL, sync_main, b) != 0) {
-        /* (Or when no thread can start: right here.) */
-        run_batch(b);
-        e->sync = NULL;
-        finish_batch(e, b);
-        free(b->entries);
-        free(b);
+    if (force) {
+        run_batch(&b->w); /* (with the engine waiting for it anyway) */
+        batch_done(&b->w, WORK_RAN);
+    } else {
+        work_submit(&e->syncer, &b->w);
     }
 }
 
@@ -1250,6 +1209,11 @@ void engine_wakeup(agent_engine *e)
     origin_wakeup(e->origin);
 }
 
+void engine_wake(void *engine)
+{
+    engine_wakeup(engine);
+}
+
 static int make_dir(const char *path, char *why, size_t why_len)
 {
     if (mkdir(path, 0700) != 0 && errno != EEXIST) {
@@ -1261,10 +1225,6 @@ static int make_dir(const char *path, char *why, size_t why_len)
 
 int engine_open(const engine_config *cfg, agent_engine **out, char *why, size_t why_len)
 {
-    if (the_engine != NULL) {
-        snprintf(why, why_len, "one engine per process");
-        return DOPA_EINVAL;
-    }
     agent_engine *e = calloc(1, sizeof *e);
     if (e == NULL)
         return DOPA_ENOMEM;
@@ -1278,7 +1238,6 @@ int engine_open(const engine_config *cfg, agent_engine **out, char *why, size_t 
         e->cfg.max_jobs_per_user = DEFAULT_MAX_JOBS_PER_USER;
     e->clock = cfg->clock != NULL ? *cfg->clock
                                   : (agent_clock){.wall_ms = real_wall, .mono_ms = real_mono};
-    pthread_mutex_init(&e->lock, NULL);
     e->next_seq = 1;
     int err = DOPA_ENOMEM;
     e->state_dir = strdup(cfg->state_dir);
@@ -1323,6 +1282,11 @@ int engine_open(const engine_config *cfg, agent_engine **out, char *why, size_t 
         err = DOPA_EINTERNAL;
         goto fail;
     }
+    if (work_queue_init(&e->checks, CHECK_THREADS, engine_wake, e) != 0 ||
+        work_queue_init(&e->syncer, 1, engine_wake, e) != 0) {
+        err = DOPA_ENOMEM;
+        goto fail;
+    }
     agent_job **loaded = NULL;
     size_t n = 0, damaged = 0;
     err = store_load(e->db, &loaded, &n, &damaged, why, why_len);
@@ -1362,7 +1326,6 @@ int engine_open(const engine_config *cfg, agent_engine **out, char *why, size_t 
     err = notify_open(e, why, why_len);
     if (err != DOPA_OK)
         goto fail;
-    the_engine = e;
     err = peers_open(e, why, why_len);
     if (err == DOPA_OK)
         err = cache_open(e, why, why_len);
@@ -1388,13 +1351,12 @@ void engine_close(agent_engine *e)
 {
     if (e == NULL)
         return;
-    /* Background checks use the engine (its lock, its origin's wakeup):
-     * wait for them before anything goes; their results are dropped. */
-    for (size_t i = 0; i < e->n_threads; i++)
-        pthread_join(e->threads[i], NULL);
-    free(e->threads);
+    /* Background checks use the engine (its origin's wakeup): wait for
+     * them before anything goes; their results are dropped. */
+    work_queue_destroy(&e->checks);
     if (e->db != NULL && e->origin != NULL)
         commit_pending(e, 1);
+    work_queue_destroy(&e->syncer);
     engine_answer_waits(e, 1);
     for (size_t i = 0; i < e->n_jobs; i++)
         engine_stop_job(e, e->jobs[i]);
@@ -1408,19 +1370,10 @@ void engine_close(agent_engine *e)
     free(e->jobs);
     origin_free(e->origin);
     store_close(e->db);
-    pthread_mutex_lock(&e->lock);
-    while (e->results != NULL) {
-        hash_result *r = e->results;
-        e->results = r->next;
-        free(r);
-    }
-    pthread_mutex_unlock(&e->lock);
     free(e->keys);
     free(e->state_dir);
     free(e->plugin_dir);
     free(e->validate_helper);
-    if (the_engine == e)
-        the_engine = NULL;
     free(e);
 }
 
@@ -1496,7 +1449,7 @@ int engine_step(agent_engine *e, int timeout_ms)
     cache_step(e);
     if (e->control != NULL)
         control_run_queued(e->control);
-    take_hash_results(e);
+    work_reap(&e->checks);
     engine_reap(e, 0);
     commit_pending(e, 0);
     run_timers(e);

@@ -22,17 +22,6 @@ typedef struct engine_wait {
     struct engine_wait *next;
 } engine_wait;
 
-/* The result of a whole-file check run on a helper thread. */
-typedef struct hash_result {
-    dopa_id job;
-    uint32_t file;
-    uint64_t generation;
-    pthread_t thread;
-    int ok;  /* the hash matched */
-    int err; /* errno of a read failure, 0 if none */
-    struct hash_result *next;
-} hash_result;
-
 /* A client (a libdopa manager) that takes notifications for its jobs. */
 #define CLIENT_HELD_MAX 64 /* events handed to one client and not yet answered */
 typedef struct engine_client {
@@ -60,13 +49,10 @@ struct agent_engine {
     validate_public_key *keys;
     size_t n_keys;
     engine_wait *waits;
-    pthread_t *threads; /* whole-file checks running */
-    size_t n_threads;
+    work_queue checks; /* whole-file SHA-256 checks */
     int64_t last_commit;
     int commit_now;       /* a file waits only for its pieces' commit */
     uint64_t generation;  /* tells stale background results apart */
-    pthread_mutex_t lock; /* guards results */
-    hash_result *results;
     char *plugin_dir, *validate_helper;
     cb_center *cb;       /* notifications */
     int64_t notify_wake; /* ms from the last notify_step until it wants to run, or -1 */
@@ -80,7 +66,7 @@ struct agent_engine {
     int64_t peer_wake;         /* ms from the last peers_step until it wants to run, or -1 */
     uint64_t got_origin, got_peers, got_cache; /* bytes received since start, by source */
     struct sync_batch *sync;                   /* a commit's fdatasyncs running, or NULL */
-    pthread_t sync_thread;
+    work_queue syncer;                         /* runs them */
 };
 
 int64_t engine_now(const agent_engine *e);  /* wall ms */
@@ -156,7 +142,7 @@ void engine_reset_file(agent_engine *e, agent_file *f);
 /* Transfers (engine.c), for peers.c. */
 int engine_write_all(int fd, const uint8_t *p, size_t len, uint64_t offset);
 /* Bytes arrived for the job. */
-void engine_progress(agent_job *j);
+void engine_progress(agent_engine *e, agent_job *j);
 /* Closes a file's descriptor unless pieces still wait for it. */
 void engine_release_fd(agent_file *f);
 

@@ -107,17 +107,12 @@ static void take_written(agent_engine *e, write_job *w)
             j->from_peers += w->len;
             e->got_peers += w->len;
         }
-        engine_progress(j);
+        engine_progress(e, j);
     }
     if (e->peers != NULL)
         peer_node_judge(e->peers, w->sender, verdict, w->len);
     if (!j->running)
         engine_release_fd(f);
-}
-
-static void wakeup(void *ctx)
-{
-    engine_wakeup(ctx);
 }
 
 static void peer_log(void *ctx, const char *level, const char *msg)
@@ -131,10 +126,10 @@ int peers_open(agent_engine *e, char *why, size_t why_len)
     if (e->cfg.peer == NULL)
         return DOPA_OK;
     peer_node_config cfg = *e->cfg.peer;
-    cfg.wakeup = wakeup;
+    cfg.wakeup = engine_wake;
     cfg.wakeup_ctx = e;
     cfg.log = peer_log;
-    if (work_queue_init(&e->writers, WRITERS, wakeup, e) != 0) {
+    if (work_queue_init(&e->writers, WRITERS, engine_wake, e) != 0) {
         snprintf(why, why_len, "cannot start the piece writers");
         return DOPA_ENOMEM;
     }
@@ -230,7 +225,7 @@ static int on_piece(void *ctx, uint64_t piece, const uint8_t *data, size_t len, 
         j->from_peers += len;
         e->got_peers += len;
     }
-    engine_progress(j);
+    engine_progress(e, j);
     return PEER_VERDICT_LATER;
 }
 
