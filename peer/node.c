@@ -515,7 +515,7 @@ int peer_offer(peer_node *n, const uint8_t cid[PEER_CID_BYTES], const peer_offer
     offer *o = calloc(1, sizeof *o);
     if (o == NULL)
         return PEER_ENOMEM;
-    size_t bytes = (size_t)(pieces + 7) / 8;
+    size_t bytes = peer_bits_bytes(pieces);
     o->held = calloc(bytes ? bytes : 1, 1);
     o->coming = calloc(bytes ? bytes : 1, 1);
     o->fd = fcntl(info->fd, F_DUPFD_CLOEXEC, 3);
@@ -569,7 +569,7 @@ void peer_offer_piece(peer_node *n, const uint8_t cid[PEER_CID_BYTES], uint64_t 
         peer_bit_set(o->held, piece);
         o->n_held++;
         if (peer_bit_get(o->coming, piece)) {
-            o->coming[piece >> 3] &= (uint8_t) ~(0x80u >> (piece & 7));
+            peer_bit_clear(o->coming, piece);
             o->n_coming--;
         }
     }
@@ -584,7 +584,7 @@ int peer_offer_coming(peer_node *n, const uint8_t cid[PEER_CID_BYTES], const uin
     offer *o = find_offer(n, cid);
     if (o != NULL) {
         err = PEER_OK;
-        memset(o->coming, 0, (size_t)(o->pieces + 7) / 8);
+        memset(o->coming, 0, peer_bits_bytes(o->pieces));
         o->n_coming = 0;
         for (size_t i = 0; i < count; i++) {
             uint64_t p = pieces[i];
@@ -780,7 +780,7 @@ static int64_t answer_piece(peer_node *n, const peer_msg *req, uint32_t pipe, nn
     pthread_mutex_lock(&n->catalog_lock);
     if (!ok && (o->hashes == NULL || o->stable) && data != NULL) {
         /* The file changed since it was checked: none of it is served. */
-        memset(o->held, 0, (size_t)(o->pieces + 7) / 8);
+        memset(o->held, 0, peer_bits_bytes(o->pieces));
         o->n_held = 0;
     }
     if (!ok) {
@@ -794,7 +794,7 @@ static int64_t answer_piece(peer_node *n, const peer_msg *req, uint32_t pipe, nn
     } else if (o->hashes != NULL && data != NULL) {
         /* The bytes on disk changed since they were verified: never again. */
         if (peer_bit_get(o->held, req->piece)) {
-            o->held[req->piece >> 3] &= (uint8_t) ~(0x80u >> (req->piece & 7));
+            peer_bit_clear(o->held, req->piece);
             o->n_held--;
         }
     }
@@ -848,7 +848,7 @@ static nng_msg *answer_have(peer_node *n, const peer_msg *req)
     note_interest(n, req);
     offer *o = find_offer(n, req->cid);
     if (o != NULL) {
-        size_t bytes = (size_t)(o->pieces + 7) / 8;
+        size_t bytes = peer_bits_bytes(o->pieces);
         if (o->downloading)
             rep.role |= PEER_ROLE_DOWNLOADING;
         if (o->n_held == o->pieces && o->pieces > 0) {
@@ -1972,25 +1972,24 @@ static void take_have(peer_swarm *s, request *r, const peer_msg *m)
         return; /* another idea of the content: ignore it */
     count_holdings(s, sp, 0);
     uint64_t count = m->have_status == PEER_HAVE_ALL ? s->pieces : 0;
+    size_t bytes = peer_bits_bytes(s->pieces);
     free(sp->bits);
     sp->bits = NULL;
     sp->status = m->have_status;
     if (m->have_status == PEER_HAVE_SOME) {
-        size_t bytes = (size_t)(s->pieces + 7) / 8;
         sp->bits = malloc(bytes);
         if (sp->bits == NULL) {
             sp->status = PEER_HAVE_NONE;
         } else {
             memcpy(sp->bits, m->bitfield, bytes);
-            for (uint64_t i = 0; i < s->pieces; i++)
-                count += (uint64_t)peer_bit_get(sp->bits, i);
+            count += peer_bits_count(sp->bits, s->pieces);
         }
     }
     sp->role = m->role;
     free(sp->coming);
     sp->coming = NULL;
-    if ((m->role & PEER_ROLE_COMING) && (sp->coming = malloc((size_t)(s->pieces + 7) / 8)) != NULL)
-        memcpy(sp->coming, m->coming, (size_t)(s->pieces + 7) / 8);
+    if ((m->role & PEER_ROLE_COMING) && (sp->coming = malloc(bytes)) != NULL)
+        memcpy(sp->coming, m->coming, bytes);
     sp->answer_sent = sp->sent;
     sp->claim_broken = 0; /* its claims are taken at their word again */
     if (sp->answered == 0 || count > sp->count)

@@ -193,7 +193,16 @@ void peer_replay_source_ipv4(const uint8_t addr[4], uint8_t source[PEER_SOURCE_B
 /* The nonce of a sealed message (the caller checked len >= PEER_PREFIX_BYTES). */
 const uint8_t *peer_wire_nonce(const uint8_t *buf);
 
-/* Bitfield helpers (most significant bit first). */
+/* Bitmaps of pieces (held, coming, claimed), in the wire's bit order: bit i
+ * stands for piece i, in byte i / 8, most significant bit first
+ * (PROTOCOL.md, HAVE_REP). A map of n pieces takes peer_bits_bytes(n)
+ * bytes; the bits past n in its last byte are 0. peer_bit_get, _set and
+ * _clear read and change piece i's bit; peer_bits_count counts the bits
+ * set among the first n. */
+static inline size_t peer_bits_bytes(uint64_t n)
+{
+    return (size_t)(n / 8 + (n % 8 != 0));
+}
 static inline int peer_bit_get(const uint8_t *bits, uint64_t i)
 {
     return (bits[i >> 3] >> (7 - (i & 7))) & 1;
@@ -201,6 +210,17 @@ static inline int peer_bit_get(const uint8_t *bits, uint64_t i)
 static inline void peer_bit_set(uint8_t *bits, uint64_t i)
 {
     bits[i >> 3] = (uint8_t)(bits[i >> 3] | (0x80u >> (i & 7)));
+}
+static inline void peer_bit_clear(uint8_t *bits, uint64_t i)
+{
+    bits[i >> 3] = (uint8_t)(bits[i >> 3] & ~(0x80u >> (i & 7)));
+}
+static inline uint64_t peer_bits_count(const uint8_t *bits, uint64_t n)
+{
+    uint64_t k = 0;
+    for (uint64_t i = 0; i < n; i++)
+        k += (uint64_t)peer_bit_get(bits, i);
+    return k;
 }
 
 /* ------------------------------------------------------------------ */

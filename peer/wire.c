@@ -135,7 +135,7 @@ static int check_lengths(uint8_t type, uint32_t header_len, uint32_t data_len)
         break;
     case PEER_MSG_HAVE_REP:
         min = H_HAVE_BITFIELD;
-        max = H_HAVE_BITFIELD + 2 * (PEER_MAX_PIECES / 8);
+        max = H_HAVE_BITFIELD + 2 * (uint32_t)peer_bits_bytes(PEER_MAX_PIECES);
         break;
     case PEER_MSG_PIECE_REQ:
         min = max = H_PIECE_REQ_LEN;
@@ -155,11 +155,6 @@ static int check_lengths(uint8_t type, uint32_t header_len, uint32_t data_len)
     return PEER_OK;
 }
 
-static uint32_t bitfield_bytes(uint32_t piece_count)
-{
-    return piece_count / 8 + (piece_count % 8 != 0);
-}
-
 /* How many bitfields a HAVE_REP carries: the held pieces (SOME), then the
  * coming ones (PEER_ROLE_COMING). */
 static uint32_t have_bitfields(const peer_msg *m)
@@ -171,8 +166,10 @@ static uint32_t have_bitfields(const peer_msg *m)
 /* Bits past piece_count in the bitfield's last byte must be zero. */
 static int bitfield_tail_clear(const uint8_t *bits, uint32_t piece_count)
 {
-    uint32_t used = piece_count % 8;
-    return used == 0 || (bits[piece_count / 8] & (0xffu >> used)) == 0;
+    for (uint64_t i = piece_count; i < 8 * (uint64_t)peer_bits_bytes(piece_count); i++)
+        if (peer_bit_get(bits, i))
+            return 0;
+    return 1;
 }
 
 /* The rules on a message's fields, shared by seal (on *m) and open (on
@@ -240,7 +237,7 @@ static size_t header_len(const peer_msg *m)
     case PEER_MSG_HAVE_REQ:
         return H_HAVE_REQ_LEN;
     case PEER_MSG_HAVE_REP:
-        return H_HAVE_BITFIELD + (size_t)have_bitfields(m) * bitfield_bytes(m->piece_count);
+        return H_HAVE_BITFIELD + have_bitfields(m) * peer_bits_bytes(m->piece_count);
     case PEER_MSG_PIECE_REQ:
         return H_PIECE_REQ_LEN;
     case PEER_MSG_PIECE_REP:
@@ -281,13 +278,13 @@ static void encode_header(const peer_msg *m, uint8_t *h)
         h[H_HAVE_STATUS] = m->have_status;
         h[H_HAVE_ROLE] = m->role;
         put_le32(h + H_HAVE_COUNT, m->piece_count);
-        uint32_t at = H_HAVE_BITFIELD;
+        size_t at = H_HAVE_BITFIELD;
         if (m->have_status == PEER_HAVE_SOME) {
-            memcpy(h + at, m->bitfield, bitfield_bytes(m->piece_count));
-            at += bitfield_bytes(m->piece_count);
+            memcpy(h + at, m->bitfield, peer_bits_bytes(m->piece_count));
+            at += peer_bits_bytes(m->piece_count);
         }
         if (m->role & PEER_ROLE_COMING)
-            memcpy(h + at, m->coming, bitfield_bytes(m->piece_count));
+            memcpy(h + at, m->coming, peer_bits_bytes(m->piece_count));
         return;
     }
     case PEER_MSG_PIECE_REQ:
@@ -382,13 +379,13 @@ static int decode_header(uint8_t type, const uint8_t *h, uint32_t h_len, const u
         if ((m->role & PEER_ROLE_COMING) &&
             (m->have_status == PEER_HAVE_ALL || m->piece_count == 0))
             return PEER_ERESERVED;
-        uint32_t want = H_HAVE_BITFIELD + have_bitfields(m) * bitfield_bytes(m->piece_count);
+        size_t want = H_HAVE_BITFIELD + have_bitfields(m) * peer_bits_bytes(m->piece_count);
         if (h_len != want)
             return h_len < want ? PEER_ETRUNCATED : PEER_ETOOBIG;
-        uint32_t at = H_HAVE_BITFIELD;
+        size_t at = H_HAVE_BITFIELD;
         if (m->have_status == PEER_HAVE_SOME) {
             m->bitfield = h + at;
-            at += bitfield_bytes(m->piece_count);
+            at += peer_bits_bytes(m->piece_count);
         }
         if (m->role & PEER_ROLE_COMING)
             m->coming = h + at;
