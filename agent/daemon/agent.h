@@ -11,6 +11,9 @@
  *  - the metrics endpoint, Prometheus text over nng's HTTP server
  *    (metrics_*).
  *
+ * dopad's settings, from dopa.conf and its command line to an
+ * engine_config, have their own header: config.h (config_*).
+ *
  * libdopa (dopa.h) is the client side; proto.h is the wire format both use.
  * Everything here runs on the engine thread unless it says otherwise.
  */

@@ -7,15 +7,18 @@
  * result. Parsers that must not allocate at all (they decode into the
  * caller's memory) are pinned at zero allocations.
  *
- * dopad's settings file is read by static functions of agent/daemon/dopad.c
- * (read_config, on_setting, around inih's ini_parse): alloc.config runs
- * dopad --check under an interposer instead (test_config.c).
+ * dopad's settings are read by config.h's functions (agent/daemon/config.c,
+ * around inih's ini_parse): their campaign here counts dopa's own
+ * allocations; inih's and libc's are alloc.config's, which runs dopad
+ * --check under an interposer that fails every allocation of the process
+ * (test_config.c).
  */
 #include <sodium.h>
 #include <sys/stat.h>
 
 #include "../check.h"
 #include "agent.h"
+#include "config.h"
 #include "fault.h"
 #include "peer.h"
 #include "proto.h"
@@ -379,6 +382,95 @@ static void test_peer_messages_open_and_seal_without_allocating(void)
 }
 
 /* ------------------------------------------------------------------ */
+/* dopad's settings                                                   */
+
+struct config_ctx {
+    const char *path;
+    const config_settings *cli;
+    config_settings s; /* the file's, completed */
+    char msg[5000];
+};
+
+static int config_op(void *arg)
+{
+    struct config_ctx *c = arg;
+    memset(&c->s, 0, sizeof c->s);
+    c->msg[0] = '\0';
+    if (config_read(c->path, 1, &c->s, c->msg, sizeof c->msg) != 0 ||
+        config_complete(&c->s, c->cli, c->msg, sizeof c->msg) != 0)
+        return -1;
+    return 0;
+}
+
+static void config_check(void *arg, int result, int struck)
+{
+    struct config_ctx *c = arg;
+    if (struck) {
+        /* The trusted key file's buffer: said with the file and line. */
+        CHECK_INT(result, -1);
+        CHECK_HAS(c->msg, "dopa.conf:3: trusted-key: ");
+        CHECK_HAS(c->msg, "out of memory");
+        return;
+    }
+    CHECK_INT(result, 0);
+    CHECK_STR(c->msg, "");
+    CHECK_INT(c->s.max_running, 5); /* the command line's, over the file's 3 */
+    CHECK_INT(c->s.n_keys, 2);      /* the file's, then the command line's */
+    CHECK_INT(c->s.n_peers, 2);
+    CHECK_INT(c->s.n_cache_hosts, 1);
+    CHECK_INT(c->s.upload_rate, 5000000);
+    CHECK_INT(c->s.cache_bytes, 1000000000);
+    CHECK_INT(c->s.beacons, 2);
+    CHECK_STR(c->s.metrics_listen, "127.0.0.1:9464");
+    uint8_t group[PEER_GROUP_KEY_BYTES] = {0};
+    static config_engine cfg;
+    config_engine_make(&cfg, &c->s, group);
+    CHECK(cfg.engine.peer == &cfg.peer);
+    CHECK_INT(cfg.engine.n_trusted_keys, 2);
+    CHECK_INT(cfg.engine.origin.max_rate, 10000000);
+    CHECK_STR(cfg.peer.peers[1], "tcp://127.0.0.3:7880");
+    CHECK_STR(cfg.peer.listen, "tcp://127.0.0.1:7880");
+}
+
+static void test_every_allocation_of_the_settings_reader_fails_in_turn(void)
+{
+    static char text[20000];
+    char why[512];
+    const char *secret = check_path("publisher.key");
+    char pub[4096];
+    snprintf(pub, sizeof pub, "%s.pub", secret);
+    CHECK_INT(validate_secret_key_save(publisher, secret, 0, why, sizeof why), VALIDATE_OK);
+    char key_text[VALIDATE_PUBLIC_KEY_TEXT_MAX];
+    validate_public_key_text(validate_secret_key_public(publisher), key_text);
+    snprintf(text, sizeof text,
+             "[dopad]\nmax-running = 3\ntrusted-key = %s\nsocket = %s\nstate-dir = %s\n"
+             "inactivity-timeout = 3600\nplugin-timeout = 30\norigin-rate = 10M\n"
+             "[peers]\ngroup-key = %s\nlisten = tcp://127.0.0.1:7880\n"
+             "peer = tcp://127.0.0.2:7880\npeer = tcp://127.0.0.3:7880 # a comment\n"
+             "cache-host = tcp://127.0.0.4:7880\nupload-rate = 5M\nmax-connections = 32\n"
+             "beacons = no\ncache-size = 1G\n"
+             "[metrics]\nlisten = 127.0.0.1:9464\n",
+             pub, check_path("control.sock"), check_path("state"), check_path("group.key"));
+    const char *path = check_path("dopa.conf");
+    check_write_text(path, text);
+
+    /* The command line's settings: a key given as text allocates nothing. */
+    static config_settings cli;
+    memset(&cli, 0, sizeof cli);
+    CHECK_INT(config_set_option(&cli, "max-running", "5"), 0);
+    CHECK_INT(config_set_option(&cli, "trusted-key", key_text), 0);
+    CHECK_INT(config_set_option(&cli, "max-running", "65"), -1);
+    CHECK_STR(cli.error, "max-running 65: need 1 to 64");
+
+    static struct config_ctx c;
+    memset(&c, 0, sizeof c);
+    c.path = path;
+    c.cli = &cli;
+    fault_op op = {"config_read, config_complete", NULL, config_op, config_check};
+    check_campaign(fault_campaign(&op, &c, LIMIT));
+}
+
+/* ------------------------------------------------------------------ */
 
 static void after_case(void)
 {
@@ -397,6 +489,7 @@ int main(int argc, char **argv)
                            CASE(test_every_allocation_of_the_key_parsers_fails_in_turn),
                            CASE(test_every_allocation_of_the_control_messages_fails_in_turn),
                            CASE(test_peer_messages_open_and_seal_without_allocating),
+                           CASE(test_every_allocation_of_the_settings_reader_fails_in_turn),
                            {0},
                        });
     validate_secret_key_free(publisher);

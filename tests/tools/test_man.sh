@@ -105,25 +105,28 @@ commands() {
     grep -o 'strcmp(cmd, "[a-z][a-z-]*")' "$2" | cut -d'"' -f2
     grep -o '{"[a-z][a-z-]*", dopa_job_[a-z_]*}' "$2" | cut -d'"' -f2
 }
-# options PROGRAM SOURCE: long options (getopt tables, "--x" literals the
-# source compares with, and --help's text) and short ones (getopt strings
+# options PROGRAM SOURCE...: long options (getopt tables, "--x" literals the
+# sources compare with, and --help's text) and short ones (getopt strings
 # and "-x" literals).
 options() {
+    program=$1
+    shift
     {
-        grep -o '{"[a-z][a-z0-9-]*", *\(required\|no\|optional\)_argument' "$2" |
+        grep -ho '{"[a-z][a-z0-9-]*", *\(required\|no\|optional\)_argument' "$@" |
             cut -d'"' -f2 | sed 's/^/--/'
-        grep -o '"--[a-z][a-z0-9-]*"' "$2" | tr -d '"'
-        "$1" --help | grep -o -- '--[a-z][a-z0-9-]*'
-        grep -o 'getopt_long(argc, argv, "[^"]*"' "$2" | cut -d'"' -f2 | tr -d ':' |
+        grep -ho '"--[a-z][a-z0-9-]*"' "$@" | tr -d '"'
+        "$program" --help | grep -o -- '--[a-z][a-z0-9-]*'
+        grep -ho 'getopt_long(argc, argv, "[^"]*"' "$@" | cut -d'"' -f2 | tr -d ':' |
             sed 's/./-&\n/g' | grep .
-        grep -o '"-[a-zA-Z]"' "$2" | tr -d '"'
+        grep -ho '"-[a-zA-Z]"' "$@" | tr -d '"'
     } | sort -u
 }
 commands "$dopa" "$src/tools/dopa.c" | sort -u >"$dir/dopa.commands"
 commands "$manifest" "$src/tools/dopa-manifest.c" | sort -u >"$dir/dopa-manifest.commands"
 options "$dopa" "$src/tools/dopa.c" >"$dir/dopa.options"
 options "$manifest" "$src/tools/dopa-manifest.c" >"$dir/dopa-manifest.options"
-options "$dopad" "$src/agent/daemon/dopad.c" >"$dir/dopad.options"
+# dopad's options: its main (dopad.c), and the settings they set (config.c).
+options "$dopad" "$src/agent/daemon/dopad.c" "$src/agent/daemon/config.c" >"$dir/dopad.options"
 cat "$dir"/*.options | grep -- '^--' | sort -u >"$dir/all.long"
 for f in dopa.commands:25 dopa-manifest.commands:4 dopa.options:12 dopa-manifest.options:10 \
     dopad.options:7; do
@@ -189,8 +192,9 @@ done
 echo "ok   exit codes"
 
 # --- dopa.conf(5) documents exactly the keys dopad's parser reads. --------
-# The parser: on_setting() holds [dopad]'s keys, peer_setting() [peers]'s,
-# metrics_setting() [metrics]'s.
+# The parser, agent/daemon/config.c: on_setting() holds [dopad]'s keys and
+# the sections, peer_setting() [peers]'s, metrics_setting() [metrics]'s.
+parser=agent/daemon/config.c
 awk '
     /^static int peer_setting\(/ { sec = "peers" }
     /^static int metrics_setting\(/ { sec = "metrics" }
@@ -203,15 +207,15 @@ awk '
             print sec, key
             line = substr(line, RSTART + RLENGTH)
         }
-    }' "$src/agent/daemon/dopad.c" | sort -u >"$dir/keys.source"
-grep -o 'strcmp(section, "[a-z]*")' "$src/agent/daemon/dopad.c" | cut -d'"' -f2 | sort -u >"$dir/sections.source"
+    }' "$src/$parser" | sort -u >"$dir/keys.source"
+grep -o 'strcmp(section, "[a-z]*")' "$src/$parser" | cut -d'"' -f2 | sort -u >"$dir/sections.source"
 norm "$man/dopa.conf.5" | awk '
     /^\.S[HS] / { sec = ""; if (match($0, /\[[a-z]+\]/)) sec = substr($0, RSTART + 1, RLENGTH - 2); next }
     tag { tag = 0; if (sec != "" && match($0, /^\.BI? "?[a-z0-9-]+ = /)) {
               key = substr($0, RSTART, RLENGTH); sub(/^\.BI? "?/, "", key); sub(/ = $/, "", key)
               print sec, key } }
     /^\.TP/ { tag = 1 }' | sort -u >"$dir/keys.page"
-[ "$(wc -l <"$dir/keys.source")" -ge 20 ] || fail "only $(wc -l <"$dir/keys.source") keys found in agent/daemon/dopad.c's parser"
+[ "$(wc -l <"$dir/keys.source")" -ge 20 ] || fail "only $(wc -l <"$dir/keys.source") keys found in $parser's parser"
 comm -23 "$dir/keys.source" "$dir/keys.page" | while read -r sec key; do
     echo "FAIL: dopa.conf.5: [$sec] $key is not documented"
 done >"$dir/missing"
