@@ -41,6 +41,7 @@
 #include <unistd.h>
 
 #include "agent.h"
+#include "work.h"
 
 #define CALLS           128
 #define WATCH_MS        1000 /* a probe's period and its time to answer */
@@ -51,22 +52,29 @@
 enum call_state { CALL_IDLE, CALL_RECEIVING, CALL_QUEUED, CALL_DEFERRED, CALL_SENDING };
 
 struct engine_call {
+    work w; /* posted to the control's requests when one came */
     control *c;
     nng_ctx ctx;
     nng_aio *aio;
     enum call_state state; /* guarded by the control's lock */
     nng_pipe pipe;         /* the connection the request came on */
     nng_msg *msg;
-    engine_call *next_queued;
 };
+
+/* A connection to close on the engine's turn. */
+typedef struct cut_off {
+    work w;
+    nng_pipe pipe;
+} cut_off;
 
 struct control {
     agent_engine *e;
     nng_socket sock;
     nng_listener listener;
     engine_call calls[CALLS];
-    pthread_mutex_t lock; /* guards queue and closing */
-    engine_call *queue_head, *queue_tail;
+    pthread_mutex_t lock; /* guards the calls' states and closing */
+    mailbox requests;     /* calls whose request came */
+    mailbox cuts;         /* connections to close */
     int closing;
     char *path;
     unsigned sock_mode;
@@ -74,8 +82,6 @@ struct control {
     int watching;
     pthread_cond_t stop; /* wakes the watchdog when closing (with lock) */
     unsigned long restarts;
-    nng_pipe cut[CALLS]; /* connections to close on the engine's turn */
-    size_t n_cut;
 };
 
 static void set_state(engine_call *call, enum call_state state)
@@ -91,14 +97,23 @@ static void receive(engine_call *call)
     nng_ctx_recv(call->ctx, call->aio);
 }
 
+/* The engine thread: closes a connection (or forgets it, closing). */
+static void cut_now(work *w, int status)
+{
+    cut_off *k = (cut_off *)w;
+    if (status == WORK_RAN)
+        nng_pipe_close(k->pipe);
+    free(k);
+}
+
 /* nng's thread: the engine closes the pipe on its next turn. */
 static void cut_off_later(control *c, nng_pipe pipe)
 {
-    pthread_mutex_lock(&c->lock);
-    if (c->n_cut < CALLS)
-        c->cut[c->n_cut++] = pipe; /* (a call dooms one pipe at a time) */
-    pthread_mutex_unlock(&c->lock);
-    engine_wakeup(c->e);
+    cut_off *k = malloc(sizeof *k);
+    if (k == NULL)
+        return; /* it goes on until the client closes it */
+    *k = (cut_off){.w = {.done = cut_now}, .pipe = pipe};
+    mailbox_post(&c->cuts, &k->w);
 }
 
 /* nng's thread: a receive or a send finished. */
@@ -128,16 +143,8 @@ static void on_aio(void *arg)
     }
     call->msg = nng_aio_get_msg(call->aio);
     call->pipe = nng_msg_get_pipe(call->msg);
-    pthread_mutex_lock(&c->lock);
-    call->state = CALL_QUEUED;
-    call->next_queued = NULL;
-    if (c->queue_tail != NULL)
-        c->queue_tail->next_queued = call;
-    else
-        c->queue_head = call;
-    c->queue_tail = call;
-    pthread_mutex_unlock(&c->lock);
-    engine_wakeup(c->e);
+    set_state(call, CALL_QUEUED);
+    mailbox_post(&c->requests, &call->w);
 }
 
 /* Engine thread: sends a reply on the call's context. */
@@ -246,29 +253,19 @@ static void handle(control *c, engine_call *call)
     proto_reply_clear(&reply);
 }
 
+/* The engine thread: a call's request came (when the server closes, the
+ * call is simply left: control_close frees its message). */
+static void on_call(work *w, int status)
+{
+    engine_call *call = (engine_call *)w;
+    if (status == WORK_RAN)
+        handle(call->c, call);
+}
+
 void control_run_queued(control *c)
 {
-    pthread_mutex_lock(&c->lock);
-    nng_pipe cut[CALLS];
-    size_t n_cut = c->n_cut;
-    memcpy(cut, c->cut, n_cut * sizeof cut[0]);
-    c->n_cut = 0;
-    pthread_mutex_unlock(&c->lock);
-    for (size_t i = 0; i < n_cut; i++)
-        nng_pipe_close(cut[i]);
-    for (;;) {
-        pthread_mutex_lock(&c->lock);
-        engine_call *call = c->queue_head;
-        if (call != NULL) {
-            c->queue_head = call->next_queued;
-            if (c->queue_head == NULL)
-                c->queue_tail = NULL;
-        }
-        pthread_mutex_unlock(&c->lock);
-        if (call == NULL)
-            return;
-        handle(c, call);
-    }
+    mailbox_deliver(&c->cuts);
+    mailbox_deliver(&c->requests);
 }
 
 /* Creates and starts the listener on c->path. */
@@ -446,8 +443,12 @@ int control_open(agent_engine *e, const char *socket_path, unsigned dir_mode, un
         return DOPA_ENOMEM;
     c->e = e;
     pthread_mutex_init(&c->lock, NULL);
+    mailbox_init(&c->requests, engine_wake, e);
+    mailbox_init(&c->cuts, engine_wake, e);
     int err = prepare_path(socket_path, dir_mode, why, why_len);
     if (err != DOPA_OK) {
+        mailbox_destroy(&c->requests);
+        mailbox_destroy(&c->cuts);
         pthread_mutex_destroy(&c->lock);
         free(c);
         return err;
@@ -462,6 +463,8 @@ int control_open(agent_engine *e, const char *socket_path, unsigned dir_mode, un
         snprintf(why, why_len, "%s: %s", socket_path, nng_strerror(rv));
         nng_close(c->sock);
         free(c->path);
+        mailbox_destroy(&c->requests);
+        mailbox_destroy(&c->cuts);
         pthread_cond_destroy(&c->stop);
         pthread_mutex_destroy(&c->lock);
         free(c);
@@ -470,6 +473,7 @@ int control_open(agent_engine *e, const char *socket_path, unsigned dir_mode, un
     for (int i = 0; i < CALLS; i++) {
         engine_call *call = &c->calls[i];
         call->c = c;
+        call->w = (work){.done = on_call};
         if (nng_ctx_open(&call->ctx, c->sock) != 0 ||
             nng_aio_alloc(&call->aio, on_aio, call) != 0) {
             snprintf(why, why_len, "cannot set up the control socket");
@@ -514,6 +518,8 @@ void control_close(control *c)
     if (c->path != NULL)
         unlink(c->path);
     free(c->path);
+    mailbox_destroy(&c->requests);
+    mailbox_destroy(&c->cuts);
     pthread_cond_destroy(&c->stop);
     pthread_mutex_destroy(&c->lock);
     free(c);

@@ -1,15 +1,19 @@
 /*
- * The engine: one thread that owns every job, the store and the origin
- * loop. Each turn (engine_step) it lets libcurl move the transfers, runs the
- * control requests that arrived, fires the timers (retry, no-progress,
- * inactivity), decides which jobs run, keeps each running job's next range
- * request in flight, and commits finished pieces.
+ * The engine: one thread that owns every job, the store and the loop the
+ * transfers run in. Each turn (engine_step) it lets libcurl and the peer
+ * node move their transfers, takes what other threads handed back (work.h),
+ * runs the control requests that arrived, commits written pieces
+ * (commit.c), fires the timers (retry, no-progress, inactivity), decides
+ * which jobs run, and pumps each running job: its files in order, each
+ * through its sources (source.h: the origin in fetch.c, peers in peers.c)
+ * until every piece is durable (pieces.h), then through its checks
+ * (validation.c) to transferred.
  *
- * Durability: bytes go to the temporary file as they arrive; a finished
- * piece waits in the file's pending list until a commit, which fdatasyncs
- * the file and then records the piece in the store in one transaction. So
- * a piece is done only when both its bytes and its row are on disk, and a
- * kill -9 loses at most the pieces since the last commit (about 200 ms).
+ * A file's walk: prepare (the temporary file opened, the origin asked for
+ * the size) → fetch (each source claims pieces and delivers them: MISSING
+ * → CLAIMED → WRITTEN) → commit (WRITTEN → SYNCING → DURABLE) → the
+ * whole-file checks and the verdict → transferred (offered whole to peers,
+ * copied into the cache) → Complete (moved to its destination).
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -23,13 +27,7 @@
 
 #include "engine_internal.h"
 
-#define COMMIT_INTERVAL_MS        200
-#define COMMIT_PIECES             64
-#define REQUEST_PIECES            256    /* pieces asked for in one range request */
-#define SWARM_REQUEST_PIECES      2      /* the same, for a file fetched from peers too */
 #define FINAL_JOB_KEEP_MS         300000 /* final jobs stay visible this long */
-#define MAX_BAD_PIECES            3      /* hash failures from the origin before ERROR */
-#define MAX_CHANGES               4      /* the remote file changing, before ERROR */
 #define DEFAULT_MAX_RUNNING       4
 #define DEFAULT_INACTIVITY_MS     (90ull * 24 * 3600 * 1000)
 #define DEFAULT_MAX_JOBS_PER_USER 10000
@@ -77,7 +75,7 @@ int64_t engine_mono(const agent_engine *e)
     return e->clock.mono_ms(e->clock.ctx);
 }
 
-static int wants_to_run(int state)
+int engine_wants_to_run(int state)
 {
     return state == DOPA_STATE_QUEUED || state == DOPA_STATE_CONNECTING ||
            state == DOPA_STATE_TRANSFERRING;
@@ -126,27 +124,6 @@ void engine_end(agent_engine *e, int own, int ok)
 /* ------------------------------------------------------------------ */
 /* Stopping and failing                                               */
 
-/* Gives back the origin's claims: every piece of its last request, but
- * the one being filled (the next request goes on with it). */
-static void origin_release(agent_file *f)
-{
-    for (uint64_t p = f->fetch.req_first; p <= f->fetch.req_last && p < f->pieces.count; p++)
-        if (f->fetch.fill == 0 || p != f->fetch.fill_piece)
-            pieces_unclaim(&f->pieces, p, SOURCE_ORIGIN);
-}
-
-static void close_file_transfer(agent_file *f)
-{
-    if (f->fetch.origin != NULL) {
-        origin_file_close(f->fetch.origin);
-        f->fetch.origin = NULL;
-    }
-    f->fetch.request = 0;
-    f->fetch.probing = 0;
-    f->fetch.fill = 0;
-    origin_release(f);
-}
-
 /* Closes a file's descriptor unless pieces still wait for its fdatasync or
  * for a writer. */
 void engine_release_fd(agent_file *f)
@@ -157,13 +134,21 @@ void engine_release_fd(agent_file *f)
     }
 }
 
+/* Where pieces come from (source.h), in the order they fetch. */
+static const piece_source *const sources[] = {&peer_source, &origin_source};
+#define N_SOURCES (sizeof sources / sizeof sources[0])
+
+static void stop_sources(agent_engine *e, agent_file *f)
+{
+    for (size_t i = 0; i < N_SOURCES; i++)
+        sources[i]->stop(e, f);
+}
+
 void engine_stop_job(agent_engine *e, agent_job *j)
 {
-    (void)e;
     for (size_t i = 0; i < j->n_files; i++) {
         agent_file *f = j->files[i];
-        close_file_transfer(f);
-        peers_stop_file(e, f);
+        stop_sources(e, f);
         /* A whole-file check still running is void now: its result must
          * not move the job (it is checked again when the job runs). */
         f->check.hashing = 0;
@@ -176,7 +161,7 @@ void engine_stop_job(agent_engine *e, agent_job *j)
 
 void engine_set_state(agent_engine *e, agent_job *j, int state)
 {
-    if (!wants_to_run(state))
+    if (!engine_wants_to_run(state))
         engine_stop_job(e, j);
     if (j->state == state)
         return;
@@ -225,50 +210,6 @@ void engine_fail_job_after(agent_engine *e, agent_job *j, int transient, int con
         touch_notify(e, j, CB_JOB_ERROR, -1);
 }
 
-/* ------------------------------------------------------------------ */
-/* Sizes and ranges                                                   */
-
-/* The remote offset of a local offset, and how many bytes from there stay
- * inside the same range. */
-static void map_local(const agent_file *f, uint64_t local, uint64_t *remote, uint64_t *room)
-{
-    if (f->n_ranges == 0) {
-        *remote = local;
-        *room = f->size - local;
-        return;
-    }
-    uint64_t base = 0;
-    for (size_t i = 0; i < f->n_ranges; i++) {
-        uint64_t len = f->ranges[i].length;
-        if (len == DOPA_LENGTH_TO_EOF)
-            len = (uint64_t)f->remote_size - f->ranges[i].offset;
-        if (local < base + len) {
-            *remote = f->ranges[i].offset + (local - base);
-            *room = base + len - local;
-            return;
-        }
-        base += len;
-    }
-    *remote = 0;
-    *room = 0;
-}
-
-/* ------------------------------------------------------------------ */
-/* Origin callbacks                                                   */
-
-
-static void on_info(void *ctx, origin_file *of, const origin_file_info *info)
-{
-    (void)of;
-    agent_file *f = ctx;
-    if (info->etag[0] != '\0')
-        snprintf(f->etag, sizeof f->etag, "%s", info->etag);
-    if (info->last_modified[0] != '\0')
-        snprintf(f->last_modified, sizeof f->last_modified, "%s", info->last_modified);
-    if (info->size >= 0)
-        f->remote_size = info->size;
-}
-
 int engine_write_all(int fd, const uint8_t *p, size_t len, uint64_t offset)
 {
     while (len > 0) {
@@ -293,72 +234,29 @@ void engine_reset_file(agent_engine *e, agent_file *f)
                store_clear_pieces(e->db, f) == DOPA_OK && store_put_file(e->db, f) == DOPA_OK);
 }
 
-/* Why on_data refused a request, kept in the file for its on_done. */
-enum abort_reason { ABORT_NONE, ABORT_WRITE, ABORT_BAD_PIECE };
-
-static void data_arrived(agent_engine *e, agent_job *j);
-
-static int on_data(void *ctx, origin_file *of, uint64_t id, uint64_t offset, const void *data,
-                   size_t len)
+void engine_received(agent_engine *e, agent_file *f, int from, size_t len)
 {
-    (void)of;
-    agent_file *f = ctx;
     agent_job *j = f->job;
-    if (id != f->fetch.request || f->fetch.probing)
-        return 0; /* a probe's data is not ours to keep */
-    uint64_t local = f->fetch.req_local + (offset - f->fetch.req_remote);
-    if (local + len > f->fetch.req_end_local)
-        return -1; /* origin promises this never happens */
-    int err = engine_write_all(f->fd, data, len, local);
-    if (err != 0) {
-        f->fetch.abort_reason = ABORT_WRITE;
-        f->fetch.abort_errno = err;
-        return -1;
+    switch (from) {
+    case FROM_ORIGIN:
+        f->from_origin += len;
+        j->from_origin += len;
+        e->got_origin += len;
+        break;
+    case FROM_PEERS:
+        f->from_peers += len;
+        j->from_peers += len;
+        e->got_peers += len;
+        break;
+    default:
+        f->from_cache += len;
+        j->from_cache += len;
+        e->got_cache += len;
+        break;
     }
-    const uint8_t *p = data;
-    size_t left = len;
-    while (left > 0) {
-        uint32_t plen = validate_piece_length(f->size, f->pieces.piece_size, f->fetch.fill_piece);
-        size_t take = plen - f->fetch.fill < left ? plen - f->fetch.fill : left;
-        if (f->manifest != NULL)
-            validate_blake2b_update(&f->fetch.piece_hash, p, take);
-        f->fetch.fill += (uint32_t)take;
-        p += take;
-        left -= take;
-        if (f->fetch.fill == plen) {
-            if (f->manifest != NULL) {
-                uint8_t h[32];
-                validate_blake2b_final(&f->fetch.piece_hash, h);
-                validate_blake2b_init(&f->fetch.piece_hash);
-                if (sodium_memcmp(h, validate_manifest_piece_hash(f->manifest, f->fetch.fill_piece),
-                                  32) != 0) {
-                    f->fetch.abort_reason = ABORT_BAD_PIECE;
-                    return -1;
-                }
-            }
-            pieces_written(&f->pieces, f->fetch.fill_piece, SOURCE_ORIGIN);
-            f->fetch.fill_piece++;
-            f->fetch.fill = 0;
-        }
-    }
-    j->from_origin += len;
-    f->from_origin += len;
-    f->fetch.engine->got_origin += len;
-    /* Bytes fetched again (after a restart, or the same range over and
-     * over from an origin that keeps breaking its responses) are not
-     * progress: the no-progress timeout must still end such a job. */
-    uint64_t held = pieces_held_bytes(&f->pieces) + f->fetch.fill;
-    if (held > f->progress_mark) {
-        f->progress_mark = held;
-        engine_progress(f->fetch.engine, j);
-    } else {
-        data_arrived(f->fetch.engine, j);
-    }
-    return 0;
 }
 
-/* Bytes are flowing: the job is transferring, and in use. */
-static void data_arrived(agent_engine *e, agent_job *j)
+void engine_data_arrived(agent_engine *e, agent_job *j)
 {
     j->touched = engine_mono(e);
     if (j->state == DOPA_STATE_CONNECTING) {
@@ -371,135 +269,11 @@ void engine_progress(agent_engine *e, agent_job *j)
 {
     j->no_progress_since = 0; /* new bytes are progress */
     j->no_progress_wall = 0;
-    data_arrived(e, j);
+    engine_data_arrived(e, j);
 }
-
-static void on_done(void *ctx, origin_file *of, uint64_t id, const origin_error *err)
-{
-    (void)of;
-    agent_file *f = ctx;
-    agent_job *j = f->job;
-    agent_engine *e = f->fetch.engine;
-    if (id != f->fetch.request)
-        return;
-    int was_probe = f->fetch.probing;
-    f->fetch.request = 0;
-    f->fetch.probing = 0;
-    if (err != NULL)
-        f->fetch.fill = 0; /* a partly filled piece is fetched again */
-    origin_release(f);
-    int reason = f->fetch.abort_reason;
-    f->fetch.abort_reason = ABORT_NONE;
-    if (err == NULL) {
-        if (was_probe && f->size == DOPA_SIZE_UNKNOWN) {
-            uint64_t size;
-            if (f->remote_size < 0) {
-                engine_fail_job(e, j, 0, DOPA_CONTEXT_REMOTE_FILE, ORIGIN_EBAD_RESPONSE,
-                                (int)f->index, 0, "the server does not say how large the file is");
-                return;
-            }
-            if (agent_file_local_size(f, f->remote_size, &size) != DOPA_OK) {
-                engine_fail_job(e, j, 0, DOPA_CONTEXT_REMOTE_FILE, ORIGIN_ERANGE, (int)f->index, 0,
-                                "the ranges reach past the end of the remote file");
-                return;
-            }
-            int serr = agent_file_set_size(f, size);
-            if (serr == DOPA_ELIMIT) {
-                engine_fail_job(e, j, 0, DOPA_CONTEXT_REMOTE_FILE, DOPA_ELIMIT, (int)f->index, 0,
-                                "the file is larger than dopa can track (2 TiB)");
-                return;
-            }
-            if (serr != DOPA_OK || store_put_file(e->db, f) != DOPA_OK) {
-                engine_fail_job(e, j, 1, DOPA_CONTEXT_GENERAL, DOPA_EINTERNAL, (int)f->index, 0,
-                                "cannot record the file size");
-                return;
-            }
-            engine_touch(e, j);
-        }
-        return; /* the pump asks for the next range */
-    }
-    char msg[DOPA_MESSAGE_MAX + 1];
-    if (err->code == ORIGIN_EABORTED && reason == ABORT_WRITE) {
-        snprintf(msg, sizeof msg, "writing %s: %s", f->tmp_path, strerror(f->fetch.abort_errno));
-        /* A full disk or an I/O error may pass; anything else will not. */
-        int transient =
-            f->fetch.abort_errno == ENOSPC || f->fetch.abort_errno == EIO || f->fetch.abort_errno == EDQUOT;
-        engine_fail_job(e, j, transient, DOPA_CONTEXT_LOCAL_FILE, f->fetch.abort_errno, (int)f->index, 0,
-                        msg);
-        return;
-    }
-    if (err->code == ORIGIN_EABORTED && reason == ABORT_BAD_PIECE) {
-        f->bad_pieces++;
-        store_put_file(e->db, f);
-        snprintf(msg, sizeof msg, "%s: piece %llu from the origin does not match the manifest",
-                 f->url, (unsigned long long)f->fetch.fill_piece);
-        engine_fail_job(e, j, f->bad_pieces < MAX_BAD_PIECES, DOPA_CONTEXT_VALIDATION,
-                        VALIDATE_EPIECE_HASH, (int)f->index, 0, msg);
-        return;
-    }
-    if (err->code == ORIGIN_ECHANGED) {
-        /* The pieces we hold belong to the old version: start this file
-         * again, as a new version. */
-        agent_file_clear_pieces(f);
-        f->etag[0] = f->last_modified[0] = '\0';
-        f->remote_size = -1;
-        if (f->manifest == NULL &&
-            (f->n_ranges == 0 || f->ranges[f->n_ranges - 1].length == DOPA_LENGTH_TO_EOF))
-            f->size = DOPA_SIZE_UNKNOWN; /* it follows the new version's size */
-        /* Nothing of the old version may stay behind the new one. */
-        peers_drain_file(e, f);
-        if (f->fd >= 0 && ftruncate(f->fd, 0) != 0)
-            agent_log("warning", "truncating %s: %s", f->tmp_path, strerror(errno));
-        engine_reset_file(e, f);
-        /* An origin whose file changes at every look (a size that flips,
-         * validators that never hold) would be fetched again for ever. */
-        if (++f->fetch.changes > MAX_CHANGES) {
-            snprintf(msg, sizeof msg, "changed on the server %u times during the download: %.400s",
-                     f->fetch.changes, err->message);
-            engine_fail_job(e, j, 0, DOPA_CONTEXT_REMOTE_FILE, err->code, (int)f->index,
-                            err->http_status, msg);
-            return;
-        }
-        engine_fail_job(e, j, 1, DOPA_CONTEXT_REMOTE_FILE, err->code, (int)f->index,
-                        err->http_status, err->message);
-        return;
-    }
-    if (f->peer.swarm != NULL && peers_hold_missing(f)) {
-        /* Peers hold missing pieces: they go on while the origin rests;
-         * it is tried again after the retry delay, and fails the job then
-         * if no peer holds anything still missing. */
-        int64_t rest = (int64_t)(j->retry_delay > 0 ? j->retry_delay : 1) * 1000;
-        f->fetch.rest_until = engine_mono(e) + rest;
-        agent_log("info", "%s: %s; going on with peers", f->url, err->message);
-        return;
-    }
-    engine_fail_job_after(e, j, err->is_transient, DOPA_CONTEXT_REMOTE_FILE, err->code,
-                          (int)f->index, err->http_status, err->retry_after, err->message);
-}
-
 
 /* ------------------------------------------------------------------ */
 /* Driving a running job                                              */
-
-static int open_origin(agent_engine *e, agent_file *f)
-{
-    agent_job *j = f->job;
-    origin_file_options opts = {
-        .url = f->url,
-        .proxy_mode = j->proxy_usage == DOPA_PROXY_NONE       ? ORIGIN_PROXY_NONE
-                      : j->proxy_usage == DOPA_PROXY_OVERRIDE ? ORIGIN_PROXY_EXPLICIT
-                                                              : ORIGIN_PROXY_SYSTEM,
-        .proxy = j->proxy,
-        .proxy_bypass = j->bypass,
-        .connections = 1,
-        .known_size = f->remote_size,
-        .known_etag = f->etag[0] ? f->etag : NULL,
-        .known_last_modified = f->last_modified[0] ? f->last_modified : NULL,
-    };
-    f->fetch.engine = e;
-    origin_sink sink = {.on_info = on_info, .on_data = on_data, .on_done = on_done, .ctx = f};
-    return origin_file_open(e->origin, &opts, &sink, &f->fetch.origin);
-}
 
 /* Opens the temporary file for writing, making it again (in the same
  * directory) if it vanished; then its pieces are gone too. */
@@ -523,86 +297,49 @@ static int open_temp(agent_engine *e, agent_file *f)
     return 0;
 }
 
-/* The first piece that is neither written nor done (a piece a peer was
- * asked for is not here yet). */
-static uint64_t next_missing(const agent_file *f)
+int sources_active(const agent_engine *e, const agent_file *f, int self)
 {
-    uint64_t p = 0;
-    while (p < f->pieces.count && pieces_state(&f->pieces, p) > PIECE_CLAIMED)
-        p++;
-    return p;
+    (void)e;
+    for (size_t i = 0; i < N_SOURCES; i++)
+        if (sources[i]->id != self && sources[i]->active != NULL && sources[i]->active(f))
+            return 1;
+    return 0;
 }
 
-/* The first piece the origin should send: with peers, from this agent's
- * share on, only what peers leave to the origin; piece_count if none. */
-static uint64_t next_origin_piece(const agent_engine *e, const agent_file *f)
+int sources_hold_back(const agent_engine *e, const agent_file *f, int self)
 {
-    if (f->peer.swarm == NULL)
-        return next_missing(f);
-    if (peers_origin_wait(f) || engine_mono(e) < f->fetch.rest_until)
-        return f->pieces.count;
-    uint64_t start = peers_origin_start(f);
-    for (uint64_t k = 0; k < f->pieces.count; k++) {
-        uint64_t p = (start + k) % f->pieces.count;
-        if (pieces_missing(&f->pieces, p) && peers_origin_may(f, p))
-            return p;
-    }
-    return f->pieces.count;
+    (void)e;
+    for (size_t i = 0; i < N_SOURCES; i++)
+        if (sources[i]->id != self && sources[i]->holds_back != NULL && sources[i]->holds_back(f))
+            return 1;
+    return 0;
 }
 
-/* Asks the origin for the next run of missing pieces. A request stays
- * within one range of the file; when a range ends inside a piece, the next
- * request continues that piece (fill and its hash carry over). */
-static void start_request(agent_engine *e, agent_file *f)
+int sources_keep(const agent_engine *e, const agent_file *f, uint64_t piece, int self)
 {
-    agent_job *j = f->job;
-    uint64_t first, local;
-    if (f->fetch.fill > 0) {
-        first = f->fetch.fill_piece;
-        local = first * f->pieces.piece_size + f->fetch.fill;
-    } else {
-        first = next_origin_piece(e, f);
-        if (first >= f->pieces.count)
-            return;
-        local = first * f->pieces.piece_size;
-        if (f->manifest != NULL)
-            validate_blake2b_init(&f->fetch.piece_hash);
-    }
-    uint64_t last = first;
-    /* In a swarm, short requests: who fetches what changes as it goes. */
-    uint64_t run = f->peer.swarm != NULL ? SWARM_REQUEST_PIECES : REQUEST_PIECES;
-    while (last + 1 < f->pieces.count && last + 1 - first < run &&
-           pieces_missing(&f->pieces, last + 1) && peers_origin_may(f, last + 1))
-        last++;
-    uint64_t end = (last + 1) * f->pieces.piece_size;
-    if (end > f->size)
-        end = f->size;
-    uint64_t remote, room;
-    map_local(f, local, &remote, &room);
-    if (end - local > room)
-        end = local + room;
-    if (room == 0 || end <= local) {
-        engine_fail_job(e, j, 0, DOPA_CONTEXT_GENERAL, DOPA_EINTERNAL, (int)f->index, 0,
-                        "internal error mapping a range");
-        return;
-    }
-    uint64_t id;
-    if (origin_fetch(f->fetch.origin, remote, end - local, &id) != ORIGIN_OK) {
-        engine_fail_job(e, j, 1, DOPA_CONTEXT_GENERAL, DOPA_ENOMEM, (int)f->index, 0,
-                        "cannot start a request");
-        return;
-    }
-    f->fetch.request = id;
-    f->fetch.req_local = local;
-    f->fetch.req_remote = remote;
-    f->fetch.req_end_local = end;
-    f->fetch.fill_piece = first;
-    f->fetch.req_first = first;
-    f->fetch.req_last = (end - 1) / f->pieces.piece_size;
-    /* Its pieces are the origin's until they are written or it ends (the
-     * first is its already when it goes on filling one). */
-    for (uint64_t p = first; p <= f->fetch.req_last; p++)
-        pieces_claim(&f->pieces, p, SOURCE_ORIGIN);
+    (void)e;
+    for (size_t i = 0; i < N_SOURCES; i++)
+        if (sources[i]->id != self && sources[i]->keeps != NULL && sources[i]->keeps(f, piece))
+            return 1;
+    return 0;
+}
+
+uint64_t sources_share_start(const agent_engine *e, const agent_file *f, int self)
+{
+    (void)e;
+    for (size_t i = 0; i < N_SOURCES; i++)
+        if (sources[i]->id != self && sources[i]->share_start != NULL)
+            return sources[i]->share_start(f);
+    return 0;
+}
+
+int sources_can_finish(const agent_engine *e, const agent_file *f, int self)
+{
+    (void)e;
+    for (size_t i = 0; i < N_SOURCES; i++)
+        if (sources[i]->id != self && sources[i]->can_finish != NULL && sources[i]->can_finish(f))
+            return 1;
+    return 0;
 }
 
 static void start_whole_file_check(agent_engine *e, agent_file *f);
@@ -620,7 +357,7 @@ static void file_done(agent_engine *e, agent_file *f)
     }
     peers_file_transferred(e, f); /* offered whole from now on */
     cache_add(e, f);              /* and kept after the job */
-    close_file_transfer(f);
+    stop_sources(e, f);
     if (f->fd >= 0)
         close(f->fd);
     f->fd = -1;
@@ -646,51 +383,26 @@ static void pump_job(agent_engine *e, agent_job *j)
             waiting |= valid == 0;
             continue;
         }
-        if (f->fetch.request != 0 || f->check.hashing)
+        if (f->check.hashing)
             return; /* busy */
+        for (size_t k = 0; k < N_SOURCES; k++)
+            if (sources[k]->busy != NULL && sources[k]->busy(f))
+                return;
         if (f->fd < 0 && open_temp(e, f) != 0)
             return;
-        if (strncmp(f->url, "file://", 7) == 0) {
-            /* A FIFO or a device would block the engine inside libcurl. */
-            struct stat st;
-            if (stat(f->url + 7, &st) != 0 || !S_ISREG(st.st_mode)) {
-                engine_fail_job(e, j, 0, DOPA_CONTEXT_REMOTE_FILE, ORIGIN_ENOT_FOUND, (int)i, 0,
-                                "the file:// source is missing or not a regular file");
+        for (size_t k = 0; k < N_SOURCES; k++)
+            if (sources[k]->prepare != NULL && sources[k]->prepare(e, f) != SOURCE_READY)
                 return;
-            }
-        }
-        if (f->fetch.origin == NULL && open_origin(e, f) != ORIGIN_OK) {
-            engine_fail_job(e, j, 1, DOPA_CONTEXT_REMOTE_FILE, ORIGIN_EINVAL, (int)i, 0,
-                            "cannot use the remote URL");
-            return;
-        }
-        if (f->size == DOPA_SIZE_UNKNOWN) {
-            uint64_t id;
-            if (origin_probe(f->fetch.origin, &id) == ORIGIN_OK) {
-                f->fetch.request = id;
-                f->fetch.probing = 1;
-            }
-            return;
-        }
-        if (f->manifest != NULL && f->remote_size >= 0 &&
-            (uint64_t)f->remote_size != f->manifest->file_size) {
-            char msg[256];
-            snprintf(msg, sizeof msg, "the origin has %lld bytes, the manifest says %llu",
-                     (long long)f->remote_size, (unsigned long long)f->manifest->file_size);
-            engine_fail_job(e, j, 0, DOPA_CONTEXT_VALIDATION, VALIDATE_EFILE_SIZE, (int)i, 0, msg);
-            return;
-        }
         if (f->pieces.n[PIECE_DURABLE] < f->pieces.count) {
             /* Whatever was judged was another content. */
             f->check.hash_passed = 0;
             f->check.plugins_passed = 0;
             f->validation = DOPA_VALIDATION_NONE;
-            peers_start_file(e, f);
-            if (f->fetch.fill > 0 || next_origin_piece(e, f) < f->pieces.count)
-                start_request(e, f);
-            else if (next_missing(f) >= f->pieces.count)
+            for (size_t k = 0; k < N_SOURCES; k++)
+                sources[k]->fetch(e, f);
+            if (pieces_first_absent(&f->pieces) >= f->pieces.count)
                 e->commit_now = 1; /* only the commit stands between it and done */
-            /* else peers are sending the rest */
+            /* else sources are bringing the rest */
             return;
         }
         /* Every piece is done: the whole-file check, if any, then the
@@ -708,7 +420,9 @@ static void pump_job(agent_engine *e, agent_job *j)
             continue;
         }
         if (f->validation == DOPA_VALIDATION_PENDING) {
-            close_file_transfer(f); /* nothing stays open while it waits */
+            for (size_t k = 0; k < N_SOURCES; k++) /* nothing stays open while it waits */
+                if (sources[k]->idle != NULL)
+                    sources[k]->idle(e, f);
             engine_release_fd(f);
         }
         waiting = 1;
@@ -810,206 +524,6 @@ static void start_whole_file_check(agent_engine *e, agent_file *f)
     f->check.hashing = 1;
     f->check.hash_generation = t->generation;
     work_submit(&e->checks, &t->w);
-}
-
-/* ------------------------------------------------------------------ */
-/* Commits                                                            */
-
-/* The fdatasyncs of a commit run on a helper thread, so that the engine
- * goes on receiving meanwhile: a batch takes every file's pending pieces
- * (they are "syncing" then: neither missing nor done), syncs duplicates of
- * the descriptors, and the engine records the pieces in the store when it
- * is back. Entries name their file by job id, index and generation, so a
- * job that went away or a file that started over meanwhile is skipped. */
-typedef struct sync_entry {
-    dopa_id job;
-    uint32_t file;
-    uint64_t gen;
-    int fd;
-    int err;
-} sync_entry;
-
-typedef struct sync_batch {
-    work w;
-    agent_engine *e;
-    sync_entry *entries;
-    size_t n;
-} sync_batch;
-
-static void run_batch(work *w)
-{
-    sync_batch *b = (sync_batch *)w;
-    for (size_t i = 0; i < b->n; i++)
-        b->entries[i].err = fdatasync(b->entries[i].fd) != 0 ? errno : 0;
-}
-
-static void finish_batch(agent_engine *e, sync_batch *b);
-
-/* The batch is done (the engine is closing when it was dropped: it waits
- * for it in engine_flush first, so that cannot happen to one that ran). */
-static void batch_done(work *w, int status)
-{
-    sync_batch *b = (sync_batch *)w;
-    b->e->sync = NULL;
-    if (status == WORK_RAN) {
-        finish_batch(b->e, b);
-    } else {
-        for (size_t i = 0; i < b->n; i++)
-            close(b->entries[i].fd);
-    }
-    free(b->entries);
-    free(b);
-}
-
-static agent_file *entry_file(agent_engine *e, const sync_entry *en)
-{
-    agent_job *j = engine_find(e, &en->job);
-    if (j == NULL || j->purge_at != 0 || en->file >= j->n_files)
-        return NULL;
-    agent_file *f = j->files[en->file];
-    return f->write_gen == en->gen ? f : NULL;
-}
-
-/* The batch's fdatasyncs are done: its pieces go into the store. */
-static void finish_batch(agent_engine *e, sync_batch *b)
-{
-    for (size_t i = 0; i < b->n; i++) {
-        sync_entry *en = &b->entries[i];
-        close(en->fd);
-        agent_file *f = entry_file(e, en);
-        if (f == NULL || en->err == 0)
-            continue;
-        /* A piece whose bytes may not be on disk is dropped. That is every
-         * piece written since the file's last good fdatasync, not only the
-         * batch's: the failed writeback may have covered the pieces written
-         * meanwhile too, and Linux reports its error once, so the next
-         * fdatasync would succeed without their bytes. Peer pieces still
-         * being written are void as well (write_gen). */
-        char msg[512];
-        snprintf(msg, sizeof msg, "syncing %s: %s", f->tmp_path, strerror(en->err));
-        pieces_lose(&f->pieces, 1);
-        f->write_gen++;
-        engine_fail_job(e, f->job, 1, DOPA_CONTEXT_LOCAL_FILE, en->err, (int)f->index, 0, msg);
-    }
-    int failed = store_begin(e->db) != DOPA_OK;
-    for (size_t i = 0; i < b->n && !failed; i++) {
-        agent_file *f = entry_file(e, &b->entries[i]);
-        if (f == NULL || f->pieces.n_syncing == 0)
-            continue;
-        agent_job *j = f->job;
-        j->modified = engine_now(e);
-        failed = store_add_pieces(e->db, f, f->pieces.syncing, f->pieces.n_syncing) != DOPA_OK ||
-                 store_put_file(e->db, f) != DOPA_OK || store_put_job(e->db, j) != DOPA_OK;
-    }
-    if (failed || store_commit(e->db) != DOPA_OK) {
-        char msg[512];
-        snprintf(msg, sizeof msg, "cannot record progress in the store: %s", store_error(e->db));
-        agent_log("error", "commit: %s", store_error(e->db));
-        store_rollback(e->db);
-        /* The pieces wait again; the next commit tries again. Their jobs
-         * stop meanwhile (a transient error, retried as any other): what
-         * they fetch could not be recorded, a kill would lose all of it,
-         * and their clients should see why nothing counts. */
-        for (size_t i = 0; i < b->n; i++) {
-            agent_file *f = entry_file(e, &b->entries[i]);
-            if (f == NULL)
-                continue;
-            pieces_sync_retry(&f->pieces);
-            if (wants_to_run(f->job->state))
-                engine_fail_job(e, f->job, 1, DOPA_CONTEXT_GENERAL, DOPA_EINTERNAL, (int)f->index,
-                                0, msg);
-        }
-        return;
-    }
-    for (size_t i = 0; i < b->n; i++) {
-        agent_file *f = entry_file(e, &b->entries[i]);
-        if (f == NULL || f->pieces.n_syncing == 0)
-            continue;
-        agent_job *j = f->job;
-        for (size_t p = 0; p < f->pieces.n_syncing; p++)
-            peers_piece_done(e, f, f->pieces.syncing[p]);
-        pieces_sync_done(&f->pieces);
-        if (!j->running && !f->check.hashing)
-            engine_release_fd(f);
-        j->no_progress_since = 0;
-        j->no_progress_wall = 0;
-        j->version++;
-        engine_notify(e, j, CB_JOB_MODIFICATION, -1);
-    }
-}
-
-/* Takes a finished batch (waiting for it when `wait`). */
-static void reap_batch(agent_engine *e, int wait)
-{
-    if (e->sync == NULL)
-        return;
-    if (wait)
-        work_settle(&e->syncer, NULL);
-    work_reap(&e->syncer);
-}
-
-static void commit_pending(agent_engine *e, int force)
-{
-    reap_batch(e, force);
-    if (e->sync != NULL)
-        return; /* one batch at a time */
-    int64_t now = engine_mono(e);
-    size_t total = 0, files = 0;
-    for (size_t i = 0; i < e->n_jobs; i++)
-        for (size_t k = 0; k < e->jobs[i]->n_files; k++) {
-            total += e->jobs[i]->files[k]->pieces.n_written;
-            files += e->jobs[i]->files[k]->pieces.n_written > 0;
-        }
-    if (total == 0)
-        return;
-    if (!force && !e->commit_now && total < COMMIT_PIECES &&
-        now - e->last_commit < COMMIT_INTERVAL_MS)
-        return;
-    e->last_commit = now;
-    e->commit_now = 0;
-
-    sync_batch *b = calloc(1, sizeof *b);
-    sync_entry *entries = calloc(files, sizeof *entries);
-    if (b == NULL || entries == NULL) {
-        free(b);
-        free(entries);
-        return; /* the pieces stay pending */
-    }
-    b->w = (work){.run = run_batch, .done = batch_done};
-    b->e = e;
-    b->entries = entries;
-    for (size_t i = 0; i < e->n_jobs; i++) {
-        agent_job *j = e->jobs[i];
-        for (size_t k = 0; k < j->n_files; k++) {
-            agent_file *f = j->files[k];
-            if (f->pieces.n_written == 0 || j->purge_at != 0)
-                continue;
-            int fd = f->fd >= 0 ? fcntl(f->fd, F_DUPFD_CLOEXEC, 3) : -1;
-            if (fd < 0) {
-                int err = f->fd < 0 ? EBADF : errno;
-                char msg[512];
-                snprintf(msg, sizeof msg, "syncing %s: %s", f->tmp_path, strerror(err));
-                pieces_lose(&f->pieces, 0);
-                engine_fail_job(e, j, 1, DOPA_CONTEXT_LOCAL_FILE, err, (int)f->index, 0, msg);
-                continue;
-            }
-            pieces_sync_begin(&f->pieces); /* its written pieces are the batch's */
-            b->entries[b->n++] =
-                (sync_entry){.job = j->id, .file = f->index, .gen = f->write_gen, .fd = fd};
-        }
-    }
-    if (b->n == 0) {
-        free(entries);
-        free(b);
-        return;
-    }
-    e->sync = b;
-    if (force) {
-        run_batch(&b->w); /* (with the engine waiting for it anyway) */
-        batch_done(&b->w, WORK_RAN);
-    } else {
-        work_submit(&e->syncer, &b->w);
-    }
 }
 
 /* ------------------------------------------------------------------ */
@@ -1120,7 +634,7 @@ static void schedule(agent_engine *e)
     size_t n_want = 0;
     for (size_t i = 0; i < e->n_jobs; i++) {
         agent_job *j = e->jobs[i];
-        if (!wants_to_run(j->state) || j->purge_at != 0)
+        if (!engine_wants_to_run(j->state) || j->purge_at != 0)
             continue;
         if (!awaiting_verdicts(j)) {
             want[n_want++] = j;
@@ -1154,7 +668,7 @@ static void schedule(agent_engine *e)
                 engine_touch(e, j);
             }
         }
-        if (j->running && wants_to_run(j->state))
+        if (j->running && engine_wants_to_run(j->state))
             pump_job(e, j);
     }
 }
@@ -1343,8 +857,8 @@ void engine_flush(agent_engine *e)
 {
     if (e->db == NULL || e->origin == NULL)
         return;
-    commit_pending(e, 1);
-    reap_batch(e, 1);
+    commit_step(e, 1);
+    commit_wait(e);
 }
 
 void engine_close(agent_engine *e)
@@ -1355,7 +869,7 @@ void engine_close(agent_engine *e)
      * them before anything goes; their results are dropped. */
     work_queue_destroy(&e->checks);
     if (e->db != NULL && e->origin != NULL)
-        commit_pending(e, 1);
+        commit_step(e, 1);
     work_queue_destroy(&e->syncer);
     engine_answer_waits(e, 1);
     for (size_t i = 0; i < e->n_jobs; i++)
@@ -1430,10 +944,7 @@ static int next_timer_ms(agent_engine *e, int limit)
     for (const engine_wait *w = e->waits; w != NULL; w = w->next)
         if (w->deadline - mono < best)
             best = w->deadline - mono;
-    for (size_t i = 0; i < e->n_jobs; i++)
-        for (size_t k = 0; k < e->jobs[i]->n_files; k++)
-            if (e->jobs[i]->files[k]->pieces.n_written > 0 && best > COMMIT_INTERVAL_MS && e->sync == NULL)
-                best = COMMIT_INTERVAL_MS;
+    best = commit_next_ms(e, best);
     if (e->notify_wake >= 0 && e->notify_wake < best)
         best = e->notify_wake;
     best = validation_next_ms(e, best);
@@ -1451,7 +962,7 @@ int engine_step(agent_engine *e, int timeout_ms)
         control_run_queued(e->control);
     work_reap(&e->checks);
     engine_reap(e, 0);
-    commit_pending(e, 0);
+    commit_step(e, 0);
     run_timers(e);
     schedule(e);
     e->notify_wake = notify_step(e);

@@ -9,6 +9,7 @@
 
 #include "agent.h"
 #include "callback.h"
+#include "source.h"
 #include "work.h"
 
 /* A PROTO_WAIT request waiting for its job to change. */
@@ -77,6 +78,8 @@ int64_t engine_mono(const agent_engine *e); /* monotonic ms */
  * engine_end commits it, or rolls it back when !ok. */
 int engine_begin(agent_engine *e);
 void engine_end(agent_engine *e, int own, int ok);
+/* QUEUED, CONNECTING or TRANSFERRING: a state that asks to run. */
+int engine_wants_to_run(int state);
 /* Persists the job row (and bumps version and modified). */
 int engine_touch(agent_engine *e, agent_job *j);
 /* Moves a job to a state: stops or lets the scheduler start transfers. */
@@ -97,6 +100,15 @@ int engine_add_job(agent_engine *e, agent_job *j);
 int engine_finish_job(agent_engine *e, agent_job *j, int state);
 /* Answers the waits whose job changed or whose time ran out. */
 void engine_answer_waits(agent_engine *e, int all);
+
+/* Commits (commit.c): written pieces become durable. Commits what is
+ * due (everything, and here and now, with `force`); takes a finished
+ * batch. */
+void commit_step(agent_engine *e, int force);
+/* Waits for the running batch and takes it. */
+void commit_wait(agent_engine *e);
+/* ms until a commit is due (or `limit`). */
+int64_t commit_next_ms(const agent_engine *e, int64_t limit);
 
 /* Notifications (notify.c). */
 int notify_open(agent_engine *e, char *why, size_t why_len); /* after the jobs are loaded */
@@ -141,8 +153,13 @@ void engine_reset_file(agent_engine *e, agent_file *f);
 
 /* Transfers (engine.c), for peers.c. */
 int engine_write_all(int fd, const uint8_t *p, size_t len, uint64_t offset);
-/* Bytes arrived for the job. */
+/* Bytes arrived for the job beyond what it held: progress. */
 void engine_progress(agent_engine *e, agent_job *j);
+/* Bytes arrived for the job (fetched again, maybe): it is transferring. */
+void engine_data_arrived(agent_engine *e, agent_job *j);
+/* Counts bytes a source delivered, by where they came from. */
+enum { FROM_ORIGIN, FROM_PEERS, FROM_CACHE };
+void engine_received(agent_engine *e, agent_file *f, int from, size_t len);
 /* Closes a file's descriptor unless pieces still wait for it. */
 void engine_release_fd(agent_file *f);
 
@@ -163,16 +180,13 @@ void engine_state_counts(const agent_engine *e, uint64_t out[AGENT_JOB_STATES]);
  * cannot be made): then why says what did not. */
 int engine_reconfigure(agent_engine *e, const engine_config *cfg, char *why, size_t why_len);
 
-/* Peers (peers.c). */
+/* Peers (peers.c): a source of pieces (peer_source, source.h), and the
+ * serving side. */
 int peers_open(agent_engine *e, char *why, size_t why_len);
 void peers_close(agent_engine *e);
 /* The node's turn; fails jobs whose peer pieces could not be written.
  * Returns ms until it wants to run again (-1: no peers). */
 int64_t peers_step(agent_engine *e);
-/* The file transfers: join the swarm for its content and offer what it holds. */
-void peers_start_file(agent_engine *e, agent_file *f);
-/* The file's transfer stops: leave the swarm (its pieces stay offered). */
-void peers_stop_file(agent_engine *e, agent_file *f);
 /* The file's content is gone or starts over: nothing of it is offered. */
 void peers_forget_file(agent_engine *e, agent_file *f);
 /* A piece was committed. */
@@ -184,14 +198,6 @@ void peers_file_transferred(agent_engine *e, agent_file *f);
 void peers_drain_file(agent_engine *e, agent_file *f);
 /* The content failed validation: the peers that sent unchecked pieces pay. */
 void peers_blame(agent_engine *e, agent_file *f);
-/* The origin waits for the swarm's first answers. */
-int peers_origin_wait(const agent_file *f);
-/* Whether the origin should fetch this piece (missing, and left to it). */
-int peers_origin_may(const agent_file *f, uint64_t piece);
-/* Some peer holds a piece the file still misses. */
-int peers_hold_missing(const agent_file *f);
-/* Where the origin's share starts. */
-uint64_t peers_origin_start(const agent_file *f);
 
 /* The content cache (cache.c); only with peers and a size limit. */
 int cache_open(agent_engine *e, char *why, size_t why_len);

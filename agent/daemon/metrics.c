@@ -4,14 +4,15 @@
  * metrics and their meaning are listed in dopad(8).
  *
  * Threads: nng calls on_request on one of its own threads. The counters
- * belong to the engine thread, so the request's aio is queued (with a
- * cancel function and a time limit) and the engine woken; the engine
- * thread takes the queue in metrics_run_queued, reads the counters once
- * (engine_stats, engine_state_counts), renders them once into a buffer of
- * fixed size and answers every queued request with a copy. Whoever takes
- * an aio off the queue under the lock finishes it, exactly once: the
- * engine thread, or the cancel function when nng gives up on it (time
- * limit, connection or server closing).
+ * belong to the engine thread, so the request is posted to a mailbox
+ * (work.h; its aio with a cancel function and a time limit), which wakes
+ * the engine; the engine thread reads the counters once in
+ * metrics_run_queued (engine_stats, engine_state_counts), renders them
+ * once into a buffer of fixed size, and answers every request delivered
+ * with a copy. Whoever takes a request out of the mailbox finishes it,
+ * exactly once: the engine thread delivering it, or the cancel function
+ * withdrawing it when nng gives up on it (time limit, connection or
+ * server closing).
  *
  * Bounds: at most MAX_WAITING requests wait at once (more get 503 at
  * once), a request may carry no body, and a request not answered within
@@ -48,12 +49,19 @@ struct metrics {
     int64_t started_ms; /* wall clock, for dopa_start_time_seconds */
     nng_http_server *server;
     char address[METRICS_LISTEN_MAX + 16]; /* HOST:PORT, the port as bound */
-    pthread_mutex_t lock;                  /* guards waiting, n_waiting and closing */
-    nng_aio *waiting[MAX_WAITING];         /* requests for the engine thread, oldest first */
-    size_t n_waiting;
+    pthread_mutex_t lock;                  /* guards closing, and posting while open */
     int closing;
+    mailbox waiting;     /* requests for the engine thread */
     char text[TEXT_MAX]; /* the engine thread's */
+    size_t text_len;     /* what it holds, 0 when it did not fit */
 };
+
+/* A request waiting for the engine thread. */
+typedef struct request {
+    work w;
+    metrics *m;
+    nng_aio *aio;
+} request;
 
 int metrics_parse_listen(const char *listen, char *host, size_t host_len, unsigned *port,
                          int *is_loopback)
@@ -210,29 +218,47 @@ static void answer(nng_aio *aio, nng_http_res *res, int rv)
 /* nng's thread: a request nng gave up on. */
 static void on_cancel(nng_aio *aio, void *arg, int rv)
 {
-    metrics *m = arg;
-    int found = 0;
-    pthread_mutex_lock(&m->lock);
-    for (size_t i = 0; i < m->n_waiting; i++)
-        if (m->waiting[i] == aio) {
-            memmove(&m->waiting[i], &m->waiting[i + 1], (m->n_waiting - i - 1) * sizeof aio);
-            m->n_waiting--;
-            found = 1;
-            break;
-        }
-    pthread_mutex_unlock(&m->lock);
-    if (found)
+    request *r = arg;
+    if (mailbox_withdraw(&r->m->waiting, &r->w)) {
         answer(aio, NULL, rv);
+        free(r);
+    } /* else the engine thread has it, and answers it */
+}
+
+/* The engine thread: answers with the text metrics_run_queued made (a
+ * request left when the endpoint closes: closes its connection). */
+static void on_answer(work *w, int status)
+{
+    request *r = (request *)w;
+    metrics *m = r->m;
+    nng_http_res *res = NULL;
+    if (status != WORK_RAN) {
+        answer(r->aio, NULL, NNG_ECLOSED);
+        free(r);
+        return;
+    }
+    size_t len = m->text_len;
+    if (len == 0 ? nng_http_res_alloc_error(&res, NNG_HTTP_STATUS_INTERNAL_SERVER_ERROR) != 0
+                 : nng_http_res_alloc(&res) != 0 ||
+                       nng_http_res_set_header(res, "Content-Type", CONTENT_TYPE) != 0 ||
+                       nng_http_res_copy_data(res, m->text, len) != 0) {
+        nng_http_res_free(res);
+        res = NULL;
+    }
+    answer(r->aio, res, NNG_ENOMEM);
+    free(r);
 }
 
 /* nng's thread: GET (or HEAD) /metrics. */
 static void on_request(nng_aio *aio)
 {
     metrics *m = nng_http_handler_get_data(nng_aio_get_input(aio, 1));
+    request *r = malloc(sizeof *r);
     pthread_mutex_lock(&m->lock);
-    if (m->closing || m->n_waiting == MAX_WAITING) {
+    if (r == NULL || m->closing || mailbox_count(&m->waiting) >= MAX_WAITING) {
         int closing = m->closing;
         pthread_mutex_unlock(&m->lock);
+        free(r);
         nng_http_res *res = NULL;
         if (closing || nng_http_res_alloc_error(&res, NNG_HTTP_STATUS_SERVICE_UNAVAILABLE) != 0)
             res = NULL;
@@ -240,45 +266,26 @@ static void on_request(nng_aio *aio)
         return;
     }
     /* Under the lock: metrics_close sets closing before it stops the
-     * server, so the aio cannot be stopped between here and the queue. */
+     * server, so the aio cannot be stopped between here and the mailbox. */
+    *r = (request){.w = {.done = on_answer}, .m = m, .aio = aio};
     nng_aio_set_timeout(aio, ANSWER_MS);
-    nng_aio_defer(aio, on_cancel, m);
-    m->waiting[m->n_waiting++] = aio;
-    agent_engine *e = m->e;
+    nng_aio_defer(aio, on_cancel, r);
+    mailbox_post(&m->waiting, &r->w);
     pthread_mutex_unlock(&m->lock);
-    engine_wakeup(e);
 }
 
 void metrics_run_queued(metrics *m)
 {
-    if (m == NULL)
-        return;
-    nng_aio *taken[MAX_WAITING];
-    pthread_mutex_lock(&m->lock);
-    size_t n = m->n_waiting;
-    memcpy(taken, m->waiting, n * sizeof taken[0]);
-    m->n_waiting = 0;
-    pthread_mutex_unlock(&m->lock);
-    if (n == 0)
+    if (m == NULL || mailbox_count(&m->waiting) == 0)
         return;
     dopa_agent_stats st;
     uint64_t states[AGENT_JOB_STATES];
     engine_stats(m->e, &st);
     engine_state_counts(m->e, states);
-    size_t len = metrics_render(&st, states, m->started_ms, m->text, sizeof m->text);
-    if (len == 0)
+    m->text_len = metrics_render(&st, states, m->started_ms, m->text, sizeof m->text);
+    if (m->text_len == 0)
         agent_log("error", "metrics: the text outgrew its %d bytes", TEXT_MAX);
-    for (size_t i = 0; i < n; i++) {
-        nng_http_res *res = NULL;
-        if (len == 0 ? nng_http_res_alloc_error(&res, NNG_HTTP_STATUS_INTERNAL_SERVER_ERROR) != 0
-                     : nng_http_res_alloc(&res) != 0 ||
-                           nng_http_res_set_header(res, "Content-Type", CONTENT_TYPE) != 0 ||
-                           nng_http_res_copy_data(res, m->text, len) != 0) {
-            nng_http_res_free(res);
-            res = NULL;
-        }
-        answer(taken[i], res, NNG_ENOMEM);
-    }
+    mailbox_deliver(&m->waiting);
 }
 
 /* Holds, fills and starts the server for url; 0 or an nng error. */
@@ -331,6 +338,7 @@ int metrics_open(agent_engine *e, const char *listen, int64_t started_ms, int re
     m->e = e;
     m->started_ms = started_ms;
     pthread_mutex_init(&m->lock, NULL);
+    mailbox_init(&m->waiting, engine_wake, e);
     snprintf(url, sizeof url, "http://%s:%u", host, port);
     rv = start_server(m, url);
     for (int waited = 0; rv == NNG_EADDRINUSE && retry_in_use && waited < REBIND_MS; waited += 50) {
@@ -340,6 +348,7 @@ int metrics_open(agent_engine *e, const char *listen, int64_t started_ms, int re
     }
     if (rv != 0) {
         snprintf(why, why_len, "cannot listen on %s: %s", listen, nng_strerror(rv));
+        mailbox_destroy(&m->waiting);
         pthread_mutex_destroy(&m->lock);
         free(m);
         return DOPA_EIO;
@@ -368,6 +377,7 @@ void metrics_close(metrics *m)
      * and waits until none is left. */
     nng_http_server_stop(m->server);
     nng_http_server_release(m->server);
+    mailbox_destroy(&m->waiting);
     pthread_mutex_destroy(&m->lock);
     free(m);
 }

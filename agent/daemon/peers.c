@@ -42,6 +42,7 @@ typedef struct write_job {
 } write_job;
 
 static void take_written(agent_engine *e, write_job *w);
+static void peers_stop_file(agent_engine *e, agent_file *f);
 
 static void write_run(work *wk)
 {
@@ -98,15 +99,7 @@ static void take_written(agent_engine *e, write_job *w)
     if (verdict != PEER_VERDICT_GOOD)
         pieces_unclaim(&f->pieces, w->piece, SOURCE_PEERS);
     if (verdict == PEER_VERDICT_GOOD) {
-        if (w->cache_host) {
-            f->from_cache += w->len;
-            j->from_cache += w->len;
-            e->got_cache += w->len;
-        } else {
-            f->from_peers += w->len;
-            j->from_peers += w->len;
-            e->got_peers += w->len;
-        }
+        engine_received(e, f, w->cache_host ? FROM_CACHE : FROM_PEERS, w->len);
         engine_progress(e, j);
     }
     if (e->peers != NULL)
@@ -216,15 +209,7 @@ static int on_piece(void *ctx, uint64_t piece, const uint8_t *data, size_t len, 
         return PEER_VERDICT_UNUSED;
     }
     pieces_written(&f->pieces, piece, SOURCE_PEERS);
-    if (cache_host) {
-        f->from_cache += len;
-        j->from_cache += len;
-        e->got_cache += len;
-    } else {
-        f->from_peers += len;
-        j->from_peers += len;
-        e->got_peers += len;
-    }
+    engine_received(e, f, cache_host ? FROM_CACHE : FROM_PEERS, len);
     engine_progress(e, j);
     return PEER_VERDICT_LATER;
 }
@@ -289,7 +274,9 @@ static void offer(agent_engine *e, agent_file *f, int downloading)
     free(held);
 }
 
-void peers_start_file(agent_engine *e, agent_file *f)
+/* The file transfers: join the swarm for its content and offer what it
+ * holds. */
+static void peers_start_file(agent_engine *e, agent_file *f)
 {
     if (f->peer.swarm != NULL || f->transferred || !eligible(e, f) || f->fd < 0)
         return;
@@ -300,7 +287,8 @@ void peers_start_file(agent_engine *e, agent_file *f)
         f->peer.swarm = NULL;
 }
 
-void peers_stop_file(agent_engine *e, agent_file *f)
+/* The file's transfer stops: leave the swarm (its pieces stay offered). */
+static void peers_stop_file(agent_engine *e, agent_file *f)
 {
     (void)e;
     if (f->peer.swarm != NULL) {
@@ -349,28 +337,41 @@ void peers_blame(agent_engine *e, agent_file *f)
 }
 
 /* ------------------------------------------------------------------ */
-/* The origin's share                                                 */
+/* Peers as a source, beside the others (source.h)                    */
 
-int peers_origin_wait(const agent_file *f)
+static int swarm_active(const agent_file *f)
+{
+    return f->peer.swarm != NULL;
+}
+
+/* The others wait for the swarm's first answers. */
+static int swarm_starting(const agent_file *f)
 {
     return f->peer.swarm != NULL && !peer_swarm_ready(f->peer.swarm);
 }
 
-int peers_origin_may(const agent_file *f, uint64_t piece)
+/* A missing piece the others should leave to peers. */
+static int swarm_keeps(const agent_file *f, uint64_t piece)
 {
-    if (!pieces_missing(&f->pieces, piece))
-        return 0; /* another source's, or here */
     if (f->peer.swarm == NULL)
-        return 1;
+        return 0;
     /* Without a manifest nobody can serve pieces before the whole file
      * is checked: splitting the origin's work would only wait for
      * members that show no progress. Only what peers hold is left to them. */
     if (f->manifest == NULL)
-        return peer_swarm_holders(f->peer.swarm, piece) == 0;
-    return peer_swarm_origin_may(f->peer.swarm, piece);
+        return peer_swarm_holders(f->peer.swarm, piece) > 0;
+    return !peer_swarm_origin_may(f->peer.swarm, piece);
 }
 
-int peers_hold_missing(const agent_file *f)
+/* This agent's share of the others' work starts there. */
+static uint64_t swarm_share_start(const agent_file *f)
+{
+    return f->peer.swarm != NULL && f->manifest != NULL ? peer_swarm_share_start(f->peer.swarm)
+                                                         : 0;
+}
+
+/* Some peer holds a piece the file still misses. */
+static int swarm_can_finish(const agent_file *f)
 {
     if (f->peer.swarm == NULL)
         return 0;
@@ -381,10 +382,17 @@ int peers_hold_missing(const agent_file *f)
     return 0;
 }
 
-uint64_t peers_origin_start(const agent_file *f)
-{
-    return f->peer.swarm != NULL && f->manifest != NULL ? peer_swarm_share_start(f->peer.swarm) : 0;
-}
+const piece_source peer_source = {
+    .name = "peers",
+    .id = SOURCE_PEERS,
+    .fetch = peers_start_file,
+    .stop = peers_stop_file,
+    .active = swarm_active,
+    .holds_back = swarm_starting,
+    .keeps = swarm_keeps,
+    .share_start = swarm_share_start,
+    .can_finish = swarm_can_finish,
+};
 
 void engine_stats(agent_engine *e, dopa_agent_stats *out)
 {

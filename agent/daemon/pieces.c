@@ -63,6 +63,14 @@ uint64_t pieces_held_bytes(const piece_map *m)
     return m->bytes[PIECE_WRITTEN] + m->bytes[PIECE_SYNCING] + m->bytes[PIECE_DURABLE];
 }
 
+uint64_t pieces_first_absent(const piece_map *m)
+{
+    uint64_t p = 0;
+    while (p < m->count && STATE(m->state[p]) > PIECE_CLAIMED)
+        p++;
+    return p;
+}
+
 /* Moves a piece to a state, keeping the counts. */
 static void move(piece_map *m, uint64_t piece, int to, int src)
 {

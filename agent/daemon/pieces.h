@@ -40,7 +40,7 @@ enum piece_state { PIECE_MISSING, PIECE_CLAIMED, PIECE_WRITTEN, PIECE_SYNCING, P
 #define PIECE_STATES (PIECE_DURABLE + 1)
 
 /* Who claimed a piece. */
-enum piece_source { SOURCE_NONE, SOURCE_ORIGIN, SOURCE_PEERS };
+enum source_id { SOURCE_NONE, SOURCE_ORIGIN, SOURCE_PEERS };
 
 typedef struct piece_map {
     uint64_t size;       /* the file's local size */
@@ -68,6 +68,9 @@ static inline int pieces_missing(const piece_map *m, uint64_t piece)
 }
 /* Bytes the file holds: written, syncing or durable. */
 uint64_t pieces_held_bytes(const piece_map *m);
+/* The first piece that is neither written nor done (a claimed one is not
+ * here yet); count when there is none. */
+uint64_t pieces_first_absent(const piece_map *m);
 
 /* MISSING → CLAIMED by src: 1, or 0 when the piece is not missing. */
 int pieces_claim(piece_map *m, uint64_t piece, int src);
