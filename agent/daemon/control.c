@@ -435,6 +435,17 @@ static int prepare_path(const char *path, unsigned dir_mode, char *why, size_t w
     return DOPA_OK;
 }
 
+/* What control_open made before its socket. */
+static void control_free(control *c)
+{
+    free(c->path);
+    mailbox_destroy(&c->requests);
+    mailbox_destroy(&c->cuts);
+    pthread_cond_destroy(&c->stop);
+    pthread_mutex_destroy(&c->lock);
+    free(c);
+}
+
 int control_open(agent_engine *e, const char *socket_path, unsigned dir_mode, unsigned sock_mode,
                  control **out, char *why, size_t why_len)
 {
@@ -443,31 +454,27 @@ int control_open(agent_engine *e, const char *socket_path, unsigned dir_mode, un
         return DOPA_ENOMEM;
     c->e = e;
     pthread_mutex_init(&c->lock, NULL);
+    pthread_cond_init(&c->stop, NULL);
     mailbox_init(&c->requests, engine_wake, e);
     mailbox_init(&c->cuts, engine_wake, e);
     int err = prepare_path(socket_path, dir_mode, why, why_len);
     if (err != DOPA_OK) {
-        mailbox_destroy(&c->requests);
-        mailbox_destroy(&c->cuts);
-        pthread_mutex_destroy(&c->lock);
-        free(c);
+        control_free(c);
         return err;
     }
     c->path = strdup(socket_path);
+    if (c->path == NULL) {
+        control_free(c);
+        return DOPA_ENOMEM;
+    }
     c->sock_mode = sock_mode;
-    pthread_cond_init(&c->stop, NULL);
     int rv;
     if ((rv = nng_rep0_open(&c->sock)) != 0 ||
         (rv = nng_socket_set_size(c->sock, NNG_OPT_RECVMAXSZ, PROTO_MAX_REQUEST)) != 0 ||
         (rv = start_listener(c)) != 0) {
         snprintf(why, why_len, "%s: %s", socket_path, nng_strerror(rv));
         nng_close(c->sock);
-        free(c->path);
-        mailbox_destroy(&c->requests);
-        mailbox_destroy(&c->cuts);
-        pthread_cond_destroy(&c->stop);
-        pthread_mutex_destroy(&c->lock);
-        free(c);
+        control_free(c);
         return DOPA_EIO;
     }
     for (int i = 0; i < CALLS; i++) {
@@ -517,10 +524,5 @@ void control_close(control *c)
     }
     if (c->path != NULL)
         unlink(c->path);
-    free(c->path);
-    mailbox_destroy(&c->requests);
-    mailbox_destroy(&c->cuts);
-    pthread_cond_destroy(&c->stop);
-    pthread_mutex_destroy(&c->lock);
-    free(c);
+    control_free(c);
 }
