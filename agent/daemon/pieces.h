@@ -6,17 +6,20 @@
  * these functions, and a source (the origin, a peer, a cache host) takes
  * part only by claiming a piece, delivering its bytes, or giving it up:
  *
- *                  pieces_claim(src)              pieces_written
- *      MISSING ─────────────────────► CLAIMED ──────────────────► WRITTEN
- *       ▲  ▲ ▲   pieces_unclaim(src)    │  (bytes in the temporary     │
- *       │  │ └─────────────────────────┘    file, checked against the │ pieces_sync_begin
- *       │  │                                manifest if there is one)  ▼  (a commit takes
- *       │  │   pieces_lose: the fdatasync failed, or the job ended   SYNCING   them all)
- *       │  └────────────────────────────── WRITTEN, SYNCING ◄─────────┤
- *       │                                   pieces_sync_retry:        │ pieces_sync_done
- *       │                                   SYNCING ──► WRITTEN       ▼ (fdatasync'd and
- *       │  pieces_reset: the file starts over                      DURABLE   recorded in
- *       └───────────────────────────────────────────────────────────┘        one transaction)
+ *          claim(src)         written(src)        sync_begin          sync_done
+ *  MISSING ──────────► CLAIMED ───────────► WRITTEN ──────────► SYNCING ─────────► DURABLE
+ *    ▲                    │                   ▲                    │                  │
+ *    ├── unclaim(src) ────┘                   └──── sync_retry ────┤                  │
+ *    ├── lose: WRITTEN and SYNCING (an fdatasync failed, the job ended)               │
+ *    └── reset: WRITTEN, SYNCING and DURABLE (the file starts over) ──────────────────┘
+ *
+ *   MISSING   nobody has it, nobody fetches it
+ *   CLAIMED   a source fetches it (the origin's request covers it, a peer
+ *             was asked for it, a writer hashes and writes it)
+ *   WRITTEN   its bytes are in the temporary file, checked against the
+ *             manifest if there is one; it waits for the next commit
+ *   SYNCING   the commit running now fdatasyncs the file
+ *   DURABLE   fdatasync'd and recorded in the store in one transaction
  *
  * DURABLE is what survives a kill -9, and what is offered to peers when
  * the file has a manifest (each piece was checked against it before it
