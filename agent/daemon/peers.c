@@ -254,7 +254,7 @@ static void offer(agent_engine *e, agent_file *f, int downloading)
         if (!downloading)
             return;
     }
-    size_t bytes = (size_t)(f->pieces.count + 7) / 8;
+    size_t bytes = peer_bits_bytes(f->pieces.count);
     uint8_t *held = calloc(bytes ? bytes : 1, 1);
     if (held == NULL)
         return;
