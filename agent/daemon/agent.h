@@ -49,7 +49,7 @@ typedef struct fileops_ident {
 
 struct agent_engine;
 
-/* The origin's transfer of a file (engine.c): one range request at a time,
+/* The origin's transfer of a file (fetch.c): one range request at a time,
  * its bytes checked piece by piece as they come. Not stored. */
 typedef struct file_fetch {
     struct agent_engine *engine; /* for the origin's callbacks, which carry the file */

@@ -333,13 +333,32 @@ uint64_t sources_share_start(const agent_engine *e, const agent_file *f, int sel
     return 0;
 }
 
-int sources_can_finish(const agent_engine *e, const agent_file *f, int self)
+const piece_source *sources_can_finish(const agent_engine *e, const agent_file *f, int self)
 {
     (void)e;
     for (size_t i = 0; i < N_SOURCES; i++)
         if (sources[i]->id != self && sources[i]->can_finish != NULL && sources[i]->can_finish(f))
-            return 1;
-    return 0;
+            return sources[i];
+    return NULL;
+}
+
+size_t sources_fetching(const agent_engine *e, const agent_file *f, int self, uint64_t runs[][2],
+                        size_t max)
+{
+    (void)e;
+    size_t n = 0;
+    for (size_t i = 0; i < N_SOURCES && n < max; i++)
+        if (sources[i]->id != self && sources[i]->fetching != NULL &&
+            sources[i]->fetching(f, &runs[n][0], &runs[n][1]))
+            n++;
+    return n;
+}
+
+void sources_drain(agent_engine *e, agent_file *f)
+{
+    for (size_t i = 0; i < N_SOURCES; i++)
+        if (sources[i]->drain != NULL)
+            sources[i]->drain(e, f);
 }
 
 static void start_whole_file_check(agent_engine *e, agent_file *f);
@@ -798,6 +817,7 @@ int engine_open(const engine_config *cfg, agent_engine **out, char *why, size_t 
     }
     if (work_queue_init(&e->checks, CHECK_THREADS, engine_wake, e) != 0 ||
         work_queue_init(&e->syncer, 1, engine_wake, e) != 0) {
+        snprintf(why, why_len, "out of memory for the engine's work queues");
         err = DOPA_ENOMEM;
         goto fail;
     }

@@ -1,6 +1,8 @@
 /*
- * What engine.c (transfers, timers, the store) and requests.c (control
- * requests) share. Not part of the agent module's interface.
+ * What the files of dopad's engine share: engine.c (jobs, timers, the
+ * pump), the sources (fetch.c, peers.c), commit.c, validation.c,
+ * requests.c, notify.c, cache.c and metrics.c. Not part of the agent
+ * module's interface (agent.h).
  */
 #ifndef DOPA_AGENT_ENGINE_INTERNAL_H
 #define DOPA_AGENT_ENGINE_INTERNAL_H
@@ -193,9 +195,6 @@ void peers_forget_file(agent_engine *e, agent_file *f);
 void peers_piece_done(agent_engine *e, agent_file *f, uint64_t piece);
 /* The file passed every check: offered whole. */
 void peers_file_transferred(agent_engine *e, agent_file *f);
-/* Waits until no writer works on the file (before it is emptied or closed
- * under them). */
-void peers_drain_file(agent_engine *e, agent_file *f);
 /* The content failed validation: the peers that sent unchecked pieces pay. */
 void peers_blame(agent_engine *e, agent_file *f);
 

@@ -223,7 +223,7 @@ static void on_done(void *ctx, origin_file *of, uint64_t id, const origin_error 
             (f->n_ranges == 0 || f->ranges[f->n_ranges - 1].length == DOPA_LENGTH_TO_EOF))
             f->size = DOPA_SIZE_UNKNOWN; /* it follows the new version's size */
         /* Nothing of the old version may stay behind the new one. */
-        peers_drain_file(e, f);
+        sources_drain(e, f);
         if (f->fd >= 0 && ftruncate(f->fd, 0) != 0)
             agent_log("warning", "truncating %s: %s", f->tmp_path, strerror(errno));
         engine_reset_file(e, f);
@@ -240,13 +240,14 @@ static void on_done(void *ctx, origin_file *of, uint64_t id, const origin_error 
                         err->http_status, err->message);
         return;
     }
-    if (sources_can_finish(e, f, SOURCE_ORIGIN)) {
+    const piece_source *other = sources_can_finish(e, f, SOURCE_ORIGIN);
+    if (other != NULL) {
         /* Peers hold missing pieces: they go on while the origin rests;
          * it is tried again after the retry delay, and fails the job then
          * if no peer holds anything still missing. */
         int64_t rest = (int64_t)(j->retry_delay > 0 ? j->retry_delay : 1) * 1000;
         f->fetch.rest_until = engine_mono(e) + rest;
-        agent_log("info", "%s: %s; going on with peers", f->url, err->message);
+        agent_log("info", "%s: %s; going on with %s", f->url, err->message, other->name);
         return;
     }
     engine_fail_job_after(e, j, err->is_transient, DOPA_CONTEXT_REMOTE_FILE, err->code,
@@ -398,6 +399,21 @@ static int fetch_busy(const agent_file *f)
     return f->fetch.request != 0;
 }
 
+/* The pieces of the running request, or the one it goes on filling. */
+static int fetch_run(const agent_file *f, uint64_t *first, uint64_t *last)
+{
+    if (f->fetch.request != 0 && !f->fetch.probing && f->fetch.req_last >= f->fetch.req_first) {
+        *first = f->fetch.req_first;
+        *last = f->fetch.req_last;
+        return 1;
+    }
+    if (f->fetch.fill > 0) {
+        *first = *last = f->fetch.fill_piece;
+        return 1;
+    }
+    return 0;
+}
+
 const piece_source origin_source = {
     .name = "origin",
     .id = SOURCE_ORIGIN,
@@ -406,4 +422,5 @@ const piece_source origin_source = {
     .busy = fetch_busy,
     .idle = fetch_stop,
     .stop = fetch_stop,
+    .fetching = fetch_run,
 };

@@ -49,7 +49,7 @@ struct metrics {
     int64_t started_ms; /* wall clock, for dopa_start_time_seconds */
     nng_http_server *server;
     char address[METRICS_LISTEN_MAX + 16]; /* HOST:PORT, the port as bound */
-    pthread_mutex_t lock;                  /* guards closing, and posting while open */
+    pthread_mutex_t lock;                  /* guards closing; held while posting and withdrawing */
     int closing;
     mailbox waiting;     /* requests for the engine thread */
     char text[TEXT_MAX]; /* the engine thread's */
@@ -215,13 +215,23 @@ static void answer(nng_aio *aio, nng_http_res *res, int rv)
     nng_aio_finish(aio, res != NULL ? 0 : rv);
 }
 
-/* nng's thread: a request nng gave up on. */
+static int is_request_for(const work *w, const void *aio)
+{
+    return ((const request *)w)->aio == aio;
+}
+
+/* nng's thread: a request nng gave up on. Its argument is the endpoint,
+ * not the request: nng may call this after the engine answered and freed
+ * the request (a time limit expiring as the answer goes out). */
 static void on_cancel(nng_aio *aio, void *arg, int rv)
 {
-    request *r = arg;
-    if (mailbox_withdraw(&r->m->waiting, &r->w)) {
+    metrics *m = arg;
+    pthread_mutex_lock(&m->lock); /* (not between on_request's defer and post) */
+    work *w = mailbox_withdraw(&m->waiting, is_request_for, aio);
+    pthread_mutex_unlock(&m->lock);
+    if (w != NULL) {
         answer(aio, NULL, rv);
-        free(r);
+        free(w);
     } /* else the engine thread has it, and answers it */
 }
 
@@ -266,10 +276,11 @@ static void on_request(nng_aio *aio)
         return;
     }
     /* Under the lock: metrics_close sets closing before it stops the
-     * server, so the aio cannot be stopped between here and the mailbox. */
+     * server, and on_cancel waits for the lock, so the aio cannot be
+     * cancelled between here and the mailbox. */
     *r = (request){.w = {.done = on_answer}, .m = m, .aio = aio};
     nng_aio_set_timeout(aio, ANSWER_MS);
-    nng_aio_defer(aio, on_cancel, r);
+    nng_aio_defer(aio, on_cancel, m);
     mailbox_post(&m->waiting, &r->w);
     pthread_mutex_unlock(&m->lock);
 }

@@ -76,7 +76,8 @@ static void write_done(work *wk, int status)
     free(w);
 }
 
-void peers_drain_file(agent_engine *e, agent_file *f)
+/* Nothing of the writers writes into the file any more. */
+static void peers_drain_file(agent_engine *e, agent_file *f)
 {
     if (e->peers != NULL)
         work_settle(&e->writers, f);
@@ -387,6 +388,7 @@ const piece_source peer_source = {
     .id = SOURCE_PEERS,
     .fetch = peers_start_file,
     .stop = peers_stop_file,
+    .drain = peers_drain_file,
     .active = swarm_active,
     .holds_back = swarm_starting,
     .keeps = swarm_keeps,
@@ -434,22 +436,24 @@ static void count_uploads(agent_engine *e)
     }
 }
 
-/* Tells the swarm which pieces are on their way to this agent: the running
- * origin request's, the one being filled, and those written but not yet
- * durable. Members would otherwise see them neither held nor fetched, and
- * ask the origin for them as well. */
+/* Tells the swarm which pieces are on their way to this agent: those the
+ * other sources fetch now (the origin's running request, the piece it goes
+ * on filling), and those written but not yet durable. Members would
+ * otherwise see them neither held nor fetched, and ask the origin for them
+ * as well. */
 static void announce_coming(agent_engine *e, agent_file *f)
 {
     uint64_t small[256], *list = small;
-    int fetching = f->fetch.request != 0 && !f->fetch.probing && f->fetch.req_last >= f->fetch.req_first;
-    size_t run = fetching ? (size_t)(f->fetch.req_last - f->fetch.req_first + 1) : 0;
-    size_t cap = run + 1 + f->pieces.n_written + f->pieces.n_syncing, n = 0;
+    uint64_t runs[4][2];
+    size_t n_runs = sources_fetching(e, f, SOURCE_PEERS, runs, 4), run = 0;
+    for (size_t r = 0; r < n_runs; r++)
+        run += (size_t)(runs[r][1] - runs[r][0] + 1);
+    size_t cap = run + f->pieces.n_written + f->pieces.n_syncing, n = 0;
     if (cap > sizeof small / sizeof small[0] && (list = malloc(cap * sizeof *list)) == NULL)
         return;
-    for (size_t k = 0; k < run; k++)
-        list[n++] = f->fetch.req_first + k;
-    if (f->fetch.fill > 0)
-        list[n++] = f->fetch.fill_piece;
+    for (size_t r = 0; r < n_runs; r++)
+        for (uint64_t p = runs[r][0]; p <= runs[r][1]; p++)
+            list[n++] = p;
     if (f->pieces.n_written > 0) /* (pending may be NULL when empty) */
         memcpy(list + n, f->pieces.written, f->pieces.n_written * sizeof *list);
     n += f->pieces.n_written;

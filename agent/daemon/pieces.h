@@ -28,9 +28,10 @@
  * transferred; then it is served whole.
  *
  * A claim belongs to its source until the source delivers or gives it up:
- * pieces_reset leaves claims alone (their holders give them up, and what
- * they deliver for an older generation of the file is void), so a piece
- * is never fetched twice at once. Store loading puts pieces straight into
+ * pieces_reset leaves claims alone (their holders give them up: what the
+ * peers' writers deliver for an older generation of the file is void, and
+ * no origin request outlives a reset), so a piece is never fetched twice
+ * at once. Store loading puts pieces straight into
  * DURABLE (pieces_set_durable).
  */
 #ifndef DOPA_AGENT_PIECES_H
@@ -62,12 +63,14 @@ int pieces_init(piece_map *m, uint64_t size, uint32_t piece_size);
 void pieces_free(piece_map *m);
 
 uint32_t pieces_length(const piece_map *m, uint64_t piece);
+/* The state of a piece (PIECE_MISSING for one the map does not have). */
 int pieces_state(const piece_map *m, uint64_t piece);
 /* The source of a CLAIMED piece (SOURCE_NONE otherwise). */
 int pieces_claimer(const piece_map *m, uint64_t piece);
+/* A piece of the map that nobody has or fetches. */
 static inline int pieces_missing(const piece_map *m, uint64_t piece)
 {
-    return pieces_state(m, piece) == PIECE_MISSING;
+    return piece < m->count && pieces_state(m, piece) == PIECE_MISSING;
 }
 /* Bytes the file holds: written, syncing or durable. */
 uint64_t pieces_held_bytes(const piece_map *m);

@@ -22,6 +22,7 @@
 #ifndef DOPA_AGENT_SOURCE_H
 #define DOPA_AGENT_SOURCE_H
 
+#include <stddef.h>
 #include <stdint.h>
 
 struct agent_engine;
@@ -45,8 +46,12 @@ typedef struct piece_source {
     /* The file waits for a verdict: let go of what is held open for it.
      * NULL: nothing. */
     void (*idle)(struct agent_engine *e, struct agent_file *f);
-    /* The file stops: stop fetching for it and give back every claim. */
+    /* The file stops: stop fetching for it and give back its claims (a
+     * claim whose bytes are being written goes back when that ends). */
     void (*stop)(struct agent_engine *e, struct agent_file *f);
+    /* The file is about to be emptied or closed: wait until nothing of
+     * this source writes into it. NULL: it writes on the engine thread. */
+    void (*drain)(struct agent_engine *e, struct agent_file *f);
 
     /* Advice for the others (each may be NULL: no advice). */
     /* It fetches for the file beside them. */
@@ -59,17 +64,27 @@ typedef struct piece_source {
     uint64_t (*share_start)(const struct agent_file *f);
     /* It can still bring a piece the file misses. */
     int (*can_finish)(const struct agent_file *f);
+    /* The run of pieces it fetches now: 1 with it, 0 when none. */
+    int (*fetching)(const struct agent_file *f, uint64_t *first, uint64_t *last);
 } piece_source;
 
 extern const piece_source origin_source; /* fetch.c */
 extern const piece_source peer_source;   /* peers.c */
 
-/* The advice of every source but `self` (engine.c). */
+/* The advice of every source but `self` (engine.c): whether any is
+ * active, holds back the others, keeps the piece; where the first that
+ * has a share says it starts; the first that can finish (NULL: none); the
+ * runs they fetch (at most max, how many). */
 int sources_active(const struct agent_engine *e, const struct agent_file *f, int self);
 int sources_hold_back(const struct agent_engine *e, const struct agent_file *f, int self);
 int sources_keep(const struct agent_engine *e, const struct agent_file *f, uint64_t piece,
                  int self);
 uint64_t sources_share_start(const struct agent_engine *e, const struct agent_file *f, int self);
-int sources_can_finish(const struct agent_engine *e, const struct agent_file *f, int self);
+const piece_source *sources_can_finish(const struct agent_engine *e, const struct agent_file *f,
+                                       int self);
+size_t sources_fetching(const struct agent_engine *e, const struct agent_file *f, int self,
+                        uint64_t runs[][2], size_t max);
+/* Every source's drain (engine.c). */
+void sources_drain(struct agent_engine *e, struct agent_file *f);
 
 #endif

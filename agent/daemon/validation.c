@@ -283,7 +283,7 @@ static void truncate_temp(agent_engine *e, agent_file *f)
 {
     char why[512];
     int fd = f->fd, err = 0;
-    peers_drain_file(e, f);
+    sources_drain(e, f);
     if (fd < 0)
         err = fileops_open_temp(f->job->file_user, f->tmp_path, 0, &f->ident, &fd, why, sizeof why);
     if (err == 0 && ftruncate(fd, 0) != 0) {

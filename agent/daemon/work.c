@@ -48,17 +48,17 @@ static void unlink_work(mailbox *m, work *prev, work *w)
     w->next = NULL;
 }
 
-int mailbox_withdraw(mailbox *m, work *w)
+work *mailbox_withdraw(mailbox *m, int (*match)(const work *w, const void *key), const void *key)
 {
     pthread_mutex_lock(&m->lock);
-    for (work *prev = NULL, *it = m->head; it != NULL; prev = it, it = it->next)
-        if (it == w) {
+    for (work *prev = NULL, *w = m->head; w != NULL; prev = w, w = w->next)
+        if (match(w, key)) {
             unlink_work(m, prev, w);
             pthread_mutex_unlock(&m->lock);
-            return 1;
+            return w;
         }
     pthread_mutex_unlock(&m->lock);
-    return 0;
+    return NULL;
 }
 
 size_t mailbox_count(mailbox *m)

@@ -1,6 +1,6 @@
 /*
  * Handing work between dopad's threads: the one way anything crosses from
- * another thread to the engine thread, or from the engine to a helper
+ * a thread of dopad's to the engine thread, or from the engine to a helper
  * thread.
  *
  *   engine thread            worker threads              engine thread
@@ -14,8 +14,13 @@
  * pointer to find its engine. Posting wakes the engine (the mailbox's wake
  * function), which delivers on its own turn: `done` always runs on the
  * thread that delivers, never on the poster's. A work that never ran (its
- * queue closed first) or whose result was withdrawn gets done(w,
- * WORK_DROPPED): it still frees what it holds.
+ * queue closed first) or whose result was dropped (mailbox_drop) gets
+ * done(w, WORK_DROPPED): it still frees what it holds.
+ *
+ * This is how dopad's own threads and nng's callbacks reach the engine;
+ * the lower modules keep their own inside (the peer node's replies, the
+ * origin's transfers in libcurl's loop), and the engine takes their
+ * results in its turn through their step functions.
  */
 #ifndef DOPA_AGENT_WORK_H
 #define DOPA_AGENT_WORK_H
@@ -49,9 +54,10 @@ void mailbox_init(mailbox *m, void (*wake)(void *ctx), void *wake_ctx);
 void mailbox_destroy(mailbox *m);
 /* Any thread. */
 void mailbox_post(mailbox *m, work *w);
-/* Takes w back if it is still waiting: 1 then, 0 when it was delivered
- * (or is being delivered). Any thread; done is not called. */
-int mailbox_withdraw(mailbox *m, work *w);
+/* Takes back the first waiting work for which match(w, key) says 1, and
+ * returns it (NULL: none waits, it was delivered or is being delivered).
+ * Any thread; done is not called: the caller has the work now. */
+work *mailbox_withdraw(mailbox *m, int (*match)(const work *w, const void *key), const void *key);
 size_t mailbox_count(mailbox *m);
 /* The delivering thread: done(w, WORK_RAN) for each work posted before
  * the call, oldest first. Returns how many. */
