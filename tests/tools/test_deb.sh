@@ -1,6 +1,6 @@
 #!/bin/bash
 # The Debian packages (tools/package: CPack with tools/pkg) install and run
-# on this Debian: the test builds dopa, libdopa0 and libdopa-dev from the
+# on this Debian: the test builds dopa, libdopa1 and libdopa-dev from the
 # source tree, checks their control data (dependencies from
 # dpkg-shlibdeps, the conffile, the ldconfig trigger, where each file
 # goes) and lintian's verdict, then installs them with dpkg into a copy of
@@ -22,7 +22,7 @@
 set -u
 # shellcheck source=tests/tools/common.sh
 . "$(dirname "$0")/common.sh"
-packages="dopa libdopa0 libdopa-dev"
+packages="dopa libdopa1 libdopa-dev"
 
 # ---------------------------------------------------------------- inside
 # In the mount namespace: test_deb.sh --inside WORK URL SHA256 VERSION, the
@@ -255,12 +255,12 @@ for lib in libc6 libcurl4 libsodium23 libnng1 libsqlite3-0 libinih1; do
     esac
 done
 case $(control libdopa-dev Depends) in
-*"libdopa0 (= $version)"*) ;;
-*) fail "libdopa-dev does not depend on libdopa0 (= $version): $(control libdopa-dev Depends)" ;;
+*"libdopa1 (= $version)"*) ;;
+*) fail "libdopa-dev does not depend on libdopa1 (= $version): $(control libdopa-dev Depends)" ;;
 esac
 control_file dopa conffiles | grep -qx /etc/dopa/dopa.conf || fail "/etc/dopa/dopa.conf is not a conffile"
-control_file libdopa0 triggers | grep -qx 'activate-noawait ldconfig' || fail "libdopa0 has no ldconfig trigger"
-control_file libdopa0 shlibs | grep -q "^libdopa 0 libdopa0" || fail "libdopa0 has no shlibs file"
+control_file libdopa1 triggers | grep -qx 'activate-noawait ldconfig' || fail "libdopa1 has no ldconfig trigger"
+control_file libdopa1 shlibs | grep -q "^libdopa 1 libdopa1" || fail "libdopa1 has no shlibs file"
 # expect PACKAGE FILE...: where each file goes.
 expect() {
     p=$1
@@ -273,7 +273,8 @@ expect dopa /usr/sbin/dopad /usr/bin/dopa /usr/bin/dopa-manifest /usr/libexec/do
     /usr/lib/systemd/system/dopad.service /usr/lib/systemd/user/dopad.service /etc/dopa/dopa.conf \
     /usr/lib/apt/methods/dopa+http /usr/lib/apt/methods/dopa+https /usr/share/man/man8/dopad.8.gz \
     /usr/share/doc/dopa/copyright
-expect libdopa0 /usr/lib/x86_64-linux-gnu/libdopa.so.0 /usr/share/doc/libdopa0/copyright
+expect libdopa1 /usr/lib/x86_64-linux-gnu/libdopa.so.1 /usr/share/doc/libdopa1/copyright \
+    /usr/share/lintian/overrides/libdopa1
 expect libdopa-dev /usr/include/dopa.h /usr/lib/x86_64-linux-gnu/libdopa.so /usr/lib/x86_64-linux-gnu/libdopa.a \
     /usr/lib/x86_64-linux-gnu/pkgconfig/libdopa.pc /usr/lib/x86_64-linux-gnu/cmake/dopa/dopa-config.cmake \
     /usr/share/man/man3/libdopa.3.gz /usr/share/doc/libdopa-dev/copyright

@@ -5,7 +5,8 @@
 #     sbin, dopa-validate in libexec/dopa), libdopa shared and static, dopa.h,
 #     libdopa.pc, the CMake package, the units, the man pages, the bash
 #     completion, the APT method and the example settings;
-#   - libdopa.so exports exactly the functions dopa.h declares, versioned;
+#   - libdopa.so.1 exports exactly the functions dopa.h declares, versioned
+#     LIBDOPA_1;
 #   - a program using dopa.h builds warning-free as strict C11 and links
 #     with pkg-config (shared, and static from Libs.private alone) and with
 #     CMake's find_package(dopa) (dopa::dopa and dopa::dopa_static);
@@ -42,13 +43,13 @@ fi
 # --- The files. --------------------------------------------------------
 missing=0
 for f in bin/dopa bin/dopa-manifest sbin/dopad libexec/dopa/dopa-validate \
-    "$libdir/libdopa.so.0" "$libdir/libdopa.so" "$libdir/libdopa.a" include/dopa.h \
+    "$libdir/libdopa.so.1" "$libdir/libdopa.so" "$libdir/libdopa.a" include/dopa.h \
     "$libdir/pkgconfig/libdopa.pc" "$libdir/cmake/dopa/dopa-config.cmake" \
     "$libdir/cmake/dopa/dopa-config-version.cmake" "$libdir/cmake/dopa/dopa-targets.cmake" \
     lib/systemd/system/dopad.service lib/systemd/user/dopad.service \
         share/man/man1/dopa.1.gz share/man/man1/dopa-manifest.1.gz share/man/man3/libdopa.3.gz \
     share/man/man5/dopa.conf.5.gz share/man/man8/dopad.8.gz share/doc/dopa/copyright \
-    share/doc/libdopa0/copyright share/doc/libdopa-dev/copyright share/doc/dopa/changelog.gz \
+    share/doc/libdopa1/copyright share/doc/libdopa-dev/copyright share/doc/dopa/changelog.gz \
     share/bash-completion/completions/dopa share/bash-completion/completions/dopad \
     share/bash-completion/completions/dopa-manifest \
     lib/apt/methods/dopa+http lib/apt/methods/dopa+https share/doc/dopa/examples/dopa.conf; do
@@ -60,8 +61,8 @@ done
 for f in bin/dopa bin/dopa-manifest sbin/dopad libexec/dopa/dopa-validate lib/apt/methods/dopa+http; do
     [ -x "$top/$f" ] || fail "$prefix/$f is not executable"
 done
-[ "$(readlink "$top/$libdir/libdopa.so.0")" = "libdopa.so.$version" ] ||
-    fail "libdopa.so.0 -> $(readlink "$top/$libdir/libdopa.so.0"), not libdopa.so.$version"
+[ "$(readlink "$top/$libdir/libdopa.so.1")" = "libdopa.so.$version" ] ||
+    fail "libdopa.so.1 -> $(readlink "$top/$libdir/libdopa.so.1"), not libdopa.so.$version"
 grep -qx "ExecStart=$prefix/sbin/dopad" "$top/lib/systemd/system/dopad.service" ||
     fail "the system unit does not start $prefix/sbin/dopad: $(grep ExecStart= "$top/lib/systemd/system/dopad.service")"
 # Nothing outside the prefix (but the settings file of a /usr install).
@@ -72,7 +73,7 @@ outside=$(cd "$root" && find . -mindepth 1 \( -type f -o -type l \) | sed 's|^\.
 
 # --- libdopa.so exports dopa.h's functions and nothing else. ------------
 sed -n 's/^[a-z][a-z0-9_ ]*[ *]\(dopa_[a-z0-9_]*\)(.*/\1/p' "$top/include/dopa.h" | sort -u >"$dir/declared"
-nm -D --defined-only "$top/$libdir/libdopa.so.0" | awk '$2 == "T" { sub(/@.*/, "", $3); print $3 }' |
+nm -D --defined-only "$top/$libdir/libdopa.so.1" | awk '$2 == "T" { sub(/@.*/, "", $3); print $3 }' |
     sort -u >"$dir/exported"
 if [ "$(wc -l <"$dir/declared")" -lt 30 ]; then
     fail "only $(wc -l <"$dir/declared") functions found in dopa.h"
@@ -82,9 +83,11 @@ elif ! cmp -s "$dir/declared" "$dir/exported"; then
 else
     ok "libdopa.so exports the $(wc -l <"$dir/exported") functions of dopa.h and no other"
 fi
-nm -D --defined-only "$top/$libdir/libdopa.so.0" | grep -q ' LIBDOPA_0$' ||
-    fail "libdopa.so's symbols are not versioned LIBDOPA_0"
-readelf -d "$top/$libdir/libdopa.so.0" | grep -q 'SONAME.*\[libdopa\.so\.0\]' || fail "libdopa.so's SONAME is not libdopa.so.0"
+# Every one of them, versioned LIBDOPA_1.
+nm -D --defined-only "$top/$libdir/libdopa.so.1" | awk '$2 == "T" { print $3 }' | grep -v '@@LIBDOPA_1$' \
+    >"$dir/unversioned"
+[ -s "$dir/unversioned" ] && fail "libdopa.so's symbols not versioned LIBDOPA_1: $(tr '\n' ' ' <"$dir/unversioned")"
+readelf -d "$top/$libdir/libdopa.so.1" | grep -q 'SONAME.*\[libdopa\.so\.1\]' || fail "libdopa.so's SONAME is not libdopa.so.1"
 
 # --- A program of one's own. -------------------------------------------
 mkdir -p "$dir/app"
@@ -201,8 +204,8 @@ for app in pc-shared pc-static cm-shared cm-static; do
         fail "$app: $got (wanted dopad's version $version)"
     fi
 done
-ldd "$dir/app/pc-shared" 2>/dev/null | grep -q "libdopa.so.0 => $top/$libdir/libdopa.so.0" ||
-    fail "pc-shared does not load the installed libdopa.so.0: $(ldd "$dir/app/pc-shared" | grep dopa)"
+ldd "$dir/app/pc-shared" 2>/dev/null | grep -q "libdopa.so.1 => $top/$libdir/libdopa.so.1" ||
+    fail "pc-shared does not load the installed libdopa.so.1: $(ldd "$dir/app/pc-shared" | grep dopa)"
 got=$("$top/bin/dopa" --socket "$sock" whoami --json 2>&1)
 case $got in
 *"\"version\":\"$version\""*) ok "the installed dopa talks to it" ;;
