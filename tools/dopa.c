@@ -284,37 +284,39 @@ static double peer_efficiency(uint64_t origin, uint64_t peers, uint64_t cache)
 /* The job's error as a JSON object, or null. */
 static void print_error_json(const dopa_job_info *j)
 {
-    if (!j->has_error) {
+    if (!dopa_job_info_has_error(j)) {
         printf("null");
         return;
     }
     printf("{\"context\":");
-    json_string(dopa_context_name(j->error.context));
-    printf(",\"code\":%d,\"file\":%d,\"http_status\":%ld,\"message\":", j->error.code,
-           j->error.file, j->error.http_status);
-    json_string(j->error.message);
+    json_string(dopa_context_name(dopa_job_info_error_context(j)));
+    printf(",\"code\":%d,\"file\":%d,\"http_status\":%ld,\"message\":", dopa_job_info_error_code(j),
+           dopa_job_info_error_file(j), dopa_job_info_error_http_status(j));
+    json_string(dopa_job_info_error_message(j));
     putchar('}');
 }
 
 static void print_job_json(const dopa_job_info *j)
 {
     char id[37];
-    dopa_id_format(&j->id, id);
+    uint64_t origin = dopa_job_info_bytes_from_origin(j), peers = dopa_job_info_bytes_from_peers(j),
+             cache = dopa_job_info_bytes_from_cache(j);
+    dopa_id_format(dopa_job_info_id(j), id);
     printf("{\"id\":");
     json_string(id);
-    printf(",\"owner\":%u,\"name\":", j->owner);
-    json_string(j->display_name);
+    printf(",\"owner\":%u,\"name\":", dopa_job_info_owner(j));
+    json_string(dopa_job_info_display_name(j));
     printf(",\"description\":");
-    json_string(j->description);
+    json_string(dopa_job_info_description(j));
     printf(",\"state\":");
-    json_string(dopa_state_name(j->state));
+    json_string(dopa_state_name(dopa_job_info_state(j)));
     printf(",\"priority\":");
-    json_string(dopa_priority_name(j->priority));
+    json_string(dopa_priority_name(dopa_job_info_priority(j)));
     printf(",\"bytes_total\":");
-    if (j->bytes_total == DOPA_SIZE_UNKNOWN)
+    if (dopa_job_info_bytes_total(j) == DOPA_SIZE_UNKNOWN)
         printf("null");
     else
-        printf("%" PRIu64, j->bytes_total);
+        printf("%" PRIu64, dopa_job_info_bytes_total(j));
     printf(",\"bytes_transferred\":%" PRIu64 ",\"files_total\":%u,\"files_transferred\":%u"
            ",\"bytes_from_origin\":%" PRIu64 ",\"bytes_from_peers\":%" PRIu64
            ",\"bytes_from_cache\":%" PRIu64 ",\"bytes_uploaded\":%" PRIu64
@@ -322,14 +324,16 @@ static void print_job_json(const dopa_job_info *j)
            ",\"transfer_completed_ms\":%" PRId64 ",\"error_count\":%u"
            ",\"minimum_retry_delay\":%u,\"no_progress_timeout\":%u,\"version\":%" PRIu64
            ",\"notify_flags\":",
-           j->bytes_transferred, j->files_total, j->files_transferred, j->bytes_from_origin,
-           j->bytes_from_peers, j->bytes_from_cache, j->bytes_uploaded,
-           peer_efficiency(j->bytes_from_origin, j->bytes_from_peers, j->bytes_from_cache),
-           j->created, j->modified, j->transfer_completed, j->error_count, j->minimum_retry_delay,
-           j->no_progress_timeout, j->version);
-    print_notify_flags_json(j->notify_flags);
-    printf(",\"validation_timeout\":%u,\"validation_default\":", j->validation_timeout);
-    json_string(j->validation_default_valid ? "valid" : "invalid");
+           dopa_job_info_bytes_transferred(j), dopa_job_info_files_total(j),
+           dopa_job_info_files_transferred(j), origin, peers, cache,
+           dopa_job_info_bytes_uploaded(j), peer_efficiency(origin, peers, cache),
+           dopa_job_info_created(j), dopa_job_info_modified(j), dopa_job_info_transfer_completed(j),
+           dopa_job_info_error_count(j), dopa_job_info_minimum_retry_delay(j),
+           dopa_job_info_no_progress_timeout(j), dopa_job_info_version(j));
+    print_notify_flags_json(dopa_job_info_notify_flags(j));
+    printf(",\"validation_timeout\":%u,\"validation_default\":",
+           dopa_job_info_validation_timeout(j));
+    json_string(dopa_job_info_validation_default_valid(j) ? "valid" : "invalid");
     printf(",\"error\":");
     print_error_json(j);
     putchar('}');
@@ -338,88 +342,96 @@ static void print_job_json(const dopa_job_info *j)
 static void print_progress_line(const dopa_job_info *j)
 {
     char done[32], total[32];
-    format_bytes(j->bytes_transferred, done, sizeof done);
-    if (j->bytes_total == DOPA_SIZE_UNKNOWN)
+    format_bytes(dopa_job_info_bytes_transferred(j), done, sizeof done);
+    if (dopa_job_info_bytes_total(j) == DOPA_SIZE_UNKNOWN)
         snprintf(total, sizeof total, "?");
     else
-        format_bytes(j->bytes_total, total, sizeof total);
-    printf("%s / %s, %u of %u files", done, total, j->files_transferred, j->files_total);
+        format_bytes(dopa_job_info_bytes_total(j), total, sizeof total);
+    printf("%s / %s, %u of %u files", done, total, dopa_job_info_files_transferred(j),
+           dopa_job_info_files_total(j));
 }
 
 static void print_job_text(const dopa_job_info *j)
 {
     char id[37], created[32], modified[32], completed[32];
-    dopa_id_format(&j->id, id);
-    format_time(j->created, created, sizeof created);
-    format_time(j->modified, modified, sizeof modified);
-    format_time(j->transfer_completed, completed, sizeof completed);
+    uint64_t origin = dopa_job_info_bytes_from_origin(j), peers = dopa_job_info_bytes_from_peers(j),
+             cache = dopa_job_info_bytes_from_cache(j);
+    const char *description = dopa_job_info_description(j);
+    dopa_id_format(dopa_job_info_id(j), id);
+    format_time(dopa_job_info_created(j), created, sizeof created);
+    format_time(dopa_job_info_modified(j), modified, sizeof modified);
+    format_time(dopa_job_info_transfer_completed(j), completed, sizeof completed);
     printf("job:          %s\n", id);
-    printf("name:         %s\n", j->display_name);
-    if (j->description[0])
-        printf("description:  %s\n", j->description);
-    printf("owner:        uid %u\n", j->owner);
-    printf("state:        %s\n", dopa_state_name(j->state));
-    printf("priority:     %s\n", dopa_priority_name(j->priority));
+    printf("name:         %s\n", dopa_job_info_display_name(j));
+    if (description[0])
+        printf("description:  %s\n", description);
+    printf("owner:        uid %u\n", dopa_job_info_owner(j));
+    printf("state:        %s\n", dopa_state_name(dopa_job_info_state(j)));
+    printf("priority:     %s\n", dopa_priority_name(dopa_job_info_priority(j)));
     printf("progress:     ");
     print_progress_line(j);
     printf("\nfrom:         origin %" PRIu64 ", peers %" PRIu64 ", cache host %" PRIu64
            " bytes (%.1f %% from peers)\n",
-           j->bytes_from_origin, j->bytes_from_peers, j->bytes_from_cache,
-           100 * peer_efficiency(j->bytes_from_origin, j->bytes_from_peers, j->bytes_from_cache));
-    printf("uploaded:     %" PRIu64 " bytes to peers\n", j->bytes_uploaded);
+           origin, peers, cache, 100 * peer_efficiency(origin, peers, cache));
+    printf("uploaded:     %" PRIu64 " bytes to peers\n", dopa_job_info_bytes_uploaded(j));
     printf("created:      %s\nmodified:     %s\ntransferred:  %s\n", created, modified, completed);
-    printf("retry delay:  %u s\nno progress:  %u s\nerrors:       %u\n", j->minimum_retry_delay,
-           j->no_progress_timeout, j->error_count);
+    printf("retry delay:  %u s\nno progress:  %u s\nerrors:       %u\n",
+           dopa_job_info_minimum_retry_delay(j), dopa_job_info_no_progress_timeout(j),
+           dopa_job_info_error_count(j));
     printf("notify:       ");
-    print_notify_flags_text(j->notify_flags);
-    printf("\nvalidation:   %u s, then %s\n", j->validation_timeout,
-           j->validation_default_valid ? "valid" : "invalid");
-    if (!j->has_error)
+    print_notify_flags_text(dopa_job_info_notify_flags(j));
+    printf("\nvalidation:   %u s, then %s\n", dopa_job_info_validation_timeout(j),
+           dopa_job_info_validation_default_valid(j) ? "valid" : "invalid");
+    if (!dopa_job_info_has_error(j))
         return;
-    printf("error:        %s (code %d", dopa_context_name(j->error.context), j->error.code);
-    if (j->error.http_status)
-        printf(", HTTP %ld", j->error.http_status);
-    printf(") %s\n", j->error.message);
+    printf("error:        %s (code %d", dopa_context_name(dopa_job_info_error_context(j)),
+           dopa_job_info_error_code(j));
+    if (dopa_job_info_error_http_status(j))
+        printf(", HTTP %ld", dopa_job_info_error_http_status(j));
+    printf(") %s\n", dopa_job_info_error_message(j));
 }
 
 static int show_info(dopa_manager *m, const dopa_id *id)
 {
-    dopa_job_info j;
+    dopa_job_info *j;
     int err = dopa_job_get(m, id, &j);
     if (err != DOPA_OK)
         return failed("info", err);
     if (json) {
-        print_job_json(&j);
+        print_job_json(j);
         putchar('\n');
     } else {
-        print_job_text(&j);
+        print_job_text(j);
     }
+    dopa_free(j);
     return EXIT_OK;
 }
 
 static int show_error(dopa_manager *m, const dopa_id *id)
 {
-    dopa_job_info j;
+    dopa_job_info *j;
     int err = dopa_job_get(m, id, &j);
     if (err != DOPA_OK)
         return failed("get-error", err);
     if (json) {
-        print_error_json(&j);
+        print_error_json(j);
         putchar('\n');
-    } else if (j.has_error) {
+    } else if (dopa_job_info_has_error(j)) {
         printf("context: %s\ncode:    %d\nfile:    %d\nhttp:    %ld\nmessage: %s\n",
-               dopa_context_name(j.error.context), j.error.code, j.error.file, j.error.http_status,
-               j.error.message);
+               dopa_context_name(dopa_job_info_error_context(j)), dopa_job_info_error_code(j),
+               dopa_job_info_error_file(j), dopa_job_info_error_http_status(j),
+               dopa_job_info_error_message(j));
     } else {
         printf("no error\n");
     }
+    dopa_free(j);
     return EXIT_OK;
 }
 
 static int show_list(dopa_manager *m, int all)
 {
-    dopa_job_info *jobs = NULL;
-    size_t n = 0;
+    dopa_job_info **jobs;
+    size_t n;
     int err = dopa_job_list(m, all, &jobs, &n);
     if (err != DOPA_OK)
         return failed("list", err);
@@ -428,75 +440,82 @@ static int show_list(dopa_manager *m, int all)
         for (size_t i = 0; i < n; i++) {
             if (i)
                 putchar(',');
-            print_job_json(&jobs[i]);
+            print_job_json(jobs[i]);
         }
         printf("]\n");
     } else {
         for (size_t i = 0; i < n; i++) {
             char id[37];
-            dopa_id_format(&jobs[i].id, id);
-            printf("%s %-15s %-10s ", id, dopa_state_name(jobs[i].state),
-                   dopa_priority_name(jobs[i].priority));
-            print_progress_line(&jobs[i]);
-            printf(" %s\n", jobs[i].display_name);
+            dopa_id_format(dopa_job_info_id(jobs[i]), id);
+            printf("%s %-15s %-10s ", id, dopa_state_name(dopa_job_info_state(jobs[i])),
+                   dopa_priority_name(dopa_job_info_priority(jobs[i])));
+            print_progress_line(jobs[i]);
+            printf(" %s\n", dopa_job_info_display_name(jobs[i]));
         }
         if (n == 0)
             printf("no jobs\n");
     }
-    free(jobs);
+    dopa_free(jobs);
     return EXIT_OK;
 }
 
 static int show_files(dopa_manager *m, const dopa_id *id)
 {
-    dopa_file_info *files = NULL;
-    size_t n = 0;
+    dopa_file_info **files;
+    size_t n;
     int err = dopa_job_list_files(m, id, &files, &n);
     if (err != DOPA_OK)
         return failed("files", err);
     if (json)
         putchar('[');
     for (size_t i = 0; i < n; i++) {
-        const dopa_file_info *f = &files[i];
+        const dopa_file_info *f = files[i];
+        uint64_t size = dopa_file_info_bytes_total(f), got = dopa_file_info_bytes_transferred(f),
+                 origin = dopa_file_info_bytes_from_origin(f),
+                 peers = dopa_file_info_bytes_from_peers(f),
+                 cache = dopa_file_info_bytes_from_cache(f);
+        int transferred = dopa_file_info_is_transferred(f),
+            has_manifest = dopa_file_info_has_manifest(f),
+            has_sha256 = dopa_file_info_has_sha256(f);
+        const char *validation = validation_name(dopa_file_info_validation(f));
         if (json) {
             printf("%s{\"remote_url\":", i ? "," : "");
-            json_string(f->remote_url);
+            json_string(dopa_file_info_remote_url(f));
             printf(",\"local_name\":");
-            json_string(f->local_name);
+            json_string(dopa_file_info_local_name(f));
             printf(",\"temporary_name\":");
-            json_string(f->temporary_name);
+            json_string(dopa_file_info_temporary_name(f));
             printf(",\"bytes_total\":");
-            if (f->bytes_total == DOPA_SIZE_UNKNOWN)
+            if (size == DOPA_SIZE_UNKNOWN)
                 printf("null");
             else
-                printf("%" PRIu64, f->bytes_total);
+                printf("%" PRIu64, size);
             printf(",\"bytes_transferred\":%" PRIu64 ",\"bytes_from_origin\":%" PRIu64
                    ",\"bytes_from_peers\":%" PRIu64 ",\"bytes_from_cache\":%" PRIu64
                    ",\"ranges\":%u,\"transferred\":%s,\"manifest\":%s,\"sha256\":%s"
                    ",\"validation\":",
-                   f->bytes_transferred, f->bytes_from_origin, f->bytes_from_peers,
-                   f->bytes_from_cache, f->ranges, f->transferred ? "true" : "false",
-                   f->has_manifest ? "true" : "false", f->has_sha256 ? "true" : "false");
-            json_string(validation_name(f->validation));
+                   got, origin, peers, cache, dopa_file_info_ranges(f),
+                   transferred ? "true" : "false", has_manifest ? "true" : "false",
+                   has_sha256 ? "true" : "false");
+            json_string(validation);
             putchar('}');
         } else {
             char done[32], total[32];
-            format_bytes(f->bytes_transferred, done, sizeof done);
-            if (f->bytes_total == DOPA_SIZE_UNKNOWN)
+            format_bytes(got, done, sizeof done);
+            if (size == DOPA_SIZE_UNKNOWN)
                 snprintf(total, sizeof total, "?");
             else
-                format_bytes(f->bytes_total, total, sizeof total);
+                format_bytes(size, total, sizeof total);
             printf("%zu: %s -> %s\n   %s / %s%s%s%s, validation %s\n   from origin %" PRIu64
                    ", peers %" PRIu64 ", cache %" PRIu64 " bytes\n",
-                   i, f->remote_url, f->local_name, done, total,
-                   f->transferred ? ", transferred" : "", f->has_manifest ? ", manifest" : "",
-                   f->has_sha256 ? ", sha256" : "", validation_name(f->validation),
-                   f->bytes_from_origin, f->bytes_from_peers, f->bytes_from_cache);
+                   i, dopa_file_info_remote_url(f), dopa_file_info_local_name(f), done, total,
+                   transferred ? ", transferred" : "", has_manifest ? ", manifest" : "",
+                   has_sha256 ? ", sha256" : "", validation, origin, peers, cache);
         }
     }
     if (json)
         printf("]\n");
-    free(files);
+    dopa_free(files);
     return EXIT_OK;
 }
 
@@ -618,7 +637,8 @@ static int check_option(int c, const char *arg, struct file_args *a)
 
 static dopa_file_options file_options(const struct file_args *a)
 {
-    dopa_file_options o = {.ranges = a->ranges,
+    dopa_file_options o = {.size = sizeof o,
+                           .ranges = a->ranges,
                            .n_ranges = a->n_ranges,
                            .expected_sha256 = a->has_sha256 ? a->sha256 : NULL,
                            .manifest = a->manifest,
@@ -638,14 +658,15 @@ static void on_interrupt(int sig)
 static void draw_progress(const dopa_job_info *j, double rate)
 {
     char done[32], total[32], speed[32], text[160];
-    format_bytes(j->bytes_transferred, done, sizeof done);
+    uint64_t got = dopa_job_info_bytes_transferred(j), size = dopa_job_info_bytes_total(j);
+    format_bytes(got, done, sizeof done);
     format_bytes((uint64_t)rate, speed, sizeof speed);
-    if (j->bytes_total != DOPA_SIZE_UNKNOWN && j->bytes_total > 0)
-        format_bytes(j->bytes_total, total, sizeof total);
+    if (size != DOPA_SIZE_UNKNOWN && size > 0)
+        format_bytes(size, total, sizeof total);
     else
         snprintf(total, sizeof total, "?");
     int len = snprintf(text, sizeof text, "%s / %s  %s/s  %s", done, total, speed,
-                       dopa_state_name(j->state));
+                       dopa_state_name(dopa_job_info_state(j)));
     /* The bar takes what the text leaves, "[] " and a last column free;
      * the text is counted as 48 columns at least, so that the bar keeps
      * its width as the numbers change. */
@@ -658,8 +679,8 @@ static void draw_progress(const dopa_job_info *j, double rate)
     char bar[32] = "";
     if (width > 0) {
         int filled = 0;
-        if (j->bytes_total != DOPA_SIZE_UNKNOWN && j->bytes_total > 0)
-            filled = (int)((double)j->bytes_transferred * width / (double)j->bytes_total);
+        if (size != DOPA_SIZE_UNKNOWN && size > 0)
+            filled = (int)((double)got * width / (double)size);
         for (int i = 0; i < width; i++)
             bar[i] = i < filled ? '#' : '.';
         bar[width] = '\0';
@@ -677,14 +698,15 @@ static int is_done(int state)
 
 /* Waits for a job to finish, drawing progress on stderr if show and
  * saying on stderr when a transient error makes it retry if tell. Returns
- * the last info in *out; EXIT_INTERRUPTED on a signal, EXIT_TIMEOUT when
- * timeout_s (if not 0) passed first. The progress line is ended before it
- * returns. */
+ * the last info in *out (for dopa_free; NULL when it failed); EXIT_OK,
+ * EXIT_INTERRUPTED on a signal, EXIT_TIMEOUT when timeout_s (if not 0)
+ * passed first, or the exit status of a failed call. The progress line is
+ * ended before it returns. */
 static int follow(dopa_manager *m, const dopa_id *id, int show, int tell, int timeout_s,
-                  dopa_job_info *out)
+                  dopa_job_info **out)
 {
     int rc = EXIT_OK, drawn = 0;
-    dopa_job_info j;
+    dopa_job_info *j = NULL;
     uint64_t seen = 0, last_bytes = 0;
     double rate = 0;
     struct timespec t0, last;
@@ -694,6 +716,7 @@ static int follow(dopa_manager *m, const dopa_id *id, int show, int tell, int ti
     for (;;) {
         struct timespec asked, now;
         clock_gettime(CLOCK_MONOTONIC, &asked);
+        dopa_free(j);
         int err = dopa_job_wait(m, id, seen, 1000, &j);
         if (err == DOPA_ELIMIT) {
             /* dopad holds too many waits: ask plainly, a little later. */
@@ -704,10 +727,12 @@ static int follow(dopa_manager *m, const dopa_id *id, int show, int tell, int ti
         if (err != DOPA_OK) {
             if (drawn)
                 fputc('\n', stderr);
+            *out = NULL;
             return failed("wait", err);
         }
-        int changed = j.version != seen;
-        seen = j.version;
+        int changed = dopa_job_info_version(j) != seen, state = dopa_job_info_state(j);
+        uint64_t got = dopa_job_info_bytes_transferred(j);
+        seen = dopa_job_info_version(j);
         clock_gettime(CLOCK_MONOTONIC, &now);
         if (!changed && now.tv_sec - asked.tv_sec < 1 &&
             now.tv_nsec - asked.tv_nsec < 100 * 1000 * 1000) {
@@ -717,25 +742,25 @@ static int follow(dopa_manager *m, const dopa_id *id, int show, int tell, int ti
         double dt = (double)(now.tv_sec - last.tv_sec) + (double)(now.tv_nsec - last.tv_nsec) / 1e9;
         if (dt >= 0.5) {
             /* A file that starts over makes the count go down: no rate. */
-            double r = j.bytes_transferred >= last_bytes
-                           ? (double)(j.bytes_transferred - last_bytes) / dt
-                           : 0;
+            double r = got >= last_bytes ? (double)(got - last_bytes) / dt : 0;
             rate = rate == 0 ? r : 0.7 * rate + 0.3 * r;
-            last_bytes = j.bytes_transferred;
+            last_bytes = got;
             last = now;
         }
         if (show) {
-            draw_progress(&j, rate);
+            draw_progress(j, rate);
             drawn = 1;
         }
-        if (j.state == DOPA_STATE_TRANSIENT_ERROR && last_state != j.state && j.has_error) {
+        if (state == DOPA_STATE_TRANSIENT_ERROR && last_state != state &&
+            dopa_job_info_has_error(j)) {
             if (show)
                 fputc('\n', stderr);
             if (tell)
-                fprintf(stderr, "dopa: transient error, will retry: %s\n", j.error.message);
+                fprintf(stderr, "dopa: transient error, will retry: %s\n",
+                        dopa_job_info_error_message(j));
         }
-        last_state = j.state;
-        if (is_done(j.state))
+        last_state = state;
+        if (is_done(state))
             break;
         if (interrupted) {
             rc = EXIT_INTERRUPTED;
@@ -755,25 +780,29 @@ static int follow(dopa_manager *m, const dopa_id *id, int show, int tell, int ti
 /* An unfinished `dopa get` job of this user for the same URL and file. */
 static int find_get_job(dopa_manager *m, const char *url, const char *path, dopa_id *id)
 {
-    dopa_job_info *jobs = NULL;
-    size_t n = 0;
+    dopa_job_info **jobs;
+    size_t n;
     if (dopa_job_list(m, 0, &jobs, &n) != DOPA_OK)
         return 0;
     int found = 0;
     for (size_t i = n; i-- > 0 && !found;) {
-        if (jobs[i].state == DOPA_STATE_ACKNOWLEDGED || jobs[i].state == DOPA_STATE_CANCELLED ||
-            jobs[i].files_total != 1 || strncmp(jobs[i].display_name, "dopa get ", 9) != 0)
+        const dopa_job_info *j = jobs[i];
+        int state = dopa_job_info_state(j);
+        if (state == DOPA_STATE_ACKNOWLEDGED || state == DOPA_STATE_CANCELLED ||
+            dopa_job_info_files_total(j) != 1 ||
+            strncmp(dopa_job_info_display_name(j), "dopa get ", 9) != 0)
             continue;
-        dopa_file_info *files = NULL;
-        size_t nf = 0;
-        if (dopa_job_list_files(m, &jobs[i].id, &files, &nf) == DOPA_OK && nf == 1 &&
-            strcmp(files[0].remote_url, url) == 0 && strcmp(files[0].local_name, path) == 0) {
-            *id = jobs[i].id;
+        dopa_file_info **files;
+        size_t nf;
+        if (dopa_job_list_files(m, dopa_job_info_id(j), &files, &nf) == DOPA_OK && nf == 1 &&
+            strcmp(dopa_file_info_remote_url(files[0]), url) == 0 &&
+            strcmp(dopa_file_info_local_name(files[0]), path) == 0) {
+            *id = *dopa_job_info_id(j);
             found = 1;
         }
-        free(files);
+        dopa_free(files);
     }
-    free(jobs);
+    dopa_free(jobs);
     return found;
 }
 
@@ -1001,20 +1030,20 @@ static int resolve(dopa_manager *m, const char *text, dopa_id *id)
     if (dopa_id_parse(text, id) == DOPA_OK)
         return EXIT_OK;
     size_t len = strlen(text);
-    dopa_job_info *jobs = NULL;
-    size_t n = 0, found = 0;
+    dopa_job_info **jobs;
+    size_t n, found = 0;
     int err = dopa_job_list(m, 0, &jobs, &n);
     if (err != DOPA_OK)
         return failed("list", err);
     for (size_t i = 0; i < n; i++) {
         char s[37];
-        dopa_id_format(&jobs[i].id, s);
+        dopa_id_format(dopa_job_info_id(jobs[i]), s);
         if (strncasecmp(s, text, len) == 0) {
-            *id = jobs[i].id;
+            *id = *dopa_job_info_id(jobs[i]);
             found++;
         }
     }
-    free(jobs);
+    dopa_free(jobs);
     if (found == 1)
         return EXIT_OK;
     if (found == 0)
@@ -1106,7 +1135,7 @@ static int show_notify(dopa_manager *m, const dopa_id *id)
         }
         putchar('\n');
     }
-    free(args);
+    dopa_free(args);
     return EXIT_OK;
 }
 
@@ -1207,6 +1236,7 @@ static int cmd_get(int argc, char **argv)
     }
 
     dopa_manager *m = NULL;
+    dopa_job_info *j = NULL;
     if ((rc = connect_or_fail(&m)) != EXIT_OK)
         goto done;
     const char *url = w.args[0];
@@ -1239,7 +1269,6 @@ static int cmd_get(int argc, char **argv)
 
     signal(SIGINT, on_interrupt);
     signal(SIGTERM, on_interrupt);
-    dopa_job_info j;
     /* Progress only for a person watching: on a terminal, not asked to be
      * quiet, and not into a JSON reader. */
     rc = follow(m, &id, !quiet && !json && isatty(STDERR_FILENO), !quiet && !json, 0, &j);
@@ -1250,14 +1279,15 @@ static int cmd_get(int argc, char **argv)
     }
     if (rc != EXIT_OK)
         goto disconnect;
-    if (j.state != DOPA_STATE_TRANSFERRED) {
+    if (dopa_job_info_state(j) != DOPA_STATE_TRANSFERRED) {
         if (json) {
-            print_job_json(&j);
+            print_job_json(j);
             putchar('\n');
         } else {
             fprintf(stderr, "dopa: %s: %s (%s)\n", url,
-                    j.has_error ? j.error.message : dopa_state_name(j.state),
-                    dopa_context_name(j.error.context));
+                    dopa_job_info_has_error(j) ? dopa_job_info_error_message(j)
+                                               : dopa_state_name(dopa_job_info_state(j)),
+                    dopa_context_name(dopa_job_info_error_context(j)));
             fprintf(stderr, "dopa: the job is kept; run the same command again to retry\n");
         }
         rc = EXIT_FAILED;
@@ -1272,13 +1302,15 @@ static int cmd_get(int argc, char **argv)
         json_string(path);
         printf(",\"bytes\":%" PRIu64 ",\"from_origin\":%" PRIu64 ",\"from_peers\":%" PRIu64
                ",\"from_cache\":%" PRIu64 "}\n",
-               j.bytes_transferred, j.bytes_from_origin, j.bytes_from_peers, j.bytes_from_cache);
+               dopa_job_info_bytes_transferred(j), dopa_job_info_bytes_from_origin(j),
+               dopa_job_info_bytes_from_peers(j), dopa_job_info_bytes_from_cache(j));
     } else if (!quiet) {
         char size[32];
-        format_bytes(j.bytes_transferred, size, sizeof size);
+        format_bytes(dopa_job_info_bytes_transferred(j), size, sizeof size);
         printf("%s: %s\n", path, size);
     }
 disconnect:
+    dopa_free(j);
     dopa_disconnect(m);
 done:
     free(fa.manifest);
@@ -1445,19 +1477,20 @@ static int cmd_wait(int argc, char **argv)
     if ((rc = open_job(w.args[0], &m, &id)) != EXIT_OK)
         return rc;
     signal(SIGINT, on_interrupt);
-    dopa_job_info j;
+    dopa_job_info *j;
     rc =
         follow(m, &id, !quiet && !json && isatty(STDERR_FILENO), !quiet && !json, (int)timeout, &j);
     if (rc == EXIT_OK || rc == EXIT_TIMEOUT) {
         if (json) {
-            print_job_json(&j);
+            print_job_json(j);
             putchar('\n');
         } else {
-            printf("%s\n", dopa_state_name(j.state));
+            printf("%s\n", dopa_state_name(dopa_job_info_state(j)));
         }
         if (rc == EXIT_OK)
-            rc = j.state == DOPA_STATE_ERROR ? EXIT_FAILED : EXIT_OK;
+            rc = dopa_job_info_state(j) == DOPA_STATE_ERROR ? EXIT_FAILED : EXIT_OK;
     }
+    dopa_free(j);
     dopa_disconnect(m);
     return rc;
 }
@@ -1672,7 +1705,7 @@ static int cmd_stats(int argc, char **argv)
     dopa_manager *m;
     if ((rc = connect_or_fail(&m)) != EXIT_OK)
         return rc;
-    dopa_agent_stats s;
+    dopa_agent_stats s = DOPA_AGENT_STATS_INIT;
     int err = dopa_agent_stats_get(m, &s);
     rc = err == DOPA_OK ? EXIT_OK : failed("stats", err);
     dopa_disconnect(m);

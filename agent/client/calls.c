@@ -1,8 +1,12 @@
 /*
  * libdopa's calls (dopa.h): jobs, their files and settings, notifications
  * and validation. Each is one request to dopad (a list, one a page)
- * through client_call.
+ * through client_call. What they hand out is one malloc() block, so that
+ * one dopa_free() frees it: a job's information, a list with its entries,
+ * a notify command line with its strings.
  */
+#include <stdalign.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -14,12 +18,9 @@
 static int call_op(dopa_manager *m, int op, const dopa_id *id, proto_reply *reply)
 {
     memset(reply, 0, sizeof *reply);
-    proto_request *req = calloc(1, sizeof *req);
+    proto_request *req = client_request_new(op, id);
     if (req == NULL)
         return DOPA_ENOMEM;
-    req->op = op;
-    if (id != NULL)
-        req->id = *id;
     int err = client_call(m, req, reply, CALL_TIMEOUT_MS);
     free(req);
     return err;
@@ -61,12 +62,14 @@ int dopa_whoami(dopa_manager *m, uint32_t *uid, char *version, size_t version_le
 
 int dopa_agent_stats_get(dopa_manager *m, dopa_agent_stats *out)
 {
-    if (out == NULL)
+    dopa_agent_stats none = {0};
+    /* A size too small fails before dopad is asked. */
+    if (client_struct_out(out, &none, sizeof none, CLIENT_STATS_SIZE_1) != DOPA_OK)
         return DOPA_EINVAL;
     proto_reply reply;
     int err = call_op(m, PROTO_STATS, NULL, &reply);
     if (err == DOPA_OK)
-        *out = reply.stats;
+        client_struct_out(out, &reply.stats, sizeof reply.stats, CLIENT_STATS_SIZE_1);
     proto_reply_clear(&reply);
     return err;
 }
@@ -75,11 +78,10 @@ int dopa_job_create(dopa_manager *m, const char *display_name, int type, dopa_id
 {
     if (out == NULL || type != DOPA_JOB_DOWNLOAD)
         return DOPA_EINVAL;
-    proto_request *req = calloc(1, sizeof *req);
+    proto_request *req = client_request_new(PROTO_CREATE, NULL);
     proto_reply reply;
     if (req == NULL)
         return DOPA_ENOMEM;
-    req->op = PROTO_CREATE;
     req->type = (uint64_t)type;
     int err = copy_string(req->name, sizeof req->name, display_name);
     if (err == DOPA_OK)
@@ -95,17 +97,18 @@ int dopa_job_create(dopa_manager *m, const char *display_name, int type, dopa_id
     return err;
 }
 
+/* dopa_job_get and dopa_job_wait: *out is a new object, NULL on failure. */
 static int get_job(dopa_manager *m, int op, const dopa_id *id, uint64_t seen, int timeout_ms,
-                   dopa_job_info *out)
+                   dopa_job_info **out)
 {
+    if (out != NULL)
+        *out = NULL;
     if (id == NULL || out == NULL)
         return DOPA_EINVAL;
-    proto_request *req = calloc(1, sizeof *req);
+    proto_request *req = client_request_new(op, id);
     proto_reply reply;
     if (req == NULL)
         return DOPA_ENOMEM;
-    req->op = op;
-    req->id = *id;
     req->seen = seen;
     if (timeout_ms < 0)
         timeout_ms = 0;
@@ -120,107 +123,165 @@ static int get_job(dopa_manager *m, int op, const dopa_id *id, uint64_t seen, in
         if (memcmp(j->id.bytes, id->bytes, 16) != 0 || j->error.file < -1 ||
             (j->error.file >= 0 && (uint32_t)j->error.file >= j->files_total))
             err = DOPA_EPROTO;
+        else if ((*out = malloc(sizeof **out)) == NULL)
+            err = DOPA_ENOMEM;
         else
-            *out = *j;
+            **out = *j;
         proto_reply_clear(&reply);
     }
     return err;
 }
 
-int dopa_job_get(dopa_manager *m, const dopa_id *id, dopa_job_info *out)
+int dopa_job_get(dopa_manager *m, const dopa_id *id, dopa_job_info **out)
 {
     return get_job(m, PROTO_GET, id, 0, 0, out);
 }
 
 int dopa_job_wait(dopa_manager *m, const dopa_id *id, uint64_t seen, int timeout_ms,
-                  dopa_job_info *out)
+                  dopa_job_info **out)
 {
     return get_job(m, PROTO_WAIT, id, seen, timeout_ms, out);
 }
 
-int dopa_job_list(dopa_manager *m, int all_users, dopa_job_info **out, size_t *n)
+/* ------------------------------------------------------------------ */
+/* Lists                                                              */
+
+/* Items gathered page by page, then handed out as a list. */
+typedef struct gathered {
+    void *items; /* for free() */
+    size_t n;
+} gathered;
+
+/* Appends n items of item_size bytes to g. DOPA_ENOMEM leaves it as it
+ * was. */
+static int gather(gathered *g, const void *items, size_t n, size_t item_size)
 {
-    if (out == NULL || n == NULL)
-        return DOPA_EINVAL;
-    proto_request *req = calloc(1, sizeof *req);
-    dopa_job_info *all = NULL;
-    size_t count = 0;
-    int err = DOPA_OK, restarts = 0;
-    if (req == NULL)
+    if (n > SIZE_MAX / item_size - g->n)
         return DOPA_ENOMEM;
-    req->op = PROTO_LIST;
-    req->all_users = all_users != 0;
+    char *grown = realloc(g->items, (g->n + n) * item_size);
+    if (grown == NULL)
+        return DOPA_ENOMEM;
+    memcpy(grown + g->n * item_size, items, n * item_size);
+    g->items = grown;
+    g->n += n;
+    return DOPA_OK;
+}
+
+/* The items of g as dopa_job_list() hands them out: n + 1 pointers (the
+ * last NULL) to copies of them, the items aligned for anything, all in one
+ * allocation for dopa_free(). Frees g's items either way. With *err not
+ * DOPA_OK it makes nothing; out of memory, it sets *err to DOPA_ENOMEM.
+ * NULL when it made nothing. */
+static void *hand_out(gathered *g, size_t item_size, int *err)
+{
+    size_t n = g->n, align = alignof(max_align_t);
+    size_t head = ((n + 1) * sizeof(void *) + align - 1) / align * align;
+    char *block = NULL;
+    if (*err == DOPA_OK &&
+        (n > (SIZE_MAX - head) / item_size || (block = malloc(head + n * item_size)) == NULL))
+        *err = DOPA_ENOMEM;
+    if (block != NULL) {
+        void **slots = (void **)block;
+        if (n > 0)
+            memcpy(block + head, g->items, n * item_size);
+        for (size_t i = 0; i < n; i++)
+            slots[i] = block + head + i * item_size;
+        slots[n] = NULL;
+    }
+    free(g->items);
+    *g = (gathered){0};
+    return block;
+}
+
+/* Gathers the pages of a PROTO_LIST or PROTO_LIST_FILES request, at most
+ * `limit` items (more, and it is not dopad), into a list for the caller
+ * (hand_out) in *out, of *n items. */
+static int list_pages(dopa_manager *m, proto_request *req, size_t limit, void **out, size_t *n)
+{
+    int is_jobs = req->op == PROTO_LIST, err, restarts = 0;
+    size_t item_size = is_jobs ? sizeof(dopa_job_info) : sizeof(dopa_file_info);
+    gathered all = {0};
     for (;;) {
         proto_reply reply;
+        if (!is_jobs)
+            req->start = all.n;
         err = client_call(m, req, &reply, CALL_TIMEOUT_MS);
         if (err == DOPA_EINVAL && req->has_cursor && restarts++ < 3) {
             /* The job under the cursor went away: list again from the start. */
-            count = 0;
+            all.n = 0;
             req->has_cursor = 0;
             continue;
         }
         if (err != DOPA_OK)
             break;
-        if (count + reply.n_jobs > 10u * 1000 * 1000) {
-            proto_reply_clear(&reply);
-            err = DOPA_EPROTO; /* more than dopad can hold: it is not dopad */
-            break;
-        }
-        if (reply.n_jobs > 0) {
-            dopa_job_info *grown = realloc(all, (count + reply.n_jobs) * sizeof *grown);
-            if (grown == NULL) {
-                proto_reply_clear(&reply);
-                err = DOPA_ENOMEM;
-                break;
-            }
-            all = grown;
-            memcpy(all + count, reply.jobs, reply.n_jobs * sizeof *all);
-            count += reply.n_jobs;
-            req->cursor = reply.jobs[reply.n_jobs - 1].id;
+        size_t got = is_jobs ? reply.n_jobs : reply.n_files;
+        const void *items = is_jobs ? (const void *)reply.jobs : (const void *)reply.files;
+        if (all.n + got > limit)
+            err = DOPA_EPROTO;
+        else if (got > 0)
+            err = gather(&all, items, got, item_size);
+        if (err == DOPA_OK && is_jobs && got > 0) {
+            req->cursor = reply.jobs[got - 1].id;
             req->has_cursor = 1;
         }
-        int more = reply.more != 0 && reply.n_jobs > 0;
+        int more = err == DOPA_OK && reply.more != 0 && got > 0;
         proto_reply_clear(&reply);
         if (!more)
             break;
     }
+    *n = all.n;
+    *out = hand_out(&all, item_size, &err);
+    if (err != DOPA_OK)
+        *n = 0;
+    return err;
+}
+
+int dopa_job_list(dopa_manager *m, int all_users, dopa_job_info ***out, size_t *n)
+{
+    if (out != NULL)
+        *out = NULL;
+    if (out == NULL || n == NULL)
+        return DOPA_EINVAL;
+    proto_request *req = client_request_new(PROTO_LIST, NULL);
+    if (req == NULL)
+        return DOPA_ENOMEM;
+    req->all_users = all_users != 0;
+    void *list;
+    /* More jobs than dopad can hold: it is not dopad. */
+    int err = list_pages(m, req, 10u * 1000 * 1000, &list, n);
     free(req);
-    if (err != DOPA_OK) {
-        free(all);
-        return err;
-    }
-    *out = all;
-    *n = count;
-    return DOPA_OK;
+    *out = list;
+    return err;
 }
 
 int dopa_job_add_file(dopa_manager *m, const dopa_id *id, const char *remote_url,
                       const char *local_name, const dopa_file_options *opts)
 {
-    if (id == NULL || remote_url == NULL || local_name == NULL)
+    dopa_file_options o = {0};
+    if (id == NULL || remote_url == NULL || local_name == NULL ||
+        (opts != NULL &&
+         client_struct_in(&o, sizeof o, opts, CLIENT_FILE_OPTIONS_SIZE_1) != DOPA_OK))
         return DOPA_EINVAL;
-    if (opts != NULL && (opts->n_ranges > DOPA_MAX_RANGES || (opts->n_ranges && !opts->ranges) ||
-                         (opts->manifest != NULL && opts->manifest_len == 0)))
+    if (o.n_ranges > DOPA_MAX_RANGES || (o.n_ranges && !o.ranges) ||
+        (o.manifest != NULL && o.manifest_len == 0))
         return DOPA_EINVAL;
-    proto_request *req = calloc(1, sizeof *req);
+    proto_request *req = client_request_new(PROTO_ADD_FILE, id);
     proto_reply reply;
     if (req == NULL)
         return DOPA_ENOMEM;
-    req->op = PROTO_ADD_FILE;
-    req->id = *id;
     int err = copy_string(req->url, sizeof req->url, remote_url);
     if (err == DOPA_OK)
         err = copy_string(req->path, sizeof req->path, local_name);
-    if (err == DOPA_OK && opts != NULL) {
-        if (opts->n_ranges > 0)
-            memcpy(req->ranges, opts->ranges, opts->n_ranges * sizeof *req->ranges);
-        req->n_ranges = opts->n_ranges;
-        if (opts->expected_sha256 != NULL) {
-            memcpy(req->sha256, opts->expected_sha256, 32);
+    if (err == DOPA_OK) {
+        if (o.n_ranges > 0)
+            memcpy(req->ranges, o.ranges, o.n_ranges * sizeof *req->ranges);
+        req->n_ranges = o.n_ranges;
+        if (o.expected_sha256 != NULL) {
+            memcpy(req->sha256, o.expected_sha256, 32);
             req->has_sha256 = 1;
         }
-        req->manifest = opts->manifest;
-        req->manifest_len = opts->manifest_len;
+        req->manifest = o.manifest;
+        req->manifest_len = o.manifest_len;
     }
     if (err == DOPA_OK)
         err = client_call(m, req, &reply, CALL_TIMEOUT_MS);
@@ -230,53 +291,20 @@ int dopa_job_add_file(dopa_manager *m, const dopa_id *id, const char *remote_url
     return err;
 }
 
-int dopa_job_list_files(dopa_manager *m, const dopa_id *id, dopa_file_info **out, size_t *n)
+int dopa_job_list_files(dopa_manager *m, const dopa_id *id, dopa_file_info ***out, size_t *n)
 {
+    if (out != NULL)
+        *out = NULL;
     if (id == NULL || out == NULL || n == NULL)
         return DOPA_EINVAL;
-    proto_request *req = calloc(1, sizeof *req);
-    dopa_file_info *all = NULL;
-    size_t count = 0;
-    int err = DOPA_OK;
+    proto_request *req = client_request_new(PROTO_LIST_FILES, id);
     if (req == NULL)
         return DOPA_ENOMEM;
-    req->op = PROTO_LIST_FILES;
-    req->id = *id;
-    for (;;) {
-        proto_reply reply;
-        req->start = count;
-        err = client_call(m, req, &reply, CALL_TIMEOUT_MS);
-        if (err != DOPA_OK)
-            break;
-        if (count + reply.n_files > DOPA_MAX_FILES) {
-            proto_reply_clear(&reply);
-            err = DOPA_EPROTO;
-            break;
-        }
-        if (reply.n_files > 0) {
-            dopa_file_info *grown = realloc(all, (count + reply.n_files) * sizeof *grown);
-            if (grown == NULL) {
-                proto_reply_clear(&reply);
-                err = DOPA_ENOMEM;
-                break;
-            }
-            all = grown;
-            memcpy(all + count, reply.files, reply.n_files * sizeof *all);
-            count += reply.n_files;
-        }
-        int more = reply.more != 0 && reply.n_files > 0;
-        proto_reply_clear(&reply);
-        if (!more)
-            break;
-    }
+    void *list;
+    int err = list_pages(m, req, DOPA_MAX_FILES, &list, n);
     free(req);
-    if (err != DOPA_OK) {
-        free(all);
-        return err;
-    }
-    *out = all;
-    *n = count;
-    return DOPA_OK;
+    *out = list;
+    return err;
 }
 
 int dopa_job_resume(dopa_manager *m, const dopa_id *id)
@@ -303,63 +331,66 @@ int dopa_job_complete(dopa_manager *m, const dopa_id *id, int *partial)
 {
     if (id == NULL)
         return DOPA_EINVAL;
-    proto_request *req = calloc(1, sizeof *req);
     proto_reply reply;
-    if (req == NULL)
-        return DOPA_ENOMEM;
-    req->op = PROTO_COMPLETE;
-    req->id = *id;
-    int err = client_call(m, req, &reply, CALL_TIMEOUT_MS);
-    free(req);
-    if (err == DOPA_OK) {
-        if (partial != NULL)
-            *partial = reply.partial != 0;
-        proto_reply_clear(&reply);
-    }
+    int err = call_op(m, PROTO_COMPLETE, id, &reply);
+    if (err == DOPA_OK && partial != NULL)
+        *partial = reply.partial != 0;
+    proto_reply_clear(&reply);
     return err;
 }
 
-/* A setter: op with one of the request's fields filled by fill(). */
-static int set(dopa_manager *m, int op, const dopa_id *id, uint64_t number, const char *text,
-               const char *text2)
+/* What a setter sends besides its op and the job's id. */
+typedef struct set_values {
+    uint64_t number, number2;
+    const char *text, *text2;
+} set_values;
+
+/* A setter: op on job id, with the request's fields for op taken from v. */
+static int set(dopa_manager *m, int op, const dopa_id *id, set_values v)
 {
     if (id == NULL)
         return DOPA_EINVAL;
-    proto_request *req = calloc(1, sizeof *req);
-    proto_reply reply;
+    proto_request *req = client_request_new(op, id);
     if (req == NULL)
         return DOPA_ENOMEM;
-    req->op = op;
-    req->id = *id;
     int err = DOPA_OK;
     switch (op) {
     case PROTO_SET_PRIORITY:
-        req->priority = number;
+        req->priority = v.number;
         break;
     case PROTO_SET_RETRY_DELAY:
     case PROTO_SET_NO_PROGRESS:
-        req->seconds = number;
+        req->seconds = v.number;
         break;
     case PROTO_SET_NAME:
-        err = copy_string(req->name, sizeof req->name, text);
+        err = copy_string(req->name, sizeof req->name, v.text);
         break;
     case PROTO_SET_DESCRIPTION:
-        err = copy_string(req->description, sizeof req->description, text);
+        err = copy_string(req->description, sizeof req->description, v.text);
         break;
     case PROTO_SET_PROXY:
-        req->proxy_usage = number;
-        err = copy_string(req->proxy, sizeof req->proxy, text);
+        req->proxy_usage = v.number;
+        err = copy_string(req->proxy, sizeof req->proxy, v.text);
         if (err == DOPA_OK)
-            err = copy_string(req->bypass, sizeof req->bypass, text2);
+            err = copy_string(req->bypass, sizeof req->bypass, v.text2);
+        break;
+    case PROTO_SET_NOTIFY_FLAGS:
+        req->flags = v.number;
+        break;
+    case PROTO_SET_VALIDATION: /* file number's verdict */
+        req->start = v.number;
+        req->valid = v.number2;
+        break;
+    case PROTO_SET_VALIDATION_POLICY: /* seconds, default verdict */
+        req->seconds = v.number;
+        req->valid = v.number2;
         break;
     default:
         err = DOPA_EINVAL;
     }
     if (err == DOPA_OK)
-        err = client_call(m, req, &reply, CALL_TIMEOUT_MS);
+        err = client_send(m, req);
     free(req);
-    if (err == DOPA_OK)
-        proto_reply_clear(&reply);
     return err;
 }
 
@@ -367,27 +398,27 @@ int dopa_job_set_priority(dopa_manager *m, const dopa_id *id, int priority)
 {
     if (priority < 0)
         return DOPA_EINVAL;
-    return set(m, PROTO_SET_PRIORITY, id, (uint64_t)priority, NULL, NULL);
+    return set(m, PROTO_SET_PRIORITY, id, (set_values){.number = (uint64_t)priority});
 }
 
 int dopa_job_set_display_name(dopa_manager *m, const dopa_id *id, const char *name)
 {
-    return set(m, PROTO_SET_NAME, id, 0, name, NULL);
+    return set(m, PROTO_SET_NAME, id, (set_values){.text = name});
 }
 
 int dopa_job_set_description(dopa_manager *m, const dopa_id *id, const char *description)
 {
-    return set(m, PROTO_SET_DESCRIPTION, id, 0, description, NULL);
+    return set(m, PROTO_SET_DESCRIPTION, id, (set_values){.text = description});
 }
 
 int dopa_job_set_minimum_retry_delay(dopa_manager *m, const dopa_id *id, uint32_t seconds)
 {
-    return set(m, PROTO_SET_RETRY_DELAY, id, seconds, NULL, NULL);
+    return set(m, PROTO_SET_RETRY_DELAY, id, (set_values){.number = seconds});
 }
 
 int dopa_job_set_no_progress_timeout(dopa_manager *m, const dopa_id *id, uint32_t seconds)
 {
-    return set(m, PROTO_SET_NO_PROGRESS, id, seconds, NULL, NULL);
+    return set(m, PROTO_SET_NO_PROGRESS, id, (set_values){.number = seconds});
 }
 
 int dopa_job_set_proxy(dopa_manager *m, const dopa_id *id, int usage, const char *proxy,
@@ -395,7 +426,8 @@ int dopa_job_set_proxy(dopa_manager *m, const dopa_id *id, int usage, const char
 {
     if (usage < 0)
         return DOPA_EINVAL;
-    return set(m, PROTO_SET_PROXY, id, (uint64_t)usage, proxy, bypass);
+    return set(m, PROTO_SET_PROXY, id,
+               (set_values){.number = (uint64_t)usage, .text = proxy, .text2 = bypass});
 }
 
 int dopa_job_get_proxy(dopa_manager *m, const dopa_id *id, int *usage, char *proxy,
@@ -403,14 +435,8 @@ int dopa_job_get_proxy(dopa_manager *m, const dopa_id *id, int *usage, char *pro
 {
     if (id == NULL)
         return DOPA_EINVAL;
-    proto_request *req = calloc(1, sizeof *req);
     proto_reply reply;
-    if (req == NULL)
-        return DOPA_ENOMEM;
-    req->op = PROTO_GET_PROXY;
-    req->id = *id;
-    int err = client_call(m, req, &reply, CALL_TIMEOUT_MS);
-    free(req);
+    int err = call_op(m, PROTO_GET_PROXY, id, &reply);
     if (err == DOPA_OK) {
         if (usage != NULL)
             *usage = (int)reply.proxy_usage;
@@ -418,22 +444,14 @@ int dopa_job_get_proxy(dopa_manager *m, const dopa_id *id, int *usage, char *pro
             snprintf(proxy, proxy_len, "%s", reply.proxy);
         if (bypass != NULL && bypass_len > 0)
             snprintf(bypass, bypass_len, "%s", reply.bypass);
-        proto_reply_clear(&reply);
     }
+    proto_reply_clear(&reply);
     return err;
 }
 
 int dopa_job_set_notify_flags(dopa_manager *m, const dopa_id *id, uint32_t flags)
 {
-    if (id == NULL)
-        return DOPA_EINVAL;
-    proto_request *req = client_request_new(PROTO_SET_NOTIFY_FLAGS, id);
-    if (req == NULL)
-        return DOPA_ENOMEM;
-    req->flags = flags;
-    int err = client_send(m, req);
-    free(req);
-    return err;
+    return set(m, PROTO_SET_NOTIFY_FLAGS, id, (set_values){.number = flags});
 }
 
 int dopa_job_set_notify_cmdline(dopa_manager *m, const dopa_id *id, const char *const *argv)
@@ -461,20 +479,17 @@ int dopa_job_set_notify_cmdline(dopa_manager *m, const dopa_id *id, const char *
 
 int dopa_job_get_notify(dopa_manager *m, const dopa_id *id, uint32_t *flags, char ***argv)
 {
+    if (argv != NULL)
+        *argv = NULL;
     if (id == NULL)
         return DOPA_EINVAL;
-    proto_request *req = client_request_new(PROTO_GET_NOTIFY, id);
     proto_reply reply;
-    if (req == NULL)
-        return DOPA_ENOMEM;
-    int err = client_call(m, req, &reply, CALL_TIMEOUT_MS);
-    free(req);
+    int err = call_op(m, PROTO_GET_NOTIFY, id, &reply);
     if (err != DOPA_OK)
         return err;
     if (flags != NULL)
         *flags = (uint32_t)reply.flags;
     if (argv != NULL) {
-        *argv = NULL;
         if (reply.n_args > 0) {
             /* The pointers, then the strings, in one block. */
             size_t size = (reply.n_args + 1) * sizeof(char *);
@@ -502,29 +517,12 @@ int dopa_job_get_notify(dopa_manager *m, const dopa_id *id, uint32_t *flags, cha
 
 int dopa_file_set_validation_state(dopa_manager *m, const dopa_id *id, uint32_t index, int valid)
 {
-    if (id == NULL)
-        return DOPA_EINVAL;
-    proto_request *req = client_request_new(PROTO_SET_VALIDATION, id);
-    if (req == NULL)
-        return DOPA_ENOMEM;
-    req->start = index;
-    req->valid = valid != 0;
-    int err = client_send(m, req);
-    free(req);
-    return err;
+    return set(m, PROTO_SET_VALIDATION, id, (set_values){.number = index, .number2 = valid != 0});
 }
 
 int dopa_job_set_validation_policy(dopa_manager *m, const dopa_id *id, uint32_t seconds,
                                    int default_valid)
 {
-    if (id == NULL)
-        return DOPA_EINVAL;
-    proto_request *req = client_request_new(PROTO_SET_VALIDATION_POLICY, id);
-    if (req == NULL)
-        return DOPA_ENOMEM;
-    req->seconds = seconds;
-    req->valid = default_valid != 0;
-    int err = client_send(m, req);
-    free(req);
-    return err;
+    return set(m, PROTO_SET_VALIDATION_POLICY, id,
+               (set_values){.number = seconds, .number2 = default_valid != 0});
 }

@@ -4,8 +4,11 @@
  *
  *   connection.c  the manager: connecting, one request and its reply,
  *                 disconnecting
- *   calls.c       the job, notification and validation calls of dopa.h
+ *   calls.c       the job, notification and validation calls of dopa.h,
+ *                 and the lists they hand out
  *   events.c      the events thread and the callbacks it runs
+ *   info.c        the accessors of the job and file information,
+ *                 dopa_free() and dopa_version()
  */
 #ifndef DOPA_CLIENT_H
 #define DOPA_CLIENT_H
@@ -14,6 +17,7 @@
 #include <pthread.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <string.h>
 
 #include "dopa.h"
 #include "proto.h"
@@ -26,7 +30,7 @@ typedef struct in_flight in_flight;
 /* Callbacks registered for a job (events.c). */
 typedef struct registration {
     dopa_id id;
-    dopa_callbacks cb;
+    dopa_callbacks cb; /* the caller's, as much as its size says; the rest 0 */
 } registration;
 
 struct dopa_manager {
@@ -81,5 +85,56 @@ void client_manager_free(dopa_manager *m);
 /* Forgets every registration of m and tells dopad so, briefly: a dopad
  * that does not answer forgets the manager by itself. */
 void client_unregister_all(dopa_manager *m);
+
+/* ------------------------------------------------------------------ */
+/* The open structs of dopa.h (calls.c and events.c)                  */
+
+/* The size of each open struct in libdopa.so.1's first release: a
+ * caller's size below it is DOPA_EINVAL. Never changes; members added
+ * later come after these. */
+#define CLIENT_SIZE_THROUGH(type, member) (offsetof(type, member) + sizeof(((type *)0)->member))
+#define CLIENT_STATS_SIZE_1               CLIENT_SIZE_THROUGH(dopa_agent_stats, peer_url)
+#define CLIENT_CALLBACKS_SIZE_1           CLIENT_SIZE_THROUGH(dopa_callbacks, file_transferred)
+#define CLIENT_FILE_OPTIONS_SIZE_1        CLIENT_SIZE_THROUGH(dopa_file_options, manifest_len)
+
+/* How much of a caller's open struct (its size first) the library uses:
+ * as much as both know, the library's being ours_size bytes; 0 when it is
+ * NULL or says it is smaller than first_size. */
+static inline size_t client_struct_known(const void *given, size_t ours_size, size_t first_size)
+{
+    size_t size;
+    if (given == NULL)
+        return 0;
+    memcpy(&size, given, sizeof size);
+    if (size < first_size)
+        return 0;
+    return size < ours_size ? size : ours_size;
+}
+
+/* Copies the caller's open struct `in` into the library's zeroed `ours`,
+ * as much as both know. DOPA_EINVAL as client_struct_known says. */
+static inline int client_struct_in(void *ours, size_t ours_size, const void *in, size_t first_size)
+{
+    size_t n = client_struct_known(in, ours_size, first_size);
+    if (n == 0)
+        return DOPA_EINVAL;
+    memcpy(ours, in, n);
+    return DOPA_OK;
+}
+
+/* Fills the caller's open struct `out` from the library's `ours`, as much
+ * as both know, keeping out's size. DOPA_EINVAL as client_struct_known
+ * says. */
+static inline int client_struct_out(void *out, const void *ours, size_t ours_size,
+                                    size_t first_size)
+{
+    size_t n = client_struct_known(out, ours_size, first_size), size;
+    if (n == 0)
+        return DOPA_EINVAL;
+    memcpy(&size, out, sizeof size);
+    memcpy(out, ours, n);
+    memcpy(out, &size, sizeof size);
+    return DOPA_OK;
+}
 
 #endif

@@ -228,7 +228,10 @@ static size_t registration_of(const dopa_manager *m, const dopa_id *id)
 
 int dopa_job_set_callbacks(dopa_manager *m, const dopa_id *id, const dopa_callbacks *callbacks)
 {
-    if (m == NULL || id == NULL)
+    dopa_callbacks given = {0};
+    if (m == NULL || id == NULL ||
+        (callbacks != NULL &&
+         client_struct_in(&given, sizeof given, callbacks, CLIENT_CALLBACKS_SIZE_1) != DOPA_OK))
         return DOPA_EINVAL;
     /* Known here before dopad is told (an event may come at once), and
      * forgotten here before dopad is told (an event then is not answered,
@@ -258,7 +261,7 @@ int dopa_job_set_callbacks(dopa_manager *m, const dopa_id *id, const dopa_callba
         m->n_regs++;
     }
     m->regs[i].id = *id;
-    m->regs[i].cb = *callbacks;
+    m->regs[i].cb = given;
     pthread_mutex_unlock(&m->lock);
     err = send_registration(m, PROTO_REGISTER, id);
     pthread_mutex_lock(&m->lock);

@@ -28,6 +28,66 @@
 
 #include "dopa.h"
 
+/* The job and file information of dopa.h, opaque to its callers, who
+ * read them only through the accessors (agent/client/info.c): dopad fills
+ * them (agent_job_info, agent_file_info) and the codec carries them. No
+ * program outside libdopa and dopad sees this layout, so a member may be
+ * added here without breaking libdopa.so.1's ABI. */
+typedef struct dopa_job_error {
+    int context; /* enum dopa_error_context */
+    int code;    /* a code of the module that failed (see the message) */
+    int file;    /* index of the file it concerns, or -1 */
+    long http_status;
+    char message[DOPA_MESSAGE_MAX + 1];
+} dopa_job_error;
+
+struct dopa_job_info {
+    dopa_id id;
+    uint32_t owner; /* uid */
+    int type;       /* enum dopa_job_type */
+    int state;      /* enum dopa_state */
+    int priority;   /* enum dopa_priority */
+    char display_name[DOPA_NAME_MAX + 1];
+    char description[DOPA_DESCRIPTION_MAX + 1];
+    uint64_t bytes_total; /* DOPA_SIZE_UNKNOWN until every size is known */
+    uint64_t bytes_transferred;
+    uint32_t files_total;
+    uint32_t files_transferred;
+    uint64_t bytes_from_origin; /* transferred bytes by where they came from */
+    uint64_t bytes_from_peers;
+    uint64_t bytes_from_cache;
+    uint64_t bytes_uploaded; /* of its content, sent to peers */
+    int64_t created;         /* unix time in milliseconds */
+    int64_t modified;
+    int64_t transfer_completed; /* 0 until the job is TRANSFERRED */
+    uint32_t error_count;       /* transient errors so far */
+    int has_error;
+    dopa_job_error error;
+    uint32_t minimum_retry_delay; /* seconds */
+    uint32_t no_progress_timeout; /* seconds */
+    int proxy_usage;              /* enum dopa_proxy_usage */
+    uint64_t version;             /* changes whenever anything in the job does */
+    uint32_t notify_flags;        /* DOPA_NOTIFY_* */
+    uint32_t validation_timeout;  /* seconds a file waits for SetValidationState */
+    int validation_default_valid; /* the verdict when that time runs out */
+};
+
+struct dopa_file_info {
+    char remote_url[DOPA_URL_MAX + 1];
+    char local_name[DOPA_PATH_MAX + 1];
+    char temporary_name[DOPA_PATH_MAX + 1];
+    uint64_t bytes_total; /* DOPA_SIZE_UNKNOWN until known */
+    uint64_t bytes_transferred;
+    uint64_t bytes_from_origin; /* transferred bytes by where they came from */
+    uint64_t bytes_from_peers;
+    uint64_t bytes_from_cache;
+    uint32_t ranges;  /* number of byte ranges, 0 for the whole file */
+    int transferred;  /* every byte is here and checked */
+    int has_manifest; /* pieces are checked against a signed manifest */
+    int has_sha256;   /* the whole file is checked against a SHA-256 */
+    int validation;   /* enum dopa_validation */
+};
+
 #define PROTO_HEADER_BYTES 8
 /* A request may carry a manifest (at most ~4 MiB); a reply a page of records. */
 #define PROTO_MAX_REQUEST (5u * 1024u * 1024u)

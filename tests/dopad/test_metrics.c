@@ -257,7 +257,7 @@ static const char *const state_labels[] = {"queued",      "connecting",   "trans
 static void check_matches_stats(int i, dopa_agent_stats *out)
 {
     const char *text = NULL;
-    dopa_agent_stats a, b;
+    dopa_agent_stats a = DOPA_AGENT_STATS_INIT, b = DOPA_AGENT_STATS_INIT;
     for (int tries = 0;; tries++) {
         CHECK_INT(dopa_agent_stats_get(agents[i].m, &a), DOPA_OK);
         text = scrape(i);
@@ -305,15 +305,16 @@ static void check_matches_stats(int i, dopa_agent_stats *out)
 static void check_job_states(int i, const uint64_t want[9])
 {
     const char *text = scrape(i);
-    dopa_job_info *jobs = NULL;
-    size_t n = 0;
+    dopa_job_info **jobs;
+    size_t n;
     CHECK_INT(dopa_job_list(agents[i].m, 0, &jobs, &n), DOPA_OK);
     uint64_t listed[9] = {0};
     for (size_t k = 0; k < n; k++) {
-        CHECK(jobs[k].state >= 0 && jobs[k].state < 9);
-        listed[jobs[k].state]++;
+        int state = dopa_job_info_state(jobs[k]);
+        CHECK(state >= 0 && state < 9);
+        listed[state]++;
     }
-    free(jobs);
+    dopa_free(jobs);
     for (int s = 0; s < 9; s++) {
         char series[64];
         snprintf(series, sizeof series, "dopa_jobs{state=\"%s\"}", state_labels[s]);
@@ -341,20 +342,24 @@ static dopa_id add_job(int i, const char *path, const char *out, const dopa_file
 }
 
 /* Waits up to `limit` seconds for the job to reach `state` (and, for
- * TRANSFERRING, to have some bytes). */
-static dopa_job_info wait_state(int i, const dopa_id *id, int state, double limit)
+ * TRANSFERRING, to have some bytes). Returns its information then, for
+ * dopa_free(). */
+static dopa_job_info *wait_state(int i, const dopa_id *id, int state, double limit)
 {
-    dopa_job_info j;
+    dopa_job_info *j;
     double end = check_now() + limit;
     for (;;) {
         CHECK_INT(dopa_job_get(agents[i].m, id, &j), DOPA_OK);
-        if (j.state == state && (state != DOPA_STATE_TRANSFERRING || j.bytes_transferred > 0))
+        if (dopa_job_info_state(j) == state &&
+            (state != DOPA_STATE_TRANSFERRING || dopa_job_info_bytes_transferred(j) > 0))
             return j;
         if (check_now() > end) {
-            fprintf(stderr, "  job is %s, waited for %s (%s)\n", dopa_state_name(j.state),
-                    dopa_state_name(state), j.has_error ? j.error.message : "no error");
+            fprintf(stderr, "  job is %s, waited for %s (%s)\n",
+                    dopa_state_name(dopa_job_info_state(j)), dopa_state_name(state),
+                    dopa_job_info_has_error(j) ? dopa_job_info_error_message(j) : "no error");
             CHECK(0);
         }
+        dopa_free(j);
         check_sleep_ms(20);
     }
 }
@@ -421,24 +426,24 @@ static void test_the_counters_and_job_states_are_those_dopad_reports(void)
     /* One job of each state that stays put. */
     dopa_id done = add_job(0, "data/a.bin", "done.bin", NULL);
     CHECK_INT(dopa_job_resume(agents[0].m, &done), DOPA_OK);
-    wait_state(0, &done, DOPA_STATE_TRANSFERRED, 30);
+    dopa_free(wait_state(0, &done, DOPA_STATE_TRANSFERRED, 30));
     CHECK_INT(dopa_job_complete(agents[0].m, &done, NULL), DOPA_OK);
     dopa_id transferred = add_job(0, "data/a.bin", "transferred.bin", NULL);
     CHECK_INT(dopa_job_resume(agents[0].m, &transferred), DOPA_OK);
-    wait_state(0, &transferred, DOPA_STATE_TRANSFERRED, 30);
+    dopa_free(wait_state(0, &transferred, DOPA_STATE_TRANSFERRED, 30));
     dopa_id failed = add_job(0, "data/missing.bin", "missing.bin", NULL);
     CHECK_INT(dopa_job_resume(agents[0].m, &failed), DOPA_OK);
-    wait_state(0, &failed, DOPA_STATE_ERROR, 30);
+    dopa_free(wait_state(0, &failed, DOPA_STATE_ERROR, 30));
     add_job(0, "data/a.bin", "suspended.bin", NULL);
     dopa_id cancelled = add_job(0, "data/a.bin", "cancelled.bin", NULL);
     CHECK_INT(dopa_job_cancel(agents[0].m, &cancelled), DOPA_OK);
     /* One running (slowly) and, with max-running = 1, one waiting for it. */
     dopa_id running = add_job(0, "slow/s.bin", "running.bin", NULL);
     CHECK_INT(dopa_job_resume(agents[0].m, &running), DOPA_OK);
-    wait_state(0, &running, DOPA_STATE_TRANSFERRING, 30);
+    dopa_free(wait_state(0, &running, DOPA_STATE_TRANSFERRING, 30));
     dopa_id queued = add_job(0, "slow/s.bin", "queued.bin", NULL);
     CHECK_INT(dopa_job_resume(agents[0].m, &queued), DOPA_OK);
-    wait_state(0, &queued, DOPA_STATE_QUEUED, 30);
+    dopa_free(wait_state(0, &queued, DOPA_STATE_QUEUED, 30));
     states[DOPA_STATE_ACKNOWLEDGED] = states[DOPA_STATE_TRANSFERRED] = 1;
     states[DOPA_STATE_ERROR] = states[DOPA_STATE_SUSPENDED] = states[DOPA_STATE_CANCELLED] = 1;
     states[DOPA_STATE_TRANSFERRING] = states[DOPA_STATE_QUEUED] = 1;
@@ -447,14 +452,15 @@ static void test_the_counters_and_job_states_are_those_dopad_reports(void)
     /* Stopped, the slow ones leave the counters still. */
     CHECK_INT(dopa_job_suspend(agents[0].m, &running), DOPA_OK);
     CHECK_INT(dopa_job_suspend(agents[0].m, &queued), DOPA_OK);
-    dopa_job_info slow = wait_state(0, &running, DOPA_STATE_SUSPENDED, 30);
+    dopa_job_info *slow = wait_state(0, &running, DOPA_STATE_SUSPENDED, 30);
     states[DOPA_STATE_TRANSFERRING] = states[DOPA_STATE_QUEUED] = 0;
     states[DOPA_STATE_SUSPENDED] = 3;
     check_job_states(0, states);
     dopa_agent_stats st;
     check_matches_stats(0, &st);
     CHECK_INT(st.jobs, 7);
-    CHECK_INT(st.from_origin, 2 * SIZE_A + slow.bytes_from_origin);
+    CHECK_INT(st.from_origin, 2 * SIZE_A + dopa_job_info_bytes_from_origin(slow));
+    dopa_free(slow);
     CHECK_INT(st.from_peers + st.from_cache + st.uploaded, 0);
     stop_agent_cleanly(0);
 }
@@ -474,16 +480,17 @@ static void test_peer_and_cache_counters_are_those_dopad_reports(void)
         start_agent(i, settings);
     }
     /* Known by its SHA-256: the second agent takes it from the first. */
-    dopa_file_options o = {.expected_sha256 = sha_a};
+    dopa_file_options o = {.size = sizeof o, .expected_sha256 = sha_a};
     dopa_id a = add_job(0, "data/a.bin", "first.bin", &o);
     CHECK_INT(dopa_job_resume(agents[0].m, &a), DOPA_OK);
-    wait_state(0, &a, DOPA_STATE_TRANSFERRED, 30);
+    dopa_free(wait_state(0, &a, DOPA_STATE_TRANSFERRED, 30));
     dopa_id b = add_job(1, "data/a.bin", "second.bin", &o);
     CHECK_INT(dopa_job_resume(agents[1].m, &b), DOPA_OK);
-    dopa_job_info j = wait_state(1, &b, DOPA_STATE_TRANSFERRED, 30);
-    CHECK_INT(j.bytes_from_peers, SIZE_A);
+    dopa_job_info *j = wait_state(1, &b, DOPA_STATE_TRANSFERRED, 30);
+    CHECK_INT(dopa_job_info_bytes_from_peers(j), SIZE_A);
+    dopa_free(j);
     /* The first agent's cache takes its copy in the background. */
-    dopa_agent_stats s[AGENTS];
+    dopa_agent_stats s[AGENTS] = {DOPA_AGENT_STATS_INIT, DOPA_AGENT_STATS_INIT};
     double end = check_now() + 30;
     do {
         check_sleep_ms(50);
@@ -583,7 +590,7 @@ static void test_clients_that_hang_up_do_not_stop_the_endpoint(void)
     /* dopad's own work goes on. */
     dopa_id id = add_job(0, "data/a.bin", "after.bin", NULL);
     CHECK_INT(dopa_job_resume(agents[0].m, &id), DOPA_OK);
-    wait_state(0, &id, DOPA_STATE_TRANSFERRED, 30);
+    dopa_free(wait_state(0, &id, DOPA_STATE_TRANSFERRED, 30));
     check_matches_stats(0, NULL);
     stop_agent_cleanly(0);
 }

@@ -73,20 +73,23 @@ static dopa_id job_for(const char *name, const char *path)
     return id;
 }
 
-/* Waits until the job is in `state`; fails after `limit` seconds. */
-static dopa_job_info wait_state(const dopa_id *id, int state, double limit)
+/* Waits until the job is in `state`; fails after `limit` seconds. Returns
+ * its information then, for dopa_free(). */
+static dopa_job_info *wait_state(const dopa_id *id, int state, double limit)
 {
-    dopa_job_info j;
+    dopa_job_info *j;
     double end = check_now() + limit;
     for (;;) {
         CHECK_INT(dopa_job_get(mgr, id, &j), DOPA_OK);
-        if (j.state == state)
+        if (dopa_job_info_state(j) == state)
             return j;
         if (check_now() > end) {
-            fprintf(stderr, "  job is %s, waited for %s (%s)\n", dopa_state_name(j.state),
-                    dopa_state_name(state), j.has_error ? j.error.message : "no error");
+            fprintf(stderr, "  job is %s, waited for %s (%s)\n",
+                    dopa_state_name(dopa_job_info_state(j)), dopa_state_name(state),
+                    dopa_job_info_has_error(j) ? dopa_job_info_error_message(j) : "no error");
             CHECK(0);
         }
+        dopa_free(j);
         check_sleep_ms(20);
     }
 }
@@ -192,16 +195,18 @@ static int on_file(void *ctx, dopa_manager *m, const dopa_id *job, uint32_t inde
 {
     (void)ctx;
     pthread_mutex_lock(&seen.lock);
-    snprintf(seen.temp, sizeof seen.temp, "%s", info->temporary_name);
+    snprintf(seen.temp, sizeof seen.temp, "%s", dopa_file_info_temporary_name(info));
     int reject = seen.reject;
     pthread_mutex_unlock(&seen.lock);
     struct stat st;
-    int whole = stat(info->temporary_name, &st) == 0 && (uint64_t)st.st_size == info->bytes_total;
+    int whole = stat(dopa_file_info_temporary_name(info), &st) == 0 &&
+                (uint64_t)st.st_size == dopa_file_info_bytes_total(info);
     record(FILE_TRANSFERRED, job);
     return dopa_file_set_validation_state(m, job, index, whole && !reject) == DOPA_OK ? 0 : -1;
 }
 
 static const dopa_callbacks callbacks = {
+    .size = sizeof callbacks,
     .job_transferred = on_transferred,
     .job_error = on_error,
     .job_modification = on_modification,
@@ -276,7 +281,7 @@ static void test_unanswered_events_come_again_after_a_kill(void)
     dopa_id held = job_for("held", "/data/a.bin");
     CHECK_INT(dopa_job_set_callbacks(mgr, &held, &callbacks), DOPA_OK);
     CHECK_INT(dopa_job_resume(mgr, &held), DOPA_OK);
-    wait_state(&held, DOPA_STATE_TRANSFERRED, 20);
+    dopa_free(wait_state(&held, DOPA_STATE_TRANSFERRED, 20));
     check_sleep_ms(500); /* handed to the callback, which waits */
     test_dopad_stop(&daemon_, SIGKILL);
     CHECK_INT(test_dopad_start(&daemon_, DOPAD, check_tmpdir(), NULL), 0);
@@ -350,7 +355,7 @@ static void test_a_callback_may_disconnect_its_manager(void)
     /* dopa_disconnect returns in the callback; the manager's thread then
      * ends and frees it (the sanitizer builds see a leak otherwise). */
     CHECK_INT(await_count(TRANSFERRED, &id, 1, 20), 1);
-    wait_state(&id, DOPA_STATE_TRANSFERRED, 5);
+    dopa_free(wait_state(&id, DOPA_STATE_TRANSFERRED, 5));
     CHECK_INT(dopa_job_complete(mgr, &id, NULL), DOPA_OK);
     stop(SIGTERM);
 }
@@ -365,7 +370,7 @@ static void test_a_client_judges_each_file(void)
         DOPA_OK);
     CHECK_INT(dopa_job_set_callbacks(mgr, &good, &callbacks), DOPA_OK);
     CHECK_INT(dopa_job_resume(mgr, &good), DOPA_OK);
-    wait_state(&good, DOPA_STATE_TRANSFERRED, 20);
+    dopa_free(wait_state(&good, DOPA_STATE_TRANSFERRED, 20));
     CHECK_INT(count(FILE_TRANSFERRED, &good), 1);
     CHECK_HAS(seen.temp, ".part");
     CHECK_INT(await_count(TRANSFERRED, &good, 1, 10), 1);
@@ -381,18 +386,19 @@ static void test_a_client_judges_each_file(void)
               DOPA_OK);
     CHECK_INT(dopa_job_set_callbacks(mgr, &bad, &callbacks), DOPA_OK);
     CHECK_INT(dopa_job_resume(mgr, &bad), DOPA_OK);
-    dopa_job_info j = wait_state(&bad, DOPA_STATE_ERROR, 20);
-    CHECK_INT(j.error.context, DOPA_CONTEXT_VALIDATION);
-    CHECK_INT(j.error.code, DOPA_EVALIDATION);
-    CHECK_INT(j.bytes_transferred, 0);
+    dopa_job_info *j = wait_state(&bad, DOPA_STATE_ERROR, 20);
+    CHECK_INT(dopa_job_info_error_context(j), DOPA_CONTEXT_VALIDATION);
+    CHECK_INT(dopa_job_info_error_code(j), DOPA_EVALIDATION);
+    CHECK_INT(dopa_job_info_bytes_transferred(j), 0);
+    dopa_free(j);
     CHECK_INT(await_count(ERROR, &bad, 1, 10), 1);
     CHECK_INT(count(TRANSFERRED, &bad), 0);
-    dopa_file_info *files = NULL;
-    size_t n = 0;
+    dopa_file_info **files;
+    size_t n;
     CHECK_INT(dopa_job_list_files(mgr, &bad, &files, &n), DOPA_OK);
     CHECK_INT(n, 1);
-    CHECK_INT(files[0].validation, DOPA_VALIDATION_INVALID);
-    free(files);
+    CHECK_INT(dopa_file_info_validation(files[0]), DOPA_VALIDATION_INVALID);
+    dopa_free(files);
     stop(SIGTERM);
 }
 
@@ -529,10 +535,11 @@ static void test_a_crashing_or_hanging_plugin_leaves_dopad_running(void)
         start(settings);
         dopa_id id = job_for(i == 0 ? "crash" : "hang", "/data/a.bin");
         CHECK_INT(dopa_job_resume(mgr, &id), DOPA_OK);
-        dopa_job_info j = wait_state(&id, DOPA_STATE_ERROR, 30);
-        CHECK_INT(j.error.context, DOPA_CONTEXT_VALIDATION);
-        if (cases[i].or_said == NULL || strstr(j.error.message, cases[i].or_said) == NULL)
-            CHECK_HAS(j.error.message, cases[i].said);
+        dopa_job_info *j = wait_state(&id, DOPA_STATE_ERROR, 30);
+        const char *said = dopa_job_info_error_message(j);
+        CHECK_INT(dopa_job_info_error_context(j), DOPA_CONTEXT_VALIDATION);
+        if (cases[i].or_said == NULL || strstr(said, cases[i].or_said) == NULL)
+            CHECK_HAS(said, cases[i].said);
         /* dopad goes on, with nothing left running, and the job keeps
          * its bytes for another try. */
         uint32_t uid;
@@ -543,7 +550,8 @@ static void test_a_crashing_or_hanging_plugin_leaves_dopad_running(void)
         while (children_of(daemon_.pid) != 0 && check_now() < end)
             check_sleep_ms(50);
         CHECK_INT(children_of(daemon_.pid), 0);
-        CHECK_INT(j.bytes_transferred, SIZE_A);
+        CHECK_INT(dopa_job_info_bytes_transferred(j), SIZE_A);
+        dopa_free(j);
         stop(SIGTERM);
     }
 }
@@ -586,11 +594,12 @@ static void test_minisign_signatures_decide_end_to_end(void)
     dopa_id bad = job_for("forged", "/data/forged.bin");
     CHECK_INT(dopa_job_resume(mgr, &good), DOPA_OK);
     CHECK_INT(dopa_job_resume(mgr, &bad), DOPA_OK);
-    wait_state(&good, DOPA_STATE_TRANSFERRED, 30);
-    dopa_job_info j = wait_state(&bad, DOPA_STATE_ERROR, 30);
-    CHECK_INT(j.error.context, DOPA_CONTEXT_VALIDATION);
-    CHECK_HAS(j.error.message, "minisign");
-    CHECK_INT(j.bytes_transferred, 0); /* nothing of it is kept */
+    dopa_free(wait_state(&good, DOPA_STATE_TRANSFERRED, 30));
+    dopa_job_info *j = wait_state(&bad, DOPA_STATE_ERROR, 30);
+    CHECK_INT(dopa_job_info_error_context(j), DOPA_CONTEXT_VALIDATION);
+    CHECK_HAS(dopa_job_info_error_message(j), "minisign");
+    CHECK_INT(dopa_job_info_bytes_transferred(j), 0); /* nothing of it is kept */
+    dopa_free(j);
     CHECK_INT(dopa_job_complete(mgr, &good, NULL), DOPA_OK);
     struct stat st;
     CHECK(stat(check_path("signed"), &st) == 0 && st.st_size == 300000);

@@ -136,7 +136,7 @@ static void client_main(int in, int out, const char *sock, const char *url, cons
 {
     dopa_manager *m = NULL;
     dopa_id job;
-    dopa_callbacks cb = {.job_transferred = on_transferred};
+    dopa_callbacks cb = {.size = sizeof cb, .job_transferred = on_transferred};
     int err;
     hear_parent(in); /* dopad is up */
     if ((err = dopa_connect(sock, &m)) != DOPA_OK ||
@@ -150,9 +150,10 @@ static void client_main(int in, int out, const char *sock, const char *url, cons
 
     hear_parent(in); /* the storm is over: dopad answers again */
     double t0 = check_now();
-    dopa_job_info info;
+    dopa_job_info *info;
     while ((err = dopa_job_get(m, &job, &info)) != DOPA_OK && check_now() - t0 < ANSWER_LIMIT_S)
         check_sleep_ms(50);
+    dopa_free(info);
     say(out, "answered %.3f %d", check_now() - t0, err);
     while ((err = dopa_job_resume(m, &job)) != DOPA_OK && check_now() - t0 < EVENT_LIMIT_S)
         check_sleep_ms(50);
@@ -188,7 +189,8 @@ static void rounds_main(int in, int out, const char *sock, const char *url, cons
         char name[32], dest[4200];
         snprintf(name, sizeof name, "round-%d.bin", round);
         snprintf(dest, sizeof dest, "%.4000s/%s", dir, name);
-        dopa_callbacks cb = {.job_transferred = on_transferred,
+        dopa_callbacks cb = {.size = sizeof cb,
+                             .job_transferred = on_transferred,
                              .ctx = round % 2 ? (void *)name : NULL};
         heard.transferred = 0;
         if ((err = dopa_connect(sock, &m)) != DOPA_OK ||

@@ -308,15 +308,19 @@ int faults_file_is(const char *path, unsigned seed, uint64_t len)
 }
 
 int faults_wait_state(dopa_manager *m, const dopa_id *id, int state, double limit_s,
-                      dopa_job_info *info)
+                      dopa_job_info **info)
 {
     double end = faults_now() + limit_s;
-    dopa_job_info j;
+    if (info != NULL)
+        *info = NULL;
     for (;;) {
+        dopa_job_info *j;
         int err = dopa_job_get(m, id, &j);
-        if (err == DOPA_OK && j.state == state) {
+        if (err == DOPA_OK && dopa_job_info_state(j) == state) {
             if (info != NULL)
                 *info = j;
+            else
+                dopa_free(j);
             return 0;
         }
         if (faults_now() > end) {
@@ -324,10 +328,13 @@ int faults_wait_state(dopa_manager *m, const dopa_id *id, int state, double limi
                 fprintf(stderr, "  waiting for %s: %s\n", dopa_state_name(state),
                         dopa_strerror(err));
             else
-                fprintf(stderr, "  job is %s, waited for %s (%s)\n", dopa_state_name(j.state),
-                        dopa_state_name(state), j.has_error ? j.error.message : "no error");
+                fprintf(stderr, "  job is %s, waited for %s (%s)\n",
+                        dopa_state_name(dopa_job_info_state(j)), dopa_state_name(state),
+                        dopa_job_info_has_error(j) ? dopa_job_info_error_message(j) : "no error");
+            dopa_free(j);
             return -1;
         }
+        dopa_free(j);
         faults_sleep_ms(20);
     }
 }

@@ -76,9 +76,10 @@ long long faults_check_committed(const char *db_path, const dopa_id *id, unsigne
 int faults_file_is(const char *path, unsigned seed, uint64_t len);
 
 /* Polls the job until its state is `state` or limit_s passes; 0 when it
- * got there (*info then describes it), -1 otherwise. */
+ * got there (*info, if info is not NULL, then describes it: for
+ * dopa_free()), -1 otherwise (*info NULL). */
 int faults_wait_state(dopa_manager *m, const dopa_id *id, int state, double limit_s,
-                      dopa_job_info *info);
+                      dopa_job_info **info);
 
 /* Lines of dopad's log that hold `text`. */
 int faults_log_has(const char *log, const char *text);

@@ -99,22 +99,23 @@ static void test_a_full_disk_is_a_transient_error_until_space_returns(void)
     double t0 = faults_now();
     CHECK_INT(dopa_job_resume(mgr, &id), DOPA_OK);
 
-    dopa_job_info info;
+    dopa_job_info *info;
     CHECK_INT(faults_wait_state(mgr, &id, DOPA_STATE_TRANSIENT_ERROR, 30, &info), 0);
     double full_after = faults_now() - t0;
-    CHECK_INT(info.error.context, DOPA_CONTEXT_LOCAL_FILE);
-    CHECK_INT(info.error.file, 0);
-    CHECK_INT(info.error.code, ENOSPC);
-    CHECK_HAS(info.error.message, "No space left on device");
-    CHECK_HAS(info.error.message, dl);
+    CHECK_INT(dopa_job_info_error_context(info), DOPA_CONTEXT_LOCAL_FILE);
+    CHECK_INT(dopa_job_info_error_file(info), 0);
+    CHECK_INT(dopa_job_info_error_code(info), ENOSPC);
+    CHECK_HAS(dopa_job_info_error_message(info), "No space left on device");
+    CHECK_HAS(dopa_job_info_error_message(info), dl);
     printf("  the %llu MiB tmpfs filled after %.2f s: TRANSIENT_ERROR \"%s\"\n",
-           (unsigned long long)(room / MIB), full_after, info.error.message);
+           (unsigned long long)(room / MIB), full_after, dopa_job_info_error_message(info));
 
     /* Nothing it could not write counts, nothing it counts is wrong. */
     faults_stored at_full;
     CHECK_INT(faults_store_read(db, &id, &at_full), 0);
     CHECK(at_full.bytes > 0 && at_full.bytes <= room);
-    CHECK(info.bytes_transferred <= room);
+    CHECK(dopa_job_info_bytes_transferred(info) <= room);
+    dopa_free(info);
     CHECK_INT(faults_check_committed(db, &id, 41, 0, NULL), 0);
     CHECK(test_db_integrity_ok(db));
 
@@ -124,10 +125,11 @@ static void test_a_full_disk_is_a_transient_error_until_space_returns(void)
     faults_stored still;
     CHECK_INT(faults_store_read(db, &id, &still), 0);
     CHECK_INT(dopa_job_get(mgr, &id, &info), DOPA_OK);
-    CHECK(info.state != DOPA_STATE_ERROR);
-    CHECK(info.error_count >= 2);
+    CHECK(dopa_job_info_state(info) != DOPA_STATE_ERROR);
+    CHECK(dopa_job_info_error_count(info) >= 2);
     CHECK_INT(still.bytes, at_full.bytes);
-    uint32_t tries = info.error_count;
+    uint32_t tries = dopa_job_info_error_count(info);
+    dopa_free(info);
 
     CHECK_INT(grow_tmpfs(dl, "64m"), 0);
     double t_space = faults_now(), resumed = -1;
@@ -141,7 +143,7 @@ static void test_a_full_disk_is_a_transient_error_until_space_returns(void)
         CHECK(faults_now() - t_space < 20);
         faults_sleep_ms(10);
     }
-    CHECK_INT(faults_wait_state(mgr, &id, DOPA_STATE_TRANSFERRED, 60, &info), 0);
+    CHECK_INT(faults_wait_state(mgr, &id, DOPA_STATE_TRANSFERRED, 60, NULL), 0);
     double done = faults_now() - t_space;
     CHECK_INT(faults_check_committed(db, &id, 41, 0, NULL), 0);
     CHECK_INT(dopa_job_complete(mgr, &id, NULL), DOPA_OK);

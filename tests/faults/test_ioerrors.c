@@ -116,15 +116,16 @@ static void finish_and_compare(const dopa_id *id, const char *name, unsigned see
 }
 
 /* Waits for the fault to put the job in TRANSIENT_ERROR, in `context`,
- * with both texts in its message. */
-static dopa_job_info wait_transient(const dopa_id *id, int context, const char *text,
-                                    const char *text2)
+ * with both texts in its message. Returns its information then, for
+ * dopa_free(). */
+static dopa_job_info *wait_transient(const dopa_id *id, int context, const char *text,
+                                     const char *text2)
 {
-    dopa_job_info info;
+    dopa_job_info *info;
     CHECK_INT(faults_wait_state(mgr, id, DOPA_STATE_TRANSIENT_ERROR, 10, &info), 0);
-    CHECK_INT(info.error.context, context);
-    CHECK_HAS(info.error.message, text);
-    CHECK_HAS(info.error.message, text2);
+    CHECK_INT(dopa_job_info_error_context(info), context);
+    CHECK_HAS(dopa_job_info_error_message(info), text);
+    CHECK_HAS(dopa_job_info_error_message(info), text2);
     return info;
 }
 
@@ -177,14 +178,16 @@ static void test_a_failed_fdatasync_never_counts_its_pieces(void)
     CHECK_INT(faults_log_count(flog, "fdatasync EIO", NULL), 1);
     CHECK_INT(faults_log_count(flog, "lost", &lost), 1);
     CHECK(lost > 0);
-    dopa_job_info info =
+    dopa_job_info *info =
         wait_transient(&id, DOPA_CONTEXT_LOCAL_FILE, "syncing", "Input/output error");
+    uint64_t reported = dopa_job_info_bytes_transferred(info);
+    dopa_free(info);
     /* What it reports is what is committed: nothing of the lost writes. */
     faults_stored at_error = stored(&id);
     printf("  fdatasync failed once, %.1f MiB of writes lost; reported %.1f MiB, committed "
            "%.1f MiB\n",
-           (double)lost / MIB, (double)info.bytes_transferred / MIB, (double)at_error.bytes / MIB);
-    CHECK_INT(info.bytes_transferred, at_error.bytes);
+           (double)lost / MIB, (double)reported / MIB, (double)at_error.bytes / MIB);
+    CHECK_INT(reported, at_error.bytes);
     CHECK_INT(faults_check_committed(db, &id, 31, 0, NULL), 0);
     double recovered = time_to_progress(&id, at_error.bytes, 20);
     finish_and_compare(&id, "once.bin", 31, SIZE);
@@ -196,7 +199,7 @@ static void test_a_failing_disk_commits_nothing_until_it_recovers(void)
 {
     dopa_id id = transferring_job("stuck.bin", 32);
     set_fault("fail fdatasync EIO", "/", "lose");
-    wait_transient(&id, DOPA_CONTEXT_LOCAL_FILE, "syncing", "Input/output error");
+    dopa_free(wait_transient(&id, DOPA_CONTEXT_LOCAL_FILE, "syncing", "Input/output error"));
     faults_stored first = stored(&id);
     /* It keeps failing for a while: retries (a second apart) fetch again
      * and fail again at their first commit, committing nothing. */
@@ -206,10 +209,13 @@ static void test_a_failing_disk_commits_nothing_until_it_recovers(void)
     CHECK_INT(later.bytes, first.bytes);
     CHECK(failures >= 2);
     CHECK_INT(faults_check_committed(db, &id, 32, 0, NULL), 0);
-    dopa_job_info info;
+    dopa_job_info *info;
     CHECK_INT(dopa_job_get(mgr, &id, &info), DOPA_OK);
-    CHECK(info.state != DOPA_STATE_ERROR && info.state != DOPA_STATE_TRANSFERRED);
-    CHECK(info.error_count >= 2);
+    CHECK(dopa_job_info_state(info) != DOPA_STATE_ERROR &&
+          dopa_job_info_state(info) != DOPA_STATE_TRANSFERRED);
+    CHECK(dopa_job_info_error_count(info) >= 2);
+    uint32_t errors = dopa_job_info_error_count(info);
+    dopa_free(info);
     set_fault(NULL, NULL, NULL);
     double t0 = faults_now();
     double progress = time_to_progress(&id, later.bytes, 20);
@@ -217,7 +223,7 @@ static void test_a_failing_disk_commits_nothing_until_it_recovers(void)
     printf("  fdatasync failed %lld times in 3.5 s (%u transient errors), committed stayed at "
            "%.1f MiB; committing again %.2f s after the fault cleared, done %.2f s after; "
            "output identical\n",
-           failures, info.error_count, (double)first.bytes / MIB, progress, faults_now() - t0);
+           failures, errors, (double)first.bytes / MIB, progress, faults_now() - t0);
     stop();
 }
 
@@ -225,7 +231,7 @@ static void test_a_failed_write_is_retried_once_the_fault_clears(void)
 {
     dopa_id id = transferring_job("write.bin", 33);
     set_fault("fail write EIO", "/", "");
-    wait_transient(&id, DOPA_CONTEXT_LOCAL_FILE, "writing", "Input/output error");
+    dopa_free(wait_transient(&id, DOPA_CONTEXT_LOCAL_FILE, "writing", "Input/output error"));
     faults_sleep_ms(2500);
     CHECK(faults_log_count(flog, "write EIO", NULL) >= 2); /* it tried again, and failed */
     faults_stored before = stored(&id);
@@ -247,12 +253,13 @@ static void test_a_store_that_cannot_write_stops_the_job_until_it_can(void)
     char rules[9000];
     snprintf(rules, sizeof rules, "track %s/\nfail write ENOSPC %s/\n", dl, daemon_.state);
     CHECK_INT(faults_rules(ctl, rules), 0);
-    dopa_job_info info =
+    dopa_job_info *info =
         wait_transient(&id, DOPA_CONTEXT_GENERAL, "cannot record progress", "disk is full");
     char said[DOPA_MESSAGE_MAX + 1];
-    snprintf(said, sizeof said, "%s", info.error.message);
+    snprintf(said, sizeof said, "%s", dopa_job_info_error_message(info));
     faults_stored first = stored(&id);
-    uint64_t reported = info.bytes_transferred;
+    uint64_t reported = dopa_job_info_bytes_transferred(info);
+    dopa_free(info);
     /* It stays stopped but for its retries (a second apart), which stop
      * again at their first commit: it does not fetch the rest of the file
      * with nothing recorded. */
@@ -260,8 +267,9 @@ static void test_a_store_that_cannot_write_stops_the_job_until_it_can(void)
     faults_stored later = stored(&id);
     CHECK_INT(dopa_job_get(mgr, &id, &info), DOPA_OK);
     CHECK_INT(later.bytes, first.bytes);
-    CHECK(info.state != DOPA_STATE_ERROR);
-    uint64_t grew = info.bytes_transferred - reported;
+    CHECK(dopa_job_info_state(info) != DOPA_STATE_ERROR);
+    uint64_t grew = dopa_job_info_bytes_transferred(info) - reported;
+    dopa_free(info);
     CHECK(grew < 24 * MIB); /* all the rest would be 38 */
     long long failures = faults_log_count(flog, "write ENOSPC", NULL);
     CHECK(failures >= 2);
@@ -302,9 +310,10 @@ static void test_complete_survives_a_failed_fsync_or_rename(void)
         CHECK_INT(dopa_job_complete(mgr, &id, NULL), DOPA_EIO);
         CHECK_HAS(dopa_last_message(), "Input/output error");
         CHECK_INT(faults_log_count(flog, steps[i].injected, NULL), before + 1);
-        dopa_job_info info;
+        dopa_job_info *info;
         CHECK_INT(dopa_job_get(mgr, &id, &info), DOPA_OK);
-        CHECK_INT(info.state, DOPA_STATE_TRANSFERRED);
+        CHECK_INT(dopa_job_info_state(info), DOPA_STATE_TRANSFERRED);
+        dopa_free(info);
         CHECK_INT(access(dest, F_OK) == 0, steps[i].moved);
         fsyncs += steps[i].injected[0] == 'f';
     }
@@ -312,9 +321,10 @@ static void test_complete_survives_a_failed_fsync_or_rename(void)
     double t0 = faults_now();
     CHECK_INT(dopa_job_complete(mgr, &id, NULL), DOPA_OK);
     double took = faults_now() - t0;
-    dopa_job_info info;
+    dopa_job_info *info;
     CHECK_INT(dopa_job_get(mgr, &id, &info), DOPA_OK);
-    CHECK_INT(info.state, DOPA_STATE_ACKNOWLEDGED);
+    CHECK_INT(dopa_job_info_state(info), DOPA_STATE_ACKNOWLEDGED);
+    dopa_free(info);
     CHECK_INT(faults_file_is(dest, 34, size), 0);
     faults_stored s;
     CHECK_INT(faults_store_read(db, &id, &s), 0);

@@ -157,11 +157,12 @@ static struct kill_info kill_dopad(int ask)
     k.sockets = socket_bytes(web.port);
     if (ask && poll_mgr == NULL && dopa_connect(daemon_.sock, &poll_mgr) != DOPA_OK)
         poll_mgr = NULL; /* not listening yet: no transfer has started */
-    dopa_job_info info;
+    dopa_job_info *info;
     if (ask && poll_mgr != NULL && dopa_job_get(poll_mgr, &job, &info) == DOPA_OK) {
         k.known = 1;
-        k.reported = info.bytes_transferred;
-        k.state = info.state;
+        k.reported = dopa_job_info_bytes_transferred(info);
+        k.state = dopa_job_info_state(info);
+        dopa_free(info);
     }
     test_dopad_stop(&daemon_, SIGKILL);
     dopa_disconnect(poll_mgr);
@@ -214,16 +215,19 @@ static faults_stored kill_transferring(uint64_t target)
 {
     start_dopad(1);
     CHECK_INT(dopa_connect(daemon_.sock, &poll_mgr), DOPA_OK);
-    dopa_job_info info;
     double end = faults_now() + 120;
     for (;;) {
+        dopa_job_info *info;
         CHECK_INT(dopa_job_get(poll_mgr, &job, &info), DOPA_OK);
-        CHECK(info.state != DOPA_STATE_ERROR);
-        if (info.bytes_transferred >= target || info.state == DOPA_STATE_TRANSFERRED)
+        int state = dopa_job_info_state(info);
+        uint64_t got = dopa_job_info_bytes_transferred(info);
+        dopa_free(info);
+        CHECK(state != DOPA_STATE_ERROR);
+        if (got >= target || state == DOPA_STATE_TRANSFERRED)
             break;
         if (faults_now() > end) {
-            fprintf(stderr, "  stuck at %llu bytes, %s\n",
-                    (unsigned long long)info.bytes_transferred, dopa_state_name(info.state));
+            fprintf(stderr, "  stuck at %llu bytes, %s\n", (unsigned long long)got,
+                    dopa_state_name(state));
             CHECK(0);
         }
         faults_sleep_ms(5);
@@ -316,7 +320,7 @@ static void test_kill_9_at_random_moments_even_during_complete_loses_nothing(voi
     CHECK_INT(dopa_job_set_minimum_retry_delay(mgr, &job, 1), DOPA_OK);
     /* The client outlives every dopad: it registers again after each. */
     CHECK_INT(dopa_connect(daemon_.sock, &client), DOPA_OK);
-    dopa_callbacks cb = {.job_transferred = on_transferred};
+    dopa_callbacks cb = {.size = sizeof cb, .job_transferred = on_transferred};
     CHECK_INT(dopa_job_set_callbacks(client, &job, &cb), DOPA_OK);
     CHECK_INT(dopa_job_resume(mgr, &job), DOPA_OK);
     dopa_disconnect(mgr);

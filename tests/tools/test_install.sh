@@ -9,7 +9,8 @@
 #     LIBDOPA_1;
 #   - a program using dopa.h builds warning-free as strict C11 and links
 #     with pkg-config (shared, and static from Libs.private alone) and with
-#     CMake's find_package(dopa) (dopa::dopa and dopa::dopa_static);
+#     CMake's find_package(dopa) (dopa::dopa and dopa::dopa_static), and
+#     the library it runs with says the version its dopa.h says;
 #   - the installed dopad runs, finds its installed dopa-validate by the
 #     path from its own directory, and each of the four programs talks to
 #     it through the installed library.
@@ -94,12 +95,20 @@ mkdir -p "$dir/app"
 cat >"$dir/app/main.c" <<'C'
 #include <dopa.h>
 #include <stdio.h>
+#include <string.h>
 
 int main(int argc, char **argv)
 {
     dopa_manager *m;
     uint32_t uid;
     char version[64];
+    char header[64];
+    snprintf(header, sizeof header, "%d.%d.%d", DOPA_VERSION_MAJOR, DOPA_VERSION_MINOR,
+             DOPA_VERSION_PATCH);
+    if (strcmp(dopa_version(), header) != 0) {
+        fprintf(stderr, "dopa: the library is %s, dopa.h %s\n", dopa_version(), header);
+        return 1;
+    }
     int err = dopa_connect(argc > 1 ? argv[1] : NULL, &m);
     if (err == 0) {
         err = dopa_whoami(m, &uid, version, sizeof version);

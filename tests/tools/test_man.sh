@@ -5,11 +5,15 @@
 # its page and in the completion, and nothing there is made up; the keys of
 # dopa.conf(5) are the keys dopad's parser reads, section by section; the
 # exit codes are the programs' own; libdopa(3) covers every function and
-# error code of dopa.h and its examples compile; the completion offers the
-# commands, the options and the ids of the jobs of a running dopad.
+# error code of dopa.h, its examples compile, and the one that is a program
+# downloads a file and reports a failure through its callbacks; the
+# completion offers the commands, the options and the ids of the jobs of a
+# running dopad.
 # usage: test_man.sh SOURCE_DIR PATH/TO/dopa PATH/TO/dopa-manifest PATH/TO/dopad
+#                    PATH/TO/libdopa.so [SANITIZER_FLAGS]
+# (the flags a sanitizer build's library needs its programs built with)
 set -u
-src=$1 dopa=$2 manifest=$3 dopad=$4
+src=$1 dopa=$2 manifest=$3 dopad=$4 libdopa=$5 sanitize=${6:-}
 man=$src/tools/man
 completion=$src/tools/completion/dopa.bash
 if ! command -v groff >/dev/null 2>&1; then
@@ -342,7 +346,9 @@ grep -o 'DOPA_\(STATE\|NOTIFY\)_[A-Z_]*[A-Z]' "$header" | sort -u | while read -
     has_word "$dir/libdopa.text" "$c" || echo "$c"
 done >"$dir/unknown"
 [ -s "$dir/unknown" ] && fail "libdopa.3 does not name $(tr '\n' ' ' <"$dir/unknown")"
-# The examples: each that includes dopa.h compiles against it.
+# The examples: each that includes dopa.h compiles against it; one with a
+# main is linked with libdopa, to be run below.
+programs=
 if command -v cc >/dev/null 2>&1; then
     awk -v dir="$dir" '/^\.EX/ { n++; on = 1; next } /^\.EE/ { on = 0; next }
         on { print > (dir "/example" n ".c") }' "$man/libdopa.3"
@@ -353,12 +359,20 @@ if command -v cc >/dev/null 2>&1; then
         fi
         found=$((found + 1))
         sed -i -e 's/\\e/\\/g' -e 's/\\-/-/g' -e 's/\\&//g' "$ex"
-        if ! cc -std=c11 -Wall -Wextra -Werror -fsyntax-only -I"$src/agent/client" "$ex" >"$dir/cc.out" 2>&1; then
+        # shellcheck disable=SC2086 # the sanitizer's flags are words
+        if ! grep -q '^int main(' "$ex"; then
+            cc -std=c11 -Wall -Wextra -Werror -fsyntax-only -I"$src/agent/client" "$ex" >"$dir/cc.out" 2>&1
+        else
+            cc -std=c11 -Wall -Wextra -Werror $sanitize -I"$src/agent/client" -o "${ex%.c}" "$ex" \
+                "$libdopa" -Wl,-rpath,"$(dirname "$libdopa")" -lpthread >"$dir/cc.out" 2>&1 &&
+                programs="$programs ${ex%.c}"
+        fi || {
             fail "libdopa.3: $(basename "$ex") does not compile:"
             sed 's/^/    /' "$dir/cc.out"
-        fi
+        }
     done
     [ "$found" -gt 0 ] || fail "libdopa.3 has no example that includes dopa.h"
+    [ -n "$programs" ] || fail "libdopa.3 has no example program (with a main) that builds"
 else
     echo "note: no cc, libdopa.3's examples not compiled"
 fi
@@ -481,6 +495,35 @@ case $job in
     ;;
 esac
 echo "ok   completion"
+
+# --- libdopa(3)'s example program, against the same dopad. -----------------
+# It fetches a file:// URL (JobTransferred: it completes the job) and a
+# missing one (JobError: it says why and fails), each within a minute.
+if [ -n "$programs" ] && [ -S "$dir/dopad.sock" ]; then
+    was=$failures
+    run=$dir/libdopa-run
+    mkdir "$run"
+    printf 'the bytes of libdopa(3)\n' >"$run/source"
+    for program in $programs; do
+        name=$(basename "$program")
+        if ! DOPA_SOCKET=$dir/dopad.sock timeout 60 "$program" "file://$run/source" "$run/$name.got" \
+            >"$run/$name.log" 2>&1 || ! cmp -s "$run/source" "$run/$name.got"; then
+            fail "libdopa.3: $name does not download a file:"
+            sed 's/^/    /' "$run/$name.log"
+        fi
+        DOPA_SOCKET=$dir/dopad.sock timeout 60 "$program" "file://$run/none" "$run/$name.none" \
+            >"$run/$name.log" 2>&1
+        rc=$?
+        if [ "$rc" -ne 1 ] || ! grep -q '^failed: .' "$run/$name.log" || [ -e "$run/$name.none" ]; then
+            fail "libdopa.3: $name, given a missing file, exits $rc (wanted 1, with the reason):"
+            sed 's/^/    /' "$run/$name.log"
+        fi
+    done
+    [ "$failures" -eq "$was" ] &&
+        echo "ok   libdopa.3's example program downloads through its callbacks and reports an error"
+elif [ -n "$programs" ]; then
+    fail "no dopad to run libdopa.3's example program against"
+fi
 
 if [ "$failures" -ne 0 ]; then
     echo "$failures checks failed"

@@ -291,8 +291,8 @@ static void process_tag(char *out, size_t len)
  * processes cannot be seen from here. */
 static void cancel_orphans(void)
 {
-    dopa_job_info *jobs = NULL;
-    size_t n = 0;
+    dopa_job_info **jobs;
+    size_t n;
     unsigned long long my_ns = 0;
     sscanf(method.my_tag, "pidns=%llu", &my_ns);
     if (my_ns == 0 || dopa_job_list(method.m, 0, &jobs, &n) != DOPA_OK)
@@ -300,22 +300,23 @@ static void cancel_orphans(void)
     for (size_t i = 0; i < n; i++) {
         unsigned long long ns, start;
         long pid;
-        int gone;
-        if (jobs[i].state == DOPA_STATE_ACKNOWLEDGED || jobs[i].state == DOPA_STATE_CANCELLED ||
-            strncmp(jobs[i].description, DESCRIPTION_PREFIX, sizeof DESCRIPTION_PREFIX - 1) != 0 ||
-            sscanf(jobs[i].description + sizeof DESCRIPTION_PREFIX - 1,
-                   "pidns=%llu pid=%ld start=%llu", &ns, &pid, &start) != 3 ||
+        int gone, state = dopa_job_info_state(jobs[i]);
+        const char *description = dopa_job_info_description(jobs[i]);
+        if (state == DOPA_STATE_ACKNOWLEDGED || state == DOPA_STATE_CANCELLED ||
+            strncmp(description, DESCRIPTION_PREFIX, sizeof DESCRIPTION_PREFIX - 1) != 0 ||
+            sscanf(description + sizeof DESCRIPTION_PREFIX - 1, "pidns=%llu pid=%ld start=%llu",
+                   &ns, &pid, &start) != 3 ||
             ns != my_ns)
             continue;
         unsigned long long now = start_time(pid, &gone);
         if (gone || (now != 0 && now != start)) {
             char id[37];
-            dopa_id_format(&jobs[i].id, id);
+            dopa_id_format(dopa_job_info_id(jobs[i]), id);
             debugf("cancelling job %s of a method that is gone (pid %ld)", id, pid);
-            dopa_job_cancel(method.m, &jobs[i].id);
+            dopa_job_cancel(method.m, dopa_job_info_id(jobs[i]));
         }
     }
-    free(jobs);
+    dopa_free(jobs);
 }
 
 /* ------------------------------------------------------------------ */
@@ -552,7 +553,7 @@ static void acquire(const char *msg)
         setup_failed(uri, "create", err);
         return;
     }
-    dopa_file_options fo = {.expected_sha256 = it.has_sha256 ? it.sha256 : NULL};
+    dopa_file_options fo = {.size = sizeof fo, .expected_sha256 = it.has_sha256 ? it.sha256 : NULL};
     const char *step = "add-file";
     err = dopa_job_add_file(method.m, &it.id, url, path, &fo);
     /* APT waits for the download in front of its user: foreground. */
@@ -574,7 +575,8 @@ static void acquire(const char *msg)
         return;
     }
     /* Events wake the main loop at once; without them it polls. */
-    dopa_callbacks cb = {.ctx = &method.wake[1],
+    dopa_callbacks cb = {.size = sizeof cb,
+                         .ctx = &method.wake[1],
                          .job_transferred = on_job_event,
                          .job_error = on_job_event,
                          .job_modification = on_job_event};
@@ -667,8 +669,8 @@ static void start(item *it, const dopa_job_info *j)
     aptmsg_out o;
     aptmsg_out_start(&o, "200 URI Start");
     aptmsg_out_field(&o, "URI", it->uri);
-    if (j->bytes_total != DOPA_SIZE_UNKNOWN)
-        aptmsg_out_fieldf(&o, "Size", "%" PRIu64, j->bytes_total);
+    if (dopa_job_info_bytes_total(j) != DOPA_SIZE_UNKNOWN)
+        aptmsg_out_fieldf(&o, "Size", "%" PRIu64, dopa_job_info_bytes_total(j));
     send_or_exit(&o);
     it->started = 1;
 }
@@ -681,7 +683,7 @@ static void finish(size_t i, const dopa_job_info *j)
     char why[PATH_MAX + 128], sha256[65], sha512[129];
     uint64_t size;
     int partial = 0, err = DOPA_OK;
-    if (j->state == DOPA_STATE_TRANSFERRED)
+    if (dopa_job_info_state(j) == DOPA_STATE_TRANSFERRED)
         err = dopa_job_complete(method.m, &it->id, &partial);
     if (err != DOPA_OK || partial) {
         const char *said = dopa_last_message();
@@ -723,7 +725,8 @@ static void finish(size_t i, const dopa_job_info *j)
     send_or_exit(&o);
     debugf("done: %s (%" PRIu64 " bytes: %" PRIu64 " from the origin, %" PRIu64
            " from peers, %" PRIu64 " from a cache host; owner uid %u, mode %03o)",
-           it->filename, size, j->bytes_from_origin, j->bytes_from_peers, j->bytes_from_cache,
+           it->filename, size, dopa_job_info_bytes_from_origin(j),
+           dopa_job_info_bytes_from_peers(j), dopa_job_info_bytes_from_cache(j),
            (unsigned)st.st_uid, (unsigned)(st.st_mode & 07777));
     item_drop(i);
 }
@@ -734,19 +737,22 @@ static void job_failed(size_t i, const dopa_job_info *j)
 {
     item *it = &method.items[i];
     char text[DOPA_MESSAGE_MAX + 128], reason[32];
-    const char *why = j->has_error && j->error.message[0] ? j->error.message
-                      : j->state == DOPA_STATE_CANCELLED  ? "the job was cancelled in dopad"
-                                                          : dopa_state_name(j->state);
+    int has_error = dopa_job_info_has_error(j), state = dopa_job_info_state(j);
+    long http = dopa_job_info_error_http_status(j);
+    const char *message = dopa_job_info_error_message(j);
+    const char *why = has_error && message[0]         ? message
+                      : state == DOPA_STATE_CANCELLED ? "the job was cancelled in dopad"
+                                                      : dopa_state_name(state);
     const char *fail_reason = NULL;
     int transient = 0;
-    if (j->has_error && j->error.http_status >= 400 && j->error.http_status <= 599) {
+    if (has_error && http >= 400 && http <= 599) {
         /* As APT's http method says it: HttpError404 and the like. */
-        snprintf(reason, sizeof reason, "HttpError%ld", j->error.http_status);
+        snprintf(reason, sizeof reason, "HttpError%ld", http);
         fail_reason = reason;
-        snprintf(text, sizeof text, "%ld %s (dopad: %s)", j->error.http_status,
-                 j->error.http_status == 404 ? "Not Found" : "HTTP error", why);
-        transient = j->error.http_status >= 500 || j->error.http_status == 429;
-    } else if (j->has_error && j->error.context == DOPA_CONTEXT_VALIDATION) {
+        snprintf(text, sizeof text, "%ld %s (dopad: %s)", http,
+                 http == 404 ? "Not Found" : "HTTP error", why);
+        transient = http >= 500 || http == 429;
+    } else if (has_error && dopa_job_info_error_context(j) == DOPA_CONTEXT_VALIDATION) {
         fail_reason = it->has_expected ? "HashSumMismatch" : NULL;
         snprintf(text, sizeof text, "Hash Sum mismatch (dopad: %s)", why);
     } else {
@@ -759,12 +765,70 @@ static void job_failed(size_t i, const dopa_job_info *j)
     item_fail(i, text, fail_reason, transient);
 }
 
+/* Moves item i on by its job's information j. Returns 1 when the item
+ * is gone (answered), 0 when it stays. */
+static int move_on(size_t i, const dopa_job_info *j)
+{
+    item *it = &method.items[i];
+    int state = dopa_job_info_state(j);
+    uint64_t size = dopa_job_info_bytes_total(j);
+    int entered = state != it->last_state;
+    it->last_state = state;
+    if (it->max_size > 0 && ((size != DOPA_SIZE_UNKNOWN && size > it->max_size) ||
+                             dopa_job_info_bytes_transferred(j) > it->max_size)) {
+        char text[128];
+        snprintf(text, sizeof text, "the file is larger than the %" PRIu64 " bytes expected",
+                 it->max_size);
+        item_fail(i, text, "MaximumSizeExceeded", 0);
+        return 1;
+    }
+    const char *message = dopa_job_info_has_error(j) ? dopa_job_info_error_message(j) : NULL;
+    switch (state) {
+    case DOPA_STATE_CONNECTING:
+    case DOPA_STATE_TRANSFERRING:
+        if (size != DOPA_SIZE_UNKNOWN || state == DOPA_STATE_TRANSFERRING)
+            start(it, j);
+        return 0;
+    case DOPA_STATE_TRANSFERRED:
+    case DOPA_STATE_ACKNOWLEDGED: /* someone completed it for us */
+        finish(i, j);
+        return 1;
+    case DOPA_STATE_ERROR:
+    case DOPA_STATE_CANCELLED:
+        job_failed(i, j);
+        return 1;
+    case DOPA_STATE_TRANSIENT_ERROR:
+        it->saw_transient = 1;
+        if (!it->has_sha256) {
+            /* Known by no hash, the file cannot come from peers: waiting
+             * for dopad's retries only delays APT, whose own retries
+             * (Acquire::Retries) take it from here. */
+            char text[DOPA_MESSAGE_MAX + 32];
+            snprintf(text, sizeof text, "dopad: %s", message ? message : "error");
+            item_fail(i, text, NULL, 1);
+            return 1;
+        }
+        if (entered) {
+            char text[DOPA_MESSAGE_MAX + 64];
+            snprintf(text, sizeof text, "dopad retries: %s", message ? message : "transient error");
+            status(it->uri, text);
+        }
+        return 0;
+    case DOPA_STATE_SUSPENDED:
+        if (entered)
+            status(it->uri, "suspended in dopad; `dopa resume` the job to go on");
+        return 0;
+    default:
+        return 0;
+    }
+}
+
 /* Looks at item i's job and moves it on. Returns 1 when the item is gone
  * (answered), 0 when it stays. */
 static int refresh(size_t i)
 {
     item *it = &method.items[i];
-    dopa_job_info j;
+    dopa_job_info *j;
     int err = dopa_job_get(method.m, &it->id, &j);
     if (err == DOPA_ENOTFOUND) {
         item_fail(i, "dopad no longer knows the job for this file (cancelled?)", NULL, 1);
@@ -785,55 +849,9 @@ static int refresh(size_t i)
         return 0;
     }
     it->lost_since = 0;
-    int entered = j.state != it->last_state;
-    it->last_state = j.state;
-    if (it->max_size > 0 && ((j.bytes_total != DOPA_SIZE_UNKNOWN && j.bytes_total > it->max_size) ||
-                             j.bytes_transferred > it->max_size)) {
-        char text[128];
-        snprintf(text, sizeof text, "the file is larger than the %" PRIu64 " bytes expected",
-                 it->max_size);
-        item_fail(i, text, "MaximumSizeExceeded", 0);
-        return 1;
-    }
-    switch (j.state) {
-    case DOPA_STATE_CONNECTING:
-    case DOPA_STATE_TRANSFERRING:
-        if (j.bytes_total != DOPA_SIZE_UNKNOWN || j.state == DOPA_STATE_TRANSFERRING)
-            start(it, &j);
-        return 0;
-    case DOPA_STATE_TRANSFERRED:
-    case DOPA_STATE_ACKNOWLEDGED: /* someone completed it for us */
-        finish(i, &j);
-        return 1;
-    case DOPA_STATE_ERROR:
-    case DOPA_STATE_CANCELLED:
-        job_failed(i, &j);
-        return 1;
-    case DOPA_STATE_TRANSIENT_ERROR:
-        it->saw_transient = 1;
-        if (!it->has_sha256) {
-            /* Known by no hash, the file cannot come from peers: waiting
-             * for dopad's retries only delays APT, whose own retries
-             * (Acquire::Retries) take it from here. */
-            char text[DOPA_MESSAGE_MAX + 32];
-            snprintf(text, sizeof text, "dopad: %s", j.has_error ? j.error.message : "error");
-            item_fail(i, text, NULL, 1);
-            return 1;
-        }
-        if (entered) {
-            char text[DOPA_MESSAGE_MAX + 64];
-            snprintf(text, sizeof text, "dopad retries: %s",
-                     j.has_error ? j.error.message : "transient error");
-            status(it->uri, text);
-        }
-        return 0;
-    case DOPA_STATE_SUSPENDED:
-        if (entered)
-            status(it->uri, "suspended in dopad; `dopa resume` the job to go on");
-        return 0;
-    default:
-        return 0;
-    }
+    int gone = move_on(i, j);
+    dopa_free(j);
+    return gone;
 }
 
 static void refresh_all(void)

@@ -53,13 +53,13 @@ int main(int argc, char **argv)
     double best_list = 1e9;
     size_t listed = 0;
     for (int r = 0; r < 3; r++) {
-        dopa_job_info *jobs = NULL;
+        dopa_job_info **jobs;
         t0 = now();
         if (dopa_job_list(m, 0, &jobs, &listed) != DOPA_OK)
             return 1;
         double t = now() - t0;
         best_list = t < best_list ? t : best_list;
-        free(jobs);
+        dopa_free(jobs);
     }
     if (listed != n) {
         fprintf(stderr, "listed %zu jobs, expected %zu\n", listed, n);
