@@ -642,8 +642,9 @@ static int int_fits(uint64_t v, uint64_t max)
     return v <= max;
 }
 
-static int decode_job(const uint8_t *p, size_t len, dopa_job_info *j, char *why, size_t why_len)
+static int decode_job(const uint8_t *p, size_t len, void *out, char *why, size_t why_len)
 {
+    dopa_job_info *j = out;
     uint64_t v[J_END] = {0};
     memset(j, 0, sizeof *j);
     int err = decode_record(p, len, job_fields, sizeof job_fields / sizeof job_fields[0],
@@ -692,8 +693,9 @@ static int decode_job(const uint8_t *p, size_t len, dopa_job_info *j, char *why,
     return 0;
 }
 
-static int decode_file(const uint8_t *p, size_t len, dopa_file_info *f, char *why, size_t why_len)
+static int decode_file(const uint8_t *p, size_t len, void *out, char *why, size_t why_len)
 {
+    dopa_file_info *f = out;
     uint64_t v[F_END] = {0};
     memset(f, 0, sizeof *f);
     int err = decode_record(p, len, file_fields, sizeof file_fields / sizeof file_fields[0],
@@ -944,6 +946,24 @@ static void *grow(void *array, size_t n, size_t size)
     return array;
 }
 
+/* Decodes one more element of a list a reply carries (at most max of
+ * them) onto the end of *array, which grows as needed. */
+static int take_element(void **array, size_t *n, size_t size, size_t max, const char *what,
+                        int (*decode)(const uint8_t *, size_t, void *, char *, size_t),
+                        const uint8_t *v, size_t len, char *why, size_t why_len)
+{
+    if (*n == max)
+        return bad(why, why_len, "more than %zu %s in a reply", max, what);
+    void *grown = grow(*array, *n, size);
+    if (grown == NULL)
+        return DOPA_ENOMEM;
+    *array = grown;
+    int err = decode(v, len, (uint8_t *)grown + *n * size, why, why_len);
+    if (err == 0)
+        (*n)++;
+    return err;
+}
+
 int proto_decode_reply(const uint8_t *data, size_t len, proto_reply *out, char *why, size_t why_len)
 {
     int op, err;
@@ -978,20 +998,12 @@ int proto_decode_reply(const uint8_t *data, size_t len, proto_reply *out, char *
         }
         seen |= BIT(tag);
         if (tag == R_JOB) {
-            if (out->n_jobs == PROTO_LIST_PAGE) {
-                bad(why, why_len, "more than %d jobs in a reply", PROTO_LIST_PAGE);
-                goto fail;
-            }
-            dopa_job_info *grown = grow(out->jobs, out->n_jobs, sizeof *out->jobs);
-            if (grown == NULL) {
-                err = DOPA_ENOMEM;
-                goto fail;
-            }
-            out->jobs = grown;
-            err = decode_job(v, n, &out->jobs[out->n_jobs], why, why_len);
+            void *jobs = out->jobs;
+            err = take_element(&jobs, &out->n_jobs, sizeof *out->jobs, PROTO_LIST_PAGE, "jobs",
+                               decode_job, v, n, why, why_len);
+            out->jobs = jobs;
             if (err != 0)
                 goto fail;
-            out->n_jobs++;
         } else if (tag == R_EVENT) {
             if (out->n_events == PROTO_EVENT_PAGE) {
                 bad(why, why_len, "more than %d events in a reply", PROTO_EVENT_PAGE);
@@ -1006,20 +1018,12 @@ int proto_decode_reply(const uint8_t *data, size_t len, proto_reply *out, char *
             if (err != 0)
                 goto fail;
         } else if (tag == R_FILE) {
-            if (out->n_files == PROTO_FILE_PAGE) {
-                bad(why, why_len, "more than %d files in a reply", PROTO_FILE_PAGE);
-                goto fail;
-            }
-            dopa_file_info *grown = grow(out->files, out->n_files, sizeof *out->files);
-            if (grown == NULL) {
-                err = DOPA_ENOMEM;
-                goto fail;
-            }
-            out->files = grown;
-            err = decode_file(v, n, &out->files[out->n_files], why, why_len);
+            void *files = out->files;
+            err = take_element(&files, &out->n_files, sizeof *out->files, PROTO_FILE_PAGE,
+                               "files", decode_file, v, n, why, why_len);
+            out->files = files;
             if (err != 0)
                 goto fail;
-            out->n_files++;
         } else {
             const struct field *f =
                 lookup(reply_fields, sizeof reply_fields / sizeof reply_fields[0], tag);
