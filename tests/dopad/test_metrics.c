@@ -449,9 +449,10 @@ static void test_the_counters_and_job_states_are_those_dopad_reports(void)
     states[DOPA_STATE_TRANSFERRING] = states[DOPA_STATE_QUEUED] = 1;
     check_job_states(0, states);
 
-    /* Stopped, the slow ones leave the counters still. */
-    CHECK_INT(dopa_job_suspend(agents[0].m, &running), DOPA_OK);
+    /* Stopped, the slow ones leave the counters still. (The waiting one
+     * first: stopping the running one first would let it start.) */
     CHECK_INT(dopa_job_suspend(agents[0].m, &queued), DOPA_OK);
+    CHECK_INT(dopa_job_suspend(agents[0].m, &running), DOPA_OK);
     dopa_job_info *slow = wait_state(0, &running, DOPA_STATE_SUSPENDED, 30);
     states[DOPA_STATE_TRANSFERRING] = states[DOPA_STATE_QUEUED] = 0;
     states[DOPA_STATE_SUSPENDED] = 3;
