@@ -806,6 +806,17 @@ int proto_decode_request(const uint8_t *data, size_t len, proto_request *out, ch
 /* ------------------------------------------------------------------ */
 /* Replies                                                            */
 
+/* Puts a nested record, made in rec, as field `tag` of b (or marks b
+ * failed as rec is), and frees rec. */
+static void end_record(proto_buf *b, uint16_t tag, proto_buf *rec)
+{
+    if (rec->failed)
+        b->failed = rec->failed;
+    else
+        put_field(b, tag, rec->data, rec->len);
+    proto_buf_free(rec);
+}
+
 static void put_job(proto_buf *b, const dopa_job_info *j)
 {
     proto_buf rec;
@@ -846,11 +857,7 @@ static void put_job(proto_buf *b, const dopa_job_info *j)
     };
     for (size_t i = 0; i < sizeof ints / sizeof ints[0]; i++)
         put_u64(&rec, (uint16_t)ints[i].tag, ints[i].v);
-    if (rec.failed)
-        b->failed = rec.failed;
-    else
-        put_field(b, R_JOB, rec.data, rec.len);
-    proto_buf_free(&rec);
+    end_record(b, R_JOB, &rec);
 }
 
 static void put_file(proto_buf *b, const dopa_file_info *f)
@@ -868,11 +875,7 @@ static void put_file(proto_buf *b, const dopa_file_info *f)
     put_u64(&rec, F_FROM_PEERS, f->bytes_from_peers);
     put_u64(&rec, F_FROM_CACHE, f->bytes_from_cache);
     put_u64(&rec, F_VALIDATION, (uint64_t)f->validation);
-    if (rec.failed)
-        b->failed = rec.failed;
-    else
-        put_field(b, R_FILE, rec.data, rec.len);
-    proto_buf_free(&rec);
+    end_record(b, R_FILE, &rec);
 }
 
 static void put_event(proto_buf *b, const proto_event *e)
@@ -883,11 +886,7 @@ static void put_event(proto_buf *b, const proto_event *e)
     put_u64(&rec, E_ID, e->id);
     put_u64(&rec, E_KIND, e->kind);
     put_u64(&rec, E_FILE, (uint64_t)e->file);
-    if (rec.failed)
-        b->failed = rec.failed;
-    else
-        put_field(b, R_EVENT, rec.data, rec.len);
-    proto_buf_free(&rec);
+    end_record(b, R_EVENT, &rec);
 }
 
 static int decode_event(const uint8_t *p, size_t len, proto_event *e, char *why, size_t why_len)
