@@ -219,11 +219,6 @@ void commit_step(agent_engine *e, int force)
     }
 }
 
-void commit_wait(agent_engine *e)
-{
-    reap_batch(e, 1);
-}
-
 int64_t commit_next_ms(const agent_engine *e, int64_t limit)
 {
     if (e->sync != NULL || limit <= COMMIT_INTERVAL_MS)

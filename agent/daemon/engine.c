@@ -877,8 +877,7 @@ void engine_flush(agent_engine *e)
 {
     if (e->db == NULL || e->origin == NULL)
         return;
-    commit_step(e, 1);
-    commit_wait(e);
+    commit_step(e, 1); /* (it waits for a running batch first) */
 }
 
 void engine_close(agent_engine *e)

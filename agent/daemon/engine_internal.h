@@ -103,12 +103,11 @@ int engine_finish_job(agent_engine *e, agent_job *j, int state);
 /* Answers the waits whose job changed or whose time ran out. */
 void engine_answer_waits(agent_engine *e, int all);
 
-/* Commits (commit.c): written pieces become durable. Commits what is
- * due (everything, and here and now, with `force`); takes a finished
- * batch. */
+/* Commits (commit.c): written pieces become durable. Takes a finished
+ * batch, then commits what is due; with `force` it first waits for the
+ * running batch, then commits everything here and now, so that nothing
+ * is left running when it returns. */
 void commit_step(agent_engine *e, int force);
-/* Waits for the running batch and takes it. */
-void commit_wait(agent_engine *e);
 /* ms until a commit is due (or `limit`). */
 int64_t commit_next_ms(const agent_engine *e, int64_t limit);
 
