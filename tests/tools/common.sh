@@ -3,6 +3,7 @@
 # A loopback origin: start_nginx ROOT WORK serves ROOT on a free port of
 # 127.0.0.1 with its logs in WORK/logs, and sets nginx_pid and port; the
 # caller stops nginx_pid.
+# change_byte FILE OFFSET writes, at OFFSET, a byte FILE did not have there.
 
 failures=0
 fail() {
@@ -18,6 +19,13 @@ show() {
 skip() {
     echo "SKIP: $*"
     exit 77
+}
+
+change_byte() {
+    byte=$(od -An -tu1 -j"$2" -N1 "$1" | tr -d ' ')
+    [ -n "$byte" ] || { echo "change_byte: $1 has no byte at $2" >&2; return 1; }
+    printf "\\$(printf %o $(((byte + 1) % 256)))" |
+        dd of="$1" bs=1 seek="$2" conv=notrunc 2>/dev/null
 }
 
 # One try on a random port; start_nginx tries five.

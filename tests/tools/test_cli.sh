@@ -12,6 +12,8 @@
 # usage: test_cli.sh VERSION PATH/TO/dopa PATH/TO/dopa-manifest PATH/TO/dopad
 set -u
 version=$1 dopa=$2 manifest=$3 dopad=$4
+# shellcheck source=tests/tools/common.sh
+. "$(dirname "$0")/common.sh"
 dir=$(mktemp -d)
 dopad_pid=
 cleanup() {
@@ -21,15 +23,9 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 1' INT TERM
 cd "$dir" || exit 1
-failures=0
 none=$dir/none.sock # no dopad there
 sock=$dir/dopad.sock
 export DOPA_SOCKET="$none"
-
-fail() {
-    echo "FAIL: $*"
-    failures=$((failures + 1))
-}
 
 # run COMMAND...: runs it, stdout in out, stderr in err, status in rc.
 run() {
@@ -370,7 +366,7 @@ json 0 "$M" create data --key pub.key -o data.m --version 9 --json
 [ "$(field out content_version)" = 9 ] || fail "create --json: $(cat out)"
 json 0 "$M" verify data data.m --pubkey pub.key.pub --json
 [ "$(field out ok)" = True ] || [ "$(field out ok)" = true ] || fail "verify --json: $(cat out)"
-printf 'X' | dd of=data bs=1 seek=100 conv=notrunc 2>/dev/null
+change_byte data 100
 json 1 "$M" --json verify data data.m --pubkey pub.key.pub
 [ "$(field out ok)" = False ] || [ "$(field out ok)" = false ] || fail "verify --json: $(cat out)"
 grep -q "does not match" err || fail "verify --json of a mismatch said nothing on stderr"

@@ -4,10 +4,11 @@
 # usage: test_dopa_manifest.sh PATH/TO/dopa-manifest
 set -u
 tool=$1
+# shellcheck source=tests/tools/common.sh
+. "$(dirname "$0")/common.sh"
 dir=$(mktemp -d)
 trap 'rm -rf "$dir"' EXIT INT TERM
 cd "$dir" || exit 1
-failures=0
 
 # expect CODE SUBSTRING COMMAND...: the command exits with CODE and prints
 # SUBSTRING (on stdout or stderr; empty matches anything).
@@ -51,7 +52,7 @@ expect 0 "blake2b:         $b2" "$tool" show data.dopa-manifest
 
 # Content that does not match: exit 1, naming the first bad piece.
 cp data changed
-printf 'X' | dd of=changed bs=1 seek=200000 conv=notrunc 2>/dev/null
+change_byte changed 200000
 expect 1 "the first is piece 3" "$tool" verify changed data.dopa-manifest --pubkey pub.key.pub
 head -c 2999999 data >short
 expect 1 "file has 2999999 bytes" "$tool" verify short data.dopa-manifest --pubkey pub.key.pub
