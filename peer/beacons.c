@@ -127,10 +127,10 @@ static void *beacon_main(void *arg)
     return NULL;
 }
 
-int node_beacons_open(peer_node *n, char *why, size_t why_len)
+int node_beacons_open(peer_node *n, validate_error *why)
 {
     if (pipe2(n->beacon_pipe, O_CLOEXEC) != 0) {
-        snprintf(why, why_len, "pipe: %s", strerror(errno));
+        validate_error_set(why, PEER_EIO, "pipe: %s", strerror(errno));
         return PEER_EIO;
     }
     n->beacon_fd = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
@@ -146,16 +146,16 @@ int node_beacons_open(peer_node *n, char *why, size_t why_len)
         setsockopt(n->beacon_fd, IPPROTO_IP, IP_MULTICAST_LOOP, &loop, sizeof loop) != 0 ||
         setsockopt(n->beacon_fd, IPPROTO_IP, IP_MULTICAST_TTL, &ttl, sizeof ttl) != 0 ||
         bind(n->beacon_fd, (struct sockaddr *)&any, sizeof any) != 0) {
-        snprintf(why, why_len, "beacon socket on port %u: %s", (unsigned)ntohs(any.sin_port),
-                 strerror(errno));
+        validate_error_set(why, PEER_EIO, "beacon socket on port %u: %s",
+                           (unsigned)ntohs(any.sin_port), strerror(errno));
         return PEER_EIO;
     }
     if (peer_replay_new(4096, 64, &n->beacon_replay) != PEER_OK) {
-        snprintf(why, why_len, "out of memory");
+        validate_error_set(why, PEER_ENOMEM, "out of memory");
         return PEER_ENOMEM;
     }
     if (pthread_create(&n->beacon_thread, NULL, beacon_main, n) != 0) {
-        snprintf(why, why_len, "cannot start the beacon thread");
+        validate_error_set(why, PEER_ENOMEM, "cannot start the beacon thread");
         return PEER_ENOMEM;
     }
     n->beacon_running = 1;

@@ -220,9 +220,9 @@ static void watch_descriptors(peer_node *n)
     long used = open_descriptors();
     if (used < 0 || used >= n->fd_limit - 2 * reserve)
         return;
-    char why[256];
-    if (node_serve_listen(n, n->listen_url, why, sizeof why) != PEER_OK) {
-        node_log(n, "warning", "peer port: %s (tried again shortly)", why);
+    validate_error why;
+    if (node_serve_listen(n, n->listen_url, &why) != PEER_OK) {
+        node_log(n, "warning", "peer port: %s (tried again shortly)", why.text);
         return;
     }
     n->paused = 0;

@@ -62,18 +62,6 @@ const char *peer_strerror(int err)
     return "unknown error";
 }
 
-__attribute__((format(printf, 4, 5))) static int fail(char *why, size_t why_len, int err,
-                                                      const char *fmt, ...)
-{
-    if (why != NULL && why_len > 0) {
-        va_list ap;
-        va_start(ap, fmt);
-        vsnprintf(why, why_len, fmt, ap);
-        va_end(ap);
-    }
-    return err;
-}
-
 void peer_group_key_generate(uint8_t key[PEER_GROUP_KEY_BYTES])
 {
     (void)validate_init();
@@ -138,7 +126,7 @@ int peer_group_key_parse(const char *text, uint8_t key[PEER_GROUP_KEY_BYTES])
 }
 
 int peer_group_key_save(const uint8_t key[PEER_GROUP_KEY_BYTES], const char *path, int overwrite,
-                        char *why, size_t why_len)
+                        validate_error *why)
 {
     char key_text[PEER_GROUP_KEY_TEXT_MAX];
     char text[256];
@@ -146,13 +134,13 @@ int peer_group_key_save(const uint8_t key[PEER_GROUP_KEY_BYTES], const char *pat
     struct stat st;
 
     if (key == NULL || path == NULL || *path == '\0')
-        return fail(why, why_len, PEER_EINVAL, "no key or no path");
+        return validate_error_set(why, PEER_EINVAL, "no key or no path");
     if (strlen(path) + 16 >= PATH_MAX)
-        return fail(why, why_len, PEER_EINVAL, "%s: path too long", path);
+        return validate_error_set(why, PEER_EINVAL, "%s: path too long", path);
     /* An early, friendlier refusal; link() below is what makes it hold. */
     if (!overwrite && lstat(path, &st) == 0)
-        return fail(why, why_len, PEER_EEXISTS, "%s exists; refusing to overwrite a group key",
-                    path);
+        return validate_error_set(why, PEER_EEXISTS, "%s exists; refusing to overwrite a group key",
+                                  path);
 
     peer_group_key_text(key, key_text);
     int n = snprintf(text, sizeof text,
@@ -164,13 +152,13 @@ int peer_group_key_save(const uint8_t key[PEER_GROUP_KEY_BYTES], const char *pat
     /* Written in full, mode 0600, before it gets its name; linked (not
      * renamed) unless overwriting, so that no existing name, a symlink
      * included, is replaced. */
-    char detail[512];
-    int verr = validate_write_file(path, text, (size_t)n, 0600, overwrite, detail, sizeof detail);
+    validate_error detail;
+    int verr = validate_write_file(path, text, (size_t)n, 0600, overwrite, &detail);
     if (verr == VALIDATE_EEXISTS)
-        err =
-            fail(why, why_len, PEER_EEXISTS, "%s exists; refusing to overwrite a group key", path);
+        err = validate_error_set(why, PEER_EEXISTS, "%s exists; refusing to overwrite a group key",
+                                 path);
     else if (verr != VALIDATE_OK)
-        err = fail(why, why_len, PEER_EIO, "%s", detail);
+        err = validate_error_set(why, PEER_EIO, "%s", detail.text);
     else
         err = PEER_OK;
     sodium_memzero(text, sizeof text);
@@ -197,8 +185,7 @@ static int first_key_line(const char *buf, size_t len, const char **line, size_t
     return PEER_EKEY_FORMAT;
 }
 
-int peer_group_key_load(const char *path, uint8_t key[PEER_GROUP_KEY_BYTES], char *why,
-                        size_t why_len)
+int peer_group_key_load(const char *path, uint8_t key[PEER_GROUP_KEY_BYTES], validate_error *why)
 {
     /* One byte past the limit, so that a larger file is caught, not cut. */
     char buf[KEY_FILE_MAX + 1];
@@ -209,31 +196,33 @@ int peer_group_key_load(const char *path, uint8_t key[PEER_GROUP_KEY_BYTES], cha
     int err;
 
     if (path == NULL || key == NULL)
-        return fail(why, why_len, PEER_EINVAL, "no key or no path");
+        return validate_error_set(why, PEER_EINVAL, "no key or no path");
     if (validate_init() != VALIDATE_OK)
-        return fail(why, why_len, PEER_ECRYPTO, "%s", peer_strerror(PEER_ECRYPTO));
+        return validate_error_set(why, PEER_ECRYPTO, "%s", peer_strerror(PEER_ECRYPTO));
     /* O_NOFOLLOW: the key is read from the named file, not from wherever a
      * symlink points. O_NONBLOCK: a FIFO planted at the path cannot hang
      * the open; it is cleared once the file is known to be regular. */
     int fd = open(path, O_RDONLY | O_CLOEXEC | O_NOCTTY | O_NONBLOCK | O_NOFOLLOW);
     if (fd < 0) {
         if (errno == ELOOP)
-            return fail(why, why_len, PEER_EIO,
-                        "%s: a symbolic link; refusing to read a group key through it", path);
-        return fail(why, why_len, PEER_EIO, "%s: %s", path, strerror(errno));
+            return validate_error_set(
+                why, PEER_EIO, "%s: a symbolic link; refusing to read a group key through it",
+                path);
+        return validate_error_set(why, PEER_EIO, "%s: %s", path, strerror(errno));
     }
     if (fstat(fd, &st) != 0) {
-        err = fail(why, why_len, PEER_EIO, "%s: %s", path, strerror(errno));
+        err = validate_error_set(why, PEER_EIO, "%s: %s", path, strerror(errno));
         goto done;
     }
     if (!S_ISREG(st.st_mode)) {
-        err = fail(why, why_len, PEER_EIO, "%s: not a regular file", path);
+        err = validate_error_set(why, PEER_EIO, "%s: not a regular file", path);
         goto done;
     }
     if ((st.st_mode & 077) != 0) {
-        err = fail(why, why_len, PEER_EKEY_PERMS,
-                   "%s: mode %04o gives other users access to the group key; run `chmod 600 %s`",
-                   path, (unsigned)(st.st_mode & 07777), path);
+        err = validate_error_set(
+            why, PEER_EKEY_PERMS,
+            "%s: mode %04o gives other users access to the group key; run `chmod 600 %s`", path,
+            (unsigned)(st.st_mode & 07777), path);
         goto done;
     }
     (void)fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) & ~O_NONBLOCK);
@@ -242,7 +231,7 @@ int peer_group_key_load(const char *path, uint8_t key[PEER_GROUP_KEY_BYTES], cha
         if (n < 0 && errno == EINTR)
             continue;
         if (n < 0) {
-            err = fail(why, why_len, PEER_EIO, "%s: %s", path, strerror(errno));
+            err = validate_error_set(why, PEER_EIO, "%s: %s", path, strerror(errno));
             goto done;
         }
         if (n == 0)
@@ -250,15 +239,17 @@ int peer_group_key_load(const char *path, uint8_t key[PEER_GROUP_KEY_BYTES], cha
         got += (size_t)n;
     }
     if (got > KEY_FILE_MAX) {
-        err = fail(why, why_len, PEER_EKEY_FORMAT,
-                   "%s: not a dopa group key (larger than %d bytes)", path, KEY_FILE_MAX);
+        err = validate_error_set(why, PEER_EKEY_FORMAT,
+                                 "%s: not a dopa group key (larger than %d bytes)", path,
+                                 KEY_FILE_MAX);
         goto done;
     }
     /* A NUL byte must not hide what follows it, nor end the key early. */
     if (memchr(buf, '\0', got) != NULL || first_key_line(buf, got, &line, &line_len) != PEER_OK ||
         key_from_text(line, line_len, key) != PEER_OK) {
-        err = fail(why, why_len, PEER_EKEY_FORMAT,
-                   "%s: not a dopa group key (expected a line \"" KEY_PREFIX "...\")", path);
+        err = validate_error_set(why, PEER_EKEY_FORMAT,
+                                 "%s: not a dopa group key (expected a line \"" KEY_PREFIX "...\")",
+                                 path);
         goto done;
     }
     err = PEER_OK;

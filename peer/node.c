@@ -69,12 +69,11 @@ static char *read_pem(const char *path)
  * whoever holds a certificate from the group's CA (and the group key): the
  * peer's name is not checked against its certificate, since peers are
  * found by address. */
-int node_tls_config(peer_node *n, nng_tls_mode mode, nng_tls_config **out, char *why,
-                    size_t why_len)
+int node_tls_config(peer_node *n, nng_tls_mode mode, nng_tls_config **out, validate_error *why)
 {
     const peer_node_config *c = &n->cfg;
     if (c->tls_cert == NULL || c->tls_ca == NULL) {
-        snprintf(why, why_len, "tls+tcp:// needs tls-cert and tls-ca");
+        validate_error_set(why, PEER_EINVAL, "tls+tcp:// needs tls-cert and tls-ca");
         return PEER_EINVAL;
     }
     char *cert = read_pem(c->tls_cert), *key = read_pem(c->tls_key ? c->tls_key : c->tls_cert);
@@ -88,8 +87,8 @@ int node_tls_config(peer_node *n, nng_tls_mode mode, nng_tls_config **out, char 
     free(cert);
     free(key);
     if (rv != 0) {
-        snprintf(why, why_len, "TLS certificate %s, CA %s: %s", c->tls_cert, c->tls_ca,
-                 nng_strerror(rv));
+        validate_error_set(why, PEER_EINVAL, "TLS certificate %s, CA %s: %s", c->tls_cert,
+                           c->tls_ca, nng_strerror(rv));
         return PEER_EINVAL;
     }
     return PEER_OK;
@@ -191,12 +190,12 @@ static int configured_in(const peer_node_config *cfg, const char *url, int cache
     return 0;
 }
 
-int peer_node_reconfigure(peer_node *n, const peer_node_config *cfg, char *why, size_t why_len)
+int peer_node_reconfigure(peer_node *n, const peer_node_config *cfg, validate_error *why)
 {
     for (size_t i = 0; i < cfg->n_peers + cfg->n_cache_hosts; i++) {
         const char *url = i < cfg->n_peers ? cfg->peers[i] : cfg->cache_hosts[i - cfg->n_peers];
         if (!node_url_ok(url)) {
-            snprintf(why, why_len, "%s: not a tcp:// or tls+tcp:// address", url);
+            validate_error_set(why, PEER_EADDRESS, "%s: not a tcp:// or tls+tcp:// address", url);
             return PEER_EADDRESS;
         }
     }
@@ -230,7 +229,7 @@ int peer_node_reconfigure(peer_node *n, const peer_node_config *cfg, char *why, 
         peer_entry *p = node_peers_add(n, url, 1, cache);
         if (p == NULL) {
             if (err == PEER_OK)
-                snprintf(why, why_len, "%s: cannot dial", url);
+                validate_error_set(why, PEER_ENNG, "%s: cannot dial", url);
             err = PEER_ENNG;
             continue;
         }
@@ -268,14 +267,14 @@ void peer_node_stats(const peer_node *n, peer_stats *out)
 /* ------------------------------------------------------------------ */
 /* Opening and closing                                                */
 
-int peer_node_open(const peer_node_config *cfg, peer_node **out, char *why, size_t why_len)
+int peer_node_open(const peer_node_config *cfg, peer_node **out, validate_error *why)
 {
     if (cfg->group_key == NULL) {
-        snprintf(why, why_len, "no group key");
+        validate_error_set(why, PEER_EINVAL, "no group key");
         return PEER_EINVAL;
     }
     if (validate_init() != 0) {
-        snprintf(why, why_len, "libsodium could not initialise");
+        validate_error_set(why, PEER_ECRYPTO, "libsodium could not initialise");
         return PEER_ECRYPTO;
     }
     peer_node *n = calloc(1, sizeof *n);
@@ -293,7 +292,7 @@ int peer_node_open(const peer_node_config *cfg, peer_node **out, char *why, size
     n->closer_wake_made = pthread_cond_init(&n->closer_wake, &attr) == 0;
     pthread_condattr_destroy(&attr);
     if (!n->closer_wake_made) {
-        snprintf(why, why_len, "out of memory");
+        validate_error_set(why, PEER_ENOMEM, "out of memory");
         peer_node_close(n);
         return PEER_ENOMEM;
     }
@@ -301,17 +300,18 @@ int peer_node_open(const peer_node_config *cfg, peer_node **out, char *why, size
     randombytes_buf(n->id, sizeof n->id);
     int err = peer_replay_new(REPLAY_SLOTS, REPLAY_SOURCES, &n->replay);
     if (err != PEER_OK) {
-        snprintf(why, why_len, "out of memory");
+        validate_error_set(why, err, "out of memory");
         peer_node_close(n);
         return err;
     }
     if (cfg->listen != NULL && cfg->listen[0] != '\0') {
         if (!node_url_ok(cfg->listen)) {
-            snprintf(why, why_len, "%s: not a tcp:// or tls+tcp:// address", cfg->listen);
+            validate_error_set(why, PEER_EADDRESS, "%s: not a tcp:// or tls+tcp:// address",
+                               cfg->listen);
             peer_node_close(n);
             return PEER_EADDRESS;
         }
-        err = node_serve_open(n, why, why_len);
+        err = node_serve_open(n, why);
         if (err != PEER_OK) {
             peer_node_close(n);
             return err;
@@ -321,25 +321,25 @@ int peer_node_open(const peer_node_config *cfg, peer_node **out, char *why, size
         int cache = i >= cfg->n_peers;
         const char *url = cache ? cfg->cache_hosts[i - cfg->n_peers] : cfg->peers[i];
         if (!node_url_ok(url)) {
-            snprintf(why, why_len, "%s: not a tcp:// or tls+tcp:// address", url);
+            validate_error_set(why, PEER_EADDRESS, "%s: not a tcp:// or tls+tcp:// address", url);
             peer_node_close(n);
             return PEER_EADDRESS;
         }
         if (node_peers_add(n, url, 1, cache) == NULL) {
-            snprintf(why, why_len, "%s: cannot dial", url);
+            validate_error_set(why, PEER_ENNG, "%s: cannot dial", url);
             peer_node_close(n);
             return PEER_ENNG;
         }
     }
     if (cfg->beacons) {
-        err = node_beacons_open(n, why, why_len);
+        err = node_beacons_open(n, why);
         if (err != PEER_OK) {
             peer_node_close(n);
             return err;
         }
     }
     if (node_closer_open(n) != PEER_OK) {
-        snprintf(why, why_len, "cannot start the peer closer thread");
+        validate_error_set(why, PEER_ENOMEM, "cannot start the peer closer thread");
         peer_node_close(n);
         return PEER_ENOMEM;
     }

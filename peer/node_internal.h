@@ -291,8 +291,7 @@ int node_url_host(const char *url, char *host, size_t len);
 /* A tcp:// or tls+tcp:// address short enough for a beacon, with a host. */
 int node_url_ok(const char *url);
 /* The TLS settings for one side, from the configured files. */
-int node_tls_config(peer_node *n, nng_tls_mode mode, nng_tls_config **out, char *why,
-                    size_t why_len);
+int node_tls_config(peer_node *n, nng_tls_mode mode, nng_tls_config **out, validate_error *why);
 /* A message of this node's, dated now, with nothing but its header set. */
 void node_head_init(peer_node *n, peer_msg *m, int type, uint64_t request_id);
 /* A new nng message holding `m` sealed. */
@@ -300,9 +299,9 @@ int node_seal_msg(peer_node *n, const peer_msg *m, nng_msg **out);
 
 /* serve.c */
 /* Opens the server socket, starts listening on cfg.listen and the workers. */
-int node_serve_open(peer_node *n, char *why, size_t why_len);
+int node_serve_open(peer_node *n, validate_error *why);
 /* Starts the server's listener on url. */
-int node_serve_listen(peer_node *n, const char *url, char *why, size_t why_len);
+int node_serve_listen(peer_node *n, const char *url, validate_error *why);
 /* Frees every offer (the node closing, no worker left). */
 void node_serve_free_catalog(peer_node *n);
 
@@ -356,7 +355,7 @@ void node_peers_close(peer_node *n);
 
 /* beacons.c */
 /* Opens the beacon socket and starts the beacon thread. */
-int node_beacons_open(peer_node *n, char *why, size_t why_len);
+int node_beacons_open(peer_node *n, validate_error *why);
 /* Stops the beacon thread and closes its sockets. */
 void node_beacons_close(peer_node *n);
 

@@ -23,6 +23,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "validate.h" /* validate_error */
+
 /* Error codes. The range 400..499 belongs to this module. */
 enum peer_err {
     PEER_OK = 0,
@@ -68,11 +70,10 @@ int peer_group_key_parse(const char *text, uint8_t key[PEER_GROUP_KEY_BYTES]);
  * to replace an existing file unless overwrite is set; never follows a
  * symlink at `path`. */
 int peer_group_key_save(const uint8_t key[PEER_GROUP_KEY_BYTES], const char *path, int overwrite,
-                        char *why, size_t why_len);
+                        validate_error *why);
 /* Reads a key file: comment lines (#) and blank lines are skipped, the first
  * other line is the key. Refuses a file group or others may access. */
-int peer_group_key_load(const char *path, uint8_t key[PEER_GROUP_KEY_BYTES], char *why,
-                        size_t why_len);
+int peer_group_key_load(const char *path, uint8_t key[PEER_GROUP_KEY_BYTES], validate_error *why);
 
 /* ------------------------------------------------------------------ */
 /* The wire format (peer/PROTOCOL.md)                                 */
@@ -264,7 +265,7 @@ typedef struct peer_node_config {
 
 /* Starts listening (when cfg->listen is set), the beacon thread (when
  * cfg->beacons is set) and dials the configured peers. */
-int peer_node_open(const peer_node_config *cfg, peer_node **out, char *why, size_t why_len);
+int peer_node_open(const peer_node_config *cfg, peer_node **out, validate_error *why);
 void peer_node_close(peer_node *n);
 /* The owner's turn (always the same thread): delivers replies through the
  * swarms' callbacks, refreshes availability, sends requests. Returns the ms
@@ -281,7 +282,7 @@ const char *peer_node_listen_url(const peer_node *n);
  * max_connections, cache_host) is ignored: it needs a new node.
  * PEER_EADDRESS, with nothing changed, when an address is not acceptable;
  * PEER_ENNG when one cannot be dialled (the others are taken). */
-int peer_node_reconfigure(peer_node *n, const peer_node_config *cfg, char *why, size_t why_len);
+int peer_node_reconfigure(peer_node *n, const peer_node_config *cfg, validate_error *why);
 
 typedef struct peer_stats {
     uint64_t uploaded;      /* piece bytes sent */

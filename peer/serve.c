@@ -557,7 +557,7 @@ static void on_worker(void *arg)
 /* ------------------------------------------------------------------ */
 /* Opening                                                            */
 
-int node_serve_listen(peer_node *n, const char *url, char *why, size_t why_len)
+int node_serve_listen(peer_node *n, const char *url, validate_error *why)
 {
     int rv = nng_listener_create(&n->listener, n->server, url);
     if (rv == 0 &&
@@ -566,30 +566,30 @@ int node_serve_listen(peer_node *n, const char *url, char *why, size_t why_len)
          (rv = nng_listener_start(n->listener, 0)) != 0))
         nng_listener_close(n->listener);
     if (rv != 0) {
-        snprintf(why, why_len, "listening on %s: %s", url, nng_strerror(rv));
+        validate_error_set(why, PEER_ENNG, "listening on %s: %s", url, nng_strerror(rv));
         return PEER_ENNG;
     }
     return PEER_OK;
 }
 
-int node_serve_open(peer_node *n, char *why, size_t why_len)
+int node_serve_open(peer_node *n, validate_error *why)
 {
     int rv;
     if (is_tls(n->cfg.listen) &&
-        node_tls_config(n, NNG_TLS_MODE_SERVER, &n->tls_server, why, why_len) != PEER_OK)
+        node_tls_config(n, NNG_TLS_MODE_SERVER, &n->tls_server, why) != PEER_OK)
         return PEER_EINVAL;
     if ((rv = nng_rep0_open(&n->server)) != 0) {
-        snprintf(why, why_len, "peer server: %s", nng_strerror(rv));
+        validate_error_set(why, PEER_ENNG, "peer server: %s", nng_strerror(rv));
         return PEER_ENNG;
     }
     n->serving = 1; /* from here on, closing closes the socket */
     if ((rv = nng_socket_set_size(n->server, NNG_OPT_RECVMAXSZ, PEER_REQUEST_MAX)) != 0 ||
         (rv = nng_pipe_notify(n->server, NNG_PIPE_EV_ADD_PRE, node_conn_pipe_event, n)) != 0 ||
         (rv = nng_pipe_notify(n->server, NNG_PIPE_EV_REM_POST, node_conn_pipe_event, n)) != 0) {
-        snprintf(why, why_len, "peer server: %s", nng_strerror(rv));
+        validate_error_set(why, PEER_ENNG, "peer server: %s", nng_strerror(rv));
         return PEER_ENNG;
     }
-    if (node_serve_listen(n, n->cfg.listen, why, why_len) != PEER_OK)
+    if (node_serve_listen(n, n->cfg.listen, why) != PEER_OK)
         return PEER_ENNG;
     snprintf(n->listen_url, sizeof n->listen_url, "%s", n->cfg.listen);
     int port = 0;
@@ -604,7 +604,7 @@ int node_serve_open(peer_node *n, char *why, size_t why_len)
         worker *w = &n->workers[i];
         w->n = n;
         if (nng_ctx_open(&w->ctx, n->server) != 0 || nng_aio_alloc(&w->aio, on_worker, w) != 0) {
-            snprintf(why, why_len, "cannot set up the peer server");
+            validate_error_set(why, PEER_ENOMEM, "cannot set up the peer server");
             return PEER_ENOMEM;
         }
     }

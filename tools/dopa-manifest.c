@@ -240,7 +240,7 @@ static void format_time(uint64_t t, char *out, size_t len)
 
 static int load_pubkey(const char *arg, validate_public_key *out)
 {
-    char why[512];
+    validate_error why;
     if (strncmp(arg, "dopa-pub1:", 10) == 0) {
         if (validate_public_key_parse(arg, out) != VALIDATE_OK) {
             fprintf(stderr, "dopa-manifest: %s: malformed public key\n", arg);
@@ -248,8 +248,8 @@ static int load_pubkey(const char *arg, validate_public_key *out)
         }
         return EXIT_OK;
     }
-    int err = validate_public_key_load(arg, out, why, sizeof why);
-    return err == VALIDATE_OK ? EXIT_OK : fail(err, why);
+    int err = validate_public_key_load(arg, out, &why);
+    return err == VALIDATE_OK ? EXIT_OK : fail(err, why.text);
 }
 
 static int cmd_keygen(int argc, char **argv)
@@ -275,11 +275,11 @@ static int cmd_keygen(int argc, char **argv)
         return usage_error("unexpected argument %s", argv[optind]);
 
     validate_secret_key *sk = NULL;
-    char why[512];
+    validate_error why;
     int err = validate_secret_key_generate(&sk);
     if (err != VALIDATE_OK)
         return fail(err, validate_strerror(err));
-    err = validate_secret_key_save(sk, path, force, why, sizeof why);
+    err = validate_secret_key_save(sk, path, force, &why);
     if (err == VALIDATE_OK) {
         char text[VALIDATE_PUBLIC_KEY_TEXT_MAX], id[2 * VALIDATE_KEY_ID_BYTES + 1];
         const validate_public_key *pk = validate_secret_key_public(sk);
@@ -301,8 +301,9 @@ static int cmd_keygen(int argc, char **argv)
     }
     validate_secret_key_free(sk);
     if (err == VALIDATE_EEXISTS)
-        snprintf(why + strlen(why), sizeof why - strlen(why), " (use --force to replace it)");
-    return err == VALIDATE_OK ? EXIT_OK : fail(err, why);
+        snprintf(why.text + strlen(why.text), sizeof why.text - strlen(why.text),
+                 " (use --force to replace it)");
+    return err == VALIDATE_OK ? EXIT_OK : fail(err, why.text);
 }
 
 static int cmd_create(int argc, char **argv)
@@ -363,26 +364,26 @@ static int cmd_create(int argc, char **argv)
     validate_secret_key *sk = NULL;
     validate_manifest *m = NULL;
     validate_digest d = {0};
-    char why[1024];
+    validate_error why;
     int rc = -1; /* set when the exit code is decided here, not by err */
-    int fd = -1, err = validate_secret_key_load(key_path, &sk, why, sizeof why);
+    int fd = -1, err = validate_secret_key_load(key_path, &sk, &why);
     if (err != VALIDATE_OK)
         goto done;
     fd = open(file, O_RDONLY | O_CLOEXEC);
     if (fd < 0) {
         err = VALIDATE_EIO;
-        snprintf(why, sizeof why, "%s: %s", file, strerror(errno));
+        validate_error_set(&why, VALIDATE_EIO, "%s: %s", file, strerror(errno));
         goto done;
     }
     struct stat st;
     if (fstat(fd, &st) != 0) {
         err = VALIDATE_EIO;
-        snprintf(why, sizeof why, "%s: %s", file, strerror(errno));
+        validate_error_set(&why, VALIDATE_EIO, "%s: %s", file, strerror(errno));
         goto done;
     }
     if (!S_ISREG(st.st_mode)) {
         err = VALIDATE_EIO;
-        snprintf(why, sizeof why, "%s: not a regular file", file);
+        validate_error_set(&why, VALIDATE_EIO, "%s: not a regular file", file);
         goto done;
     }
     /* Refuse a file too large for the pieces before reading any of it. */
@@ -405,19 +406,18 @@ static int cmd_create(int argc, char **argv)
                          (unsigned long long)piece_size, fits / 1024);
         goto done;
     }
-    err = validate_digest_fd(fd, (uint32_t)piece_size, &d, why, sizeof why);
+    err = validate_digest_fd(fd, (uint32_t)piece_size, &d, &why);
     if (err != VALIDATE_OK) {
-        char detail[sizeof why];
-        memcpy(detail, why, sizeof why);
-        snprintf(why, sizeof why, "%s: %.900s", file, detail);
+        validate_error detail = why;
+        validate_error_set(&why, err, "%s: %.900s", file, detail.text);
         goto done;
     }
     err = validate_manifest_sign(&d, version, expires, sk, &m);
     if (err != VALIDATE_OK) {
-        snprintf(why, sizeof why, "%s: %s", file, validate_strerror(err));
+        validate_error_set(&why, err, "%s: %s", file, validate_strerror(err));
         goto done;
     }
-    err = validate_manifest_save(m, out_path, why, sizeof why);
+    err = validate_manifest_save(m, out_path, &why);
     if (err != VALIDATE_OK)
         goto done;
     char cid[2 * VALIDATE_CONTENT_ID_BYTES + 1], when[32];
@@ -449,7 +449,7 @@ done:
         return rc;
     /* Nothing read from outside is judged here: any failure is local. */
     if (err != VALIDATE_OK) {
-        fprintf(stderr, "dopa-manifest: %s\n", why);
+        fprintf(stderr, "dopa-manifest: %s\n", why.text);
         return EXIT_ERROR;
     }
     return EXIT_OK;
@@ -524,29 +524,28 @@ static int cmd_verify(int argc, char **argv)
 
     validate_manifest *m = NULL;
     validate_file_report report;
-    char why[1024], detail[512];
+    validate_error why, detail;
     int fd = -1;
-    int err = validate_manifest_load(manifest, &m, why, sizeof why);
+    int err = validate_manifest_load(manifest, &m, &why);
     if (err != VALIDATE_OK)
         goto done;
-    err =
-        validate_manifest_verify(m, o.keys, o.n_keys, (uint64_t)time(NULL), detail, sizeof detail);
+    err = validate_manifest_verify(m, o.keys, o.n_keys, (uint64_t)time(NULL), &detail);
     if (err != VALIDATE_OK) {
-        snprintf(why, sizeof why, "%s: %s: %s", manifest, validate_strerror(err), detail);
+        validate_error_set(&why, err, "%s: %s: %s", manifest, validate_strerror(err), detail.text);
         goto done;
     }
     fd = open(file, O_RDONLY | O_CLOEXEC);
     if (fd < 0) {
         err = VALIDATE_EIO;
-        snprintf(why, sizeof why, "%s: %s", file, strerror(errno));
+        validate_error_set(&why, VALIDATE_EIO, "%s: %s", file, strerror(errno));
         goto done;
     }
-    err = validate_manifest_check_fd(m, fd, &report, detail, sizeof detail);
+    err = validate_manifest_check_fd(m, fd, &report, &detail);
     if (err != VALIDATE_OK) {
         if (exit_for(err) == EXIT_MISMATCH)
-            snprintf(why, sizeof why, "%s does not match %s: %s", file, manifest, detail);
+            validate_error_set(&why, err, "%s does not match %s: %s", file, manifest, detail.text);
         else
-            snprintf(why, sizeof why, "%s: %s", file, detail);
+            validate_error_set(&why, err, "%s: %s", file, detail.text);
         goto done;
     }
     if (json) {
@@ -563,9 +562,9 @@ done:
     /* A mismatch or a rejected manifest is a verdict too: JSON says so. */
     rc = exit_for(err);
     if (json && (rc == EXIT_MISMATCH || rc == EXIT_REJECTED))
-        print_verdict_json(file, manifest, m, why);
+        print_verdict_json(file, manifest, m, why.text);
     validate_manifest_free(m);
-    return err == VALIDATE_OK ? EXIT_OK : fail(err, why);
+    return err == VALIDATE_OK ? EXIT_OK : fail(err, why.text);
 }
 
 static int cmd_show(int argc, char **argv)
@@ -586,14 +585,13 @@ static int cmd_show(int argc, char **argv)
     const char *path = argv[optind];
 
     validate_manifest *m = NULL;
-    char why[1024], detail[512];
-    int err = validate_manifest_load(path, &m, why, sizeof why);
+    validate_error why, detail;
+    int err = validate_manifest_load(path, &m, &why);
     if (err != VALIDATE_OK)
-        return fail(err, why);
+        return fail(err, why.text);
     const char *signature = "not checked (give --pubkey)";
     if (o.n_keys > 0) {
-        err = validate_manifest_verify(m, o.keys, o.n_keys, (uint64_t)time(NULL), detail,
-                                       sizeof detail);
+        err = validate_manifest_verify(m, o.keys, o.n_keys, (uint64_t)time(NULL), &detail);
         signature = err == VALIDATE_OK ? "valid, trusted key" : validate_strerror(err);
     }
 
@@ -656,8 +654,8 @@ static int cmd_show(int argc, char **argv)
     }
     validate_manifest_free(m);
     if (err != VALIDATE_OK) {
-        snprintf(why, sizeof why, "%s: %s", path, detail);
-        return fail(err, why);
+        validate_error_set(&why, err, "%s: %s", path, detail.text);
+        return fail(err, why.text);
     }
     return EXIT_OK;
 }

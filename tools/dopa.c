@@ -576,9 +576,9 @@ static int absolute_path(const char *path, char *out, size_t len)
 static int read_manifest(const char *path, uint8_t **buf, size_t *len)
 {
     validate_manifest *mf = NULL;
-    char why[512];
-    if (validate_manifest_load(path, &mf, why, sizeof why) != VALIDATE_OK) {
-        fprintf(stderr, "dopa: %s\n", why);
+    validate_error why;
+    if (validate_manifest_load(path, &mf, &why) != VALIDATE_OK) {
+        fprintf(stderr, "dopa: %s\n", why.text);
         return -1;
     }
     *buf = malloc(mf->encoded_len);
@@ -1764,12 +1764,12 @@ static int cmd_group_key(int argc, char **argv)
         return rc;
     const char *path = w.args[0];
     uint8_t key[PEER_GROUP_KEY_BYTES];
-    char why[512];
+    validate_error why;
     peer_group_key_generate(key);
-    int err = peer_group_key_save(key, path, force != 0, why, sizeof why);
+    int err = peer_group_key_save(key, path, force != 0, &why);
     sodium_memzero(key, sizeof key);
     if (err != PEER_OK) {
-        fprintf(stderr, "dopa: group-key: %s\n", why);
+        fprintf(stderr, "dopa: group-key: %s\n", why.text);
         if (err == PEER_EEXISTS)
             fprintf(stderr, "dopa: give --force to replace it\n");
         return EXIT_REFUSED;

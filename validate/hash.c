@@ -293,7 +293,7 @@ static ssize_t read_full(int fd, uint8_t *buf, size_t len, uint64_t offset)
     return (ssize_t)got;
 }
 
-int validate_digest_fd(int fd, uint32_t piece_size, validate_digest *out, char *why, size_t why_len)
+int validate_digest_fd(int fd, uint32_t piece_size, validate_digest *out, validate_error *why)
 {
     validate_digester *dg = NULL;
     uint8_t *bufs = NULL;
@@ -301,10 +301,10 @@ int validate_digest_fd(int fd, uint32_t piece_size, validate_digest *out, char *
     int threaded = 0, pending = 0;
     int err = validate_digester_new(piece_size, &dg);
     if (err != VALIDATE_OK)
-        return validate_fail(why, why_len, err, "%s", validate_strerror(err));
+        return validate_error_set(why, err, "%s", validate_strerror(err));
     bufs = malloc(2 * (size_t)CHUNK);
     if (bufs == NULL) {
-        err = validate_fail(why, why_len, VALIDATE_ENOMEM, "out of memory");
+        err = validate_error_set(why, VALIDATE_ENOMEM, "out of memory");
         goto done;
     }
     threaded = sha_helper_start(&helper, &dg->sha) == 0;
@@ -315,17 +315,17 @@ int validate_digest_fd(int fd, uint32_t piece_size, validate_digest *out, char *
         uint8_t *chunk = bufs + k * (size_t)CHUNK;
         ssize_t n = read_full(fd, chunk, CHUNK, offset);
         if (n < 0) {
-            err = validate_fail(why, why_len, VALIDATE_EIO, "read at offset %llu: %s",
-                                (unsigned long long)offset, strerror(errno));
+            err = validate_error_set(why, VALIDATE_EIO, "read at offset %llu: %s",
+                                     (unsigned long long)offset, strerror(errno));
             break;
         }
         if (n == 0)
             break;
         if (!digester_fits(dg, (size_t)n)) {
-            err = validate_fail(why, why_len, VALIDATE_ETOO_MANY_PIECES,
-                                "file needs more than %u pieces of %u bytes; use a larger "
-                                "piece size",
-                                VALIDATE_MAX_PIECES, piece_size);
+            err = validate_error_set(why, VALIDATE_ETOO_MANY_PIECES,
+                                     "file needs more than %u pieces of %u bytes; use a larger "
+                                     "piece size",
+                                     VALIDATE_MAX_PIECES, piece_size);
             break;
         }
         if (threaded) {
@@ -340,7 +340,7 @@ int validate_digest_fd(int fd, uint32_t piece_size, validate_digest *out, char *
         }
         err = digester_blake2b(dg, chunk, (size_t)n);
         if (err != VALIDATE_OK) {
-            err = validate_fail(why, why_len, err, "%s", validate_strerror(err));
+            err = validate_error_set(why, err, "%s", validate_strerror(err));
             break;
         }
         offset += (uint64_t)n;
@@ -352,7 +352,7 @@ int validate_digest_fd(int fd, uint32_t piece_size, validate_digest *out, char *
     if (err == VALIDATE_OK) {
         err = validate_digester_finish(dg, out);
         if (err != VALIDATE_OK)
-            err = validate_fail(why, why_len, err, "%s", validate_strerror(err));
+            err = validate_error_set(why, err, "%s", validate_strerror(err));
     }
 done:
     free(bufs);

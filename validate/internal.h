@@ -8,26 +8,23 @@
 #include <stddef.h>
 #include <stdint.h>
 
-/* Writes a formatted explanation into why (if not NULL) and returns err. */
-int validate_fail(char *why, size_t why_len, int err, const char *fmt, ...)
-    __attribute__((format(printf, 4, 5)));
+#include "validate.h"
 
 /* Reads a whole regular file of at most `max` bytes into a new buffer
  * (NUL-terminated for convenience; *len excludes the NUL). Larger files
  * fail with VALIDATE_ETOOBIG. On success *st_mode and *st_uid describe it. */
 int validate_read_file(const char *path, size_t max, uint8_t **buf, size_t *len, unsigned *st_mode,
-                       unsigned *st_uid, char *why, size_t why_len);
+                       unsigned *st_uid, validate_error *why);
 
 /* Writes buf to a new temporary file beside `path` (its name in tmp, which
  * holds PATH_MAX bytes), with `mode` whatever the umask, and fsyncs it. */
 int validate_temp_write(const char *path, const void *buf, size_t len, unsigned mode, char *tmp,
-                        char *why, size_t why_len);
+                        validate_error *why);
 
 /* Gives the temporary file its final name: replacing `path` when overwrite
  * is set, else refusing an existing one (VALIDATE_EEXISTS) and removing the
  * temporary file. Never follows a symlink at `path`. */
-int validate_temp_commit(const char *tmp, const char *path, int overwrite, char *why,
-                         size_t why_len);
+int validate_temp_commit(const char *tmp, const char *path, int overwrite, validate_error *why);
 
 struct validate_secret_key;
 

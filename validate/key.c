@@ -159,30 +159,30 @@ int validate_public_key_parse(const char *text, validate_public_key *out)
     return public_key_from_text(text, strlen(text), out);
 }
 
-int validate_public_key_load(const char *path, validate_public_key *out, char *why, size_t why_len)
+int validate_public_key_load(const char *path, validate_public_key *out, validate_error *why)
 {
     uint8_t *buf = NULL;
     size_t len = 0;
     const char *line = NULL;
     size_t line_len = 0;
-    int err = validate_read_file(path, KEY_FILE_MAX, &buf, &len, NULL, NULL, why, why_len);
+    int err = validate_read_file(path, KEY_FILE_MAX, &buf, &len, NULL, NULL, why);
     if (err == VALIDATE_ETOOBIG)
-        return validate_fail(why, why_len, VALIDATE_EKEY_FORMAT,
-                             "%s: not a dopa public key (larger than %d bytes)", path,
-                             KEY_FILE_MAX);
+        return validate_error_set(why, VALIDATE_EKEY_FORMAT,
+                                  "%s: not a dopa public key (larger than %d bytes)", path,
+                                  KEY_FILE_MAX);
     if (err != VALIDATE_OK)
         return err;
     if (strlen((char *)buf) != len || first_key_line((char *)buf, &line, &line_len) != 0 ||
         public_key_from_text(line, line_len, out) != VALIDATE_OK)
-        err = validate_fail(why, why_len, VALIDATE_EKEY_FORMAT,
-                            "%s: not a dopa public key (expected a line \"" PUB_PREFIX "...\")",
-                            path);
+        err = validate_error_set(
+            why, VALIDATE_EKEY_FORMAT,
+            "%s: not a dopa public key (expected a line \"" PUB_PREFIX "...\")", path);
     free(buf);
     return err;
 }
 
 int validate_secret_key_save(const validate_secret_key *sk, const char *path, int overwrite,
-                             char *why, size_t why_len)
+                             validate_error *why)
 {
     char id[2 * VALIDATE_KEY_ID_BYTES + 1];
     char pub_text[VALIDATE_PUBLIC_KEY_TEXT_MAX];
@@ -194,11 +194,11 @@ int validate_secret_key_save(const validate_secret_key *sk, const char *path, in
     validate_hex(sk->pub.id, sizeof sk->pub.id, id);
     validate_public_key_text(&sk->pub, pub_text);
     if (snprintf(pub_path, sizeof pub_path, "%s.pub", path) >= (int)sizeof pub_path)
-        return validate_fail(why, why_len, VALIDATE_EINVAL, "%s: path too long", path);
+        return validate_error_set(why, VALIDATE_EINVAL, "%s: path too long", path);
     struct stat st;
     if (!overwrite && (lstat(path, &st) == 0 || lstat(pub_path, &st) == 0))
-        return validate_fail(why, why_len, VALIDATE_EEXISTS,
-                             "%s or %s exists; refusing to overwrite a key", path, pub_path);
+        return validate_error_set(why, VALIDATE_EEXISTS,
+                                  "%s or %s exists; refusing to overwrite a key", path, pub_path);
 
     /* Both files are written in full before either gets its name, so a
      * failure leaves the old pair (or nothing) in place. */
@@ -207,32 +207,32 @@ int validate_secret_key_save(const validate_secret_key *sk, const char *path, in
                      "# dopa publisher secret key (Ed25519). Keep it private.\n"
                      "# key id: %s\n" SEC_PREFIX "%s\n",
                      id, seed_b64);
-    err = validate_temp_write(path, text, (size_t)n, 0600, sec_tmp, why, why_len);
+    err = validate_temp_write(path, text, (size_t)n, 0600, sec_tmp, why);
     sodium_memzero(text, sizeof text);
     sodium_memzero(seed_b64, sizeof seed_b64);
     if (err != VALIDATE_OK)
         return err;
     n = snprintf(text, sizeof text, "# dopa publisher public key\n# key id: %s\n%s\n", id,
                  pub_text);
-    err = validate_temp_write(pub_path, text, (size_t)n, 0644, pub_tmp, why, why_len);
+    err = validate_temp_write(pub_path, text, (size_t)n, 0644, pub_tmp, why);
     if (err != VALIDATE_OK) {
         unlink(sec_tmp);
         return err;
     }
     /* The public key first: if the secret key then fails, the old secret
      * key is still there rather than lost. */
-    err = validate_temp_commit(pub_tmp, pub_path, overwrite, why, why_len);
+    err = validate_temp_commit(pub_tmp, pub_path, overwrite, why);
     if (err != VALIDATE_OK) {
         unlink(sec_tmp);
         return err;
     }
-    err = validate_temp_commit(sec_tmp, path, overwrite, why, why_len);
+    err = validate_temp_commit(sec_tmp, path, overwrite, why);
     if (err != VALIDATE_OK && !overwrite)
         unlink(pub_path); /* the .pub we just created has no secret key */
     return err;
 }
 
-int validate_secret_key_load(const char *path, validate_secret_key **out, char *why, size_t why_len)
+int validate_secret_key_load(const char *path, validate_secret_key **out, validate_error *why)
 {
     uint8_t *buf = NULL;
     size_t len = 0;
@@ -240,30 +240,30 @@ int validate_secret_key_load(const char *path, validate_secret_key **out, char *
     const char *line = NULL;
     size_t line_len = 0;
     uint8_t seed[crypto_sign_SEEDBYTES];
-    int err = validate_read_file(path, KEY_FILE_MAX, &buf, &len, &mode, NULL, why, why_len);
+    int err = validate_read_file(path, KEY_FILE_MAX, &buf, &len, &mode, NULL, why);
     if (err == VALIDATE_ETOOBIG)
-        return validate_fail(why, why_len, VALIDATE_EKEY_FORMAT,
-                             "%s: not a dopa secret key (larger than %d bytes)", path,
-                             KEY_FILE_MAX);
+        return validate_error_set(why, VALIDATE_EKEY_FORMAT,
+                                  "%s: not a dopa secret key (larger than %d bytes)", path,
+                                  KEY_FILE_MAX);
     if (err != VALIDATE_OK)
         return err;
     if ((mode & 077) != 0) {
-        err = validate_fail(why, why_len, VALIDATE_EKEY_PERMS,
-                            "%s: mode %04o gives other users access to the secret key; run "
-                            "`chmod 600 %s`",
-                            path, mode & 07777, path);
+        err = validate_error_set(why, VALIDATE_EKEY_PERMS,
+                                 "%s: mode %04o gives other users access to the secret key; run "
+                                 "`chmod 600 %s`",
+                                 path, mode & 07777, path);
         goto done;
     }
     if (strlen((char *)buf) != len || first_key_line((char *)buf, &line, &line_len) != 0 ||
         decode_key_text(line, line_len, SEC_PREFIX, seed, sizeof seed) != VALIDATE_OK) {
-        err = validate_fail(why, why_len, VALIDATE_EKEY_FORMAT,
-                            "%s: not a dopa secret key (expected a line \"" SEC_PREFIX "...\")",
-                            path);
+        err = validate_error_set(
+            why, VALIDATE_EKEY_FORMAT,
+            "%s: not a dopa secret key (expected a line \"" SEC_PREFIX "...\")", path);
         goto done;
     }
     err = secret_key_from_seed(seed, out);
     if (err != VALIDATE_OK)
-        validate_fail(why, why_len, err, "%s: %s", path, validate_strerror(err));
+        validate_error_set(why, err, "%s: %s", path, validate_strerror(err));
 done:
     sodium_memzero(seed, sizeof seed);
     sodium_memzero(buf, len);

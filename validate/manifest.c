@@ -74,85 +74,81 @@ static validate_manifest *decode(uint8_t *buf, size_t len)
 }
 
 /* The structural checks shared by parse and sign: piece size, count, limits. */
-static int check_shape(uint64_t file_size, uint64_t piece_size, uint64_t piece_count, char *why,
-                       size_t why_len)
+static int check_shape(uint64_t file_size, uint64_t piece_size, uint64_t piece_count,
+                       validate_error *why)
 {
     if (!validate_piece_size_ok(piece_size))
-        return validate_fail(why, why_len, VALIDATE_EPIECE_SIZE,
-                             "piece size %llu is not a power of two between %u and %u",
-                             (unsigned long long)piece_size, VALIDATE_PIECE_SIZE_MIN,
-                             VALIDATE_PIECE_SIZE_MAX);
+        return validate_error_set(
+            why, VALIDATE_EPIECE_SIZE, "piece size %llu is not a power of two between %u and %u",
+            (unsigned long long)piece_size, VALIDATE_PIECE_SIZE_MIN, VALIDATE_PIECE_SIZE_MAX);
     if (piece_count > VALIDATE_MAX_PIECES)
-        return validate_fail(why, why_len, VALIDATE_ETOO_MANY_PIECES,
-                             "%llu pieces, more than the limit of %u",
-                             (unsigned long long)piece_count, VALIDATE_MAX_PIECES);
+        return validate_error_set(why, VALIDATE_ETOO_MANY_PIECES,
+                                  "%llu pieces, more than the limit of %u",
+                                  (unsigned long long)piece_count, VALIDATE_MAX_PIECES);
     uint64_t expected = validate_piece_count(file_size, (uint32_t)piece_size);
     if (piece_count != expected)
-        return validate_fail(why, why_len, VALIDATE_EPIECE_COUNT,
-                             "%llu pieces, but %llu bytes in pieces of %llu need %llu",
-                             (unsigned long long)piece_count, (unsigned long long)file_size,
-                             (unsigned long long)piece_size, (unsigned long long)expected);
+        return validate_error_set(why, VALIDATE_EPIECE_COUNT,
+                                  "%llu pieces, but %llu bytes in pieces of %llu need %llu",
+                                  (unsigned long long)piece_count, (unsigned long long)file_size,
+                                  (unsigned long long)piece_size, (unsigned long long)expected);
     return VALIDATE_OK;
 }
 
-int validate_manifest_parse(const void *data, size_t len, validate_manifest **out, char *why,
-                            size_t why_len)
+int validate_manifest_parse(const void *data, size_t len, validate_manifest **out,
+                            validate_error *why)
 {
     const uint8_t *buf = data;
     if (data == NULL || out == NULL)
-        return validate_fail(why, why_len, VALIDATE_EINVAL, "no manifest given");
+        return validate_error_set(why, VALIDATE_EINVAL, "no manifest given");
     int err = validate_init();
     if (err != VALIDATE_OK)
-        return validate_fail(why, why_len, err, "%s", validate_strerror(err));
+        return validate_error_set(why, err, "%s", validate_strerror(err));
     if (len > VALIDATE_MANIFEST_MAX_BYTES)
-        return validate_fail(why, why_len, VALIDATE_ETOOBIG,
-                             "%zu bytes, more than the limit of %zu", len,
-                             (size_t)VALIDATE_MANIFEST_MAX_BYTES);
+        return validate_error_set(why, VALIDATE_ETOOBIG, "%zu bytes, more than the limit of %zu",
+                                  len, (size_t)VALIDATE_MANIFEST_MAX_BYTES);
     if (len >= sizeof magic && memcmp(buf + OFF_MAGIC, magic, sizeof magic) != 0)
-        return validate_fail(why, why_len, VALIDATE_EMAGIC, "does not start with \"DOPAMFST\"");
+        return validate_error_set(why, VALIDATE_EMAGIC, "does not start with \"DOPAMFST\"");
     if (len < VALIDATE_MANIFEST_HEADER_BYTES + VALIDATE_MANIFEST_SIGNATURE_BYTES)
-        return validate_fail(why, why_len, VALIDATE_ETRUNCATED,
-                             "%zu bytes, shorter than the smallest manifest (%u)", len,
-                             VALIDATE_MANIFEST_HEADER_BYTES + VALIDATE_MANIFEST_SIGNATURE_BYTES);
+        return validate_error_set(
+            why, VALIDATE_ETRUNCATED, "%zu bytes, shorter than the smallest manifest (%u)", len,
+            VALIDATE_MANIFEST_HEADER_BYTES + VALIDATE_MANIFEST_SIGNATURE_BYTES);
     uint16_t format = get_le16(buf + OFF_FORMAT);
     if (format != VALIDATE_MANIFEST_FORMAT)
-        return validate_fail(why, why_len, VALIDATE_EVERSION,
-                             "format version %u; this dopa reads version %u", format,
-                             VALIDATE_MANIFEST_FORMAT);
+        return validate_error_set(why, VALIDATE_EVERSION,
+                                  "format version %u; this dopa reads version %u", format,
+                                  VALIDATE_MANIFEST_FORMAT);
     uint16_t reserved = get_le16(buf + OFF_RESERVED);
     if (reserved != 0)
-        return validate_fail(why, why_len, VALIDATE_ERESERVED, "reserved field is 0x%04x",
-                             reserved);
+        return validate_error_set(why, VALIDATE_ERESERVED, "reserved field is 0x%04x", reserved);
     uint64_t piece_count = get_le64(buf + OFF_PIECE_COUNT);
     err = check_shape(get_le64(buf + OFF_FILE_SIZE), get_le32(buf + OFF_PIECE_SIZE), piece_count,
-                      why, why_len);
+                      why);
     if (err != VALIDATE_OK)
         return err;
     /* piece_count <= VALIDATE_MAX_PIECES, so this cannot overflow. */
     size_t expected = VALIDATE_MANIFEST_HEADER_BYTES + (size_t)piece_count * VALIDATE_HASH_BYTES +
                       VALIDATE_MANIFEST_SIGNATURE_BYTES;
     if (len < expected)
-        return validate_fail(why, why_len, VALIDATE_ETRUNCATED,
-                             "%zu bytes, but %llu pieces need %zu", len,
-                             (unsigned long long)piece_count, expected);
+        return validate_error_set(why, VALIDATE_ETRUNCATED, "%zu bytes, but %llu pieces need %zu",
+                                  len, (unsigned long long)piece_count, expected);
     if (len > expected)
-        return validate_fail(why, why_len, VALIDATE_ETRAILING, "%zu bytes after the signature",
-                             len - expected);
+        return validate_error_set(why, VALIDATE_ETRAILING, "%zu bytes after the signature",
+                                  len - expected);
 
     uint8_t *copy = malloc(len);
     if (copy == NULL)
-        return validate_fail(why, why_len, VALIDATE_ENOMEM, "out of memory");
+        return validate_error_set(why, VALIDATE_ENOMEM, "out of memory");
     memcpy(copy, buf, len);
     *out = decode(copy, len);
     if (*out == NULL) {
         free(copy);
-        return validate_fail(why, why_len, VALIDATE_ENOMEM, "out of memory");
+        return validate_error_set(why, VALIDATE_ENOMEM, "out of memory");
     }
     return VALIDATE_OK;
 }
 
 int validate_manifest_verify(const validate_manifest *m, const validate_public_key *trusted,
-                             size_t n_trusted, uint64_t now, char *why, size_t why_len)
+                             size_t n_trusted, uint64_t now, validate_error *why)
 {
     char id[2 * VALIDATE_KEY_ID_BYTES + 1];
     const validate_public_key *key = NULL;
@@ -161,30 +157,30 @@ int validate_manifest_verify(const validate_manifest *m, const validate_public_k
             key = &trusted[i];
     validate_hex(m->key_id, sizeof m->key_id, id);
     if (key == NULL)
-        return validate_fail(why, why_len, VALIDATE_EUNTRUSTED_KEY,
-                             "signed by key id %s, which is not among the %zu trusted keys", id,
-                             n_trusted);
+        return validate_error_set(why, VALIDATE_EUNTRUSTED_KEY,
+                                  "signed by key id %s, which is not among the %zu trusted keys",
+                                  id, n_trusted);
     if (crypto_sign_verify_detached(m->signature, m->encoded,
                                     m->encoded_len - VALIDATE_MANIFEST_SIGNATURE_BYTES,
                                     key->key) != 0)
-        return validate_fail(why, why_len, VALIDATE_ESIGNATURE,
-                             "signature does not verify with key id %s", id);
+        return validate_error_set(why, VALIDATE_ESIGNATURE,
+                                  "signature does not verify with key id %s", id);
     if (m->expires_at != VALIDATE_NEVER_EXPIRES && now >= m->expires_at)
-        return validate_fail(why, why_len, VALIDATE_EEXPIRED,
-                             "expired at %llu, now is %llu (unix time)",
-                             (unsigned long long)m->expires_at, (unsigned long long)now);
+        return validate_error_set(why, VALIDATE_EEXPIRED,
+                                  "expired at %llu, now is %llu (unix time)",
+                                  (unsigned long long)m->expires_at, (unsigned long long)now);
     return VALIDATE_OK;
 }
 
 int validate_manifest_open(const void *buf, size_t len, const validate_public_key *trusted,
-                           size_t n_trusted, uint64_t now, validate_manifest **out, char *why,
-                           size_t why_len)
+                           size_t n_trusted, uint64_t now, validate_manifest **out,
+                           validate_error *why)
 {
     validate_manifest *m = NULL;
-    int err = validate_manifest_parse(buf, len, &m, why, why_len);
+    int err = validate_manifest_parse(buf, len, &m, why);
     if (err != VALIDATE_OK)
         return err;
-    err = validate_manifest_verify(m, trusted, n_trusted, now, why, why_len);
+    err = validate_manifest_verify(m, trusted, n_trusted, now, why);
     if (err != VALIDATE_OK) {
         validate_manifest_free(m);
         return err;
@@ -198,7 +194,7 @@ int validate_manifest_sign(const validate_digest *d, uint64_t content_version, u
 {
     if (d == NULL || sk == NULL || out == NULL || (d->piece_count > 0 && d->piece_hashes == NULL))
         return VALIDATE_EINVAL;
-    int err = check_shape(d->file_size, d->piece_size, d->piece_count, NULL, 0);
+    int err = check_shape(d->file_size, d->piece_size, d->piece_count, NULL);
     if (err != VALIDATE_OK)
         return err;
     size_t body = VALIDATE_MANIFEST_HEADER_BYTES + (size_t)d->piece_count * VALIDATE_HASH_BYTES;
@@ -240,25 +236,24 @@ void validate_manifest_free(validate_manifest *m)
     free(m);
 }
 
-int validate_manifest_load(const char *path, validate_manifest **out, char *why, size_t why_len)
+int validate_manifest_load(const char *path, validate_manifest **out, validate_error *why)
 {
     uint8_t *buf = NULL;
     size_t len = 0;
-    int err =
-        validate_read_file(path, VALIDATE_MANIFEST_MAX_BYTES, &buf, &len, NULL, NULL, why, why_len);
+    int err = validate_read_file(path, VALIDATE_MANIFEST_MAX_BYTES, &buf, &len, NULL, NULL, why);
     if (err != VALIDATE_OK)
         return err;
-    char detail[256] = "";
-    err = validate_manifest_parse(buf, len, out, detail, sizeof detail);
+    validate_error detail;
+    err = validate_manifest_parse(buf, len, out, &detail);
     if (err != VALIDATE_OK)
-        validate_fail(why, why_len, err, "%s: %s: %s", path, validate_strerror(err), detail);
+        validate_error_set(why, err, "%s: %s: %s", path, validate_strerror(err), detail.text);
     free(buf);
     return err;
 }
 
-int validate_manifest_save(const validate_manifest *m, const char *path, char *why, size_t why_len)
+int validate_manifest_save(const validate_manifest *m, const char *path, validate_error *why)
 {
-    return validate_write_file(path, m->encoded, m->encoded_len, 0644, 1, why, why_len);
+    return validate_write_file(path, m->encoded, m->encoded_len, 0644, 1, why);
 }
 
 const uint8_t *validate_manifest_piece_hash(const validate_manifest *m, uint64_t index)
@@ -283,7 +278,7 @@ int validate_manifest_check_piece(const validate_manifest *m, uint64_t index, co
 }
 
 int validate_manifest_check_fd(const validate_manifest *m, int fd, validate_file_report *report,
-                               char *why, size_t why_len)
+                               validate_error *why)
 {
     validate_file_report r = {0};
     validate_digest d = {0};
@@ -291,28 +286,28 @@ int validate_manifest_check_fd(const validate_manifest *m, int fd, validate_file
     struct stat st;
 
     if (fstat(fd, &st) != 0) {
-        err = validate_fail(why, why_len, VALIDATE_EIO, "%s", strerror(errno));
+        err = validate_error_set(why, VALIDATE_EIO, "%s", strerror(errno));
         goto done;
     }
     r.size = (uint64_t)st.st_size;
     if (r.size != m->file_size) {
-        err = validate_fail(why, why_len, VALIDATE_EFILE_SIZE,
-                            "file has %llu bytes, the manifest says %llu",
-                            (unsigned long long)r.size, (unsigned long long)m->file_size);
+        err = validate_error_set(why, VALIDATE_EFILE_SIZE,
+                                 "file has %llu bytes, the manifest says %llu",
+                                 (unsigned long long)r.size, (unsigned long long)m->file_size);
         goto done;
     }
-    err = validate_digest_fd(fd, m->piece_size, &d, why, why_len);
+    err = validate_digest_fd(fd, m->piece_size, &d, why);
     if (err == VALIDATE_ETOO_MANY_PIECES) /* it grew while we read it */
-        err = validate_fail(why, why_len, VALIDATE_EFILE_SIZE,
-                            "file grew beyond the manifest's %llu bytes while being read",
-                            (unsigned long long)m->file_size);
+        err = validate_error_set(why, VALIDATE_EFILE_SIZE,
+                                 "file grew beyond the manifest's %llu bytes while being read",
+                                 (unsigned long long)m->file_size);
     if (err != VALIDATE_OK)
         goto done;
     r.size = d.file_size;
     if (d.file_size != m->file_size) { /* changed while we read it */
-        err = validate_fail(why, why_len, VALIDATE_EFILE_SIZE,
-                            "file has %llu bytes, the manifest says %llu",
-                            (unsigned long long)d.file_size, (unsigned long long)m->file_size);
+        err = validate_error_set(why, VALIDATE_EFILE_SIZE,
+                                 "file has %llu bytes, the manifest says %llu",
+                                 (unsigned long long)d.file_size, (unsigned long long)m->file_size);
         goto done;
     }
     for (uint64_t i = 0; i < m->piece_count; i++) {
@@ -323,16 +318,16 @@ int validate_manifest_check_fd(const validate_manifest *m, int fd, validate_file
         }
     }
     if (r.bad_pieces > 0) {
-        err = validate_fail(why, why_len, VALIDATE_EPIECE_HASH,
-                            "%llu of %llu pieces do not match, the first is piece %llu",
-                            (unsigned long long)r.bad_pieces, (unsigned long long)m->piece_count,
-                            (unsigned long long)r.first_bad_piece);
+        err = validate_error_set(
+            why, VALIDATE_EPIECE_HASH, "%llu of %llu pieces do not match, the first is piece %llu",
+            (unsigned long long)r.bad_pieces, (unsigned long long)m->piece_count,
+            (unsigned long long)r.first_bad_piece);
         goto done;
     }
     if (sodium_memcmp(d.sha256, m->sha256, VALIDATE_HASH_BYTES) != 0 ||
         sodium_memcmp(d.blake2b, m->blake2b, VALIDATE_HASH_BYTES) != 0) {
-        err = validate_fail(why, why_len, VALIDATE_EFILE_HASH,
-                            "every piece matches but the whole-file hashes do not");
+        err = validate_error_set(why, VALIDATE_EFILE_HASH,
+                                 "every piece matches but the whole-file hashes do not");
         goto done;
     }
     err = VALIDATE_OK;

@@ -39,25 +39,25 @@ struct validate_plugin_set {
 
 /* A file dopad executes or trusts must be changeable only by root or by the
  * user dopad runs as. */
-static int check_owner(const char *path, const struct stat *st, char *why, size_t why_len)
+static int check_owner(const char *path, const struct stat *st, validate_error *why)
 {
     if (st->st_uid != 0 && st->st_uid != geteuid())
-        return validate_fail(why, why_len, VALIDATE_EPLUGIN_UNSAFE,
-                             "%s: owned by uid %u, neither root nor this user", path,
-                             (unsigned)st->st_uid);
+        return validate_error_set(why, VALIDATE_EPLUGIN_UNSAFE,
+                                  "%s: owned by uid %u, neither root nor this user", path,
+                                  (unsigned)st->st_uid);
     if ((st->st_mode & (S_IWGRP | S_IWOTH)) != 0)
-        return validate_fail(why, why_len, VALIDATE_EPLUGIN_UNSAFE,
-                             "%s: mode %04o lets other users change it", path,
-                             (unsigned)st->st_mode & 07777);
+        return validate_error_set(why, VALIDATE_EPLUGIN_UNSAFE,
+                                  "%s: mode %04o lets other users change it", path,
+                                  (unsigned)st->st_mode & 07777);
     return VALIDATE_OK;
 }
 
 /* check_owner for a resolved file and each directory up to "/". A
  * directory others may write is accepted only with the sticky bit (as /tmp):
  * then nobody else can rename or remove what is ours inside it. */
-static int check_chain(const char *real, const struct stat *file, char *why, size_t why_len)
+static int check_chain(const char *real, const struct stat *file, validate_error *why)
 {
-    int err = check_owner(real, file, why, why_len);
+    int err = check_owner(real, file, why);
     if (err != VALIDATE_OK)
         return err;
     char dir[PATH_MAX];
@@ -72,11 +72,10 @@ static int check_chain(const char *real, const struct stat *file, char *why, siz
             *slash = '\0';
         struct stat st;
         if (stat(dir, &st) != 0)
-            return validate_fail(why, why_len, VALIDATE_EPLUGIN_OPEN, "%s: %s", dir,
-                                 strerror(errno));
+            return validate_error_set(why, VALIDATE_EPLUGIN_OPEN, "%s: %s", dir, strerror(errno));
         if ((st.st_mode & S_ISVTX) != 0 && (st.st_uid == 0 || st.st_uid == geteuid()))
             st.st_mode &= (mode_t) ~(S_IWGRP | S_IWOTH);
-        err = check_owner(dir, &st, why, why_len);
+        err = check_owner(dir, &st, why);
         if (err != VALIDATE_OK)
             return err;
         if (strcmp(dir, "/") == 0)
@@ -84,8 +83,8 @@ static int check_chain(const char *real, const struct stat *file, char *why, siz
     }
 }
 
-int validate_plugin_open(const char *path, const char *config, validate_plugin **out, char *why,
-                         size_t why_len)
+int validate_plugin_open(const char *path, const char *config, validate_plugin **out,
+                         validate_error *why)
 {
     int err;
     struct stat st;
@@ -93,30 +92,30 @@ int validate_plugin_open(const char *path, const char *config, validate_plugin *
     validate_plugin *p = NULL;
 
     if (path == NULL || out == NULL || strchr(path, '/') == NULL)
-        return validate_fail(why, why_len, VALIDATE_EINVAL,
-                             "plugin path must contain a '/' (got %s)", path ? path : "nothing");
+        return validate_error_set(why, VALIDATE_EINVAL, "plugin path must contain a '/' (got %s)",
+                                  path ? path : "nothing");
     /* Judge the resolved file and every directory above it: when only
      * trusted users can change any of them, nobody else can swap the file
      * between this check and dlopen. */
     if (realpath(path, real) == NULL)
-        return validate_fail(why, why_len, VALIDATE_EPLUGIN_OPEN, "%s: %s", path, strerror(errno));
+        return validate_error_set(why, VALIDATE_EPLUGIN_OPEN, "%s: %s", path, strerror(errno));
     if (stat(real, &st) != 0)
-        return validate_fail(why, why_len, VALIDATE_EPLUGIN_OPEN, "%s: %s", path, strerror(errno));
+        return validate_error_set(why, VALIDATE_EPLUGIN_OPEN, "%s: %s", path, strerror(errno));
     if (!S_ISREG(st.st_mode))
-        return validate_fail(why, why_len, VALIDATE_EPLUGIN_OPEN, "%s: not a regular file", path);
-    err = check_chain(real, &st, why, why_len);
+        return validate_error_set(why, VALIDATE_EPLUGIN_OPEN, "%s: not a regular file", path);
+    err = check_chain(real, &st, why);
     if (err != VALIDATE_OK)
         return err;
 
     p = calloc(1, sizeof *p);
     if (p == NULL || (p->path = strdup(path)) == NULL) {
-        err = validate_fail(why, why_len, VALIDATE_ENOMEM, "out of memory");
+        err = validate_error_set(why, VALIDATE_ENOMEM, "out of memory");
         goto fail;
     }
     p->handle = dlopen(real, RTLD_NOW | RTLD_LOCAL);
     if (p->handle == NULL) {
         const char *e = dlerror();
-        err = validate_fail(why, why_len, VALIDATE_EPLUGIN_OPEN, "%s", e ? e : path);
+        err = validate_error_set(why, VALIDATE_EPLUGIN_OPEN, "%s", e ? e : path);
         goto fail;
     }
     /* dlsym returns a data pointer; POSIX guarantees it converts to a
@@ -124,38 +123,38 @@ int validate_plugin_open(const char *path, const char *config, validate_plugin *
     void *sym = dlsym(p->handle, DOPA_VALIDATOR_ENTRY_NAME);
     dopa_validator_entry_fn entry;
     if (sym == NULL) {
-        err = validate_fail(why, why_len, VALIDATE_EPLUGIN_SYMBOL,
-                            "%s: no symbol " DOPA_VALIDATOR_ENTRY_NAME, path);
+        err = validate_error_set(why, VALIDATE_EPLUGIN_SYMBOL,
+                                 "%s: no symbol " DOPA_VALIDATOR_ENTRY_NAME, path);
         goto fail;
     }
     memcpy(&entry, &sym, sizeof entry);
     p->v = entry();
     if (p->v == NULL) {
-        err = validate_fail(why, why_len, VALIDATE_EPLUGIN_ABI,
-                            "%s: " DOPA_VALIDATOR_ENTRY_NAME " returned NULL", path);
+        err = validate_error_set(why, VALIDATE_EPLUGIN_ABI,
+                                 "%s: " DOPA_VALIDATOR_ENTRY_NAME " returned NULL", path);
         goto fail;
     }
     if (p->v->abi_version != DOPA_VALIDATOR_ABI_VERSION) {
-        err = validate_fail(why, why_len, VALIDATE_EPLUGIN_ABI,
-                            "%s: built for ABI version %u, this dopa speaks version %u", path,
-                            p->v->abi_version, DOPA_VALIDATOR_ABI_VERSION);
+        err = validate_error_set(why, VALIDATE_EPLUGIN_ABI,
+                                 "%s: built for ABI version %u, this dopa speaks version %u", path,
+                                 p->v->abi_version, DOPA_VALIDATOR_ABI_VERSION);
         goto fail;
     }
     if (p->v->struct_size < MIN_VALIDATOR_SIZE || p->v->validate == NULL) {
-        err = validate_fail(why, why_len, VALIDATE_EPLUGIN_ABI,
-                            "%s: incomplete struct dopa_validator (size %u, validate %s)", path,
-                            p->v->struct_size, p->v->validate ? "set" : "missing");
+        err = validate_error_set(why, VALIDATE_EPLUGIN_ABI,
+                                 "%s: incomplete struct dopa_validator (size %u, validate %s)",
+                                 path, p->v->struct_size, p->v->validate ? "set" : "missing");
         goto fail;
     }
     const char *base = strrchr(path, '/') + 1;
     p->name = strdup(p->v->name != NULL && p->v->name[0] != '\0' ? p->v->name : base);
     if (p->name == NULL) {
-        err = validate_fail(why, why_len, VALIDATE_ENOMEM, "out of memory");
+        err = validate_error_set(why, VALIDATE_ENOMEM, "out of memory");
         goto fail;
     }
     if (p->v->init != NULL && p->v->init(&p->state, config) != 0) {
-        err = validate_fail(why, why_len, VALIDATE_EPLUGIN_INIT, "%s: plugin %s refused to start",
-                            path, p->name);
+        err = validate_error_set(why, VALIDATE_EPLUGIN_INIT, "%s: plugin %s refused to start", path,
+                                 p->name);
         p->v = NULL; /* fini is not owed after a failed init */
         goto fail;
     }
@@ -183,11 +182,11 @@ const char *validate_plugin_path(const validate_plugin *p)
     return p->path;
 }
 
-int validate_plugin_check(validate_plugin *p, const struct dopa_validator_file *file, char *why,
-                          size_t why_len)
+int validate_plugin_check(validate_plugin *p, const struct dopa_validator_file *file,
+                          validate_error *why)
 {
     if (p == NULL || file == NULL || file->struct_size < sizeof *file)
-        return validate_fail(why, why_len, VALIDATE_EINVAL, "no file to validate");
+        return validate_error_set(why, VALIDATE_EINVAL, "no file to validate");
     char reason[REASON_MAX] = "";
     int verdict = p->v->validate(p->state, file, reason, sizeof reason);
     reason[sizeof reason - 1] = '\0';
@@ -195,11 +194,11 @@ int validate_plugin_check(validate_plugin *p, const struct dopa_validator_file *
     case DOPA_VALIDATOR_VALID:
         return VALIDATE_OK;
     case DOPA_VALIDATOR_INVALID:
-        return validate_fail(why, why_len, VALIDATE_EPLUGIN_REJECTED, "%s: %s", p->name,
-                             reason[0] ? reason : "content rejected");
+        return validate_error_set(why, VALIDATE_EPLUGIN_REJECTED, "%s: %s", p->name,
+                                  reason[0] ? reason : "content rejected");
     default:
-        return validate_fail(why, why_len, VALIDATE_EPLUGIN_FAILED, "%s: %s (verdict %d)", p->name,
-                             reason[0] ? reason : "could not decide", verdict);
+        return validate_error_set(why, VALIDATE_EPLUGIN_FAILED, "%s: %s (verdict %d)", p->name,
+                                  reason[0] ? reason : "could not decide", verdict);
     }
 }
 
@@ -227,26 +226,25 @@ static int compare_names(const void *a, const void *b)
 }
 
 /* Reads "<stem>.conf" beside a plugin: *config stays NULL when there is none. */
-static int read_sidecar(const char *dir, const char *so_name, char **config, char *why,
-                        size_t why_len)
+static int read_sidecar(const char *dir, const char *so_name, char **config, validate_error *why)
 {
     char path[4096];
     size_t stem = strlen(so_name) - 3;
     *config = NULL;
     if (snprintf(path, sizeof path, "%s/%.*s.conf", dir, (int)stem, so_name) >= (int)sizeof path)
-        return validate_fail(why, why_len, VALIDATE_EINVAL, "%s: path too long", dir);
+        return validate_error_set(why, VALIDATE_EINVAL, "%s: path too long", dir);
     struct stat st;
     if (lstat(path, &st) != 0 && errno == ENOENT)
         return VALIDATE_OK;
     uint8_t *buf = NULL;
     size_t len = 0;
     unsigned mode = 0, uid = 0;
-    int err = validate_read_file(path, CONFIG_MAX, &buf, &len, &mode, &uid, why, why_len);
+    int err = validate_read_file(path, CONFIG_MAX, &buf, &len, &mode, &uid, why);
     if (err != VALIDATE_OK)
         return err;
     st.st_mode = mode;
     st.st_uid = uid;
-    err = check_owner(path, &st, why, why_len);
+    err = check_owner(path, &st, why);
     if (err != VALIDATE_OK) {
         free(buf);
         return err;
@@ -255,14 +253,14 @@ static int read_sidecar(const char *dir, const char *so_name, char **config, cha
     return VALIDATE_OK;
 }
 
-int validate_plugin_set_load(const char *dir, validate_plugin_set **out, char *why, size_t why_len)
+int validate_plugin_set_load(const char *dir, validate_plugin_set **out, validate_error *why)
 {
     int err = VALIDATE_OK;
     char **names = NULL;
     size_t n_names = 0, cap = 0;
     validate_plugin_set *set = calloc(1, sizeof *set);
     if (set == NULL)
-        return validate_fail(why, why_len, VALIDATE_ENOMEM, "out of memory");
+        return validate_error_set(why, VALIDATE_ENOMEM, "out of memory");
 
     DIR *d = opendir(dir);
     if (d == NULL) {
@@ -271,14 +269,14 @@ int validate_plugin_set_load(const char *dir, validate_plugin_set **out, char *w
             return VALIDATE_OK;
         }
         free(set);
-        return validate_fail(why, why_len, VALIDATE_EPLUGIN_OPEN, "%s: %s", dir, strerror(errno));
+        return validate_error_set(why, VALIDATE_EPLUGIN_OPEN, "%s: %s", dir, strerror(errno));
     }
     struct stat st;
     if (fstat(dirfd(d), &st) != 0) {
-        err = validate_fail(why, why_len, VALIDATE_EIO, "%s: %s", dir, strerror(errno));
+        err = validate_error_set(why, VALIDATE_EIO, "%s: %s", dir, strerror(errno));
         goto done;
     }
-    err = check_owner(dir, &st, why, why_len);
+    err = check_owner(dir, &st, why);
     if (err != VALIDATE_OK)
         goto done;
 
@@ -290,14 +288,14 @@ int validate_plugin_set_load(const char *dir, validate_plugin_set **out, char *w
             size_t ncap = cap ? cap * 2 : 8;
             char **grown = realloc(names, ncap * sizeof *names);
             if (grown == NULL) {
-                err = validate_fail(why, why_len, VALIDATE_ENOMEM, "out of memory");
+                err = validate_error_set(why, VALIDATE_ENOMEM, "out of memory");
                 goto done;
             }
             names = grown;
             cap = ncap;
         }
         if ((names[n_names] = strdup(e->d_name)) == NULL) {
-            err = validate_fail(why, why_len, VALIDATE_ENOMEM, "out of memory");
+            err = validate_error_set(why, VALIDATE_ENOMEM, "out of memory");
             goto done;
         }
         n_names++;
@@ -308,19 +306,19 @@ int validate_plugin_set_load(const char *dir, validate_plugin_set **out, char *w
 
     set->plugins = calloc(n_names, sizeof *set->plugins);
     if (set->plugins == NULL) {
-        err = validate_fail(why, why_len, VALIDATE_ENOMEM, "out of memory");
+        err = validate_error_set(why, VALIDATE_ENOMEM, "out of memory");
         goto done;
     }
     for (size_t i = 0; i < n_names; i++) {
         char path[4096];
         char *config = NULL;
         if (snprintf(path, sizeof path, "%s/%s", dir, names[i]) >= (int)sizeof path) {
-            err = validate_fail(why, why_len, VALIDATE_EINVAL, "%s: path too long", dir);
+            err = validate_error_set(why, VALIDATE_EINVAL, "%s: path too long", dir);
             goto done;
         }
-        err = read_sidecar(dir, names[i], &config, why, why_len);
+        err = read_sidecar(dir, names[i], &config, why);
         if (err == VALIDATE_OK)
-            err = validate_plugin_open(path, config, &set->plugins[set->count], why, why_len);
+            err = validate_plugin_open(path, config, &set->plugins[set->count], why);
         free(config);
         if (err != VALIDATE_OK)
             goto done;
@@ -351,10 +349,10 @@ validate_plugin *validate_plugin_set_get(const validate_plugin_set *set, size_t 
 }
 
 int validate_plugin_set_check(validate_plugin_set *set, const struct dopa_validator_file *file,
-                              char *why, size_t why_len)
+                              validate_error *why)
 {
     for (size_t i = 0; i < set->count; i++) {
-        int err = validate_plugin_check(set->plugins[i], file, why, why_len);
+        int err = validate_plugin_check(set->plugins[i], file, why);
         if (err != VALIDATE_OK)
             return err;
     }

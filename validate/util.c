@@ -76,53 +76,8 @@ int validate_init(void)
     return init_result;
 }
 
-int validate_fail(char *why, size_t why_len, int err, const char *fmt, ...)
-{
-    if (why != NULL && why_len > 0) {
-        va_list ap;
-        va_start(ap, fmt);
-        vsnprintf(why, why_len, fmt, ap);
-        va_end(ap);
-    }
-    return err;
-}
-
-void validate_hex(const uint8_t *bin, size_t len, char *out)
-{
-    static const char digits[] = "0123456789abcdef";
-    for (size_t i = 0; i < len; i++) {
-        out[2 * i] = digits[bin[i] >> 4];
-        out[2 * i + 1] = digits[bin[i] & 15];
-    }
-    out[2 * len] = '\0';
-}
-
-static int hex_value(char c)
-{
-    if (c >= '0' && c <= '9')
-        return c - '0';
-    if (c >= 'a' && c <= 'f')
-        return c - 'a' + 10;
-    if (c >= 'A' && c <= 'F')
-        return c - 'A' + 10;
-    return -1;
-}
-
-int validate_unhex(const char *hex, uint8_t *bin, size_t len)
-{
-    if (hex == NULL || strlen(hex) != 2 * len)
-        return VALIDATE_EINVAL;
-    for (size_t i = 0; i < len; i++) {
-        int hi = hex_value(hex[2 * i]), lo = hex_value(hex[2 * i + 1]);
-        if (hi < 0 || lo < 0)
-            return VALIDATE_EINVAL;
-        bin[i] = (uint8_t)(hi << 4 | lo);
-    }
-    return VALIDATE_OK;
-}
-
 int validate_read_file(const char *path, size_t max, uint8_t **buf, size_t *len, unsigned *st_mode,
-                       unsigned *st_uid, char *why, size_t why_len)
+                       unsigned *st_uid, validate_error *why)
 {
     int err;
     uint8_t *data = NULL;
@@ -130,29 +85,29 @@ int validate_read_file(const char *path, size_t max, uint8_t **buf, size_t *len,
      * it is cleared once the file is known to be a regular one. */
     int fd = open(path, O_RDONLY | O_CLOEXEC | O_NOCTTY | O_NONBLOCK);
     if (fd < 0)
-        return validate_fail(why, why_len, VALIDATE_EIO, "%s: %s", path, strerror(errno));
+        return validate_error_set(why, VALIDATE_EIO, "%s: %s", path, strerror(errno));
 
     struct stat st;
     if (fstat(fd, &st) != 0) {
-        err = validate_fail(why, why_len, VALIDATE_EIO, "%s: %s", path, strerror(errno));
+        err = validate_error_set(why, VALIDATE_EIO, "%s: %s", path, strerror(errno));
         goto fail;
     }
     if (!S_ISREG(st.st_mode)) {
-        err = validate_fail(why, why_len, VALIDATE_EIO, "%s: not a regular file", path);
+        err = validate_error_set(why, VALIDATE_EIO, "%s: not a regular file", path);
         goto fail;
     }
     (void)fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) & ~O_NONBLOCK);
     if ((uint64_t)st.st_size > max) {
-        err = validate_fail(why, why_len, VALIDATE_ETOOBIG,
-                            "%s: %lld bytes, more than the limit of %zu", path,
-                            (long long)st.st_size, max);
+        err =
+            validate_error_set(why, VALIDATE_ETOOBIG, "%s: %lld bytes, more than the limit of %zu",
+                               path, (long long)st.st_size, max);
         goto fail;
     }
     /* Read one byte past the limit so that a file growing under us is
      * caught instead of silently truncated. */
     data = malloc(max + 2);
     if (data == NULL) {
-        err = validate_fail(why, why_len, VALIDATE_ENOMEM, "%s: out of memory", path);
+        err = validate_error_set(why, VALIDATE_ENOMEM, "%s: out of memory", path);
         goto fail;
     }
     size_t got = 0;
@@ -161,7 +116,7 @@ int validate_read_file(const char *path, size_t max, uint8_t **buf, size_t *len,
         if (n < 0 && errno == EINTR)
             continue;
         if (n < 0) {
-            err = validate_fail(why, why_len, VALIDATE_EIO, "%s: %s", path, strerror(errno));
+            err = validate_error_set(why, VALIDATE_EIO, "%s: %s", path, strerror(errno));
             goto fail;
         }
         if (n == 0)
@@ -169,8 +124,8 @@ int validate_read_file(const char *path, size_t max, uint8_t **buf, size_t *len,
         got += (size_t)n;
     }
     if (got > max) {
-        err = validate_fail(why, why_len, VALIDATE_ETOOBIG, "%s: more than the limit of %zu bytes",
-                            path, max);
+        err = validate_error_set(why, VALIDATE_ETOOBIG, "%s: more than the limit of %zu bytes",
+                                 path, max);
         goto fail;
     }
     data[got] = '\0';
@@ -219,29 +174,28 @@ static void sync_parent_dir(const char *path)
 }
 
 int validate_temp_write(const char *path, const void *buf, size_t len, unsigned mode, char *tmp,
-                        char *why, size_t why_len)
+                        validate_error *why)
 {
     if (snprintf(tmp, PATH_MAX, "%s.tmp.XXXXXX", path) >= PATH_MAX)
-        return validate_fail(why, why_len, VALIDATE_EINVAL, "%s: path too long", path);
+        return validate_error_set(why, VALIDATE_EINVAL, "%s: path too long", path);
     int fd = mkostemp(tmp, O_CLOEXEC);
     if (fd < 0)
-        return validate_fail(why, why_len, VALIDATE_EIO, "%s: %s", path, strerror(errno));
+        return validate_error_set(why, VALIDATE_EIO, "%s: %s", path, strerror(errno));
     if (fchmod(fd, (mode_t)mode) != 0 || write_all(fd, buf, len) != 0 || fsync(fd) != 0) {
         int e = errno;
         close(fd);
         unlink(tmp);
-        return validate_fail(why, why_len, VALIDATE_EIO, "%s: %s", path, strerror(e));
+        return validate_error_set(why, VALIDATE_EIO, "%s: %s", path, strerror(e));
     }
     if (close(fd) != 0) {
         int e = errno;
         unlink(tmp);
-        return validate_fail(why, why_len, VALIDATE_EIO, "%s: %s", path, strerror(e));
+        return validate_error_set(why, VALIDATE_EIO, "%s: %s", path, strerror(e));
     }
     return VALIDATE_OK;
 }
 
-int validate_temp_commit(const char *tmp, const char *path, int overwrite, char *why,
-                         size_t why_len)
+int validate_temp_commit(const char *tmp, const char *path, int overwrite, validate_error *why)
 {
     /* link() refuses an existing name, symlinks included, so "do not
      * overwrite" holds even against a name that appeared meanwhile. */
@@ -250,18 +204,18 @@ int validate_temp_commit(const char *tmp, const char *path, int overwrite, char 
     if (!overwrite || rc != 0)
         unlink(tmp);
     if (rc != 0)
-        return validate_fail(why, why_len, e == EEXIST ? VALIDATE_EEXISTS : VALIDATE_EIO, "%s: %s",
-                             path, strerror(e));
+        return validate_error_set(why, e == EEXIST ? VALIDATE_EEXISTS : VALIDATE_EIO, "%s: %s",
+                                  path, strerror(e));
     sync_parent_dir(path);
     return VALIDATE_OK;
 }
 
 int validate_write_file(const char *path, const void *buf, size_t len, unsigned mode, int overwrite,
-                        char *why, size_t why_len)
+                        validate_error *why)
 {
     char tmp[PATH_MAX];
-    int err = validate_temp_write(path, buf, len, mode, tmp, why, why_len);
+    int err = validate_temp_write(path, buf, len, mode, tmp, why);
     if (err != VALIDATE_OK)
         return err;
-    return validate_temp_commit(tmp, path, overwrite, why, why_len);
+    return validate_temp_commit(tmp, path, overwrite, why);
 }

@@ -11,9 +11,9 @@
  *
  * The module knows nothing of jobs, peers or storage. Every function that can
  * fail returns 0 or a VALIDATE_E* code; validate_strerror() names it. Functions
- * that take (char *why, size_t why_len) also write a one-line explanation
- * there on failure (why may be NULL). Everything here is safe to call from
- * several threads as long as each object is used by one thread at a time.
+ * that take a validate_error *why also say there what failed (why may be
+ * NULL). Everything here is safe to call from several threads as long as each
+ * object is used by one thread at a time.
  */
 #ifndef DOPA_VALIDATE_H
 #define DOPA_VALIDATE_H
@@ -64,6 +64,24 @@ enum validate_err {
 /* The message for a VALIDATE_E* code (or "unknown error"); never NULL. */
 const char *validate_strerror(int err);
 
+/* An error as every module of dopa passes it up: the code of the module that
+ * met it, kept intact through each layer (the ranges do not overlap:
+ * DOPA_E* 1..99, VALIDATE_E* 100..199, ORIGIN_E* 200..299, PEER_E*
+ * 400..499, so the code alone names its module) and one line saying what
+ * happened. Handles keep their last error in one; a function without a
+ * handle fills the one its caller gives. */
+#define VALIDATE_ERROR_TEXT 1024
+
+typedef struct validate_error {
+    int code;
+    char text[VALIDATE_ERROR_TEXT];
+} validate_error;
+
+/* Sets *why (when why is not NULL) to code and the formatted text, and
+ * returns code: the one formatter of dopa's errors. */
+int validate_error_set(validate_error *why, int code, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+
 /* Initialises libsodium once; every entry point that needs it calls this, so
  * callers need not, but a daemon may call it early to fail fast. */
 int validate_init(void);
@@ -93,6 +111,9 @@ void validate_sha256(const void *data, size_t len, uint8_t out[VALIDATE_HASH_BYT
 
 /* Lower-case hex of a hash (out holds 2*VALIDATE_HASH_BYTES+1 bytes). */
 void validate_hex(const uint8_t *bin, size_t len, char *out);
+
+/* The value of one hex digit (either case), or -1. */
+int validate_hex_value(char c);
 
 /* Parses exactly 2*len hex digits; VALIDATE_EINVAL otherwise. */
 int validate_unhex(const char *hex, uint8_t *bin, size_t len);
@@ -144,8 +165,7 @@ int validate_digester_finish(validate_digester *dg, validate_digest *out);
 void validate_digester_free(validate_digester *dg);
 
 /* Digests an open file from offset 0 to its end. */
-int validate_digest_fd(int fd, uint32_t piece_size, validate_digest *out, char *why,
-                       size_t why_len);
+int validate_digest_fd(int fd, uint32_t piece_size, validate_digest *out, validate_error *why);
 
 /* ------------------------------------------------------------------ */
 /* Files                                                              */
@@ -156,7 +176,7 @@ int validate_digest_fd(int fd, uint32_t piece_size, validate_digest *out, char *
  * existing name, a symlink included), and the directory fsynced. Never
  * follows a symlink at `path`. */
 int validate_write_file(const char *path, const void *buf, size_t len, unsigned mode, int overwrite,
-                        char *why, size_t why_len);
+                        validate_error *why);
 
 /* ------------------------------------------------------------------ */
 /* Publisher keys                                                     */
@@ -180,11 +200,10 @@ const validate_public_key *validate_secret_key_public(const validate_secret_key 
  * `path`.pub (mode 0644). Refuses (VALIDATE_EEXISTS) to replace either file
  * unless overwrite is set; never follows a symlink at either path. */
 int validate_secret_key_save(const validate_secret_key *sk, const char *path, int overwrite,
-                             char *why, size_t why_len);
+                             validate_error *why);
 
 /* Reads a secret key file; refuses one that group or others may read. */
-int validate_secret_key_load(const char *path, validate_secret_key **out, char *why,
-                             size_t why_len);
+int validate_secret_key_load(const char *path, validate_secret_key **out, validate_error *why);
 
 /* "dopa-pub1:<base64>" */
 void validate_public_key_text(const validate_public_key *pk,
@@ -192,7 +211,7 @@ void validate_public_key_text(const validate_public_key *pk,
 /* Accepts the text form with surrounding blanks; fills in the key id. */
 int validate_public_key_parse(const char *text, validate_public_key *out);
 /* Reads the first key line of a file (lines starting with '#' are comments). */
-int validate_public_key_load(const char *path, validate_public_key *out, char *why, size_t why_len);
+int validate_public_key_load(const char *path, validate_public_key *out, validate_error *why);
 /* Computes the key id of a raw Ed25519 public key. */
 void validate_key_id(const uint8_t key[crypto_sign_PUBLICKEYBYTES],
                      uint8_t id[VALIDATE_KEY_ID_BYTES]);
@@ -235,26 +254,26 @@ int validate_manifest_sign(const validate_digest *d, uint64_t content_version, u
 
 /* Strict structural parse of untrusted bytes; does not check the signature.
  * Every rejection has its own code; `why` gets the detail. */
-int validate_manifest_parse(const void *buf, size_t len, validate_manifest **out, char *why,
-                            size_t why_len);
+int validate_manifest_parse(const void *buf, size_t len, validate_manifest **out,
+                            validate_error *why);
 
 /* Checks that the manifest is signed by one of `trusted` and has not expired
  * at `now` (unix seconds). */
 int validate_manifest_verify(const validate_manifest *m, const validate_public_key *trusted,
-                             size_t n_trusted, uint64_t now, char *why, size_t why_len);
+                             size_t n_trusted, uint64_t now, validate_error *why);
 
 /* parse + verify: the one call for manifests that arrive from outside. */
 int validate_manifest_open(const void *buf, size_t len, const validate_public_key *trusted,
-                           size_t n_trusted, uint64_t now, validate_manifest **out, char *why,
-                           size_t why_len);
+                           size_t n_trusted, uint64_t now, validate_manifest **out,
+                           validate_error *why);
 
 void validate_manifest_free(validate_manifest *m);
 
 /* Reads a manifest file (bounded by VALIDATE_MANIFEST_MAX_BYTES) and parses it. */
-int validate_manifest_load(const char *path, validate_manifest **out, char *why, size_t why_len);
+int validate_manifest_load(const char *path, validate_manifest **out, validate_error *why);
 
 /* Writes m->encoded to `path` through a temporary file and a rename. */
-int validate_manifest_save(const validate_manifest *m, const char *path, char *why, size_t why_len);
+int validate_manifest_save(const validate_manifest *m, const char *path, validate_error *why);
 
 /* Hash of piece `index`. */
 const uint8_t *validate_manifest_piece_hash(const validate_manifest *m, uint64_t index);
@@ -273,7 +292,7 @@ typedef struct validate_file_report {
 /* Checks an open file against the manifest: size, every piece, and both
  * whole-file hashes. The report (may be NULL) says which pieces were bad. */
 int validate_manifest_check_fd(const validate_manifest *m, int fd, validate_file_report *report,
-                               char *why, size_t why_len);
+                               validate_error *why);
 
 /* ------------------------------------------------------------------ */
 /* Content ids                                                        */
@@ -293,16 +312,16 @@ typedef struct validate_plugin validate_plugin;
  * root or this process's user, may write, and so must every directory above
  * it (a sticky directory such as /tmp counts as safe): then nobody else can
  * swap it between the check and the load. */
-int validate_plugin_open(const char *path, const char *config, validate_plugin **out, char *why,
-                         size_t why_len);
+int validate_plugin_open(const char *path, const char *config, validate_plugin **out,
+                         validate_error *why);
 const char *validate_plugin_name(const validate_plugin *p);
 const char *validate_plugin_path(const validate_plugin *p);
 
 /* Asks the plugin about a file: VALIDATE_OK (valid), VALIDATE_EPLUGIN_REJECTED
  * (invalid) or VALIDATE_EPLUGIN_FAILED (the plugin erred or answered
  * nonsense); `why` gets the plugin's reason. Runs in the calling process. */
-int validate_plugin_check(validate_plugin *p, const struct dopa_validator_file *file, char *why,
-                          size_t why_len);
+int validate_plugin_check(validate_plugin *p, const struct dopa_validator_file *file,
+                          validate_error *why);
 void validate_plugin_close(validate_plugin *p);
 
 /* All plugins of a directory: every "*.so" in name order, each with the
@@ -311,12 +330,12 @@ void validate_plugin_close(validate_plugin *p);
  * directory that does not exist is an empty set. */
 typedef struct validate_plugin_set validate_plugin_set;
 
-int validate_plugin_set_load(const char *dir, validate_plugin_set **out, char *why, size_t why_len);
+int validate_plugin_set_load(const char *dir, validate_plugin_set **out, validate_error *why);
 size_t validate_plugin_set_count(const validate_plugin_set *set);
 validate_plugin *validate_plugin_set_get(const validate_plugin_set *set, size_t i);
 /* Runs every plugin in order and stops at the first that does not say valid. */
 int validate_plugin_set_check(validate_plugin_set *set, const struct dopa_validator_file *file,
-                              char *why, size_t why_len);
+                              validate_error *why);
 void validate_plugin_set_free(validate_plugin_set *set);
 
 #endif /* DOPA_VALIDATE_H */

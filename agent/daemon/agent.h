@@ -61,7 +61,7 @@ typedef struct file_fetch {
     uint64_t fill_piece;                           /* piece being filled, fill bytes of it so far */
     uint32_t fill;
     validate_blake2b_state piece_hash;
-    int abort_reason;   /* why on_data refused (for on_done) */
+    int abort_reason; /* why on_data refused (for on_done) */
     int abort_errno;
     int64_t rest_until; /* monotonic ms: the origin failed, peers go on alone */
     unsigned changes;   /* times the origin's file changed under it (this run) */
@@ -116,14 +116,14 @@ typedef struct agent_file {
     uint8_t *manifest_bytes;
     size_t manifest_len;
     validate_manifest *manifest;
-    uint64_t size;     /* local size, DOPA_SIZE_UNKNOWN until known */
-    piece_map pieces;  /* once the size is known; its DURABLE pieces are stored */
+    uint64_t size;       /* local size, DOPA_SIZE_UNKNOWN until known */
+    piece_map pieces;    /* once the size is known; its DURABLE pieces are stored */
     int transferred;     /* every piece done and whole-file checks passed */
     int completed;       /* moved to its destination by Complete */
     fileops_ident ident; /* of the temporary file and its directory */
     uint32_t bad_pieces; /* hash failures of pieces from the origin */
     uint64_t from_origin, from_peers, from_cache; /* bytes received, by source */
-    int validation;  /* enum dopa_validation: the client's verdict */
+    int validation;                               /* enum dopa_validation: the client's verdict */
     int origin_only; /* fetch only from the origin (peer content failed validation) */
 
     /* The temporary file while the job runs (not stored). */
@@ -187,8 +187,8 @@ void agent_file_clear_pieces(agent_file *f);
  * DOPA_EINVAL when it cannot be known yet or the ranges do not fit. */
 int agent_file_local_size(const agent_file *f, int64_t remote_size, uint64_t *size);
 /* Ranges in order, not overlapping, not empty, not overflowing, only the
- * last to the end of the file; -1 with the reason otherwise. */
-int agent_ranges_check(const dopa_range *ranges, size_t n, char *why, size_t why_len);
+ * last to the end of the file; DOPA_EINVAL with the reason otherwise. */
+int agent_ranges_check(const dopa_range *ranges, size_t n, validate_error *why);
 /* The number of arguments in a notify command line (arguments each ending
  * in NUL, at most DOPA_MAX_NOTIFY_ARGS of at most DOPA_NOTIFY_ARG_MAX bytes,
  * the first an absolute path), or 0 when it is not one. */
@@ -204,13 +204,13 @@ typedef struct store store;
 
 #define STORE_SCHEMA_VERSION 3
 
-int store_open(const char *path, store **out, char *why, size_t why_len);
+int store_open(const char *path, store **out, validate_error *why);
 void store_close(store *s);
 
 /* Loads every job with its files, ranges and done pieces. Rows that fail
  * their checks are skipped and counted in *damaged; running out of memory
  * fails the whole load (DOPA_ENOMEM), never leaves a job out. */
-int store_load(store *s, agent_job ***jobs, size_t *n, size_t *damaged, char *why, size_t why_len);
+int store_load(store *s, agent_job ***jobs, size_t *n, size_t *damaged, validate_error *why);
 
 int store_begin(store *s);
 int store_commit(store *s);
@@ -226,8 +226,7 @@ int store_add_notification(store *s, uint64_t id, const dopa_id *job, int kind, 
 int store_delete_notification(store *s, uint64_t id);
 typedef void (*store_notification_fn)(void *ctx, uint64_t id, const dopa_id *job, int kind,
                                       int32_t file);
-int store_load_notifications(store *s, store_notification_fn fn, void *ctx, char *why,
-                             size_t why_len);
+int store_load_notifications(store *s, store_notification_fn fn, void *ctx, validate_error *why);
 const char *store_error(const store *s);
 
 /* ------------------------------------------------------------------ */
@@ -239,22 +238,23 @@ const char *store_error(const store *s);
  * user could. They never follow a symlink at the temporary or destination
  * name, and they check the identity (device, inode) of the directory and
  * of the temporary file recorded when it was made. On failure they return
- * an errno value and write a message into why. */
+ * an errno value, and why says what failed (its code a DOPA_E*, as errno
+ * values are no module's). */
 
 /* Opens the temporary file for writing: creates it (it must not exist;
  * fills *ident, checking the directory if ident has one) or reopens it
  * (it must be the file *ident names). *fd is O_RDWR. */
 int fileops_open_temp(uint32_t user, const char *tmp_path, int create, fileops_ident *ident,
-                      int *fd, char *why, size_t why_len);
+                      int *fd, validate_error *why);
 /* Removes the temporary file if it is the one *ident names (missing is fine). */
-int fileops_remove_temp(uint32_t user, const char *tmp_path, const fileops_ident *ident, char *why,
-                        size_t why_len);
+int fileops_remove_temp(uint32_t user, const char *tmp_path, const fileops_ident *ident,
+                        validate_error *why);
 /* Checks the temporary file (identity, `size` bytes), makes it readable,
  * fsyncs it, renames it to the destination and fsyncs the directory. If it
  * is already at the destination (an earlier Complete that did not finish
  * recording) that is success. */
 int fileops_commit(uint32_t user, const char *tmp_path, const char *dest_path,
-                   const fileops_ident *ident, uint64_t size, char *why, size_t why_len);
+                   const fileops_ident *ident, uint64_t size, validate_error *why);
 /* The temporary name for file `index` of a job: ".dopa-<id>-<index>.part"
  * beside dest. */
 int fileops_temp_name(const char *dest, const dopa_id *id, uint32_t index, char *out, size_t len);
@@ -289,7 +289,7 @@ typedef struct engine_config {
     uint64_t cache_age_ms;        /* removed when unused this long; 0 means 14 days */
 } engine_config;
 
-int engine_open(const engine_config *cfg, agent_engine **out, char *why, size_t why_len);
+int engine_open(const engine_config *cfg, agent_engine **out, validate_error *why);
 void engine_close(agent_engine *e);
 /* Makes durable what the engine has written (the pieces on disk are
  * synced and committed) and waits for it: after it, a process that stops
@@ -334,7 +334,7 @@ typedef struct control control;
  * the socket gets `sock_mode`). Requests are queued for the engine thread,
  * which runs them in control_run_queued (called from engine_step). */
 int control_open(agent_engine *e, const char *socket_path, unsigned dir_mode, unsigned sock_mode,
-                 control **out, char *why, size_t why_len);
+                 control **out, validate_error *why);
 void control_close(control *c);
 
 /* Set by engine_open's caller so engine_step drains the control queue. */
@@ -363,7 +363,7 @@ int metrics_parse_listen(const char *listen, char *host, size_t host_len, unsign
  * just closed on it lets go of it a little later). Fails with why set when
  * the address cannot be listened on. */
 int metrics_open(agent_engine *e, const char *listen, int64_t started_ms, int retry_in_use,
-                 metrics **out, char *why, size_t why_len);
+                 metrics **out, validate_error *why);
 /* Stops serving: requests still waiting are dropped (their connections
  * close). Engine thread. */
 void metrics_close(metrics *m);

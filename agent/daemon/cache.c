@@ -354,9 +354,8 @@ static void load_entry(agent_engine *e, const char *hex)
         if (sodium_memcmp(want, cid, 32) != 0)
             why = "its name is not its content id";
     } else if (why == NULL) {
-        char detail[256];
         if (validate_manifest_open(buf, len, e->keys, e->n_keys, (uint64_t)(engine_now(e) / 1000),
-                                   &m, detail, sizeof detail) != VALIDATE_OK)
+                                   &m, NULL) != VALIDATE_OK)
             why = "its manifest is no longer trusted or has expired";
         else if (memcmp(m->content_id, cid, 32) != 0)
             why = "its name is not its content id";
@@ -410,7 +409,7 @@ static void load_entry(agent_engine *e, const char *hex)
         offer_entry(e, en);
 }
 
-int cache_open(agent_engine *e, char *why, size_t why_len)
+int cache_open(agent_engine *e, validate_error *why)
 {
     if (e->peers == NULL || e->cfg.cache_bytes == 0)
         return DOPA_OK;
@@ -429,12 +428,12 @@ int cache_open(agent_engine *e, char *why, size_t why_len)
     c->max_age_ms = e->cfg.cache_age_ms ? (int64_t)e->cfg.cache_age_ms : 14ll * 24 * 3600 * 1000;
     e->cache = c;
     if (mkdir(c->dir, 0700) != 0 && errno != EEXIST) {
-        snprintf(why, why_len, "%s: %s", c->dir, strerror(errno));
+        validate_error_set(why, DOPA_EIO, "%s: %s", c->dir, strerror(errno));
         return DOPA_EIO;
     }
     DIR *d = opendir(c->dir);
     if (d == NULL) {
-        snprintf(why, why_len, "%s: %s", c->dir, strerror(errno));
+        validate_error_set(why, DOPA_EIO, "%s: %s", c->dir, strerror(errno));
         return DOPA_EIO;
     }
     struct dirent *de;
@@ -498,7 +497,7 @@ static void copy_done(work *w, int status)
     } else {
         cache_entry *en = calloc(1, sizeof *en);
         if (en != NULL && done->meta_len != META_SHA256_BYTES &&
-            validate_manifest_parse(done->meta, done->meta_len, &en->manifest, NULL, 0) !=
+            validate_manifest_parse(done->meta, done->meta_len, &en->manifest, NULL) !=
                 VALIDATE_OK) {
             free(en);
             en = NULL;
@@ -565,14 +564,14 @@ void cache_stats(agent_engine *e, uint64_t *entries, uint64_t *bytes, uint64_t *
     *limit = e->cache->limit;
 }
 
-int cache_set_limits(agent_engine *e, uint64_t bytes, uint64_t age_ms, char *why, size_t why_len)
+int cache_set_limits(agent_engine *e, uint64_t bytes, uint64_t age_ms, validate_error *why)
 {
     e->cfg.cache_bytes = bytes;
     e->cfg.cache_age_ms = age_ms;
     agent_cache *c = e->cache;
     if (c == NULL) {
         /* No cache yet (it was 0): one now, with what an earlier one left. */
-        int err = cache_open(e, why, why_len);
+        int err = cache_open(e, why);
         if (err != DOPA_OK)
             cache_close(e);
         return err;

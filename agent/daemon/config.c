@@ -67,7 +67,7 @@ static int set_inactivity(config_settings *s, const char *v)
 
 static int add_key(config_settings *s, const char *v)
 {
-    char why[512];
+    validate_error why;
     if (s->n_keys == CONFIG_MAX_KEYS) {
         snprintf(s->error, sizeof s->error, "at most %d trusted keys", CONFIG_MAX_KEYS);
         return -1;
@@ -77,10 +77,10 @@ static int add_key(config_settings *s, const char *v)
             snprintf(s->error, sizeof s->error, "trusted-key %s: not a dopa public key", v);
             return -1;
         }
-    } else if (validate_public_key_load(v, &s->keys[s->n_keys], why, sizeof why) != VALIDATE_OK) {
+    } else if (validate_public_key_load(v, &s->keys[s->n_keys], &why) != VALIDATE_OK) {
         /* The loader's own words: a file that is missing, unreadable or too
          * big, memory that ran out, or not a key. */
-        snprintf(s->error, sizeof s->error, "trusted-key: %s", why);
+        snprintf(s->error, sizeof s->error, "trusted-key: %s", why.text);
         return -1;
     }
     s->n_keys++;
@@ -338,23 +338,23 @@ static int on_setting(void *user, const char *section, const char *name, const c
     return rc == 0;
 }
 
-int config_read(const char *path, int is_explicit, config_settings *s, char *msg, size_t len)
+int config_read(const char *path, int is_explicit, config_settings *s, validate_error *why)
 {
     struct stat st;
     if (!is_explicit && stat(path, &st) != 0)
         return 0;
     int line = ini_parse(path, on_setting, s);
     if (line == -1) {
-        snprintf(msg, len, "%s: %s", path, strerror(errno));
+        validate_error_set(why, DOPA_EIO, "%s: %s", path, strerror(errno));
         return -1;
     }
     if (line == -2) {
-        snprintf(msg, len, "%s: out of memory", path);
+        validate_error_set(why, DOPA_ENOMEM, "%s: out of memory", path);
         return -1;
     }
     if (line > 0) {
-        snprintf(msg, len, "%s:%d: %s", path, line,
-                 s->error[0] ? s->error : "not a \"name = value\" line");
+        validate_error_set(why, DOPA_EINVAL, "%s:%d: %s", path, line,
+                           s->error[0] ? s->error : "not a \"name = value\" line");
         return -1;
     }
     return 0;
@@ -394,7 +394,7 @@ void config_file_path(const char *given, char *path, size_t len)
 }
 
 static int default_paths(char *socket_path, size_t socket_len, char *state_dir, size_t state_len,
-                         char *msg, size_t msg_len)
+                         validate_error *why)
 {
     if (geteuid() == 0) {
         snprintf(socket_path, socket_len, "/run/dopa/control.sock");
@@ -403,7 +403,7 @@ static int default_paths(char *socket_path, size_t socket_len, char *state_dir, 
     }
     const char *runtime = getenv("XDG_RUNTIME_DIR");
     if (runtime == NULL || runtime[0] != '/') {
-        snprintf(msg, msg_len, "XDG_RUNTIME_DIR is not set; give --socket PATH");
+        validate_error_set(why, DOPA_EINVAL, "XDG_RUNTIME_DIR is not set; give --socket PATH");
         return -1;
     }
     snprintf(socket_path, socket_len, "%s/dopa/control.sock", runtime);
@@ -413,13 +413,14 @@ static int default_paths(char *socket_path, size_t socket_len, char *state_dir, 
     else if (home != NULL && home[0] == '/')
         snprintf(state_dir, state_len, "%s/.local/state/dopa", home);
     else {
-        snprintf(msg, msg_len, "neither XDG_STATE_HOME nor HOME is set; give --state-dir DIR");
+        validate_error_set(why, DOPA_EINVAL,
+                           "neither XDG_STATE_HOME nor HOME is set; give --state-dir DIR");
         return -1;
     }
     return 0;
 }
 
-int config_complete(config_settings *s, const config_settings *cli, char *msg, size_t len)
+int config_complete(config_settings *s, const config_settings *cli, validate_error *why)
 {
     if (cli->socket[0])
         snprintf(s->socket, sizeof s->socket, "%s", cli->socket);
@@ -431,14 +432,14 @@ int config_complete(config_settings *s, const config_settings *cli, char *msg, s
         s->inactivity_ms = cli->inactivity_ms;
     for (size_t i = 0; i < cli->n_keys; i++) {
         if (s->n_keys == CONFIG_MAX_KEYS) {
-            snprintf(msg, len, "at most %d trusted keys", CONFIG_MAX_KEYS);
+            validate_error_set(why, DOPA_EINVAL, "at most %d trusted keys", CONFIG_MAX_KEYS);
             return -1;
         }
         s->keys[s->n_keys++] = cli->keys[i];
     }
     char def_socket[4096], def_state[4096];
     if ((s->socket[0] == '\0' || s->state_dir[0] == '\0') &&
-        default_paths(def_socket, sizeof def_socket, def_state, sizeof def_state, msg, len) != 0)
+        default_paths(def_socket, sizeof def_socket, def_state, sizeof def_state, why) != 0)
         return -1;
     if (s->socket[0] == '\0')
         snprintf(s->socket, sizeof s->socket, "%s", def_socket);
@@ -450,8 +451,9 @@ int config_complete(config_settings *s, const config_settings *cli, char *msg, s
         char self[4096];
         ssize_t n = readlink("/proc/self/exe", self, sizeof self - 1);
         if (n <= 0) {
-            snprintf(msg, len, "cannot find dopa-validate: %s; set validate-helper",
-                     n < 0 ? strerror(errno) : "no path to dopad");
+            validate_error_set(why, DOPA_EINVAL,
+                               "cannot find dopa-validate: %s; set validate-helper",
+                               n < 0 ? strerror(errno) : "no path to dopad");
             return -1;
         }
         self[n] = '\0';
@@ -461,10 +463,11 @@ int config_complete(config_settings *s, const config_settings *cli, char *msg, s
             snprintf(s->validate_helper, sizeof s->validate_helper, "%.3000s/%s", dir,
                      DOPA_VALIDATE_HELPER);
             if (access(s->validate_helper, X_OK) != 0) {
-                snprintf(msg, len,
-                         "plugin-dir is set but dopa-validate is neither beside dopad nor at "
-                         "%.3000s; set validate-helper",
-                         s->validate_helper);
+                validate_error_set(
+                    why, DOPA_EINVAL,
+                    "plugin-dir is set but dopa-validate is neither beside dopad nor at "
+                    "%.3000s; set validate-helper",
+                    s->validate_helper);
                 return -1;
             }
         }
@@ -474,7 +477,8 @@ int config_complete(config_settings *s, const config_settings *cli, char *msg, s
     s->beacons = s->beacons == 2 ? 2 : 1; /* unset is on */
     if (s->group_key[0] == '\0' &&
         (s->n_peers > 0 || s->n_cache_hosts > 0 || s->listen[0] != '\0')) {
-        snprintf(msg, len, "[peers] needs group-key (make one with `dopa group-key FILE`)");
+        validate_error_set(why, DOPA_EINVAL,
+                           "[peers] needs group-key (make one with `dopa group-key FILE`)");
         return -1;
     }
     return 0;

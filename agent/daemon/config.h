@@ -58,7 +58,7 @@ typedef struct config_settings {
     char peer_keys[512]; /* the [peers] keys given, "a, b": named when they do nothing */
     /* [metrics] */
     char metrics_listen[METRICS_LISTEN_MAX + 1]; /* "" when off */
-    char error[600];                             /* the first bad setting */
+    char error[VALIDATE_ERROR_TEXT + 64];        /* the first bad setting */
 } config_settings;
 
 /* The settings file to read: `given` (--config) when not NULL, else
@@ -69,8 +69,8 @@ void config_file_path(const char *given, char *path, size_t len);
 
 /* Reads the settings file at path into s, over what s holds. is_explicit
  * says a missing file is an error; else it leaves s as it was. Returns 0,
- * or -1 with msg saying what is wrong, with the file and line. */
-int config_read(const char *path, int is_explicit, config_settings *s, char *msg, size_t len);
+ * or -1 with why saying what is wrong, with the file and line. */
+int config_read(const char *path, int is_explicit, config_settings *s, validate_error *why);
 
 /* One command-line option into s: option is its long name without the
  * dashes ("socket", "state-dir", "max-running", "inactivity-timeout",
@@ -81,8 +81,8 @@ int config_set_option(config_settings *s, const char *option, const char *value)
  * over it, the defaults that depend on the machine (paths under root or
  * the user's XDG directories, dopa-validate beside dopad or where it is
  * installed), and the checks across keys. The same at start and on
- * SIGHUP. Returns 0, or -1 with msg saying what is wrong. */
-int config_complete(config_settings *s, const config_settings *cli, char *msg, size_t len);
+ * SIGHUP. Returns 0, or -1 with why saying what is wrong. */
+int config_complete(config_settings *s, const config_settings *cli, validate_error *why);
 
 /* Logs a warning naming the [peers] keys of s that do nothing because it
  * has no group key; path is the file they came from. */

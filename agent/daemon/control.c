@@ -210,7 +210,7 @@ static void handle(control *c, engine_call *call)
     const uint8_t *body = nng_msg_body(msg);
     size_t len = nng_msg_len(msg);
     proto_reply reply = {0};
-    char why[256] = "";
+    validate_error why;
     uint64_t uid = 0;
 
     /* Who is asking: the kernel's answer for this pipe, nothing else. */
@@ -232,10 +232,10 @@ static void handle(control *c, engine_call *call)
         send_reply(call, &reply);
         return;
     }
-    int err = proto_decode_request(body, len, req, why, sizeof why);
+    int err = proto_decode_request(body, len, req, &why);
     if (err != DOPA_OK) {
         reply.status = (uint64_t)err;
-        snprintf(reply.message, sizeof reply.message, "malformed request: %s", why);
+        snprintf(reply.message, sizeof reply.message, "malformed request: %.480s", why.text);
         free(req);
         nng_msg_free(msg);
         send_reply(call, &reply);
@@ -389,12 +389,12 @@ static void *watchdog_main(void *arg)
 
 /* Makes the socket's directory; refuses a path where a live dopad listens,
  * removes a socket left by a dead one. */
-static int prepare_path(const char *path, unsigned dir_mode, char *why, size_t why_len)
+static int prepare_path(const char *path, unsigned dir_mode, validate_error *why)
 {
     char dir[4096];
     struct sockaddr_un sa = {.sun_family = AF_UNIX};
     if (strlen(path) >= sizeof sa.sun_path) {
-        snprintf(why, why_len, "%s: socket path too long", path);
+        validate_error_set(why, DOPA_EINVAL, "%s: socket path too long", path);
         return DOPA_EINVAL;
     }
     snprintf(dir, sizeof dir, "%s", path);
@@ -407,13 +407,13 @@ static int prepare_path(const char *path, unsigned dir_mode, char *why, size_t w
                 continue;
             *p = '\0';
             if (mkdir(dir, 0755) != 0 && errno != EEXIST) {
-                snprintf(why, why_len, "%s: %s", dir, strerror(errno));
+                validate_error_set(why, DOPA_EIO, "%s: %s", dir, strerror(errno));
                 return DOPA_EIO;
             }
             *p = '/';
         }
         if (mkdir(dir, (mode_t)dir_mode) != 0 && errno != EEXIST) {
-            snprintf(why, why_len, "%s: %s", dir, strerror(errno));
+            validate_error_set(why, DOPA_EIO, "%s: %s", dir, strerror(errno));
             return DOPA_EIO;
         }
     }
@@ -421,7 +421,7 @@ static int prepare_path(const char *path, unsigned dir_mode, char *why, size_t w
     int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
     if (fd >= 0 && connect(fd, (struct sockaddr *)&sa, sizeof sa) == 0) {
         close(fd);
-        snprintf(why, why_len, "%s: another dopad is listening there", path);
+        validate_error_set(why, DOPA_EINVAL, "%s: another dopad is listening there", path);
         return DOPA_EINVAL;
     }
     int e = errno;
@@ -447,7 +447,7 @@ static void control_free(control *c)
 }
 
 int control_open(agent_engine *e, const char *socket_path, unsigned dir_mode, unsigned sock_mode,
-                 control **out, char *why, size_t why_len)
+                 control **out, validate_error *why)
 {
     control *c = calloc(1, sizeof *c);
     if (c == NULL)
@@ -457,7 +457,7 @@ int control_open(agent_engine *e, const char *socket_path, unsigned dir_mode, un
     pthread_cond_init(&c->stop, NULL);
     mailbox_init(&c->requests, engine_wake, e);
     mailbox_init(&c->cuts, engine_wake, e);
-    int err = prepare_path(socket_path, dir_mode, why, why_len);
+    int err = prepare_path(socket_path, dir_mode, why);
     if (err != DOPA_OK) {
         control_free(c);
         return err;
@@ -472,7 +472,7 @@ int control_open(agent_engine *e, const char *socket_path, unsigned dir_mode, un
     if ((rv = nng_rep0_open(&c->sock)) != 0 ||
         (rv = nng_socket_set_size(c->sock, NNG_OPT_RECVMAXSZ, PROTO_MAX_REQUEST)) != 0 ||
         (rv = start_listener(c)) != 0) {
-        snprintf(why, why_len, "%s: %s", socket_path, nng_strerror(rv));
+        validate_error_set(why, DOPA_EIO, "%s: %s", socket_path, nng_strerror(rv));
         nng_close(c->sock);
         control_free(c);
         return DOPA_EIO;
@@ -483,7 +483,7 @@ int control_open(agent_engine *e, const char *socket_path, unsigned dir_mode, un
         call->w = (work){.done = on_call};
         if (nng_ctx_open(&call->ctx, c->sock) != 0 ||
             nng_aio_alloc(&call->aio, on_aio, call) != 0) {
-            snprintf(why, why_len, "cannot set up the control socket");
+            validate_error_set(why, DOPA_ENOMEM, "cannot set up the control socket");
             control_close(c);
             return DOPA_ENOMEM;
         }

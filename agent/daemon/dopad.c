@@ -204,7 +204,8 @@ static unsigned listen_port(const char *listen)
  * Returns 1 when the change applied. */
 static int reload_metrics(const char *want)
 {
-    char why[600], was[METRICS_LISTEN_MAX + 10];
+    validate_error why;
+    char was[METRICS_LISTEN_MAX + 10];
     const char *now = want[0] ? want : "(none)";
     snprintf(was, sizeof was, "%s", running.metrics_listen[0] ? running.metrics_listen : "(none)");
     int same_port = want[0] != '\0' && running.metrics_listen[0] != '\0' &&
@@ -215,13 +216,14 @@ static int reload_metrics(const char *want)
     }
     metrics *next = NULL;
     if (want[0] != '\0' &&
-        metrics_open(engine, want, started_ms, same_port, &next, why, sizeof why) != DOPA_OK) {
-        agent_log("error", "reload: [metrics] listen %s: %s; %s stays in force", now, why, was);
+        metrics_open(engine, want, started_ms, same_port, &next, &why) != DOPA_OK) {
+        agent_log("error", "reload: [metrics] listen %s: %s; %s stays in force", now, why.text,
+                  was);
         if (metrics_server == NULL && running.metrics_listen[0] != '\0' &&
-            metrics_open(engine, running.metrics_listen, started_ms, 1, &metrics_server, why,
-                         sizeof why) != DOPA_OK) {
+            metrics_open(engine, running.metrics_listen, started_ms, 1, &metrics_server, &why) !=
+                DOPA_OK) {
             agent_log("error", "reload: [metrics] listen %s again: %s; the metrics endpoint is off",
-                      was, why);
+                      was, why.text);
             running.metrics_listen[0] = '\0';
         }
         return 0;
@@ -242,7 +244,7 @@ static void reload(void)
     notify_manager("RELOADING=1\nMONOTONIC_USEC=%llu", (unsigned long long)mono_ms() * 1000);
     static config_settings next;
     memset(&next, 0, sizeof next);
-    char msg[5000];
+    validate_error msg;
     uint8_t key[PEER_GROUP_KEY_BYTES];
     int applied = 0, kept = 0;
     if (config_path[0] == '\0') {
@@ -255,14 +257,13 @@ static void reload(void)
         agent_log("info", "reload: reading %s", config_path);
     else
         agent_log("info", "reload: %s does not exist: the defaults apply", config_path);
-    if (config_read(config_path, config_explicit, &next, msg, sizeof msg) != 0 ||
-        config_complete(&next, &cli, msg, sizeof msg) != 0) {
-        agent_log("error", "reload: %s; nothing changed", msg);
+    if (config_read(config_path, config_explicit, &next, &msg) != 0 ||
+        config_complete(&next, &cli, &msg) != 0) {
+        agent_log("error", "reload: %s; nothing changed", msg.text);
         goto done;
     }
-    if (next.group_key[0] != '\0' &&
-        peer_group_key_load(next.group_key, key, msg, sizeof msg) != PEER_OK) {
-        agent_log("error", "reload: group-key %s: %s; nothing changed", next.group_key, msg);
+    if (next.group_key[0] != '\0' && peer_group_key_load(next.group_key, key, &msg) != PEER_OK) {
+        agent_log("error", "reload: group-key %s: %s; nothing changed", next.group_key, msg.text);
         goto done;
     }
     config_warn_ignored_peer_keys(&next, config_path);
@@ -279,8 +280,8 @@ static void reload(void)
     if (strcmp(next.metrics_listen, running.metrics_listen) != 0)
         applied += reload_metrics(next.metrics_listen);
     config_engine_make(&engine_cfg, &running, group_key);
-    if (engine_reconfigure(engine, &engine_cfg.engine, msg, sizeof msg) != DOPA_OK)
-        agent_log("warning", "reload: %s", msg);
+    if (engine_reconfigure(engine, &engine_cfg.engine) != DOPA_OK)
+        agent_log("warning", "reload: %s", engine_error(engine)->text);
     agent_log("info", "reload: %d settings changed, %d wait for a restart", applied, kept);
 done:
     notify_manager("READY=1");
@@ -379,7 +380,7 @@ int main(int argc, char **argv)
     started_ms = (int64_t)now.tv_sec * 1000 + now.tv_nsec / 1000000;
     const char *config = NULL;
     int check_only = 0;
-    char why[5000];
+    validate_error why;
     int c, rc = 0, opt_index = 0;
     while ((c = getopt_long(argc, argv, "h", opts, &opt_index)) != -1 && rc == 0) {
         switch (c) {
@@ -420,16 +421,14 @@ int main(int argc, char **argv)
     config_explicit = config != NULL;
     config_file_path(config, config_path, sizeof config_path);
     config_settings *s = &running;
-    if ((config_path[0] != '\0' &&
-         config_read(config_path, config_explicit, s, why, sizeof why) != 0) ||
-        config_complete(s, &cli, why, sizeof why) != 0) {
-        fprintf(stderr, "dopad: %s\n", why);
+    if ((config_path[0] != '\0' && config_read(config_path, config_explicit, s, &why) != 0) ||
+        config_complete(s, &cli, &why) != 0) {
+        fprintf(stderr, "dopad: %s\n", why.text);
         return EXIT_USAGE;
     }
     /* Peers: only with a group key. */
-    if (s->group_key[0] != '\0' &&
-        peer_group_key_load(s->group_key, group_key, why, sizeof why) != PEER_OK) {
-        fprintf(stderr, "dopad: group-key %s: %s\n", s->group_key, why);
+    if (s->group_key[0] != '\0' && peer_group_key_load(s->group_key, group_key, &why) != PEER_OK) {
+        fprintf(stderr, "dopad: group-key %s: %s\n", s->group_key, why.text);
         return EXIT_USAGE;
     }
     config_engine_make(&engine_cfg, s, group_key);
@@ -464,21 +463,21 @@ int main(int argc, char **argv)
                 lock < 0 ? strerror(errno) : "another dopad uses this state directory");
         return EXIT_START;
     }
-    if (engine_open(&engine_cfg.engine, &engine, why, sizeof why) != DOPA_OK) {
-        fprintf(stderr, "dopad: %s\n", why);
+    if (engine_open(&engine_cfg.engine, &engine, &why) != DOPA_OK) {
+        fprintf(stderr, "dopad: %s\n", why.text);
         return EXIT_START;
     }
     int system_instance = geteuid() == 0;
     control *ctl = NULL;
     if (control_open(engine, socket_path, system_instance ? 0755 : 0700,
-                     system_instance ? 0666 : 0600, &ctl, why, sizeof why) != DOPA_OK) {
-        fprintf(stderr, "dopad: %s\n", why);
+                     system_instance ? 0666 : 0600, &ctl, &why) != DOPA_OK) {
+        fprintf(stderr, "dopad: %s\n", why.text);
         engine_close(engine);
         return EXIT_START;
     }
-    if (s->metrics_listen[0] != '\0' && metrics_open(engine, s->metrics_listen, started_ms, 0,
-                                                     &metrics_server, why, sizeof why) != DOPA_OK) {
-        fprintf(stderr, "dopad: metrics endpoint: %s\n", why);
+    if (s->metrics_listen[0] != '\0' &&
+        metrics_open(engine, s->metrics_listen, started_ms, 0, &metrics_server, &why) != DOPA_OK) {
+        fprintf(stderr, "dopad: metrics endpoint: %s\n", why.text);
         control_close(ctl);
         engine_close(engine);
         return EXIT_START;

@@ -279,19 +279,19 @@ void engine_progress(agent_engine *e, agent_job *j)
  * directory) if it vanished; then its pieces are gone too. */
 static int open_temp(agent_engine *e, agent_file *f)
 {
-    char why[512];
+    validate_error why;
     agent_job *j = f->job;
-    int err = fileops_open_temp(j->file_user, f->tmp_path, 0, &f->ident, &f->fd, why, sizeof why);
+    int err = fileops_open_temp(j->file_user, f->tmp_path, 0, &f->ident, &f->fd, &why);
     if (err == ENOENT) {
         agent_file_clear_pieces(f);
         f->ident.file_dev = f->ident.file_ino = 0;
-        err = fileops_open_temp(j->file_user, f->tmp_path, 1, &f->ident, &f->fd, why, sizeof why);
+        err = fileops_open_temp(j->file_user, f->tmp_path, 1, &f->ident, &f->fd, &why);
         if (err == 0)
             engine_reset_file(e, f);
     }
     if (err != 0) {
         engine_fail_job(e, j, err == ENOSPC || err == EIO, DOPA_CONTEXT_LOCAL_FILE, err,
-                        (int)f->index, 0, why);
+                        (int)f->index, 0, why.text);
         return -1;
     }
     return 0;
@@ -369,9 +369,8 @@ static void file_done(agent_engine *e, agent_file *f)
     f->transferred = 1;
     if (f->fd < 0 && e->peers != NULL) {
         /* (Closed while it waited for a verdict.) */
-        char why[256];
-        if (fileops_open_temp(f->job->file_user, f->tmp_path, 0, &f->ident, &f->fd, why,
-                              sizeof why) != 0)
+        validate_error why;
+        if (fileops_open_temp(f->job->file_user, f->tmp_path, 0, &f->ident, &f->fd, &why) != 0)
             f->fd = -1;
     }
     peers_file_transferred(e, f); /* offered whole from now on */
@@ -603,14 +602,14 @@ static void run_timers(agent_engine *e)
         if (!j->running && j->state != DOPA_STATE_TRANSFERRING &&
             mono - j->touched >= (int64_t)e->cfg.inactivity_ms) {
             /* JobInactivityTimeout: neither completed nor cancelled. */
-            char why[512];
+            validate_error why;
             if (engine_finish_job(e, j, DOPA_STATE_CANCELLED) != DOPA_OK)
                 continue;
             for (size_t k = 0; k < j->n_files; k++)
                 if (!j->files[k]->completed &&
                     fileops_remove_temp(j->file_user, j->files[k]->tmp_path, &j->files[k]->ident,
-                                        why, sizeof why) != 0)
-                    agent_log("warning", "%s", why);
+                                        &why) != 0)
+                    agent_log("warning", "%s", why.text);
             agent_log("info", "job inactive for too long: cancelled");
         }
     }
@@ -747,16 +746,16 @@ void engine_wake(void *engine)
     engine_wakeup(engine);
 }
 
-static int make_dir(const char *path, char *why, size_t why_len)
+static int make_dir(const char *path, validate_error *why)
 {
     if (mkdir(path, 0700) != 0 && errno != EEXIST) {
-        snprintf(why, why_len, "%s: %s", path, strerror(errno));
+        validate_error_set(why, DOPA_EIO, "%s: %s", path, strerror(errno));
         return DOPA_EIO;
     }
     return DOPA_OK;
 }
 
-int engine_open(const engine_config *cfg, agent_engine **out, char *why, size_t why_len)
+int engine_open(const engine_config *cfg, agent_engine **out, validate_error *why)
 {
     agent_engine *e = calloc(1, sizeof *e);
     if (e == NULL)
@@ -787,7 +786,8 @@ int engine_open(const engine_config *cfg, agent_engine **out, char *why, size_t 
     e->cfg.trusted_keys = e->keys;
     if (cfg->plugin_dir != NULL) {
         if (cfg->validate_helper == NULL || cfg->validate_helper[0] != '/') {
-            snprintf(why, why_len, "validator plugins need the dopa-validate program's full path");
+            validate_error_set(why, DOPA_EINVAL,
+                               "validator plugins need the dopa-validate program's full path");
             err = DOPA_EINVAL;
             goto fail;
         }
@@ -797,33 +797,33 @@ int engine_open(const engine_config *cfg, agent_engine **out, char *why, size_t 
             goto fail;
     }
     if (e->cfg.notify.per_user > CLIENT_HELD_MAX) {
-        snprintf(why, why_len, "at most %d notifications per user may be outstanding",
-                 CLIENT_HELD_MAX);
+        validate_error_set(why, DOPA_EINVAL, "at most %d notifications per user may be outstanding",
+                           CLIENT_HELD_MAX);
         err = DOPA_EINVAL;
         goto fail;
     }
-    err = make_dir(e->state_dir, why, why_len);
+    err = make_dir(e->state_dir, why);
     if (err != DOPA_OK)
         goto fail;
     char path[4200];
     snprintf(path, sizeof path, "%s/dopa.db", e->state_dir);
-    err = store_open(path, &e->db, why, why_len);
+    err = store_open(path, &e->db, why);
     if (err != DOPA_OK)
         goto fail;
     if (origin_new(&cfg->origin, &e->origin) != ORIGIN_OK) {
-        snprintf(why, why_len, "cannot start the transfer loop");
+        validate_error_set(why, DOPA_EINTERNAL, "cannot start the transfer loop");
         err = DOPA_EINTERNAL;
         goto fail;
     }
     if (work_queue_init(&e->checks, CHECK_THREADS, engine_wake, e) != 0 ||
         work_queue_init(&e->syncer, 1, engine_wake, e) != 0) {
-        snprintf(why, why_len, "out of memory for the engine's work queues");
+        validate_error_set(why, DOPA_ENOMEM, "out of memory for the engine's work queues");
         err = DOPA_ENOMEM;
         goto fail;
     }
     agent_job **loaded = NULL;
     size_t n = 0, damaged = 0;
-    err = store_load(e->db, &loaded, &n, &damaged, why, why_len);
+    err = store_load(e->db, &loaded, &n, &damaged, why);
     if (err != DOPA_OK)
         goto fail;
     if (damaged > 0)
@@ -851,18 +851,18 @@ int engine_open(const engine_config *cfg, agent_engine **out, char *why, size_t 
             while (i < n)
                 agent_job_free(loaded[i++]);
             free(loaded);
-            snprintf(why, why_len, "out of memory for the stored jobs");
+            validate_error_set(why, DOPA_ENOMEM, "out of memory for the stored jobs");
             err = DOPA_ENOMEM;
             goto fail;
         }
     }
     free(loaded);
-    err = notify_open(e, why, why_len);
+    err = notify_open(e, why);
     if (err != DOPA_OK)
         goto fail;
-    err = peers_open(e, why, why_len);
+    err = peers_open(e, why);
     if (err == DOPA_OK)
-        err = cache_open(e, why, why_len);
+        err = cache_open(e, why);
     if (err != DOPA_OK)
         goto fail;
     e->last_commit = mono;
@@ -910,15 +910,13 @@ void engine_close(agent_engine *e)
     free(e);
 }
 
-int engine_reconfigure(agent_engine *e, const engine_config *cfg, char *why, size_t why_len)
+int engine_reconfigure(agent_engine *e, const engine_config *cfg)
 {
     validate_public_key *keys = NULL;
     if (cfg->n_trusted_keys > 0) {
         keys = calloc(cfg->n_trusted_keys, sizeof *keys);
-        if (keys == NULL) {
-            snprintf(why, why_len, "out of memory");
-            return DOPA_ENOMEM;
-        }
+        if (keys == NULL)
+            return validate_error_set(&e->error, DOPA_ENOMEM, "out of memory");
         memcpy(keys, cfg->trusted_keys, cfg->n_trusted_keys * sizeof *keys);
     }
     /* Manifests are checked against the keys when a file is added: the
@@ -932,23 +930,26 @@ int engine_reconfigure(agent_engine *e, const engine_config *cfg, char *why, siz
     e->cfg.plugin_timeout_ms = cfg->plugin_timeout_ms;
     e->cfg.origin.max_rate = cfg->origin.max_rate;
     origin_set_max_rate(e->origin, cfg->origin.max_rate);
+    /* The first failure is the one reported; the rest is applied anyway. */
     int err = DOPA_OK;
-    if (why_len > 0)
-        why[0] = '\0';
-    if (e->peers != NULL && cfg->peer != NULL &&
-        peer_node_reconfigure(e->peers, cfg->peer, why, why_len) != PEER_OK)
-        err = DOPA_EINVAL;
+    e->error = (validate_error){0};
+    if (e->peers != NULL && cfg->peer != NULL)
+        err = peer_node_reconfigure(e->peers, cfg->peer, &e->error);
     if (cfg->cache_bytes != e->cfg.cache_bytes || cfg->cache_age_ms != e->cfg.cache_age_ms) {
-        char cache_why[512];
-        int cache_err =
-            cache_set_limits(e, cfg->cache_bytes, cfg->cache_age_ms, cache_why, sizeof cache_why);
+        validate_error cache_why;
+        int cache_err = cache_set_limits(e, cfg->cache_bytes, cfg->cache_age_ms, &cache_why);
         if (cache_err != DOPA_OK && err == DOPA_OK) {
-            snprintf(why, why_len, "%s", cache_why);
+            e->error = cache_why;
             err = cache_err;
         }
     }
     engine_wakeup(e);
     return err;
+}
+
+const validate_error *engine_error(const agent_engine *e)
+{
+    return &e->error;
 }
 
 /* The next timer, in ms from now, capped at `limit`. */

@@ -41,6 +41,7 @@ typedef struct engine_client {
 
 struct agent_engine {
     engine_config cfg;
+    validate_error error; /* engine_error(): what engine_reconfigure last failed at */
     char *state_dir;
     agent_clock clock;
     store *db;
@@ -54,8 +55,8 @@ struct agent_engine {
     engine_wait *waits;
     work_queue checks; /* whole-file SHA-256 checks */
     int64_t last_commit;
-    int commit_now;       /* a file waits only for its pieces' commit */
-    uint64_t generation;  /* tells stale background results apart */
+    int commit_now;      /* a file waits only for its pieces' commit */
+    uint64_t generation; /* tells stale background results apart */
     char *plugin_dir, *validate_helper;
     cb_center *cb;       /* notifications */
     int64_t notify_wake; /* ms from the last notify_step until it wants to run, or -1 */
@@ -112,7 +113,7 @@ void commit_step(agent_engine *e, int force);
 int64_t commit_next_ms(const agent_engine *e, int64_t limit);
 
 /* Notifications (notify.c). */
-int notify_open(agent_engine *e, char *why, size_t why_len); /* after the jobs are loaded */
+int notify_open(agent_engine *e, validate_error *why); /* after the jobs are loaded */
 void notify_close(agent_engine *e);
 /* An event of the job, if its notify flags want it. Events other than
  * JobModification are stored until delivered; to make one part of a change,
@@ -137,7 +138,7 @@ int notify_drop_call(agent_engine *e, engine_call *call);
  * waits, -1 when it was rejected (the job failed or the file starts over). */
 int validation_step(agent_engine *e, agent_file *f);
 /* The client's SetValidationState for a file that waits for it. */
-int validation_set(agent_engine *e, agent_file *f, int valid, char *why, size_t why_len);
+int validation_set(agent_engine *e, agent_file *f, int valid, validate_error *why);
 /* Stops a running plugin helper. */
 void validation_stop(agent_engine *e, agent_file *f);
 /* A killed child to reap without waiting for it (engine_reap does, each
@@ -178,12 +179,15 @@ void engine_state_counts(const agent_engine *e, uint64_t out[AGENT_JOB_STATES]);
  * through peer_node_reconfigure what may change of cfg->peer; the rest of
  * cfg needs a new engine and is ignored. What could be applied is, even
  * when it fails (a peer that cannot be dialled, a cache directory that
- * cannot be made): then why says what did not. */
-int engine_reconfigure(agent_engine *e, const engine_config *cfg, char *why, size_t why_len);
+ * cannot be made): then the first failure's code is returned as its
+ * module gave it (PEER_E*, DOPA_E*), and engine_error() says what failed. */
+int engine_reconfigure(agent_engine *e, const engine_config *cfg);
+/* The engine's last failure (of engine_reconfigure): code 0 when none. */
+const validate_error *engine_error(const agent_engine *e);
 
 /* Peers (peers.c): a source of pieces (peer_source, source.h), and the
  * serving side. */
-int peers_open(agent_engine *e, char *why, size_t why_len);
+int peers_open(agent_engine *e, validate_error *why); /* 0 or PEER_E* / DOPA_ENOMEM */
 void peers_close(agent_engine *e);
 /* The node's turn; fails jobs whose peer pieces could not be written.
  * Returns ms until it wants to run again (-1: no peers). */
@@ -198,7 +202,7 @@ void peers_file_transferred(agent_engine *e, agent_file *f);
 void peers_blame(agent_engine *e, agent_file *f);
 
 /* The content cache (cache.c); only with peers and a size limit. */
-int cache_open(agent_engine *e, char *why, size_t why_len);
+int cache_open(agent_engine *e, validate_error *why);
 void cache_close(agent_engine *e);
 /* Takes finished copies, ages entries out. */
 void cache_step(agent_engine *e);
@@ -209,6 +213,6 @@ void cache_stats(agent_engine *e, uint64_t *entries, uint64_t *bytes, uint64_t *
 /* New size and age limits (0: none kept, 0: 14 days) while the engine runs:
  * entries beyond them leave now (or at the next cache_step); a cache that
  * was 0 starts (with peers only). A failure to start it leaves none. */
-int cache_set_limits(agent_engine *e, uint64_t bytes, uint64_t age_ms, char *why, size_t why_len);
+int cache_set_limits(agent_engine *e, uint64_t bytes, uint64_t age_ms, validate_error *why);
 
 #endif

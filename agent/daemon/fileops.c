@@ -264,8 +264,7 @@ static int receive_result(int sock, struct result *res, int *fd)
 
 /* Runs the operation as the user: directly when that is who we are (or
  * when we may not change identity), else in a child. */
-static int as_user(const struct request *rq, int *fd, fileops_ident *ident, char *why,
-                   size_t why_len)
+static int as_user(const struct request *rq, int *fd, fileops_ident *ident, validate_error *why)
 {
     *fd = -1;
     if (geteuid() != 0 || rq->user == 0 || rq->user == geteuid())
@@ -278,7 +277,7 @@ static int as_user(const struct request *rq, int *fd, fileops_ident *ident, char
     gid_t groups[MAX_GROUPS];
     int n_groups = MAX_GROUPS;
     if (getpwuid_r(rq->user, &pw, buf, sizeof buf, &found) != 0 || found == NULL) {
-        snprintf(why, why_len, "uid %u has no passwd entry", (unsigned)rq->user);
+        validate_error_set(why, DOPA_EACCESS, "uid %u has no passwd entry", (unsigned)rq->user);
         return EPERM;
     }
     if (getgrouplist(pw.pw_name, pw.pw_gid, groups, &n_groups) < 0) {
@@ -319,9 +318,9 @@ static int as_user(const struct request *rq, int *fd, fileops_ident *ident, char
     return res.err;
 }
 
-static int finish(int err, const char *what, const char *path, char *why, size_t why_len)
+static int finish(int err, const char *what, const char *path, validate_error *why)
 {
-    if (err != 0 && why != NULL && why_len > 0 && why[0] == '\0') {
+    if (err != 0 && why != NULL && why->text[0] == '\0') {
         const char *msg = strerror(err);
         if (err == EPERM && strcmp(what, "create") != 0)
             msg = "not the temporary file dopa made (replaced, linked or changed owner)";
@@ -329,44 +328,44 @@ static int finish(int err, const char *what, const char *path, char *why, size_t
             msg = "its directory is no longer the one the job was given";
         else if (err == EFBIG)
             msg = "its size is not what was transferred";
-        snprintf(why, why_len, "cannot %s %s: %s", what, path, msg);
+        validate_error_set(why, DOPA_EIO, "cannot %s %s: %s", what, path, msg);
     }
     return err;
 }
 
 int fileops_open_temp(uint32_t user, const char *tmp_path, int create, fileops_ident *ident,
-                      int *fd, char *why, size_t why_len)
+                      int *fd, validate_error *why)
 {
     struct request rq = {create ? OP_OPEN_NEW : OP_OPEN_OLD, user, tmp_path, NULL, *ident, 0};
     fileops_ident got = *ident;
-    if (why_len > 0)
-        why[0] = '\0';
-    int err = as_user(&rq, fd, &got, why, why_len);
+    if (why != NULL)
+        *why = (validate_error){0};
+    int err = as_user(&rq, fd, &got, why);
     if (err == 0)
         *ident = got;
-    return finish(err, create ? "create" : "reopen", tmp_path, why, why_len);
+    return finish(err, create ? "create" : "reopen", tmp_path, why);
 }
 
-int fileops_remove_temp(uint32_t user, const char *tmp_path, const fileops_ident *ident, char *why,
-                        size_t why_len)
+int fileops_remove_temp(uint32_t user, const char *tmp_path, const fileops_ident *ident,
+                        validate_error *why)
 {
     struct request rq = {OP_REMOVE, user, tmp_path, NULL, *ident, 0};
     fileops_ident got;
     int fd;
-    if (why_len > 0)
-        why[0] = '\0';
-    return finish(as_user(&rq, &fd, &got, why, why_len), "remove", tmp_path, why, why_len);
+    if (why != NULL)
+        *why = (validate_error){0};
+    return finish(as_user(&rq, &fd, &got, why), "remove", tmp_path, why);
 }
 
 int fileops_commit(uint32_t user, const char *tmp_path, const char *dest_path,
-                   const fileops_ident *ident, uint64_t size, char *why, size_t why_len)
+                   const fileops_ident *ident, uint64_t size, validate_error *why)
 {
     struct request rq = {OP_COMMIT, user, tmp_path, dest_path, *ident, (int64_t)size};
     fileops_ident got;
     int fd;
-    if (why_len > 0)
-        why[0] = '\0';
-    return finish(as_user(&rq, &fd, &got, why, why_len), "move into place", tmp_path, why, why_len);
+    if (why != NULL)
+        *why = (validate_error){0};
+    return finish(as_user(&rq, &fd, &got, why), "move into place", tmp_path, why);
 }
 
 int fileops_temp_name(const char *dest, const dopa_id *id, uint32_t index, char *out, size_t len)

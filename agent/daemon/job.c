@@ -108,7 +108,7 @@ int agent_file_local_size(const agent_file *f, int64_t remote_size, uint64_t *si
     return DOPA_OK;
 }
 
-int agent_ranges_check(const dopa_range *ranges, size_t n, char *why, size_t why_len)
+int agent_ranges_check(const dopa_range *ranges, size_t n, validate_error *why)
 {
     uint64_t prev_end = 0;
     for (size_t i = 0; i < n; i++) {
@@ -123,8 +123,7 @@ int agent_ranges_check(const dopa_range *ranges, size_t n, char *why, size_t why
         else if (i > 0 && r->offset < prev_end)
             bad = "is out of order or overlaps the one before";
         if (bad != NULL) {
-            snprintf(why, why_len, "range %zu %s", i, bad);
-            return -1;
+            return validate_error_set(why, DOPA_EINVAL, "range %zu %s", i, bad);
         }
         prev_end = r->length == DOPA_LENGTH_TO_EOF ? UINT64_MAX : r->offset + r->length;
     }

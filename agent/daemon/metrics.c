@@ -332,18 +332,18 @@ fail:
 }
 
 int metrics_open(agent_engine *e, const char *listen, int64_t started_ms, int retry_in_use,
-                 metrics **out, char *why, size_t why_len)
+                 metrics **out, validate_error *why)
 {
     char host[METRICS_LISTEN_MAX + 1], url[METRICS_LISTEN_MAX + 16];
     unsigned port;
     int loopback, rv;
     if (metrics_parse_listen(listen, host, sizeof host, &port, &loopback) != 0) {
-        snprintf(why, why_len, "%s: not ADDRESS:PORT", listen);
+        validate_error_set(why, DOPA_EINVAL, "%s: not ADDRESS:PORT", listen);
         return DOPA_EINVAL;
     }
     metrics *m = calloc(1, sizeof *m);
     if (m == NULL) {
-        snprintf(why, why_len, "out of memory");
+        validate_error_set(why, DOPA_ENOMEM, "out of memory");
         return DOPA_ENOMEM;
     }
     m->e = e;
@@ -358,7 +358,7 @@ int metrics_open(agent_engine *e, const char *listen, int64_t started_ms, int re
         rv = start_server(m, url);
     }
     if (rv != 0) {
-        snprintf(why, why_len, "cannot listen on %s: %s", listen, nng_strerror(rv));
+        validate_error_set(why, DOPA_EIO, "cannot listen on %s: %s", listen, nng_strerror(rv));
         mailbox_destroy(&m->waiting);
         pthread_mutex_destroy(&m->lock);
         free(m);

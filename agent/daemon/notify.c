@@ -157,7 +157,7 @@ static void restore_one(void *ctx, uint64_t id, const dopa_id *job, int kind, in
     }
 }
 
-int notify_open(agent_engine *e, char *why, size_t why_len)
+int notify_open(agent_engine *e, validate_error *why)
 {
     cb_owner owner = {.ctx = e,
                       .now_ms = owner_now,
@@ -169,12 +169,11 @@ int notify_open(agent_engine *e, char *why, size_t why_len)
         return DOPA_ENOMEM;
     e->next_event_id = 1;
     struct restore r = {.e = e};
-    int err = store_load_notifications(e->db, restore_one, &r, why, why_len);
+    int err = store_load_notifications(e->db, restore_one, &r, why);
     if (r.dropped > 0)
         agent_log("warning", "%zu stored notifications had no job and were dropped", r.dropped);
     if (err == DOPA_OK && r.err != DOPA_OK) {
-        snprintf(why, why_len, "out of memory for the stored notifications");
-        err = r.err;
+        err = validate_error_set(why, r.err, "out of memory for the stored notifications");
     }
     return err;
 }

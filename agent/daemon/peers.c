@@ -115,7 +115,7 @@ static void peer_log(void *ctx, const char *level, const char *msg)
     agent_log(level, "%s", msg);
 }
 
-int peers_open(agent_engine *e, char *why, size_t why_len)
+int peers_open(agent_engine *e, validate_error *why)
 {
     if (e->cfg.peer == NULL)
         return DOPA_OK;
@@ -123,14 +123,9 @@ int peers_open(agent_engine *e, char *why, size_t why_len)
     cfg.wakeup = engine_wake;
     cfg.wakeup_ctx = e;
     cfg.log = peer_log;
-    if (work_queue_init(&e->writers, WRITERS, engine_wake, e) != 0) {
-        snprintf(why, why_len, "cannot start the piece writers");
-        return DOPA_ENOMEM;
-    }
-    int err = peer_node_open(&cfg, &e->peers, why, why_len);
-    if (err != PEER_OK)
-        return DOPA_EINVAL;
-    return DOPA_OK;
+    if (work_queue_init(&e->writers, WRITERS, engine_wake, e) != 0)
+        return validate_error_set(why, DOPA_ENOMEM, "cannot start the piece writers");
+    return peer_node_open(&cfg, &e->peers, why); /* its PEER_E* code, as it is */
 }
 
 const char *engine_peer_url(const agent_engine *e)
@@ -169,8 +164,7 @@ static int on_piece(void *ctx, uint64_t piece, const uint8_t *data, size_t len, 
     agent_file *f = ctx;
     agent_job *j = f->job;
     agent_engine *e = f->peer.engine;
-    if (f->fd < 0 || f->peer.write_err != 0 ||
-        pieces_claimer(&f->pieces, piece) != SOURCE_PEERS ||
+    if (f->fd < 0 || f->peer.write_err != 0 || pieces_claimer(&f->pieces, piece) != SOURCE_PEERS ||
         len != pieces_length(&f->pieces, piece)) {
         pieces_unclaim(&f->pieces, piece, SOURCE_PEERS);
         return PEER_VERDICT_UNUSED;
@@ -284,7 +278,8 @@ static void peers_start_file(agent_engine *e, agent_file *f)
     offer(e, f, 1);
     f->peer.engine = e;
     peer_swarm_ops ops = {.claim = on_claim, .piece = on_piece, .lost = on_lost, .ctx = f};
-    if (peer_swarm_open(e->peers, f->peer.cid, f->size, f->pieces.piece_size, &ops, &f->peer.swarm) != PEER_OK)
+    if (peer_swarm_open(e->peers, f->peer.cid, f->size, f->pieces.piece_size, &ops,
+                        &f->peer.swarm) != PEER_OK)
         f->peer.swarm = NULL;
 }
 
@@ -367,8 +362,7 @@ static int swarm_keeps(const agent_file *f, uint64_t piece)
 /* This agent's share of the others' work starts there. */
 static uint64_t swarm_share_start(const agent_file *f)
 {
-    return f->peer.swarm != NULL && f->manifest != NULL ? peer_swarm_share_start(f->peer.swarm)
-                                                         : 0;
+    return f->peer.swarm != NULL && f->manifest != NULL ? peer_swarm_share_start(f->peer.swarm) : 0;
 }
 
 /* Some peer holds a piece the file still misses. */

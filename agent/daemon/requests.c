@@ -173,12 +173,12 @@ static int check_destination(const agent_job *j, const char *path, proto_reply *
 
 static int check_ranges(const proto_request *req, proto_reply *reply)
 {
-    char why[128];
-    if (agent_ranges_check(req->ranges, req->n_ranges, why, sizeof why) != 0)
+    validate_error why;
+    if (agent_ranges_check(req->ranges, req->n_ranges, &why) != 0)
         return refuse(reply, DOPA_EINVAL,
                       "%s: ranges must be in order, must not overlap, and "
                       "only the last may run to the end",
-                      why);
+                      why.text);
     return -1;
 }
 
@@ -202,7 +202,8 @@ static int do_add_file(agent_engine *e, uint32_t uid, const proto_request *req, 
         return refuse(reply, DOPA_EINVAL, "a file with a manifest cannot have ranges");
 
     agent_file *f = agent_file_new();
-    char tmp[DOPA_PATH_MAX + 64], why[512];
+    char tmp[DOPA_PATH_MAX + 64];
+    validate_error why;
     if (f == NULL)
         return refuse(reply, DOPA_ENOMEM, "out of memory");
     f->job = j;
@@ -213,14 +214,13 @@ static int do_add_file(agent_engine *e, uint32_t uid, const proto_request *req, 
             goto fail;
         memcpy(f->manifest_bytes, req->manifest, req->manifest_len);
         f->manifest_len = req->manifest_len;
-        char detail[256];
+        validate_error detail;
         int verr = validate_manifest_open(f->manifest_bytes, f->manifest_len, e->keys, e->n_keys,
-                                          (uint64_t)(engine_now(e) / 1000), &f->manifest, detail,
-                                          sizeof detail);
+                                          (uint64_t)(engine_now(e) / 1000), &f->manifest, &detail);
         if (verr != VALIDATE_OK) {
             agent_file_free(f);
             return refuse(reply, DOPA_EMANIFEST, "manifest rejected: %s: %s",
-                          validate_strerror(verr), detail);
+                          validate_strerror(verr), detail.text);
         }
     }
     if (req->has_sha256) {
@@ -260,16 +260,17 @@ static int do_add_file(agent_engine *e, uint32_t uid, const proto_request *req, 
     /* Create the temporary file now, with the owner's rights: a name the
      * owner may not write is refused here, not when the job runs. */
     int fd = -1;
-    int ferr = fileops_open_temp(j->file_user, f->tmp_path, 1, &f->ident, &fd, why, sizeof why);
+    int ferr = fileops_open_temp(j->file_user, f->tmp_path, 1, &f->ident, &fd, &why);
     if (ferr != 0) {
         agent_file_free(f);
-        return refuse(reply, ferr == EACCES || ferr == EPERM ? DOPA_EACCESS : DOPA_EIO, "%s", why);
+        return refuse(reply, ferr == EACCES || ferr == EPERM ? DOPA_EACCESS : DOPA_EIO, "%s",
+                      why.text);
     }
     close(fd);
 
     agent_file **grown = realloc(j->files, (j->n_files + 1) * sizeof *grown);
     if (grown == NULL) {
-        fileops_remove_temp(j->file_user, f->tmp_path, &f->ident, why, sizeof why);
+        fileops_remove_temp(j->file_user, f->tmp_path, &f->ident, &why);
         goto fail;
     }
     j->files = grown;
@@ -292,7 +293,7 @@ static int do_add_file(agent_engine *e, uint32_t uid, const proto_request *req, 
         j->completed = was_completed;
         j->modified = was_modified;
         j->version = was_version;
-        fileops_remove_temp(j->file_user, f->tmp_path, &f->ident, why, sizeof why);
+        fileops_remove_temp(j->file_user, f->tmp_path, &f->ident, &why);
         agent_file_free(f);
         return store_failed(e, reply);
     }
@@ -366,23 +367,22 @@ static int do_resume(agent_engine *e, agent_job *j, proto_reply *reply)
 
 static int do_cancel(agent_engine *e, agent_job *j, proto_reply *reply)
 {
-    char why[512];
+    validate_error why;
     /* Out of the store first: a job that comes back after a restart must
      * still have its files. */
     if (engine_finish_job(e, j, DOPA_STATE_CANCELLED) != DOPA_OK)
         return refuse(reply, DOPA_EINTERNAL, "dopad could not record the change");
     for (size_t i = 0; i < j->n_files; i++) {
         agent_file *f = j->files[i];
-        if (!f->completed &&
-            fileops_remove_temp(j->file_user, f->tmp_path, &f->ident, why, sizeof why) != 0)
-            agent_log("warning", "cancel: %s", why);
+        if (!f->completed && fileops_remove_temp(j->file_user, f->tmp_path, &f->ident, &why) != 0)
+            agent_log("warning", "cancel: %s", why.text);
     }
     return 0;
 }
 
 static int do_complete(agent_engine *e, agent_job *j, proto_reply *reply)
 {
-    char why[512];
+    validate_error why;
     int partial = j->state != DOPA_STATE_TRANSFERRED;
     engine_stop_job(e, j);
     /* Make the transferred files visible; one that cannot be moved stops
@@ -392,11 +392,10 @@ static int do_complete(agent_engine *e, agent_job *j, proto_reply *reply)
         agent_file *f = j->files[i];
         if (f->completed || !f->transferred)
             continue;
-        int err =
-            fileops_commit(j->file_user, f->tmp_path, f->path, &f->ident, f->size, why, sizeof why);
+        int err = fileops_commit(j->file_user, f->tmp_path, f->path, &f->ident, f->size, &why);
         if (err != 0)
             return refuse(reply, err == EACCES || err == EPERM ? DOPA_EACCESS : DOPA_EIO, "%s",
-                          why);
+                          why.text);
         f->completed = 1;
         if (store_put_file(e->db, f) != DOPA_OK)
             agent_log("error", "store: %s", store_error(e->db));
@@ -405,9 +404,8 @@ static int do_complete(agent_engine *e, agent_job *j, proto_reply *reply)
         return refuse(reply, DOPA_EINTERNAL, "dopad could not record the change");
     for (size_t i = 0; i < j->n_files; i++) {
         agent_file *f = j->files[i];
-        if (!f->completed &&
-            fileops_remove_temp(j->file_user, f->tmp_path, &f->ident, why, sizeof why) != 0)
-            agent_log("warning", "complete: %s", why);
+        if (!f->completed && fileops_remove_temp(j->file_user, f->tmp_path, &f->ident, &why) != 0)
+            agent_log("warning", "complete: %s", why.text);
     }
     reply->partial = (uint64_t)partial;
     return 0;
@@ -496,9 +494,9 @@ static int do_set_validation(agent_engine *e, agent_job *j, const proto_request 
                       (unsigned long long)req->start);
     if (req->valid > 1)
         return refuse(reply, DOPA_EINVAL, "a verdict is valid (1) or invalid (0)");
-    char why[256];
-    int err = validation_set(e, j->files[req->start], (int)req->valid, why, sizeof why);
-    return err == DOPA_OK ? 0 : refuse(reply, err, "%s", why);
+    validate_error why;
+    int err = validation_set(e, j->files[req->start], (int)req->valid, &why);
+    return err == DOPA_OK ? 0 : refuse(reply, err, "%s", why.text);
 }
 
 static int count_waits(const agent_engine *e, uint32_t uid)

@@ -87,11 +87,11 @@ const char *store_error(const store *s)
     return sqlite3_errmsg(s->db);
 }
 
-static int exec(store *s, const char *sql, char *why, size_t why_len)
+static int exec(store *s, const char *sql, validate_error *why)
 {
     char *msg = NULL;
     if (sqlite3_exec(s->db, sql, NULL, NULL, &msg) != SQLITE_OK) {
-        snprintf(why, why_len, "%s", msg ? msg : sqlite3_errmsg(s->db));
+        validate_error_set(why, DOPA_EINTERNAL, "%s", msg ? msg : sqlite3_errmsg(s->db));
         sqlite3_free(msg);
         return DOPA_EINTERNAL;
     }
@@ -109,39 +109,39 @@ static int schema_version(store *s, int *version)
     return rc == SQLITE_ROW ? DOPA_OK : DOPA_EINTERNAL;
 }
 
-static int migrate(store *s, char *why, size_t why_len)
+static int migrate(store *s, validate_error *why)
 {
     int version;
     if (schema_version(s, &version) != DOPA_OK) {
-        snprintf(why, why_len, "cannot read the schema version: %s", sqlite3_errmsg(s->db));
+        validate_error_set(why, DOPA_EINTERNAL, "cannot read the schema version: %s",
+                           sqlite3_errmsg(s->db));
         return DOPA_EINTERNAL;
     }
     if (version > STORE_SCHEMA_VERSION) {
-        snprintf(why, why_len,
-                 "the database has schema version %d, newer than this dopad knows (%d)", version,
-                 STORE_SCHEMA_VERSION);
-        return DOPA_EINTERNAL;
+        return validate_error_set(why, DOPA_EINTERNAL,
+                                  "the database has schema version %d, newer than this dopad "
+                                  "knows (%d)",
+                                  version, STORE_SCHEMA_VERSION);
     }
     if (version < 0) {
         /* Not ours (user_version is any 32-bit number), and it would
          * index the migrations from before their start. */
-        snprintf(why, why_len, "the database has schema version %d, which no dopad writes",
-                 version);
+        validate_error_set(why, DOPA_EINTERNAL,
+                           "the database has schema version %d, which no dopad writes", version);
         return DOPA_EINTERNAL;
     }
     while (version < STORE_SCHEMA_VERSION) {
         char sql[64];
         snprintf(sql, sizeof sql, "PRAGMA user_version = %d", version + 1);
-        int err = exec(s, "BEGIN IMMEDIATE", why, why_len);
+        int err = exec(s, "BEGIN IMMEDIATE", why);
         if (err == DOPA_OK)
-            err = exec(s, migrations[version], why, why_len);
+            err = exec(s, migrations[version], why);
         if (err == DOPA_OK)
-            err = exec(s, sql, why, why_len);
+            err = exec(s, sql, why);
         if (err == DOPA_OK)
-            err = exec(s, "COMMIT", why, why_len);
+            err = exec(s, "COMMIT", why);
         if (err != DOPA_OK) {
-            char ignored[64];
-            exec(s, "ROLLBACK", ignored, sizeof ignored);
+            exec(s, "ROLLBACK", NULL);
             return err;
         }
         version++;
@@ -156,7 +156,7 @@ static int prepare(store *s, sqlite3_stmt **st, const char *sql)
                : DOPA_EINTERNAL;
 }
 
-int store_open(const char *path, store **out, char *why, size_t why_len)
+int store_open(const char *path, store **out, validate_error *why)
 {
     store *s = calloc(1, sizeof *s);
     if (s == NULL)
@@ -164,17 +164,18 @@ int store_open(const char *path, store **out, char *why, size_t why_len)
     int rc = sqlite3_open_v2(
         path, &s->db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX, NULL);
     if (rc != SQLITE_OK) {
-        snprintf(why, why_len, "%s: %s", path, s->db ? sqlite3_errmsg(s->db) : "cannot open");
+        validate_error_set(why, DOPA_EINTERNAL, "%s: %s", path,
+                           s->db ? sqlite3_errmsg(s->db) : "cannot open");
         store_close(s);
         return DOPA_EINTERNAL;
     }
     sqlite3_busy_timeout(s->db, 5000);
     /* WAL with synchronous=FULL: a commit is on disk when it returns, so
      * a piece row is never ahead of its data after a crash or power loss. */
-    int err = exec(s, "PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL; PRAGMA foreign_keys=ON;",
-                   why, why_len);
+    int err =
+        exec(s, "PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL; PRAGMA foreign_keys=ON;", why);
     if (err == DOPA_OK)
-        err = migrate(s, why, why_len);
+        err = migrate(s, why);
     if (err == DOPA_OK &&
         (prepare(s, &s->put_job,
                  /* An upsert: REPLACE would delete the row first, and the
@@ -208,7 +209,7 @@ int store_open(const char *path, store **out, char *why, size_t why_len)
          prepare(s, &s->delete_note, "DELETE FROM notifications WHERE id = ?1") ||
          prepare(s, &s->begin, "BEGIN IMMEDIATE") || prepare(s, &s->commit, "COMMIT") ||
          prepare(s, &s->rollback, "ROLLBACK"))) {
-        snprintf(why, why_len, "%s: %s", path, sqlite3_errmsg(s->db));
+        validate_error_set(why, DOPA_EINTERNAL, "%s: %s", path, sqlite3_errmsg(s->db));
         err = DOPA_EINTERNAL;
     }
     if (err != DOPA_OK) {
@@ -585,7 +586,7 @@ static int load_file_row(sqlite3_stmt *st, agent_file *f)
             return DOPA_ENOMEM;
         memcpy(f->manifest_bytes, sqlite3_column_blob(st, 9), n);
         f->manifest_len = n;
-        err = validate_manifest_parse(f->manifest_bytes, n, &f->manifest, NULL, 0);
+        err = validate_manifest_parse(f->manifest_bytes, n, &f->manifest, NULL);
         if (err != VALIDATE_OK)
             return err == VALIDATE_ENOMEM ? DOPA_ENOMEM : -1;
     } else if (t9 != SQLITE_NULL) {
@@ -610,11 +611,11 @@ static int load_file_row(sqlite3_stmt *st, agent_file *f)
  * pieces, as add-file and the engine would have left them. */
 static int file_consistent(const agent_job *j, const agent_file *f)
 {
-    char expect[DOPA_PATH_MAX + 64], why[128];
+    char expect[DOPA_PATH_MAX + 64];
     if (fileops_temp_name(f->path, &j->id, f->index, expect, sizeof expect) != 0 ||
         strcmp(expect, f->tmp_path) != 0)
         return 0; /* Cancel removes tmp_path: it must be the name we gave */
-    if (agent_ranges_check(f->ranges, f->n_ranges, why, sizeof why) != 0 ||
+    if (agent_ranges_check(f->ranges, f->n_ranges, NULL) != 0 ||
         (f->manifest != NULL && f->n_ranges > 0))
         return 0;
     if ((f->transferred || f->completed) &&
@@ -649,8 +650,7 @@ static int compare_ids(const void *a, const void *b)
     return memcmp((*(agent_job *const *)a)->id.bytes, (*(agent_job *const *)b)->id.bytes, 16);
 }
 
-int store_load(store *s, agent_job ***jobs_out, size_t *n_out, size_t *damaged, char *why,
-               size_t why_len)
+int store_load(store *s, agent_job ***jobs_out, size_t *n_out, size_t *damaged, validate_error *why)
 {
     sqlite3_stmt *st = NULL;
     agent_job **jobs = NULL, **index = NULL;
@@ -814,7 +814,7 @@ int store_load(store *s, agent_job ***jobs_out, size_t *n_out, size_t *damaged, 
     return DOPA_OK;
 
 sql_fail:
-    snprintf(why, why_len, "loading jobs: %s", sqlite3_errmsg(s->db));
+    validate_error_set(why, DOPA_EINTERNAL, "loading jobs: %s", sqlite3_errmsg(s->db));
     err = DOPA_EINTERNAL;
 fail:
     sqlite3_finalize(st);
@@ -825,13 +825,12 @@ fail:
     return err;
 }
 
-int store_load_notifications(store *s, store_notification_fn fn, void *ctx, char *why,
-                             size_t why_len)
+int store_load_notifications(store *s, store_notification_fn fn, void *ctx, validate_error *why)
 {
     sqlite3_stmt *st = NULL;
     if (sqlite3_prepare_v2(s->db, "SELECT id, job, kind, file FROM notifications ORDER BY id", -1,
                            &st, NULL) != SQLITE_OK) {
-        snprintf(why, why_len, "loading notifications: %s", sqlite3_errmsg(s->db));
+        validate_error_set(why, DOPA_EINTERNAL, "loading notifications: %s", sqlite3_errmsg(s->db));
         return DOPA_EINTERNAL;
     }
     int rc;
@@ -848,7 +847,7 @@ int store_load_notifications(store *s, store_notification_fn fn, void *ctx, char
     }
     sqlite3_finalize(st);
     if (rc != SQLITE_DONE) {
-        snprintf(why, why_len, "loading notifications: %s", sqlite3_errmsg(s->db));
+        validate_error_set(why, DOPA_EINTERNAL, "loading notifications: %s", sqlite3_errmsg(s->db));
         return DOPA_EINTERNAL;
     }
     return DOPA_OK;

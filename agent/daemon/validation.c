@@ -247,10 +247,10 @@ int validation_step(agent_engine *e, agent_file *f)
                          "no verdict in time, and the default is invalid");
 }
 
-int validation_set(agent_engine *e, agent_file *f, int valid, char *why, size_t why_len)
+int validation_set(agent_engine *e, agent_file *f, int valid, validate_error *why)
 {
     if (f->validation != DOPA_VALIDATION_PENDING) {
-        snprintf(why, why_len, "the file does not wait for a verdict");
+        validate_error_set(why, DOPA_ESTATE, "the file does not wait for a verdict");
         return DOPA_ESTATE;
     }
     apply_verdict(e, f, valid, "the client found the content invalid");
@@ -281,17 +281,17 @@ int64_t validation_next_ms(agent_engine *e, int64_t limit)
  * is the file the job made) when the job is not running. */
 static void truncate_temp(agent_engine *e, agent_file *f)
 {
-    char why[512];
+    validate_error why;
     int fd = f->fd, err = 0;
     sources_drain(e, f);
     if (fd < 0)
-        err = fileops_open_temp(f->job->file_user, f->tmp_path, 0, &f->ident, &fd, why, sizeof why);
+        err = fileops_open_temp(f->job->file_user, f->tmp_path, 0, &f->ident, &fd, &why);
     if (err == 0 && ftruncate(fd, 0) != 0) {
         err = errno;
-        snprintf(why, sizeof why, "%s: %s", f->tmp_path, strerror(err));
+        validate_error_set(&why, DOPA_EIO, "%s: %s", f->tmp_path, strerror(err));
     }
     if (err != 0 && err != ENOENT)
-        agent_log("warning", "emptying rejected content: %s", why);
+        agent_log("warning", "emptying rejected content: %s", why.text);
     if (fd >= 0 && fd != f->fd)
         close(fd);
 }

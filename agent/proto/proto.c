@@ -440,18 +440,6 @@ static void put_fields(proto_buf *b, const struct field *table, size_t n, uint64
 /* ------------------------------------------------------------------ */
 /* Strict reading                                                     */
 
-__attribute__((format(printf, 3, 4))) static int bad(char *why, size_t why_len, const char *fmt,
-                                                     ...)
-{
-    if (why != NULL && why_len > 0) {
-        va_list ap;
-        va_start(ap, fmt);
-        vsnprintf(why, why_len, fmt, ap);
-        va_end(ap);
-    }
-    return DOPA_EPROTO;
-}
-
 /* Valid UTF-8 without control characters (text may hold \n and \t). */
 static int good_string(const uint8_t *s, size_t len, int text)
 {
@@ -493,15 +481,15 @@ static int good_string(const uint8_t *s, size_t len, int text)
 
 /* One field from p[*at]: its tag, value and length. */
 static int next_field(const uint8_t *p, size_t len, size_t *at, uint16_t *tag,
-                      const uint8_t **value, size_t *vlen, char *why, size_t why_len)
+                      const uint8_t **value, size_t *vlen, validate_error *why)
 {
     if (len - *at < 6)
-        return bad(why, why_len, "field header truncated at byte %zu", *at);
+        return validate_error_set(why, DOPA_EPROTO, "field header truncated at byte %zu", *at);
     *tag = (uint16_t)get_le(p + *at, 2);
     uint64_t n = get_le(p + *at + 2, 4);
     if (n > len - *at - 6)
-        return bad(why, why_len, "field %u claims %llu bytes, %zu remain", *tag,
-                   (unsigned long long)n, len - *at - 6);
+        return validate_error_set(why, DOPA_EPROTO, "field %u claims %llu bytes, %zu remain", *tag,
+                                  (unsigned long long)n, len - *at - 6);
     *value = p + *at + 6;
     *vlen = (size_t)n;
     *at += 6 + (size_t)n;
@@ -509,42 +497,45 @@ static int next_field(const uint8_t *p, size_t len, size_t *at, uint16_t *tag,
 }
 
 /* Decodes a scalar field into obj per its descriptor. */
-static int take_scalar(const struct field *f, const uint8_t *v, size_t n, void *obj, char *why,
-                       size_t why_len)
+static int take_scalar(const struct field *f, const uint8_t *v, size_t n, void *obj,
+                       validate_error *why)
 {
     char *base = obj;
     switch (f->kind) {
     case K_U64:
         if (n != 8)
-            return bad(why, why_len, "field %u: integer of %zu bytes", f->tag, n);
+            return validate_error_set(why, DOPA_EPROTO, "field %u: integer of %zu bytes", f->tag,
+                                      n);
         *(uint64_t *)(base + f->offset) = get_le(v, 8);
         break;
     case K_ID:
         if (n != 16)
-            return bad(why, why_len, "field %u: id of %zu bytes", f->tag, n);
+            return validate_error_set(why, DOPA_EPROTO, "field %u: id of %zu bytes", f->tag, n);
         memcpy(base + f->offset, v, 16);
         break;
     case K_SHA256:
         if (n != 32)
-            return bad(why, why_len, "field %u: hash of %zu bytes", f->tag, n);
+            return validate_error_set(why, DOPA_EPROTO, "field %u: hash of %zu bytes", f->tag, n);
         memcpy(base + f->offset, v, 32);
         break;
     case K_CLIENT:
         if (n != 16)
-            return bad(why, why_len, "field %u: client id of %zu bytes", f->tag, n);
+            return validate_error_set(why, DOPA_EPROTO, "field %u: client id of %zu bytes", f->tag,
+                                      n);
         memcpy(base + f->offset, v, 16);
         break;
     case K_STR:
     case K_TEXT:
         if (n > f->max)
-            return bad(why, why_len, "field %u: %zu bytes, the limit is %zu", f->tag, n, f->max);
+            return validate_error_set(why, DOPA_EPROTO, "field %u: %zu bytes, the limit is %zu",
+                                      f->tag, n, f->max);
         if (!good_string(v, n, f->kind == K_TEXT))
-            return bad(why, why_len, "field %u: not clean UTF-8 text", f->tag);
+            return validate_error_set(why, DOPA_EPROTO, "field %u: not clean UTF-8 text", f->tag);
         memcpy(base + f->offset, v, n);
         base[f->offset + n] = '\0';
         break;
     default:
-        return bad(why, why_len, "field %u: not a scalar", f->tag);
+        return validate_error_set(why, DOPA_EPROTO, "field %u: not a scalar", f->tag);
     }
     if (f->flag != NO_FLAG)
         *(int *)(base + f->flag) = 1;
@@ -553,12 +544,12 @@ static int take_scalar(const struct field *f, const uint8_t *v, size_t n, void *
 
 /* One more of a repeated string argument (T_ARG, R_ARG) into args[*n]. */
 static int take_arg(char (*args)[PROTO_ARG_MAX + 1], size_t *n, uint16_t tag, const uint8_t *v,
-                    size_t len, char *why, size_t why_len)
+                    size_t len, validate_error *why)
 {
     if (*n == PROTO_MAX_ARGS)
-        return bad(why, why_len, "more than %d arguments", PROTO_MAX_ARGS);
+        return validate_error_set(why, DOPA_EPROTO, "more than %d arguments", PROTO_MAX_ARGS);
     struct field one = {tag, K_STR, 0, PROTO_ARG_MAX, NO_FLAG};
-    int err = take_scalar(&one, v, len, args[*n], why, why_len);
+    int err = take_scalar(&one, v, len, args[*n], why);
     if (err == 0)
         (*n)++;
     return err;
@@ -573,38 +564,38 @@ static const struct field *lookup(const struct field *table, size_t n, uint16_t 
 }
 
 /* Checks the header and returns the op and where the fields start. */
-static int read_header(const uint8_t *p, size_t len, int kind, int *op, char *why, size_t why_len)
+static int read_header(const uint8_t *p, size_t len, int kind, int *op, validate_error *why)
 {
     if (len < PROTO_HEADER_BYTES)
-        return bad(why, why_len, "message of %zu bytes, shorter than a header", len);
+        return validate_error_set(why, DOPA_EPROTO, "message of %zu bytes, shorter than a header",
+                                  len);
     if (p[0] != 'D' || p[1] != 'P')
-        return bad(why, why_len, "not a dopa control message");
-    if (p[2] != DOPA_PROTOCOL_VERSION) {
-        bad(why, why_len, "protocol version %u; this side speaks %u", p[2], DOPA_PROTOCOL_VERSION);
-        return DOPA_EVERSION;
-    }
+        return validate_error_set(why, DOPA_EPROTO, "not a dopa control message");
+    if (p[2] != DOPA_PROTOCOL_VERSION)
+        return validate_error_set(why, DOPA_EVERSION, "protocol version %u; this side speaks %u",
+                                  p[2], DOPA_PROTOCOL_VERSION);
     if (p[3] != kind)
-        return bad(why, why_len, "message kind %u, expected %d", p[3], kind);
+        return validate_error_set(why, DOPA_EPROTO, "message kind %u, expected %d", p[3], kind);
     *op = (int)get_le(p + 4, 2);
     if (*op <= 0 || *op >= PROTO_OP_END)
-        return bad(why, why_len, "unknown op %d", *op);
+        return validate_error_set(why, DOPA_EPROTO, "unknown op %d", *op);
     if (get_le(p + 6, 2) != 0)
-        return bad(why, why_len, "reserved header bits set");
+        return validate_error_set(why, DOPA_EPROTO, "reserved header bits set");
     return 0;
 }
 
 int proto_peek_op(const uint8_t *data, size_t len)
 {
     int op = -1;
-    if (read_header(data, len, 1, &op, NULL, 0) != 0)
+    if (read_header(data, len, 1, &op, NULL) != 0)
         return -1;
     return op;
 }
 
 /* Decodes a record's fields: scalars per `table`, integers into u64[]. */
 static int decode_record(const uint8_t *p, size_t len, const struct field *table, size_t n,
-                         uint64_t required, int end_tag, void *obj, uint64_t *ints, char *why,
-                         size_t why_len)
+                         uint64_t required, int end_tag, void *obj, uint64_t *ints,
+                         validate_error *why)
 {
     uint64_t seen = 0;
     size_t at = 0;
@@ -612,28 +603,29 @@ static int decode_record(const uint8_t *p, size_t len, const struct field *table
         uint16_t tag;
         const uint8_t *v;
         size_t vlen;
-        int err = next_field(p, len, &at, &tag, &v, &vlen, why, why_len);
+        int err = next_field(p, len, &at, &tag, &v, &vlen, why);
         if (err != 0)
             return err;
         if (tag == 0 || tag >= end_tag)
-            return bad(why, why_len, "unknown record field %u", tag);
+            return validate_error_set(why, DOPA_EPROTO, "unknown record field %u", tag);
         if (seen & BIT(tag))
-            return bad(why, why_len, "record field %u twice", tag);
+            return validate_error_set(why, DOPA_EPROTO, "record field %u twice", tag);
         seen |= BIT(tag);
         const struct field *f = lookup(table, n, tag);
         if (f != NULL) {
-            err = take_scalar(f, v, vlen, obj, why, why_len);
+            err = take_scalar(f, v, vlen, obj, why);
         } else {
             if (vlen != 8)
-                return bad(why, why_len, "record field %u: integer of %zu bytes", tag, vlen);
+                return validate_error_set(why, DOPA_EPROTO, "record field %u: integer of %zu bytes",
+                                          tag, vlen);
             ints[tag] = get_le(v, 8);
         }
         if (err != 0)
             return err;
     }
     if ((seen & required) != required)
-        return bad(why, why_len, "record lacks fields (mask %llx)",
-                   (unsigned long long)(required & ~seen));
+        return validate_error_set(why, DOPA_EPROTO, "record lacks fields (mask %llx)",
+                                  (unsigned long long)(required & ~seen));
     return 0;
 }
 
@@ -642,13 +634,13 @@ static int int_fits(uint64_t v, uint64_t max)
     return v <= max;
 }
 
-static int decode_job(const uint8_t *p, size_t len, void *out, char *why, size_t why_len)
+static int decode_job(const uint8_t *p, size_t len, void *out, validate_error *why)
 {
     dopa_job_info *j = out;
     uint64_t v[J_END] = {0};
     memset(j, 0, sizeof *j);
     int err = decode_record(p, len, job_fields, sizeof job_fields / sizeof job_fields[0],
-                            JOB_REQUIRED, J_END, j, v, why, why_len);
+                            JOB_REQUIRED, J_END, j, v, why);
     if (err != 0)
         return err;
     if (!int_fits(v[J_OWNER], UINT32_MAX) || !int_fits(v[J_STATE], DOPA_STATE_CANCELLED) ||
@@ -661,7 +653,7 @@ static int decode_job(const uint8_t *p, size_t len, void *out, char *why, size_t
         !int_fits(v[J_MODIFIED], INT64_MAX) || !int_fits(v[J_COMPLETED], INT64_MAX) ||
         !int_fits(v[J_ERR_HTTP], 999) || !int_fits(v[J_NOTIFY_FLAGS], 0x1f) ||
         !int_fits(v[J_VALIDATION_TIMEOUT], UINT32_MAX) || !int_fits(v[J_VALIDATION_DEFAULT], 1))
-        return bad(why, why_len, "job record value out of range");
+        return validate_error_set(why, DOPA_EPROTO, "job record value out of range");
     j->owner = (uint32_t)v[J_OWNER];
     j->type = (int)v[J_TYPE];
     j->state = (int)v[J_STATE];
@@ -693,19 +685,19 @@ static int decode_job(const uint8_t *p, size_t len, void *out, char *why, size_t
     return 0;
 }
 
-static int decode_file(const uint8_t *p, size_t len, void *out, char *why, size_t why_len)
+static int decode_file(const uint8_t *p, size_t len, void *out, validate_error *why)
 {
     dopa_file_info *f = out;
     uint64_t v[F_END] = {0};
     memset(f, 0, sizeof *f);
     int err = decode_record(p, len, file_fields, sizeof file_fields / sizeof file_fields[0],
-                            FILE_REQUIRED, F_END, f, v, why, why_len);
+                            FILE_REQUIRED, F_END, f, v, why);
     if (err != 0)
         return err;
     if (!int_fits(v[F_RANGES], DOPA_MAX_RANGES) || !int_fits(v[F_TRANSFERRED], 1) ||
         !int_fits(v[F_HAS_MANIFEST], 1) || !int_fits(v[F_HAS_SHA256], 1) ||
         !int_fits(v[F_VALIDATION], DOPA_VALIDATION_INVALID))
-        return bad(why, why_len, "file record value out of range");
+        return validate_error_set(why, DOPA_EPROTO, "file record value out of range");
     f->bytes_total = v[F_BYTES_TOTAL];
     f->bytes_transferred = v[F_BYTES_DONE];
     f->ranges = (uint32_t)v[F_RANGES];
@@ -745,14 +737,14 @@ int proto_encode_request(const proto_request *r, proto_buf *out)
     return out->failed;
 }
 
-int proto_decode_request(const uint8_t *data, size_t len, proto_request *out, char *why,
-                         size_t why_len)
+int proto_decode_request(const uint8_t *data, size_t len, proto_request *out, validate_error *why)
 {
     int op, err;
     memset(out, 0, sizeof *out);
     if (len > PROTO_MAX_REQUEST)
-        return bad(why, why_len, "request of %zu bytes, the limit is %u", len, PROTO_MAX_REQUEST);
-    err = read_header(data, len, 1, &op, why, why_len);
+        return validate_error_set(why, DOPA_EPROTO, "request of %zu bytes, the limit is %u", len,
+                                  PROTO_MAX_REQUEST);
+    err = read_header(data, len, 1, &op, why);
     if (err != 0)
         return err;
     out->op = op;
@@ -762,44 +754,44 @@ int proto_decode_request(const uint8_t *data, size_t len, proto_request *out, ch
         uint16_t tag;
         const uint8_t *v;
         size_t n;
-        err = next_field(data, len, &at, &tag, &v, &n, why, why_len);
+        err = next_field(data, len, &at, &tag, &v, &n, why);
         if (err != 0)
             return err;
         if (tag >= 64 || !(allowed & BIT(tag)))
-            return bad(why, why_len, "field %u not allowed in op %d", tag, op);
+            return validate_error_set(why, DOPA_EPROTO, "field %u not allowed in op %d", tag, op);
         if ((seen & BIT(tag)) && tag != T_RANGE && tag != T_ARG)
-            return bad(why, why_len, "field %u twice", tag);
+            return validate_error_set(why, DOPA_EPROTO, "field %u twice", tag);
         seen |= BIT(tag);
         if (tag == T_RANGE) {
             if (n != 16)
-                return bad(why, why_len, "range of %zu bytes", n);
+                return validate_error_set(why, DOPA_EPROTO, "range of %zu bytes", n);
             if (out->n_ranges == DOPA_MAX_RANGES)
-                return bad(why, why_len, "more than %d ranges", DOPA_MAX_RANGES);
+                return validate_error_set(why, DOPA_EPROTO, "more than %d ranges", DOPA_MAX_RANGES);
             out->ranges[out->n_ranges].offset = get_le(v, 8);
             out->ranges[out->n_ranges].length = get_le(v + 8, 8);
             out->n_ranges++;
         } else if (tag == T_ARG) {
-            int err2 = take_arg(out->args, &out->n_args, tag, v, n, why, why_len);
+            int err2 = take_arg(out->args, &out->n_args, tag, v, n, why);
             if (err2 != 0)
                 return err2;
         } else if (tag == T_MANIFEST) {
             const struct field *f =
                 lookup(request_fields, sizeof request_fields / sizeof request_fields[0], tag);
             if (n == 0 || n > f->max)
-                return bad(why, why_len, "manifest of %zu bytes", n);
+                return validate_error_set(why, DOPA_EPROTO, "manifest of %zu bytes", n);
             out->manifest = v;
             out->manifest_len = n;
         } else {
             const struct field *f =
                 lookup(request_fields, sizeof request_fields / sizeof request_fields[0], tag);
-            err = take_scalar(f, v, n, out, why, why_len);
+            err = take_scalar(f, v, n, out, why);
             if (err != 0)
                 return err;
         }
     }
     if ((seen & required) != required)
-        return bad(why, why_len, "op %d lacks required fields (mask %llx)", op,
-                   (unsigned long long)(required & ~seen));
+        return validate_error_set(why, DOPA_EPROTO, "op %d lacks required fields (mask %llx)", op,
+                                  (unsigned long long)(required & ~seen));
     return 0;
 }
 
@@ -889,18 +881,18 @@ static void put_event(proto_buf *b, const proto_event *e)
     end_record(b, R_EVENT, &rec);
 }
 
-static int decode_event(const uint8_t *p, size_t len, proto_event *e, char *why, size_t why_len)
+static int decode_event(const uint8_t *p, size_t len, proto_event *e, validate_error *why)
 {
     uint64_t v[E_END] = {0};
     memset(e, 0, sizeof *e);
     int err = decode_record(p, len, event_fields, sizeof event_fields / sizeof event_fields[0],
-                            EVENT_REQUIRED, E_END, e, v, why, why_len);
+                            EVENT_REQUIRED, E_END, e, v, why);
     if (err != 0)
         return err;
     int64_t file = (int64_t)v[E_FILE];
     if (v[E_ID] == 0 || v[E_KIND] < PROTO_EVENT_JOB_TRANSFERRED ||
         v[E_KIND] > PROTO_EVENT_FILE_TRANSFERRED || file < -1 || file >= DOPA_MAX_FILES)
-        return bad(why, why_len, "event record value out of range");
+        return validate_error_set(why, DOPA_EPROTO, "event record value out of range");
     e->id = v[E_ID];
     e->kind = v[E_KIND];
     e->file = file;
@@ -948,28 +940,29 @@ static void *grow(void *array, size_t n, size_t size)
 /* Decodes one more element of a list a reply carries (at most max of
  * them) onto the end of *array, which grows as needed. */
 static int take_element(void **array, size_t *n, size_t size, size_t max, const char *what,
-                        int (*decode)(const uint8_t *, size_t, void *, char *, size_t),
-                        const uint8_t *v, size_t len, char *why, size_t why_len)
+                        int (*decode)(const uint8_t *, size_t, void *, validate_error *),
+                        const uint8_t *v, size_t len, validate_error *why)
 {
     if (*n == max)
-        return bad(why, why_len, "more than %zu %s in a reply", max, what);
+        return validate_error_set(why, DOPA_EPROTO, "more than %zu %s in a reply", max, what);
     void *grown = grow(*array, *n, size);
     if (grown == NULL)
         return DOPA_ENOMEM;
     *array = grown;
-    int err = decode(v, len, (uint8_t *)grown + *n * size, why, why_len);
+    int err = decode(v, len, (uint8_t *)grown + *n * size, why);
     if (err == 0)
         (*n)++;
     return err;
 }
 
-int proto_decode_reply(const uint8_t *data, size_t len, proto_reply *out, char *why, size_t why_len)
+int proto_decode_reply(const uint8_t *data, size_t len, proto_reply *out, validate_error *why)
 {
     int op, err;
     memset(out, 0, sizeof *out);
     if (len > PROTO_MAX_REPLY)
-        return bad(why, why_len, "reply of %zu bytes, the limit is %u", len, PROTO_MAX_REPLY);
-    err = read_header(data, len, 2, &op, why, why_len);
+        return validate_error_set(why, DOPA_EPROTO, "reply of %zu bytes, the limit is %u", len,
+                                  PROTO_MAX_REPLY);
+    err = read_header(data, len, 2, &op, why);
     if (err != 0)
         return err;
     out->op = op;
@@ -979,82 +972,85 @@ int proto_decode_reply(const uint8_t *data, size_t len, proto_reply *out, char *
         uint16_t tag;
         const uint8_t *v;
         size_t n;
-        err = next_field(data, len, &at, &tag, &v, &n, why, why_len);
+        err = next_field(data, len, &at, &tag, &v, &n, why);
         if (err != 0)
             goto fail;
         err = DOPA_EPROTO;
         if (tag >= 64 || !(allowed & BIT(tag))) {
-            bad(why, why_len, "field %u not allowed in a reply to op %d", tag, op);
+            validate_error_set(why, DOPA_EPROTO, "field %u not allowed in a reply to op %d", tag,
+                               op);
             goto fail;
         }
         if ((seen & BIT(tag)) && tag != R_JOB && tag != R_FILE && tag != R_EVENT && tag != R_ARG) {
-            bad(why, why_len, "field %u twice", tag);
+            validate_error_set(why, DOPA_EPROTO, "field %u twice", tag);
             goto fail;
         }
         if (tag == R_STATUS && seen != 0) {
-            bad(why, why_len, "status is not the first field");
+            validate_error_set(why, DOPA_EPROTO, "status is not the first field");
             goto fail;
         }
         seen |= BIT(tag);
         if (tag == R_JOB) {
             void *jobs = out->jobs;
             err = take_element(&jobs, &out->n_jobs, sizeof *out->jobs, PROTO_LIST_PAGE, "jobs",
-                               decode_job, v, n, why, why_len);
+                               decode_job, v, n, why);
             out->jobs = jobs;
             if (err != 0)
                 goto fail;
         } else if (tag == R_EVENT) {
             if (out->n_events == PROTO_EVENT_PAGE) {
-                bad(why, why_len, "more than %d events in a reply", PROTO_EVENT_PAGE);
+                validate_error_set(why, DOPA_EPROTO, "more than %d events in a reply",
+                                   PROTO_EVENT_PAGE);
                 goto fail;
             }
-            err = decode_event(v, n, &out->events[out->n_events], why, why_len);
+            err = decode_event(v, n, &out->events[out->n_events], why);
             if (err != 0)
                 goto fail;
             out->n_events++;
         } else if (tag == R_ARG) {
-            err = take_arg(out->args, &out->n_args, tag, v, n, why, why_len);
+            err = take_arg(out->args, &out->n_args, tag, v, n, why);
             if (err != 0)
                 goto fail;
         } else if (tag == R_FILE) {
             void *files = out->files;
-            err = take_element(&files, &out->n_files, sizeof *out->files, PROTO_FILE_PAGE,
-                               "files", decode_file, v, n, why, why_len);
+            err = take_element(&files, &out->n_files, sizeof *out->files, PROTO_FILE_PAGE, "files",
+                               decode_file, v, n, why);
             out->files = files;
             if (err != 0)
                 goto fail;
         } else {
             const struct field *f =
                 lookup(reply_fields, sizeof reply_fields / sizeof reply_fields[0], tag);
-            err = take_scalar(f, v, n, out, why, why_len);
+            err = take_scalar(f, v, n, out, why);
             if (err != 0)
                 goto fail;
         }
     }
     err = DOPA_EPROTO;
     if (!(seen & BIT(R_STATUS))) {
-        bad(why, why_len, "reply without a status");
+        validate_error_set(why, DOPA_EPROTO, "reply without a status");
         goto fail;
     }
     if (out->status >= DOPA_ERR_END) {
-        bad(why, why_len, "unknown status %llu", (unsigned long long)out->status);
+        validate_error_set(why, DOPA_EPROTO, "unknown status %llu",
+                           (unsigned long long)out->status);
         goto fail;
     }
     if (out->status != DOPA_OK) {
         if (seen & ~(BIT(R_STATUS) | BIT(R_MESSAGE))) {
-            bad(why, why_len, "an error reply with result fields");
+            validate_error_set(why, DOPA_EPROTO, "an error reply with result fields");
             goto fail;
         }
         return 0;
     }
     uint64_t required = reply_ops[op].required;
     if ((seen & required) != required) {
-        bad(why, why_len, "reply to op %d lacks fields (mask %llx)", op,
-            (unsigned long long)(required & ~seen));
+        validate_error_set(why, DOPA_EPROTO, "reply to op %d lacks fields (mask %llx)", op,
+                           (unsigned long long)(required & ~seen));
         goto fail;
     }
     if ((op == PROTO_GET || op == PROTO_WAIT) && out->n_jobs != 1) {
-        bad(why, why_len, "%zu jobs in a reply that carries one", out->n_jobs);
+        validate_error_set(why, DOPA_EPROTO, "%zu jobs in a reply that carries one", out->n_jobs);
         goto fail;
     }
     return 0;

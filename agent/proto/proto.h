@@ -27,6 +27,7 @@
 #include <stdint.h>
 
 #include "dopa.h"
+#include "validate.h" /* validate_error */
 
 /* The job and file information of dopa.h, opaque to its callers, who
  * read them only through the accessors (agent/client/info.c): dopad fills
@@ -217,10 +218,8 @@ int proto_encode_reply(const proto_reply *r, proto_buf *out);
 /* Strict decoders: 0 or DOPA_EPROTO (DOPA_EVERSION for another protocol
  * version), with a reason in `why`. proto_decode_request keeps pointers
  * into `data` (the manifest). */
-int proto_decode_request(const uint8_t *data, size_t len, proto_request *out, char *why,
-                         size_t why_len);
-int proto_decode_reply(const uint8_t *data, size_t len, proto_reply *out, char *why,
-                       size_t why_len);
+int proto_decode_request(const uint8_t *data, size_t len, proto_request *out, validate_error *why);
+int proto_decode_reply(const uint8_t *data, size_t len, proto_reply *out, validate_error *why);
 void proto_reply_clear(proto_reply *r);
 
 /* The op of a message whose header is well formed, else -1; lets a server

@@ -84,10 +84,10 @@ int main(int argc, char **argv)
     }
     validate_sha256_final(&h, sha);
 
-    char why[1024];
+    validate_error why;
     validate_plugin_set *set;
-    if (validate_plugin_set_load(dir, &set, why, sizeof why) != VALIDATE_OK)
-        return verdict("error", why);
+    if (validate_plugin_set_load(dir, &set, &why) != VALIDATE_OK)
+        return verdict("error", why.text);
     struct dopa_validator_file file = {
         .struct_size = sizeof file,
         .fd = fd,
@@ -98,11 +98,11 @@ int main(int argc, char **argv)
         .sha256 = sha,
         .content_id = has_id ? content_id : NULL,
     };
-    why[0] = '\0';
-    int err = validate_plugin_set_check(set, &file, why, sizeof why);
+    why = (validate_error){0};
+    int err = validate_plugin_set_check(set, &file, &why);
     validate_plugin_set_free(set);
     close(fd);
     if (err == VALIDATE_OK)
         return verdict("valid", "");
-    return verdict(err == VALIDATE_EPLUGIN_REJECTED ? "invalid" : "error", why);
+    return verdict(err == VALIDATE_EPLUGIN_REJECTED ? "invalid" : "error", why.text);
 }

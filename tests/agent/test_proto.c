@@ -59,8 +59,8 @@ static void test_every_request_op_round_trips(void)
         memset(r->args[2], 'a', PROTO_ARG_MAX);
         r->args[2][PROTO_ARG_MAX] = '\0';
         proto_buf b = encode_request(r);
-        char why[256];
-        CHECK_INT(proto_decode_request(b.data, b.len, back, why, sizeof why), DOPA_OK);
+        validate_error why;
+        CHECK_INT(proto_decode_request(b.data, b.len, back, &why), DOPA_OK);
         CHECK_INT(back->op, op);
         CHECK_INT(proto_peek_op(b.data, b.len), op);
         /* Each op carries exactly its own fields. */
@@ -146,10 +146,10 @@ static size_t field(uint8_t *out, int tag, const void *value, size_t len)
     return 6 + len;
 }
 
-static int decode(const uint8_t *m, size_t len, char *why, size_t why_len)
+static int decode(const uint8_t *m, size_t len, validate_error *why)
 {
     proto_request *r = calloc(1, sizeof *r);
-    int err = proto_decode_request(m, len, r, why, why_len);
+    int err = proto_decode_request(m, len, r, why);
     free(r);
     return err;
 }
@@ -158,11 +158,11 @@ static void test_malformed_requests_are_refused(void)
 {
     uint8_t m[1024], f[1024];
     uint8_t id[16] = {1};
-    char why[256];
+    validate_error why;
     size_t n;
 
     n = field(f, 1, id, 16); /* T_ID */
-    CHECK_INT(decode(m, raw(m, 1, 1, PROTO_GET, f, n), why, sizeof why), DOPA_OK);
+    CHECK_INT(decode(m, raw(m, 1, 1, PROTO_GET, f, n), &why), DOPA_OK);
 
     const struct {
         size_t len;
@@ -180,37 +180,37 @@ static void test_malformed_requests_are_refused(void)
         size_t len = raw(m, headers[i].version, headers[i].kind, headers[i].op, f, n);
         if (headers[i].len)
             len = headers[i].len;
-        why[0] = '\0';
-        CHECK_INT(decode(m, len, why, sizeof why), headers[i].err);
-        CHECK_HAS(why, headers[i].detail);
+        why = (validate_error){0};
+        CHECK_INT(decode(m, len, &why), headers[i].err);
+        CHECK_HAS(why.text, headers[i].detail);
     }
     raw(m, 1, 1, PROTO_GET, f, n);
     m[7] = 1;
-    CHECK_INT(decode(m, 8 + n, why, sizeof why), DOPA_EPROTO);
-    CHECK_HAS(why, "reserved");
+    CHECK_INT(decode(m, 8 + n, &why), DOPA_EPROTO);
+    CHECK_HAS(why.text, "reserved");
     m[0] = 'X';
-    CHECK_INT(decode(m, 8 + n, why, sizeof why), DOPA_EPROTO);
+    CHECK_INT(decode(m, 8 + n, &why), DOPA_EPROTO);
 
     /* Field-level faults. */
-    CHECK_INT(decode(m, raw(m, 1, 1, PROTO_GET, f, n - 1), why, sizeof why), DOPA_EPROTO);
-    CHECK_HAS(why, "claims 16 bytes");
-    CHECK_INT(decode(m, raw(m, 1, 1, PROTO_GET, f, 3), why, sizeof why), DOPA_EPROTO);
-    CHECK_HAS(why, "header truncated");
+    CHECK_INT(decode(m, raw(m, 1, 1, PROTO_GET, f, n - 1), &why), DOPA_EPROTO);
+    CHECK_HAS(why.text, "claims 16 bytes");
+    CHECK_INT(decode(m, raw(m, 1, 1, PROTO_GET, f, 3), &why), DOPA_EPROTO);
+    CHECK_HAS(why.text, "header truncated");
     n = field(f, 1, id, 15);
-    CHECK_INT(decode(m, raw(m, 1, 1, PROTO_GET, f, n), why, sizeof why), DOPA_EPROTO);
-    CHECK_HAS(why, "id of 15 bytes");
+    CHECK_INT(decode(m, raw(m, 1, 1, PROTO_GET, f, n), &why), DOPA_EPROTO);
+    CHECK_HAS(why.text, "id of 15 bytes");
     n = field(f, 1, id, 16);
     n += field(f + n, 1, id, 16);
-    CHECK_INT(decode(m, raw(m, 1, 1, PROTO_GET, f, n), why, sizeof why), DOPA_EPROTO);
-    CHECK_HAS(why, "twice");
+    CHECK_INT(decode(m, raw(m, 1, 1, PROTO_GET, f, n), &why), DOPA_EPROTO);
+    CHECK_HAS(why.text, "twice");
     n = field(f, 1, id, 16);
     n += field(f + n, 2, "name", 4); /* T_NAME is not part of GET */
-    CHECK_INT(decode(m, raw(m, 1, 1, PROTO_GET, f, n), why, sizeof why), DOPA_EPROTO);
-    CHECK_HAS(why, "not allowed");
+    CHECK_INT(decode(m, raw(m, 1, 1, PROTO_GET, f, n), &why), DOPA_EPROTO);
+    CHECK_HAS(why.text, "not allowed");
     n = field(f, 99, id, 16);
-    CHECK_INT(decode(m, raw(m, 1, 1, PROTO_GET, f, n), why, sizeof why), DOPA_EPROTO);
-    CHECK_INT(decode(m, raw(m, 1, 1, PROTO_GET, f, 0), why, sizeof why), DOPA_EPROTO);
-    CHECK_HAS(why, "lacks required");
+    CHECK_INT(decode(m, raw(m, 1, 1, PROTO_GET, f, n), &why), DOPA_EPROTO);
+    CHECK_INT(decode(m, raw(m, 1, 1, PROTO_GET, f, 0), &why), DOPA_EPROTO);
+    CHECK_HAS(why.text, "lacks required");
 
     /* Strings: limits, UTF-8, control characters. */
     uint8_t type[8] = {0};
@@ -233,18 +233,18 @@ static void test_malformed_requests_are_refused(void)
     for (size_t i = 0; i < sizeof names / sizeof names[0]; i++) {
         n = field(f, 2, names[i].text, names[i].len);
         n += field(f + n, 11, type, 8);
-        CHECK_INT(decode(m, raw(m, 1, 1, PROTO_CREATE, f, n), why, sizeof why),
+        CHECK_INT(decode(m, raw(m, 1, 1, PROTO_CREATE, f, n), &why),
                   names[i].ok ? DOPA_OK : DOPA_EPROTO);
     }
     static char longname[300];
     memset(longname, 'x', sizeof longname);
     n = field(f, 2, longname, DOPA_NAME_MAX);
     n += field(f + n, 11, type, 8);
-    CHECK_INT(decode(m, raw(m, 1, 1, PROTO_CREATE, f, n), why, sizeof why), DOPA_OK);
+    CHECK_INT(decode(m, raw(m, 1, 1, PROTO_CREATE, f, n), &why), DOPA_OK);
     n = field(f, 2, longname, DOPA_NAME_MAX + 1);
     n += field(f + n, 11, type, 8);
-    CHECK_INT(decode(m, raw(m, 1, 1, PROTO_CREATE, f, n), why, sizeof why), DOPA_EPROTO);
-    CHECK_HAS(why, "the limit is 256");
+    CHECK_INT(decode(m, raw(m, 1, 1, PROTO_CREATE, f, n), &why), DOPA_EPROTO);
+    CHECK_HAS(why.text, "the limit is 256");
 }
 
 static void test_oversized_and_repeated_fields(void)
@@ -253,16 +253,16 @@ static void test_oversized_and_repeated_fields(void)
     size_t cap = 8 + 6 * 1100 * 2 + 16 * 1100 + 64;
     uint8_t *m = malloc(cap), *f = malloc(cap);
     uint8_t id[16] = {1}, range[16] = {0, 0, 0, 0, 0, 0, 0, 0, 1};
-    char why[256];
+    validate_error why;
     size_t n = field(f, 1, id, 16);
     n += field(f + n, 4, "http://x/", 9);
     n += field(f + n, 5, "/x", 2);
     for (int i = 0; i < DOPA_MAX_RANGES; i++)
         n += field(f + n, 8, range, 16);
-    CHECK_INT(decode(m, raw(m, 1, 1, PROTO_ADD_FILE, f, n), why, sizeof why), DOPA_OK);
+    CHECK_INT(decode(m, raw(m, 1, 1, PROTO_ADD_FILE, f, n), &why), DOPA_OK);
     n += field(f + n, 8, range, 16);
-    CHECK_INT(decode(m, raw(m, 1, 1, PROTO_ADD_FILE, f, n), why, sizeof why), DOPA_EPROTO);
-    CHECK_HAS(why, "more than 1000 ranges");
+    CHECK_INT(decode(m, raw(m, 1, 1, PROTO_ADD_FILE, f, n), &why), DOPA_EPROTO);
+    CHECK_HAS(why.text, "more than 1000 ranges");
     free(m);
     free(f);
 
@@ -270,8 +270,8 @@ static void test_oversized_and_repeated_fields(void)
     size_t big = PROTO_MAX_REQUEST + 1;
     uint8_t *huge = calloc(1, big);
     raw(huge, 1, 1, PROTO_GET, NULL, 0);
-    CHECK_INT(decode(huge, big, why, sizeof why), DOPA_EPROTO);
-    CHECK_HAS(why, "the limit is");
+    CHECK_INT(decode(huge, big, &why), DOPA_EPROTO);
+    CHECK_HAS(why.text, "the limit is");
     free(huge);
 }
 
@@ -301,8 +301,8 @@ static void test_replies_round_trip_and_are_checked(void)
     proto_buf b;
     proto_buf_init(&b, PROTO_MAX_REPLY);
     CHECK_INT(proto_encode_reply(&r, &b), DOPA_OK);
-    char why[256];
-    CHECK_INT(proto_decode_reply(b.data, b.len, &back, why, sizeof why), DOPA_OK);
+    validate_error why;
+    CHECK_INT(proto_decode_reply(b.data, b.len, &back, &why), DOPA_OK);
     CHECK_INT(back.n_jobs, 3);
     CHECK_INT(back.more, 1);
     CHECK_INT(back.jobs[2].owner, 1002);
@@ -318,8 +318,8 @@ static void test_replies_round_trip_and_are_checked(void)
     proto_buf_free(&b);
     proto_buf_init(&b, PROTO_MAX_REPLY);
     CHECK_INT(proto_encode_reply(&r, &b), DOPA_OK);
-    CHECK_INT(proto_decode_reply(b.data, b.len, &back, why, sizeof why), DOPA_EPROTO);
-    CHECK_HAS(why, "out of range");
+    CHECK_INT(proto_decode_reply(b.data, b.len, &back, &why), DOPA_EPROTO);
+    CHECK_HAS(why.text, "out of range");
     CHECK(back.jobs == NULL);
     proto_buf_free(&b);
 
@@ -328,7 +328,7 @@ static void test_replies_round_trip_and_are_checked(void)
     snprintf(e.message, sizeof e.message, "no such job");
     proto_buf_init(&b, PROTO_MAX_REPLY);
     CHECK_INT(proto_encode_reply(&e, &b), DOPA_OK);
-    CHECK_INT(proto_decode_reply(b.data, b.len, &back, why, sizeof why), DOPA_OK);
+    CHECK_INT(proto_decode_reply(b.data, b.len, &back, &why), DOPA_OK);
     CHECK_INT(back.status, DOPA_ENOTFOUND);
     CHECK_STR(back.message, "no such job");
     /* A GET reply must carry exactly one job. */
@@ -337,8 +337,8 @@ static void test_replies_round_trip_and_are_checked(void)
     proto_buf_free(&b);
     proto_buf_init(&b, PROTO_MAX_REPLY);
     CHECK_INT(proto_encode_reply(&g, &b), DOPA_OK);
-    CHECK_INT(proto_decode_reply(b.data, b.len, &back, why, sizeof why), DOPA_EPROTO);
-    CHECK_HAS(why, "2 jobs");
+    CHECK_INT(proto_decode_reply(b.data, b.len, &back, &why), DOPA_EPROTO);
+    CHECK_HAS(why.text, "2 jobs");
     proto_buf_free(&b);
 
     /* Events, and the bounds of their fields. */
@@ -349,7 +349,7 @@ static void test_replies_round_trip_and_are_checked(void)
     proto_buf_free(&b);
     proto_buf_init(&b, PROTO_MAX_REPLY);
     CHECK_INT(proto_encode_reply(&ev, &b), DOPA_OK);
-    CHECK_INT(proto_decode_reply(b.data, b.len, &back, why, sizeof why), DOPA_OK);
+    CHECK_INT(proto_decode_reply(b.data, b.len, &back, &why), DOPA_OK);
     CHECK_INT(back.n_events, 2);
     CHECK_INT(back.events[0].id, 7);
     CHECK_INT(back.events[0].kind, PROTO_EVENT_FILE_TRANSFERRED);
@@ -370,7 +370,7 @@ static void test_replies_round_trip_and_are_checked(void)
         proto_buf_free(&b);
         proto_buf_init(&b, PROTO_MAX_REPLY);
         CHECK_INT(proto_encode_reply(&ev, &b), DOPA_OK);
-        CHECK_INT(proto_decode_reply(b.data, b.len, &back, why, sizeof why), DOPA_EPROTO);
+        CHECK_INT(proto_decode_reply(b.data, b.len, &back, &why), DOPA_EPROTO);
     }
     /* The notify settings. */
     proto_reply gn = {.op = PROTO_GET_NOTIFY, .flags = 0x1f, .n_args = 2};
@@ -379,7 +379,7 @@ static void test_replies_round_trip_and_are_checked(void)
     proto_buf_free(&b);
     proto_buf_init(&b, PROTO_MAX_REPLY);
     CHECK_INT(proto_encode_reply(&gn, &b), DOPA_OK);
-    CHECK_INT(proto_decode_reply(b.data, b.len, &back, why, sizeof why), DOPA_OK);
+    CHECK_INT(proto_decode_reply(b.data, b.len, &back, &why), DOPA_OK);
     CHECK_INT(back.flags, 0x1f);
     CHECK_INT(back.n_args, 2);
     CHECK_STR(back.args[1], "done");
@@ -388,7 +388,7 @@ static void test_replies_round_trip_and_are_checked(void)
     /* A request is not a reply. */
     proto_request *q = new_request(PROTO_GET);
     b = encode_request(q);
-    CHECK_INT(proto_decode_reply(b.data, b.len, &back, why, sizeof why), DOPA_EPROTO);
+    CHECK_INT(proto_decode_reply(b.data, b.len, &back, &why), DOPA_EPROTO);
     proto_buf_free(&b);
     free(q);
 }

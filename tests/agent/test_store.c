@@ -53,12 +53,12 @@ static void after_case(void)
 
 static void open_store(const char *path)
 {
-    char why[512] = "";
+    validate_error why = {0};
     store_close(S);
     S = NULL;
-    int err = store_open(path, &S, why, sizeof why);
+    int err = store_open(path, &S, &why);
     if (err != DOPA_OK)
-        fprintf(stderr, "  store_open: %s\n", why);
+        fprintf(stderr, "  store_open: %s\n", why.text);
     CHECK_INT(err, DOPA_OK);
     CHECK(S != NULL);
 }
@@ -72,12 +72,12 @@ static void close_store(void)
 /* Loads into `loaded`; returns the number of jobs and sets *damaged. */
 static size_t load(size_t *damaged)
 {
-    char why[512] = "";
+    validate_error why = {0};
     size_t dmg = 12345;
     free_loaded();
-    int err = store_load(S, &loaded, &n_loaded, &dmg, why, sizeof why);
+    int err = store_load(S, &loaded, &n_loaded, &dmg, &why);
     if (err != DOPA_OK)
-        fprintf(stderr, "  store_load: %s\n", why);
+        fprintf(stderr, "  store_load: %s\n", why.text);
     CHECK_INT(err, DOPA_OK);
     *damaged = dmg;
     return n_loaded;
@@ -367,7 +367,8 @@ static void check_same_file(const agent_file *want, const agent_file *got, const
     CHECK_INT(got->pieces.n[PIECE_DURABLE], want->pieces.n[PIECE_DURABLE]);
     CHECK_INT(got->pieces.bytes[PIECE_DURABLE], want->pieces.bytes[PIECE_DURABLE]);
     for (uint64_t p = 0; p < want->pieces.count; p++)
-        CHECK_INT((pieces_state(&got->pieces, p) == PIECE_DURABLE), (pieces_state(&want->pieces, p) == PIECE_DURABLE));
+        CHECK_INT((pieces_state(&got->pieces, p) == PIECE_DURABLE),
+                  (pieces_state(&want->pieces, p) == PIECE_DURABLE));
     CHECK_INT(got->transferred, want->transferred);
     CHECK_INT(got->completed, want->completed);
     CHECK_INT(got->bad_pieces, want->bad_pieces);
@@ -1170,11 +1171,11 @@ static void test_a_newer_schema_is_refused(void)
     raw_execf("PRAGMA user_version = %d", STORE_SCHEMA_VERSION + 1);
     raw_close();
 
-    char why[512] = "";
+    validate_error why = {0};
     store *s = NULL;
-    CHECK(store_open(db, &s, why, sizeof why) != DOPA_OK);
+    CHECK(store_open(db, &s, &why) != DOPA_OK);
     CHECK(s == NULL);
-    CHECK_HAS(why, "newer");
+    CHECK_HAS(why.text, "newer");
 
     /* Refused, not touched: the version and the rows are as they were. */
     raw_open(db);
@@ -1193,11 +1194,11 @@ static void test_a_file_that_is_not_a_database_is_refused_untouched(void)
     CHECK_INT(fwrite(text, 1, sizeof text, fp), sizeof text);
     CHECK_INT(fclose(fp), 0);
 
-    char why[512] = "";
+    validate_error why = {0};
     store *s = NULL;
-    CHECK(store_open(db, &s, why, sizeof why) != DOPA_OK);
+    CHECK(store_open(db, &s, &why) != DOPA_OK);
     CHECK(s == NULL);
-    CHECK_HAS(why, "not a database");
+    CHECK_HAS(why.text, "not a database");
 
     char back[sizeof text + 1];
     fp = fopen(db, "rb");
@@ -1215,21 +1216,21 @@ static void test_a_database_that_claims_the_version_without_its_tables_is_refuse
     raw_execf("CREATE TABLE unrelated (x); PRAGMA user_version = %d", STORE_SCHEMA_VERSION);
     raw_close();
 
-    char why[512] = "";
+    validate_error why = {0};
     store *s = NULL;
-    CHECK(store_open(db, &s, why, sizeof why) != DOPA_OK);
+    CHECK(store_open(db, &s, &why) != DOPA_OK);
     CHECK(s == NULL);
-    CHECK_HAS(why, "no such table");
+    CHECK_HAS(why.text, "no such table");
 }
 
 static void test_a_path_that_cannot_be_opened_is_refused(void)
 {
     const char *db = check_path("missing/dir/dopa.db");
-    char why[512] = "";
+    validate_error why = {0};
     store *s = NULL;
-    CHECK(store_open(db, &s, why, sizeof why) != DOPA_OK);
+    CHECK(store_open(db, &s, &why) != DOPA_OK);
     CHECK(s == NULL);
-    CHECK_HAS(why, db);
+    CHECK_HAS(why.text, db);
 }
 
 struct seen_note {
@@ -1252,7 +1253,7 @@ static void on_note(void *ctx, uint64_t id, const dopa_id *job, int kind, int32_
 static void test_notifications_survive_a_reopen_and_go_with_their_job(void)
 {
     const char *db = check_path("dopa.db");
-    char why[256];
+    validate_error why;
     open_store(db);
     agent_job *a = standard_job(0xA1, 1), *b = standard_job(0xB2, 2);
     put_all(a);
@@ -1277,7 +1278,7 @@ static void test_notifications_survive_a_reopen_and_go_with_their_job(void)
 
     open_store(db);
     n_notes = 0;
-    CHECK_INT(store_load_notifications(S, on_note, NULL, why, sizeof why), DOPA_OK);
+    CHECK_INT(store_load_notifications(S, on_note, NULL, &why), DOPA_OK);
     CHECK_INT(n_notes, 3);
     CHECK_INT(notes[0].id, 7);
     CHECK(memcmp(notes[0].job.bytes, a->id.bytes, 16) == 0);
@@ -1292,7 +1293,7 @@ static void test_notifications_survive_a_reopen_and_go_with_their_job(void)
     /* Deleting a job takes its notifications along. */
     CHECK_INT(store_delete_job(S, &b->id), DOPA_OK);
     n_notes = 0;
-    CHECK_INT(store_load_notifications(S, on_note, NULL, why, sizeof why), DOPA_OK);
+    CHECK_INT(store_load_notifications(S, on_note, NULL, &why), DOPA_OK);
     CHECK_INT(n_notes, 1);
     CHECK_INT(notes[0].id, 7);
     close_store();

@@ -25,7 +25,8 @@
 
 static void test_every_allocation_of_reading_the_settings_fails_in_turn(void)
 {
-    char conf[4300], pub[4400], sk_path[4300], key[4300], report[4300], why[256];
+    char conf[4300], pub[4400], sk_path[4300], key[4300], report[4300];
+    validate_error why;
     snprintf(conf, sizeof conf, "%s/dopa.conf", check_tmpdir());
     snprintf(sk_path, sizeof sk_path, "%s/publisher.key", check_tmpdir());
     snprintf(pub, sizeof pub, "%s.pub", sk_path);
@@ -33,11 +34,11 @@ static void test_every_allocation_of_reading_the_settings_fails_in_turn(void)
     snprintf(report, sizeof report, "%s/report", check_tmpdir());
     validate_secret_key *sk;
     CHECK_INT(validate_secret_key_generate(&sk), VALIDATE_OK);
-    CHECK_INT(validate_secret_key_save(sk, sk_path, 0, why, sizeof why), VALIDATE_OK);
+    CHECK_INT(validate_secret_key_save(sk, sk_path, 0, &why), VALIDATE_OK);
     validate_secret_key_free(sk);
     uint8_t gk[PEER_GROUP_KEY_BYTES];
     peer_group_key_generate(gk);
-    CHECK_INT(peer_group_key_save(gk, key, 0, why, sizeof why), PEER_OK);
+    CHECK_INT(peer_group_key_save(gk, key, 0, &why), PEER_OK);
     FILE *f = fopen(conf, "w");
     CHECK(f != NULL);
     fprintf(f,

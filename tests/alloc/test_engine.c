@@ -35,8 +35,8 @@ static int open_engine(void)
                          .trusted_keys = &key,
                          .n_trusted_keys = 1,
                          .origin = origin_config_default()};
-    char why[512];
-    return engine_open(&cfg, &E, why, sizeof why);
+    validate_error why;
+    return engine_open(&cfg, &E, &why);
 }
 
 static void close_engine(void)
@@ -193,9 +193,9 @@ static const char *describe_store(int notifications)
     store *s = NULL;
     agent_job **jobs = NULL;
     size_t n = 0, damaged = 0;
-    char why[512];
-    CHECK_INT(store_open(db_path, &s, why, sizeof why), DOPA_OK);
-    int err = store_load(s, &jobs, &n, &damaged, why, sizeof why);
+    validate_error why;
+    CHECK_INT(store_open(db_path, &s, &why), DOPA_OK);
+    int err = store_load(s, &jobs, &n, &damaged, &why);
     text_len = 0;
     text[0] = '\0';
     for (size_t i = 0; i < n; i++) {
@@ -204,7 +204,7 @@ static const char *describe_store(int notifications)
     }
     free(jobs);
     if (err == DOPA_OK && notifications)
-        err = store_load_notifications(s, describe_notification, NULL, why, sizeof why);
+        err = store_load_notifications(s, describe_notification, NULL, &why);
     store_close(s);
     CHECK_INT(err, DOPA_OK);
     CHECK_INT(damaged, 0);

@@ -52,17 +52,17 @@ struct manifest_ctx {
 static int manifest_op(void *arg)
 {
     struct manifest_ctx *c = arg;
-    char why[256];
+    validate_error why;
     c->m = NULL;
     switch (c->how) {
     case 0:
-        return validate_manifest_parse(c->bytes, c->len, &c->m, why, sizeof why);
+        return validate_manifest_parse(c->bytes, c->len, &c->m, &why);
     case 1: {
         const validate_public_key *key = validate_secret_key_public(publisher);
-        return validate_manifest_open(c->bytes, c->len, key, 1, 0, &c->m, why, sizeof why);
+        return validate_manifest_open(c->bytes, c->len, key, 1, 0, &c->m, &why);
     }
     case 2:
-        return validate_manifest_load(c->path, &c->m, why, sizeof why);
+        return validate_manifest_load(c->path, &c->m, &why);
     default:
         return validate_manifest_sign(c->digest, 7, 0, publisher, &c->m);
     }
@@ -106,8 +106,8 @@ static void test_every_allocation_of_the_manifest_parser_fails_in_turn(void)
     validate_manifest *m = NULL;
     CHECK_INT(validate_manifest_sign(&d, 7, 0, publisher, &m), VALIDATE_OK);
     const char *path = check_path("content.manifest");
-    char why[256];
-    CHECK_INT(validate_manifest_save(m, path, why, sizeof why), VALIDATE_OK);
+    validate_error why;
+    CHECK_INT(validate_manifest_save(m, path, &why), VALIDATE_OK);
 
     static const char *names[] = {"validate_manifest_parse", "validate_manifest_open",
                                   "validate_manifest_load", "validate_manifest_sign"};
@@ -135,17 +135,17 @@ struct key_ctx {
 static int key_op(void *arg)
 {
     struct key_ctx *c = arg;
-    char why[512];
+    validate_error why;
     c->sec = NULL;
     memset(&c->pub, 0, sizeof c->pub);
     memset(c->group, 0, sizeof c->group);
     switch (c->how) {
     case 0:
-        return validate_public_key_load(c->path, &c->pub, why, sizeof why);
+        return validate_public_key_load(c->path, &c->pub, &why);
     case 1:
-        return validate_secret_key_load(c->path, &c->sec, why, sizeof why);
+        return validate_secret_key_load(c->path, &c->sec, &why);
     default:
-        return peer_group_key_load(c->path, c->group, why, sizeof why);
+        return peer_group_key_load(c->path, c->group, &why);
     }
 }
 
@@ -171,11 +171,11 @@ static void key_check(void *arg, int result, int struck)
 
 static void test_every_allocation_of_the_key_parsers_fails_in_turn(void)
 {
-    char why[512];
+    validate_error why;
     const char *secret = check_path("publisher.key");
     char pub[4096];
     snprintf(pub, sizeof pub, "%s.pub", secret);
-    CHECK_INT(validate_secret_key_save(publisher, secret, 0, why, sizeof why), VALIDATE_OK);
+    CHECK_INT(validate_secret_key_save(publisher, secret, 0, &why), VALIDATE_OK);
     struct key_ctx c = {.path = pub, .how = 0};
     fault_op op = {"validate_public_key_load", NULL, key_op, key_check};
     check_campaign(fault_campaign(&op, &c, LIMIT));
@@ -189,7 +189,7 @@ static void test_every_allocation_of_the_key_parsers_fails_in_turn(void)
     uint8_t group[PEER_GROUP_KEY_BYTES];
     peer_group_key_generate(group);
     const char *group_path = check_path("group.key");
-    CHECK_INT(peer_group_key_save(group, group_path, 0, why, sizeof why), PEER_OK);
+    CHECK_INT(peer_group_key_save(group, group_path, 0, &why), PEER_OK);
     c.path = group_path;
     c.how = 2;
     op.name = "peer_group_key_load";
@@ -228,10 +228,10 @@ struct proto_ctx {
 static int proto_op(void *arg)
 {
     struct proto_ctx *c = arg;
-    char why[256];
+    validate_error why;
     switch (c->how) {
     case 0:
-        return proto_decode_reply(c->encoded.data, c->encoded.len, &c->back, why, sizeof why);
+        return proto_decode_reply(c->encoded.data, c->encoded.len, &c->back, &why);
     case 1:
         proto_buf_init(&c->out, PROTO_MAX_REPLY);
         return proto_encode_reply(c->reply, &c->out);
@@ -260,9 +260,8 @@ static void proto_check(void *arg, int result, int struck)
             CHECK(memcmp(c->out.data, c->encoded.data, c->out.len) == 0);
         } else {
             proto_request again;
-            char why[256];
-            CHECK_INT(proto_decode_request(c->out.data, c->out.len, &again, why, sizeof why),
-                      DOPA_OK);
+            validate_error why;
+            CHECK_INT(proto_decode_request(c->out.data, c->out.len, &again, &why), DOPA_OK);
             CHECK_INT(again.manifest_len, c->request->manifest_len);
         }
     }
@@ -309,9 +308,9 @@ static void test_every_allocation_of_the_control_messages_fails_in_turn(void)
     proto_buf_init(&b, PROTO_MAX_REQUEST);
     CHECK_INT(proto_encode_request(&req, &b), DOPA_OK);
     static proto_request back;
-    char why[256];
+    validate_error why;
     fault_arm(1);
-    int err = proto_decode_request(b.data, b.len, &back, why, sizeof why);
+    int err = proto_decode_request(b.data, b.len, &back, &why);
     CHECK_INT(fault_disarm(), 0);
     CHECK_INT(fault_count(), 0);
     CHECK_INT(err, DOPA_OK);
@@ -388,16 +387,16 @@ struct config_ctx {
     const char *path;
     const config_settings *cli;
     config_settings s; /* the file's, completed */
-    char msg[5000];
+    validate_error msg;
 };
 
 static int config_op(void *arg)
 {
     struct config_ctx *c = arg;
     memset(&c->s, 0, sizeof c->s);
-    c->msg[0] = '\0';
-    if (config_read(c->path, 1, &c->s, c->msg, sizeof c->msg) != 0 ||
-        config_complete(&c->s, c->cli, c->msg, sizeof c->msg) != 0)
+    c->msg = (validate_error){0};
+    if (config_read(c->path, 1, &c->s, &c->msg) != 0 ||
+        config_complete(&c->s, c->cli, &c->msg) != 0)
         return -1;
     return 0;
 }
@@ -408,12 +407,12 @@ static void config_check(void *arg, int result, int struck)
     if (struck) {
         /* The trusted key file's buffer: said with the file and line. */
         CHECK_INT(result, -1);
-        CHECK_HAS(c->msg, "dopa.conf:3: trusted-key: ");
-        CHECK_HAS(c->msg, "out of memory");
+        CHECK_HAS(c->msg.text, "dopa.conf:3: trusted-key: ");
+        CHECK_HAS(c->msg.text, "out of memory");
         return;
     }
     CHECK_INT(result, 0);
-    CHECK_STR(c->msg, "");
+    CHECK_STR(c->msg.text, "");
     CHECK_INT(c->s.max_running, 5); /* the command line's, over the file's 3 */
     CHECK_INT(c->s.n_keys, 2);      /* the file's, then the command line's */
     CHECK_INT(c->s.n_peers, 2);
@@ -435,11 +434,11 @@ static void config_check(void *arg, int result, int struck)
 static void test_every_allocation_of_the_settings_reader_fails_in_turn(void)
 {
     static char text[20000];
-    char why[512];
+    validate_error why;
     const char *secret = check_path("publisher.key");
     char pub[4096];
     snprintf(pub, sizeof pub, "%s.pub", secret);
-    CHECK_INT(validate_secret_key_save(publisher, secret, 0, why, sizeof why), VALIDATE_OK);
+    CHECK_INT(validate_secret_key_save(publisher, secret, 0, &why), VALIDATE_OK);
     char key_text[VALIDATE_PUBLIC_KEY_TEXT_MAX];
     validate_public_key_text(validate_secret_key_public(publisher), key_text);
     snprintf(text, sizeof text,

@@ -815,16 +815,16 @@ static int setup(void)
         test_nginx_put(&web, "slow/s.bin", SIZE_SLOW, 2) != 0)
         return -1;
     uint8_t key[PEER_GROUP_KEY_BYTES];
-    char why[256], path[1100];
+    validate_error why;
+    char path[1100];
     snprintf(group_key, sizeof group_key, "%s/group.key", fixture);
     peer_group_key_generate(key);
-    if (peer_group_key_save(key, group_key, 0, why, sizeof why) != 0)
+    if (peer_group_key_save(key, group_key, 0, &why) != 0)
         return -1;
     snprintf(path, sizeof path, "%s/data/a.bin", web.root);
     FILE *f = fopen(path, "rb");
     validate_digest d = {0};
-    int err =
-        f == NULL ? -1 : validate_digest_fd(fileno(f), VALIDATE_PIECE_SIZE_DEFAULT, &d, NULL, 0);
+    int err = f == NULL ? -1 : validate_digest_fd(fileno(f), VALIDATE_PIECE_SIZE_DEFAULT, &d, NULL);
     if (f != NULL)
         fclose(f);
     if (err == 0)

@@ -523,7 +523,7 @@ static int make_manifest(const char *name, validate_secret_key *sk, uint8_t **ou
         return -1;
     validate_digest d = {0};
     validate_manifest *m = NULL;
-    int err = validate_digest_fd(fileno(f), VALIDATE_PIECE_SIZE_DEFAULT, &d, NULL, 0);
+    int err = validate_digest_fd(fileno(f), VALIDATE_PIECE_SIZE_DEFAULT, &d, NULL);
     fclose(f);
     if (err == 0)
         err = validate_manifest_sign(&d, 1, 0, sk, &m);
@@ -557,21 +557,21 @@ static int setup(void)
         test_nginx_put(&web, "small.bin", SIZE_SMALL, 8) != 0)
         return -1;
     uint8_t key[PEER_GROUP_KEY_BYTES];
-    char why[256];
+    validate_error why;
     snprintf(group_key, sizeof group_key, "%s/group.key", fixture);
     snprintf(other_key, sizeof other_key, "%s/other.key", fixture);
     peer_group_key_generate(key);
-    if (peer_group_key_save(key, group_key, 0, why, sizeof why) != 0)
+    if (peer_group_key_save(key, group_key, 0, &why) != 0)
         return -1;
     peer_group_key_generate(key);
-    if (peer_group_key_save(key, other_key, 0, why, sizeof why) != 0)
+    if (peer_group_key_save(key, other_key, 0, &why) != 0)
         return -1;
     validate_secret_key *sk;
     char sk_path[700];
     snprintf(sk_path, sizeof sk_path, "%s/publisher.key", fixture);
     snprintf(pub_key, sizeof pub_key, "%s.pub", sk_path);
     if (validate_secret_key_generate(&sk) != 0 ||
-        validate_secret_key_save(sk, sk_path, 0, why, sizeof why) != 0 ||
+        validate_secret_key_save(sk, sk_path, 0, &why) != 0 ||
         make_manifest("big.bin", sk, &manifest_big, &manifest_big_len, NULL) != 0 ||
         make_manifest("small.bin", sk, &manifest_small, &manifest_small_len, sha_small) != 0)
         return -1;

@@ -181,11 +181,12 @@ static void after_case(void)
 
 static void test_sighup_applies_what_can_change_and_keeps_the_rest(void)
 {
-    char why[256], settings[2048], url[200], status[4096] = "";
+    validate_error why;
+    char settings[2048], url[200], status[4096] = "";
     uint8_t key[PEER_GROUP_KEY_BYTES];
     peer_group_key_generate(key);
     const char *key_path = check_path("group.key");
-    CHECK_INT(peer_group_key_save(key, key_path, 0, why, sizeof why), PEER_OK);
+    CHECK_INT(peer_group_key_save(key, key_path, 0, &why), PEER_OK);
 
     hold_notify_socket(0);
     snprintf(settings, sizeof settings,

@@ -68,13 +68,14 @@ static int log_has(const char *path, const char *text)
 static void test_sigterm_stops_dopad_within_5_s_when_nng_close_never_returns(void)
 {
     const uint64_t size = 32 * MIB;
-    char key[4300], wedge[4300], dest[4300], db[4400], u[512], why[256];
+    char key[4300], wedge[4300], dest[4300], db[4400], u[512];
+    validate_error why;
     snprintf(key, sizeof key, "%s/group.key", check_tmpdir());
     snprintf(wedge, sizeof wedge, "%s/wedge", check_tmpdir());
     snprintf(dest, sizeof dest, "%s/out.bin", check_tmpdir());
     uint8_t k[PEER_GROUP_KEY_BYTES];
     peer_group_key_generate(k);
-    CHECK_INT(peer_group_key_save(k, key, 0, why, sizeof why), PEER_OK);
+    CHECK_INT(peer_group_key_save(k, key, 0, &why), PEER_OK);
     CHECK_INT(test_nginx_put(&web, "r8/stop.bin", (size_t)size, 43), 0);
     faults_url(&web, "/r8/stop.bin", u, sizeof u);
 

@@ -19,8 +19,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         have_key = validate_public_key_parse(FUZZ_PUBKEY, &key) == VALIDATE_OK;
 
     validate_manifest *m = NULL;
-    char why[256];
-    if (validate_manifest_parse(data, size, &m, why, sizeof why) != VALIDATE_OK)
+    validate_error why;
+    if (validate_manifest_parse(data, size, &m, &why) != VALIDATE_OK)
         return 0;
     /* What the parser accepted must be self-consistent. */
     if (m->encoded_len != size || m->piece_count > VALIDATE_MAX_PIECES ||
@@ -30,7 +30,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     /* Verify just before or at the expiry time, as the input's length
      * chooses, so both sides of the expiry check are reached. */
     uint64_t now = m->expires_at - (m->expires_at > 0 && size % 2 == 0);
-    (void)validate_manifest_verify(m, &key, (size_t)have_key, now, why, sizeof why);
+    (void)validate_manifest_verify(m, &key, (size_t)have_key, now, &why);
     if (m->piece_count > 0) {
         uint64_t last = m->piece_count - 1;
         uint32_t len = validate_piece_length(m->file_size, m->piece_size, last);

@@ -90,9 +90,9 @@ static void setup(void)
     atexit(cleanup);
 
     store *s;
-    char why[256];
-    if (store_open(db_path, &s, why, sizeof why) != DOPA_OK) {
-        fprintf(stderr, "fuzz_store: %s\n", why);
+    validate_error why;
+    if (store_open(db_path, &s, &why) != DOPA_OK) {
+        fprintf(stderr, "fuzz_store: %s\n", why.text);
         abort();
     }
     store_close(s); /* the last connection folds the WAL into the file */
@@ -211,7 +211,8 @@ static int map_consistent(const piece_map *m)
 
 static void check_file(const agent_job *j, const agent_file *f, uint32_t index)
 {
-    char expect[DOPA_PATH_MAX + 64], why[128];
+    char expect[DOPA_PATH_MAX + 64];
+    validate_error why;
     if (f->job != j || f->index != index || f->url == NULL || f->path == NULL ||
         f->tmp_path == NULL || strlen(f->url) > DOPA_URL_MAX || f->path[0] != '/' ||
         strlen(f->path) > DOPA_PATH_MAX)
@@ -225,7 +226,7 @@ static void check_file(const agent_job *j, const agent_file *f, uint32_t index)
         (f->origin_only & ~1) != 0 || (f->transferred & ~1) != 0 || (f->completed & ~1) != 0)
         abort();
     if (f->n_ranges > DOPA_MAX_RANGES ||
-        (f->n_ranges > 0 && agent_ranges_check(f->ranges, f->n_ranges, why, sizeof why) != 0))
+        (f->n_ranges > 0 && agent_ranges_check(f->ranges, f->n_ranges, &why) != 0))
         abort();
     if (f->manifest_bytes != NULL && (f->manifest == NULL || f->n_ranges > 0))
         abort();
@@ -301,7 +302,8 @@ static void store_all(store *s, agent_job **jobs, size_t n)
             if (store_put_file(s, f) != DOPA_OK || store_clear_pieces(s, f) != DOPA_OK)
                 abort();
             for (uint64_t p = 0; p < f->pieces.count; p++)
-                if (pieces_state(&f->pieces, p) == PIECE_DURABLE && store_add_pieces(s, f, &p, 1) != DOPA_OK)
+                if (pieces_state(&f->pieces, p) == PIECE_DURABLE &&
+                    store_add_pieces(s, f, &p, 1) != DOPA_OK)
                     abort();
         }
     }
@@ -362,12 +364,12 @@ static void round_trip(agent_job **jobs, size_t n)
     sqlite3 *db;
     agent_job **again;
     size_t n_again, damaged, len_a, len_b;
-    char why[256];
+    validate_error why;
     fresh_db(copy_path);
-    if (store_open(copy_path, &s, why, sizeof why) != DOPA_OK)
+    if (store_open(copy_path, &s, &why) != DOPA_OK)
         abort();
     store_all(s, jobs, n);
-    if (store_load(s, &again, &n_again, &damaged, why, sizeof why) != DOPA_OK || damaged != 0 ||
+    if (store_load(s, &again, &n_again, &damaged, &why) != DOPA_OK || damaged != 0 ||
         n_again != n || sqlite3_open_v2(copy_path, &db, SQLITE_OPEN_READONLY, NULL) != SQLITE_OK)
         abort();
     uint8_t *a = dump(db, &len_a);
@@ -396,19 +398,19 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     free(sql);
 
     store *s;
-    char why[256];
-    if (store_open(db_path, &s, why, sizeof why) != DOPA_OK)
+    validate_error why;
+    if (store_open(db_path, &s, &why) != DOPA_OK)
         return 0; /* refused: a newer schema, a foreign table */
     agent_job **jobs = NULL;
     size_t n = 0, damaged = 0;
-    if (store_load(s, &jobs, &n, &damaged, why, sizeof why) == DOPA_OK) {
+    if (store_load(s, &jobs, &n, &damaged, &why) == DOPA_OK) {
         for (size_t i = 0; i < n; i++)
             check_job(jobs[i]);
         if (n > 0)
             round_trip(jobs, n);
         free_jobs(jobs, n);
     }
-    store_load_notifications(s, check_notification, NULL, why, sizeof why);
+    store_load_notifications(s, check_notification, NULL, &why);
     store_close(s);
     return 0;
 }

@@ -215,11 +215,11 @@ static int raw_ops(const char *socket_path, const char *id_text, const char *pat
         proto_buf_init(&buf, PROTO_MAX_REQUEST);
         char *got = NULL;
         size_t len = 0;
-        char why[256] = "";
+        validate_error why = {0};
         if (proto_encode_request(&r, &buf) != 0 || nng_send(s, buf.data, buf.len, 0) != 0 ||
             nng_recv(s, &got, &len, NNG_FLAG_ALLOC) != 0 ||
-            proto_decode_reply((const uint8_t *)got, len, &reply, why, sizeof why) != 0) {
-            printf("op %d: no reply %s\n", op, why);
+            proto_decode_reply((const uint8_t *)got, len, &reply, &why) != 0) {
+            printf("op %d: no reply %s\n", op, why.text);
         } else {
             /* A new job's id differs from run to run: only its presence counts. */
             printf("op %d: status %llu, %s%s\n", op, (unsigned long long)reply.status,

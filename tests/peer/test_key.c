@@ -116,7 +116,8 @@ static void test_malformed_group_key_texts_are_rejected(void)
 static void test_group_key_file_round_trips_with_private_mode(void)
 {
     uint8_t key[PEER_GROUP_KEY_BYTES], back[PEER_GROUP_KEY_BYTES];
-    char why[512], contents[512], text[PEER_GROUP_KEY_TEXT_MAX];
+    validate_error why;
+    char contents[512], text[PEER_GROUP_KEY_TEXT_MAX];
     const mode_t umasks[] = {022, 0, 077, 0277};
     for (size_t i = 0; i < sizeof umasks / sizeof umasks[0]; i++) {
         char name[32];
@@ -124,7 +125,7 @@ static void test_group_key_file_round_trips_with_private_mode(void)
         const char *path = check_path(name);
         peer_group_key_generate(key);
         mode_t old = umask(umasks[i]);
-        int err = peer_group_key_save(key, path, 0, why, sizeof why);
+        int err = peer_group_key_save(key, path, 0, &why);
         umask(old);
         CHECK_INT(err, PEER_OK);
         struct stat st;
@@ -132,7 +133,7 @@ static void test_group_key_file_round_trips_with_private_mode(void)
         CHECK(S_ISREG(st.st_mode));
         CHECK_INT(st.st_mode & 07777, 0600);
         memset(back, 0, sizeof back);
-        CHECK_INT(peer_group_key_load(path, back, why, sizeof why), PEER_OK);
+        CHECK_INT(peer_group_key_load(path, back, &why), PEER_OK);
         CHECK(memcmp(key, back, sizeof key) == 0);
     }
     /* The file explains itself and holds the text form. */
@@ -147,18 +148,18 @@ static void test_group_key_file_round_trips_with_private_mode(void)
 static void test_group_key_save_refuses_to_overwrite(void)
 {
     uint8_t a[PEER_GROUP_KEY_BYTES], b[PEER_GROUP_KEY_BYTES], back[PEER_GROUP_KEY_BYTES];
-    char why[512];
+    validate_error why;
     const char *path = check_path("group.key");
     peer_group_key_generate(a);
     peer_group_key_generate(b);
-    CHECK_INT(peer_group_key_save(a, path, 0, why, sizeof why), PEER_OK);
-    CHECK_INT(peer_group_key_save(b, path, 0, why, sizeof why), PEER_EEXISTS);
-    CHECK_HAS(why, "refusing to overwrite");
-    CHECK_INT(peer_group_key_load(path, back, why, sizeof why), PEER_OK);
+    CHECK_INT(peer_group_key_save(a, path, 0, &why), PEER_OK);
+    CHECK_INT(peer_group_key_save(b, path, 0, &why), PEER_EEXISTS);
+    CHECK_HAS(why.text, "refusing to overwrite");
+    CHECK_INT(peer_group_key_load(path, back, &why), PEER_OK);
     CHECK(memcmp(a, back, sizeof a) == 0);
     CHECK_INT(entries_in_tmpdir(), 1);
-    CHECK_INT(peer_group_key_save(b, path, 1, why, sizeof why), PEER_OK);
-    CHECK_INT(peer_group_key_load(path, back, why, sizeof why), PEER_OK);
+    CHECK_INT(peer_group_key_save(b, path, 1, &why), PEER_OK);
+    CHECK_INT(peer_group_key_load(path, back, &why), PEER_OK);
     CHECK(memcmp(b, back, sizeof b) == 0);
     CHECK_INT(entries_in_tmpdir(), 1);
 }
@@ -166,17 +167,18 @@ static void test_group_key_save_refuses_to_overwrite(void)
 static void test_group_key_save_never_follows_symlinks(void)
 {
     uint8_t key[PEER_GROUP_KEY_BYTES];
-    char why[512], text[64];
+    validate_error why;
+    char text[64];
     const char *victim = check_path("victim");
     const char *link = check_path("group.key");
     write_text(victim, "untouched", 0644);
     CHECK(symlink(victim, link) == 0);
     peer_group_key_generate(key);
-    CHECK_INT(peer_group_key_save(key, link, 0, why, sizeof why), PEER_EEXISTS);
+    CHECK_INT(peer_group_key_save(key, link, 0, &why), PEER_EEXISTS);
     read_text(victim, text, sizeof text);
     CHECK_STR(text, "untouched");
     /* With overwrite the link itself is replaced, not its target. */
-    CHECK_INT(peer_group_key_save(key, link, 1, why, sizeof why), PEER_OK);
+    CHECK_INT(peer_group_key_save(key, link, 1, &why), PEER_OK);
     read_text(victim, text, sizeof text);
     CHECK_STR(text, "untouched");
     struct stat st;
@@ -186,7 +188,7 @@ static void test_group_key_save_never_follows_symlinks(void)
     /* A dangling link does not get its target created. */
     const char *dangling = check_path("dangling.key");
     CHECK(symlink(check_path("elsewhere"), dangling) == 0);
-    CHECK_INT(peer_group_key_save(key, dangling, 0, why, sizeof why), PEER_EEXISTS);
+    CHECK_INT(peer_group_key_save(key, dangling, 0, &why), PEER_EEXISTS);
     CHECK(lstat(check_path("elsewhere"), &st) != 0);
     CHECK_INT(entries_in_tmpdir(), 3);
 }
@@ -194,68 +196,68 @@ static void test_group_key_save_never_follows_symlinks(void)
 static void test_group_key_save_failure_leaves_nothing(void)
 {
     uint8_t key[PEER_GROUP_KEY_BYTES];
-    char why[512];
+    validate_error why;
     peer_group_key_generate(key);
-    CHECK_INT(peer_group_key_save(key, check_path("missing/group.key"), 0, why, sizeof why),
-              PEER_EIO);
-    CHECK_HAS(why, "missing/group.key");
+    CHECK_INT(peer_group_key_save(key, check_path("missing/group.key"), 0, &why), PEER_EIO);
+    CHECK_HAS(why.text, "missing/group.key");
     CHECK(mkdir(check_path("dir"), 0700) == 0);
-    CHECK(peer_group_key_save(key, check_path("dir"), 1, why, sizeof why) != PEER_OK);
+    CHECK(peer_group_key_save(key, check_path("dir"), 1, &why) != PEER_OK);
     CHECK_INT(entries_in_tmpdir(), 1);
-    CHECK_INT(peer_group_key_save(key, NULL, 0, why, sizeof why), PEER_EINVAL);
-    CHECK_INT(peer_group_key_save(key, "", 0, why, sizeof why), PEER_EINVAL);
-    CHECK_INT(peer_group_key_save(NULL, check_path("k"), 0, why, sizeof why), PEER_EINVAL);
+    CHECK_INT(peer_group_key_save(key, NULL, 0, &why), PEER_EINVAL);
+    CHECK_INT(peer_group_key_save(key, "", 0, &why), PEER_EINVAL);
+    CHECK_INT(peer_group_key_save(NULL, check_path("k"), 0, &why), PEER_EINVAL);
     /* A NULL why is allowed. */
-    CHECK_INT(peer_group_key_save(key, check_path("k"), 0, NULL, 0), PEER_OK);
-    CHECK_INT(peer_group_key_save(key, check_path("k"), 0, NULL, 0), PEER_EEXISTS);
+    CHECK_INT(peer_group_key_save(key, check_path("k"), 0, NULL), PEER_OK);
+    CHECK_INT(peer_group_key_save(key, check_path("k"), 0, NULL), PEER_EEXISTS);
 }
 
 static void test_group_key_readable_by_others_is_refused(void)
 {
     uint8_t key[PEER_GROUP_KEY_BYTES], back[PEER_GROUP_KEY_BYTES];
-    char why[512];
+    validate_error why;
     const char *path = check_path("group.key");
     peer_group_key_generate(key);
-    CHECK_INT(peer_group_key_save(key, path, 0, why, sizeof why), PEER_OK);
+    CHECK_INT(peer_group_key_save(key, path, 0, &why), PEER_OK);
     const mode_t refused[] = {0644, 0640, 0604, 0610, 0601, 0660, 0666};
     for (size_t i = 0; i < sizeof refused / sizeof refused[0]; i++) {
         CHECK(chmod(path, refused[i]) == 0);
         memset(back, 0, sizeof back);
-        CHECK_INT(peer_group_key_load(path, back, why, sizeof why), PEER_EKEY_PERMS);
-        CHECK_HAS(why, "chmod 600");
+        CHECK_INT(peer_group_key_load(path, back, &why), PEER_EKEY_PERMS);
+        CHECK_HAS(why.text, "chmod 600");
         uint8_t zero[PEER_GROUP_KEY_BYTES] = {0};
         CHECK(memcmp(back, zero, sizeof back) == 0);
     }
     CHECK(chmod(path, 0400) == 0);
-    CHECK_INT(peer_group_key_load(path, back, why, sizeof why), PEER_OK);
+    CHECK_INT(peer_group_key_load(path, back, &why), PEER_OK);
     CHECK(memcmp(key, back, sizeof key) == 0);
 }
 
 static void test_group_key_load_refuses_symlinks_and_odd_files(void)
 {
     uint8_t key[PEER_GROUP_KEY_BYTES], back[PEER_GROUP_KEY_BYTES];
-    char why[512];
+    validate_error why;
     const char *path = check_path("group.key");
     peer_group_key_generate(key);
-    CHECK_INT(peer_group_key_save(key, path, 0, why, sizeof why), PEER_OK);
+    CHECK_INT(peer_group_key_save(key, path, 0, &why), PEER_OK);
     CHECK(symlink(path, check_path("link.key")) == 0);
-    CHECK_INT(peer_group_key_load(check_path("link.key"), back, why, sizeof why), PEER_EIO);
-    CHECK_HAS(why, "symbolic link");
+    CHECK_INT(peer_group_key_load(check_path("link.key"), back, &why), PEER_EIO);
+    CHECK_HAS(why.text, "symbolic link");
     CHECK(mkdir(check_path("dir"), 0700) == 0);
-    CHECK_INT(peer_group_key_load(check_path("dir"), back, why, sizeof why), PEER_EIO);
+    CHECK_INT(peer_group_key_load(check_path("dir"), back, &why), PEER_EIO);
     /* A FIFO must not hang the load. */
     CHECK(mkfifo(check_path("fifo"), 0600) == 0);
-    CHECK_INT(peer_group_key_load(check_path("fifo"), back, why, sizeof why), PEER_EIO);
-    CHECK_HAS(why, "not a regular file");
-    CHECK_INT(peer_group_key_load(check_path("none"), back, why, sizeof why), PEER_EIO);
-    CHECK_INT(peer_group_key_load(NULL, back, why, sizeof why), PEER_EINVAL);
-    CHECK_INT(peer_group_key_load(path, NULL, why, sizeof why), PEER_EINVAL);
+    CHECK_INT(peer_group_key_load(check_path("fifo"), back, &why), PEER_EIO);
+    CHECK_HAS(why.text, "not a regular file");
+    CHECK_INT(peer_group_key_load(check_path("none"), back, &why), PEER_EIO);
+    CHECK_INT(peer_group_key_load(NULL, back, &why), PEER_EINVAL);
+    CHECK_INT(peer_group_key_load(path, NULL, &why), PEER_EINVAL);
 }
 
 static void test_group_key_file_contents_are_checked(void)
 {
     uint8_t key[PEER_GROUP_KEY_BYTES], back[PEER_GROUP_KEY_BYTES];
-    char why[512], text[PEER_GROUP_KEY_TEXT_MAX], file[8192];
+    validate_error why;
+    char text[PEER_GROUP_KEY_TEXT_MAX], file[8192];
     const char *path = check_path("k");
     peer_group_key_generate(key);
     peer_group_key_text(key, text);
@@ -264,11 +266,11 @@ static void test_group_key_file_contents_are_checked(void)
     snprintf(file, sizeof file, "# a group key\n\n   \t\n  # indented comment\r\n  %s \r\nnoise\n",
              text);
     write_text(path, file, 0600);
-    CHECK_INT(peer_group_key_load(path, back, why, sizeof why), PEER_OK);
+    CHECK_INT(peer_group_key_load(path, back, &why), PEER_OK);
     CHECK(memcmp(key, back, sizeof key) == 0);
     snprintf(file, sizeof file, "%s", text); /* no newline at the end */
     write_text(path, file, 0600);
-    CHECK_INT(peer_group_key_load(path, back, why, sizeof why), PEER_OK);
+    CHECK_INT(peer_group_key_load(path, back, &why), PEER_OK);
 
     /* Each: what comes before the key, whether the key is there, after it. */
     const struct {
@@ -287,14 +289,14 @@ static void test_group_key_file_contents_are_checked(void)
         snprintf(file, sizeof file, "%s%s%s", bad[i].before, bad[i].has_key ? text : "",
                  bad[i].after);
         write_text(path, file, 0600);
-        CHECK_INT(peer_group_key_load(path, back, why, sizeof why), PEER_EKEY_FORMAT);
-        CHECK_HAS(why, "not a dopa group key");
+        CHECK_INT(peer_group_key_load(path, back, &why), PEER_EKEY_FORMAT);
+        CHECK_HAS(why.text, "not a dopa group key");
     }
     /* A NUL byte does not hide what follows it. */
     snprintf(file, sizeof file, "#\n%s\n", text);
     file[1] = '\0';
     write_bytes(path, file, strlen(text) + 3, 0600);
-    CHECK_INT(peer_group_key_load(path, back, why, sizeof why), PEER_EKEY_FORMAT);
+    CHECK_INT(peer_group_key_load(path, back, &why), PEER_EKEY_FORMAT);
 
     /* 4096 bytes at most: the key may end exactly there, not one past. */
     size_t tlen = strlen(text);
@@ -303,12 +305,12 @@ static void test_group_key_file_contents_are_checked(void)
     memcpy(file + 4096 - tlen - 1, text, tlen);
     file[4095] = '\n';
     write_bytes(path, file, 4096, 0600);
-    CHECK_INT(peer_group_key_load(path, back, why, sizeof why), PEER_OK);
+    CHECK_INT(peer_group_key_load(path, back, &why), PEER_OK);
     CHECK(memcmp(key, back, sizeof key) == 0);
     file[4096] = '\n';
     write_bytes(path, file, 4097, 0600);
-    CHECK_INT(peer_group_key_load(path, back, why, sizeof why), PEER_EKEY_FORMAT);
-    CHECK_HAS(why, "larger than 4096");
+    CHECK_INT(peer_group_key_load(path, back, &why), PEER_EKEY_FORMAT);
+    CHECK_HAS(why.text, "larger than 4096");
 }
 
 int main(int argc, char **argv)

@@ -113,10 +113,10 @@ static peer_node *open_node(const uint8_t *key, const char *listen, const char *
         .piece_timeout_ms = piece_timeout_ms,
     };
     peer_node *n = NULL;
-    char why[256];
-    int err = peer_node_open(&cfg, &n, why, sizeof why);
+    validate_error why;
+    int err = peer_node_open(&cfg, &n, &why);
     if (err != PEER_OK)
-        fprintf(stderr, "  peer_node_open: %s\n", why);
+        fprintf(stderr, "  peer_node_open: %s\n", why.text);
     CHECK_INT(err, PEER_OK);
     return n;
 }
@@ -687,8 +687,8 @@ static void test_an_honest_peer_is_not_banned_for_another(void)
     const char *peers[2] = {liar, good};
     peer_node_config cfg = {.group_key = group, .peers = peers, .n_peers = 2};
     peer_node *a;
-    char why[256];
-    CHECK_INT(peer_node_open(&cfg, &a, why, sizeof why), PEER_OK);
+    validate_error why;
+    CHECK_INT(peer_node_open(&cfg, &a, &why), PEER_OK);
     fetch f = {0};
     peer_swarm_ops ops = ops_for(&f);
     peer_swarm *s;
@@ -843,8 +843,8 @@ static void test_one_connection_gets_busy_beyond_its_share(void)
     peer_node_config cfg = {
         .group_key = group, .listen = url, .max_queued = 2, .upload_rate = 200000};
     peer_node *b;
-    char why[256];
-    CHECK_INT(peer_node_open(&cfg, &b, why, sizeof why), PEER_OK);
+    validate_error why;
+    CHECK_INT(peer_node_open(&cfg, &b, &why), PEER_OK);
     offer_content(b);
 
     flood_result r = flood(url, 16, 1, 0);
@@ -871,8 +871,8 @@ static void test_a_greedy_peer_leaves_the_others_their_share_of_the_upload_rate(
     snprintf(url, sizeof url, "tcp://127.0.0.1:%d", test_free_port());
     peer_node_config cfg = {.group_key = group, .listen = url, .upload_rate = 250000};
     peer_node *b;
-    char why[256];
-    CHECK_INT(peer_node_open(&cfg, &b, why, sizeof why), PEER_OK);
+    validate_error why;
+    CHECK_INT(peer_node_open(&cfg, &b, &why), PEER_OK);
     offer_content(b);
     pid_t greedy = flood_start(url, 16, 10, 0);
     check_sleep_ms(500); /* it has the whole budget to itself first */
@@ -953,7 +953,8 @@ static void test_hostile_peers_beside_an_honest_one_change_nothing(void)
                                      ROGUE_SILENT, ROGUE_ENDLESS,  ROGUE_TRICKLE};
     const char *names[] = {"bad bytes", "overlong", "refuses", "silent", "endless", "trickle"};
     for (size_t i = 0; i < sizeof modes / sizeof modes[0]; i++) {
-        char hostile[64], good[64], why[256];
+        char hostile[64], good[64];
+        validate_error why;
         snprintf(hostile, sizeof hostile, "tcp://127.0.0.1:%d", test_free_port());
         start_rogue(hostile, modes[i]);
         peer_node *b = honest(group, good, sizeof good);
@@ -961,7 +962,7 @@ static void test_hostile_peers_beside_an_honest_one_change_nothing(void)
         peer_node_config cfg = {
             .group_key = group, .peers = peers, .n_peers = 2, .piece_timeout_ms = 1000};
         peer_node *a;
-        CHECK_INT(peer_node_open(&cfg, &a, why, sizeof why), PEER_OK);
+        CHECK_INT(peer_node_open(&cfg, &a, &why), PEER_OK);
         fetch f = {0};
         peer_swarm_ops ops = ops_for(&f);
         peer_swarm *s;
@@ -1245,8 +1246,8 @@ static peer_node *server_with_cap(char *url, size_t len, unsigned max_connection
     snprintf(url, len, "tcp://127.0.0.1:%d", test_free_port());
     peer_node_config cfg = {.group_key = group, .listen = url, .max_connections = max_connections};
     peer_node *b = NULL;
-    char why[256];
-    CHECK_INT(peer_node_open(&cfg, &b, why, sizeof why), PEER_OK);
+    validate_error why;
+    CHECK_INT(peer_node_open(&cfg, &b, &why), PEER_OK);
     offer_content(b);
     return b;
 }

@@ -342,7 +342,7 @@ int main(int argc, char **argv)
     };
     enum mode mode = MODE_NONE;
     const char *key_path = NULL, *listen_url = NULL, *dial_url = NULL, *report = NULL;
-    char why[512];
+    validate_error why;
     int c;
     if (validate_init() != 0)
         return 2;
@@ -365,10 +365,9 @@ int main(int argc, char **argv)
             break;
         case 'm':
             if (n_manifests == MAX_MANIFESTS ||
-                validate_manifest_load(optarg, &manifests[n_manifests], why, sizeof why) !=
-                    VALIDATE_OK) {
+                validate_manifest_load(optarg, &manifests[n_manifests], &why) != VALIDATE_OK) {
                 fprintf(stderr, "rogue: %s: %s\n", optarg,
-                        n_manifests == MAX_MANIFESTS ? "too many manifests" : why);
+                        n_manifests == MAX_MANIFESTS ? "too many manifests" : why.text);
                 return 2;
             }
             n_manifests++;
@@ -391,8 +390,8 @@ int main(int argc, char **argv)
         (serving ? listen_url == NULL : dial_url == NULL))
         return usage();
     uint8_t group_key[PEER_GROUP_KEY_BYTES];
-    if (peer_group_key_load(key_path, group_key, why, sizeof why) != PEER_OK) {
-        fprintf(stderr, "rogue: %s: %s\n", key_path, why);
+    if (peer_group_key_load(key_path, group_key, &why) != PEER_OK) {
+        fprintf(stderr, "rogue: %s: %s\n", key_path, why.text);
         return 2;
     }
     peer_wire_key_derive(group_key, &key);

@@ -181,8 +181,8 @@ static void test_digest_fd_reads_whole_file(void)
     int fd = open(path, O_RDONLY);
     CHECK(fd >= 0);
     validate_digest d;
-    char why[256];
-    CHECK_INT(validate_digest_fd(fd, 65536, &d, why, sizeof why), VALIDATE_OK);
+    validate_error why;
+    CHECK_INT(validate_digest_fd(fd, 65536, &d, &why), VALIDATE_OK);
     close(fd);
     check_digest_against_reference(data, sizeof data, 65536, &d);
     validate_digest_clear(&d);
@@ -193,9 +193,9 @@ static void test_digest_fd_reports_read_errors(void)
     int fd = open(check_tmpdir(), O_RDONLY | O_DIRECTORY);
     CHECK(fd >= 0);
     validate_digest d;
-    char why[256] = "";
-    CHECK_INT(validate_digest_fd(fd, 65536, &d, why, sizeof why), VALIDATE_EIO);
-    CHECK_HAS(why, "read at offset 0");
+    validate_error why = {0};
+    CHECK_INT(validate_digest_fd(fd, 65536, &d, &why), VALIDATE_EIO);
+    CHECK_HAS(why.text, "read at offset 0");
     close(fd);
 }
 

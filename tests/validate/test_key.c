@@ -28,22 +28,21 @@ static void test_key_files_round_trip_with_private_mode(void)
 {
     validate_secret_key *sk = NULL, *back = NULL;
     validate_public_key pub;
-    char why[512];
+    validate_error why;
     const char *path = check_path("publisher.key");
     CHECK_INT(validate_secret_key_generate(&sk), VALIDATE_OK);
     umask(022);
-    CHECK_INT(validate_secret_key_save(sk, path, 0, why, sizeof why), VALIDATE_OK);
+    CHECK_INT(validate_secret_key_save(sk, path, 0, &why), VALIDATE_OK);
     struct stat st;
     CHECK(stat(path, &st) == 0);
     CHECK_INT(st.st_mode & 0777, 0600);
     CHECK(stat(check_path("publisher.key.pub"), &st) == 0);
     CHECK_INT(st.st_mode & 0777, 0644);
 
-    CHECK_INT(validate_secret_key_load(path, &back, why, sizeof why), VALIDATE_OK);
+    CHECK_INT(validate_secret_key_load(path, &back, &why), VALIDATE_OK);
     CHECK(memcmp(validate_secret_key_public(back)->key, validate_secret_key_public(sk)->key, 32) ==
           0);
-    CHECK_INT(validate_public_key_load(check_path("publisher.key.pub"), &pub, why, sizeof why),
-              VALIDATE_OK);
+    CHECK_INT(validate_public_key_load(check_path("publisher.key.pub"), &pub, &why), VALIDATE_OK);
     CHECK(memcmp(pub.key, validate_secret_key_public(sk)->key, 32) == 0);
     CHECK(memcmp(pub.id, validate_secret_key_public(sk)->id, 16) == 0);
     validate_secret_key_free(back);
@@ -53,19 +52,19 @@ static void test_key_files_round_trip_with_private_mode(void)
 static void test_key_save_refuses_to_overwrite(void)
 {
     validate_secret_key *a = NULL, *b = NULL, *back = NULL;
-    char why[512];
+    validate_error why;
     const char *path = check_path("k");
     CHECK_INT(validate_secret_key_generate(&a), VALIDATE_OK);
     CHECK_INT(validate_secret_key_generate(&b), VALIDATE_OK);
-    CHECK_INT(validate_secret_key_save(a, path, 0, why, sizeof why), VALIDATE_OK);
-    CHECK_INT(validate_secret_key_save(b, path, 0, why, sizeof why), VALIDATE_EEXISTS);
-    CHECK_HAS(why, "refusing to overwrite");
-    CHECK_INT(validate_secret_key_load(path, &back, why, sizeof why), VALIDATE_OK);
+    CHECK_INT(validate_secret_key_save(a, path, 0, &why), VALIDATE_OK);
+    CHECK_INT(validate_secret_key_save(b, path, 0, &why), VALIDATE_EEXISTS);
+    CHECK_HAS(why.text, "refusing to overwrite");
+    CHECK_INT(validate_secret_key_load(path, &back, &why), VALIDATE_OK);
     CHECK(memcmp(validate_secret_key_public(back)->key, validate_secret_key_public(a)->key, 32) ==
           0);
     validate_secret_key_free(back);
-    CHECK_INT(validate_secret_key_save(b, path, 1, why, sizeof why), VALIDATE_OK);
-    CHECK_INT(validate_secret_key_load(path, &back, why, sizeof why), VALIDATE_OK);
+    CHECK_INT(validate_secret_key_save(b, path, 1, &why), VALIDATE_OK);
+    CHECK_INT(validate_secret_key_load(path, &back, &why), VALIDATE_OK);
     CHECK(memcmp(validate_secret_key_public(back)->key, validate_secret_key_public(b)->key, 32) ==
           0);
     validate_secret_key_free(back);
@@ -76,18 +75,18 @@ static void test_key_save_refuses_to_overwrite(void)
 static void test_failed_overwrite_keeps_the_old_secret_key(void)
 {
     validate_secret_key *a = NULL, *b = NULL, *back = NULL;
-    char why[512];
+    validate_error why;
     const char *path = check_path("k");
     CHECK_INT(validate_secret_key_generate(&a), VALIDATE_OK);
     CHECK_INT(validate_secret_key_generate(&b), VALIDATE_OK);
-    CHECK_INT(validate_secret_key_save(a, path, 0, why, sizeof why), VALIDATE_OK);
+    CHECK_INT(validate_secret_key_save(a, path, 0, &why), VALIDATE_OK);
     /* The public key cannot be written (a directory is in the way): the old
      * secret key must survive, and no temporary file may be left. */
     CHECK(unlink(check_path("k.pub")) == 0);
     CHECK(mkdir(check_path("k.pub"), 0755) == 0);
     CHECK(mkdir(check_path("k.pub/x"), 0755) == 0);
-    CHECK(validate_secret_key_save(b, path, 1, why, sizeof why) != VALIDATE_OK);
-    CHECK_INT(validate_secret_key_load(path, &back, why, sizeof why), VALIDATE_OK);
+    CHECK(validate_secret_key_save(b, path, 1, &why) != VALIDATE_OK);
+    CHECK_INT(validate_secret_key_load(path, &back, &why), VALIDATE_OK);
     CHECK(memcmp(validate_secret_key_public(back)->key, validate_secret_key_public(a)->key, 32) ==
           0);
     DIR *d = opendir(check_tmpdir());
@@ -105,16 +104,17 @@ static void test_failed_overwrite_keeps_the_old_secret_key(void)
 static void test_key_save_never_follows_symlinks(void)
 {
     validate_secret_key *sk = NULL;
-    char why[512], text[64];
+    validate_error why;
+    char text[64];
     const char *victim = check_path("victim");
     write_text(victim, "untouched", 0644);
     CHECK(symlink(victim, check_path("k")) == 0);
     CHECK_INT(validate_secret_key_generate(&sk), VALIDATE_OK);
-    CHECK_INT(validate_secret_key_save(sk, check_path("k"), 0, why, sizeof why), VALIDATE_EEXISTS);
+    CHECK_INT(validate_secret_key_save(sk, check_path("k"), 0, &why), VALIDATE_EEXISTS);
     read_text(victim, text, sizeof text);
     CHECK_STR(text, "untouched");
     /* With overwrite the link itself is replaced, not its target. */
-    CHECK_INT(validate_secret_key_save(sk, check_path("k"), 1, why, sizeof why), VALIDATE_OK);
+    CHECK_INT(validate_secret_key_save(sk, check_path("k"), 1, &why), VALIDATE_OK);
     read_text(victim, text, sizeof text);
     CHECK_STR(text, "untouched");
     struct stat st;
@@ -125,20 +125,20 @@ static void test_key_save_never_follows_symlinks(void)
 static void test_secret_key_readable_by_others_is_refused(void)
 {
     validate_secret_key *sk = NULL;
-    char why[512];
+    validate_error why;
     const char *path = check_path("k");
     CHECK_INT(validate_secret_key_generate(&sk), VALIDATE_OK);
-    CHECK_INT(validate_secret_key_save(sk, path, 0, why, sizeof why), VALIDATE_OK);
+    CHECK_INT(validate_secret_key_save(sk, path, 0, &why), VALIDATE_OK);
     validate_secret_key_free(sk);
     sk = NULL;
     CHECK(chmod(path, 0640) == 0);
-    CHECK_INT(validate_secret_key_load(path, &sk, why, sizeof why), VALIDATE_EKEY_PERMS);
-    CHECK_HAS(why, "chmod 600");
+    CHECK_INT(validate_secret_key_load(path, &sk, &why), VALIDATE_EKEY_PERMS);
+    CHECK_HAS(why.text, "chmod 600");
     CHECK(sk == NULL);
     CHECK(chmod(path, 0604) == 0);
-    CHECK_INT(validate_secret_key_load(path, &sk, why, sizeof why), VALIDATE_EKEY_PERMS);
+    CHECK_INT(validate_secret_key_load(path, &sk, &why), VALIDATE_EKEY_PERMS);
     CHECK(chmod(path, 0400) == 0);
-    CHECK_INT(validate_secret_key_load(path, &sk, why, sizeof why), VALIDATE_OK);
+    CHECK_INT(validate_secret_key_load(path, &sk, &why), VALIDATE_OK);
     validate_secret_key_free(sk);
 }
 
@@ -187,30 +187,27 @@ static void test_key_files_with_wrong_contents_are_rejected(void)
 {
     validate_secret_key *sk = NULL;
     validate_public_key pk;
-    char why[512];
+    validate_error why;
     const char *path = check_path("k");
     CHECK_INT(validate_secret_key_generate(&sk), VALIDATE_OK);
-    CHECK_INT(validate_secret_key_save(sk, path, 0, why, sizeof why), VALIDATE_OK);
+    CHECK_INT(validate_secret_key_save(sk, path, 0, &why), VALIDATE_OK);
     validate_secret_key_free(sk);
     sk = NULL;
     /* A public key file is not a secret key, and the reverse. */
     CHECK(rename(check_path("k.pub"), check_path("pub")) == 0);
     CHECK(chmod(check_path("pub"), 0600) == 0);
-    CHECK_INT(validate_secret_key_load(check_path("pub"), &sk, why, sizeof why),
-              VALIDATE_EKEY_FORMAT);
-    CHECK_HAS(why, "not a dopa secret key");
-    CHECK_INT(validate_public_key_load(path, &pk, why, sizeof why), VALIDATE_EKEY_FORMAT);
-    CHECK_HAS(why, "not a dopa public key");
+    CHECK_INT(validate_secret_key_load(check_path("pub"), &sk, &why), VALIDATE_EKEY_FORMAT);
+    CHECK_HAS(why.text, "not a dopa secret key");
+    CHECK_INT(validate_public_key_load(path, &pk, &why), VALIDATE_EKEY_FORMAT);
+    CHECK_HAS(why.text, "not a dopa public key");
     write_text(check_path("comments"), "# only\n\n# comments\n", 0600);
-    CHECK_INT(validate_public_key_load(check_path("comments"), &pk, why, sizeof why),
-              VALIDATE_EKEY_FORMAT);
-    CHECK_INT(validate_public_key_load(check_path("none"), &pk, why, sizeof why), VALIDATE_EIO);
+    CHECK_INT(validate_public_key_load(check_path("comments"), &pk, &why), VALIDATE_EKEY_FORMAT);
+    CHECK_INT(validate_public_key_load(check_path("none"), &pk, &why), VALIDATE_EIO);
     /* A NUL byte inside the file does not hide what follows it. */
     int fd = open(check_path("nul"), O_WRONLY | O_CREAT, 0600);
     CHECK(write(fd, "#\0x\n", 4) == 4);
     close(fd);
-    CHECK_INT(validate_public_key_load(check_path("nul"), &pk, why, sizeof why),
-              VALIDATE_EKEY_FORMAT);
+    CHECK_INT(validate_public_key_load(check_path("nul"), &pk, &why), VALIDATE_EKEY_FORMAT);
 }
 
 int main(int argc, char **argv)

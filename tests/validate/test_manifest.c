@@ -37,7 +37,7 @@ static const validate_public_key *trusted(void)
 
 /* Parses a copy of m's bytes after `mutate` changed them; returns the code. */
 static int parse_mutated(const validate_manifest *m, size_t extra,
-                         void (*mutate)(uint8_t *, size_t *), char *why, size_t why_len)
+                         void (*mutate)(uint8_t *, size_t *), validate_error *why)
 {
     size_t len = m->encoded_len;
     uint8_t *buf = calloc(1, len + extra);
@@ -45,7 +45,7 @@ static int parse_mutated(const validate_manifest *m, size_t extra,
     if (mutate)
         mutate(buf, &len);
     validate_manifest *out = NULL;
-    int err = validate_manifest_parse(buf, len, &out, why, why_len);
+    int err = validate_manifest_parse(buf, len, &out, why);
     CHECK(err != VALIDATE_OK || out != NULL);
     validate_manifest_free(out);
     free(buf);
@@ -63,9 +63,8 @@ static void test_signed_manifest_round_trips(void)
     validate_manifest *m = make_manifest(7, VALIDATE_NEVER_EXPIRES);
     CHECK_INT(m->encoded_len, 128 + 4 * 32 + 64);
     validate_manifest *p = NULL;
-    char why[256];
-    CHECK_INT(validate_manifest_parse(m->encoded, m->encoded_len, &p, why, sizeof why),
-              VALIDATE_OK);
+    validate_error why;
+    CHECK_INT(validate_manifest_parse(m->encoded, m->encoded_len, &p, &why), VALIDATE_OK);
     CHECK_INT(p->content_version, 7);
     CHECK_INT(p->expires_at, 0);
     CHECK_INT(p->file_size, sizeof content);
@@ -79,7 +78,7 @@ static void test_signed_manifest_round_trips(void)
     uint8_t h[32];
     validate_sha256(content, sizeof content, h);
     CHECK(memcmp(p->sha256, h, 32) == 0);
-    CHECK_INT(validate_manifest_verify(p, trusted(), 1, 12345, why, sizeof why), VALIDATE_OK);
+    CHECK_INT(validate_manifest_verify(p, trusted(), 1, 12345, &why), VALIDATE_OK);
     validate_manifest_free(p);
     validate_manifest_free(m);
 }
@@ -114,12 +113,12 @@ static void test_empty_file_has_zero_pieces(void)
     validate_digester_free(dg);
     CHECK_INT(validate_manifest_sign(&d, 1, 0, key, &m), VALIDATE_OK);
     CHECK_INT(m->encoded_len, 128 + 64);
-    CHECK_INT(validate_manifest_open(m->encoded, m->encoded_len, trusted(), 1, 1, &p, NULL, 0),
+    CHECK_INT(validate_manifest_open(m->encoded, m->encoded_len, trusted(), 1, 1, &p, NULL),
               VALIDATE_OK);
     CHECK_INT(p->piece_count, 0);
     int fd = open(check_path("empty"), O_RDWR | O_CREAT, 0600);
     CHECK(fd >= 0);
-    CHECK_INT(validate_manifest_check_fd(p, fd, NULL, NULL, 0), VALIDATE_OK);
+    CHECK_INT(validate_manifest_check_fd(p, fd, NULL, NULL), VALIDATE_OK);
     close(fd);
     validate_manifest_free(p);
     validate_manifest_free(m);
@@ -225,12 +224,12 @@ static void test_parser_rejects_each_broken_rule(void)
         {one_trailing_byte, VALIDATE_ETRAILING, "1 bytes after"},
     };
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
-        char why[256] = "";
-        int err = parse_mutated(m, 1, cases[i].mutate, why, sizeof why);
+        validate_error why = {0};
+        int err = parse_mutated(m, 1, cases[i].mutate, &why);
         if (err != cases[i].err)
-            fprintf(stderr, "  case %zu: %s (%s)\n", i, validate_strerror(err), why);
+            fprintf(stderr, "  case %zu: %s (%s)\n", i, validate_strerror(err), why.text);
         CHECK_INT(err, cases[i].err);
-        CHECK_HAS(why, cases[i].detail);
+        CHECK_HAS(why.text, cases[i].detail);
     }
     validate_manifest_free(m);
 }
@@ -238,12 +237,12 @@ static void test_parser_rejects_each_broken_rule(void)
 static void test_parser_rejects_oversized_and_null_input(void)
 {
     validate_manifest *out = NULL;
-    char why[256];
+    validate_error why;
     size_t big = VALIDATE_MANIFEST_MAX_BYTES + 1;
     uint8_t *buf = calloc(1, big);
-    CHECK_INT(validate_manifest_parse(buf, big, &out, why, sizeof why), VALIDATE_ETOOBIG);
-    CHECK_INT(validate_manifest_parse(buf, 0, &out, why, sizeof why), VALIDATE_ETRUNCATED);
-    CHECK_INT(validate_manifest_parse(NULL, 10, &out, why, sizeof why), VALIDATE_EINVAL);
+    CHECK_INT(validate_manifest_parse(buf, big, &out, &why), VALIDATE_ETOOBIG);
+    CHECK_INT(validate_manifest_parse(buf, 0, &out, &why), VALIDATE_ETRUNCATED);
+    CHECK_INT(validate_manifest_parse(NULL, 10, &out, &why), VALIDATE_EINVAL);
     CHECK(out == NULL);
     free(buf);
 }
@@ -262,7 +261,7 @@ static void test_largest_manifest_is_accepted(void)
         make_manifest(1, 0);
     CHECK_INT(validate_manifest_sign(&d, 1, 0, key, &m), VALIDATE_OK);
     CHECK_INT(m->encoded_len, VALIDATE_MANIFEST_MAX_BYTES);
-    CHECK_INT(validate_manifest_open(m->encoded, m->encoded_len, trusted(), 1, 0, &p, NULL, 0),
+    CHECK_INT(validate_manifest_open(m->encoded, m->encoded_len, trusted(), 1, 0, &p, NULL),
               VALIDATE_OK);
     validate_manifest_free(p);
     validate_manifest_free(m);
@@ -289,14 +288,14 @@ static void test_untrusted_key_is_rejected(void)
     validate_manifest *m = make_manifest(1, 0);
     validate_secret_key *other = NULL;
     CHECK_INT(validate_secret_key_generate(&other), VALIDATE_OK);
-    char why[256];
-    CHECK_INT(validate_manifest_verify(m, validate_secret_key_public(other), 1, 0, why, sizeof why),
+    validate_error why;
+    CHECK_INT(validate_manifest_verify(m, validate_secret_key_public(other), 1, 0, &why),
               VALIDATE_EUNTRUSTED_KEY);
-    CHECK_HAS(why, "not among the 1 trusted keys");
-    CHECK_INT(validate_manifest_verify(m, NULL, 0, 0, why, sizeof why), VALIDATE_EUNTRUSTED_KEY);
+    CHECK_HAS(why.text, "not among the 1 trusted keys");
+    CHECK_INT(validate_manifest_verify(m, NULL, 0, 0, &why), VALIDATE_EUNTRUSTED_KEY);
     /* Trusting several keys finds the right one. */
     validate_public_key both[2] = {*validate_secret_key_public(other), *trusted()};
-    CHECK_INT(validate_manifest_verify(m, both, 2, 0, why, sizeof why), VALIDATE_OK);
+    CHECK_INT(validate_manifest_verify(m, both, 2, 0, &why), VALIDATE_OK);
     validate_secret_key_free(other);
     validate_manifest_free(m);
 }
@@ -309,7 +308,7 @@ static void test_forged_key_id_with_other_key_fails_signature(void)
     CHECK_INT(validate_secret_key_generate(&other), VALIDATE_OK);
     validate_public_key forged = *validate_secret_key_public(other);
     memcpy(forged.id, m->key_id, sizeof forged.id);
-    CHECK_INT(validate_manifest_verify(m, &forged, 1, 0, NULL, 0), VALIDATE_ESIGNATURE);
+    CHECK_INT(validate_manifest_verify(m, &forged, 1, 0, NULL), VALIDATE_ESIGNATURE);
     validate_secret_key_free(other);
     validate_manifest_free(m);
 }
@@ -322,7 +321,7 @@ static void test_any_changed_byte_breaks_the_signature(void)
         memcpy(buf, m->encoded, m->encoded_len);
         buf[i] ^= (uint8_t)(1u << (i % 8));
         validate_manifest *p = NULL;
-        int err = validate_manifest_open(buf, m->encoded_len, trusted(), 1, 0, &p, NULL, 0);
+        int err = validate_manifest_open(buf, m->encoded_len, trusted(), 1, 0, &p, NULL);
         CHECK(err != VALIDATE_OK);
         CHECK(p == NULL);
         /* Version, expiry, hashes and the signature itself are not policed
@@ -340,13 +339,13 @@ static void test_any_changed_byte_breaks_the_signature(void)
 static void test_expiry_is_enforced(void)
 {
     validate_manifest *m = make_manifest(1, 1000);
-    char why[256];
-    CHECK_INT(validate_manifest_verify(m, trusted(), 1, 999, why, sizeof why), VALIDATE_OK);
-    CHECK_INT(validate_manifest_verify(m, trusted(), 1, 1000, why, sizeof why), VALIDATE_EEXPIRED);
-    CHECK_HAS(why, "expired at 1000");
+    validate_error why;
+    CHECK_INT(validate_manifest_verify(m, trusted(), 1, 999, &why), VALIDATE_OK);
+    CHECK_INT(validate_manifest_verify(m, trusted(), 1, 1000, &why), VALIDATE_EEXPIRED);
+    CHECK_HAS(why.text, "expired at 1000");
     validate_manifest_free(m);
     m = make_manifest(1, VALIDATE_NEVER_EXPIRES);
-    CHECK_INT(validate_manifest_verify(m, trusted(), 1, UINT64_MAX, why, sizeof why), VALIDATE_OK);
+    CHECK_INT(validate_manifest_verify(m, trusted(), 1, UINT64_MAX, &why), VALIDATE_OK);
     validate_manifest_free(m);
 }
 
@@ -377,10 +376,10 @@ static void test_file_check_reports_bad_pieces(void)
     validate_manifest *m = make_manifest(1, 0);
     const char *path = check_path("content");
     validate_file_report r;
-    char why[256];
+    validate_error why;
     write_file(path, content, sizeof content);
     int fd = open(path, O_RDONLY);
-    CHECK_INT(validate_manifest_check_fd(m, fd, &r, why, sizeof why), VALIDATE_OK);
+    CHECK_INT(validate_manifest_check_fd(m, fd, &r, &why), VALIDATE_OK);
     CHECK_INT(r.bad_pieces, 0);
     close(fd);
 
@@ -390,15 +389,15 @@ static void test_file_check_reports_bad_pieces(void)
     copy[3 * PS + 999] ^= 1;
     write_file(path, copy, sizeof content);
     fd = open(path, O_RDONLY);
-    CHECK_INT(validate_manifest_check_fd(m, fd, &r, why, sizeof why), VALIDATE_EPIECE_HASH);
+    CHECK_INT(validate_manifest_check_fd(m, fd, &r, &why), VALIDATE_EPIECE_HASH);
     CHECK_INT(r.bad_pieces, 2);
     CHECK_INT(r.first_bad_piece, 1);
-    CHECK_HAS(why, "2 of 4 pieces");
+    CHECK_HAS(why.text, "2 of 4 pieces");
     close(fd);
 
     write_file(path, content, sizeof content - 1);
     fd = open(path, O_RDONLY);
-    CHECK_INT(validate_manifest_check_fd(m, fd, &r, why, sizeof why), VALIDATE_EFILE_SIZE);
+    CHECK_INT(validate_manifest_check_fd(m, fd, &r, &why), VALIDATE_EFILE_SIZE);
     CHECK_INT(r.size, sizeof content - 1);
     close(fd);
     free(copy);
@@ -425,10 +424,10 @@ static void test_file_check_catches_inconsistent_whole_file_hash(void)
     write_file(path, content, sizeof content);
     int fd = open(path, O_RDONLY);
     validate_file_report r;
-    char why[256];
-    CHECK_INT(validate_manifest_check_fd(m, fd, &r, why, sizeof why), VALIDATE_EFILE_HASH);
+    validate_error why;
+    CHECK_INT(validate_manifest_check_fd(m, fd, &r, &why), VALIDATE_EFILE_HASH);
     CHECK_INT(r.bad_pieces, 0);
-    CHECK_HAS(why, "whole-file hashes do not");
+    CHECK_HAS(why.text, "whole-file hashes do not");
     close(fd);
     validate_manifest_free(m);
 }
@@ -437,45 +436,45 @@ static void test_short_buffers_with_the_magic_are_truncated(void)
 {
     validate_manifest *out = NULL;
     for (size_t len = 1; len < 8; len++)
-        CHECK_INT(validate_manifest_parse("DOPAMFST", len, &out, NULL, 0), VALIDATE_ETRUNCATED);
-    CHECK_INT(validate_manifest_parse("DOPAMFST", 8, &out, NULL, 0), VALIDATE_ETRUNCATED);
+        CHECK_INT(validate_manifest_parse("DOPAMFST", len, &out, NULL), VALIDATE_ETRUNCATED);
+    CHECK_INT(validate_manifest_parse("DOPAMFST", 8, &out, NULL), VALIDATE_ETRUNCATED);
     CHECK(out == NULL);
 }
 
 static void test_load_refuses_a_fifo_without_hanging(void)
 {
     validate_manifest *m = NULL;
-    char why[256];
+    validate_error why;
     CHECK(mkfifo(check_path("fifo"), 0600) == 0);
-    CHECK_INT(validate_manifest_load(check_path("fifo"), &m, why, sizeof why), VALIDATE_EIO);
-    CHECK_HAS(why, "not a regular file");
+    CHECK_INT(validate_manifest_load(check_path("fifo"), &m, &why), VALIDATE_EIO);
+    CHECK_HAS(why.text, "not a regular file");
 }
 
 static void test_save_and_load_round_trip(void)
 {
     validate_manifest *m = make_manifest(9, 0), *back = NULL;
     const char *path = check_path("m.dopa-manifest");
-    char why[256];
-    CHECK_INT(validate_manifest_save(m, path, why, sizeof why), VALIDATE_OK);
-    CHECK_INT(validate_manifest_save(m, path, why, sizeof why), VALIDATE_OK); /* replaces */
-    CHECK_INT(validate_manifest_load(path, &back, why, sizeof why), VALIDATE_OK);
+    validate_error why;
+    CHECK_INT(validate_manifest_save(m, path, &why), VALIDATE_OK);
+    CHECK_INT(validate_manifest_save(m, path, &why), VALIDATE_OK); /* replaces */
+    CHECK_INT(validate_manifest_load(path, &back, &why), VALIDATE_OK);
     CHECK_INT(back->encoded_len, m->encoded_len);
     CHECK(memcmp(back->encoded, m->encoded, m->encoded_len) == 0);
     validate_manifest_free(back);
 
-    CHECK_INT(validate_manifest_load(check_path("missing"), &back, why, sizeof why), VALIDATE_EIO);
-    CHECK_HAS(why, "No such file");
+    CHECK_INT(validate_manifest_load(check_path("missing"), &back, &why), VALIDATE_EIO);
+    CHECK_HAS(why.text, "No such file");
 
     /* A file larger than any manifest is refused before it is parsed. */
     int fd = open(check_path("big"), O_RDWR | O_CREAT, 0600);
     CHECK(ftruncate(fd, (off_t)VALIDATE_MANIFEST_MAX_BYTES + 1) == 0);
     close(fd);
-    CHECK_INT(validate_manifest_load(check_path("big"), &back, why, sizeof why), VALIDATE_ETOOBIG);
+    CHECK_INT(validate_manifest_load(check_path("big"), &back, &why), VALIDATE_ETOOBIG);
 
     /* Load reports parser errors with the file name. */
     write_file(path, "DOPAMFSX", 8);
-    CHECK_INT(validate_manifest_load(path, &back, why, sizeof why), VALIDATE_EMAGIC);
-    CHECK_HAS(why, "m.dopa-manifest");
+    CHECK_INT(validate_manifest_load(path, &back, &why), VALIDATE_EMAGIC);
+    CHECK_HAS(why.text, "m.dopa-manifest");
     validate_manifest_free(m);
 }
 
@@ -499,7 +498,7 @@ static void test_random_mutations_never_verify(void)
         if (len == m->encoded_len && memcmp(buf, m->encoded, len) == 0)
             continue;
         validate_manifest *p = NULL;
-        CHECK(validate_manifest_open(buf, len, trusted(), 1, 0, &p, NULL, 0) != VALIDATE_OK);
+        CHECK(validate_manifest_open(buf, len, trusted(), 1, 0, &p, NULL) != VALIDATE_OK);
         CHECK(p == NULL);
     }
     free(buf);

@@ -148,10 +148,10 @@ static const char *sig_of(const char *path)
 static validate_plugin *open_with(const char *config)
 {
     validate_plugin *p = NULL;
-    char why[512] = "";
-    int err = validate_plugin_open(MINISIGN_PLUGIN, config, &p, why, sizeof why);
+    validate_error why = {0};
+    int err = validate_plugin_open(MINISIGN_PLUGIN, config, &p, &why);
     if (err != VALIDATE_OK)
-        fprintf(stderr, "  %s\n", why);
+        fprintf(stderr, "  %s\n", why.text);
     CHECK_INT(err, VALIDATE_OK);
     CHECK_STR(validate_plugin_name(p), "minisign");
     return p;
@@ -168,7 +168,7 @@ static validate_plugin *open_with_keys(const struct key *a, const struct key *b)
 /* Judges the local file `path` as if it came from `url`; `size` (when not
  * (uint64_t)-1) overrides the size dopad would announce. */
 static int judge_sized(validate_plugin *p, const char *path, const char *url, uint64_t size,
-                       char *why, size_t why_len)
+                       validate_error *why)
 {
     int fd = open(path, O_RDONLY);
     CHECK(fd >= 0);
@@ -184,15 +184,15 @@ static int judge_sized(validate_plugin *p, const char *path, const char *url, ui
         .size = size != (uint64_t)-1 ? size : (uint64_t)st.st_size,
         .sha256 = sha,
     };
-    why[0] = '\0';
-    int err = validate_plugin_check(p, &f, why, why_len);
+    *why = (validate_error){0};
+    int err = validate_plugin_check(p, &f, why);
     close(fd);
     return err;
 }
 
-static int judge(validate_plugin *p, const char *path, const char *url, char *why, size_t why_len)
+static int judge(validate_plugin *p, const char *path, const char *url, validate_error *why)
 {
-    return judge_sized(p, path, url, (uint64_t)-1, why, why_len);
+    return judge_sized(p, path, url, (uint64_t)-1, why);
 }
 
 static const char *file_url(const char *path)
@@ -230,8 +230,8 @@ static void test_prehashed_signature_over_file_url_is_valid(void)
     read_text(sig_of(path), sig, sizeof sig);
     CHECK_HAS(sig, "\nRU"); /* base64 of "ED": prehashed */
     validate_plugin *p = open_with_keys(&a, NULL);
-    char why[512];
-    CHECK_INT(judge(p, path, file_url(path), why, sizeof why), VALIDATE_OK);
+    validate_error why;
+    CHECK_INT(judge(p, path, file_url(path), &why), VALIDATE_OK);
     validate_plugin_close(p);
 }
 
@@ -246,8 +246,8 @@ static void test_legacy_signature_is_valid(void)
     read_text(sig_of(path), sig, sizeof sig);
     CHECK_HAS(sig, "\nRW"); /* base64 of "Ed": legacy */
     validate_plugin *p = open_with_keys(&a, NULL);
-    char why[512];
-    CHECK_INT(judge(p, path, file_url(path), why, sizeof why), VALIDATE_OK);
+    validate_error why;
+    CHECK_INT(judge(p, path, file_url(path), &why), VALIDATE_OK);
     validate_plugin_close(p);
 }
 
@@ -261,9 +261,9 @@ static void test_empty_file_with_either_signature_is_valid(void)
     sign(&a, pre, 0, NULL);
     sign(&a, leg, 1, NULL);
     validate_plugin *p = open_with_keys(&a, NULL);
-    char why[512];
-    CHECK_INT(judge(p, pre, file_url(pre), why, sizeof why), VALIDATE_OK);
-    CHECK_INT(judge(p, leg, file_url(leg), why, sizeof why), VALIDATE_OK);
+    validate_error why;
+    CHECK_INT(judge(p, pre, file_url(pre), &why), VALIDATE_OK);
+    CHECK_INT(judge(p, leg, file_url(leg), &why), VALIDATE_OK);
     validate_plugin_close(p);
 }
 
@@ -274,13 +274,12 @@ static void test_signature_over_http_is_valid(void)
     write_pattern(web_path("data.bin"), 200000, 3);
     sign(&a, web_path("data.bin"), 0, NULL);
     validate_plugin *p = open_with_keys(&a, NULL);
-    char why[512];
-    CHECK_INT(judge(p, web_path("data.bin"), http_url("data.bin"), why, sizeof why), VALIDATE_OK);
+    validate_error why;
+    CHECK_INT(judge(p, web_path("data.bin"), http_url("data.bin"), &why), VALIDATE_OK);
     /* The query stays, the fragment goes: /data.bin.minisig?v=1 is asked for. */
-    CHECK_INT(judge(p, web_path("data.bin"), http_url("data.bin?v=1#part"), why, sizeof why),
-              VALIDATE_OK);
+    CHECK_INT(judge(p, web_path("data.bin"), http_url("data.bin?v=1#part"), &why), VALIDATE_OK);
     /* A redirect (nginx sends /moved.bin.minisig to /data.bin.minisig). */
-    CHECK_INT(judge(p, web_path("data.bin"), http_url("moved.bin"), why, sizeof why), VALIDATE_OK);
+    CHECK_INT(judge(p, web_path("data.bin"), http_url("moved.bin"), &why), VALIDATE_OK);
     validate_plugin_close(p);
 }
 
@@ -293,14 +292,14 @@ static void test_second_configured_key_verifies_after_rotation(void)
     const char *path = check_path("data.bin");
     write_pattern(path, 5000, 4);
     validate_plugin *p = open_with_keys(&a, &b);
-    char why[512];
+    validate_error why;
     sign(&b, path, 0, NULL);
-    CHECK_INT(judge(p, path, file_url(path), why, sizeof why), VALIDATE_OK);
+    CHECK_INT(judge(p, path, file_url(path), &why), VALIDATE_OK);
     sign(&a, path, 0, NULL);
-    CHECK_INT(judge(p, path, file_url(path), why, sizeof why), VALIDATE_OK);
+    CHECK_INT(judge(p, path, file_url(path), &why), VALIDATE_OK);
     sign(&c, path, 0, NULL);
-    CHECK_INT(judge(p, path, file_url(path), why, sizeof why), VALIDATE_EPLUGIN_REJECTED);
-    CHECK_HAS(why, c.id);
+    CHECK_INT(judge(p, path, file_url(path), &why), VALIDATE_EPLUGIN_REJECTED);
+    CHECK_HAS(why.text, c.id);
     validate_plugin_close(p);
 }
 
@@ -322,8 +321,8 @@ static void test_crlf_signature_is_accepted(void)
     crlf[o] = '\0';
     write_text(sig_of(path), crlf);
     validate_plugin *p = open_with_keys(&a, NULL);
-    char why[512];
-    CHECK_INT(judge(p, path, file_url(path), why, sizeof why), VALIDATE_OK);
+    validate_error why;
+    CHECK_INT(judge(p, path, file_url(path), &why), VALIDATE_OK);
     validate_plugin_close(p);
 }
 
@@ -335,14 +334,14 @@ static void test_tampered_content_is_invalid(void)
     struct key a;
     make_key("a", &a);
     validate_plugin *p = open_with_keys(&a, NULL);
-    char why[512];
+    validate_error why;
     for (int is_legacy = 0; is_legacy <= 1; is_legacy++) {
         const char *path = check_path(is_legacy ? "legacy.bin" : "prehashed.bin");
         write_pattern(path, 2 * 1024 * 1024, 6);
         sign(&a, path, is_legacy, NULL);
         flip_byte(path, 1024 * 1024 + 3);
-        CHECK_INT(judge(p, path, file_url(path), why, sizeof why), VALIDATE_EPLUGIN_REJECTED);
-        CHECK_HAS(why, "signature does not match the content");
+        CHECK_INT(judge(p, path, file_url(path), &why), VALIDATE_EPLUGIN_REJECTED);
+        CHECK_HAS(why.text, "signature does not match the content");
     }
     validate_plugin_close(p);
 }
@@ -356,10 +355,10 @@ static void test_signature_by_another_key_is_invalid(void)
     write_pattern(path, 1000, 7);
     sign(&a, path, 0, NULL);
     validate_plugin *p = open_with_keys(&b, NULL);
-    char why[512];
-    CHECK_INT(judge(p, path, file_url(path), why, sizeof why), VALIDATE_EPLUGIN_REJECTED);
-    CHECK_HAS(why, a.id);
-    CHECK_HAS(why, "not a configured public-key");
+    validate_error why;
+    CHECK_INT(judge(p, path, file_url(path), &why), VALIDATE_EPLUGIN_REJECTED);
+    CHECK_HAS(why.text, a.id);
+    CHECK_HAS(why.text, "not a configured public-key");
     validate_plugin_close(p);
 }
 
@@ -377,16 +376,16 @@ static void test_tampered_trusted_comment_is_invalid(void)
     at[strlen("trusted comment: version ")] = '2';
     write_text(sig_of(path), sig);
     validate_plugin *p = open_with_keys(&a, NULL);
-    char why[512];
-    CHECK_INT(judge(p, path, file_url(path), why, sizeof why), VALIDATE_EPLUGIN_REJECTED);
-    CHECK_HAS(why, "trusted comment");
+    validate_error why;
+    CHECK_INT(judge(p, path, file_url(path), &why), VALIDATE_EPLUGIN_REJECTED);
+    CHECK_HAS(why.text, "trusted comment");
     /* The untrusted comment is not signed: changing it changes nothing. */
     sign(&a, path, 0, "version 1");
     read_text(sig_of(path), sig, sizeof sig);
     CHECK(strncmp(sig, "untrusted comment: ", 19) == 0);
     sig[19] = sig[19] == 'x' ? 'y' : 'x';
     write_text(sig_of(path), sig);
-    CHECK_INT(judge(p, path, file_url(path), why, sizeof why), VALIDATE_OK);
+    CHECK_INT(judge(p, path, file_url(path), &why), VALIDATE_OK);
     validate_plugin_close(p);
 }
 
@@ -397,23 +396,23 @@ static void test_missing_signature_is_invalid(void)
     const char *path = check_path("data.bin");
     write_pattern(path, 1000, 9);
     validate_plugin *p = open_with_keys(&a, NULL);
-    char why[512];
-    CHECK_INT(judge(p, path, file_url(path), why, sizeof why), VALIDATE_EPLUGIN_REJECTED);
-    CHECK_HAS(why, "no signature");
-    CHECK_INT(judge(p, path, http_url("unsigned.bin"), why, sizeof why), VALIDATE_EPLUGIN_REJECTED);
-    CHECK_HAS(why, "no signature (HTTP 404");
-    CHECK_INT(judge(p, path, http_url("gone.bin"), why, sizeof why), VALIDATE_EPLUGIN_REJECTED);
-    CHECK_HAS(why, "no signature (HTTP 410");
+    validate_error why;
+    CHECK_INT(judge(p, path, file_url(path), &why), VALIDATE_EPLUGIN_REJECTED);
+    CHECK_HAS(why.text, "no signature");
+    CHECK_INT(judge(p, path, http_url("unsigned.bin"), &why), VALIDATE_EPLUGIN_REJECTED);
+    CHECK_HAS(why.text, "no signature (HTTP 404");
+    CHECK_INT(judge(p, path, http_url("gone.bin"), &why), VALIDATE_EPLUGIN_REJECTED);
+    CHECK_HAS(why.text, "no signature (HTTP 410");
     /* Other failures are not a verdict on the content. */
-    CHECK_INT(judge(p, path, http_url("broken.bin"), why, sizeof why), VALIDATE_EPLUGIN_FAILED);
-    CHECK_HAS(why, "HTTP 500");
-    CHECK_INT(judge(p, path, http_url("loop.bin"), why, sizeof why), VALIDATE_EPLUGIN_FAILED);
-    CHECK_INT(judge(p, path, "ftp://127.0.0.1/data.bin", why, sizeof why), VALIDATE_EPLUGIN_FAILED);
-    CHECK_INT(judge(p, path, "not a url", why, sizeof why), VALIDATE_EPLUGIN_FAILED);
+    CHECK_INT(judge(p, path, http_url("broken.bin"), &why), VALIDATE_EPLUGIN_FAILED);
+    CHECK_HAS(why.text, "HTTP 500");
+    CHECK_INT(judge(p, path, http_url("loop.bin"), &why), VALIDATE_EPLUGIN_FAILED);
+    CHECK_INT(judge(p, path, "ftp://127.0.0.1/data.bin", &why), VALIDATE_EPLUGIN_FAILED);
+    CHECK_INT(judge(p, path, "not a url", &why), VALIDATE_EPLUGIN_FAILED);
     /* Nothing listens there: a network error. */
     char url[128];
     snprintf(url, sizeof url, "http://127.0.0.1:%d/data.bin", test_free_port());
-    CHECK_INT(judge(p, path, url, why, sizeof why), VALIDATE_EPLUGIN_FAILED);
+    CHECK_INT(judge(p, path, url, &why), VALIDATE_EPLUGIN_FAILED);
     validate_plugin_close(p);
 }
 
@@ -460,25 +459,26 @@ static void test_malformed_signatures_are_refused(void)
           n == 64);
 
     validate_plugin *p = open_with_keys(&a, NULL);
-    char why[512], line[256];
+    validate_error why;
+    char line[256];
     const char *sp = sig_of(path);
     char sig_path[4200];
     snprintf(sig_path, sizeof sig_path, "%s", sp);
-    CHECK_INT(judge(p, path, file_url(path), why, sizeof why), VALIDATE_OK);
+    CHECK_INT(judge(p, path, file_url(path), &why), VALIDATE_OK);
 
     /* Each variant: the verdict must be invalid (or an error), the reason set. */
 #define EXPECT_REFUSED(what)                                                                       \
     do {                                                                                           \
-        int err_ = judge(p, path, file_url(path), why, sizeof why);                                \
+        int err_ = judge(p, path, file_url(path), &why);                                           \
         if (err_ != VALIDATE_EPLUGIN_REJECTED && err_ != VALIDATE_EPLUGIN_FAILED)                  \
             fprintf(stderr, "  variant: %s\n", what);                                              \
         CHECK(err_ == VALIDATE_EPLUGIN_REJECTED || err_ == VALIDATE_EPLUGIN_FAILED);               \
-        CHECK(why[0] != '\0');                                                                     \
+        CHECK(why.text[0] != '\0');                                                                \
     } while (0)
 
     write_text(sig_path, "");
     EXPECT_REFUSED("empty");
-    CHECK_HAS(why, "not four lines");
+    CHECK_HAS(why.text, "not four lines");
     /* Truncated anywhere before the last line's final newline (which is
      * optional). */
     for (size_t cut = 1; cut < sig_len - 1; cut += 3) {
@@ -487,18 +487,18 @@ static void test_malformed_signatures_are_refused(void)
     }
     write_bytes(sig_path, sig, sig_len - 2); /* loses the last base64 character */
     EXPECT_REFUSED("last line short");
-    CHECK_HAS(why, "line 4");
+    CHECK_HAS(why.text, "line 4");
 
     snprintf(line, sizeof line, "%s", lines[1]);
     line[10] = '!';
     write_sig_lines(sig_path, lines, 1, line);
     EXPECT_REFUSED("bad base64 on line 2");
-    CHECK_HAS(why, "line 2");
+    CHECK_HAS(why.text, "line 2");
     snprintf(line, sizeof line, "%s", lines[3]);
     line[5] = '*';
     write_sig_lines(sig_path, lines, 3, line);
     EXPECT_REFUSED("bad base64 on line 4");
-    CHECK_HAS(why, "line 4");
+    CHECK_HAS(why.text, "line 4");
     snprintf(line, sizeof line, " %.200s", lines[1]);
     write_sig_lines(sig_path, lines, 1, line);
     EXPECT_REFUSED("a blank before the base64");
@@ -522,7 +522,7 @@ static void test_malformed_signatures_are_refused(void)
     b64(other, 74, line, sizeof line);
     write_sig_lines(sig_path, lines, 1, line);
     EXPECT_REFUSED("unknown algorithm");
-    CHECK_HAS(why, "unsupported signature algorithm");
+    CHECK_HAS(why.text, "unsupported signature algorithm");
     other[0] = 'E';
     other[1] = 'd'; /* prehashed signature relabelled as legacy */
     b64(other, 74, line, sizeof line);
@@ -531,11 +531,11 @@ static void test_malformed_signatures_are_refused(void)
 
     write_sig_lines(sig_path, lines, 0, "a comment without its prefix");
     EXPECT_REFUSED("line 1 prefix");
-    CHECK_HAS(why, "line 1");
+    CHECK_HAS(why.text, "line 1");
     snprintf(line, sizeof line, "Trusted comment: %.200s", lines[2] + 17);
     write_sig_lines(sig_path, lines, 2, line);
     EXPECT_REFUSED("line 3 prefix");
-    CHECK_HAS(why, "line 3");
+    CHECK_HAS(why.text, "line 3");
 
     char extra[2048];
     snprintf(extra, sizeof extra, "%s\n", sig);
@@ -566,7 +566,7 @@ static void test_malformed_signatures_are_refused(void)
     EXPECT_REFUSED("64 KiB of junk");
     write_bytes(sig_path, junk, 64 * 1024 + 1);
     EXPECT_REFUSED("64 KiB + 1");
-    CHECK_HAS(why, "larger than 65536 bytes");
+    CHECK_HAS(why.text, "larger than 65536 bytes");
     write_bytes(sig_path, junk, big);
     EXPECT_REFUSED("200 KiB");
     randombytes_buf(junk, big);
@@ -577,11 +577,11 @@ static void test_malformed_signatures_are_refused(void)
     /* What is not a regular file is refused without blocking on it. */
     CHECK(unlink(sig_path) == 0);
     CHECK(mkfifo(sig_path, 0644) == 0);
-    CHECK_INT(judge(p, path, file_url(path), why, sizeof why), VALIDATE_EPLUGIN_FAILED);
-    CHECK_HAS(why, "not a regular file");
+    CHECK_INT(judge(p, path, file_url(path), &why), VALIDATE_EPLUGIN_FAILED);
+    CHECK_HAS(why.text, "not a regular file");
     CHECK(unlink(sig_path) == 0);
     CHECK(mkdir(sig_path, 0755) == 0);
-    CHECK_INT(judge(p, path, file_url(path), why, sizeof why), VALIDATE_EPLUGIN_FAILED);
+    CHECK_INT(judge(p, path, file_url(path), &why), VALIDATE_EPLUGIN_FAILED);
     CHECK(rmdir(sig_path) == 0);
 #undef EXPECT_REFUSED
     validate_plugin_close(p);
@@ -594,10 +594,10 @@ static void test_oversized_signature_over_http_is_invalid(void)
     write_pattern(web_path("huge.bin"), 1000, 11);
     write_pattern(web_path("huge.bin.minisig"), 300 * 1024, 12);
     validate_plugin *p = open_with_keys(&a, NULL);
-    char why[512];
-    CHECK_INT(judge(p, web_path("huge.bin"), http_url("huge.bin"), why, sizeof why),
+    validate_error why;
+    CHECK_INT(judge(p, web_path("huge.bin"), http_url("huge.bin"), &why),
               VALIDATE_EPLUGIN_REJECTED);
-    CHECK_HAS(why, "larger than 65536 bytes");
+    CHECK_HAS(why.text, "larger than 65536 bytes");
     validate_plugin_close(p);
 }
 
@@ -612,9 +612,9 @@ static void test_size_other_than_announced_is_an_error(void)
     write_pattern(path, 1000, 13);
     sign(&a, path, 0, NULL);
     validate_plugin *p = open_with_keys(&a, NULL);
-    char why[512];
-    CHECK_INT(judge_sized(p, path, file_url(path), 999, why, sizeof why), VALIDATE_EPLUGIN_FAILED);
-    CHECK_HAS(why, "holds 1000 bytes, not the 999 announced");
+    validate_error why;
+    CHECK_INT(judge_sized(p, path, file_url(path), 999, &why), VALIDATE_EPLUGIN_FAILED);
+    CHECK_HAS(why.text, "holds 1000 bytes, not the 999 announced");
     validate_plugin_close(p);
 }
 
@@ -633,10 +633,10 @@ static void test_legacy_signature_over_a_huge_file_is_an_error(void)
     CHECK(ftruncate(fd, (off_t)(1ull << 30) + 1) == 0);
     close(fd);
     validate_plugin *p = open_with_keys(&a, NULL);
-    char why[512];
-    CHECK_INT(judge(p, huge, file_url(huge), why, sizeof why), VALIDATE_EPLUGIN_FAILED);
-    CHECK_HAS(why, "legacy");
-    CHECK_HAS(why, "1 GiB");
+    validate_error why;
+    CHECK_INT(judge(p, huge, file_url(huge), &why), VALIDATE_EPLUGIN_FAILED);
+    CHECK_HAS(why.text, "legacy");
+    CHECK_HAS(why.text, "1 GiB");
     validate_plugin_close(p);
 }
 
@@ -658,15 +658,15 @@ static void test_server_that_never_answers_times_out(void)
     snprintf(config, sizeof config, "timeout = 1\npublic-key = %s\n", a.pub);
     snprintf(url, sizeof url, "http://127.0.0.1:%d/data.bin", ntohs(addr.sin_port));
     validate_plugin *p = open_with(config);
-    char why[512];
+    validate_error why;
     struct timespec t0, t1;
     clock_gettime(CLOCK_MONOTONIC, &t0);
-    int err = judge(p, path, url, why, sizeof why);
+    int err = judge(p, path, url, &why);
     clock_gettime(CLOCK_MONOTONIC, &t1);
     close(s);
     validate_plugin_close(p);
     CHECK_INT(err, VALIDATE_EPLUGIN_FAILED);
-    CHECK_HAS(why, "timed out after 1 s");
+    CHECK_HAS(why.text, "timed out after 1 s");
     CHECK(t1.tv_sec - t0.tv_sec < 5);
 }
 
@@ -716,17 +716,16 @@ static void test_config_errors_refuse_the_load(void)
     snprintf(bad[k++], sizeof bad[0], "public-key =\n");
     for (int i = 0; i < k; i++) {
         validate_plugin *p = NULL;
-        char why[512];
-        int err = validate_plugin_open(MINISIGN_PLUGIN, bad[i], &p, why, sizeof why);
+        validate_error why;
+        int err = validate_plugin_open(MINISIGN_PLUGIN, bad[i], &p, &why);
         if (err != VALIDATE_EPLUGIN_INIT)
             fprintf(stderr, "  config %d loaded: %s\n", i, bad[i]);
         CHECK_INT(err, VALIDATE_EPLUGIN_INIT);
         CHECK(p == NULL);
     }
     validate_plugin *p = NULL;
-    char why[512];
-    CHECK_INT(validate_plugin_open(MINISIGN_PLUGIN, NULL, &p, why, sizeof why),
-              VALIDATE_EPLUGIN_INIT);
+    validate_error why;
+    CHECK_INT(validate_plugin_open(MINISIGN_PLUGIN, NULL, &p, &why), VALIDATE_EPLUGIN_INIT);
     /* 65 keys is one too many. */
     size_t big_len = 65 * 80 + 1;
     char *big = malloc(big_len);
@@ -742,8 +741,7 @@ static void test_config_errors_refuse_the_load(void)
         strcat(big, text);
         strcat(big, "\n");
     }
-    CHECK_INT(validate_plugin_open(MINISIGN_PLUGIN, big, &p, why, sizeof why),
-              VALIDATE_EPLUGIN_INIT);
+    CHECK_INT(validate_plugin_open(MINISIGN_PLUGIN, big, &p, &why), VALIDATE_EPLUGIN_INIT);
     free(big);
 
     /* What is allowed: comments, blank lines, blanks around '=', CRLF, no
@@ -787,8 +785,8 @@ static void test_config_parser_survives_arbitrary_text(void)
         }
         text[len] = '\0';
         validate_plugin *p = NULL;
-        char why[512];
-        if (validate_plugin_open(MINISIGN_PLUGIN, text, &p, why, sizeof why) == VALIDATE_OK)
+        validate_error why;
+        if (validate_plugin_open(MINISIGN_PLUGIN, text, &p, &why) == VALIDATE_OK)
             validate_plugin_close(p);
     }
     dup2(saved_stderr, 2);

@@ -61,27 +61,26 @@ static struct dopa_validator_file file_with(const char *contents, int *fd_out)
 static void test_example_plugin_judges_by_prefix(void)
 {
     validate_plugin *p = NULL;
-    char why[512];
+    validate_error why;
     int fd;
-    CHECK_INT(validate_plugin_open(built("example.so"), "prefix=DOPA\n", &p, why, sizeof why),
-              VALIDATE_OK);
+    CHECK_INT(validate_plugin_open(built("example.so"), "prefix=DOPA\n", &p, &why), VALIDATE_OK);
     CHECK_STR(validate_plugin_name(p), "example-prefix");
     CHECK_STR(validate_plugin_path(p), built("example.so"));
     struct dopa_validator_file f = file_with("DOPA content", &fd);
-    CHECK_INT(validate_plugin_check(p, &f, why, sizeof why), VALIDATE_OK);
+    CHECK_INT(validate_plugin_check(p, &f, &why), VALIDATE_OK);
     close(fd);
     f = file_with("ELF content", &fd);
-    CHECK_INT(validate_plugin_check(p, &f, why, sizeof why), VALIDATE_EPLUGIN_REJECTED);
-    CHECK_HAS(why, "example-prefix: /srv/file does not start with \"DOPA\"");
+    CHECK_INT(validate_plugin_check(p, &f, &why), VALIDATE_EPLUGIN_REJECTED);
+    CHECK_HAS(why.text, "example-prefix: /srv/file does not start with \"DOPA\"");
     close(fd);
     f = file_with("DO", &fd);
-    CHECK_INT(validate_plugin_check(p, &f, why, sizeof why), VALIDATE_EPLUGIN_REJECTED);
-    CHECK_HAS(why, "shorter than the prefix");
+    CHECK_INT(validate_plugin_check(p, &f, &why), VALIDATE_EPLUGIN_REJECTED);
+    CHECK_HAS(why.text, "shorter than the prefix");
     close(fd);
     /* A file description from an older dopad (smaller struct) is refused. */
     f.struct_size = 8;
-    CHECK_INT(validate_plugin_check(p, &f, why, sizeof why), VALIDATE_EINVAL);
-    CHECK_INT(validate_plugin_check(p, NULL, why, sizeof why), VALIDATE_EINVAL);
+    CHECK_INT(validate_plugin_check(p, &f, &why), VALIDATE_EINVAL);
+    CHECK_INT(validate_plugin_check(p, NULL, &why), VALIDATE_EINVAL);
     validate_plugin_close(p);
     validate_plugin_close(NULL);
 }
@@ -89,30 +88,27 @@ static void test_example_plugin_judges_by_prefix(void)
 static void test_plugin_init_failure_refuses_the_load(void)
 {
     validate_plugin *p = NULL;
-    char why[512];
-    CHECK_INT(validate_plugin_open(built("example.so"), NULL, &p, why, sizeof why),
-              VALIDATE_EPLUGIN_INIT);
-    CHECK_HAS(why, "example-prefix refused to start");
-    CHECK_INT(validate_plugin_open(built("init_fails.so"), NULL, &p, why, sizeof why),
-              VALIDATE_EPLUGIN_INIT);
+    validate_error why;
+    CHECK_INT(validate_plugin_open(built("example.so"), NULL, &p, &why), VALIDATE_EPLUGIN_INIT);
+    CHECK_HAS(why.text, "example-prefix refused to start");
+    CHECK_INT(validate_plugin_open(built("init_fails.so"), NULL, &p, &why), VALIDATE_EPLUGIN_INIT);
     CHECK(p == NULL);
 }
 
 static void test_plugin_errors_and_odd_verdicts_fail_validation(void)
 {
     validate_plugin *p = NULL;
-    char why[512];
+    validate_error why;
     int fd;
     struct dopa_validator_file f = file_with("x", &fd);
-    CHECK_INT(validate_plugin_open(built("odd_verdict.so"), NULL, &p, why, sizeof why),
-              VALIDATE_OK);
-    CHECK_INT(validate_plugin_check(p, &f, why, sizeof why), VALIDATE_EPLUGIN_FAILED);
-    CHECK_HAS(why, "(verdict 42)");
+    CHECK_INT(validate_plugin_open(built("odd_verdict.so"), NULL, &p, &why), VALIDATE_OK);
+    CHECK_INT(validate_plugin_check(p, &f, &why), VALIDATE_EPLUGIN_FAILED);
+    CHECK_HAS(why.text, "(verdict 42)");
     validate_plugin_close(p);
-    CHECK_INT(validate_plugin_open(built("says_error.so"), NULL, &p, why, sizeof why), VALIDATE_OK);
-    CHECK_INT(validate_plugin_check(p, &f, why, sizeof why), VALIDATE_EPLUGIN_FAILED);
-    CHECK_HAS(why, "xxxxxxxx");
-    CHECK_HAS(why, "(verdict 3)");
+    CHECK_INT(validate_plugin_open(built("says_error.so"), NULL, &p, &why), VALIDATE_OK);
+    CHECK_INT(validate_plugin_check(p, &f, &why), VALIDATE_EPLUGIN_FAILED);
+    CHECK_HAS(why.text, "xxxxxxxx");
+    CHECK_HAS(why.text, "(verdict 3)");
     validate_plugin_close(p);
     close(fd);
 }
@@ -132,10 +128,9 @@ static void test_loader_refuses_broken_plugins(void)
     };
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
         validate_plugin *p = NULL;
-        char why[512] = "";
-        CHECK_INT(validate_plugin_open(built(cases[i].file), NULL, &p, why, sizeof why),
-                  cases[i].err);
-        CHECK_HAS(why, cases[i].detail);
+        validate_error why = {0};
+        CHECK_INT(validate_plugin_open(built(cases[i].file), NULL, &p, &why), cases[i].err);
+        CHECK_HAS(why.text, cases[i].detail);
         CHECK(p == NULL);
     }
 }
@@ -143,62 +138,57 @@ static void test_loader_refuses_broken_plugins(void)
 static void test_loader_refuses_what_is_not_a_plugin(void)
 {
     validate_plugin *p = NULL;
-    char why[512];
+    validate_error why;
     write_text(check_path("text.so"), "not an ELF file\n", 0644);
-    CHECK_INT(validate_plugin_open(check_path("text.so"), NULL, &p, why, sizeof why),
+    CHECK_INT(validate_plugin_open(check_path("text.so"), NULL, &p, &why), VALIDATE_EPLUGIN_OPEN);
+    CHECK_INT(validate_plugin_open(check_path("missing.so"), NULL, &p, &why),
               VALIDATE_EPLUGIN_OPEN);
-    CHECK_INT(validate_plugin_open(check_path("missing.so"), NULL, &p, why, sizeof why),
-              VALIDATE_EPLUGIN_OPEN);
-    CHECK_HAS(why, "No such file");
-    CHECK_INT(validate_plugin_open(check_tmpdir(), NULL, &p, why, sizeof why),
-              VALIDATE_EPLUGIN_OPEN);
-    CHECK_HAS(why, "not a regular file");
-    CHECK_INT(validate_plugin_open("example.so", NULL, &p, why, sizeof why), VALIDATE_EINVAL);
+    CHECK_HAS(why.text, "No such file");
+    CHECK_INT(validate_plugin_open(check_tmpdir(), NULL, &p, &why), VALIDATE_EPLUGIN_OPEN);
+    CHECK_HAS(why.text, "not a regular file");
+    CHECK_INT(validate_plugin_open("example.so", NULL, &p, &why), VALIDATE_EINVAL);
     CHECK(p == NULL);
 }
 
 static void test_loader_refuses_plugins_others_can_change(void)
 {
     validate_plugin *p = NULL;
-    char why[512];
+    validate_error why;
     copy_file(built("accept_all.so"), check_path("open.so"), 0666);
-    CHECK_INT(validate_plugin_open(check_path("open.so"), NULL, &p, why, sizeof why),
-              VALIDATE_EPLUGIN_UNSAFE);
-    CHECK_HAS(why, "mode 0666");
+    CHECK_INT(validate_plugin_open(check_path("open.so"), NULL, &p, &why), VALIDATE_EPLUGIN_UNSAFE);
+    CHECK_HAS(why.text, "mode 0666");
     CHECK(chmod(check_path("open.so"), 0755) == 0);
-    CHECK_INT(validate_plugin_open(check_path("open.so"), NULL, &p, why, sizeof why), VALIDATE_OK);
+    CHECK_INT(validate_plugin_open(check_path("open.so"), NULL, &p, &why), VALIDATE_OK);
     validate_plugin_close(p);
     p = NULL;
     if (geteuid() == 0) { /* only root can give a file away */
         CHECK(chown(check_path("open.so"), 4242, 4242) == 0);
-        CHECK_INT(validate_plugin_open(check_path("open.so"), NULL, &p, why, sizeof why),
+        CHECK_INT(validate_plugin_open(check_path("open.so"), NULL, &p, &why),
                   VALIDATE_EPLUGIN_UNSAFE);
-        CHECK_HAS(why, "owned by uid 4242");
+        CHECK_HAS(why.text, "owned by uid 4242");
     }
 }
 
 static void test_loader_checks_every_directory_above_the_plugin(void)
 {
     validate_plugin *p = NULL;
-    char why[512];
+    validate_error why;
     CHECK(mkdir(check_path("open"), 0755) == 0);
     CHECK(chmod(check_path("open"), 0777) == 0); /* others may write, not sticky */
     copy_file(built("accept_all.so"), check_path("open/p.so"), 0755);
-    CHECK_INT(validate_plugin_open(check_path("open/p.so"), NULL, &p, why, sizeof why),
+    CHECK_INT(validate_plugin_open(check_path("open/p.so"), NULL, &p, &why),
               VALIDATE_EPLUGIN_UNSAFE);
-    CHECK_HAS(why, "/open: mode 0777");
+    CHECK_HAS(why.text, "/open: mode 0777");
     /* Sticky, like /tmp: nobody else can replace our entries. */
     CHECK(chmod(check_path("open"), 01777) == 0);
-    CHECK_INT(validate_plugin_open(check_path("open/p.so"), NULL, &p, why, sizeof why),
-              VALIDATE_OK);
+    CHECK_INT(validate_plugin_open(check_path("open/p.so"), NULL, &p, &why), VALIDATE_OK);
     validate_plugin_close(p);
     /* A symlink to a safe plugin is judged by its target. */
     CHECK(symlink(check_path("open/p.so"), check_path("link.so")) == 0);
-    CHECK_INT(validate_plugin_open(check_path("link.so"), NULL, &p, why, sizeof why), VALIDATE_OK);
+    CHECK_INT(validate_plugin_open(check_path("link.so"), NULL, &p, &why), VALIDATE_OK);
     validate_plugin_close(p);
     CHECK(chmod(check_path("open/p.so"), 0777) == 0);
-    CHECK_INT(validate_plugin_open(check_path("link.so"), NULL, &p, why, sizeof why),
-              VALIDATE_EPLUGIN_UNSAFE);
+    CHECK_INT(validate_plugin_open(check_path("link.so"), NULL, &p, &why), VALIDATE_EPLUGIN_UNSAFE);
 }
 
 static void test_plugin_dir_loads_in_name_order_with_config(void)
@@ -221,19 +211,19 @@ static void test_plugin_dir_loads_in_name_order_with_config(void)
     write_text(path, "notes", 0644);
 
     validate_plugin_set *set = NULL;
-    char why[512];
+    validate_error why;
     int fd;
-    CHECK_INT(validate_plugin_set_load(dir, &set, why, sizeof why), VALIDATE_OK);
+    CHECK_INT(validate_plugin_set_load(dir, &set, &why), VALIDATE_OK);
     CHECK_INT(validate_plugin_set_count(set), 2);
     CHECK_STR(validate_plugin_name(validate_plugin_set_get(set, 0)), "bad");
     CHECK_STR(validate_plugin_name(validate_plugin_set_get(set, 1)), "example-prefix");
     CHECK(validate_plugin_set_get(set, 2) == NULL);
     struct dopa_validator_file f = file_with("OK then", &fd);
-    CHECK_INT(validate_plugin_set_check(set, &f, why, sizeof why), VALIDATE_OK);
+    CHECK_INT(validate_plugin_set_check(set, &f, &why), VALIDATE_OK);
     close(fd);
     f = file_with("not ok", &fd);
-    CHECK_INT(validate_plugin_set_check(set, &f, why, sizeof why), VALIDATE_EPLUGIN_REJECTED);
-    CHECK_HAS(why, "example-prefix");
+    CHECK_INT(validate_plugin_set_check(set, &f, &why), VALIDATE_EPLUGIN_REJECTED);
+    CHECK_HAS(why.text, "example-prefix");
     close(fd);
     CHECK(access(marker, F_OK) != 0);
     validate_plugin_set_free(set);
@@ -250,19 +240,19 @@ static void test_plugin_dir_fails_closed(void)
     snprintf(path, sizeof path, "%s/b.so", dir);
     copy_file(built("bad_abi.so"), path, 0755);
     validate_plugin_set *set = NULL;
-    char why[512];
-    CHECK_INT(validate_plugin_set_load(dir, &set, why, sizeof why), VALIDATE_EPLUGIN_ABI);
-    CHECK_HAS(why, "/b.so");
+    validate_error why;
+    CHECK_INT(validate_plugin_set_load(dir, &set, &why), VALIDATE_EPLUGIN_ABI);
+    CHECK_HAS(why.text, "/b.so");
     CHECK(set == NULL);
 
     /* A configuration file others may change is as unsafe as the plugin. */
     CHECK(unlink(path) == 0);
     snprintf(path, sizeof path, "%s/a.conf", dir);
     write_text(path, "x", 0666);
-    CHECK_INT(validate_plugin_set_load(dir, &set, why, sizeof why), VALIDATE_EPLUGIN_UNSAFE);
-    CHECK_HAS(why, "a.conf");
+    CHECK_INT(validate_plugin_set_load(dir, &set, &why), VALIDATE_EPLUGIN_UNSAFE);
+    CHECK_HAS(why.text, "a.conf");
     CHECK(chmod(path, 0644) == 0);
-    CHECK_INT(validate_plugin_set_load(dir, &set, why, sizeof why), VALIDATE_OK);
+    CHECK_INT(validate_plugin_set_load(dir, &set, &why), VALIDATE_OK);
     CHECK_INT(validate_plugin_set_count(set), 1);
     validate_plugin_set_free(set);
 
@@ -270,25 +260,25 @@ static void test_plugin_dir_fails_closed(void)
      * (a FIFO would otherwise block the load). */
     CHECK(unlink(path) == 0);
     CHECK(mkfifo(path, 0644) == 0);
-    CHECK_INT(validate_plugin_set_load(dir, &set, why, sizeof why), VALIDATE_EIO);
-    CHECK_HAS(why, "not a regular file");
+    CHECK_INT(validate_plugin_set_load(dir, &set, &why), VALIDATE_EIO);
+    CHECK_HAS(why.text, "not a regular file");
     CHECK(unlink(path) == 0);
 
     /* So is a directory others may add plugins to. */
     CHECK(chmod(dir, 0777) == 0);
-    CHECK_INT(validate_plugin_set_load(dir, &set, why, sizeof why), VALIDATE_EPLUGIN_UNSAFE);
+    CHECK_INT(validate_plugin_set_load(dir, &set, &why), VALIDATE_EPLUGIN_UNSAFE);
     CHECK(chmod(dir, 0755) == 0);
 }
 
 static void test_missing_plugin_dir_is_an_empty_set(void)
 {
     validate_plugin_set *set = NULL;
-    char why[512];
-    CHECK_INT(validate_plugin_set_load(check_path("nowhere"), &set, why, sizeof why), VALIDATE_OK);
+    validate_error why;
+    CHECK_INT(validate_plugin_set_load(check_path("nowhere"), &set, &why), VALIDATE_OK);
     CHECK_INT(validate_plugin_set_count(set), 0);
     int fd;
     struct dopa_validator_file f = file_with("anything", &fd);
-    CHECK_INT(validate_plugin_set_check(set, &f, why, sizeof why), VALIDATE_OK);
+    CHECK_INT(validate_plugin_set_check(set, &f, &why), VALIDATE_OK);
     close(fd);
     validate_plugin_set_free(set);
     validate_plugin_set_free(NULL);

@@ -93,9 +93,9 @@ int main(int argc, char **argv)
                 best_plain = t < best_plain ? t : best_plain;
             } else {
                 validate_digest d;
-                char why[256];
-                if (validate_digest_fd(fd, PIECE, &d, why, sizeof why) != VALIDATE_OK) {
-                    fprintf(stderr, "validate_digest_fd: %s\n", why);
+                validate_error why;
+                if (validate_digest_fd(fd, PIECE, &d, &why) != VALIDATE_OK) {
+                    fprintf(stderr, "validate_digest_fd: %s\n", why.text);
                     return 1;
                 }
                 double t = now() - t0;

@@ -16,7 +16,6 @@
 #include <inttypes.h>
 #include <limits.h>
 #include <sodium.h>
-#include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -26,6 +25,7 @@
 #include <unistd.h>
 
 #include "dopa_validator.h"
+#include "validate.h"
 
 #define SIG_MAX_BYTES   (64u * 1024u) /* a real .minisig is about 300 bytes */
 #define LEGACY_MAX_SIZE (1ull << 30)  /* legacy signatures need the file in memory */
@@ -73,21 +73,6 @@ struct span {
     const char *p;
     size_t len;
 };
-
-static int say(char *reason, size_t reason_size, int verdict, const char *fmt, ...)
-    __attribute__((format(printf, 4, 5)));
-
-/* Writes the reason (when there is room for one) and returns the verdict. */
-static int say(char *reason, size_t reason_size, int verdict, const char *fmt, ...)
-{
-    if (reason != NULL && reason_size > 0) {
-        va_list ap;
-        va_start(ap, fmt);
-        vsnprintf(reason, reason_size, fmt, ap);
-        va_end(ap);
-    }
-    return verdict;
-}
 
 /* minisign shows key ids as the little-endian number in upper-case hex. */
 static void key_id_text(const uint8_t id[KEY_ID_BYTES], char out[17])
@@ -271,41 +256,43 @@ static int split_lines(const char *buf, size_t len, struct span lines[4])
 }
 
 /* The one parser of untrusted signature bytes. */
-static int parse_signature(const uint8_t *buf, size_t len, struct minisign_sig *out, char *reason,
-                           size_t reason_size)
+static int parse_signature(const uint8_t *buf, size_t len, struct minisign_sig *out,
+                           validate_error *why)
 {
     struct span lines[4];
     uint8_t blob[SIG_BLOB];
     const char *text = (const char *)buf;
 
     if (memchr(buf, '\0', len) != NULL)
-        return say(reason, reason_size, DOPA_VALIDATOR_INVALID, "malformed signature: a NUL byte");
+        return validate_error_set(why, DOPA_VALIDATOR_INVALID, "malformed signature: a NUL byte");
     if (split_lines(text, len, lines) != 0)
-        return say(reason, reason_size, DOPA_VALIDATOR_INVALID,
-                   "malformed signature: not four lines");
+        return validate_error_set(why, DOPA_VALIDATOR_INVALID,
+                                  "malformed signature: not four lines");
     if (!has_prefix(lines[0], UNTRUSTED_PREFIX))
-        return say(reason, reason_size, DOPA_VALIDATOR_INVALID,
-                   "malformed signature: line 1 is not an untrusted comment");
+        return validate_error_set(why, DOPA_VALIDATOR_INVALID,
+                                  "malformed signature: line 1 is not an untrusted comment");
     if (unbase64(lines[1].p, lines[1].len, blob, sizeof blob) != 0)
-        return say(reason, reason_size, DOPA_VALIDATOR_INVALID,
-                   "malformed signature: line 2 is not the base64 of %u bytes", SIG_BLOB);
+        return validate_error_set(why, DOPA_VALIDATOR_INVALID,
+                                  "malformed signature: line 2 is not the base64 of %u bytes",
+                                  SIG_BLOB);
     if (memcmp(blob, "ED", ALG_BYTES) == 0)
         out->is_prehashed = 1;
     else if (memcmp(blob, "Ed", ALG_BYTES) == 0)
         out->is_prehashed = 0;
     else
-        return say(reason, reason_size, DOPA_VALIDATOR_INVALID,
-                   "unsupported signature algorithm (0x%02x%02x)", blob[0], blob[1]);
+        return validate_error_set(why, DOPA_VALIDATOR_INVALID,
+                                  "unsupported signature algorithm (0x%02x%02x)", blob[0], blob[1]);
     memcpy(out->key_id, blob + ALG_BYTES, KEY_ID_BYTES);
     memcpy(out->sig, blob + ALG_BYTES + KEY_ID_BYTES, crypto_sign_BYTES);
     if (!has_prefix(lines[2], TRUSTED_PREFIX))
-        return say(reason, reason_size, DOPA_VALIDATOR_INVALID,
-                   "malformed signature: line 3 is not a trusted comment");
+        return validate_error_set(why, DOPA_VALIDATOR_INVALID,
+                                  "malformed signature: line 3 is not a trusted comment");
     out->comment = lines[2].p + strlen(TRUSTED_PREFIX);
     out->comment_len = lines[2].len - strlen(TRUSTED_PREFIX);
     if (unbase64(lines[3].p, lines[3].len, out->global_sig, sizeof out->global_sig) != 0)
-        return say(reason, reason_size, DOPA_VALIDATOR_INVALID,
-                   "malformed signature: line 4 is not the base64 of %u bytes", crypto_sign_BYTES);
+        return validate_error_set(why, DOPA_VALIDATOR_INVALID,
+                                  "malformed signature: line 4 is not the base64 of %u bytes",
+                                  crypto_sign_BYTES);
     return GO_ON;
 }
 
@@ -331,12 +318,12 @@ static size_t on_body(char *ptr, size_t size, size_t n, void *userdata)
 }
 
 /* Reads "<path>.minisig" of a file:// URL. */
-static int read_local(const char *path, struct body *b, char *reason, size_t reason_size)
+static int read_local(const char *path, struct body *b, validate_error *why)
 {
     size_t n = strlen(path);
     char *sig_path = malloc(n + sizeof ".minisig");
     if (sig_path == NULL)
-        return say(reason, reason_size, DOPA_VALIDATOR_ERROR, "out of memory");
+        return validate_error_set(why, DOPA_VALIDATOR_ERROR, "out of memory");
     memcpy(sig_path, path, n);
     memcpy(sig_path + n, ".minisig", sizeof ".minisig");
 
@@ -347,15 +334,15 @@ static int read_local(const char *path, struct body *b, char *reason, size_t rea
     if (fd < 0) {
         if (errno == ENOENT || errno == ENOTDIR)
             verdict =
-                say(reason, reason_size, DOPA_VALIDATOR_INVALID, "no signature at %s", sig_path);
+                validate_error_set(why, DOPA_VALIDATOR_INVALID, "no signature at %s", sig_path);
         else
-            verdict = say(reason, reason_size, DOPA_VALIDATOR_ERROR, "cannot open %s: %s", sig_path,
-                          strerror(errno));
+            verdict = validate_error_set(why, DOPA_VALIDATOR_ERROR, "cannot open %s: %s", sig_path,
+                                         strerror(errno));
         goto done;
     }
     if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
         verdict =
-            say(reason, reason_size, DOPA_VALIDATOR_ERROR, "%s is not a regular file", sig_path);
+            validate_error_set(why, DOPA_VALIDATOR_ERROR, "%s is not a regular file", sig_path);
         goto done;
     }
     for (;;) {
@@ -366,8 +353,8 @@ static int read_local(const char *path, struct body *b, char *reason, size_t rea
         if (r < 0 && errno == EINTR)
             continue;
         if (r < 0) {
-            verdict = say(reason, reason_size, DOPA_VALIDATOR_ERROR, "cannot read %s: %s", sig_path,
-                          strerror(errno));
+            verdict = validate_error_set(why, DOPA_VALIDATOR_ERROR, "cannot read %s: %s", sig_path,
+                                         strerror(errno));
             goto done;
         }
         if (r == 0)
@@ -379,8 +366,8 @@ static int read_local(const char *path, struct body *b, char *reason, size_t rea
         b->len += (size_t)r;
     }
     if (b->is_too_big)
-        verdict = say(reason, reason_size, DOPA_VALIDATOR_INVALID, "signature larger than %u bytes",
-                      SIG_MAX_BYTES);
+        verdict = validate_error_set(why, DOPA_VALIDATOR_INVALID, "signature larger than %u bytes",
+                                     SIG_MAX_BYTES);
 done:
     if (fd >= 0)
         close(fd);
@@ -390,13 +377,13 @@ done:
 
 /* Fetches an http(s) signature URL; `shown` names it in reasons. */
 static int fetch_http(const struct minisign_state *s, const char *url, const char *shown,
-                      struct body *b, char *reason, size_t reason_size)
+                      struct body *b, validate_error *why)
 {
     char err[CURL_ERROR_SIZE] = "";
     long status = 0;
     CURL *h = curl_easy_init();
     if (h == NULL)
-        return say(reason, reason_size, DOPA_VALIDATOR_ERROR, "cannot start libcurl");
+        return validate_error_set(why, DOPA_VALIDATOR_ERROR, "cannot start libcurl");
     curl_easy_setopt(h, CURLOPT_URL, url);
     curl_easy_setopt(h, CURLOPT_PROTOCOLS_STR, "http,https");
     curl_easy_setopt(h, CURLOPT_REDIR_PROTOCOLS_STR, "http,https");
@@ -418,56 +405,56 @@ static int fetch_http(const struct minisign_state *s, const char *url, const cha
     if (rc == CURLE_OK && status == 200)
         return GO_ON;
     if (rc == CURLE_OK)
-        return say(reason, reason_size, DOPA_VALIDATOR_ERROR, "HTTP %ld for %s", status, shown);
+        return validate_error_set(why, DOPA_VALIDATOR_ERROR, "HTTP %ld for %s", status, shown);
     if (rc == CURLE_HTTP_RETURNED_ERROR && (status == 404 || status == 410))
-        return say(reason, reason_size, DOPA_VALIDATOR_INVALID, "no signature (HTTP %ld for %s)",
-                   status, shown);
+        return validate_error_set(why, DOPA_VALIDATOR_INVALID, "no signature (HTTP %ld for %s)",
+                                  status, shown);
     if (rc == CURLE_HTTP_RETURNED_ERROR)
-        return say(reason, reason_size, DOPA_VALIDATOR_ERROR, "HTTP %ld for %s", status, shown);
+        return validate_error_set(why, DOPA_VALIDATOR_ERROR, "HTTP %ld for %s", status, shown);
     if (rc == CURLE_FILESIZE_EXCEEDED || (rc == CURLE_WRITE_ERROR && b->is_too_big))
-        return say(reason, reason_size, DOPA_VALIDATOR_INVALID,
-                   "signature larger than %u bytes at %s", SIG_MAX_BYTES, shown);
+        return validate_error_set(why, DOPA_VALIDATOR_INVALID,
+                                  "signature larger than %u bytes at %s", SIG_MAX_BYTES, shown);
     if (rc == CURLE_OPERATION_TIMEDOUT)
-        return say(reason, reason_size, DOPA_VALIDATOR_ERROR, "timed out after %ld s fetching %s",
-                   s->timeout, shown);
-    return say(reason, reason_size, DOPA_VALIDATOR_ERROR, "fetching %s: %s", shown,
-               err[0] != '\0' ? err : curl_easy_strerror(rc));
+        return validate_error_set(why, DOPA_VALIDATOR_ERROR, "timed out after %ld s fetching %s",
+                                  s->timeout, shown);
+    return validate_error_set(why, DOPA_VALIDATOR_ERROR, "fetching %s: %s", shown,
+                              err[0] != '\0' ? err : curl_easy_strerror(rc));
 }
 
 /* Reads the signature for `remote_url` into b: the URL's path gets
  * ".minisig" appended (its query is kept, its fragment dropped). */
 static int fetch_signature(const struct minisign_state *s, const char *remote_url, struct body *b,
-                           char *reason, size_t reason_size)
+                           validate_error *why)
 {
     int verdict;
     char *scheme = NULL, *path = NULL, *host = NULL, *port = NULL, *sig_url = NULL;
     char *with_suffix = NULL, *shown = NULL;
     CURLU *u = curl_url();
     if (u == NULL) {
-        verdict = say(reason, reason_size, DOPA_VALIDATOR_ERROR, "out of memory");
+        verdict = validate_error_set(why, DOPA_VALIDATOR_ERROR, "out of memory");
         goto done;
     }
     if (curl_url_set(u, CURLUPART_URL, remote_url, 0) != CURLUE_OK ||
         curl_url_get(u, CURLUPART_SCHEME, &scheme, 0) != CURLUE_OK) {
-        verdict = say(reason, reason_size, DOPA_VALIDATOR_ERROR, "cannot parse the remote URL");
+        verdict = validate_error_set(why, DOPA_VALIDATOR_ERROR, "cannot parse the remote URL");
         goto done;
     }
     if (strcmp(scheme, "file") == 0) {
         if (curl_url_get(u, CURLUPART_PATH, &path, CURLU_URLDECODE) != CURLUE_OK)
-            verdict = say(reason, reason_size, DOPA_VALIDATOR_ERROR,
-                          "cannot decode the path of the remote URL");
+            verdict = validate_error_set(why, DOPA_VALIDATOR_ERROR,
+                                         "cannot decode the path of the remote URL");
         else
-            verdict = read_local(path, b, reason, reason_size);
+            verdict = read_local(path, b, why);
         goto done;
     }
     if (strcmp(scheme, "http") != 0 && strcmp(scheme, "https") != 0) {
-        verdict = say(reason, reason_size, DOPA_VALIDATOR_ERROR,
-                      "no signature fetch for %s:// URLs", scheme);
+        verdict = validate_error_set(why, DOPA_VALIDATOR_ERROR, "no signature fetch for %s:// URLs",
+                                     scheme);
         goto done;
     }
     if (curl_url_get(u, CURLUPART_PATH, &path, 0) != CURLUE_OK ||
         curl_url_get(u, CURLUPART_HOST, &host, 0) != CURLUE_OK) {
-        verdict = say(reason, reason_size, DOPA_VALIDATOR_ERROR, "cannot parse the remote URL");
+        verdict = validate_error_set(why, DOPA_VALIDATOR_ERROR, "cannot parse the remote URL");
         goto done;
     }
     curl_url_get(u, CURLUPART_PORT, &port, 0); /* absent unless given */
@@ -476,7 +463,7 @@ static int fetch_signature(const struct minisign_state *s, const char *remote_ur
     size_t shown_len = strlen(scheme) + strlen(host) + (port ? strlen(port) : 0) + n + 16;
     shown = malloc(shown_len);
     if (with_suffix == NULL || shown == NULL) {
-        verdict = say(reason, reason_size, DOPA_VALIDATOR_ERROR, "out of memory");
+        verdict = validate_error_set(why, DOPA_VALIDATOR_ERROR, "out of memory");
         goto done;
     }
     memcpy(with_suffix, path, n);
@@ -487,10 +474,10 @@ static int fetch_signature(const struct minisign_state *s, const char *remote_ur
     if (curl_url_set(u, CURLUPART_PATH, with_suffix, 0) != CURLUE_OK ||
         curl_url_set(u, CURLUPART_FRAGMENT, NULL, 0) != CURLUE_OK ||
         curl_url_get(u, CURLUPART_URL, &sig_url, 0) != CURLUE_OK) {
-        verdict = say(reason, reason_size, DOPA_VALIDATOR_ERROR, "cannot build the signature URL");
+        verdict = validate_error_set(why, DOPA_VALIDATOR_ERROR, "cannot build the signature URL");
         goto done;
     }
-    verdict = fetch_http(s, sig_url, shown, b, reason, reason_size);
+    verdict = fetch_http(s, sig_url, shown, b, why);
 
 done:
     free(shown);
@@ -538,36 +525,37 @@ static int comment_verifies(const struct minisign_sig *sig, const struct minisig
 }
 
 static int content_verifies(const struct dopa_validator_file *file, const struct minisign_sig *sig,
-                            const struct minisign_key *k, char *reason, size_t reason_size)
+                            const struct minisign_key *k, validate_error *why)
 {
     int verdict;
     uint8_t *buf = NULL;
     struct stat st;
     if (fstat(file->fd, &st) != 0)
-        return say(reason, reason_size, DOPA_VALIDATOR_ERROR, "cannot stat the file: %s",
-                   strerror(errno));
+        return validate_error_set(why, DOPA_VALIDATOR_ERROR, "cannot stat the file: %s",
+                                  strerror(errno));
     if (!S_ISREG(st.st_mode) || (uint64_t)st.st_size != file->size)
-        return say(reason, reason_size, DOPA_VALIDATOR_ERROR,
-                   "the file holds %lld bytes, not the %" PRIu64 " announced",
-                   (long long)st.st_size, file->size);
+        return validate_error_set(why, DOPA_VALIDATOR_ERROR,
+                                  "the file holds %lld bytes, not the %" PRIu64 " announced",
+                                  (long long)st.st_size, file->size);
 
     if (!sig->is_prehashed) {
         if (file->size > LEGACY_MAX_SIZE)
-            return say(reason, reason_size, DOPA_VALIDATOR_ERROR,
-                       "legacy (not prehashed) signature over a file larger than 1 GiB; "
-                       "sign it with minisign 0.11 or later without -l");
+            return validate_error_set(
+                why, DOPA_VALIDATOR_ERROR,
+                "legacy (not prehashed) signature over a file larger than 1 GiB; "
+                "sign it with minisign 0.11 or later without -l");
         size_t n = (size_t)file->size;
         buf = malloc(n > 0 ? n : 1);
         if (buf == NULL)
-            return say(reason, reason_size, DOPA_VALIDATOR_ERROR, "out of memory");
+            return validate_error_set(why, DOPA_VALIDATOR_ERROR, "out of memory");
         if (read_at(file->fd, buf, n, 0) != 0) {
-            verdict = say(reason, reason_size, DOPA_VALIDATOR_ERROR, "cannot read the file");
+            verdict = validate_error_set(why, DOPA_VALIDATOR_ERROR, "cannot read the file");
             goto done;
         }
         verdict = crypto_sign_verify_detached(sig->sig, buf, n, k->pk) == 0
                       ? GO_ON
-                      : say(reason, reason_size, DOPA_VALIDATOR_INVALID,
-                            "signature does not match the content");
+                      : validate_error_set(why, DOPA_VALIDATOR_INVALID,
+                                           "signature does not match the content");
         goto done;
     }
 
@@ -575,13 +563,13 @@ static int content_verifies(const struct dopa_validator_file *file, const struct
     uint8_t hash[PREHASH_BYTES];
     buf = malloc(READ_CHUNK);
     if (buf == NULL)
-        return say(reason, reason_size, DOPA_VALIDATOR_ERROR, "out of memory");
+        return validate_error_set(why, DOPA_VALIDATOR_ERROR, "out of memory");
     crypto_generichash_init(&h, NULL, 0, sizeof hash);
     for (uint64_t off = 0; off < file->size;) {
         size_t n = file->size - off < READ_CHUNK ? (size_t)(file->size - off) : READ_CHUNK;
         if (read_at(file->fd, buf, n, off) != 0) {
-            verdict = say(reason, reason_size, DOPA_VALIDATOR_ERROR,
-                          "cannot read the file at offset %" PRIu64, off);
+            verdict = validate_error_set(why, DOPA_VALIDATOR_ERROR,
+                                         "cannot read the file at offset %" PRIu64, off);
             goto done;
         }
         crypto_generichash_update(&h, buf, n);
@@ -590,15 +578,15 @@ static int content_verifies(const struct dopa_validator_file *file, const struct
     crypto_generichash_final(&h, hash, sizeof hash);
     verdict = crypto_sign_verify_detached(sig->sig, hash, sizeof hash, k->pk) == 0
                   ? GO_ON
-                  : say(reason, reason_size, DOPA_VALIDATOR_INVALID,
-                        "signature does not match the content");
+                  : validate_error_set(why, DOPA_VALIDATOR_INVALID,
+                                       "signature does not match the content");
 done:
     free(buf);
     return verdict;
 }
 
-static int minisign_validate(void *state, const struct dopa_validator_file *file, char *reason,
-                             size_t reason_size)
+/* The check itself; minisign_validate hands its reason to dopa. */
+static int check(void *state, const struct dopa_validator_file *file, validate_error *why)
 {
     const struct minisign_state *s = state;
     struct minisign_sig sig;
@@ -609,15 +597,15 @@ static int minisign_validate(void *state, const struct dopa_validator_file *file
     if (s == NULL || file == NULL ||
         file->struct_size < offsetof(struct dopa_validator_file, size) + sizeof file->size ||
         file->remote_url == NULL)
-        return say(reason, reason_size, DOPA_VALIDATOR_ERROR, "no file or no remote URL");
+        return validate_error_set(why, DOPA_VALIDATOR_ERROR, "no file or no remote URL");
     b.data = malloc(SIG_MAX_BYTES);
     if (b.data == NULL)
-        return say(reason, reason_size, DOPA_VALIDATOR_ERROR, "out of memory");
+        return validate_error_set(why, DOPA_VALIDATOR_ERROR, "out of memory");
 
-    verdict = fetch_signature(s, file->remote_url, &b, reason, reason_size);
+    verdict = fetch_signature(s, file->remote_url, &b, why);
     if (verdict != GO_ON)
         goto done;
-    verdict = parse_signature(b.data, b.len, &sig, reason, reason_size);
+    verdict = parse_signature(b.data, b.len, &sig, why);
     if (verdict != GO_ON)
         goto done;
     for (size_t i = 0; i < s->n_keys && key == NULL; i++)
@@ -626,8 +614,9 @@ static int minisign_validate(void *state, const struct dopa_validator_file *file
     if (key == NULL) {
         char id[17];
         key_id_text(sig.key_id, id);
-        verdict = say(reason, reason_size, DOPA_VALIDATOR_INVALID,
-                      "signed with key id %s, which is not a configured public-key", id);
+        verdict =
+            validate_error_set(why, DOPA_VALIDATOR_INVALID,
+                               "signed with key id %s, which is not a configured public-key", id);
         goto done;
     }
     /* The comment first: it is cheap, and the file may be many GiB. */
@@ -635,18 +624,28 @@ static int minisign_validate(void *state, const struct dopa_validator_file *file
     case 1:
         break;
     case 0:
-        verdict = say(reason, reason_size, DOPA_VALIDATOR_INVALID,
-                      "the trusted comment's signature does not verify");
+        verdict = validate_error_set(why, DOPA_VALIDATOR_INVALID,
+                                     "the trusted comment's signature does not verify");
         goto done;
     default:
-        verdict = say(reason, reason_size, DOPA_VALIDATOR_ERROR, "out of memory");
+        verdict = validate_error_set(why, DOPA_VALIDATOR_ERROR, "out of memory");
         goto done;
     }
-    verdict = content_verifies(file, &sig, key, reason, reason_size);
+    verdict = content_verifies(file, &sig, key, why);
     if (verdict == GO_ON)
         verdict = DOPA_VALIDATOR_VALID;
 done:
     free(b.data);
+    return verdict;
+}
+
+static int minisign_validate(void *state, const struct dopa_validator_file *file, char *reason,
+                             size_t reason_size)
+{
+    validate_error why = {0};
+    int verdict = check(state, file, &why);
+    if (verdict != DOPA_VALIDATOR_VALID && reason != NULL && reason_size > 0)
+        snprintf(reason, reason_size, "%s", why.text);
     return verdict;
 }
 
