@@ -190,14 +190,15 @@ static int configured_in(const peer_node_config *cfg, const char *url, int cache
     return 0;
 }
 
-int peer_node_reconfigure(peer_node *n, const peer_node_config *cfg, validate_error *why)
+int peer_node_reconfigure(peer_node *n, const peer_node_config *cfg)
 {
+    validate_error *why = &n->error;
+    *why = (validate_error){0};
     for (size_t i = 0; i < cfg->n_peers + cfg->n_cache_hosts; i++) {
         const char *url = i < cfg->n_peers ? cfg->peers[i] : cfg->cache_hosts[i - cfg->n_peers];
-        if (!node_url_ok(url)) {
-            validate_error_set(why, PEER_EADDRESS, "%s: not a tcp:// or tls+tcp:// address", url);
-            return PEER_EADDRESS;
-        }
+        if (!node_url_ok(url))
+            return validate_error_set(why, PEER_EADDRESS, "%s: not a tcp:// or tls+tcp:// address",
+                                      url);
     }
     /* The server's workers read these under catalog_lock. */
     pthread_mutex_lock(&n->catalog_lock);
@@ -229,8 +230,7 @@ int peer_node_reconfigure(peer_node *n, const peer_node_config *cfg, validate_er
         peer_entry *p = node_peers_add(n, url, 1, cache);
         if (p == NULL) {
             if (err == PEER_OK)
-                validate_error_set(why, PEER_ENNG, "%s: cannot dial", url);
-            err = PEER_ENNG;
+                err = validate_error_set(why, PEER_ENNG, "%s: cannot dial", url);
             continue;
         }
         p->configured = 1; /* it may have been found by a beacon first */
@@ -238,6 +238,11 @@ int peer_node_reconfigure(peer_node *n, const peer_node_config *cfg, validate_er
             p->cache_host = 1;
     }
     return err;
+}
+
+const validate_error *peer_node_error(const peer_node *n)
+{
+    return &n->error;
 }
 
 void peer_node_stats(const peer_node *n, peer_stats *out)

@@ -162,6 +162,7 @@ typedef struct found {
 
 struct peer_node {
     peer_node_config cfg;
+    validate_error error; /* peer_node_error(): the owner's last failed call */
     nng_tls_config *tls_server, *tls_client; /* for tls+tcp://, or NULL */
     peer_wire_key key;
     uint8_t id[PEER_ID_BYTES];

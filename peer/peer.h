@@ -281,8 +281,12 @@ const char *peer_node_listen_url(const peer_node *n);
  * again). The rest of cfg (group key, listener, TLS, beacons,
  * max_connections, cache_host) is ignored: it needs a new node.
  * PEER_EADDRESS, with nothing changed, when an address is not acceptable;
- * PEER_ENNG when one cannot be dialled (the others are taken). */
-int peer_node_reconfigure(peer_node *n, const peer_node_config *cfg, validate_error *why);
+ * PEER_ENNG when one cannot be dialled (the others are taken); either way
+ * peer_node_error() says which. */
+int peer_node_reconfigure(peer_node *n, const peer_node_config *cfg);
+/* The node's last failure (of peer_node_reconfigure, from the owner's
+ * thread): code 0 when the last call succeeded. */
+const validate_error *peer_node_error(const peer_node *n);
 
 typedef struct peer_stats {
     uint64_t uploaded;      /* piece bytes sent */

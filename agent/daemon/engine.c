@@ -933,8 +933,9 @@ int engine_reconfigure(agent_engine *e, const engine_config *cfg)
     /* The first failure is the one reported; the rest is applied anyway. */
     int err = DOPA_OK;
     e->error = (validate_error){0};
-    if (e->peers != NULL && cfg->peer != NULL)
-        err = peer_node_reconfigure(e->peers, cfg->peer, &e->error);
+    if (e->peers != NULL && cfg->peer != NULL &&
+        (err = peer_node_reconfigure(e->peers, cfg->peer)) != PEER_OK)
+        e->error = *peer_node_error(e->peers);
     if (cfg->cache_bytes != e->cfg.cache_bytes || cfg->cache_age_ms != e->cfg.cache_age_ms) {
         validate_error cache_why;
         int cache_err = cache_set_limits(e, cfg->cache_bytes, cfg->cache_age_ms, &cache_why);

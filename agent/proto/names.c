@@ -6,6 +6,7 @@
 #include <string.h>
 
 #include "dopa.h"
+#include "validate.h" /* validate_hex, validate_hex_value */
 
 const char *dopa_strerror(int err)
 {
@@ -60,26 +61,16 @@ const char *dopa_context_name(int context)
 
 void dopa_id_format(const dopa_id *id, char out[37])
 {
-    static const char digits[] = "0123456789abcdef";
+    static const size_t groups[] = {4, 2, 2, 2, 6}; /* bytes between the dashes */
     char *o = out;
-    for (int i = 0; i < 16; i++) {
-        if (i == 4 || i == 6 || i == 8 || i == 10)
+    const uint8_t *b = id->bytes;
+    for (size_t g = 0; g < sizeof groups / sizeof groups[0]; g++) {
+        if (g > 0)
             *o++ = '-';
-        *o++ = digits[id->bytes[i] >> 4];
-        *o++ = digits[id->bytes[i] & 15];
+        validate_hex(b, groups[g], o); /* ends what it wrote with a NUL */
+        o += 2 * groups[g];
+        b += groups[g];
     }
-    *o = '\0';
-}
-
-static int hex_digit(char c)
-{
-    if (c >= '0' && c <= '9')
-        return c - '0';
-    if (c >= 'a' && c <= 'f')
-        return c - 'a' + 10;
-    if (c >= 'A' && c <= 'F')
-        return c - 'A' + 10;
-    return -1;
 }
 
 int dopa_id_parse(const char *text, dopa_id *out)
@@ -93,7 +84,7 @@ int dopa_id_parse(const char *text, dopa_id *out)
             if (*p++ != '-')
                 return DOPA_EINVAL;
         }
-        int hi = hex_digit(p[0]), lo = hex_digit(p[1]);
+        int hi = validate_hex_value(p[0]), lo = validate_hex_value(p[1]);
         if (hi < 0 || lo < 0)
             return DOPA_EINVAL;
         id.bytes[i] = (uint8_t)(hi << 4 | lo);

@@ -13,6 +13,7 @@
 #include "../support/nginx.h"
 #include "../support/proc.h"
 #include "agent.h"
+#include "engine_internal.h" /* engine_reconfigure, engine_error */
 
 static test_nginx web;
 static const char *fixture; /* the scratch directory */
@@ -1645,6 +1646,53 @@ static int setup(void)
                : -1;
 }
 
+/* A failure keeps the code of the module that met it, through every layer,
+ * and says what failed: on the caller's record when there is no handle
+ * yet, on the engine's when there is. */
+static void test_errors_keep_their_module_code_and_say_what_failed(void)
+{
+    uint8_t group[PEER_GROUP_KEY_BYTES];
+    peer_group_key_generate(group);
+    peer_node_config peer = {.group_key = group, .listen = "bogus://127.0.0.1:1"};
+    engine_config cfg = {.state_dir = check_path("state"),
+                         .clock = &fake_clock,
+                         .origin = origin_config_default(),
+                         .peer = &peer};
+    validate_error why = {0};
+    CHECK_INT(engine_open(&cfg, &E, &why), PEER_EADDRESS); /* not flattened to DOPA_EINVAL */
+    CHECK(E == NULL);
+    CHECK_INT(why.code, PEER_EADDRESS);
+    CHECK_HAS(why.text, "bogus://127.0.0.1:1");
+
+    char dir[4200];
+    check_write_text(check_path("a-file"), "not a directory");
+    snprintf(dir, sizeof dir, "%s/state", check_path("a-file"));
+    engine_config plain = {
+        .state_dir = dir, .clock = &fake_clock, .origin = origin_config_default()};
+    why = (validate_error){0};
+    CHECK_INT(engine_open(&plain, &E, &why), DOPA_EIO);
+    CHECK_INT(why.code, DOPA_EIO);
+    CHECK_HAS(why.text, dir);
+
+    peer.listen = "tcp://127.0.0.1:0";
+    why = (validate_error){0};
+    CHECK_INT(engine_open(&cfg, &E, &why), DOPA_OK);
+    CHECK(E != NULL);
+    CHECK_INT(engine_error(E)->code, 0);
+    const char *bad[] = {"udp://127.0.0.1:9"};
+    peer_node_config next = peer;
+    next.peers = bad;
+    next.n_peers = 1;
+    engine_config changed = cfg;
+    changed.peer = &next;
+    CHECK_INT(engine_reconfigure(E, &changed), PEER_EADDRESS);
+    CHECK_INT(engine_error(E)->code, PEER_EADDRESS);
+    CHECK_HAS(engine_error(E)->text, "udp://127.0.0.1:9");
+    CHECK_INT(engine_reconfigure(E, &cfg), DOPA_OK);
+    CHECK_INT(engine_error(E)->code, 0);
+    close_engine();
+}
+
 int main(int argc, char **argv)
 {
     if (setup() != 0) {
@@ -1693,6 +1741,7 @@ int main(int argc, char **argv)
                       CASE(test_files_awaiting_verdicts_take_no_running_slot),
                       CASE(test_taking_ownership_drops_the_notify_settings),
                       CASE(test_validator_plugins_judge_the_file),
+                      CASE(test_errors_keep_their_module_code_and_say_what_failed),
                       {0},
                   });
     proto_reply_clear(&reply);
