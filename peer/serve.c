@@ -254,21 +254,6 @@ static void piece_done(peer_node *n, uint32_t pipe)
         n->pipes[i].busy--;
 }
 
-static int read_piece(int fd, uint8_t *buf, uint32_t len, uint64_t offset)
-{
-    while (len > 0) {
-        ssize_t r = pread(fd, buf, len, (off_t)offset);
-        if (r < 0 && errno == EINTR)
-            continue;
-        if (r <= 0)
-            return -1;
-        buf += r;
-        len -= (uint32_t)r;
-        offset += (uint64_t)r;
-    }
-    return 0;
-}
-
 /* Builds the reply to a PIECE_REQ; returns the ms to wait before sending
  * it (the upload limit), and sets *took when it took a slot of the pipe. */
 static int64_t answer_piece(peer_node *n, const peer_msg *req, uint32_t pipe, nng_msg **out,
@@ -345,7 +330,8 @@ static int64_t answer_piece(peer_node *n, const peer_msg *req, uint32_t pipe, nn
     nng_msg *msg = NULL;
     uint8_t *data =
         nng_msg_alloc(&msg, size) == 0 ? (uint8_t *)nng_msg_body(msg) + PEER_PREFIX_BYTES : NULL;
-    int ok = data != NULL && read_piece(o->fd, data, len, req->piece * o->piece_size) == 0;
+    int ok = data != NULL &&
+             validate_pread_full(o->fd, data, len, req->piece * o->piece_size) == (ssize_t)len;
     if (ok && o->hashes != NULL && !o->stable) {
         uint8_t h[VALIDATE_HASH_BYTES];
         validate_blake2b(data, len, h);

@@ -276,23 +276,6 @@ static void sha_helper_stop(struct sha_helper *h)
     sem_destroy(&h->work);
 }
 
-/* Reads up to len bytes at offset, short only at end of file. */
-static ssize_t read_full(int fd, uint8_t *buf, size_t len, uint64_t offset)
-{
-    size_t got = 0;
-    while (got < len) {
-        ssize_t n = pread(fd, buf + got, len - got, (off_t)(offset + got));
-        if (n < 0 && errno == EINTR)
-            continue;
-        if (n < 0)
-            return -1;
-        if (n == 0)
-            break;
-        got += (size_t)n;
-    }
-    return (ssize_t)got;
-}
-
 int validate_digest_fd(int fd, uint32_t piece_size, validate_digest *out, validate_error *why)
 {
     validate_digester *dg = NULL;
@@ -313,7 +296,7 @@ int validate_digest_fd(int fd, uint32_t piece_size, validate_digest *out, valida
     uint64_t offset = 0;
     for (unsigned k = 0;; k ^= 1) {
         uint8_t *chunk = bufs + k * (size_t)CHUNK;
-        ssize_t n = read_full(fd, chunk, CHUNK, offset);
+        ssize_t n = validate_pread_full(fd, chunk, CHUNK, offset);
         if (n < 0) {
             err = validate_error_set(why, VALIDATE_EIO, "read at offset %llu: %s",
                                      (unsigned long long)offset, strerror(errno));

@@ -21,6 +21,7 @@
 #include <sodium.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <sys/types.h> /* ssize_t */
 
 #include "dopa_validator.h"
 
@@ -81,6 +82,10 @@ typedef struct validate_error {
  * returns code: the one formatter of dopa's errors. */
 int validate_error_set(validate_error *why, int code, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
+
+/* Reads len bytes at offset, through interruptions and short reads: the
+ * count read, short only at the end of the file, or -1 with errno set. */
+ssize_t validate_pread_full(int fd, void *buf, size_t len, uint64_t offset);
 
 /* Initialises libsodium once; every entry point that needs it calls this, so
  * callers need not, but a daemon may call it early to fail fast. */

@@ -200,9 +200,7 @@ static void copy_content(agent_cache *c, cache_copy *k)
             break;
         }
         size_t want = k->size - off < CHUNK ? (size_t)(k->size - off) : CHUNK;
-        ssize_t n = pread(k->fd, buf, want, (off_t)off);
-        if (n < 0 && errno == EINTR)
-            continue;
+        ssize_t n = validate_pread_full(k->fd, buf, want, off);
         if (n <= 0) {
             err = n < 0 ? errno : EIO;
             break;

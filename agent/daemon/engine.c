@@ -480,9 +480,7 @@ static void hash_run(work *w)
     validate_sha256_init(&st);
     while (off < t->size) {
         size_t want = t->size - off < sizeof buf ? (size_t)(t->size - off) : sizeof buf;
-        ssize_t n = pread(t->fd, buf, want, (off_t)off);
-        if (n < 0 && errno == EINTR)
-            continue;
+        ssize_t n = validate_pread_full(t->fd, buf, want, off);
         if (n < 0) {
             t->err = errno;
             break;

@@ -74,9 +74,7 @@ int main(int argc, char **argv)
     validate_sha256_init(&h);
     for (uint64_t off = 0; off < size;) {
         size_t want = size - off < sizeof buf ? (size_t)(size - off) : sizeof buf;
-        ssize_t n = pread(fd, buf, want, (off_t)off);
-        if (n < 0 && errno == EINTR)
-            continue;
+        ssize_t n = validate_pread_full(fd, buf, want, off);
         if (n <= 0)
             return verdict("error", n < 0 ? strerror(errno) : "the file is shorter than it was");
         validate_sha256_update(&h, buf, (size_t)n);

@@ -494,22 +494,6 @@ done:
 /* ------------------------------------------------------------------ */
 /* Verification                                                       */
 
-/* Reads len bytes at off, retrying short reads; -1 on error or early EOF. */
-static int read_at(int fd, uint8_t *buf, size_t len, uint64_t off)
-{
-    while (len > 0) {
-        ssize_t r = pread(fd, buf, len, (off_t)off);
-        if (r < 0 && errno == EINTR)
-            continue;
-        if (r <= 0)
-            return -1;
-        buf += r;
-        len -= (size_t)r;
-        off += (uint64_t)r;
-    }
-    return 0;
-}
-
 /* Ed25519 over the trusted comment: signature || comment text. */
 static int comment_verifies(const struct minisign_sig *sig, const struct minisign_key *k)
 {
@@ -548,7 +532,7 @@ static int content_verifies(const struct dopa_validator_file *file, const struct
         buf = malloc(n > 0 ? n : 1);
         if (buf == NULL)
             return validate_error_set(why, DOPA_VALIDATOR_ERROR, "out of memory");
-        if (read_at(file->fd, buf, n, 0) != 0) {
+        if (validate_pread_full(file->fd, buf, n, 0) != (ssize_t)n) {
             verdict = validate_error_set(why, DOPA_VALIDATOR_ERROR, "cannot read the file");
             goto done;
         }
@@ -567,7 +551,7 @@ static int content_verifies(const struct dopa_validator_file *file, const struct
     crypto_generichash_init(&h, NULL, 0, sizeof hash);
     for (uint64_t off = 0; off < file->size;) {
         size_t n = file->size - off < READ_CHUNK ? (size_t)(file->size - off) : READ_CHUNK;
-        if (read_at(file->fd, buf, n, off) != 0) {
+        if (validate_pread_full(file->fd, buf, n, off) != (ssize_t)n) {
             verdict = validate_error_set(why, DOPA_VALIDATOR_ERROR,
                                          "cannot read the file at offset %" PRIu64, off);
             goto done;

@@ -1,11 +1,14 @@
 /*
- * The few text routines every part of dopa shares: the one formatter of its
- * errors, and hex. Free of any dependency, so that libdopa and the validator
- * plugins link this object alone (validate/CMakeLists.txt).
+ * The few routines every part of dopa shares: the one formatter of its
+ * errors, hex, and whole reads of a file. Free of any dependency, so that
+ * libdopa and the validator plugins link this object alone
+ * (validate/CMakeLists.txt).
  */
+#include <errno.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "validate.h"
 
@@ -53,4 +56,21 @@ int validate_unhex(const char *hex, uint8_t *bin, size_t len)
         bin[i] = (uint8_t)(hi << 4 | lo);
     }
     return VALIDATE_OK;
+}
+
+ssize_t validate_pread_full(int fd, void *buf, size_t len, uint64_t offset)
+{
+    uint8_t *p = buf;
+    size_t got = 0;
+    while (got < len) {
+        ssize_t n = pread(fd, p + got, len - got, (off_t)(offset + got));
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n < 0)
+            return -1;
+        if (n == 0)
+            break;
+        got += (size_t)n;
+    }
+    return (ssize_t)got;
 }
