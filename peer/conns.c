@@ -220,7 +220,7 @@ static void watch_descriptors(peer_node *n)
     long used = open_descriptors();
     if (used < 0 || used >= n->fd_limit - 2 * reserve)
         return;
-    validate_error why;
+    validate_error why = {0};
     if (node_serve_listen(n, n->listen_url, &why) != PEER_OK) {
         node_log(n, "warning", "peer port: %s (tried again shortly)", why.text);
         return;

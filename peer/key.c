@@ -152,7 +152,7 @@ int peer_group_key_save(const uint8_t key[PEER_GROUP_KEY_BYTES], const char *pat
     /* Written in full, mode 0600, before it gets its name; linked (not
      * renamed) unless overwriting, so that no existing name, a symlink
      * included, is replaced. */
-    validate_error detail;
+    validate_error detail = {0};
     int verr = validate_write_file(path, text, (size_t)n, 0600, overwrite, &detail);
     if (verr == VALIDATE_EEXISTS)
         err = validate_error_set(why, PEER_EEXISTS, "%s exists; refusing to overwrite a group key",
@@ -221,8 +221,8 @@ int peer_group_key_load(const char *path, uint8_t key[PEER_GROUP_KEY_BYTES], val
     if ((st.st_mode & 077) != 0) {
         err = validate_error_set(
             why, PEER_EKEY_PERMS,
-            "%s: mode %04o gives other users access to the group key; run `chmod 600 %s`", path,
-            (unsigned)(st.st_mode & 07777), path);
+            "%.400s: mode %04o gives other users access to the group key; run `chmod 600 %.400s`",
+            path, (unsigned)(st.st_mode & 07777), path);
         goto done;
     }
     (void)fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) & ~O_NONBLOCK);

@@ -284,7 +284,7 @@ int peer_node_open(const peer_node_config *cfg, peer_node **out, validate_error 
     }
     peer_node *n = calloc(1, sizeof *n);
     if (n == NULL)
-        return PEER_ENOMEM;
+        return validate_error_set(why, PEER_ENOMEM, "out of memory");
     n->cfg = *cfg;
     n->cfg.group_key = NULL; /* only the derived key is kept */
     n->beacon_fd = -1;

@@ -172,7 +172,7 @@ peer_entry *node_peers_add(peer_node *n, const char *url, int configured, int ca
     nng_socket_set_ms(p->sock, NNG_OPT_REQ_RESENDTIME, NNG_DURATION_INFINITE);
     nng_socket_set_ms(p->sock, NNG_OPT_RECONNMINT, 100);
     nng_socket_set_ms(p->sock, NNG_OPT_RECONNMAXT, 2000);
-    validate_error why;
+    validate_error why = {0};
     if ((is_tls(url) && n->tls_client == NULL &&
          node_tls_config(n, NNG_TLS_MODE_CLIENT, &n->tls_client, &why) != PEER_OK) ||
         nng_pipe_notify(p->sock, NNG_PIPE_EV_ADD_POST, on_dial_pipe, n) != 0 ||

@@ -240,7 +240,7 @@ static void format_time(uint64_t t, char *out, size_t len)
 
 static int load_pubkey(const char *arg, validate_public_key *out)
 {
-    validate_error why;
+    validate_error why = {0};
     if (strncmp(arg, "dopa-pub1:", 10) == 0) {
         if (validate_public_key_parse(arg, out) != VALIDATE_OK) {
             fprintf(stderr, "dopa-manifest: %s: malformed public key\n", arg);
@@ -275,7 +275,7 @@ static int cmd_keygen(int argc, char **argv)
         return usage_error("unexpected argument %s", argv[optind]);
 
     validate_secret_key *sk = NULL;
-    validate_error why;
+    validate_error why = {0};
     int err = validate_secret_key_generate(&sk);
     if (err != VALIDATE_OK)
         return fail(err, validate_strerror(err));
@@ -364,7 +364,7 @@ static int cmd_create(int argc, char **argv)
     validate_secret_key *sk = NULL;
     validate_manifest *m = NULL;
     validate_digest d = {0};
-    validate_error why;
+    validate_error why = {0};
     int rc = -1; /* set when the exit code is decided here, not by err */
     int fd = -1, err = validate_secret_key_load(key_path, &sk, &why);
     if (err != VALIDATE_OK)
@@ -524,7 +524,7 @@ static int cmd_verify(int argc, char **argv)
 
     validate_manifest *m = NULL;
     validate_file_report report;
-    validate_error why, detail;
+    validate_error why = {0}, detail = {0};
     int fd = -1;
     int err = validate_manifest_load(manifest, &m, &why);
     if (err != VALIDATE_OK)
@@ -585,7 +585,7 @@ static int cmd_show(int argc, char **argv)
     const char *path = argv[optind];
 
     validate_manifest *m = NULL;
-    validate_error why, detail;
+    validate_error why = {0}, detail = {0};
     int err = validate_manifest_load(path, &m, &why);
     if (err != VALIDATE_OK)
         return fail(err, why.text);

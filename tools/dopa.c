@@ -576,7 +576,7 @@ static int absolute_path(const char *path, char *out, size_t len)
 static int read_manifest(const char *path, uint8_t **buf, size_t *len)
 {
     validate_manifest *mf = NULL;
-    validate_error why;
+    validate_error why = {0};
     if (validate_manifest_load(path, &mf, &why) != VALIDATE_OK) {
         fprintf(stderr, "dopa: %s\n", why.text);
         return -1;
@@ -1764,7 +1764,7 @@ static int cmd_group_key(int argc, char **argv)
         return rc;
     const char *path = w.args[0];
     uint8_t key[PEER_GROUP_KEY_BYTES];
-    validate_error why;
+    validate_error why = {0};
     peer_group_key_generate(key);
     int err = peer_group_key_save(key, path, force != 0, &why);
     sodium_memzero(key, sizeof key);

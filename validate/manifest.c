@@ -243,7 +243,7 @@ int validate_manifest_load(const char *path, validate_manifest **out, validate_e
     int err = validate_read_file(path, VALIDATE_MANIFEST_MAX_BYTES, &buf, &len, NULL, NULL, why);
     if (err != VALIDATE_OK)
         return err;
-    validate_error detail;
+    validate_error detail = {0};
     err = validate_manifest_parse(buf, len, out, &detail);
     if (err != VALIDATE_OK)
         validate_error_set(why, err, "%s: %s: %s", path, validate_strerror(err), detail.text);

@@ -401,7 +401,7 @@ static int exchange(dopa_manager *m, const proto_request *req, proto_reply *repl
         goto done;
     }
     msg = nng_aio_get_msg(aio);
-    validate_error why;
+    validate_error why = {0};
     err = proto_decode_reply(nng_msg_body(msg), nng_msg_len(msg), reply, &why);
     if (err == DOPA_OK && reply->op != req->op) {
         proto_reply_clear(reply);

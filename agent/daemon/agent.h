@@ -289,6 +289,9 @@ typedef struct engine_config {
     uint64_t cache_age_ms;        /* removed when unused this long; 0 means 14 days */
 } engine_config;
 
+/* Opens the engine on cfg: 0, or the code of the module that failed, as it
+ * gave it (DOPA_E* from the engine and its store, PEER_E* from joining the
+ * peer group), with why saying what failed. */
 int engine_open(const engine_config *cfg, agent_engine **out, validate_error *why);
 void engine_close(agent_engine *e);
 /* Makes durable what the engine has written (the pieces on disk are

@@ -413,13 +413,13 @@ int cache_open(agent_engine *e, validate_error *why)
         return DOPA_OK;
     agent_cache *c = calloc(1, sizeof *c);
     if (c == NULL)
-        return DOPA_ENOMEM;
+        return validate_error_set(why, DOPA_ENOMEM, "out of memory");
     size_t n = strlen(e->state_dir) + 8;
     c->dir = malloc(n);
     if (c->dir == NULL || work_queue_init(&c->copier, 1, engine_wake, e) != 0) {
         free(c->dir);
         free(c);
-        return DOPA_ENOMEM;
+        return validate_error_set(why, DOPA_ENOMEM, "out of memory");
     }
     snprintf(c->dir, n, "%s/cache", e->state_dir);
     c->limit = e->cfg.cache_bytes;

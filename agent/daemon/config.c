@@ -67,7 +67,7 @@ static int set_inactivity(config_settings *s, const char *v)
 
 static int add_key(config_settings *s, const char *v)
 {
-    validate_error why;
+    validate_error why = {0};
     if (s->n_keys == CONFIG_MAX_KEYS) {
         snprintf(s->error, sizeof s->error, "at most %d trusted keys", CONFIG_MAX_KEYS);
         return -1;
@@ -345,17 +345,14 @@ int config_read(const char *path, int is_explicit, config_settings *s, validate_
         return 0;
     int line = ini_parse(path, on_setting, s);
     if (line == -1) {
-        validate_error_set(why, DOPA_EIO, "%s: %s", path, strerror(errno));
-        return -1;
+        return validate_error_set(why, DOPA_EIO, "%s: %s", path, strerror(errno));
     }
     if (line == -2) {
-        validate_error_set(why, DOPA_ENOMEM, "%s: out of memory", path);
-        return -1;
+        return validate_error_set(why, DOPA_ENOMEM, "%s: out of memory", path);
     }
     if (line > 0) {
-        validate_error_set(why, DOPA_EINVAL, "%s:%d: %s", path, line,
-                           s->error[0] ? s->error : "not a \"name = value\" line");
-        return -1;
+        return validate_error_set(why, DOPA_EINVAL, "%s:%d: %s", path, line,
+                                  s->error[0] ? s->error : "not a \"name = value\" line");
     }
     return 0;
 }
@@ -403,8 +400,8 @@ static int default_paths(char *socket_path, size_t socket_len, char *state_dir, 
     }
     const char *runtime = getenv("XDG_RUNTIME_DIR");
     if (runtime == NULL || runtime[0] != '/') {
-        validate_error_set(why, DOPA_EINVAL, "XDG_RUNTIME_DIR is not set; give --socket PATH");
-        return -1;
+        return validate_error_set(why, DOPA_EINVAL,
+                                  "XDG_RUNTIME_DIR is not set; give --socket PATH");
     }
     snprintf(socket_path, socket_len, "%s/dopa/control.sock", runtime);
     const char *state = getenv("XDG_STATE_HOME"), *home = getenv("HOME");
@@ -413,9 +410,8 @@ static int default_paths(char *socket_path, size_t socket_len, char *state_dir, 
     else if (home != NULL && home[0] == '/')
         snprintf(state_dir, state_len, "%s/.local/state/dopa", home);
     else {
-        validate_error_set(why, DOPA_EINVAL,
-                           "neither XDG_STATE_HOME nor HOME is set; give --state-dir DIR");
-        return -1;
+        return validate_error_set(why, DOPA_EINVAL,
+                                  "neither XDG_STATE_HOME nor HOME is set; give --state-dir DIR");
     }
     return 0;
 }
@@ -432,15 +428,15 @@ int config_complete(config_settings *s, const config_settings *cli, validate_err
         s->inactivity_ms = cli->inactivity_ms;
     for (size_t i = 0; i < cli->n_keys; i++) {
         if (s->n_keys == CONFIG_MAX_KEYS) {
-            validate_error_set(why, DOPA_EINVAL, "at most %d trusted keys", CONFIG_MAX_KEYS);
-            return -1;
+            return validate_error_set(why, DOPA_EINVAL, "at most %d trusted keys", CONFIG_MAX_KEYS);
         }
         s->keys[s->n_keys++] = cli->keys[i];
     }
     char def_socket[4096], def_state[4096];
+    int err;
     if ((s->socket[0] == '\0' || s->state_dir[0] == '\0') &&
-        default_paths(def_socket, sizeof def_socket, def_state, sizeof def_state, why) != 0)
-        return -1;
+        (err = default_paths(def_socket, sizeof def_socket, def_state, sizeof def_state, why)) != 0)
+        return err;
     if (s->socket[0] == '\0')
         snprintf(s->socket, sizeof s->socket, "%s", def_socket);
     if (s->state_dir[0] == '\0')
@@ -451,10 +447,9 @@ int config_complete(config_settings *s, const config_settings *cli, validate_err
         char self[4096];
         ssize_t n = readlink("/proc/self/exe", self, sizeof self - 1);
         if (n <= 0) {
-            validate_error_set(why, DOPA_EINVAL,
-                               "cannot find dopa-validate: %s; set validate-helper",
-                               n < 0 ? strerror(errno) : "no path to dopad");
-            return -1;
+            return validate_error_set(why, DOPA_EINVAL,
+                                      "cannot find dopa-validate: %s; set validate-helper",
+                                      n < 0 ? strerror(errno) : "no path to dopad");
         }
         self[n] = '\0';
         const char *dir = dirname(self);
@@ -463,12 +458,11 @@ int config_complete(config_settings *s, const config_settings *cli, validate_err
             snprintf(s->validate_helper, sizeof s->validate_helper, "%.3000s/%s", dir,
                      DOPA_VALIDATE_HELPER);
             if (access(s->validate_helper, X_OK) != 0) {
-                validate_error_set(
+                return validate_error_set(
                     why, DOPA_EINVAL,
                     "plugin-dir is set but dopa-validate is neither beside dopad nor at "
-                    "%.3000s; set validate-helper",
+                    "%.800s; set validate-helper",
                     s->validate_helper);
-                return -1;
             }
         }
     }
@@ -477,9 +471,8 @@ int config_complete(config_settings *s, const config_settings *cli, validate_err
     s->beacons = s->beacons == 2 ? 2 : 1; /* unset is on */
     if (s->group_key[0] == '\0' &&
         (s->n_peers > 0 || s->n_cache_hosts > 0 || s->listen[0] != '\0')) {
-        validate_error_set(why, DOPA_EINVAL,
-                           "[peers] needs group-key (make one with `dopa group-key FILE`)");
-        return -1;
+        return validate_error_set(why, DOPA_EINVAL,
+                                  "[peers] needs group-key (make one with `dopa group-key FILE`)");
     }
     return 0;
 }

@@ -69,7 +69,7 @@ void config_file_path(const char *given, char *path, size_t len);
 
 /* Reads the settings file at path into s, over what s holds. is_explicit
  * says a missing file is an error; else it leaves s as it was. Returns 0,
- * or -1 with why saying what is wrong, with the file and line. */
+ * or a DOPA_E* code with why saying what is wrong, with the file and line. */
 int config_read(const char *path, int is_explicit, config_settings *s, validate_error *why);
 
 /* One command-line option into s: option is its long name without the
@@ -81,7 +81,7 @@ int config_set_option(config_settings *s, const char *option, const char *value)
  * over it, the defaults that depend on the machine (paths under root or
  * the user's XDG directories, dopa-validate beside dopad or where it is
  * installed), and the checks across keys. The same at start and on
- * SIGHUP. Returns 0, or -1 with why saying what is wrong. */
+ * SIGHUP. Returns 0, or a DOPA_E* code with why saying what is wrong. */
 int config_complete(config_settings *s, const config_settings *cli, validate_error *why);
 
 /* Logs a warning naming the [peers] keys of s that do nothing because it

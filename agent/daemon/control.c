@@ -210,7 +210,7 @@ static void handle(control *c, engine_call *call)
     const uint8_t *body = nng_msg_body(msg);
     size_t len = nng_msg_len(msg);
     proto_reply reply = {0};
-    validate_error why;
+    validate_error why = {0};
     uint64_t uid = 0;
 
     /* Who is asking: the kernel's answer for this pipe, nothing else. */
@@ -451,7 +451,7 @@ int control_open(agent_engine *e, const char *socket_path, unsigned dir_mode, un
 {
     control *c = calloc(1, sizeof *c);
     if (c == NULL)
-        return DOPA_ENOMEM;
+        return validate_error_set(why, DOPA_ENOMEM, "out of memory");
     c->e = e;
     pthread_mutex_init(&c->lock, NULL);
     pthread_cond_init(&c->stop, NULL);
@@ -465,7 +465,7 @@ int control_open(agent_engine *e, const char *socket_path, unsigned dir_mode, un
     c->path = strdup(socket_path);
     if (c->path == NULL) {
         control_free(c);
-        return DOPA_ENOMEM;
+        return validate_error_set(why, DOPA_ENOMEM, "out of memory");
     }
     c->sock_mode = sock_mode;
     int rv;

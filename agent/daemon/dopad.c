@@ -204,7 +204,7 @@ static unsigned listen_port(const char *listen)
  * Returns 1 when the change applied. */
 static int reload_metrics(const char *want)
 {
-    validate_error why;
+    validate_error why = {0};
     char was[METRICS_LISTEN_MAX + 10];
     const char *now = want[0] ? want : "(none)";
     snprintf(was, sizeof was, "%s", running.metrics_listen[0] ? running.metrics_listen : "(none)");
@@ -244,7 +244,7 @@ static void reload(void)
     notify_manager("RELOADING=1\nMONOTONIC_USEC=%llu", (unsigned long long)mono_ms() * 1000);
     static config_settings next;
     memset(&next, 0, sizeof next);
-    validate_error msg;
+    validate_error msg = {0};
     uint8_t key[PEER_GROUP_KEY_BYTES];
     int applied = 0, kept = 0;
     if (config_path[0] == '\0') {
@@ -380,7 +380,7 @@ int main(int argc, char **argv)
     started_ms = (int64_t)now.tv_sec * 1000 + now.tv_nsec / 1000000;
     const char *config = NULL;
     int check_only = 0;
-    validate_error why;
+    validate_error why = {0};
     int c, rc = 0, opt_index = 0;
     while ((c = getopt_long(argc, argv, "h", opts, &opt_index)) != -1 && rc == 0) {
         switch (c) {

@@ -279,7 +279,7 @@ void engine_progress(agent_engine *e, agent_job *j)
  * directory) if it vanished; then its pieces are gone too. */
 static int open_temp(agent_engine *e, agent_file *f)
 {
-    validate_error why;
+    validate_error why = {0};
     agent_job *j = f->job;
     int err = fileops_open_temp(j->file_user, f->tmp_path, 0, &f->ident, &f->fd, &why);
     if (err == ENOENT) {
@@ -369,7 +369,7 @@ static void file_done(agent_engine *e, agent_file *f)
     f->transferred = 1;
     if (f->fd < 0 && e->peers != NULL) {
         /* (Closed while it waited for a verdict.) */
-        validate_error why;
+        validate_error why = {0};
         if (fileops_open_temp(f->job->file_user, f->tmp_path, 0, &f->ident, &f->fd, &why) != 0)
             f->fd = -1;
     }
@@ -600,7 +600,7 @@ static void run_timers(agent_engine *e)
         if (!j->running && j->state != DOPA_STATE_TRANSFERRING &&
             mono - j->touched >= (int64_t)e->cfg.inactivity_ms) {
             /* JobInactivityTimeout: neither completed nor cancelled. */
-            validate_error why;
+            validate_error why = {0};
             if (engine_finish_job(e, j, DOPA_STATE_CANCELLED) != DOPA_OK)
                 continue;
             for (size_t k = 0; k < j->n_files; k++)
@@ -757,7 +757,7 @@ int engine_open(const engine_config *cfg, agent_engine **out, validate_error *wh
 {
     agent_engine *e = calloc(1, sizeof *e);
     if (e == NULL)
-        return DOPA_ENOMEM;
+        return validate_error_set(why, DOPA_ENOMEM, "out of memory");
     e->cfg = *cfg;
     e->peer_wake = -1;
     if (e->cfg.max_running == 0)
@@ -778,8 +778,10 @@ int engine_open(const engine_config *cfg, agent_engine **out, validate_error *wh
             e->n_keys = cfg->n_trusted_keys;
         }
     }
-    if (e->state_dir == NULL || (cfg->n_trusted_keys > 0 && e->keys == NULL))
+    if (e->state_dir == NULL || (cfg->n_trusted_keys > 0 && e->keys == NULL)) {
+        validate_error_set(why, err, "out of memory");
         goto fail;
+    }
     e->cfg.state_dir = e->state_dir;
     e->cfg.trusted_keys = e->keys;
     if (cfg->plugin_dir != NULL) {
@@ -791,8 +793,10 @@ int engine_open(const engine_config *cfg, agent_engine **out, validate_error *wh
         }
         e->cfg.plugin_dir = e->plugin_dir = strdup(cfg->plugin_dir);
         e->cfg.validate_helper = e->validate_helper = strdup(cfg->validate_helper);
-        if (e->plugin_dir == NULL || e->validate_helper == NULL)
+        if (e->plugin_dir == NULL || e->validate_helper == NULL) {
+            validate_error_set(why, err, "out of memory");
             goto fail;
+        }
     }
     if (e->cfg.notify.per_user > CLIENT_HELD_MAX) {
         validate_error_set(why, DOPA_EINVAL, "at most %d notifications per user may be outstanding",
@@ -935,7 +939,7 @@ int engine_reconfigure(agent_engine *e, const engine_config *cfg)
         (err = peer_node_reconfigure(e->peers, cfg->peer)) != PEER_OK)
         e->error = *peer_node_error(e->peers);
     if (cfg->cache_bytes != e->cfg.cache_bytes || cfg->cache_age_ms != e->cfg.cache_age_ms) {
-        validate_error cache_why;
+        validate_error cache_why = {0};
         int cache_err = cache_set_limits(e, cfg->cache_bytes, cfg->cache_age_ms, &cache_why);
         if (cache_err != DOPA_OK && err == DOPA_OK) {
             e->error = cache_why;

@@ -328,7 +328,8 @@ static int finish(int err, const char *what, const char *path, validate_error *w
             msg = "its directory is no longer the one the job was given";
         else if (err == EFBIG)
             msg = "its size is not what was transferred";
-        validate_error_set(why, DOPA_EIO, "cannot %s %s: %s", what, path, msg);
+        validate_error_set(why, err == EACCES || err == EPERM ? DOPA_EACCESS : DOPA_EIO,
+                           "cannot %s %s: %s", what, path, msg);
     }
     return err;
 }

@@ -166,7 +166,7 @@ int notify_open(agent_engine *e, validate_error *why)
                       .finished = owner_finished,
                       .command_failed = owner_command_failed};
     if (cb_center_new(&e->cfg.notify, &owner, &e->cb) != 0)
-        return DOPA_ENOMEM;
+        return validate_error_set(why, DOPA_ENOMEM, "out of memory");
     e->next_event_id = 1;
     struct restore r = {.e = e};
     int err = store_load_notifications(e->db, restore_one, &r, why);

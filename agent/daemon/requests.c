@@ -173,7 +173,7 @@ static int check_destination(const agent_job *j, const char *path, proto_reply *
 
 static int check_ranges(const proto_request *req, proto_reply *reply)
 {
-    validate_error why;
+    validate_error why = {0};
     if (agent_ranges_check(req->ranges, req->n_ranges, &why) != 0)
         return refuse(reply, DOPA_EINVAL,
                       "%s: ranges must be in order, must not overlap, and "
@@ -203,7 +203,7 @@ static int do_add_file(agent_engine *e, uint32_t uid, const proto_request *req, 
 
     agent_file *f = agent_file_new();
     char tmp[DOPA_PATH_MAX + 64];
-    validate_error why;
+    validate_error why = {0};
     if (f == NULL)
         return refuse(reply, DOPA_ENOMEM, "out of memory");
     f->job = j;
@@ -214,7 +214,7 @@ static int do_add_file(agent_engine *e, uint32_t uid, const proto_request *req, 
             goto fail;
         memcpy(f->manifest_bytes, req->manifest, req->manifest_len);
         f->manifest_len = req->manifest_len;
-        validate_error detail;
+        validate_error detail = {0};
         int verr = validate_manifest_open(f->manifest_bytes, f->manifest_len, e->keys, e->n_keys,
                                           (uint64_t)(engine_now(e) / 1000), &f->manifest, &detail);
         if (verr != VALIDATE_OK) {
@@ -367,7 +367,7 @@ static int do_resume(agent_engine *e, agent_job *j, proto_reply *reply)
 
 static int do_cancel(agent_engine *e, agent_job *j, proto_reply *reply)
 {
-    validate_error why;
+    validate_error why = {0};
     /* Out of the store first: a job that comes back after a restart must
      * still have its files. */
     if (engine_finish_job(e, j, DOPA_STATE_CANCELLED) != DOPA_OK)
@@ -382,7 +382,7 @@ static int do_cancel(agent_engine *e, agent_job *j, proto_reply *reply)
 
 static int do_complete(agent_engine *e, agent_job *j, proto_reply *reply)
 {
-    validate_error why;
+    validate_error why = {0};
     int partial = j->state != DOPA_STATE_TRANSFERRED;
     engine_stop_job(e, j);
     /* Make the transferred files visible; one that cannot be moved stops
@@ -494,7 +494,7 @@ static int do_set_validation(agent_engine *e, agent_job *j, const proto_request 
                       (unsigned long long)req->start);
     if (req->valid > 1)
         return refuse(reply, DOPA_EINVAL, "a verdict is valid (1) or invalid (0)");
-    validate_error why;
+    validate_error why = {0};
     int err = validation_set(e, j->files[req->start], (int)req->valid, &why);
     return err == DOPA_OK ? 0 : refuse(reply, err, "%s", why.text);
 }

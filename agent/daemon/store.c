@@ -160,7 +160,7 @@ int store_open(const char *path, store **out, validate_error *why)
 {
     store *s = calloc(1, sizeof *s);
     if (s == NULL)
-        return DOPA_ENOMEM;
+        return validate_error_set(why, DOPA_ENOMEM, "out of memory");
     int rc = sqlite3_open_v2(
         path, &s->db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX, NULL);
     if (rc != SQLITE_OK) {
@@ -817,6 +817,8 @@ sql_fail:
     validate_error_set(why, DOPA_EINTERNAL, "loading jobs: %s", sqlite3_errmsg(s->db));
     err = DOPA_EINTERNAL;
 fail:
+    if (err == DOPA_ENOMEM)
+        validate_error_set(why, err, "loading jobs: out of memory");
     sqlite3_finalize(st);
     for (size_t i = 0; i < n; i++)
         agent_job_free(jobs[i]);

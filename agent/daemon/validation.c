@@ -281,7 +281,7 @@ int64_t validation_next_ms(agent_engine *e, int64_t limit)
  * is the file the job made) when the job is not running. */
 static void truncate_temp(agent_engine *e, agent_file *f)
 {
-    validate_error why;
+    validate_error why = {0};
     int fd = f->fd, err = 0;
     sources_drain(e, f);
     if (fd < 0)

@@ -97,10 +97,13 @@ static const struct field request_fields[] = {
     {T_VALID, K_U64, RQ(valid), 0, NO_FLAG},
 };
 
-/* What each request op requires and allows (allowed includes required). */
-static const struct {
+/* What an op requires and allows in a message (allowed includes required). */
+struct op_rule {
     uint64_t required, allowed;
-} request_ops[PROTO_OP_END] = {
+};
+
+/* What each request op requires and allows. */
+static const struct op_rule request_ops[PROTO_OP_END] = {
     [PROTO_WHOAMI] = {0, 0},
     [PROTO_CREATE] = {BIT(T_NAME) | BIT(T_TYPE), BIT(T_NAME) | BIT(T_TYPE)},
     [PROTO_GET] = {BIT(T_ID), BIT(T_ID)},
@@ -214,9 +217,7 @@ static const struct field reply_fields[] = {
     {R_S_PEER_URL, K_STR, RP(stats.peer_url), 127, NO_FLAG},
 };
 
-static const struct {
-    uint64_t required, allowed;
-} reply_ops[PROTO_OP_END] = {
+static const struct op_rule reply_ops[PROTO_OP_END] = {
     [PROTO_WHOAMI] = {BIT(R_UID) | BIT(R_VERSION), BIT(R_UID) | BIT(R_VERSION)},
     [PROTO_CREATE] = {BIT(R_ID), BIT(R_ID)},
     [PROTO_GET] = {BIT(R_JOB), BIT(R_JOB)},
@@ -737,18 +738,33 @@ int proto_encode_request(const proto_request *r, proto_buf *out)
     return out->failed;
 }
 
-int proto_decode_request(const uint8_t *data, size_t len, proto_request *out, validate_error *why)
+/* The two kinds of message, as read_message sees them. */
+struct message_kind {
+    int kind;                   /* the header's kind byte */
+    size_t max;                 /* bytes */
+    const char *name, *context; /* "request", "op" */
+    const struct op_rule *ops;
+    uint64_t always;     /* fields every op allows */
+    uint64_t repeatable; /* fields that may come more than once */
+    /* Stores one field; seen holds the fields before it. */
+    int (*take)(void *out, uint16_t tag, const uint8_t *v, size_t n, uint64_t seen,
+                validate_error *why);
+};
+
+/* Reads a message's header and hands each of its fields to k->take, once
+ * it is known to be allowed for the op and not repeated where it may not
+ * be. *op and *seen say what was read. */
+static int read_message(const uint8_t *data, size_t len, const struct message_kind *k, void *out,
+                        int *op, uint64_t *seen, validate_error *why)
 {
-    int op, err;
-    memset(out, 0, sizeof *out);
-    if (len > PROTO_MAX_REQUEST)
-        return validate_error_set(why, DOPA_EPROTO, "request of %zu bytes, the limit is %u", len,
-                                  PROTO_MAX_REQUEST);
-    err = read_header(data, len, 1, &op, why);
+    *seen = 0;
+    if (len > k->max)
+        return validate_error_set(why, DOPA_EPROTO, "%s of %zu bytes, the limit is %zu", k->name,
+                                  len, k->max);
+    int err = read_header(data, len, k->kind, op, why);
     if (err != 0)
         return err;
-    out->op = op;
-    uint64_t seen = 0, allowed = request_ops[op].allowed, required = request_ops[op].required;
+    uint64_t allowed = k->ops[*op].allowed | k->always;
     size_t at = PROTO_HEADER_BYTES;
     while (at < len) {
         uint16_t tag;
@@ -758,37 +774,67 @@ int proto_decode_request(const uint8_t *data, size_t len, proto_request *out, va
         if (err != 0)
             return err;
         if (tag >= 64 || !(allowed & BIT(tag)))
-            return validate_error_set(why, DOPA_EPROTO, "field %u not allowed in op %d", tag, op);
-        if ((seen & BIT(tag)) && tag != T_RANGE && tag != T_ARG)
+            return validate_error_set(why, DOPA_EPROTO, "field %u not allowed in %s %d", tag,
+                                      k->context, *op);
+        if ((*seen & BIT(tag)) && !(k->repeatable & BIT(tag)))
             return validate_error_set(why, DOPA_EPROTO, "field %u twice", tag);
-        seen |= BIT(tag);
-        if (tag == T_RANGE) {
-            if (n != 16)
-                return validate_error_set(why, DOPA_EPROTO, "range of %zu bytes", n);
-            if (out->n_ranges == DOPA_MAX_RANGES)
-                return validate_error_set(why, DOPA_EPROTO, "more than %d ranges", DOPA_MAX_RANGES);
-            out->ranges[out->n_ranges].offset = get_le(v, 8);
-            out->ranges[out->n_ranges].length = get_le(v + 8, 8);
-            out->n_ranges++;
-        } else if (tag == T_ARG) {
-            int err2 = take_arg(out->args, &out->n_args, tag, v, n, why);
-            if (err2 != 0)
-                return err2;
-        } else if (tag == T_MANIFEST) {
-            const struct field *f =
-                lookup(request_fields, sizeof request_fields / sizeof request_fields[0], tag);
-            if (n == 0 || n > f->max)
-                return validate_error_set(why, DOPA_EPROTO, "manifest of %zu bytes", n);
-            out->manifest = v;
-            out->manifest_len = n;
-        } else {
-            const struct field *f =
-                lookup(request_fields, sizeof request_fields / sizeof request_fields[0], tag);
-            err = take_scalar(f, v, n, out, why);
-            if (err != 0)
-                return err;
-        }
+        err = k->take(out, tag, v, n, *seen, why);
+        if (err != 0)
+            return err;
+        *seen |= BIT(tag);
     }
+    return 0;
+}
+
+static int take_request_field(void *obj, uint16_t tag, const uint8_t *v, size_t n, uint64_t seen,
+                              validate_error *why)
+{
+    (void)seen;
+    proto_request *out = obj;
+    if (tag == T_RANGE) {
+        if (n != 16)
+            return validate_error_set(why, DOPA_EPROTO, "range of %zu bytes", n);
+        if (out->n_ranges == DOPA_MAX_RANGES)
+            return validate_error_set(why, DOPA_EPROTO, "more than %d ranges", DOPA_MAX_RANGES);
+        out->ranges[out->n_ranges].offset = get_le(v, 8);
+        out->ranges[out->n_ranges].length = get_le(v + 8, 8);
+        out->n_ranges++;
+        return 0;
+    }
+    if (tag == T_ARG)
+        return take_arg(out->args, &out->n_args, tag, v, n, why);
+    const struct field *f =
+        lookup(request_fields, sizeof request_fields / sizeof request_fields[0], tag);
+    if (tag == T_MANIFEST) {
+        if (n == 0 || n > f->max)
+            return validate_error_set(why, DOPA_EPROTO, "manifest of %zu bytes", n);
+        out->manifest = v;
+        out->manifest_len = n;
+        return 0;
+    }
+    return take_scalar(f, v, n, out, why);
+}
+
+static const struct message_kind request_kind = {
+    .kind = 1,
+    .max = PROTO_MAX_REQUEST,
+    .name = "request",
+    .context = "op",
+    .ops = request_ops,
+    .repeatable = BIT(T_RANGE) | BIT(T_ARG),
+    .take = take_request_field,
+};
+
+int proto_decode_request(const uint8_t *data, size_t len, proto_request *out, validate_error *why)
+{
+    int op = 0;
+    uint64_t seen;
+    memset(out, 0, sizeof *out);
+    int err = read_message(data, len, &request_kind, out, &op, &seen, why);
+    if (err != 0)
+        return err;
+    out->op = op;
+    uint64_t required = request_ops[op].required;
     if ((seen & required) != required)
         return validate_error_set(why, DOPA_EPROTO, "op %d lacks required fields (mask %llx)", op,
                                   (unsigned long long)(required & ~seen));
@@ -947,7 +993,7 @@ static int take_element(void **array, size_t *n, size_t size, size_t max, const 
         return validate_error_set(why, DOPA_EPROTO, "more than %zu %s in a reply", max, what);
     void *grown = grow(*array, *n, size);
     if (grown == NULL)
-        return DOPA_ENOMEM;
+        return validate_error_set(why, DOPA_ENOMEM, "out of memory");
     *array = grown;
     int err = decode(v, len, (uint8_t *)grown + *n * size, why);
     if (err == 0)
@@ -955,102 +1001,85 @@ static int take_element(void **array, size_t *n, size_t size, size_t max, const 
     return err;
 }
 
+static int take_reply_field(void *obj, uint16_t tag, const uint8_t *v, size_t n, uint64_t seen,
+                            validate_error *why)
+{
+    proto_reply *out = obj;
+    if (tag == R_STATUS && seen != 0)
+        return validate_error_set(why, DOPA_EPROTO, "status is not the first field");
+    if (tag == R_JOB) {
+        void *jobs = out->jobs;
+        int err = take_element(&jobs, &out->n_jobs, sizeof *out->jobs, PROTO_LIST_PAGE, "jobs",
+                               decode_job, v, n, why);
+        out->jobs = jobs;
+        return err;
+    }
+    if (tag == R_FILE) {
+        void *files = out->files;
+        int err = take_element(&files, &out->n_files, sizeof *out->files, PROTO_FILE_PAGE, "files",
+                               decode_file, v, n, why);
+        out->files = files;
+        return err;
+    }
+    if (tag == R_EVENT) {
+        if (out->n_events == PROTO_EVENT_PAGE)
+            return validate_error_set(why, DOPA_EPROTO, "more than %d events in a reply",
+                                      PROTO_EVENT_PAGE);
+        int err = decode_event(v, n, &out->events[out->n_events], why);
+        if (err == 0)
+            out->n_events++;
+        return err;
+    }
+    if (tag == R_ARG)
+        return take_arg(out->args, &out->n_args, tag, v, n, why);
+    return take_scalar(lookup(reply_fields, sizeof reply_fields / sizeof reply_fields[0], tag), v,
+                       n, out, why);
+}
+
+static const struct message_kind reply_kind = {
+    .kind = 2,
+    .max = PROTO_MAX_REPLY,
+    .name = "reply",
+    .context = "a reply to op",
+    .ops = reply_ops,
+    .always = BIT(R_STATUS) | BIT(R_MESSAGE),
+    .repeatable = BIT(R_JOB) | BIT(R_FILE) | BIT(R_EVENT) | BIT(R_ARG),
+    .take = take_reply_field,
+};
+
 int proto_decode_reply(const uint8_t *data, size_t len, proto_reply *out, validate_error *why)
 {
-    int op, err;
+    int op = 0;
+    uint64_t seen;
     memset(out, 0, sizeof *out);
-    if (len > PROTO_MAX_REPLY)
-        return validate_error_set(why, DOPA_EPROTO, "reply of %zu bytes, the limit is %u", len,
-                                  PROTO_MAX_REPLY);
-    err = read_header(data, len, 2, &op, why);
+    int err = read_message(data, len, &reply_kind, out, &op, &seen, why);
     if (err != 0)
-        return err;
+        goto fail;
     out->op = op;
-    uint64_t seen = 0, allowed = reply_ops[op].allowed | BIT(R_STATUS) | BIT(R_MESSAGE);
-    size_t at = PROTO_HEADER_BYTES;
-    while (at < len) {
-        uint16_t tag;
-        const uint8_t *v;
-        size_t n;
-        err = next_field(data, len, &at, &tag, &v, &n, why);
-        if (err != 0)
-            goto fail;
-        err = DOPA_EPROTO;
-        if (tag >= 64 || !(allowed & BIT(tag))) {
-            validate_error_set(why, DOPA_EPROTO, "field %u not allowed in a reply to op %d", tag,
-                               op);
-            goto fail;
-        }
-        if ((seen & BIT(tag)) && tag != R_JOB && tag != R_FILE && tag != R_EVENT && tag != R_ARG) {
-            validate_error_set(why, DOPA_EPROTO, "field %u twice", tag);
-            goto fail;
-        }
-        if (tag == R_STATUS && seen != 0) {
-            validate_error_set(why, DOPA_EPROTO, "status is not the first field");
-            goto fail;
-        }
-        seen |= BIT(tag);
-        if (tag == R_JOB) {
-            void *jobs = out->jobs;
-            err = take_element(&jobs, &out->n_jobs, sizeof *out->jobs, PROTO_LIST_PAGE, "jobs",
-                               decode_job, v, n, why);
-            out->jobs = jobs;
-            if (err != 0)
-                goto fail;
-        } else if (tag == R_EVENT) {
-            if (out->n_events == PROTO_EVENT_PAGE) {
-                validate_error_set(why, DOPA_EPROTO, "more than %d events in a reply",
-                                   PROTO_EVENT_PAGE);
-                goto fail;
-            }
-            err = decode_event(v, n, &out->events[out->n_events], why);
-            if (err != 0)
-                goto fail;
-            out->n_events++;
-        } else if (tag == R_ARG) {
-            err = take_arg(out->args, &out->n_args, tag, v, n, why);
-            if (err != 0)
-                goto fail;
-        } else if (tag == R_FILE) {
-            void *files = out->files;
-            err = take_element(&files, &out->n_files, sizeof *out->files, PROTO_FILE_PAGE, "files",
-                               decode_file, v, n, why);
-            out->files = files;
-            if (err != 0)
-                goto fail;
-        } else {
-            const struct field *f =
-                lookup(reply_fields, sizeof reply_fields / sizeof reply_fields[0], tag);
-            err = take_scalar(f, v, n, out, why);
-            if (err != 0)
-                goto fail;
-        }
-    }
     err = DOPA_EPROTO;
     if (!(seen & BIT(R_STATUS))) {
-        validate_error_set(why, DOPA_EPROTO, "reply without a status");
+        validate_error_set(why, err, "reply without a status");
         goto fail;
     }
     if (out->status >= DOPA_ERR_END) {
-        validate_error_set(why, DOPA_EPROTO, "unknown status %llu",
-                           (unsigned long long)out->status);
+        validate_error_set(why, err, "unknown status %llu", (unsigned long long)out->status);
         goto fail;
     }
     if (out->status != DOPA_OK) {
         if (seen & ~(BIT(R_STATUS) | BIT(R_MESSAGE))) {
-            validate_error_set(why, DOPA_EPROTO, "an error reply with result fields");
+            validate_error_set(why, err, "an error reply with result fields");
             goto fail;
         }
         return 0;
     }
     uint64_t required = reply_ops[op].required;
     if ((seen & required) != required) {
-        validate_error_set(why, DOPA_EPROTO, "reply to op %d lacks fields (mask %llx)", op,
+        validate_error_set(why, err, "reply to op %d lacks fields (mask %llx)", op,
                            (unsigned long long)(required & ~seen));
         goto fail;
     }
     if ((op == PROTO_GET || op == PROTO_WAIT) && out->n_jobs != 1) {
-        validate_error_set(why, DOPA_EPROTO, "%zu jobs in a reply that carries one", out->n_jobs);
+        validate_error_set(why, err, "%zu jobs in a reply that carries one", out->n_jobs);
         goto fail;
     }
     return 0;

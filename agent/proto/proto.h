@@ -216,7 +216,7 @@ int proto_encode_request(const proto_request *r, proto_buf *out);
 int proto_encode_reply(const proto_reply *r, proto_buf *out);
 
 /* Strict decoders: 0 or DOPA_EPROTO (DOPA_EVERSION for another protocol
- * version), with a reason in `why`. proto_decode_request keeps pointers
+ * version, DOPA_ENOMEM), with the reason in `why`. proto_decode_request keeps pointers
  * into `data` (the manifest). */
 int proto_decode_request(const uint8_t *data, size_t len, proto_request *out, validate_error *why);
 int proto_decode_reply(const uint8_t *data, size_t len, proto_reply *out, validate_error *why);

@@ -82,7 +82,7 @@ int main(int argc, char **argv)
     }
     validate_sha256_final(&h, sha);
 
-    validate_error why;
+    validate_error why = {0};
     validate_plugin_set *set;
     if (validate_plugin_set_load(dir, &set, &why) != VALIDATE_OK)
         return verdict("error", why.text);

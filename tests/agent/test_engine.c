@@ -56,7 +56,7 @@ static void open_engine_with(const char *dir, unsigned max_running, uint64_t ina
                          .plugin_dir = plugin_dir,
                          .validate_helper = DOPA_VALIDATE,
                          .plugin_timeout_ms = 10000};
-    validate_error why;
+    validate_error why = {0};
     if (engine_open(&cfg, &E, &why) != DOPA_OK)
         fprintf(stderr, "  engine_open: %s\n", why.text);
     CHECK(E != NULL);

@@ -59,7 +59,7 @@ static void test_every_request_op_round_trips(void)
         memset(r->args[2], 'a', PROTO_ARG_MAX);
         r->args[2][PROTO_ARG_MAX] = '\0';
         proto_buf b = encode_request(r);
-        validate_error why;
+        validate_error why = {0};
         CHECK_INT(proto_decode_request(b.data, b.len, back, &why), DOPA_OK);
         CHECK_INT(back->op, op);
         CHECK_INT(proto_peek_op(b.data, b.len), op);
@@ -158,7 +158,7 @@ static void test_malformed_requests_are_refused(void)
 {
     uint8_t m[1024], f[1024];
     uint8_t id[16] = {1};
-    validate_error why;
+    validate_error why = {0};
     size_t n;
 
     n = field(f, 1, id, 16); /* T_ID */
@@ -253,7 +253,7 @@ static void test_oversized_and_repeated_fields(void)
     size_t cap = 8 + 6 * 1100 * 2 + 16 * 1100 + 64;
     uint8_t *m = malloc(cap), *f = malloc(cap);
     uint8_t id[16] = {1}, range[16] = {0, 0, 0, 0, 0, 0, 0, 0, 1};
-    validate_error why;
+    validate_error why = {0};
     size_t n = field(f, 1, id, 16);
     n += field(f + n, 4, "http://x/", 9);
     n += field(f + n, 5, "/x", 2);
@@ -301,7 +301,7 @@ static void test_replies_round_trip_and_are_checked(void)
     proto_buf b;
     proto_buf_init(&b, PROTO_MAX_REPLY);
     CHECK_INT(proto_encode_reply(&r, &b), DOPA_OK);
-    validate_error why;
+    validate_error why = {0};
     CHECK_INT(proto_decode_reply(b.data, b.len, &back, &why), DOPA_OK);
     CHECK_INT(back.n_jobs, 3);
     CHECK_INT(back.more, 1);

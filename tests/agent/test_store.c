@@ -1253,7 +1253,7 @@ static void on_note(void *ctx, uint64_t id, const dopa_id *job, int kind, int32_
 static void test_notifications_survive_a_reopen_and_go_with_their_job(void)
 {
     const char *db = check_path("dopa.db");
-    validate_error why;
+    validate_error why = {0};
     open_store(db);
     agent_job *a = standard_job(0xA1, 1), *b = standard_job(0xB2, 2);
     put_all(a);

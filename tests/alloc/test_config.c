@@ -26,7 +26,7 @@
 static void test_every_allocation_of_reading_the_settings_fails_in_turn(void)
 {
     char conf[4300], pub[4400], sk_path[4300], key[4300], report[4300];
-    validate_error why;
+    validate_error why = {0};
     snprintf(conf, sizeof conf, "%s/dopa.conf", check_tmpdir());
     snprintf(sk_path, sizeof sk_path, "%s/publisher.key", check_tmpdir());
     snprintf(pub, sizeof pub, "%s.pub", sk_path);

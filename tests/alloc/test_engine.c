@@ -35,7 +35,7 @@ static int open_engine(void)
                          .trusted_keys = &key,
                          .n_trusted_keys = 1,
                          .origin = origin_config_default()};
-    validate_error why;
+    validate_error why = {0};
     return engine_open(&cfg, &E, &why);
 }
 
@@ -193,7 +193,7 @@ static const char *describe_store(int notifications)
     store *s = NULL;
     agent_job **jobs = NULL;
     size_t n = 0, damaged = 0;
-    validate_error why;
+    validate_error why = {0};
     CHECK_INT(store_open(db_path, &s, &why), DOPA_OK);
     int err = store_load(s, &jobs, &n, &damaged, &why);
     text_len = 0;

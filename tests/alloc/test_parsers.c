@@ -52,7 +52,7 @@ struct manifest_ctx {
 static int manifest_op(void *arg)
 {
     struct manifest_ctx *c = arg;
-    validate_error why;
+    validate_error why = {0};
     c->m = NULL;
     switch (c->how) {
     case 0:
@@ -106,7 +106,7 @@ static void test_every_allocation_of_the_manifest_parser_fails_in_turn(void)
     validate_manifest *m = NULL;
     CHECK_INT(validate_manifest_sign(&d, 7, 0, publisher, &m), VALIDATE_OK);
     const char *path = check_path("content.manifest");
-    validate_error why;
+    validate_error why = {0};
     CHECK_INT(validate_manifest_save(m, path, &why), VALIDATE_OK);
 
     static const char *names[] = {"validate_manifest_parse", "validate_manifest_open",
@@ -135,7 +135,7 @@ struct key_ctx {
 static int key_op(void *arg)
 {
     struct key_ctx *c = arg;
-    validate_error why;
+    validate_error why = {0};
     c->sec = NULL;
     memset(&c->pub, 0, sizeof c->pub);
     memset(c->group, 0, sizeof c->group);
@@ -171,7 +171,7 @@ static void key_check(void *arg, int result, int struck)
 
 static void test_every_allocation_of_the_key_parsers_fails_in_turn(void)
 {
-    validate_error why;
+    validate_error why = {0};
     const char *secret = check_path("publisher.key");
     char pub[4096];
     snprintf(pub, sizeof pub, "%s.pub", secret);
@@ -228,7 +228,7 @@ struct proto_ctx {
 static int proto_op(void *arg)
 {
     struct proto_ctx *c = arg;
-    validate_error why;
+    validate_error why = {0};
     switch (c->how) {
     case 0:
         return proto_decode_reply(c->encoded.data, c->encoded.len, &c->back, &why);
@@ -260,7 +260,7 @@ static void proto_check(void *arg, int result, int struck)
             CHECK(memcmp(c->out.data, c->encoded.data, c->out.len) == 0);
         } else {
             proto_request again;
-            validate_error why;
+            validate_error why = {0};
             CHECK_INT(proto_decode_request(c->out.data, c->out.len, &again, &why), DOPA_OK);
             CHECK_INT(again.manifest_len, c->request->manifest_len);
         }
@@ -308,7 +308,7 @@ static void test_every_allocation_of_the_control_messages_fails_in_turn(void)
     proto_buf_init(&b, PROTO_MAX_REQUEST);
     CHECK_INT(proto_encode_request(&req, &b), DOPA_OK);
     static proto_request back;
-    validate_error why;
+    validate_error why = {0};
     fault_arm(1);
     int err = proto_decode_request(b.data, b.len, &back, &why);
     CHECK_INT(fault_disarm(), 0);
@@ -434,7 +434,7 @@ static void config_check(void *arg, int result, int struck)
 static void test_every_allocation_of_the_settings_reader_fails_in_turn(void)
 {
     static char text[20000];
-    validate_error why;
+    validate_error why = {0};
     const char *secret = check_path("publisher.key");
     char pub[4096];
     snprintf(pub, sizeof pub, "%s.pub", secret);

@@ -815,7 +815,7 @@ static int setup(void)
         test_nginx_put(&web, "slow/s.bin", SIZE_SLOW, 2) != 0)
         return -1;
     uint8_t key[PEER_GROUP_KEY_BYTES];
-    validate_error why;
+    validate_error why = {0};
     char path[1100];
     snprintf(group_key, sizeof group_key, "%s/group.key", fixture);
     peer_group_key_generate(key);

@@ -557,7 +557,7 @@ static int setup(void)
         test_nginx_put(&web, "small.bin", SIZE_SMALL, 8) != 0)
         return -1;
     uint8_t key[PEER_GROUP_KEY_BYTES];
-    validate_error why;
+    validate_error why = {0};
     snprintf(group_key, sizeof group_key, "%s/group.key", fixture);
     snprintf(other_key, sizeof other_key, "%s/other.key", fixture);
     peer_group_key_generate(key);

@@ -181,7 +181,7 @@ static void after_case(void)
 
 static void test_sighup_applies_what_can_change_and_keeps_the_rest(void)
 {
-    validate_error why;
+    validate_error why = {0};
     char settings[2048], url[200], status[4096] = "";
     uint8_t key[PEER_GROUP_KEY_BYTES];
     peer_group_key_generate(key);

@@ -69,7 +69,7 @@ static void test_sigterm_stops_dopad_within_5_s_when_nng_close_never_returns(voi
 {
     const uint64_t size = 32 * MIB;
     char key[4300], wedge[4300], dest[4300], db[4400], u[512];
-    validate_error why;
+    validate_error why = {0};
     snprintf(key, sizeof key, "%s/group.key", check_tmpdir());
     snprintf(wedge, sizeof wedge, "%s/wedge", check_tmpdir());
     snprintf(dest, sizeof dest, "%s/out.bin", check_tmpdir());

@@ -13,7 +13,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
     static proto_request req, again;
-    validate_error why;
+    validate_error why = {0};
     if (proto_decode_request(data, size, &req, &why) == DOPA_OK) {
         proto_buf b;
         proto_buf_init(&b, PROTO_MAX_REQUEST);

@@ -19,7 +19,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         have_key = validate_public_key_parse(FUZZ_PUBKEY, &key) == VALIDATE_OK;
 
     validate_manifest *m = NULL;
-    validate_error why;
+    validate_error why = {0};
     if (validate_manifest_parse(data, size, &m, &why) != VALIDATE_OK)
         return 0;
     /* What the parser accepted must be self-consistent. */

@@ -78,7 +78,7 @@ static void fuzz_signature_round_trip(const struct minisign_sig *sig)
         at += lens[i];
     }
     struct minisign_sig again;
-    validate_error why;
+    validate_error why = {0};
     if (parse_signature((const uint8_t *)text, n, &again, &why) != GO_ON ||
         again.is_prehashed != sig->is_prehashed ||
         memcmp(again.key_id, sig->key_id, KEY_ID_BYTES) != 0 ||
@@ -93,7 +93,7 @@ static void fuzz_signature_round_trip(const struct minisign_sig *sig)
 static void fuzz_signature(const struct minisign_state *keys, const uint8_t *data, size_t size)
 {
     struct minisign_sig sig;
-    validate_error why;
+    validate_error why = {0};
     if (parse_signature(data, size, &sig, &why) != GO_ON)
         return;
     const char *text = (const char *)data;

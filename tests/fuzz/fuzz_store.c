@@ -90,7 +90,7 @@ static void setup(void)
     atexit(cleanup);
 
     store *s;
-    validate_error why;
+    validate_error why = {0};
     if (store_open(db_path, &s, &why) != DOPA_OK) {
         fprintf(stderr, "fuzz_store: %s\n", why.text);
         abort();
@@ -212,7 +212,7 @@ static int map_consistent(const piece_map *m)
 static void check_file(const agent_job *j, const agent_file *f, uint32_t index)
 {
     char expect[DOPA_PATH_MAX + 64];
-    validate_error why;
+    validate_error why = {0};
     if (f->job != j || f->index != index || f->url == NULL || f->path == NULL ||
         f->tmp_path == NULL || strlen(f->url) > DOPA_URL_MAX || f->path[0] != '/' ||
         strlen(f->path) > DOPA_PATH_MAX)
@@ -364,7 +364,7 @@ static void round_trip(agent_job **jobs, size_t n)
     sqlite3 *db;
     agent_job **again;
     size_t n_again, damaged, len_a, len_b;
-    validate_error why;
+    validate_error why = {0};
     fresh_db(copy_path);
     if (store_open(copy_path, &s, &why) != DOPA_OK)
         abort();
@@ -398,7 +398,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     free(sql);
 
     store *s;
-    validate_error why;
+    validate_error why = {0};
     if (store_open(db_path, &s, &why) != DOPA_OK)
         return 0; /* refused: a newer schema, a foreign table */
     agent_job **jobs = NULL;

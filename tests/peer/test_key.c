@@ -116,7 +116,7 @@ static void test_malformed_group_key_texts_are_rejected(void)
 static void test_group_key_file_round_trips_with_private_mode(void)
 {
     uint8_t key[PEER_GROUP_KEY_BYTES], back[PEER_GROUP_KEY_BYTES];
-    validate_error why;
+    validate_error why = {0};
     char contents[512], text[PEER_GROUP_KEY_TEXT_MAX];
     const mode_t umasks[] = {022, 0, 077, 0277};
     for (size_t i = 0; i < sizeof umasks / sizeof umasks[0]; i++) {
@@ -148,7 +148,7 @@ static void test_group_key_file_round_trips_with_private_mode(void)
 static void test_group_key_save_refuses_to_overwrite(void)
 {
     uint8_t a[PEER_GROUP_KEY_BYTES], b[PEER_GROUP_KEY_BYTES], back[PEER_GROUP_KEY_BYTES];
-    validate_error why;
+    validate_error why = {0};
     const char *path = check_path("group.key");
     peer_group_key_generate(a);
     peer_group_key_generate(b);
@@ -167,7 +167,7 @@ static void test_group_key_save_refuses_to_overwrite(void)
 static void test_group_key_save_never_follows_symlinks(void)
 {
     uint8_t key[PEER_GROUP_KEY_BYTES];
-    validate_error why;
+    validate_error why = {0};
     char text[64];
     const char *victim = check_path("victim");
     const char *link = check_path("group.key");
@@ -196,7 +196,7 @@ static void test_group_key_save_never_follows_symlinks(void)
 static void test_group_key_save_failure_leaves_nothing(void)
 {
     uint8_t key[PEER_GROUP_KEY_BYTES];
-    validate_error why;
+    validate_error why = {0};
     peer_group_key_generate(key);
     CHECK_INT(peer_group_key_save(key, check_path("missing/group.key"), 0, &why), PEER_EIO);
     CHECK_HAS(why.text, "missing/group.key");
@@ -214,7 +214,7 @@ static void test_group_key_save_failure_leaves_nothing(void)
 static void test_group_key_readable_by_others_is_refused(void)
 {
     uint8_t key[PEER_GROUP_KEY_BYTES], back[PEER_GROUP_KEY_BYTES];
-    validate_error why;
+    validate_error why = {0};
     const char *path = check_path("group.key");
     peer_group_key_generate(key);
     CHECK_INT(peer_group_key_save(key, path, 0, &why), PEER_OK);
@@ -235,7 +235,7 @@ static void test_group_key_readable_by_others_is_refused(void)
 static void test_group_key_load_refuses_symlinks_and_odd_files(void)
 {
     uint8_t key[PEER_GROUP_KEY_BYTES], back[PEER_GROUP_KEY_BYTES];
-    validate_error why;
+    validate_error why = {0};
     const char *path = check_path("group.key");
     peer_group_key_generate(key);
     CHECK_INT(peer_group_key_save(key, path, 0, &why), PEER_OK);
@@ -256,7 +256,7 @@ static void test_group_key_load_refuses_symlinks_and_odd_files(void)
 static void test_group_key_file_contents_are_checked(void)
 {
     uint8_t key[PEER_GROUP_KEY_BYTES], back[PEER_GROUP_KEY_BYTES];
-    validate_error why;
+    validate_error why = {0};
     char text[PEER_GROUP_KEY_TEXT_MAX], file[8192];
     const char *path = check_path("k");
     peer_group_key_generate(key);

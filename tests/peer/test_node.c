@@ -113,7 +113,7 @@ static peer_node *open_node(const uint8_t *key, const char *listen, const char *
         .piece_timeout_ms = piece_timeout_ms,
     };
     peer_node *n = NULL;
-    validate_error why;
+    validate_error why = {0};
     int err = peer_node_open(&cfg, &n, &why);
     if (err != PEER_OK)
         fprintf(stderr, "  peer_node_open: %s\n", why.text);
@@ -687,7 +687,7 @@ static void test_an_honest_peer_is_not_banned_for_another(void)
     const char *peers[2] = {liar, good};
     peer_node_config cfg = {.group_key = group, .peers = peers, .n_peers = 2};
     peer_node *a;
-    validate_error why;
+    validate_error why = {0};
     CHECK_INT(peer_node_open(&cfg, &a, &why), PEER_OK);
     fetch f = {0};
     peer_swarm_ops ops = ops_for(&f);
@@ -843,7 +843,7 @@ static void test_one_connection_gets_busy_beyond_its_share(void)
     peer_node_config cfg = {
         .group_key = group, .listen = url, .max_queued = 2, .upload_rate = 200000};
     peer_node *b;
-    validate_error why;
+    validate_error why = {0};
     CHECK_INT(peer_node_open(&cfg, &b, &why), PEER_OK);
     offer_content(b);
 
@@ -871,7 +871,7 @@ static void test_a_greedy_peer_leaves_the_others_their_share_of_the_upload_rate(
     snprintf(url, sizeof url, "tcp://127.0.0.1:%d", test_free_port());
     peer_node_config cfg = {.group_key = group, .listen = url, .upload_rate = 250000};
     peer_node *b;
-    validate_error why;
+    validate_error why = {0};
     CHECK_INT(peer_node_open(&cfg, &b, &why), PEER_OK);
     offer_content(b);
     pid_t greedy = flood_start(url, 16, 10, 0);
@@ -954,7 +954,7 @@ static void test_hostile_peers_beside_an_honest_one_change_nothing(void)
     const char *names[] = {"bad bytes", "overlong", "refuses", "silent", "endless", "trickle"};
     for (size_t i = 0; i < sizeof modes / sizeof modes[0]; i++) {
         char hostile[64], good[64];
-        validate_error why;
+        validate_error why = {0};
         snprintf(hostile, sizeof hostile, "tcp://127.0.0.1:%d", test_free_port());
         start_rogue(hostile, modes[i]);
         peer_node *b = honest(group, good, sizeof good);
@@ -1246,7 +1246,7 @@ static peer_node *server_with_cap(char *url, size_t len, unsigned max_connection
     snprintf(url, len, "tcp://127.0.0.1:%d", test_free_port());
     peer_node_config cfg = {.group_key = group, .listen = url, .max_connections = max_connections};
     peer_node *b = NULL;
-    validate_error why;
+    validate_error why = {0};
     CHECK_INT(peer_node_open(&cfg, &b, &why), PEER_OK);
     offer_content(b);
     return b;

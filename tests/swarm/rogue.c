@@ -342,7 +342,7 @@ int main(int argc, char **argv)
     };
     enum mode mode = MODE_NONE;
     const char *key_path = NULL, *listen_url = NULL, *dial_url = NULL, *report = NULL;
-    validate_error why;
+    validate_error why = {0};
     int c;
     if (validate_init() != 0)
         return 2;

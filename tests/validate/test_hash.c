@@ -181,7 +181,7 @@ static void test_digest_fd_reads_whole_file(void)
     int fd = open(path, O_RDONLY);
     CHECK(fd >= 0);
     validate_digest d;
-    validate_error why;
+    validate_error why = {0};
     CHECK_INT(validate_digest_fd(fd, 65536, &d, &why), VALIDATE_OK);
     close(fd);
     check_digest_against_reference(data, sizeof data, 65536, &d);

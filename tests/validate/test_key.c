@@ -28,7 +28,7 @@ static void test_key_files_round_trip_with_private_mode(void)
 {
     validate_secret_key *sk = NULL, *back = NULL;
     validate_public_key pub;
-    validate_error why;
+    validate_error why = {0};
     const char *path = check_path("publisher.key");
     CHECK_INT(validate_secret_key_generate(&sk), VALIDATE_OK);
     umask(022);
@@ -52,7 +52,7 @@ static void test_key_files_round_trip_with_private_mode(void)
 static void test_key_save_refuses_to_overwrite(void)
 {
     validate_secret_key *a = NULL, *b = NULL, *back = NULL;
-    validate_error why;
+    validate_error why = {0};
     const char *path = check_path("k");
     CHECK_INT(validate_secret_key_generate(&a), VALIDATE_OK);
     CHECK_INT(validate_secret_key_generate(&b), VALIDATE_OK);
@@ -75,7 +75,7 @@ static void test_key_save_refuses_to_overwrite(void)
 static void test_failed_overwrite_keeps_the_old_secret_key(void)
 {
     validate_secret_key *a = NULL, *b = NULL, *back = NULL;
-    validate_error why;
+    validate_error why = {0};
     const char *path = check_path("k");
     CHECK_INT(validate_secret_key_generate(&a), VALIDATE_OK);
     CHECK_INT(validate_secret_key_generate(&b), VALIDATE_OK);
@@ -104,7 +104,7 @@ static void test_failed_overwrite_keeps_the_old_secret_key(void)
 static void test_key_save_never_follows_symlinks(void)
 {
     validate_secret_key *sk = NULL;
-    validate_error why;
+    validate_error why = {0};
     char text[64];
     const char *victim = check_path("victim");
     write_text(victim, "untouched", 0644);
@@ -125,7 +125,7 @@ static void test_key_save_never_follows_symlinks(void)
 static void test_secret_key_readable_by_others_is_refused(void)
 {
     validate_secret_key *sk = NULL;
-    validate_error why;
+    validate_error why = {0};
     const char *path = check_path("k");
     CHECK_INT(validate_secret_key_generate(&sk), VALIDATE_OK);
     CHECK_INT(validate_secret_key_save(sk, path, 0, &why), VALIDATE_OK);
@@ -187,7 +187,7 @@ static void test_key_files_with_wrong_contents_are_rejected(void)
 {
     validate_secret_key *sk = NULL;
     validate_public_key pk;
-    validate_error why;
+    validate_error why = {0};
     const char *path = check_path("k");
     CHECK_INT(validate_secret_key_generate(&sk), VALIDATE_OK);
     CHECK_INT(validate_secret_key_save(sk, path, 0, &why), VALIDATE_OK);

@@ -63,7 +63,7 @@ static void test_signed_manifest_round_trips(void)
     validate_manifest *m = make_manifest(7, VALIDATE_NEVER_EXPIRES);
     CHECK_INT(m->encoded_len, 128 + 4 * 32 + 64);
     validate_manifest *p = NULL;
-    validate_error why;
+    validate_error why = {0};
     CHECK_INT(validate_manifest_parse(m->encoded, m->encoded_len, &p, &why), VALIDATE_OK);
     CHECK_INT(p->content_version, 7);
     CHECK_INT(p->expires_at, 0);
@@ -237,7 +237,7 @@ static void test_parser_rejects_each_broken_rule(void)
 static void test_parser_rejects_oversized_and_null_input(void)
 {
     validate_manifest *out = NULL;
-    validate_error why;
+    validate_error why = {0};
     size_t big = VALIDATE_MANIFEST_MAX_BYTES + 1;
     uint8_t *buf = calloc(1, big);
     CHECK_INT(validate_manifest_parse(buf, big, &out, &why), VALIDATE_ETOOBIG);
@@ -288,7 +288,7 @@ static void test_untrusted_key_is_rejected(void)
     validate_manifest *m = make_manifest(1, 0);
     validate_secret_key *other = NULL;
     CHECK_INT(validate_secret_key_generate(&other), VALIDATE_OK);
-    validate_error why;
+    validate_error why = {0};
     CHECK_INT(validate_manifest_verify(m, validate_secret_key_public(other), 1, 0, &why),
               VALIDATE_EUNTRUSTED_KEY);
     CHECK_HAS(why.text, "not among the 1 trusted keys");
@@ -339,7 +339,7 @@ static void test_any_changed_byte_breaks_the_signature(void)
 static void test_expiry_is_enforced(void)
 {
     validate_manifest *m = make_manifest(1, 1000);
-    validate_error why;
+    validate_error why = {0};
     CHECK_INT(validate_manifest_verify(m, trusted(), 1, 999, &why), VALIDATE_OK);
     CHECK_INT(validate_manifest_verify(m, trusted(), 1, 1000, &why), VALIDATE_EEXPIRED);
     CHECK_HAS(why.text, "expired at 1000");
@@ -376,7 +376,7 @@ static void test_file_check_reports_bad_pieces(void)
     validate_manifest *m = make_manifest(1, 0);
     const char *path = check_path("content");
     validate_file_report r;
-    validate_error why;
+    validate_error why = {0};
     write_file(path, content, sizeof content);
     int fd = open(path, O_RDONLY);
     CHECK_INT(validate_manifest_check_fd(m, fd, &r, &why), VALIDATE_OK);
@@ -424,7 +424,7 @@ static void test_file_check_catches_inconsistent_whole_file_hash(void)
     write_file(path, content, sizeof content);
     int fd = open(path, O_RDONLY);
     validate_file_report r;
-    validate_error why;
+    validate_error why = {0};
     CHECK_INT(validate_manifest_check_fd(m, fd, &r, &why), VALIDATE_EFILE_HASH);
     CHECK_INT(r.bad_pieces, 0);
     CHECK_HAS(why.text, "whole-file hashes do not");
@@ -444,7 +444,7 @@ static void test_short_buffers_with_the_magic_are_truncated(void)
 static void test_load_refuses_a_fifo_without_hanging(void)
 {
     validate_manifest *m = NULL;
-    validate_error why;
+    validate_error why = {0};
     CHECK(mkfifo(check_path("fifo"), 0600) == 0);
     CHECK_INT(validate_manifest_load(check_path("fifo"), &m, &why), VALIDATE_EIO);
     CHECK_HAS(why.text, "not a regular file");
@@ -454,7 +454,7 @@ static void test_save_and_load_round_trip(void)
 {
     validate_manifest *m = make_manifest(9, 0), *back = NULL;
     const char *path = check_path("m.dopa-manifest");
-    validate_error why;
+    validate_error why = {0};
     CHECK_INT(validate_manifest_save(m, path, &why), VALIDATE_OK);
     CHECK_INT(validate_manifest_save(m, path, &why), VALIDATE_OK); /* replaces */
     CHECK_INT(validate_manifest_load(path, &back, &why), VALIDATE_OK);

@@ -230,7 +230,7 @@ static void test_prehashed_signature_over_file_url_is_valid(void)
     read_text(sig_of(path), sig, sizeof sig);
     CHECK_HAS(sig, "\nRU"); /* base64 of "ED": prehashed */
     validate_plugin *p = open_with_keys(&a, NULL);
-    validate_error why;
+    validate_error why = {0};
     CHECK_INT(judge(p, path, file_url(path), &why), VALIDATE_OK);
     validate_plugin_close(p);
 }
@@ -246,7 +246,7 @@ static void test_legacy_signature_is_valid(void)
     read_text(sig_of(path), sig, sizeof sig);
     CHECK_HAS(sig, "\nRW"); /* base64 of "Ed": legacy */
     validate_plugin *p = open_with_keys(&a, NULL);
-    validate_error why;
+    validate_error why = {0};
     CHECK_INT(judge(p, path, file_url(path), &why), VALIDATE_OK);
     validate_plugin_close(p);
 }
@@ -261,7 +261,7 @@ static void test_empty_file_with_either_signature_is_valid(void)
     sign(&a, pre, 0, NULL);
     sign(&a, leg, 1, NULL);
     validate_plugin *p = open_with_keys(&a, NULL);
-    validate_error why;
+    validate_error why = {0};
     CHECK_INT(judge(p, pre, file_url(pre), &why), VALIDATE_OK);
     CHECK_INT(judge(p, leg, file_url(leg), &why), VALIDATE_OK);
     validate_plugin_close(p);
@@ -274,7 +274,7 @@ static void test_signature_over_http_is_valid(void)
     write_pattern(web_path("data.bin"), 200000, 3);
     sign(&a, web_path("data.bin"), 0, NULL);
     validate_plugin *p = open_with_keys(&a, NULL);
-    validate_error why;
+    validate_error why = {0};
     CHECK_INT(judge(p, web_path("data.bin"), http_url("data.bin"), &why), VALIDATE_OK);
     /* The query stays, the fragment goes: /data.bin.minisig?v=1 is asked for. */
     CHECK_INT(judge(p, web_path("data.bin"), http_url("data.bin?v=1#part"), &why), VALIDATE_OK);
@@ -292,7 +292,7 @@ static void test_second_configured_key_verifies_after_rotation(void)
     const char *path = check_path("data.bin");
     write_pattern(path, 5000, 4);
     validate_plugin *p = open_with_keys(&a, &b);
-    validate_error why;
+    validate_error why = {0};
     sign(&b, path, 0, NULL);
     CHECK_INT(judge(p, path, file_url(path), &why), VALIDATE_OK);
     sign(&a, path, 0, NULL);
@@ -321,7 +321,7 @@ static void test_crlf_signature_is_accepted(void)
     crlf[o] = '\0';
     write_text(sig_of(path), crlf);
     validate_plugin *p = open_with_keys(&a, NULL);
-    validate_error why;
+    validate_error why = {0};
     CHECK_INT(judge(p, path, file_url(path), &why), VALIDATE_OK);
     validate_plugin_close(p);
 }
@@ -334,7 +334,7 @@ static void test_tampered_content_is_invalid(void)
     struct key a;
     make_key("a", &a);
     validate_plugin *p = open_with_keys(&a, NULL);
-    validate_error why;
+    validate_error why = {0};
     for (int is_legacy = 0; is_legacy <= 1; is_legacy++) {
         const char *path = check_path(is_legacy ? "legacy.bin" : "prehashed.bin");
         write_pattern(path, 2 * 1024 * 1024, 6);
@@ -355,7 +355,7 @@ static void test_signature_by_another_key_is_invalid(void)
     write_pattern(path, 1000, 7);
     sign(&a, path, 0, NULL);
     validate_plugin *p = open_with_keys(&b, NULL);
-    validate_error why;
+    validate_error why = {0};
     CHECK_INT(judge(p, path, file_url(path), &why), VALIDATE_EPLUGIN_REJECTED);
     CHECK_HAS(why.text, a.id);
     CHECK_HAS(why.text, "not a configured public-key");
@@ -376,7 +376,7 @@ static void test_tampered_trusted_comment_is_invalid(void)
     at[strlen("trusted comment: version ")] = '2';
     write_text(sig_of(path), sig);
     validate_plugin *p = open_with_keys(&a, NULL);
-    validate_error why;
+    validate_error why = {0};
     CHECK_INT(judge(p, path, file_url(path), &why), VALIDATE_EPLUGIN_REJECTED);
     CHECK_HAS(why.text, "trusted comment");
     /* The untrusted comment is not signed: changing it changes nothing. */
@@ -396,7 +396,7 @@ static void test_missing_signature_is_invalid(void)
     const char *path = check_path("data.bin");
     write_pattern(path, 1000, 9);
     validate_plugin *p = open_with_keys(&a, NULL);
-    validate_error why;
+    validate_error why = {0};
     CHECK_INT(judge(p, path, file_url(path), &why), VALIDATE_EPLUGIN_REJECTED);
     CHECK_HAS(why.text, "no signature");
     CHECK_INT(judge(p, path, http_url("unsigned.bin"), &why), VALIDATE_EPLUGIN_REJECTED);
@@ -459,7 +459,7 @@ static void test_malformed_signatures_are_refused(void)
           n == 64);
 
     validate_plugin *p = open_with_keys(&a, NULL);
-    validate_error why;
+    validate_error why = {0};
     char line[256];
     const char *sp = sig_of(path);
     char sig_path[4200];
@@ -594,7 +594,7 @@ static void test_oversized_signature_over_http_is_invalid(void)
     write_pattern(web_path("huge.bin"), 1000, 11);
     write_pattern(web_path("huge.bin.minisig"), 300 * 1024, 12);
     validate_plugin *p = open_with_keys(&a, NULL);
-    validate_error why;
+    validate_error why = {0};
     CHECK_INT(judge(p, web_path("huge.bin"), http_url("huge.bin"), &why),
               VALIDATE_EPLUGIN_REJECTED);
     CHECK_HAS(why.text, "larger than 65536 bytes");
@@ -612,7 +612,7 @@ static void test_size_other_than_announced_is_an_error(void)
     write_pattern(path, 1000, 13);
     sign(&a, path, 0, NULL);
     validate_plugin *p = open_with_keys(&a, NULL);
-    validate_error why;
+    validate_error why = {0};
     CHECK_INT(judge_sized(p, path, file_url(path), 999, &why), VALIDATE_EPLUGIN_FAILED);
     CHECK_HAS(why.text, "holds 1000 bytes, not the 999 announced");
     validate_plugin_close(p);
@@ -633,7 +633,7 @@ static void test_legacy_signature_over_a_huge_file_is_an_error(void)
     CHECK(ftruncate(fd, (off_t)(1ull << 30) + 1) == 0);
     close(fd);
     validate_plugin *p = open_with_keys(&a, NULL);
-    validate_error why;
+    validate_error why = {0};
     CHECK_INT(judge(p, huge, file_url(huge), &why), VALIDATE_EPLUGIN_FAILED);
     CHECK_HAS(why.text, "legacy");
     CHECK_HAS(why.text, "1 GiB");
@@ -658,7 +658,7 @@ static void test_server_that_never_answers_times_out(void)
     snprintf(config, sizeof config, "timeout = 1\npublic-key = %s\n", a.pub);
     snprintf(url, sizeof url, "http://127.0.0.1:%d/data.bin", ntohs(addr.sin_port));
     validate_plugin *p = open_with(config);
-    validate_error why;
+    validate_error why = {0};
     struct timespec t0, t1;
     clock_gettime(CLOCK_MONOTONIC, &t0);
     int err = judge(p, path, url, &why);
@@ -716,7 +716,7 @@ static void test_config_errors_refuse_the_load(void)
     snprintf(bad[k++], sizeof bad[0], "public-key =\n");
     for (int i = 0; i < k; i++) {
         validate_plugin *p = NULL;
-        validate_error why;
+        validate_error why = {0};
         int err = validate_plugin_open(MINISIGN_PLUGIN, bad[i], &p, &why);
         if (err != VALIDATE_EPLUGIN_INIT)
             fprintf(stderr, "  config %d loaded: %s\n", i, bad[i]);
@@ -724,7 +724,7 @@ static void test_config_errors_refuse_the_load(void)
         CHECK(p == NULL);
     }
     validate_plugin *p = NULL;
-    validate_error why;
+    validate_error why = {0};
     CHECK_INT(validate_plugin_open(MINISIGN_PLUGIN, NULL, &p, &why), VALIDATE_EPLUGIN_INIT);
     /* 65 keys is one too many. */
     size_t big_len = 65 * 80 + 1;
@@ -785,7 +785,7 @@ static void test_config_parser_survives_arbitrary_text(void)
         }
         text[len] = '\0';
         validate_plugin *p = NULL;
-        validate_error why;
+        validate_error why = {0};
         if (validate_plugin_open(MINISIGN_PLUGIN, text, &p, &why) == VALIDATE_OK)
             validate_plugin_close(p);
     }

@@ -61,7 +61,7 @@ static struct dopa_validator_file file_with(const char *contents, int *fd_out)
 static void test_example_plugin_judges_by_prefix(void)
 {
     validate_plugin *p = NULL;
-    validate_error why;
+    validate_error why = {0};
     int fd;
     CHECK_INT(validate_plugin_open(built("example.so"), "prefix=DOPA\n", &p, &why), VALIDATE_OK);
     CHECK_STR(validate_plugin_name(p), "example-prefix");
@@ -88,7 +88,7 @@ static void test_example_plugin_judges_by_prefix(void)
 static void test_plugin_init_failure_refuses_the_load(void)
 {
     validate_plugin *p = NULL;
-    validate_error why;
+    validate_error why = {0};
     CHECK_INT(validate_plugin_open(built("example.so"), NULL, &p, &why), VALIDATE_EPLUGIN_INIT);
     CHECK_HAS(why.text, "example-prefix refused to start");
     CHECK_INT(validate_plugin_open(built("init_fails.so"), NULL, &p, &why), VALIDATE_EPLUGIN_INIT);
@@ -98,7 +98,7 @@ static void test_plugin_init_failure_refuses_the_load(void)
 static void test_plugin_errors_and_odd_verdicts_fail_validation(void)
 {
     validate_plugin *p = NULL;
-    validate_error why;
+    validate_error why = {0};
     int fd;
     struct dopa_validator_file f = file_with("x", &fd);
     CHECK_INT(validate_plugin_open(built("odd_verdict.so"), NULL, &p, &why), VALIDATE_OK);
@@ -138,7 +138,7 @@ static void test_loader_refuses_broken_plugins(void)
 static void test_loader_refuses_what_is_not_a_plugin(void)
 {
     validate_plugin *p = NULL;
-    validate_error why;
+    validate_error why = {0};
     write_text(check_path("text.so"), "not an ELF file\n", 0644);
     CHECK_INT(validate_plugin_open(check_path("text.so"), NULL, &p, &why), VALIDATE_EPLUGIN_OPEN);
     CHECK_INT(validate_plugin_open(check_path("missing.so"), NULL, &p, &why),
@@ -153,7 +153,7 @@ static void test_loader_refuses_what_is_not_a_plugin(void)
 static void test_loader_refuses_plugins_others_can_change(void)
 {
     validate_plugin *p = NULL;
-    validate_error why;
+    validate_error why = {0};
     copy_file(built("accept_all.so"), check_path("open.so"), 0666);
     CHECK_INT(validate_plugin_open(check_path("open.so"), NULL, &p, &why), VALIDATE_EPLUGIN_UNSAFE);
     CHECK_HAS(why.text, "mode 0666");
@@ -172,7 +172,7 @@ static void test_loader_refuses_plugins_others_can_change(void)
 static void test_loader_checks_every_directory_above_the_plugin(void)
 {
     validate_plugin *p = NULL;
-    validate_error why;
+    validate_error why = {0};
     CHECK(mkdir(check_path("open"), 0755) == 0);
     CHECK(chmod(check_path("open"), 0777) == 0); /* others may write, not sticky */
     copy_file(built("accept_all.so"), check_path("open/p.so"), 0755);
@@ -211,7 +211,7 @@ static void test_plugin_dir_loads_in_name_order_with_config(void)
     write_text(path, "notes", 0644);
 
     validate_plugin_set *set = NULL;
-    validate_error why;
+    validate_error why = {0};
     int fd;
     CHECK_INT(validate_plugin_set_load(dir, &set, &why), VALIDATE_OK);
     CHECK_INT(validate_plugin_set_count(set), 2);
@@ -240,7 +240,7 @@ static void test_plugin_dir_fails_closed(void)
     snprintf(path, sizeof path, "%s/b.so", dir);
     copy_file(built("bad_abi.so"), path, 0755);
     validate_plugin_set *set = NULL;
-    validate_error why;
+    validate_error why = {0};
     CHECK_INT(validate_plugin_set_load(dir, &set, &why), VALIDATE_EPLUGIN_ABI);
     CHECK_HAS(why.text, "/b.so");
     CHECK(set == NULL);
@@ -273,7 +273,7 @@ static void test_plugin_dir_fails_closed(void)
 static void test_missing_plugin_dir_is_an_empty_set(void)
 {
     validate_plugin_set *set = NULL;
-    validate_error why;
+    validate_error why = {0};
     CHECK_INT(validate_plugin_set_load(check_path("nowhere"), &set, &why), VALIDATE_OK);
     CHECK_INT(validate_plugin_set_count(set), 0);
     int fd;

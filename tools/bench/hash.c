@@ -93,7 +93,7 @@ int main(int argc, char **argv)
                 best_plain = t < best_plain ? t : best_plain;
             } else {
                 validate_digest d;
-                validate_error why;
+                validate_error why = {0};
                 if (validate_digest_fd(fd, PIECE, &d, &why) != VALIDATE_OK) {
                     fprintf(stderr, "validate_digest_fd: %s\n", why.text);
                     return 1;

@@ -569,7 +569,8 @@ done:
     return verdict;
 }
 
-/* The check itself; minisign_validate hands its reason to dopa. */
+/* The check itself; minisign_validate hands its reason to dopa. The code in
+ * *why is the verdict (DOPA_VALIDATOR_*), which no one outside reads. */
 static int check(void *state, const struct dopa_validator_file *file, validate_error *why)
 {
     const struct minisign_state *s = state;
