@@ -47,7 +47,8 @@ static void send_beacons(peer_node *n, const struct sockaddr_in *group)
         struct ip_mreq mr = {.imr_multiaddr = group->sin_addr, .imr_interface = a};
         setsockopt(n->beacon_fd, IPPROTO_IP, IP_ADD_MEMBERSHIP, &mr, sizeof mr);
         setsockopt(n->beacon_fd, IPPROTO_IP, IP_MULTICAST_IF, &a, sizeof a);
-        sendto(n->beacon_fd, buf, len, 0, (const struct sockaddr *)group, sizeof *group);
+        if (sendto(n->beacon_fd, buf, len, 0, (const struct sockaddr *)group, sizeof *group) > 0)
+            atomic_fetch_add(&n->control_sent, 1);
     }
     freeifaddrs(ifs);
 }
@@ -76,6 +77,7 @@ static void hear_beacon(peer_node *n)
         atomic_fetch_add(&n->refused, 1);
         return;
     }
+    atomic_fetch_add(&n->control_received, 1);
     found *f = calloc(1, sizeof *f);
     if (f == NULL)
         return;

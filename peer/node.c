@@ -259,6 +259,8 @@ void peer_node_stats(const peer_node *n, peer_stats *out)
     out->over_cap = atomic_load(&n->over_cap);
     out->evicted = atomic_load(&n->evicted);
     out->port_pauses = atomic_load(&n->pauses);
+    out->control_sent = atomic_load(&n->control_sent);
+    out->control_received = atomic_load(&n->control_received);
     int64_t now = mono_ms();
     for (const peer_entry *p = n->peers; p != NULL; p = p->next) {
         if (p->self)

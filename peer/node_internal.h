@@ -87,9 +87,11 @@ struct peer_swarm {
     uint16_t *holders; /* usable peers holding each piece */
     int64_t opened;
     uint64_t cursor;                  /* where the next rarest-first scan starts */
-    swarm_peer *members[MAX_MEMBERS]; /* fetching it, by id; NULL is this agent */
+    swarm_peer *members[MAX_MEMBERS]; /* fetching it, in fetch order; NULL is this agent */
     int64_t last_piece;               /* mono ms of the last piece from a peer */
     size_t n_members, rank;
+    size_t n_fetchers; /* the first members, who own the origin's shares */
+    int fetching;      /* this agent is one of the origin's fetchers now */
     /* The members changed at members_at: pieces outside [kept_lo, kept_hi),
      * this agent's share before the change, wait until every member has
      * answered what is coming to it since (SETTLE_*). */
@@ -162,7 +164,7 @@ typedef struct found {
 
 struct peer_node {
     peer_node_config cfg;
-    validate_error error; /* peer_node_error(): the owner's last failed call */
+    validate_error error;                    /* peer_node_error(): the owner's last failed call */
     nng_tls_config *tls_server, *tls_client; /* for tls+tcp://, or NULL */
     peer_wire_key key;
     uint8_t id[PEER_ID_BYTES];
@@ -231,6 +233,8 @@ struct peer_node {
     peer_replay *beacon_replay;
 
     _Atomic uint64_t uploaded, downloaded, bad_pieces, bans, refused, timeouts, broken_claims;
+    /* Peer messages other than pieces (availability, beacons), each way. */
+    _Atomic uint64_t control_sent, control_received;
 };
 
 /* ------------------------------------------------------------------ */

@@ -289,19 +289,21 @@ int peer_node_reconfigure(peer_node *n, const peer_node_config *cfg);
 const validate_error *peer_node_error(const peer_node *n);
 
 typedef struct peer_stats {
-    uint64_t uploaded;      /* piece bytes sent */
-    uint64_t downloaded;    /* piece bytes received that passed their check */
-    uint64_t bad_pieces;    /* received pieces that failed their check */
-    uint64_t bans;          /* peers banned since start */
-    uint64_t refused;       /* messages that failed to open (not ours, stale, replayed) */
-    uint64_t timeouts;      /* piece requests that ran out of time */
-    uint64_t broken_claims; /* pieces refused that the peer's last answer claimed */
-    unsigned peers;         /* peers known now */
-    unsigned banned;        /* peers banned now */
-    unsigned connections;   /* live connections to the server now */
-    uint64_t over_cap;      /* connections closed at once: the server was full */
-    uint64_t evicted;       /* idle connections closed to let a newcomer in */
-    uint64_t port_pauses;   /* times the listener closed while descriptors ran short */
+    uint64_t uploaded;         /* piece bytes sent */
+    uint64_t downloaded;       /* piece bytes received that passed their check */
+    uint64_t bad_pieces;       /* received pieces that failed their check */
+    uint64_t bans;             /* peers banned since start */
+    uint64_t refused;          /* messages that failed to open (not ours, stale, replayed) */
+    uint64_t timeouts;         /* piece requests that ran out of time */
+    uint64_t broken_claims;    /* pieces refused that the peer's last answer claimed */
+    unsigned peers;            /* peers known now */
+    unsigned banned;           /* peers banned now */
+    unsigned connections;      /* live connections to the server now */
+    uint64_t over_cap;         /* connections closed at once: the server was full */
+    uint64_t evicted;          /* idle connections closed to let a newcomer in */
+    uint64_t port_pauses;      /* times the listener closed while descriptors ran short */
+    uint64_t control_sent;     /* messages other than pieces sent: availability, beacons */
+    uint64_t control_received; /* the same, received (and opened) */
 } peer_stats;
 void peer_node_stats(const peer_node *n, peer_stats *out);
 

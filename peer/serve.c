@@ -515,9 +515,12 @@ static void on_worker(void *arg)
     nng_msg *reply = NULL;
     int64_t wait = 0;
     int took = 0;
-    if (req.head.type == PEER_MSG_HAVE_REQ)
+    if (req.head.type == PEER_MSG_HAVE_REQ) {
+        atomic_fetch_add(&n->control_received, 1);
         reply = answer_have(n, &req);
-    else
+        if (reply != NULL)
+            atomic_fetch_add(&n->control_sent, 1);
+    } else
         wait = answer_piece(n, &req, pipe, &reply, &took);
     nng_msg_free(msg);
     if (reply == NULL) {

@@ -28,6 +28,7 @@
 #define SETTLE_LAG_MS    300    /* a member hears of a change within a turn (250 ms) */
 #define SETTLE_MAX_MS    1500   /* pieces new to this agent's share wait at most this */
 #define BROKEN_WINDOW_MS 600000 /* broken claims count towards a ban within this */
+#define FETCHERS         4      /* members that fetch from the origin at a time */
 
 /* What one peer holds of one swarm's content. */
 struct swarm_peer {
@@ -38,6 +39,8 @@ struct swarm_peer {
     int counted;     /* its bits are in holders */
     uint64_t count;
     int64_t asked, answered, progress_at;
+    int64_t coming_at;         /* it last said something is on its way to it */
+    int64_t promoted_at;       /* it became one of the fetchers, as this agent sees it; 0: not */
     int member;                /* a member at the last update_members */
     int64_t sent, answer_sent; /* when the HAVE_REQ now asked / last answered went out */
     int asking;
@@ -136,6 +139,8 @@ int peer_swarm_open(peer_node *n, const uint8_t cid[PEER_CID_BYTES], uint64_t si
     s->opened = mono_ms();
     s->cursor = pieces ? random64() % pieces : 0;
     s->n_members = 1; /* alone until the first turn says otherwise */
+    s->n_fetchers = 1;
+    s->fetching = 1;
     for (peer_entry *p = n->peers; p != NULL; p = p->next)
         node_swarm_add_peer(s, p);
     s->next = n->swarms;
@@ -219,9 +224,62 @@ static int is_member(const peer_swarm *s, const swarm_peer *sp, int64_t now)
     return 0;
 }
 
-/* Who fetches the content now, ordered by id (this agent is the NULL
- * entry): recomputed once a turn, after the turn changed the peers. */
+/* Who fetches the content now (this agent is the NULL entry), in the
+ * order that picks the origin's fetchers: by a hash of the content and the
+ * member's id, so that each content has its own few. Recomputed once a
+ * turn, after the turn changed the peers. */
 static uint64_t share_end(const peer_swarm *s);
+
+static uint64_t fetch_order(const peer_swarm *s, const uint8_t id[PEER_ID_BYTES])
+{
+    uint8_t in[PEER_CID_BYTES + PEER_ID_BYTES], h[VALIDATE_HASH_BYTES];
+    memcpy(in, s->cid, PEER_CID_BYTES);
+    memcpy(in + PEER_CID_BYTES, id, PEER_ID_BYTES);
+    validate_blake2b(in, sizeof in, h);
+    uint64_t v = 0;
+    for (int i = 0; i < 8; i++)
+        v = v << 8 | h[i];
+    return v;
+}
+
+/* A fetcher that says nothing is on its way to it for this long has
+ * stopped fetching (its origin fails, or it is done with its share). */
+static int64_t fetch_stall_ms(const peer_swarm *s)
+{
+    return STALL_MS + (int64_t)(s->piece_size / 1000); /* a piece at 1 MB/s or more */
+}
+
+static int fetcher_stalled(const peer_swarm *s, const swarm_peer *m, int64_t now)
+{
+    int64_t since = m->coming_at > m->promoted_at ? m->coming_at : m->promoted_at;
+    return now - since > fetch_stall_ms(s);
+}
+
+/* The origin's fetchers: the first FETCHERS members in fetch order own its
+ * shares; one that stops fetching is passed over for the next member,
+ * which has fetch_stall_ms to start. Sets s->fetching: this agent is one. */
+static void pick_fetchers(peer_swarm *s, int64_t now)
+{
+    size_t taken = 0;
+    s->fetching = 0;
+    for (size_t i = 0; i < s->n_members; i++) {
+        swarm_peer *m = s->members[i];
+        if (taken == FETCHERS) {
+            if (m != NULL)
+                m->promoted_at = 0;
+            continue;
+        }
+        if (m == NULL) {
+            s->fetching = 1;
+            taken++;
+        } else if (m->promoted_at == 0) {
+            m->promoted_at = now;
+            taken++;
+        } else if (!fetcher_stalled(s, m, now)) {
+            taken++;
+        }
+    }
+}
 
 static void update_members(peer_swarm *s, int64_t now)
 {
@@ -245,30 +303,42 @@ static void update_members(peer_swarm *s, int64_t now)
             continue;
         /* Its stall is counted from when it joined, not from an answer it
          * gave before it fetched the content. */
-        if (!was)
+        if (!was) {
             sp->progress_at = now;
+            sp->promoted_at = 0;
+        }
         sp->member = 1;
         s->members[m++] = sp;
     }
     pthread_mutex_unlock(&s->n->catalog_lock);
-    /* Insertion sort: a few dozen members at most. */
+    /* Insertion sort by fetch order (ties by id): a few hundred at most,
+     * and mostly in order from the last turn. */
+    uint64_t order[MAX_MEMBERS];
+    for (size_t i = 0; i < m; i++)
+        order[i] = fetch_order(s, s->members[i] != NULL ? s->members[i]->p->id : s->n->id);
     for (size_t i = 1; i < m; i++) {
         swarm_peer *x = s->members[i];
+        uint64_t xo = order[i];
         const uint8_t *xid = x != NULL ? x->p->id : s->n->id;
         size_t k = i;
         while (k > 0) {
             swarm_peer *y = s->members[k - 1];
-            if (id_cmp(y != NULL ? y->p->id : s->n->id, xid) <= 0)
+            if (order[k - 1] < xo ||
+                (order[k - 1] == xo && id_cmp(y != NULL ? y->p->id : s->n->id, xid) <= 0))
                 break;
             s->members[k] = y;
+            order[k] = order[k - 1];
             k--;
         }
         s->members[k] = x;
+        order[k] = xo;
     }
     s->n_members = m;
+    s->n_fetchers = m < FETCHERS ? m : FETCHERS;
     for (size_t i = 0; i < m; i++)
         if (s->members[i] == NULL)
             s->rank = i;
+    pick_fetchers(s, now);
     if (m == n_before && memcmp(before, s->members, m * sizeof *before) == 0)
         return;
     /* Pieces that just became this agent's share may be on their way to
@@ -307,18 +377,19 @@ int peer_swarm_origin_may(const peer_swarm *s, uint64_t piece)
         int64_t since = s->last_piece > s->opened ? s->last_piece : s->opened;
         return now - since > SWARM_STALL_MS;
     }
-    /* A member fetches a piece in this long at 1 MB/s or more. */
-    int64_t stall = STALL_MS + (int64_t)(s->piece_size / 1000);
+    int64_t stall = fetch_stall_ms(s);
     for (size_t i = 0; i < s->n_members; i++) {
         const swarm_peer *m = s->members[i];
         if (m != NULL && m->coming != NULL && !m->claim_broken && peer_bit_get(m->coming, piece) &&
             now - m->progress_at <= stall)
             return 0; /* on its way to that member, who will hold it */
     }
-    const swarm_peer *owner = s->members[(size_t)(piece * s->n_members / s->pieces)];
+    /* The first fetchers own the shares; the others wait, unless an owner
+     * stopped fetching: then its share is open to whoever fetches now. */
+    const swarm_peer *owner = s->members[(size_t)(piece * s->n_fetchers / s->pieces)];
     if (owner == NULL)
         return (piece >= s->kept_lo && piece < s->kept_hi) || settled(s, now);
-    return now - owner->progress_at > stall;
+    return s->fetching && fetcher_stalled(s, owner, now);
 }
 
 unsigned peer_swarm_holders(const peer_swarm *s, uint64_t piece)
@@ -329,7 +400,10 @@ unsigned peer_swarm_holders(const peer_swarm *s, uint64_t piece)
 /* Where this agent's share ends (exclusive). */
 static uint64_t share_end(const peer_swarm *s)
 {
-    return s->n_members == 1 ? s->pieces : (uint64_t)(s->rank + 1) * s->pieces / s->n_members;
+    if (s->n_members == 1)
+        return s->pieces;
+    size_t slice = s->rank % s->n_fetchers; /* beyond the fetchers: where it would help */
+    return (uint64_t)(slice + 1) * s->pieces / s->n_fetchers;
 }
 
 uint64_t peer_swarm_share_start(const peer_swarm *s)
@@ -342,7 +416,7 @@ uint64_t peer_swarm_share_start(const peer_swarm *s)
             at = at << 8 | s->n->id[i];
         return s->pieces ? (uint64_t)(((unsigned __int128)at * s->pieces) >> 64) : 0;
     }
-    return (uint64_t)s->rank * s->pieces / s->n_members;
+    return (uint64_t)(s->rank % s->n_fetchers) * s->pieces / s->n_fetchers;
 }
 
 static void strike(peer_node *n, peer_entry *p);
@@ -426,6 +500,8 @@ static void broke_claim(peer_node *n, peer_entry *p)
 /* A reply arrived (or failed) for a request of this swarm. */
 void node_swarm_take_have(peer_swarm *s, request *r, const peer_msg *m)
 {
+    if (m != NULL)
+        atomic_fetch_add(&s->n->control_received, 1);
     swarm_peer *sp = swarm_find(s, r->p);
     if (sp == NULL)
         return;
@@ -453,8 +529,11 @@ void node_swarm_take_have(peer_swarm *s, request *r, const peer_msg *m)
     sp->role = m->role;
     free(sp->coming);
     sp->coming = NULL;
-    if ((m->role & PEER_ROLE_COMING) && (sp->coming = malloc(bytes)) != NULL)
+    if ((m->role & PEER_ROLE_COMING) && (sp->coming = malloc(bytes)) != NULL) {
         memcpy(sp->coming, m->coming, bytes);
+        if (peer_bits_count(sp->coming, s->pieces) > 0)
+            sp->coming_at = now;
+    }
     sp->answer_sent = sp->sent;
     sp->claim_broken = 0; /* its claims are taken at their word again */
     if (sp->answered == 0 || count > sp->count)
@@ -636,6 +715,7 @@ static void schedule_swarm(peer_node *n, peer_swarm *s, int64_t now)
                      sp->sent < s->members_at + SETTLE_LAG_MS;
         if (!sp->asking && (now - sp->asked >= refresh || settle)) {
             if (node_request_send(n, p, s, PEER_MSG_HAVE_REQ, 0, HAVE_TIMEOUT_MS) != NULL) {
+                atomic_fetch_add(&n->control_sent, 1);
                 sp->asking = 1;
                 sp->asked = now;
                 sp->sent = now;

@@ -1718,10 +1718,12 @@ static int cmd_stats(int argc, char **argv)
                ",\"peers\":%" PRIu64 ",\"banned\":%" PRIu64 ",\"bans\":%" PRIu64
                ",\"bad_pieces\":%" PRIu64 ",\"timeouts\":%" PRIu64 ",\"refused\":%" PRIu64
                ",\"cache_entries\":%" PRIu64 ",\"cache_bytes\":%" PRIu64 ",\"cache_limit\":%" PRIu64
-               ",\"peer_url\":",
+               ",\"origin_failures\":%" PRIu64 ",\"origin_peak\":%" PRIu64
+               ",\"control_sent\":%" PRIu64 ",\"control_received\":%" PRIu64 ",\"peer_url\":",
                s.jobs, s.from_origin, s.from_peers, s.from_cache, eff, s.uploaded, s.peers,
                s.banned, s.bans, s.bad_pieces, s.timeouts, s.refused, s.cache_entries,
-               s.cache_bytes, s.cache_limit);
+               s.cache_bytes, s.cache_limit, s.origin_failures, s.origin_peak, s.control_sent,
+               s.control_received);
         json_string(s.peer_url);
         printf("}\n");
         return EXIT_OK;
@@ -1737,6 +1739,9 @@ static int cmd_stats(int argc, char **argv)
     printf("received:     origin %s, peers %s, cache hosts %s (%.1f %% from peers)\n", o, p, c,
            100 * eff);
     printf("uploaded:     %s to peers\n", u);
+    printf("origin:       %" PRIu64 " requests at most at once, %" PRIu64
+           " failed or stalled while peers went on\n",
+           s.origin_peak, s.origin_failures);
     if (s.peer_url[0] == '\0') {
         printf("peers:        none (no group key configured)\n");
     } else {
@@ -1745,6 +1750,9 @@ static int cmd_stats(int argc, char **argv)
         printf("trouble:      %" PRIu64 " bans, %" PRIu64 " bad pieces, %" PRIu64
                " timeouts, %" PRIu64 " messages refused\n",
                s.bans, s.bad_pieces, s.timeouts, s.refused);
+        printf("messages:     %" PRIu64 " sent, %" PRIu64
+               " received besides pieces (availability, beacons)\n",
+               s.control_sent, s.control_received);
     }
     printf("cache:        %" PRIu64 " entries, %s of %s\n", s.cache_entries, cb, cl);
     return EXIT_OK;

@@ -238,6 +238,12 @@ typedef struct dopa_agent_stats {
     uint64_t bans, bad_pieces, timeouts, refused;     /* since start */
     uint64_t cache_entries, cache_bytes, cache_limit; /* the content cache */
     char peer_url[128];                               /* where it serves peers ("": no peers) */
+    /* Added after peer_url: a caller whose size ends there gets the rest
+     * left out. */
+    uint64_t origin_failures;  /* origin requests that failed or stalled while peers went on */
+    uint64_t origin_peak;      /* most origin requests at once since start */
+    uint64_t control_sent;     /* peer messages other than pieces, sent (availability, beacons) */
+    uint64_t control_received; /* the same, received */
 } dopa_agent_stats;
 #define DOPA_AGENT_STATS_INIT                                                                      \
     {                                                                                              \

@@ -64,6 +64,9 @@ typedef struct file_fetch {
     int abort_reason; /* why on_data refused (for on_done) */
     int abort_errno;
     int64_t rest_until; /* monotonic ms: the origin failed, peers go on alone */
+    int64_t backoff_ms; /* the last rest beside peers; 0 once bytes come again */
+    int64_t started_at; /* monotonic ms: the running request began */
+    int64_t data_at;    /* monotonic ms: its last bytes came */
     unsigned changes;   /* times the origin's file changed under it (this run) */
 } file_fetch;
 

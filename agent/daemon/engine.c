@@ -404,6 +404,9 @@ static void pump_job(agent_engine *e, agent_job *j)
         if (f->check.hashing)
             return; /* busy */
         for (size_t k = 0; k < N_SOURCES; k++)
+            if (sources[k]->watch != NULL)
+                sources[k]->watch(e, f);
+        for (size_t k = 0; k < N_SOURCES; k++)
             if (sources[k]->busy != NULL && sources[k]->busy(f))
                 return;
         if (f->fd < 0 && open_temp(e, f) != 0)
@@ -979,6 +982,8 @@ static int next_timer_ms(agent_engine *e, int limit)
 int engine_step(agent_engine *e, int timeout_ms)
 {
     int err = origin_poll(e->origin, next_timer_ms(e, timeout_ms));
+    if (origin_active(e->origin) > e->origin_peak)
+        e->origin_peak = origin_active(e->origin);
     e->peer_wake = peers_step(e);
     cache_step(e);
     if (e->control != NULL)

@@ -46,6 +46,8 @@ struct agent_engine {
     agent_clock clock;
     store *db;
     origin *origin;
+    uint64_t origin_failures; /* origin requests that failed or stalled beside peers */
+    uint64_t origin_peak;     /* most origin requests at once */
     control *control;
     agent_job **jobs; /* in seq order */
     size_t n_jobs, cap_jobs;

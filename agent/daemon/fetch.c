@@ -16,6 +16,11 @@
  * starts over as a new version, at most MAX_CHANGES times), or any error
  * of the origin (the job fails, transiently or not, unless other sources
  * can still bring what is missing: then the origin rests a while).
+ *
+ * Beside other sources, a request that brings no byte for STALL_MS (a
+ * connection that does not open, a server that stops sending) ends there
+ * and gives its pieces back to them; the origin rests 1 s, then twice as
+ * long after each failure in a row, up to 30 s, until bytes come again.
  */
 #include <errno.h>
 #include <stdio.h>
@@ -25,10 +30,13 @@
 
 #include "engine_internal.h"
 
-#define REQUEST_PIECES        256 /* pieces asked for in one range request */
-#define SHARED_REQUEST_PIECES 2   /* the same, beside other sources */
-#define MAX_BAD_PIECES        3   /* hash failures from the origin before ERROR */
-#define MAX_CHANGES           4   /* the remote file changing, before ERROR */
+#define REQUEST_PIECES        256   /* pieces asked for in one range request */
+#define SHARED_REQUEST_PIECES 2     /* the same, beside other sources */
+#define MAX_BAD_PIECES        3     /* hash failures from the origin before ERROR */
+#define MAX_CHANGES           4     /* the remote file changing, before ERROR */
+#define STALL_MS              3000  /* beside other sources: no byte this long ends a request */
+#define BACKOFF_MIN_MS        1000  /* the first rest after a failure beside other sources */
+#define BACKOFF_MAX_MS        30000 /* the longest */
 
 /* Gives back the origin's claims: every piece of its last request, but
  * the one being filled (the next request goes on with it). */
@@ -37,6 +45,16 @@ static void origin_release(agent_file *f)
     for (uint64_t p = f->fetch.req_first; p <= f->fetch.req_last && p < f->pieces.count; p++)
         if (f->fetch.fill == 0 || p != f->fetch.fill_piece)
             pieces_unclaim(&f->pieces, p, SOURCE_ORIGIN);
+}
+
+/* Beside other sources, the origin rests after a failure, longer after
+ * each one in a row. */
+static void rest(agent_engine *e, agent_file *f)
+{
+    int64_t b = f->fetch.backoff_ms;
+    b = b == 0 ? BACKOFF_MIN_MS : b * 2 > BACKOFF_MAX_MS ? BACKOFF_MAX_MS : b * 2;
+    f->fetch.backoff_ms = b;
+    f->fetch.rest_until = engine_mono(e) + b;
 }
 
 /* The file stops: its request ends, its handle closes, its claims go. */
@@ -137,6 +155,8 @@ static int on_data(void *ctx, origin_file *of, uint64_t id, uint64_t offset, con
         }
     }
     engine_received(f->fetch.engine, f, FROM_ORIGIN, len);
+    f->fetch.data_at = engine_mono(f->fetch.engine);
+    f->fetch.backoff_ms = 0;
     /* Bytes fetched again (after a restart, or the same range over and
      * over from an origin that keeps breaking its responses) are not
      * progress: the no-progress timeout must still end such a job. */
@@ -198,10 +218,10 @@ static void on_done(void *ctx, origin_file *of, uint64_t id, const origin_error 
     if (err->code == ORIGIN_EABORTED && reason == ABORT_WRITE) {
         snprintf(msg, sizeof msg, "writing %s: %s", f->tmp_path, strerror(f->fetch.abort_errno));
         /* A full disk or an I/O error may pass; anything else will not. */
-        int transient =
-            f->fetch.abort_errno == ENOSPC || f->fetch.abort_errno == EIO || f->fetch.abort_errno == EDQUOT;
-        engine_fail_job(e, j, transient, DOPA_CONTEXT_LOCAL_FILE, f->fetch.abort_errno, (int)f->index, 0,
-                        msg);
+        int transient = f->fetch.abort_errno == ENOSPC || f->fetch.abort_errno == EIO ||
+                        f->fetch.abort_errno == EDQUOT;
+        engine_fail_job(e, j, transient, DOPA_CONTEXT_LOCAL_FILE, f->fetch.abort_errno,
+                        (int)f->index, 0, msg);
         return;
     }
     if (err->code == ORIGIN_EABORTED && reason == ABORT_BAD_PIECE) {
@@ -242,18 +262,22 @@ static void on_done(void *ctx, origin_file *of, uint64_t id, const origin_error 
     }
     const piece_source *other = sources_can_finish(e, f, SOURCE_ORIGIN);
     if (other != NULL) {
-        /* Peers hold missing pieces: they go on while the origin rests;
-         * it is tried again after the retry delay, and fails the job then
-         * if no peer holds anything still missing. */
-        int64_t rest = (int64_t)(j->retry_delay > 0 ? j->retry_delay : 1) * 1000;
-        f->fetch.rest_until = engine_mono(e) + rest;
+        /* Peers hold missing pieces: they go on while the origin rests
+         * (a while that grows, for an error that may pass; else the retry
+         * delay); it fails the job then if no peer holds anything still
+         * missing. */
+        if (err->is_transient)
+            rest(e, f);
+        else
+            f->fetch.rest_until =
+                engine_mono(e) + (int64_t)(j->retry_delay > 0 ? j->retry_delay : 1) * 1000;
+        e->origin_failures++;
         agent_log("info", "%s: %s; going on with %s", f->url, err->message, other->name);
         return;
     }
     engine_fail_job_after(e, j, err->is_transient, DOPA_CONTEXT_REMOTE_FILE, err->code,
                           (int)f->index, err->http_status, err->retry_after, err->message);
 }
-
 
 static int open_origin(agent_engine *e, agent_file *f)
 {
@@ -274,7 +298,6 @@ static int open_origin(agent_engine *e, agent_file *f)
     origin_sink sink = {.on_info = on_info, .on_data = on_data, .on_done = on_done, .ctx = f};
     return origin_file_open(e->origin, &opts, &sink, &f->fetch.origin);
 }
-
 
 /* The first piece the origin should send: beside other sources, from
  * where they say this agent's share starts, only what they leave to the
@@ -338,6 +361,7 @@ static void start_request(agent_engine *e, agent_file *f)
         return;
     }
     f->fetch.request = id;
+    f->fetch.started_at = engine_mono(e);
     f->fetch.req_local = local;
     f->fetch.req_remote = remote;
     f->fetch.req_end_local = end;
@@ -358,8 +382,8 @@ static int fetch_prepare(agent_engine *e, agent_file *f)
         /* A FIFO or a device would block the engine inside libcurl. */
         struct stat st;
         if (stat(f->url + 7, &st) != 0 || !S_ISREG(st.st_mode)) {
-            engine_fail_job(e, j, 0, DOPA_CONTEXT_REMOTE_FILE, ORIGIN_ENOT_FOUND, (int)f->index,
-                            0, "the file:// source is missing or not a regular file");
+            engine_fail_job(e, j, 0, DOPA_CONTEXT_REMOTE_FILE, ORIGIN_ENOT_FOUND, (int)f->index, 0,
+                            "the file:// source is missing or not a regular file");
             return SOURCE_FAILED;
         }
     }
@@ -394,6 +418,27 @@ static void fetch_more(agent_engine *e, agent_file *f)
         start_request(e, f);
 }
 
+/* Beside other sources, a request without a byte for STALL_MS ends: its
+ * pieces go back to them, and the origin rests. */
+static void fetch_watch(agent_engine *e, agent_file *f)
+{
+    if (f->fetch.request == 0 || f->fetch.probing || !sources_active(e, f, SOURCE_ORIGIN))
+        return;
+    int64_t now = engine_mono(e);
+    int connected = f->fetch.data_at >= f->fetch.started_at;
+    if (now - (connected ? f->fetch.data_at : f->fetch.started_at) < STALL_MS)
+        return;
+    origin_cancel(f->fetch.origin, f->fetch.request);
+    f->fetch.request = 0;
+    f->fetch.fill = 0; /* a partly filled piece is fetched again, by whoever can */
+    origin_release(f);
+    e->origin_failures++;
+    rest(e, f);
+    agent_log("info", "%s: %s for %d ms; its pieces go back to the peers, the origin rests %lld ms",
+              f->url, connected ? "no bytes from the origin" : "no answer from the origin",
+              STALL_MS, (long long)f->fetch.backoff_ms);
+}
+
 static int fetch_busy(const agent_file *f)
 {
     return f->fetch.request != 0;
@@ -419,6 +464,7 @@ const piece_source origin_source = {
     .id = SOURCE_ORIGIN,
     .prepare = fetch_prepare,
     .fetch = fetch_more,
+    .watch = fetch_watch,
     .busy = fetch_busy,
     .idle = fetch_stop,
     .stop = fetch_stop,

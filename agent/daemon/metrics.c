@@ -204,7 +204,17 @@ size_t metrics_render(const dopa_agent_stats *st, const uint64_t states[AGENT_JO
             st->cache_entries) ||
         one(&t, "dopa_cache_bytes", "gauge", "Bytes in the content cache.", st->cache_bytes) ||
         one(&t, "dopa_cache_limit_bytes", "gauge", "The content cache's size limit (0: no cache).",
-            st->cache_limit);
+            st->cache_limit) ||
+        one(&t, "dopa_origin_failures_total", "counter",
+            "Origin requests that failed or stalled while peers went on, since dopad started.",
+            st->origin_failures) ||
+        one(&t, "dopa_origin_requests_peak", "gauge",
+            "The most origin requests at once since dopad started.", st->origin_peak) ||
+        one(&t, "dopa_peer_control_sent_total", "counter",
+            "Peer messages other than pieces sent (availability, beacons) since dopad started.",
+            st->control_sent) ||
+        one(&t, "dopa_peer_control_received_total", "counter",
+            "Peer messages other than pieces received since dopad started.", st->control_received);
     return bad ? 0 : t.at;
 }
 

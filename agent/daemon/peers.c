@@ -397,6 +397,8 @@ void engine_stats(agent_engine *e, dopa_agent_stats *out)
     out->from_origin = e->got_origin;
     out->from_peers = e->got_peers;
     out->from_cache = e->got_cache;
+    out->origin_failures = e->origin_failures;
+    out->origin_peak = e->origin_peak;
     if (e->peers != NULL) {
         peer_stats ps;
         peer_node_stats(e->peers, &ps);
@@ -407,6 +409,8 @@ void engine_stats(agent_engine *e, dopa_agent_stats *out)
         out->bad_pieces = ps.bad_pieces;
         out->timeouts = ps.timeouts;
         out->refused = ps.refused;
+        out->control_sent = ps.control_sent;
+        out->control_received = ps.control_received;
         snprintf(out->peer_url, sizeof out->peer_url, "%s", peer_node_listen_url(e->peers));
     }
     cache_stats(e, &out->cache_entries, &out->cache_bytes, &out->cache_limit);

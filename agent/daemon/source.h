@@ -41,6 +41,9 @@ typedef struct piece_source {
     int (*prepare)(struct agent_engine *e, struct agent_file *f);
     /* The file misses pieces: claim some and go and get them. */
     void (*fetch)(struct agent_engine *e, struct agent_file *f);
+    /* Each turn, before busy: what it runs for the file may have stalled
+     * (and gives its claims back). NULL: nothing to watch. */
+    void (*watch)(struct agent_engine *e, struct agent_file *f);
     /* It works for the file in a way the file must wait for. NULL: never. */
     int (*busy)(const struct agent_file *f);
     /* The file waits for a verdict: let go of what is held open for it.

@@ -176,12 +176,18 @@ enum {
     R_S_CACHE_BYTES,
     R_S_CACHE_LIMIT,
     R_S_PEER_URL,
+    R_S_ORIGIN_FAILURES,
+    R_S_ORIGIN_PEAK,
+    R_S_CONTROL_SENT,
+    R_S_CONTROL_RECEIVED,
+    R_NEWER, /* tags from here on are a newer dopad's: a client skips them */
 };
 #define STATS_FIELDS                                                                               \
     (BIT(R_S_JOBS) | BIT(R_S_FROM_ORIGIN) | BIT(R_S_FROM_PEERS) | BIT(R_S_FROM_CACHE) |            \
      BIT(R_S_UPLOADED) | BIT(R_S_PEERS) | BIT(R_S_BANNED) | BIT(R_S_BANS) | BIT(R_S_BAD_PIECES) |  \
      BIT(R_S_TIMEOUTS) | BIT(R_S_REFUSED) | BIT(R_S_CACHE_ENTRIES) | BIT(R_S_CACHE_BYTES) |        \
-     BIT(R_S_CACHE_LIMIT) | BIT(R_S_PEER_URL))
+     BIT(R_S_CACHE_LIMIT) | BIT(R_S_PEER_URL) | BIT(R_S_ORIGIN_FAILURES) | BIT(R_S_ORIGIN_PEAK) |  \
+     BIT(R_S_CONTROL_SENT) | BIT(R_S_CONTROL_RECEIVED))
 
 #define RP(field) offsetof(proto_reply, field)
 static const struct field reply_fields[] = {
@@ -215,6 +221,10 @@ static const struct field reply_fields[] = {
     {R_S_CACHE_BYTES, K_U64, RP(stats.cache_bytes), 0, NO_FLAG},
     {R_S_CACHE_LIMIT, K_U64, RP(stats.cache_limit), 0, NO_FLAG},
     {R_S_PEER_URL, K_STR, RP(stats.peer_url), 127, NO_FLAG},
+    {R_S_ORIGIN_FAILURES, K_U64, RP(stats.origin_failures), 0, NO_FLAG},
+    {R_S_ORIGIN_PEAK, K_U64, RP(stats.origin_peak), 0, NO_FLAG},
+    {R_S_CONTROL_SENT, K_U64, RP(stats.control_sent), 0, NO_FLAG},
+    {R_S_CONTROL_RECEIVED, K_U64, RP(stats.control_received), 0, NO_FLAG},
 };
 
 static const struct op_rule reply_ops[PROTO_OP_END] = {
@@ -746,6 +756,7 @@ struct message_kind {
     const struct op_rule *ops;
     uint64_t always;     /* fields every op allows */
     uint64_t repeatable; /* fields that may come more than once */
+    uint16_t newer;      /* fields from this tag on are skipped (0: none are) */
     /* Stores one field; seen holds the fields before it. */
     int (*take)(void *out, uint16_t tag, const uint8_t *v, size_t n, uint64_t seen,
                 validate_error *why);
@@ -773,6 +784,8 @@ static int read_message(const uint8_t *data, size_t len, const struct message_ki
         err = next_field(data, len, &at, &tag, &v, &n, why);
         if (err != 0)
             return err;
+        if (k->newer != 0 && tag >= k->newer)
+            continue;
         if (tag >= 64 || !(allowed & BIT(tag)))
             return validate_error_set(why, DOPA_EPROTO, "field %u not allowed in %s %d", tag,
                                       k->context, *op);
@@ -1044,6 +1057,7 @@ static const struct message_kind reply_kind = {
     .ops = reply_ops,
     .always = BIT(R_STATUS) | BIT(R_MESSAGE),
     .repeatable = BIT(R_JOB) | BIT(R_FILE) | BIT(R_EVENT) | BIT(R_ARG),
+    .newer = R_NEWER, /* a newer dopad may say more than this client knows */
     .take = take_reply_field,
 };
 

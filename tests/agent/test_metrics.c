@@ -29,7 +29,11 @@ static void test_each_counter_has_its_own_series(void)
                            .refused = 10,
                            .cache_entries = 11,
                            .cache_bytes = 12,
-                           .cache_limit = 13};
+                           .cache_limit = 13,
+                           .origin_failures = 14,
+                           .origin_peak = 15,
+                           .control_sent = 16,
+                           .control_received = 17};
     uint64_t states[AGENT_JOB_STATES];
     for (int s = 0; s < AGENT_JOB_STATES; s++)
         states[s] = 100 + (uint64_t)s;
@@ -51,6 +55,10 @@ static void test_each_counter_has_its_own_series(void)
     CHECK_INT(prom_sample(text, "dopa_cache_entries"), 11);
     CHECK_INT(prom_sample(text, "dopa_cache_bytes"), 12);
     CHECK_INT(prom_sample(text, "dopa_cache_limit_bytes"), 13);
+    CHECK_INT(prom_sample(text, "dopa_origin_failures_total"), 14);
+    CHECK_INT(prom_sample(text, "dopa_origin_requests_peak"), 15);
+    CHECK_INT(prom_sample(text, "dopa_peer_control_sent_total"), 16);
+    CHECK_INT(prom_sample(text, "dopa_peer_control_received_total"), 17);
     CHECK(prom_sample(text, "dopa_start_time_seconds") == 1700000000.123);
     CHECK_INT(prom_sample(text, "dopa_build_info{version=\"" AGENT_VERSION "\"}"), 1);
     const char *names[] = {"queued",          "connecting",  "transferring", "suspended", "error",
@@ -76,7 +84,11 @@ static void test_each_counter_has_its_own_series(void)
                               "dopa_peer_messages_refused_total counter",
                               "dopa_cache_entries gauge",
                               "dopa_cache_bytes gauge",
-                              "dopa_cache_limit_bytes gauge"};
+                              "dopa_cache_limit_bytes gauge",
+                              "dopa_origin_failures_total counter",
+                              "dopa_origin_requests_peak gauge",
+                              "dopa_peer_control_sent_total counter",
+                              "dopa_peer_control_received_total counter"};
     int types = 0;
     for (const char *p = text; (p = strstr(p, "# TYPE ")) != NULL; p++)
         types++;

@@ -393,6 +393,42 @@ static void test_replies_round_trip_and_are_checked(void)
     free(q);
 }
 
+/* A newer dopad may answer with fields this client does not know: a reply
+ * is read without them. A request stays strict: dopad refuses what it does
+ * not know. */
+static void test_a_newer_dopads_reply_fields_are_skipped(void)
+{
+    proto_reply r = {.op = PROTO_STATS}, back;
+    r.stats.origin_peak = 7;
+    r.stats.control_sent = 1234;
+    proto_buf b;
+    proto_buf_init(&b, PROTO_MAX_REPLY);
+    CHECK_INT(proto_encode_reply(&r, &b), DOPA_OK);
+    uint8_t *m = malloc(b.len + 64);
+    CHECK(m != NULL);
+    memcpy(m, b.data, b.len);
+    size_t len = b.len;
+    uint64_t v = 99;
+    len += field(m + len, 60, &v, sizeof v); /* a field of a later version */
+    validate_error why = {0};
+    CHECK_INT(proto_decode_reply(m, len, &back, &why), DOPA_OK);
+    CHECK_INT(back.stats.origin_peak, 7);
+    CHECK_INT(back.stats.control_sent, 1234);
+    proto_reply_clear(&back);
+    proto_buf_free(&b);
+
+    /* A request with a field dopad does not know is refused. */
+    proto_request q = {.op = PROTO_STATS}, qback;
+    proto_buf_init(&b, PROTO_MAX_REQUEST);
+    CHECK_INT(proto_encode_request(&q, &b), DOPA_OK);
+    memcpy(m, b.data, b.len);
+    len = b.len + field(m + b.len, 60, &v, sizeof v);
+    proto_buf_free(&b);
+    CHECK_INT(proto_decode_request(m, len, &qback, &why), DOPA_EPROTO);
+    CHECK_HAS(why.text, "field 60 not allowed");
+    free(m);
+}
+
 static void test_encoder_respects_its_limit(void)
 {
     proto_request *r = new_request(PROTO_ADD_FILE);
@@ -438,6 +474,7 @@ int main(int argc, char **argv)
                          CASE(test_malformed_requests_are_refused),
                          CASE(test_oversized_and_repeated_fields),
                          CASE(test_replies_round_trip_and_are_checked),
+                         CASE(test_a_newer_dopads_reply_fields_are_skipped),
                          CASE(test_encoder_respects_its_limit),
                          CASE(test_ids_print_and_parse),
                          {0},
