@@ -37,7 +37,7 @@
 
 #define SERVER_WORKERS 16
 #define INTEREST_SLOTS 256
-#define FORGET_MS      30000 /* a discovered peer not heard from is forgotten */
+#define FORGET_MS      60000 /* a discovered peer not heard from is forgotten */
 #define MAX_PEERS      1024
 #define MAX_MEMBERS    256 /* agents sharing the origin's work for one content */
 
@@ -56,6 +56,8 @@ typedef struct peer_entry {
     nng_socket sock;
     nng_dialer dialer;
     int open;
+    int dialing;         /* its dialer runs: configured, a cache host, or wanted */
+    int64_t wanted_at;   /* mono ms: a swarm last had it among its neighbours */
     unsigned dial_slot;  /* its entry in the node's dial notes */
     int64_t backoff_ms;  /* the dialer's wait now (it refused us), 0: nng's default */
     int64_t backoff_at;  /* mono ms: when it last changed */
@@ -90,8 +92,11 @@ struct peer_swarm {
     swarm_peer *members[MAX_MEMBERS]; /* fetching it, in fetch order; NULL is this agent */
     int64_t last_piece;               /* mono ms of the last piece from a peer */
     size_t n_members, rank;
-    size_t n_fetchers; /* the first members, who own the origin's shares */
-    int fetching;      /* this agent is one of the origin's fetchers now */
+    size_t n_fetchers;  /* the first members, who own the origin's shares */
+    int fetching;       /* this agent is one of the origin's fetchers now */
+    int candidate;      /* this agent is among the first peers in fetch order */
+    size_t n_known;     /* usable peers with an id */
+    int64_t rotated_at; /* a neighbour last made way for another */
     /* The members changed at members_at: pieces outside [kept_lo, kept_hi),
      * this agent's share before the change, wait until every member has
      * answered what is coming to it since (SETTLE_*). */
@@ -233,6 +238,7 @@ struct peer_node {
     peer_replay *beacon_replay;
 
     _Atomic uint64_t uploaded, downloaded, bad_pieces, bans, refused, timeouts, broken_claims;
+    _Atomic size_t known_peers; /* n_peers, for the beacon thread */
     /* Peer messages other than pieces (availability, beacons), each way. */
     _Atomic uint64_t control_sent, control_received;
 };
@@ -349,6 +355,8 @@ void node_swarm_take_piece(peer_node *n, peer_swarm *s, request *r, const peer_m
 /* The peer at url: the one known, seen again now, else a new one, dialled
  * and known to every swarm; NULL if it cannot be added. */
 peer_entry *node_peers_add(peer_node *n, const char *url, int configured, int cache_host);
+/* A swarm has the peer among its neighbours: it is dialled (again). */
+void node_peers_want(peer_node *n, peer_entry *p, int64_t now);
 /* Whether an address is banned: two of its peers were. */
 int node_peers_banned(peer_node *n, const char *host, int64_t now);
 /* Adds the peers beacons found (the list taken from `found`), frees it. */

@@ -1,8 +1,11 @@
 /*
  * The peers known (owner thread): configured ones, cache hosts and those
- * beacons found; each with its own REQ socket and dialer, whose pace
+ * beacons found; each with its own REQ socket and a dialer, whose pace
  * follows how the peer treats our connections; bans by address; and
- * forgetting discovered peers that have gone quiet.
+ * forgetting discovered peers that have gone quiet. A discovered peer is
+ * dialled only while a swarm has it among its neighbours (swarm.c), and
+ * its connection closes UNWANTED_MS after the last one let it go, so that
+ * an agent's connections do not grow with the size of its LAN.
  */
 #include <stdio.h>
 #include <stdlib.h>
@@ -17,6 +20,7 @@
 #define SHORT_PIPE_MS      1000  /* a connection of ours the peer closes this soon: refused */
 #define REFUSED_BACKOFF_MS 30000 /* the longest wait before dialling a peer that refuses */
 #define REDIAL_AFTER_MS    3000  /* a peer without a connection this long gets a new dialer */
+#define UNWANTED_MS        30000 /* a discovered peer no swarm wants this long is not dialled */
 
 int node_peers_banned(peer_node *n, const char *host, int64_t now)
 {
@@ -107,7 +111,7 @@ static int dial(peer_node *n, peer_entry *p)
  * its back-off gets a new dialer, at most once in that time. */
 static void pace_dialer(peer_node *n, peer_entry *p, int64_t now)
 {
-    if (p->dial_slot >= MAX_PEERS)
+    if (p->dial_slot >= MAX_PEERS || !p->dialing)
         return;
     pthread_mutex_lock(&n->lock);
     dial_note *d = &n->notes[p->dial_slot];
@@ -176,12 +180,14 @@ peer_entry *node_peers_add(peer_node *n, const char *url, int configured, int ca
     if ((is_tls(url) && n->tls_client == NULL &&
          node_tls_config(n, NNG_TLS_MODE_CLIENT, &n->tls_client, &why) != PEER_OK) ||
         nng_pipe_notify(p->sock, NNG_PIPE_EV_ADD_POST, on_dial_pipe, n) != 0 ||
-        nng_pipe_notify(p->sock, NNG_PIPE_EV_REM_POST, on_dial_pipe, n) != 0 || dial(n, p) != 0) {
+        nng_pipe_notify(p->sock, NNG_PIPE_EV_REM_POST, on_dial_pipe, n) != 0 ||
+        ((configured || cache_host) && dial(n, p) != 0)) {
         dial_note_free(n, p);
         nng_close(p->sock);
         free(p);
         return NULL;
     }
+    p->dialing = configured || cache_host;
     p->open = 1;
     p->next = n->peers;
     n->peers = p;
@@ -189,6 +195,36 @@ peer_entry *node_peers_add(peer_node *n, const char *url, int configured, int ca
     for (peer_swarm *s = n->swarms; s != NULL; s = s->next)
         node_swarm_add_peer(s, p);
     return p;
+}
+
+void node_peers_want(peer_node *n, peer_entry *p, int64_t now)
+{
+    p->wanted_at = now;
+    if (p->dialing || !p->open || now < p->next_redial)
+        return;
+    if (dial(n, p) != 0) {
+        p->next_redial = now + 1000; /* tried again soon */
+        return;
+    }
+    pthread_mutex_lock(&n->lock);
+    if (p->dial_slot < MAX_PEERS)
+        n->notes[p->dial_slot].pipeless_since = now;
+    pthread_mutex_unlock(&n->lock);
+    p->dialing = 1;
+}
+
+/* A discovered peer no swarm has wanted for UNWANTED_MS, with nothing
+ * asked of it, is not dialled any more (its connection closes). */
+static void drop_unwanted(peer_node *n, peer_entry *p, int64_t now)
+{
+    if (!p->dialing || p->configured || p->cache_host || now - p->wanted_at < UNWANTED_MS ||
+        p->in_flight > 0)
+        return;
+    for (request *r = n->requests; r != NULL; r = r->next)
+        if (r->p == p)
+            return;
+    nng_dialer_close(p->dialer);
+    p->dialing = 0;
 }
 
 /* Forgets discovered peers not heard from for a while (none in use). */
@@ -237,8 +273,13 @@ void node_peers_step(peer_node *n, int64_t now)
         n->last_forget = now;
         forget_peers(n, now);
     }
-    for (peer_entry *p = n->peers; p != NULL; p = p->next)
+    atomic_store(&n->known_peers, n->n_peers);
+    for (peer_entry *p = n->peers; p != NULL; p = p->next) {
+        if (p->configured || p->cache_host)
+            node_peers_want(n, p, now); /* always dialled */
+        drop_unwanted(n, p, now);
         pace_dialer(n, p, now);
+    }
 }
 
 void node_peers_close(peer_node *n)

@@ -29,6 +29,9 @@
 #define SETTLE_MAX_MS    1500   /* pieces new to this agent's share wait at most this */
 #define BROKEN_WINDOW_MS 600000 /* broken claims count towards a ban within this */
 #define FETCHERS         4      /* members that fetch from the origin at a time */
+#define NEIGHBOURS       24     /* peers a swarm asks and fetches from at a time */
+#define ROTATE_MS        10000  /* one of them makes way for another this often */
+#define CANDIDATE_ASK_MS 8      /* the others ask a fetcher candidate every this many ms a peer */
 
 /* What one peer holds of one swarm's content. */
 struct swarm_peer {
@@ -39,7 +42,12 @@ struct swarm_peer {
     int counted;     /* its bits are in holders */
     uint64_t count;
     int64_t asked, answered, progress_at;
-    int64_t coming_at;         /* it last said something is on its way to it */
+    int64_t coming_at;  /* it last said something is on its way to it */
+    int in_set;         /* one of the neighbours this swarm asks and fetches from */
+    int64_t joined_set; /* when it became one */
+    int candidate;      /* among the first peers in fetch order (pinned) */
+    uint64_t order;     /* its place in fetch order, once it has an id */
+    int has_order;
     int64_t promoted_at;       /* it became one of the fetchers, as this agent sees it; 0: not */
     int member;                /* a member at the last update_members */
     int64_t sent, answer_sent; /* when the HAVE_REQ now asked / last answered went out */
@@ -111,8 +119,8 @@ void node_swarm_drop_peer(peer_swarm *s, peer_entry *p)
 /* Whether a peer's holdings count now: usable and not stalled. */
 static int holdings_count(const swarm_peer *sp, int64_t now)
 {
-    return usable(sp->p, now) && sp->p->slow < 3 && sp->answered > 0 && sp->quiet_until <= now &&
-           !sp->claim_broken;
+    return sp->in_set && usable(sp->p, now) && sp->p->slow < 3 && sp->answered > 0 &&
+           sp->quiet_until <= now && !sp->claim_broken;
 }
 
 int peer_swarm_open(peer_node *n, const uint8_t cid[PEER_CID_BYTES], uint64_t size,
@@ -188,7 +196,7 @@ int peer_swarm_ready(const peer_swarm *s)
     if (s->n_sp > 0 && now - s->opened < READY_MIN_MS)
         return 0;
     for (size_t i = 0; i < s->n_sp; i++)
-        if (usable(s->sp[i].p, now) && s->sp[i].answered == 0)
+        if (s->sp[i].in_set && usable(s->sp[i].p, now) && s->sp[i].answered == 0)
             return 0;
     /* A newcomer to a swarm under way waits the whole READY_MS: what the
      * members are fetching from the origin right now is not in their
@@ -258,10 +266,21 @@ static int fetcher_stalled(const peer_swarm *s, const swarm_peer *m, int64_t now
 /* The origin's fetchers: the first FETCHERS members in fetch order own its
  * shares; one that stops fetching is passed over for the next member,
  * which has fetch_stall_ms to start. Sets s->fetching: this agent is one. */
+static int candidates_answered(const peer_swarm *s, int64_t now)
+{
+    for (size_t i = 0; i < s->n_sp; i++)
+        if (s->sp[i].candidate && usable(s->sp[i].p, now) && s->sp[i].answered == 0)
+            return 0;
+    return 1;
+}
+
 static void pick_fetchers(peer_swarm *s, int64_t now)
 {
     size_t taken = 0;
     s->fetching = 0;
+    /* An agent that is no candidate knows too few of the members to count
+     * itself a fetcher before every candidate has said whether it is one. */
+    int may = s->candidate || candidates_answered(s, now);
     for (size_t i = 0; i < s->n_members; i++) {
         swarm_peer *m = s->members[i];
         if (taken == FETCHERS) {
@@ -270,8 +289,8 @@ static void pick_fetchers(peer_swarm *s, int64_t now)
             continue;
         }
         if (m == NULL) {
-            s->fetching = 1;
-            taken++;
+            s->fetching = may;
+            taken += may != 0;
         } else if (m->promoted_at == 0) {
             m->promoted_at = now;
             taken++;
@@ -708,7 +727,11 @@ static void schedule_swarm(peer_node *n, peer_swarm *s, int64_t now)
         if (p->slow >= 3 && now - p->slow_since > SLOW_RESET_MS)
             p->slow = 0;
         count_holdings(s, sp, holdings_count(sp, now));
+        if (!sp->in_set)
+            continue;
         int64_t refresh = now - s->opened < FAST_PHASE_MS ? REFRESH_FAST_MS : REFRESH_MS;
+        if (sp->candidate && !s->candidate && refresh < CANDIDATE_ASK_MS * (int64_t)s->n_known)
+            refresh = CANDIDATE_ASK_MS * (int64_t)s->n_known; /* all ask them: 125 a second */
         /* After a change of members, a fresh answer settles it sooner. */
         int settle = s->members_at != 0 && now - s->members_at >= SETTLE_LAG_MS &&
                      now - s->members_at < SETTLE_MAX_MS &&
@@ -736,8 +759,109 @@ static void schedule_swarm(peer_node *n, peer_swarm *s, int64_t now)
     }
 }
 
+/* A neighbour leaves: what it holds stops counting, and it is asked
+ * afresh if it comes back. */
+static void leave_set(peer_swarm *s, swarm_peer *sp)
+{
+    count_holdings(s, sp, 0);
+    sp->in_set = 0;
+    sp->answered = 0;
+}
+
+/* The neighbours: a bounded set of the peers, so that what an agent sends
+ * and answers does not grow with the swarm. Always in it: configured peers,
+ * cache hosts and the fetcher candidates (the first 2 * FETCHERS peers in
+ * fetch order, which the origin's fetchers come from); the rest are peers
+ * picked at random, one of which makes way for another every ROTATE_MS
+ * (the one holding least), so that pieces spread through the swarm. */
+static void refresh_set(peer_node *n, peer_swarm *s, int64_t now)
+{
+    /* The candidates: the 2 * FETCHERS smallest orders, this agent's too. */
+    enum { CANDIDATES = 2 * FETCHERS };
+    swarm_peer *best[CANDIDATES];
+    size_t n_best = 0;
+    uint64_t self = fetch_order(s, n->id);
+    size_t ahead = 0, known = 0; /* known peers before this agent, and in all */
+    for (size_t i = 0; i < s->n_sp; i++) {
+        swarm_peer *sp = &s->sp[i];
+        sp->candidate = 0;
+        if (!usable(sp->p, now) || !sp->p->has_id)
+            continue;
+        if (!sp->has_order) {
+            sp->order = fetch_order(s, sp->p->id);
+            sp->has_order = 1;
+        }
+        ahead += sp->order < self;
+        known++;
+        size_t k = n_best < CANDIDATES ? n_best++ : CANDIDATES;
+        if (k == CANDIDATES && best[CANDIDATES - 1]->order <= sp->order)
+            continue;
+        if (k == CANDIDATES)
+            k--;
+        while (k > 0 && best[k - 1]->order > sp->order) {
+            best[k] = best[k - 1];
+            k--;
+        }
+        best[k] = sp;
+    }
+    for (size_t i = 0; i < n_best; i++)
+        best[i]->candidate = 1;
+    s->n_known = known;
+    s->candidate = ahead < CANDIDATES;
+
+    size_t in = 0;
+    for (size_t i = 0; i < s->n_sp; i++) {
+        swarm_peer *sp = &s->sp[i];
+        int pinned = sp->candidate || sp->p->configured || sp->p->cache_host;
+        if (sp->in_set && !usable(sp->p, now))
+            leave_set(s, sp);
+        else if (!sp->in_set && pinned && usable(sp->p, now)) {
+            sp->in_set = 1;
+            sp->joined_set = now;
+        }
+        in += sp->in_set != 0;
+    }
+    if (in >= NEIGHBOURS && in < s->n_sp && now - s->rotated_at >= ROTATE_MS) {
+        swarm_peer *worst = NULL;
+        for (size_t i = 0; i < s->n_sp; i++) {
+            swarm_peer *sp = &s->sp[i];
+            if (!sp->in_set || sp->candidate || sp->p->configured || sp->p->cache_host ||
+                now - sp->joined_set < ROTATE_MS || sp->p->in_flight > 0)
+                continue;
+            if (worst == NULL || sp->count < worst->count)
+                worst = sp;
+        }
+        if (worst != NULL) {
+            leave_set(s, worst);
+            in--;
+        }
+        s->rotated_at = now;
+    }
+    while (in < NEIGHBOURS) {
+        /* One at random among the usable peers outside the set. */
+        swarm_peer *pick = NULL;
+        uint64_t seen = 0;
+        for (size_t i = 0; i < s->n_sp; i++) {
+            swarm_peer *sp = &s->sp[i];
+            if (sp->in_set || !usable(sp->p, now))
+                continue;
+            if (random64() % ++seen == 0)
+                pick = sp;
+        }
+        if (pick == NULL)
+            break;
+        pick->in_set = 1;
+        pick->joined_set = now;
+        in++;
+    }
+    for (size_t i = 0; i < s->n_sp; i++)
+        if (s->sp[i].in_set)
+            node_peers_want(n, s->sp[i].p, now);
+}
+
 void node_swarm_step(peer_node *n, peer_swarm *s, int64_t now)
 {
+    refresh_set(n, s, now);
     schedule_swarm(n, s, now);
     update_members(s, now);
 }
