@@ -90,7 +90,7 @@ static void conn_doom(peer_node *n, conn *c, int64_t now)
 /* A new connection (catalog_lock held). */
 static void conn_add(peer_node *n, nng_pipe pipe, int64_t now)
 {
-    unsigned max = n->cfg.max_connections ? n->cfg.max_connections : 64;
+    unsigned max = n->cfg.max_connections ? n->cfg.max_connections : PEER_MAX_CONNECTIONS;
     if (n->n_conns == n->cap_conns) {
         size_t cap = n->cap_conns ? 2 * n->cap_conns : max + 16;
         conn *grown = realloc(n->conns, cap * sizeof *grown);

@@ -229,6 +229,11 @@ static inline uint64_t peer_bits_count(const uint8_t *bits, uint64_t n)
 
 typedef struct peer_node peer_node;
 
+/* Incoming connections by default: every agent of a swarm has the
+ * fetcher candidates among its neighbours, so a candidate may be asked by
+ * a few hundred agents of a LAN. */
+#define PEER_MAX_CONNECTIONS 512
+
 typedef struct peer_node_config {
     const uint8_t *group_key; /* PEER_GROUP_KEY_BYTES */
     const char *listen;       /* nng URL to serve on ("tcp://0.0.0.0:7880"), NULL: none */
@@ -242,7 +247,7 @@ typedef struct peer_node_config {
     uint16_t beacon_port;        /* 0: PEER_BEACON_PORT */
     uint32_t beacon_interval_ms; /* 0: 5000 */
     uint64_t upload_rate;        /* bytes per second served, 0: unlimited */
-    unsigned max_connections;    /* incoming connections, 0: 64 */
+    unsigned max_connections;    /* incoming connections, 0: PEER_MAX_CONNECTIONS */
     unsigned max_queued;         /* requests of one connection being served, 0: 8 */
     unsigned in_flight;          /* piece requests in flight per peer, 0: 4 */
     uint32_t piece_timeout_ms;   /* a piece not here by then is asked elsewhere, 0: 8000 */
