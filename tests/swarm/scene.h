@@ -21,8 +21,8 @@
 
 #include <sys/types.h>
 
-#define SCENE_MAX_NODES 16
-#define SCENE_MAX_PIDS  64
+#define SCENE_MAX_NODES 48
+#define SCENE_MAX_PIDS  128
 
 typedef struct scene_node {
     char ns[40]; /* namespace name */

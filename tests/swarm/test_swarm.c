@@ -7,7 +7,8 @@
  * origin for about one copy, a late joiner needs nothing from it, corrupt
  * and stalling peers cost time but never content, outsiders and replayed
  * messages get no answer, and the group serves itself when the origin is
- * gone; last, every dopad stops cleanly (what an ASan build is run for).
+ * gone, and in a crowd of 32 only a few members fetch from the origin;
+ * last, every dopad stops cleanly (what an ASan build is run for).
  * Each case prints its figure.
  *
  * Needs root (it makes namespaces); exits 77 (skipped) otherwise. The scene
@@ -36,20 +37,26 @@
 #define BAN_AFTER     4
 #define IN_FLIGHT     4
 #define GET_TIMEOUT_S 120
+#define N_CROWD       32 /* agents of the crowd case */
+#define CROWD_NODES   8  /* their namespaces, at 10.net.0.101 and on */
+#define CROWD_HOST    101
+#define FETCHERS      4 /* members fetching from the origin at a time (peer/swarm.c) */
 
 typedef struct agent {
     const scene_node *node;
     char label[16]; /* its directory's name: a new label is a new state */
     char dir[700];  /* scratch/agents/label */
     char sock[800]; /* dir/control.sock */
+    int port;       /* its peer port; 0: PEER_PORT */
     pid_t pid;
 } agent;
 
 typedef struct content {
     const char *name;
     size_t size;
-    char path[700];     /* in the origin's document root */
-    char manifest[700]; /* signed by the trusted publisher key */
+    const char *piece_size; /* for dopa-manifest; NULL: its default */
+    char path[700];         /* in the origin's document root */
+    char manifest[700];     /* signed by the trusted publisher key */
     char url[128];
     char uri[64];
 } content;
@@ -70,14 +77,17 @@ static char scratch_copy[600]; /* for the signal handler (execv wants char *) */
 static const scene_node *origin_node, *rogue_node;
 static agent agents[N_AGENTS]; /* one in each agent namespace */
 static agent outsider;         /* case 5: a dopad of another group */
+static agent crowd[N_CROWD];   /* the crowd case's agents, N_CROWD / CROWD_NODES a namespace */
 static test_nginx origin;      /* only dir is used: for test_nginx_bytes_sent */
 static pid_t nginx_pid = -1, rogue_pid = -1;
-static char group_key[700], other_key[700], publisher_key[700];
+static char group_key[700], other_key[700], crowd_key[700], publisher_key[700];
 static content f1 = {.name = "f1.bin", .size = 64 * MIB};
 static content f2 = {.name = "f2.bin", .size = 32 * MIB};
 static content f3 = {.name = "f3.bin", .size = 32 * MIB};
+/* 32 pieces: as many as the crowd, so that every member could have a share. */
+static content f4 = {.name = "f4.bin", .size = 8 * MIB, .piece_size = "256K"};
 static int f1_held; /* agents[0..N_TOGETHER) hold f1 */
-static pid_t case_pids[16];
+static pid_t case_pids[N_CROWD + 16];
 static int unclean_stops; /* dopads that did not end with 0 when told to stop */
 
 static void fmt(char *out, size_t len, const char *f, ...) __attribute__((format(printf, 3, 4)));
@@ -274,7 +284,8 @@ static void agent_start(agent *a, const char *label, const char *key, const char
         "ban-after = %d\n"
         "requests-in-flight = %d\n"
         "%s\n",
-        publisher_key, key, a->node->ip, PEER_PORT, BAN_AFTER, IN_FLIGHT, extra);
+        publisher_key, key, a->node->ip, a->port ? a->port : PEER_PORT, BAN_AFTER, IN_FLIGHT,
+        extra);
     CHECK_INT(write_text(conf, text), 0);
     const char *argv[] = {DOPAD, "--config", conf, "--socket", a->sock, "--state-dir", state, NULL};
     a->pid = scene_spawn(&world, a->node, argv, log);
@@ -295,19 +306,67 @@ static void agent_start(agent *a, const char *label, const char *key, const char
     CHECK(0);
 }
 
+/* What `dopa --json stats` says of the agent, in out. */
+static void stats_of(const agent *a, char *out, size_t len)
+{
+    int rc = cli(a, out, len, "--json", "stats", (char *)NULL);
+    if (rc != 0)
+        fprintf(stderr, "  dopa stats (%s): exit %d: %s\n", a->label, rc, out);
+    CHECK_INT(rc, 0);
+}
+
+/* One counter of such an answer. */
+static long long stats_field(const agent *a, const char *stats, const char *field)
+{
+    long long v = json_int(stats, field);
+    if (v < 0)
+        fprintf(stderr, "  dopa stats (%s) has no %s: %s\n", a->label, field, stats);
+    CHECK(v >= 0);
+    return v;
+}
+
 /* One of the agent's counters from `dopa --json stats`. */
 static long long stat_of(const agent *a, const char *field)
 {
     char out[4096];
-    int rc = cli(a, out, sizeof out, "--json", "stats", (char *)NULL);
-    if (rc != 0)
-        fprintf(stderr, "  dopa stats (%s): exit %d: %s\n", a->label, rc, out);
-    CHECK_INT(rc, 0);
-    long long v = json_int(out, field);
-    if (v < 0)
-        fprintf(stderr, "  dopa stats (%s) has no %s: %s\n", a->label, field, out);
-    CHECK(v >= 0);
-    return v;
+    stats_of(a, out, sizeof out);
+    return stats_field(a, out, field);
+}
+
+/* When agents do not find each other: whether the kernel's neighbour table,
+ * which every namespace shares, has been full. Then multicast beacons are
+ * dropped as they are sent (ENOBUFS, which UDP does not report). */
+static void note_neighbour_table(void)
+{
+    FILE *f = fopen("/proc/net/stat/arp_cache", "r");
+    char line[512];
+    int column = -1; /* of table_fulls */
+    unsigned long entries = 0, fulls = 0;
+    if (f != NULL && fgets(line, sizeof line, f) != NULL) {
+        int k = 0;
+        for (char *save = NULL, *w = strtok_r(line, " \n", &save); w != NULL;
+             w = strtok_r(NULL, " \n", &save), k++)
+            if (strcmp(w, "table_fulls") == 0)
+                column = k;
+    }
+    while (f != NULL && column >= 0 && fgets(line, sizeof line, f) != NULL) {
+        char *p = line;
+        for (int k = 0; k <= column && *p != '\0'; k++) {
+            unsigned long v = strtoul(p, &p, 16);
+            if (k == 0)
+                entries = v; /* the same on every line (per CPU) */
+            if (k == column)
+                fulls += v;
+        }
+    }
+    if (f != NULL)
+        fclose(f);
+    if (fulls > 0)
+        fprintf(stderr,
+                "  the kernel's neighbour table holds %lu entries and was found full %lu times "
+                "since boot (net.ipv4.neigh.default.gc_thresh3): other namespaces on this machine "
+                "may be using it up\n",
+                entries, fulls);
 }
 
 /* Waits until the agent knows at least `count` peers. */
@@ -321,6 +380,7 @@ static void wait_peers(const agent *a, long long count)
     }
     fprintf(stderr, "  %s knows %lld peers after 15 s, expected %lld (multicast beacons?)\n",
             a->label, known, count);
+    note_neighbour_table();
     CHECK(0);
 }
 
@@ -652,6 +712,108 @@ static void test_members_serve_each_other_when_the_origin_is_gone(void)
     CHECK_INT(fc.from_peers, f1.size);
 }
 
+/* The crowd's namespaces, made the first time a case needs them. Several
+ * agents share one, each on a peer port of its own: the kernel's
+ * neighbour table, which every namespace shares (gc_thresh3, 1024 entries
+ * by default), would overflow with a namespace for each of 32 agents
+ * dialling all the others, and then drops multicast beacons too. */
+static void crowd_nodes(void)
+{
+    for (size_t k = 0; k < CROWD_NODES; k++) {
+        const size_t per = N_CROWD / CROWD_NODES;
+        if (crowd[k * per].node != NULL)
+            continue;
+        char role[8];
+        snprintf(role, sizeof role, "m%zu", k + 1);
+        const scene_node *n = scene_add_node(&world, role, CROWD_HOST + (int)k);
+        CHECK(n != NULL);
+        for (size_t i = k * per; i < (k + 1) * per; i++) {
+            crowd[i].node = n;
+            crowd[i].port = PEER_PORT + (int)(i - k * per);
+        }
+    }
+}
+
+static void crowd_stop(void)
+{
+    for (size_t i = 0; i < N_CROWD; i++)
+        agent_stop(&crowd[i]);
+}
+
+/* Issue 17: a swarm of 32 asks the origin for about one copy through its
+ * first FETCHERS members in fetch order; the others take from peers. Two
+ * more than that may get origin bytes while the swarm settles (a fetcher
+ * passed over, a share handed on). Before, every member fetched its share
+ * of the origin's work. The crowd has a group key of its own, so the other
+ * agents on the bridge are not its peers. */
+static void test_32_agents_fetching_together_reach_the_origin_through_a_few(void)
+{
+    origin_up();
+    crowd_nodes();
+    double t0 = check_now();
+    long long before = origin_sent(&f4);
+    for (size_t i = 0; i < N_CROWD; i++) {
+        char label[16];
+        snprintf(label, sizeof label, "m%02zu-%ld", i + 1, (long)time(NULL));
+        agent_start(&crowd[i], label, crowd_key, "");
+    }
+    for (size_t i = 0; i < N_CROWD; i++)
+        wait_peers(&crowd[i], N_CROWD - 1);
+    double started = check_now() - t0;
+    long long control_before[N_CROWD];
+    for (size_t i = 0; i < N_CROWD; i++) {
+        char stats[4096];
+        stats_of(&crowd[i], stats, sizeof stats);
+        control_before[i] = stats_field(&crowd[i], stats, "control_sent") +
+                            stats_field(&crowd[i], stats, "control_received");
+    }
+
+    fetch fs[N_CROWD];
+    double t1 = check_now();
+    for (size_t i = 0; i < N_CROWD; i++)
+        fetch_start(&fs[i], &crowd[i], &f4, "crowd");
+    for (size_t i = 0; i < N_CROWD; i++)
+        fetch_finish(&fs[i], &f4, 60);
+    double took = check_now() - t1;
+    long long sent = origin_sent(&f4) - before;
+
+    size_t fetchers = 0;
+    long long peak = 0;
+    double rate_sum = 0, rate_max = 0, during_sum = 0, during_max = 0;
+    double elapsed = check_now() - t0;
+    for (size_t i = 0; i < N_CROWD; i++) {
+        char stats[4096];
+        stats_of(&crowd[i], stats, sizeof stats);
+        long long control = stats_field(&crowd[i], stats, "control_sent") +
+                            stats_field(&crowd[i], stats, "control_received");
+        long long p = stats_field(&crowd[i], stats, "origin_peak");
+        double rate = (double)control / elapsed,
+               during = (double)(control - control_before[i]) / took;
+        rate_sum += rate;
+        during_sum += during;
+        rate_max = rate > rate_max ? rate : rate_max;
+        during_max = during > during_max ? during : during_max;
+        peak = p > peak ? p : peak;
+        if (fs[i].from_origin > 0) {
+            fetchers++;
+            printf("    %s: %lld bytes from the origin, %lld from peers, origin peak %lld\n",
+                   crowd[i].label, fs[i].from_origin, fs[i].from_peers, p);
+        }
+    }
+    printf("  crowd: %d agents fetched %zu MiB in %.1f s (%.1f s to start them and find each "
+           "other); origin sent %.3f x the file (%lld bytes); %zu agents got bytes from it "
+           "(bound %d); largest origin peak %lld\n",
+           N_CROWD, f4.size / MIB, took, started, (double)sent / (double)f4.size, sent, fetchers,
+           FETCHERS + 2, peak);
+    printf("  crowd: control messages per agent per second: %.1f mean, %.1f max over the case's "
+           "%.1f s; %.1f mean, %.1f max during the fetch\n",
+           rate_sum / N_CROWD, rate_max, elapsed, during_sum / N_CROWD, during_max);
+    CHECK(sent * 100 <= (long long)f4.size * 105);
+    CHECK(fetchers >= 1);
+    CHECK(fetchers <= FETCHERS + 2);
+    crowd_stop();
+}
+
 /* Last: every dopad of the run ends with 0 when told to stop, and none
  * logged a sanitizer report (this is what an ASan build is run for). */
 static void test_every_agent_stops_cleanly(void)
@@ -701,6 +863,7 @@ static void case_cleanup(void)
         scene_stop(&world, rogue_pid, SIGKILL);
     rogue_pid = -1;
     agent_stop(&outsider);
+    crowd_stop();
 }
 
 static void teardown(void)
@@ -771,8 +934,12 @@ static int make_content(content *c)
     snprintf(c->manifest, sizeof c->manifest, "%s/%s.manifest", scratch, c->name);
     snprintf(c->url, sizeof c->url, "http://%s/%s", origin_node->ip, c->name);
     snprintf(c->uri, sizeof c->uri, "/%s", c->name);
-    const char *argv[] = {DOPA_MANIFEST, "create", c->path,     "--key",
-                          publisher_key, "-o",     c->manifest, NULL};
+    const char *argv[10] = {DOPA_MANIFEST, "create", c->path,     "--key",
+                            publisher_key, "-o",     c->manifest, NULL};
+    if (c->piece_size != NULL) {
+        argv[7] = "--piece-size";
+        argv[8] = c->piece_size;
+    }
     return random_file(c->path, c->size) != 0 || run(argv) != 0 ? -1 : 0;
 }
 
@@ -792,6 +959,8 @@ static int build_scene(void)
             return -1;
     }
     outsider.pid = -1;
+    for (size_t i = 0; i < N_CROWD; i++)
+        crowd[i].pid = -1; /* their namespaces come with the case */
     printf("  scene %s: hub %s, bridge br0, origin %s, rogue %s, agents 10.%d.0.11-%d\n", world.tag,
            world.hub, origin_node->ip, rogue_node->ip, world.net, 10 + N_AGENTS);
 
@@ -801,25 +970,33 @@ static int build_scene(void)
     snprintf(path, sizeof path, "%s/tmp", origin.dir);
     snprintf(group_key, sizeof group_key, "%s/group.key", scratch);
     snprintf(other_key, sizeof other_key, "%s/other-group.key", scratch);
+    snprintf(crowd_key, sizeof crowd_key, "%s/crowd-group.key", scratch);
     snprintf(publisher_key, sizeof publisher_key, "%s/publisher.key", scratch);
     const char *group[] = {DOPA_CLI, "group-key", group_key, NULL};
     const char *other[] = {DOPA_CLI, "group-key", other_key, NULL};
+    const char *crowd_group[] = {DOPA_CLI, "group-key", crowd_key, NULL};
     const char *keygen[] = {DOPA_MANIFEST, "keygen", "-o", publisher_key, NULL};
     char agents_dir[900], out_dir[900];
     snprintf(agents_dir, sizeof agents_dir, "%s/agents", scratch);
     snprintf(out_dir, sizeof out_dir, "%s/out", scratch);
     if (mkdir(origin.dir, 0755) != 0 || mkdir(origin.root, 0755) != 0 || mkdir(path, 0755) != 0 ||
         mkdir(agents_dir, 0755) != 0 || mkdir(out_dir, 0755) != 0 || run(group) != 0 ||
-        run(other) != 0 || run(keygen) != 0)
+        run(other) != 0 || run(crowd_group) != 0 || run(keygen) != 0)
         return -1;
-    return make_content(&f1) || make_content(&f2) || make_content(&f3) ? -1 : 0;
+    content *all[] = {&f1, &f2, &f3, &f4};
+    for (size_t i = 0; i < sizeof all / sizeof all[0]; i++)
+        if (make_content(all[i]) != 0)
+            return -1;
+    return 0;
 }
 
 /* The end of each dopad's log, for a failed run. */
 static void show_logs(void)
 {
-    for (size_t i = 0; i <= N_AGENTS; i++) {
-        const agent *a = i < N_AGENTS ? &agents[i] : &outsider;
+    for (size_t i = 0; i <= N_AGENTS + N_CROWD; i++) {
+        const agent *a = i < N_AGENTS    ? &agents[i]
+                         : i == N_AGENTS ? &outsider
+                                         : &crowd[i - N_AGENTS - 1];
         if (a->dir[0] == '\0')
             continue;
         char cmd[2000];
@@ -866,6 +1043,7 @@ int main(int argc, char **argv)
                               CASE(test_stalling_peer_times_out_and_download_completes),
                               CASE(test_outsiders_and_replayed_messages_get_no_answer),
                               CASE(test_members_serve_each_other_when_the_origin_is_gone),
+                              CASE(test_32_agents_fetching_together_reach_the_origin_through_a_few),
                               CASE(test_every_agent_stops_cleanly),
                               {0}});
     if (rc != 0)
