@@ -5,9 +5,12 @@
  * network namespaces (tests/swarm) add discovery and hostile peers; these
  * run everywhere. DOPAD names what the build made.
  */
+#include <netinet/in.h>
+#include <poll.h>
 #include <signal.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
@@ -32,6 +35,7 @@ static size_t manifest_big_len, manifest_small_len;
 static uint8_t sha_small[32];
 static int ports[AGENTS];
 static int configured = AGENTS; /* agents named as each other's peers */
+static int silent_fd = -1;      /* an origin that never answers (silent_origin) */
 
 typedef struct agent {
     test_dopad d;
@@ -90,15 +94,19 @@ static void stop_agent(int i)
 static void after_case(void)
 {
     configured = AGENTS;
+    if (silent_fd >= 0)
+        close(silent_fd);
+    silent_fd = -1;
     for (int i = 0; i < AGENTS; i++)
         stop_agent(i);
 }
 
-/* A job of agent i for `name` with its manifest (or only its SHA-256). */
-static dopa_id fetch(int i, const char *name, const char *out, int with_manifest)
+/* A job of agent i for `name` at the origin on `port`, with its manifest
+ * (or only its SHA-256). */
+static dopa_id fetch_from(int i, int port, const char *name, const char *out, int with_manifest)
 {
     char u[256];
-    snprintf(u, sizeof u, "http://127.0.0.1:%d/%s", web.port, name);
+    snprintf(u, sizeof u, "http://127.0.0.1:%d/%s", port, name);
     int big = strcmp(name, "big.bin") == 0;
     dopa_file_options o = DOPA_FILE_OPTIONS_INIT;
     if (with_manifest) {
@@ -111,6 +119,12 @@ static dopa_id fetch(int i, const char *name, const char *out, int with_manifest
     CHECK_INT(dopa_job_create(agents[i].m, out, DOPA_JOB_DOWNLOAD, &id), DOPA_OK);
     CHECK_INT(dopa_job_add_file(agents[i].m, &id, u, check_path(out), &o), DOPA_OK);
     return id;
+}
+
+/* The same from nginx. */
+static dopa_id fetch(int i, const char *name, const char *out, int with_manifest)
+{
+    return fetch_from(i, web.port, name, out, with_manifest);
 }
 
 /* Waits until agent i's job is in `state`; fails after `limit` seconds.
@@ -438,6 +452,75 @@ static void test_bytes_from_a_cache_host_count_as_cache(void)
     CHECK_INT(s.from_cache, SIZE_SMALL);
 }
 
+/* A socket on loopback that listens and never accepts: the kernel
+ * completes each connection and nothing is ever said on it, as by an origin
+ * that takes connections and never answers. Its port in *port; -1 if it
+ * cannot be made. */
+static int silent_origin(int *port)
+{
+    struct sockaddr_in a = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    socklen_t len = sizeof a;
+    int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (fd < 0 || bind(fd, (struct sockaddr *)&a, sizeof a) != 0 || listen(fd, 64) != 0 ||
+        getsockname(fd, (struct sockaddr *)&a, &len) != 0) {
+        if (fd >= 0)
+            close(fd);
+        return -1;
+    }
+    *port = ntohs(a.sin_port);
+    return fd;
+}
+
+/* Pieces the origin was asked for while no peer had them: once a peer
+ * holds them, a request that brings no byte for 3 s (STALL_MS in
+ * agent/daemon/fetch.c) is cancelled and counted, and the peer brings
+ * them. Before, they stayed with the request until curl gave up on it:
+ * after its 30 s connect timeout, or here, connected and silent, after
+ * 60 s under its low-speed limit. */
+static void test_a_silent_origin_hands_its_pieces_to_a_peer_within_seconds(void)
+{
+    configured = 2; /* the seed (0) and the agent (1) */
+    start_agent(0, group_key);
+    dopa_id a = fetch(0, "small.bin", "seed.bin", 1);
+    CHECK_INT(dopa_job_resume(agents[0].m, &a), DOPA_OK);
+    dopa_free(wait_state(0, &a, DOPA_STATE_TRANSFERRED, 30));
+    double end = check_now() + 10;
+    while (cache_entries(0) != 1 && check_now() < end)
+        check_sleep_ms(20);
+    CHECK_INT(cache_entries(0), 1);
+    stop_agent(0); /* back once the agent's origin has claimed pieces */
+
+    int port = 0;
+    silent_fd = silent_origin(&port);
+    CHECK(silent_fd >= 0);
+    start_agent(1, group_key);
+    double t0 = check_now();
+    dopa_id b = fetch_from(1, port, "small.bin", "unanswered.bin", 1);
+    CHECK_INT(dopa_job_resume(agents[1].m, &b), DOPA_OK);
+    /* A connection waits to be accepted: a request has claimed its pieces. */
+    struct pollfd p = {.fd = silent_fd, .events = POLLIN};
+    CHECK_INT(poll(&p, 1, 10000), 1);
+    double asked = check_now() - t0;
+    start_agent(0, group_key);
+    CHECK_INT(cache_entries(0), 1); /* the seed holds the whole file again */
+    dopa_job_info *j = wait_state(1, &b, DOPA_STATE_TRANSFERRED, 90);
+    double took = check_now() - t0;
+    uint64_t from_peers = dopa_job_info_bytes_from_peers(j),
+             from_origin = dopa_job_info_bytes_from_origin(j);
+    dopa_free(j);
+    dopa_agent_stats s = DOPA_AGENT_STATS_INIT;
+    CHECK_INT(dopa_agent_stats_get(agents[1].m, &s), DOPA_OK);
+    printf("  an origin that never answers: asked %.1f s after the start, the file all from the "
+           "peer after %.1f s; %llu origin requests given up\n",
+           asked, took, (unsigned long long)s.origin_failures);
+    CHECK_INT(from_peers, SIZE_SMALL);
+    CHECK_INT(from_origin, 0);
+    CHECK(s.origin_failures >= 1);
+    CHECK(took < 15); /* curl alone: 60 s */
+    complete(1, &b);
+    CHECK(same_as_origin(check_path("unanswered.bin"), SIZE_SMALL, 8));
+}
+
 static void test_uploads_keep_to_the_rate_limit(void)
 {
     start_agent_with(0, group_key, "upload-rate = 4M\n");
@@ -602,6 +685,7 @@ int main(int argc, char **argv)
                          CASE(test_an_agent_with_another_group_key_gets_nothing),
                          CASE(test_the_cache_keeps_what_fits_and_forgets_the_least_recently_used),
                          CASE(test_bytes_from_a_cache_host_count_as_cache),
+                         CASE(test_a_silent_origin_hands_its_pieces_to_a_peer_within_seconds),
                          CASE(test_uploads_keep_to_the_rate_limit),
                          CASE(test_peers_can_talk_over_tls),
                          CASE(test_peers_finish_without_the_origin), /* last: it stops the origin */
