@@ -20,7 +20,9 @@
  * Beside other sources, a request that brings no byte for STALL_MS (a
  * connection that does not open, a server that stops sending) ends there
  * and gives its pieces back to them; the origin rests 1 s, then twice as
- * long after each failure in a row, up to 30 s, until bytes come again.
+ * long after each failure in a row, up to 30 s, until bytes come again,
+ * and each try in a row waits longer for its first byte (3, 6, 12, then
+ * 24 s: an origin slow to answer is still reached when no peer can help).
  */
 #include <errno.h>
 #include <stdio.h>
@@ -426,7 +428,10 @@ static void fetch_watch(agent_engine *e, agent_file *f)
         return;
     int64_t now = engine_mono(e);
     int connected = f->fetch.data_at >= f->fetch.started_at;
-    if (now - (connected ? f->fetch.data_at : f->fetch.started_at) < STALL_MS)
+    int64_t limit = STALL_MS;
+    for (int64_t b = f->fetch.backoff_ms; b > BACKOFF_MIN_MS && limit < 8 * STALL_MS; b /= 2)
+        limit *= 2;
+    if (now - (connected ? f->fetch.data_at : f->fetch.started_at) < limit)
         return;
     origin_cancel(f->fetch.origin, f->fetch.request);
     f->fetch.request = 0;
@@ -434,9 +439,9 @@ static void fetch_watch(agent_engine *e, agent_file *f)
     origin_release(f);
     e->origin_failures++;
     rest(e, f);
-    agent_log("info", "%s: %s for %d ms; its pieces go back to the peers, the origin rests %lld ms",
+    agent_log("info", "%s: %s for %lld ms; its pieces go back to the peers, the origin rests %lld ms",
               f->url, connected ? "no bytes from the origin" : "no answer from the origin",
-              STALL_MS, (long long)f->fetch.backoff_ms);
+              (long long)limit, (long long)f->fetch.backoff_ms);
 }
 
 static int fetch_busy(const agent_file *f)
