@@ -268,6 +268,8 @@ static int fetcher_stalled(const peer_swarm *s, const swarm_peer *m, int64_t now
  * which has fetch_stall_ms to start. Sets s->fetching: this agent is one. */
 static int candidates_answered(const peer_swarm *s, int64_t now)
 {
+    if (now - s->opened > READY_MS + HAVE_TIMEOUT_MS)
+        return 1; /* one that says nothing by then is no member */
     for (size_t i = 0; i < s->n_sp; i++)
         if (s->sp[i].candidate && usable(s->sp[i].p, now) && s->sp[i].answered == 0)
             return 0;
