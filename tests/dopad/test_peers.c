@@ -386,25 +386,32 @@ static uint64_t cache_entries(int i)
     return s.cache_entries;
 }
 
-static void test_the_cache_keeps_what_fits_and_forgets_the_least_recently_used(void)
+/* Agent 0 fetches a file to `out` and keeps its content in its cache: the
+ * only entry there. */
+static void fetch_into_cache(const char *name, const char *out)
 {
-    /* Room for the big file or the small one, not both. */
-    char extra[128];
-    snprintf(extra, sizeof extra, "cache-size = %d\n", SIZE_BIG + SIZE_SMALL / 2);
-    start_agent_with(0, group_key, extra);
-    dopa_id a = fetch(0, "small.bin", "small.bin", 1);
+    dopa_id a = fetch(0, name, out, 1);
     CHECK_INT(dopa_job_resume(agents[0].m, &a), DOPA_OK);
     dopa_free(wait_state(0, &a, DOPA_STATE_TRANSFERRED, 30));
     double end = check_now() + 10;
     while (cache_entries(0) != 1 && check_now() < end)
         check_sleep_ms(20);
     CHECK_INT(cache_entries(0), 1);
+}
+
+static void test_the_cache_keeps_what_fits_and_forgets_the_least_recently_used(void)
+{
+    /* Room for the big file or the small one, not both. */
+    char extra[128];
+    snprintf(extra, sizeof extra, "cache-size = %d\n", SIZE_BIG + SIZE_SMALL / 2);
+    start_agent_with(0, group_key, extra);
+    fetch_into_cache("small.bin", "small.bin");
     dopa_id b = fetch(0, "big.bin", "big.bin", 1);
     CHECK_INT(dopa_job_resume(agents[0].m, &b), DOPA_OK);
     dopa_free(wait_state(0, &b, DOPA_STATE_TRANSFERRED, 60));
     /* The big one pushed the small one out. */
     dopa_agent_stats s = DOPA_AGENT_STATS_INIT;
-    end = check_now() + 10;
+    double end = check_now() + 10;
     do {
         check_sleep_ms(20);
         CHECK_INT(dopa_agent_stats_get(agents[0].m, &s), DOPA_OK);
@@ -481,13 +488,7 @@ static void test_a_silent_origin_hands_its_pieces_to_a_peer_within_seconds(void)
 {
     configured = 2; /* the seed (0) and the agent (1) */
     start_agent(0, group_key);
-    dopa_id a = fetch(0, "small.bin", "seed.bin", 1);
-    CHECK_INT(dopa_job_resume(agents[0].m, &a), DOPA_OK);
-    dopa_free(wait_state(0, &a, DOPA_STATE_TRANSFERRED, 30));
-    double end = check_now() + 10;
-    while (cache_entries(0) != 1 && check_now() < end)
-        check_sleep_ms(20);
-    CHECK_INT(cache_entries(0), 1);
+    fetch_into_cache("small.bin", "seed.bin");
     stop_agent(0); /* back once the agent's origin has claimed pieces */
 
     int port = 0;
