@@ -92,11 +92,12 @@ struct peer_swarm {
     swarm_peer *members[MAX_MEMBERS]; /* fetching it, in fetch order; NULL is this agent */
     int64_t last_piece;               /* mono ms of the last piece from a peer */
     size_t n_members, rank;
-    size_t n_fetchers;  /* the first members, who own the origin's shares */
-    int fetching;       /* this agent is one of the origin's fetchers now */
-    int candidate;      /* this agent is among the first peers in fetch order */
-    size_t n_known;     /* usable peers with an id */
-    int64_t rotated_at; /* a neighbour last made way for another */
+    size_t n_fetchers;   /* the first members, who own the origin's shares */
+    int fetching;        /* this agent is one of the origin's fetchers now */
+    int candidate;       /* this agent is among the first peers in fetch order */
+    uint64_t self_order; /* this agent's place in fetch order */
+    size_t n_known;      /* usable peers with an id */
+    int64_t rotated_at;  /* a neighbour last made way for another */
     /* The members changed at members_at: pieces outside [kept_lo, kept_hi),
      * this agent's share before the change, wait until every member has
      * answered what is coming to it since (SETTLE_*). */

@@ -123,6 +123,8 @@ static int holdings_count(const swarm_peer *sp, int64_t now)
            sp->quiet_until <= now && !sp->claim_broken;
 }
 
+static uint64_t fetch_order(const peer_swarm *s, const uint8_t id[PEER_ID_BYTES]);
+
 int peer_swarm_open(peer_node *n, const uint8_t cid[PEER_CID_BYTES], uint64_t size,
                     uint32_t piece_size, const peer_swarm_ops *ops, peer_swarm **out)
 {
@@ -149,6 +151,7 @@ int peer_swarm_open(peer_node *n, const uint8_t cid[PEER_CID_BYTES], uint64_t si
     s->n_members = 1; /* alone until the first turn says otherwise */
     s->n_fetchers = 1;
     s->fetching = 1;
+    s->self_order = fetch_order(s, n->id);
     for (peer_entry *p = n->peers; p != NULL; p = p->next)
         node_swarm_add_peer(s, p);
     s->next = n->swarms;
@@ -250,6 +253,16 @@ static uint64_t fetch_order(const peer_swarm *s, const uint8_t id[PEER_ID_BYTES]
     return v;
 }
 
+/* A peer's place in fetch order, computed once (it has an id). */
+static uint64_t order_of(const peer_swarm *s, swarm_peer *sp)
+{
+    if (!sp->has_order) {
+        sp->order = fetch_order(s, sp->p->id);
+        sp->has_order = 1;
+    }
+    return sp->order;
+}
+
 /* A fetcher that says nothing is on its way to it for this long has
  * stopped fetching (its origin fails, or it is done with its share). */
 static int64_t fetch_stall_ms(const peer_swarm *s)
@@ -263,9 +276,7 @@ static int fetcher_stalled(const peer_swarm *s, const swarm_peer *m, int64_t now
     return now - since > fetch_stall_ms(s);
 }
 
-/* The origin's fetchers: the first FETCHERS members in fetch order own its
- * shares; one that stops fetching is passed over for the next member,
- * which has fetch_stall_ms to start. Sets s->fetching: this agent is one. */
+/* Whether every fetcher candidate has answered (or had time to). */
 static int candidates_answered(const peer_swarm *s, int64_t now)
 {
     if (now - s->opened > READY_MS + HAVE_TIMEOUT_MS)
@@ -276,6 +287,9 @@ static int candidates_answered(const peer_swarm *s, int64_t now)
     return 1;
 }
 
+/* The origin's fetchers: the first FETCHERS members in fetch order own its
+ * shares; one that stops fetching is passed over for the next member,
+ * which has fetch_stall_ms to start. Sets s->fetching: this agent is one. */
 static void pick_fetchers(peer_swarm *s, int64_t now)
 {
     size_t taken = 0;
@@ -336,7 +350,7 @@ static void update_members(peer_swarm *s, int64_t now)
      * and mostly in order from the last turn. */
     uint64_t order[MAX_MEMBERS];
     for (size_t i = 0; i < m; i++)
-        order[i] = fetch_order(s, s->members[i] != NULL ? s->members[i]->p->id : s->n->id);
+        order[i] = s->members[i] != NULL ? order_of(s, s->members[i]) : s->self_order;
     for (size_t i = 1; i < m; i++) {
         swarm_peer *x = s->members[i];
         uint64_t xo = order[i];
@@ -776,24 +790,24 @@ static void leave_set(peer_swarm *s, swarm_peer *sp)
  * fetch order, which the origin's fetchers come from); the rest are peers
  * picked at random, one of which makes way for another every ROTATE_MS
  * (the one holding least), so that pieces spread through the swarm. */
+static int pinned(const swarm_peer *sp)
+{
+    return sp->candidate || sp->p->configured || sp->p->cache_host;
+}
+
 static void refresh_set(peer_node *n, peer_swarm *s, int64_t now)
 {
     /* The candidates: the 2 * FETCHERS smallest orders, this agent's too. */
     enum { CANDIDATES = 2 * FETCHERS };
     swarm_peer *best[CANDIDATES];
     size_t n_best = 0;
-    uint64_t self = fetch_order(s, n->id);
     size_t ahead = 0, known = 0; /* known peers before this agent, and in all */
     for (size_t i = 0; i < s->n_sp; i++) {
         swarm_peer *sp = &s->sp[i];
         sp->candidate = 0;
         if (!usable(sp->p, now) || !sp->p->has_id)
             continue;
-        if (!sp->has_order) {
-            sp->order = fetch_order(s, sp->p->id);
-            sp->has_order = 1;
-        }
-        ahead += sp->order < self;
+        ahead += order_of(s, sp) < s->self_order;
         known++;
         size_t k = n_best < CANDIDATES ? n_best++ : CANDIDATES;
         if (k == CANDIDATES && best[CANDIDATES - 1]->order <= sp->order)
@@ -814,10 +828,9 @@ static void refresh_set(peer_node *n, peer_swarm *s, int64_t now)
     size_t in = 0;
     for (size_t i = 0; i < s->n_sp; i++) {
         swarm_peer *sp = &s->sp[i];
-        int pinned = sp->candidate || sp->p->configured || sp->p->cache_host;
         if (sp->in_set && !usable(sp->p, now))
             leave_set(s, sp);
-        else if (!sp->in_set && pinned && usable(sp->p, now)) {
+        else if (!sp->in_set && pinned(sp) && usable(sp->p, now)) {
             sp->in_set = 1;
             sp->joined_set = now;
         }
@@ -827,8 +840,8 @@ static void refresh_set(peer_node *n, peer_swarm *s, int64_t now)
         swarm_peer *worst = NULL;
         for (size_t i = 0; i < s->n_sp; i++) {
             swarm_peer *sp = &s->sp[i];
-            if (!sp->in_set || sp->candidate || sp->p->configured || sp->p->cache_host ||
-                now - sp->joined_set < ROTATE_MS || sp->p->in_flight > 0)
+            if (!sp->in_set || pinned(sp) || now - sp->joined_set < ROTATE_MS ||
+                sp->p->in_flight > 0)
                 continue;
             if (worst == NULL || sp->count < worst->count)
                 worst = sp;

@@ -982,8 +982,9 @@ static int next_timer_ms(agent_engine *e, int limit)
 int engine_step(agent_engine *e, int timeout_ms)
 {
     int err = origin_poll(e->origin, next_timer_ms(e, timeout_ms));
-    if (origin_active(e->origin) > e->origin_peak)
-        e->origin_peak = origin_active(e->origin);
+    unsigned active = origin_active(e->origin);
+    if (active > e->origin_peak)
+        e->origin_peak = active;
     e->peer_wake = peers_step(e);
     cache_step(e);
     if (e->control != NULL)
